@@ -1,0 +1,1 @@
+//! Sans-IO Simplex BFT core and the deterministic simulator that attacks it.
