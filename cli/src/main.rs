@@ -1,1 +1,130 @@
-fn main() {}
+//! The one binary `annal`: keys, genesis, node, devnet, submit, get, history, prove, verify, audit, bench.
+//!
+//! Each subcommand is a thin shell over a library call; the work happens in
+//! `annal-ledger` (and, later, `annal-node`). `anyhow` is used here only.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod genesis_cmd;
+
+#[derive(Parser)]
+#[command(name = "annal", version, about = "Annal: a permissioned ledger for public records", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and inspect ed25519 key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create, hash and inspect genesis files.
+    #[command(subcommand)]
+    Genesis(GenesisCommand),
+    /// Benchmarks that print measured numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new ed25519 key to FILE (mode 0600) and print its public key.
+    ///
+    /// Example: annal keys new --out officer.key
+    New {
+        /// Where to write the key; the file must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenesisCommand {
+    /// Write DIR/genesis.json plus one key folder per validator and per agency.
+    ///
+    /// Example: annal genesis new --chain-id land-registry-test --validators 4 --agencies 2 --out ./net
+    New {
+        /// The chain id: lowercase letters, digits, '.', '_' or '-', at most 64 bytes.
+        #[arg(long)]
+        chain_id: String,
+        /// How many validators (each gets DIR/validator-<i>/ with consensus.key and p2p.key).
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// How many agencies (each gets DIR/agency-<j>/submitter.key and one namespace).
+        #[arg(long, default_value_t = 1)]
+        agencies: usize,
+        /// The output folder; genesis.json must not exist in it yet.
+        #[arg(long)]
+        out: PathBuf,
+        /// Genesis time in milliseconds since the Unix epoch (default: now).
+        #[arg(long)]
+        time_ms: Option<u64>,
+    },
+    /// Print the SHA-256 of the genesis file's canonical form: the chain's trust root.
+    ///
+    /// Example: annal genesis hash ./net/genesis.json
+    Hash {
+        file: PathBuf,
+    },
+    /// Check a genesis file and print a summary.
+    Check {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Ledger core: records/s committed into RocksDB with signatures verified,
+    /// inclusion-proof time, bytes on disk per record.
+    ///
+    /// Example: annal bench ledger --records 1000000
+    Ledger(bench::LedgerArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keys(KeysCommand::New { out }) => {
+            let key = annal_ledger::keys::SecretKey::generate();
+            key.write_file(&out)?;
+            println!("{}", key.public());
+            Ok(())
+        }
+        Command::Genesis(GenesisCommand::New { chain_id, validators, agencies, out, time_ms }) => {
+            genesis_cmd::new(&chain_id, validators, agencies, &out, time_ms)
+        }
+        Command::Genesis(GenesisCommand::Hash { file }) => {
+            let genesis = annal_ledger::genesis::Genesis::load(&file)?;
+            println!("{}", hex::encode(genesis.hash()));
+            Ok(())
+        }
+        Command::Genesis(GenesisCommand::Check { file }) => genesis_cmd::check(&file),
+        Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
+    }
+}
+
+/// Refuses to overwrite a file.
+fn ensure_absent(path: &std::path::Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; refusing to overwrite it", path.display());
+    }
+    Ok(())
+}
+
+/// Creates a folder (and its parents) for key files, readable by its owner only.
+fn create_private_dir(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).with_context(|| format!("creating {}", path.display()))
+}

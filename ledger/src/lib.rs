@@ -1,3 +1,20 @@
 //! Records, blocks, canonical encoding, the RFC 6962 log, proofs and their offline verification, record state, and the RocksDB store.
+//!
+//! Read in this order: `record` (what is signed), `codec` (how it is encoded),
+//! `merkle` (the global log), `state` (the rules a record must pass), `exec`
+//! (a block's records in, state changes and log nodes out), `store` (one
+//! RocksDB write batch per block).
 
+pub mod block;
+pub mod codec;
+pub mod error;
+pub mod exec;
+pub mod genesis;
+pub mod keys;
 pub mod merkle;
+pub mod record;
+pub mod state;
+#[cfg(feature = "store")]
+pub mod store;
+
+pub use error::Error;

@@ -1,0 +1,246 @@
+//! `annal bench ledger`: the ledger core's throughput, proof cost and disk use, measured.
+//!
+//! Method (docs/BENCHMARKS.md repeats it): a one-validator chain with
+//! `--signers` submitter keys; every record is signed before timing starts;
+//! then blocks of `--block-records` are executed with every signature verified
+//! in one ed25519 batch, certified, and committed to RocksDB (one fsynced
+//! write batch per block) on the calling thread. Then inclusion proofs for
+//! random indices are generated from RocksDB and verified, and the store is
+//! compacted and its SST bytes divided by the raw record bytes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use annal_ledger::block::{Certificate, Height, View};
+use annal_ledger::exec::{execute, BlockMeta, Signatures};
+use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
+use annal_ledger::keys::SecretKey;
+use annal_ledger::merkle;
+use annal_ledger::record::{Body, Op, Record, SignedRecord};
+use annal_ledger::state::Rules;
+use annal_ledger::store::{Store, StoreOptions};
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+#[derive(clap::Args)]
+pub struct LedgerArgs {
+    /// Records to commit.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Records per block.
+    #[arg(long, default_value_t = 1000)]
+    block_records: usize,
+    /// Size of each signed record's canonical encoding, in bytes (the body is padded to reach it).
+    #[arg(long, default_value_t = 512)]
+    record_bytes: usize,
+    /// Body content: `text` (printable, like a filing) or `random` (incompressible).
+    #[arg(long, default_value = "text")]
+    body: String,
+    /// Distinct submitter keys signing the load.
+    #[arg(long, default_value_t = 16)]
+    signers: usize,
+    /// Inclusion proofs to generate and verify at the end.
+    #[arg(long, default_value_t = 20_000)]
+    proofs: usize,
+    /// Store folder (default: a new folder under /var/tmp, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Do not fsync each block (measures RocksDB without the durability promise).
+    #[arg(long)]
+    no_sync: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn ledger(args: LedgerArgs) -> Result<()> {
+    if args.block_records == 0 || args.signers == 0 || args.records == 0 {
+        bail!("--records, --block-records and --signers must be above 0");
+    }
+    let chain_id = "annal-bench";
+    let validator = SecretKey::from_seed([1; 32]);
+    let signers: Vec<SecretKey> = (0..args.signers).map(|i| SecretKey::from_seed(seed_of(1000 + i))).collect();
+    let genesis = Genesis {
+        chain_id: chain_id.into(),
+        genesis_time_ms: 0,
+        validators: vec![Validator {
+            name: "v0".into(),
+            consensus_key: validator.public(),
+            p2p_key: SecretKey::from_seed([2; 32]).public(),
+            power: 1,
+        }],
+        agencies: vec![Agency {
+            name: "registry".into(),
+            submitter_keys: signers.iter().map(|k| k.public()).collect(),
+            namespaces: vec!["land-titles".into()],
+        }],
+        params: Params::default(),
+    };
+    genesis.validate()?;
+    let rules = Rules::new(&genesis);
+    let set = genesis.validator_set();
+
+    let t = Instant::now();
+    let records = sign_load(&args, chain_id, &signers)?;
+    let raw_bytes: u64 = records.iter().map(|r| r.to_bytes().len() as u64).sum();
+    let sign_time = t.elapsed();
+
+    let (dir, remove_after) = match &args.dir {
+        Some(d) => (d.clone(), false),
+        None => (std::env::temp_dir().join(format!("annal-bench-ledger-{}", std::process::id())), true),
+    };
+    if dir.exists() {
+        bail!("{} exists; give a new --dir", dir.display());
+    }
+    let mut store = Store::open(&dir, genesis.hash(), StoreOptions { sync: !args.no_sync })?;
+
+    // Commit, timed.
+    let t = Instant::now();
+    for (b, block) in records.chunks(args.block_records).enumerate() {
+        let executed = execute(&rules, &store, store.frontier(), block, Signatures::Verify)
+            .with_context(|| format!("executing block {}", b + 1))?;
+        let meta = BlockMeta {
+            height: Height(store.tip().height.0 + 1),
+            view: View(b as u64),
+            parent: store.tip().block_hash,
+            time_ms: b as u64,
+            proposer: 0,
+            validators_hash: set.hash(),
+            next_validators_hash: set.hash(),
+        };
+        let header = executed.header(chain_id, &meta);
+        let cert = Certificate::sign(chain_id, &header, &set, &[(0, &validator)]);
+        store.commit(&header, &cert, &executed)?;
+    }
+    let commit_time = t.elapsed();
+    let size = store.tip().log_size;
+    let root = store.log_root();
+
+    // Proofs at the final size, for random indices.
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let indices: Vec<u64> = (0..args.proofs).map(|_| rng.gen_range(0..size)).collect();
+    let t = Instant::now();
+    let mut proofs = Vec::with_capacity(indices.len());
+    for &i in &indices {
+        proofs.push(store.inclusion_proof(i, size)?);
+    }
+    let gen_time = t.elapsed();
+    let leaves: Vec<merkle::Hash> =
+        indices.iter().map(|&i| Ok(merkle::leaf_hash(&store.record_bytes(i)?.context("record missing")?))).collect::<Result<_>>()?;
+    let t = Instant::now();
+    for ((&i, proof), leaf) in indices.iter().zip(&proofs).zip(&leaves) {
+        merkle::verify_inclusion(leaf, i, size, proof, &root)?;
+    }
+    let verify_time = t.elapsed();
+
+    store.flush()?;
+    store.compact();
+    let disk = store.disk_bytes();
+    drop(store);
+    if remove_after {
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    let per_s = size as f64 / commit_time.as_secs_f64();
+    let gen_us = micros(gen_time) / args.proofs.max(1) as f64;
+    let verify_us = micros(verify_time) / args.proofs.max(1) as f64;
+    let disk_ratio = disk as f64 / raw_bytes as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": size, "block_records": args.block_records, "record_bytes": args.record_bytes,
+                "body": args.body, "sync": !args.no_sync,
+                "records_per_s": per_s, "proof_gen_us": gen_us, "proof_verify_us": verify_us,
+                "disk_bytes": disk, "raw_record_bytes": raw_bytes, "disk_per_raw": disk_ratio,
+                "sign_s": sign_time.as_secs_f64(), "commit_s": commit_time.as_secs_f64(),
+            })
+        );
+    } else {
+        println!("annal bench ledger: {size} records of {} bytes ({} bodies), blocks of {}, fsync {}", args.record_bytes, args.body, args.block_records, !args.no_sync);
+        println!("  signing the load (untimed)      {:>10.2} s", sign_time.as_secs_f64());
+        println!("  commit, signatures verified     {:>10.0} records/s  ({:.2} s)", per_s, commit_time.as_secs_f64());
+        println!("  inclusion proof, generate       {:>10.2} µs  (at {size} leaves, from RocksDB, {} proofs)", gen_us, args.proofs);
+        println!("  inclusion proof, verify         {:>10.2} µs", verify_us);
+        println!("  disk after compaction           {:>10} bytes = {:.3} × raw record bytes ({raw_bytes})", disk, disk_ratio);
+    }
+    Ok(())
+}
+
+/// Signs `args.records` records, spread over the signers, before timing starts.
+fn sign_load(args: &LedgerArgs, chain_id: &str, signers: &[SecretKey]) -> Result<Vec<SignedRecord>> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per_thread = (args.records as usize).div_ceil(threads);
+    let mut out = Vec::with_capacity(args.records as usize);
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let start = t * per_thread;
+                    let end = ((t + 1) * per_thread).min(args.records as usize);
+                    (start..end).map(|i| make_record(args, chain_id, signers, i as u64)).collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            out.extend(h.join().expect("signing thread")?);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn make_record(args: &LedgerArgs, chain_id: &str, signers: &[SecretKey], i: u64) -> Result<SignedRecord> {
+    let signer = &signers[(i % signers.len() as u64) as usize];
+    let mut record = Record {
+        chain_id: chain_id.into(),
+        namespace: "land-titles".into(),
+        key: format!("parcel/{i:010}"),
+        op: Op::Publish,
+        body: Body::Inline(Vec::new()),
+        metadata: [("basis".to_string(), "Land Registration Act s.12".to_string())].into(),
+        supersedes: None,
+        submitter: signer.public(),
+        nonce: i / signers.len() as u64 + 1,
+    };
+    let overhead = record.clone().sign(signer).to_bytes().len();
+    if overhead > args.record_bytes {
+        bail!("--record-bytes {} is below the {overhead} bytes a record needs without a body", args.record_bytes);
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(i);
+    let body_len = args.record_bytes - overhead;
+    let body: Vec<u8> = match args.body.as_str() {
+        "random" => (0..body_len).map(|_| rng.gen()).collect(),
+        "text" => filing_text(&mut rng, i, body_len),
+        other => bail!("--body must be text or random, not {other:?}"),
+    };
+    record.body = Body::Inline(body);
+    Ok(record.sign(signer))
+}
+
+/// Printable text shaped like a land-title filing: repeated field names, varying values.
+fn filing_text(rng: &mut ChaCha20Rng, i: u64, len: usize) -> Vec<u8> {
+    let mut s = String::with_capacity(len + 64);
+    while s.len() < len {
+        s.push_str(&format!(
+            "parcel={i};owner=Holder {};area_m2={};district={};deed={:08};",
+            rng.gen_range(0..1_000_000u32),
+            rng.gen_range(50..100_000u32),
+            rng.gen_range(1..400u32),
+            rng.gen_range(0..100_000_000u32)
+        ));
+    }
+    s.truncate(len);
+    s.into_bytes()
+}
+
+fn seed_of(i: usize) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    seed
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}

@@ -1,0 +1,178 @@
+//! Blocks: the header every validator agrees on, its certificate, and validator sets.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, Canonical};
+use crate::error::Error;
+use crate::genesis::Validator;
+use crate::keys::{Domain, SecretKey, Signature};
+use crate::merkle::Hash;
+
+/// Block height; the genesis state is height 0 and the first block is height 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct Height(pub u64);
+
+/// Consensus view (round) in which a block was proposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct View(pub u64);
+
+/// The block header. Block hash = SHA-256 of its canonical encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Header {
+    pub chain_id: String,
+    pub height: Height,
+    pub view: View,
+    /// Hash of the previous header; for height 1, the genesis hash.
+    pub parent: Hash,
+    /// BFT time in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Index of the proposer in the block's validator set.
+    pub proposer: u32,
+    /// RFC 6962 root of this block's record ids, in block order.
+    pub records_root: Hash,
+    /// Size of the global log after this block.
+    pub log_size: u64,
+    /// RFC 6962 root of the global log after this block.
+    pub log_root: Hash,
+    /// Commitment to record state after this block (see docs/PROOFS.md).
+    pub state_root: Hash,
+    /// Hash of the validator set that certifies this block.
+    pub validators_hash: Hash,
+    /// Hash of the validator set that certifies the next block.
+    pub next_validators_hash: Hash,
+}
+
+impl Canonical for Header {
+    const KIND: &'static str = "header";
+}
+
+/// The largest header encoding read (a chain id is at most 64 bytes).
+pub const HEADER_BYTES_MAX: usize = 512;
+
+impl Header {
+    pub fn hash(&self) -> Hash {
+        Sha256::digest(codec::encode(self)).into()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        codec::decode(bytes, HEADER_BYTES_MAX)
+    }
+}
+
+/// The validators that certify a block, in index order.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ValidatorSet {
+    pub validators: Vec<Validator>,
+}
+
+impl Canonical for ValidatorSet {
+    const KIND: &'static str = "validator set";
+}
+
+impl ValidatorSet {
+    pub fn hash(&self) -> Hash {
+        Sha256::digest(codec::encode(self)).into()
+    }
+
+    pub fn total_power(&self) -> u64 {
+        self.validators.iter().map(|v| v.power).sum()
+    }
+
+    /// True when `power` is more than 2/3 of the set's total.
+    pub fn is_quorum(&self, power: u64) -> bool {
+        // Totals are bounded at genesis to u64::MAX / 4, so 3 * power cannot overflow.
+        3 * (power as u128) > 2 * (self.total_power() as u128)
+    }
+}
+
+/// Finality certificate: signatures of more than 2/3 of the block's validator
+/// power over `(chain_id, height, view, block_hash)` under `annal/finalize/v1`.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Certificate {
+    pub height: Height,
+    pub view: View,
+    pub block_hash: Hash,
+    /// Bit `i` (byte `i / 8`, least significant bit first) is set when validator `i` signed.
+    pub signers: Vec<u8>,
+    /// One signature per set bit, in validator index order.
+    pub signatures: Vec<Signature>,
+}
+
+impl Canonical for Certificate {
+    const KIND: &'static str = "certificate";
+}
+
+/// The bytes after the domain tag and chain id in a finalize signature.
+pub fn finalize_bytes(height: Height, view: View, block_hash: &Hash) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    out[..8].copy_from_slice(&height.0.to_le_bytes());
+    out[8..16].copy_from_slice(&view.0.to_le_bytes());
+    out[16..].copy_from_slice(block_hash);
+    out
+}
+
+impl Certificate {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        codec::decode(bytes, 64 + 8 + 8 + 32 + VALIDATORS_BITMAP_MAX + 8 + 64 * crate::genesis::VALIDATORS_MAX)
+    }
+
+    /// Builds a certificate from `(validator index, key)` pairs (tests, benchmarks and the node).
+    pub fn sign(chain_id: &str, header: &Header, set: &ValidatorSet, signers: &[(usize, &SecretKey)]) -> Self {
+        let block_hash = header.hash();
+        let msg = finalize_bytes(header.height, header.view, &block_hash);
+        let mut bitmap = vec![0u8; set.validators.len().div_ceil(8)];
+        let mut sorted: Vec<_> = signers.to_vec();
+        sorted.sort_by_key(|(i, _)| *i);
+        let mut signatures = Vec::with_capacity(sorted.len());
+        for (i, key) in sorted {
+            bitmap[i / 8] |= 1 << (i % 8);
+            signatures.push(key.sign(Domain::Finalize, chain_id, &msg));
+        }
+        Certificate { height: header.height, view: header.view, block_hash, signers: bitmap, signatures }
+    }
+
+    /// Checks that this certificate finalizes `header` with more than 2/3 of `set`'s power.
+    pub fn verify(&self, chain_id: &str, header: &Header, set: &ValidatorSet) -> Result<(), Error> {
+        let height = header.height.0;
+        let bad = |detail: String| Err(Error::Block { height, detail });
+        if self.height != header.height || self.view != header.view || self.block_hash != header.hash() {
+            return bad("certificate is for another block (height, view or block hash differ)".into());
+        }
+        let n = set.validators.len();
+        if self.signers.len() != n.div_ceil(8) {
+            return bad(format!("signer bitmap has {} bytes; a set of {n} needs {}", self.signers.len(), n.div_ceil(8)));
+        }
+        let signer_indices: Vec<usize> = (0..self.signers.len() * 8).filter(|i| self.signers[i / 8] & (1 << (i % 8)) != 0).collect();
+        if let Some(&i) = signer_indices.iter().find(|&&i| i >= n) {
+            return bad(format!("signer bitmap names validator {i}, but the set has {n}"));
+        }
+        if signer_indices.len() != self.signatures.len() {
+            return bad(format!("{} signers in the bitmap but {} signatures", signer_indices.len(), self.signatures.len()));
+        }
+        let msg = finalize_bytes(self.height, self.view, &self.block_hash);
+        let mut power = 0u64;
+        for (&i, sig) in signer_indices.iter().zip(&self.signatures) {
+            let v = &set.validators[i];
+            if !v.consensus_key.verify(Domain::Finalize, chain_id, &msg, sig) {
+                return bad(format!("signature of validator {i} ({}) does not verify", v.name));
+            }
+            power += v.power;
+        }
+        if !set.is_quorum(power) {
+            return Err(Error::QuorumNotReached { height, power, total: set.total_power() });
+        }
+        Ok(())
+    }
+}
+
+const VALIDATORS_BITMAP_MAX: usize = crate::genesis::VALIDATORS_MAX / 8;

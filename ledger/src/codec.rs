@@ -1,0 +1,72 @@
+//! The canonical encoding: one byte layout for everything that is hashed or signed.
+//!
+//! Every encoded value is `FORMAT_V1 || bincode(value)` with bincode pinned at
+//! `=2.0.1` and one configuration: little-endian, fixed-width integers, and a
+//! byte limit. Sequences and strings carry a `u64` length prefix, `Option` a
+//! one-byte tag, enums a `u32` variant index, fixed arrays no prefix. Maps are
+//! `BTreeMap`s, so entries are always in key order.
+//!
+//! Decoding is strict: the leading format byte must be known, the input must
+//! not exceed the caller's limit, no byte may trail the value, and re-encoding
+//! the decoded value must give back the input exactly. The last rule means no
+//! value has two encodings (an unsorted or duplicated map, for example, is
+//! refused), so a hash or a signature over the bytes is a hash or a signature
+//! over the value. `docs/PROOFS.md` writes the layout out byte by byte.
+
+use bincode::config::{self, Configuration, Fixint, LittleEndian, NoLimit};
+
+use crate::error::Error;
+
+/// The leading byte of every canonical encoding in this version of the format.
+pub const FORMAT_V1: u8 = 1;
+
+type Config = Configuration<LittleEndian, Fixint, NoLimit>;
+
+const CONFIG: Config = config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding();
+
+/// What a value is, for error messages ("record", "header", ...).
+pub trait Canonical: bincode::Encode + bincode::Decode<()> {
+    const KIND: &'static str;
+}
+
+/// Encodes `value` as `FORMAT_V1 || bincode(value)`.
+pub fn encode<T: Canonical>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the canonical encoding of `value` to `out`.
+pub fn encode_into<T: Canonical>(value: &T, out: &mut Vec<u8>) {
+    out.push(FORMAT_V1);
+    bincode::encode_into_std_write(value, out, CONFIG)
+        .expect("encoding into a Vec cannot fail");
+}
+
+/// Decodes a canonical encoding of at most `bytes_max` bytes, refusing
+/// unknown formats, trailing bytes and non-canonical forms.
+pub fn decode<T: Canonical>(bytes: &[u8], bytes_max: usize) -> Result<T, Error> {
+    let kind = T::KIND;
+    if bytes.len() > bytes_max {
+        return Err(Error::TooLong { kind, len: bytes.len(), max: bytes_max });
+    }
+    let Some((&format, body)) = bytes.split_first() else {
+        return Err(Error::Empty { kind });
+    };
+    if format != FORMAT_V1 {
+        return Err(Error::UnknownFormat { kind, format });
+    }
+    // The limit bounds every allocation a length prefix can ask for.
+    let limited = CONFIG.with_limit::<{ 64 * 1024 * 1024 }>();
+    let (value, read): (T, usize) = bincode::decode_from_slice(body, limited)
+        .map_err(|e| Error::Malformed { kind, detail: e.to_string() })?;
+    if read != body.len() {
+        return Err(Error::TrailingBytes { kind, trailing: body.len() - read });
+    }
+    if encode(&value) != bytes {
+        return Err(Error::NonCanonical { kind });
+    }
+    Ok(value)
+}

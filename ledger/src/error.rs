@@ -1,0 +1,74 @@
+//! The ledger's error type: each variant says what was wrong, where, and with which values.
+
+use crate::merkle::MerkleError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // --- decoding ---
+    #[error("{kind}: input is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind}: {len} bytes is over the limit of {max}")]
+    TooLong { kind: &'static str, len: usize, max: usize },
+    #[error("{kind}: unknown format version {format} (this build reads version 1)")]
+    UnknownFormat { kind: &'static str, format: u8 },
+    #[error("{kind}: malformed: {detail}")]
+    Malformed { kind: &'static str, detail: String },
+    #[error("{kind}: {trailing} bytes follow the encoded value")]
+    TrailingBytes { kind: &'static str, trailing: usize },
+    #[error("{kind}: not in canonical form (re-encoding gives different bytes)")]
+    NonCanonical { kind: &'static str },
+    #[error("{what}: expected {want} hex characters, got {detail}")]
+    BadHex { what: &'static str, want: usize, detail: String },
+
+    // --- keys ---
+    #[error("key file {path}: {detail}")]
+    KeyFile { path: String, detail: String },
+
+    // --- genesis ---
+    #[error("genesis: {detail}")]
+    Genesis { detail: String },
+
+    // --- records: why a record is refused ---
+    #[error("record signature does not verify under submitter key {submitter}")]
+    BadSignature { submitter: String },
+    #[error("record is for chain {got:?}, this chain is {expected:?}")]
+    WrongChainId { expected: String, got: String },
+    #[error("submitter key {submitter} belongs to no agency")]
+    UnknownSubmitter { submitter: String },
+    #[error("agency {agency:?} has no grant for namespace {namespace:?}")]
+    NamespaceNotGranted { agency: String, namespace: String },
+    #[error("nonce {got} is not above submitter {submitter}'s last nonce {last} (replay?)")]
+    NonceNotIncreasing { submitter: String, last: u64, got: u64 },
+    #[error("{namespace}/{key} already has a record; publish a new version with Amend")]
+    KeyExists { namespace: String, key: String },
+    #[error("{namespace}/{key} has no record to {op}")]
+    KeyNotFound { namespace: String, key: String, op: &'static str },
+    #[error("{op} of {namespace}/{key} must name the record it supersedes")]
+    SupersedesMissing { namespace: String, key: String, op: &'static str },
+    #[error("Publish of {namespace}/{key} must not name a record to supersede")]
+    SupersedesOnPublish { namespace: String, key: String },
+    #[error("{namespace}/{key}: supersedes {got}, but the current head is {head}")]
+    SupersedesNotHead { namespace: String, key: String, got: String, head: String },
+    #[error("{namespace}/{key} was revoked by {head}; it cannot be amended or revoked again")]
+    KeyRevoked { namespace: String, key: String, head: String },
+    #[error("record {field} is {size} bytes; the genesis limit is {max}")]
+    RecordLimit { field: &'static str, size: usize, max: usize },
+    #[error("record {field} is invalid: {detail}")]
+    RecordField { field: &'static str, detail: String },
+    #[error("record {position} of the block: {source}")]
+    RecordInBlock { position: usize, source: Box<Error> },
+    #[error("record {id} appears twice in one block")]
+    DuplicateInBlock { id: String },
+
+    // --- blocks and the store ---
+    #[error("block {height}: {detail}")]
+    Block { height: u64, detail: String },
+    #[error("certificate for height {height} has {power} of {total} voting power; more than 2/3 is required")]
+    QuorumNotReached { height: u64, power: u64, total: u64 },
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    #[error("store at {path}: {detail}")]
+    Store { path: String, detail: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,173 @@
+//! Executing a block: check every record, update state, extend the global log.
+//!
+//! `execute` is the ledger's one entry for turning an ordered list of records
+//! into state changes and new log nodes. It is deterministic: the same
+//! committed state, frontier and records give the same bytes on every machine.
+//! Nothing here writes to disk; the store commits an `Executed` in one batch.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::block::{Header, Height, View};
+use crate::codec;
+use crate::error::Error;
+use crate::keys::{signing_message, Domain, PublicKey};
+use crate::merkle::{self, Frontier, Hash};
+use crate::record::{RecordId, SignedRecord};
+use crate::state::{Head, Overlay, Rules, StateKey, StateView};
+
+/// Whether `execute` checks the records' signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signatures {
+    /// Verify every signature (in one batch).
+    Verify,
+    /// The caller verified each signature already (the node does, once, at mempool entry).
+    Verified,
+}
+
+/// The outcome of executing one block's records.
+#[derive(Debug)]
+pub struct Executed {
+    /// Log index of the block's first record.
+    pub first_index: u64,
+    pub ids: Vec<RecordId>,
+    /// Canonical bytes of each signed record, in block order.
+    pub records: Vec<Vec<u8>>,
+    /// New head of every key the block touched.
+    pub heads: BTreeMap<StateKey, Head>,
+    /// `(key, version, log index)` for every record, in block order.
+    pub history: Vec<(StateKey, u64, u64)>,
+    /// Last nonce of every submitter the block touched.
+    pub nonces: BTreeMap<PublicKey, u64>,
+    /// Newly completed log nodes `(level, index, hash)`.
+    pub nodes: Vec<(u8, u64, Hash)>,
+    /// The log's right edge after the block.
+    pub frontier: Frontier,
+    pub records_root: Hash,
+}
+
+/// The consensus facts a header carries besides what execution computes.
+#[derive(Clone, Debug)]
+pub struct BlockMeta {
+    pub height: Height,
+    pub view: View,
+    pub parent: Hash,
+    pub time_ms: u64,
+    pub proposer: u32,
+    pub validators_hash: Hash,
+    pub next_validators_hash: Hash,
+}
+
+impl Executed {
+    pub fn log_size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    pub fn log_root(&self) -> Hash {
+        self.frontier.root()
+    }
+
+    /// The header for this execution. `state_root` is all zero until
+    /// authenticated record state lands (docs/PROOFS.md says so too).
+    pub fn header(&self, chain_id: &str, meta: &BlockMeta) -> Header {
+        Header {
+            chain_id: chain_id.to_string(),
+            height: meta.height,
+            view: meta.view,
+            parent: meta.parent,
+            time_ms: meta.time_ms,
+            proposer: meta.proposer,
+            records_root: self.records_root,
+            log_size: self.log_size(),
+            log_root: self.log_root(),
+            state_root: [0; 32],
+            validators_hash: meta.validators_hash,
+            next_validators_hash: meta.next_validators_hash,
+        }
+    }
+}
+
+/// Executes `records` in order on top of `state` and the log `frontier`.
+/// The first record that fails any rule fails the whole block, and the error names it.
+pub fn execute<V: StateView>(
+    rules: &Rules,
+    state: &V,
+    frontier: &Frontier,
+    records: &[SignedRecord],
+    signatures: Signatures,
+) -> Result<Executed, Error> {
+    let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
+    for (i, r) in records.iter().enumerate() {
+        rules.check_stateless(r).map_err(at(i))?;
+    }
+    if signatures == Signatures::Verify {
+        verify_batch(records)?;
+    }
+    let mut overlay = Overlay::new(state);
+    let mut frontier = frontier.clone();
+    let first_index = frontier.size();
+    let mut out = Executed {
+        first_index,
+        ids: Vec::with_capacity(records.len()),
+        records: Vec::with_capacity(records.len()),
+        heads: BTreeMap::new(),
+        history: Vec::with_capacity(records.len()),
+        nonces: BTreeMap::new(),
+        nodes: Vec::with_capacity(records.len() * 2),
+        frontier: Frontier::new(),
+        records_root: [0; 32],
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, r) in records.iter().enumerate() {
+        let bytes = r.to_bytes();
+        let id = SignedRecord::id_of_bytes(&bytes);
+        if !seen.insert(id) {
+            return Err(at(i)(Error::DuplicateInBlock { id: id.to_hex() }));
+        }
+        let index = first_index + i as u64;
+        let (key, head) = overlay.apply(r, id, index).map_err(at(i))?;
+        out.history.push((key, head.version, index));
+        frontier.append(id.0, &mut out.nodes);
+        out.ids.push(id);
+        out.records.push(bytes);
+    }
+    out.records_root = merkle::root(&out.ids.iter().map(|id| id.0).collect::<Vec<_>>());
+    out.heads = overlay.heads;
+    out.nonces = overlay.nonces;
+    out.frontier = frontier;
+    Ok(out)
+}
+
+/// Verifies every record's signature in one ed25519 batch; on failure, finds
+/// and names the first bad one.
+pub fn verify_batch(records: &[SignedRecord]) -> Result<(), Error> {
+    let mut keys: BTreeMap<PublicKey, Option<VerifyingKey>> = BTreeMap::new();
+    let mut messages = Vec::with_capacity(records.len());
+    let mut sigs = Vec::with_capacity(records.len());
+    let mut vks = Vec::with_capacity(records.len());
+    for (i, signed) in records.iter().enumerate() {
+        let r = &signed.record;
+        let vk = *keys.entry(r.submitter).or_insert_with(|| VerifyingKey::from_bytes(&r.submitter.0).ok());
+        let Some(vk) = vk else {
+            return Err(Error::RecordInBlock {
+                position: i,
+                source: Box::new(Error::BadSignature { submitter: r.submitter.to_hex() }),
+            });
+        };
+        messages.push(signing_message(Domain::Record, &r.chain_id, &codec::encode(r)));
+        sigs.push(ed25519_dalek::Signature::from_bytes(&signed.signature.0));
+        vks.push(vk);
+    }
+    let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+    if ed25519_dalek::verify_batch(&refs, &sigs, &vks).is_ok() {
+        return Ok(());
+    }
+    for (i, signed) in records.iter().enumerate() {
+        signed.verify_signature().map_err(|e| Error::RecordInBlock { position: i, source: Box::new(e) })?;
+    }
+    // The batch equation failed but every single signature verifies: possible
+    // only with non-canonical signature encodings, which verify_strict refuses
+    // one by one; treat as bad.
+    Err(Error::BadSignature { submitter: "batch".into() })
+}

@@ -1,0 +1,209 @@
+//! The record: what an agency officer signs and the ledger appends.
+//!
+//! A record publishes, amends or revokes one `(namespace, key)`. Its body is
+//! either inline bytes or an anchor to a document the agency keeps (the
+//! document's SHA-256, size and media type). The submitter signs the
+//! canonical bytes of the unsigned record under the domain `annal/record/v1`;
+//! the record id is the RFC 6962 leaf hash of the canonical bytes of the
+//! signed record, so the id is also the record's leaf in the global log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bincode::{Decode, Encode};
+
+use crate::codec::{self, Canonical};
+use crate::error::Error;
+use crate::genesis::Params;
+use crate::keys::{Domain, PublicKey, SecretKey, Signature};
+use crate::merkle::{self, Hash};
+
+/// A record id: the RFC 6962 leaf hash of the signed record's canonical bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct RecordId(pub Hash);
+
+impl RecordId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Result<Self, Error> {
+        Ok(RecordId(crate::keys::hex_array(s, "record id")?))
+    }
+}
+
+impl fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Op {
+    /// The first version of a key.
+    Publish,
+    /// A new version of a key; `supersedes` names the current head.
+    Amend,
+    /// Ends a key; `supersedes` names the current head, the body gives the reason.
+    Revoke,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Publish => "publish",
+            Op::Amend => "amend",
+            Op::Revoke => "revoke",
+        }
+    }
+}
+
+/// A file the agency keeps, pinned by its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct DocumentAnchor {
+    pub sha256: Hash,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Body {
+    Inline(Vec<u8>),
+    Document(DocumentAnchor),
+}
+
+/// The unsigned record. Its canonical bytes are what the submitter signs.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Record {
+    pub chain_id: String,
+    pub namespace: String,
+    pub key: String,
+    pub op: Op,
+    pub body: Body,
+    /// Legal basis, reference numbers and the like; ordered by key.
+    pub metadata: BTreeMap<String, String>,
+    pub supersedes: Option<RecordId>,
+    pub submitter: PublicKey,
+    /// Strictly increasing per submitter: a replayed record is refused.
+    pub nonce: u64,
+}
+
+impl Canonical for Record {
+    const KIND: &'static str = "record";
+}
+
+/// A record with its submitter's signature: the ledger's transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SignedRecord {
+    pub record: Record,
+    pub signature: Signature,
+}
+
+impl Canonical for SignedRecord {
+    const KIND: &'static str = "signed record";
+}
+
+impl Record {
+    /// Signs the record with `key`; the record's `submitter` must be `key`'s public key.
+    pub fn sign(self, key: &SecretKey) -> SignedRecord {
+        assert_eq!(self.submitter, key.public(), "a record is signed by its submitter");
+        let signature = key.sign(Domain::Record, &self.chain_id, &codec::encode(&self));
+        SignedRecord { record: self, signature }
+    }
+
+    /// Checks the parts of a record that need no ledger state: sizes against the
+    /// genesis limits, and the shape of names.
+    pub fn check_form(&self, params: &Params) -> Result<(), Error> {
+        check_name("namespace", &self.namespace, params.namespace_bytes_max)?;
+        check_text("key", &self.key, params.key_bytes_max)?;
+        match &self.body {
+            Body::Inline(bytes) => check_size("body", bytes.len(), params.body_bytes_max)?,
+            Body::Document(anchor) => check_text("media type", &anchor.media_type, params.media_type_bytes_max)?,
+        }
+        check_size("metadata entries", self.metadata.len(), params.metadata_entries_max)?;
+        let mut metadata_bytes = 0;
+        for (k, v) in &self.metadata {
+            check_text("metadata key", k, params.metadata_bytes_max)?;
+            metadata_bytes += k.len() + v.len();
+        }
+        check_size("metadata", metadata_bytes, params.metadata_bytes_max)?;
+        match (self.op, &self.supersedes) {
+            (Op::Publish, Some(_)) => Err(Error::SupersedesOnPublish { namespace: self.namespace.clone(), key: self.key.clone() }),
+            (Op::Amend | Op::Revoke, None) => Err(Error::SupersedesMissing {
+                namespace: self.namespace.clone(),
+                key: self.key.clone(),
+                op: self.op.name(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SignedRecord {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8], params: &Params) -> Result<Self, Error> {
+        codec::decode(bytes, params.record_bytes_max)
+    }
+
+    /// The record id of these canonical bytes.
+    pub fn id_of_bytes(bytes: &[u8]) -> RecordId {
+        RecordId(merkle::leaf_hash(bytes))
+    }
+
+    pub fn id(&self) -> RecordId {
+        Self::id_of_bytes(&self.to_bytes())
+    }
+
+    /// Checks the submitter's signature (one at a time; blocks verify in batches).
+    pub fn verify_signature(&self) -> Result<(), Error> {
+        let r = &self.record;
+        if r.submitter.verify(Domain::Record, &r.chain_id, &codec::encode(r), &self.signature) {
+            Ok(())
+        } else {
+            Err(Error::BadSignature { submitter: r.submitter.to_hex() })
+        }
+    }
+}
+
+fn check_size(field: &'static str, size: usize, max: usize) -> Result<(), Error> {
+    if size > max {
+        return Err(Error::RecordLimit { field, size, max });
+    }
+    Ok(())
+}
+
+/// Free text (keys, media types): non-empty, bounded, no control characters.
+fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), Error> {
+    check_size(field, s.len(), max)?;
+    if s.is_empty() {
+        return Err(Error::RecordField { field, detail: "is empty".into() });
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(Error::RecordField { field, detail: format!("contains control character {c:?}") });
+    }
+    Ok(())
+}
+
+/// Names (namespaces, chain ids): lowercase ASCII letters, digits, `.`, `_`, `-`.
+pub fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), Error> {
+    check_size(field, s.len(), max)?;
+    if s.is_empty() {
+        return Err(Error::RecordField { field, detail: "is empty".into() });
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))) {
+        return Err(Error::RecordField {
+            field,
+            detail: format!("{s:?} contains {c:?}; use lowercase letters, digits, '.', '_' or '-'"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Record state and the rules a record must pass to be applied.
+//!
+//! State is, per `(namespace, key)`, the version chain and its head (active or
+//! revoked), and per submitter the last nonce used. `apply` checks one record
+//! against the state as it stands after every earlier record of the block and
+//! returns a typed error for each way the record can be wrong.
+
+use std::collections::BTreeMap;
+
+use bincode::{Decode, Encode};
+
+use crate::codec::{self, Canonical};
+use crate::error::Error;
+use crate::genesis::{Genesis, Params, Registry};
+use crate::keys::PublicKey;
+use crate::record::{Op, RecordId, SignedRecord};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Status {
+    Active,
+    Revoked,
+}
+
+/// The current head of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Head {
+    pub id: RecordId,
+    /// 1 for the first Publish, one more for each Amend or Revoke.
+    pub version: u64,
+    /// The head's index in the global log.
+    pub index: u64,
+    pub status: Status,
+}
+
+impl Canonical for Head {
+    const KIND: &'static str = "head";
+}
+
+/// A key in record state: `(namespace, key)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StateKey {
+    pub namespace: String,
+    pub key: String,
+}
+
+/// Read access to committed state.
+pub trait StateView {
+    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error>;
+    fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error>;
+}
+
+/// The rules of one chain: its id, its limits and who may write where.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    pub chain_id: String,
+    pub params: Params,
+    pub registry: Registry,
+}
+
+impl Rules {
+    pub fn new(genesis: &Genesis) -> Self {
+        Rules { chain_id: genesis.chain_id.clone(), params: genesis.params.clone(), registry: Registry::new(genesis) }
+    }
+
+    /// The checks that need no state: chain id, sizes and shape, submitter, namespace grant.
+    /// The signature is checked separately (once per node, in batches).
+    pub fn check_stateless(&self, signed: &SignedRecord) -> Result<(), Error> {
+        let r = &signed.record;
+        if r.chain_id != self.chain_id {
+            return Err(Error::WrongChainId { expected: self.chain_id.clone(), got: r.chain_id.clone() });
+        }
+        r.check_form(&self.params)?;
+        let agency = self
+            .registry
+            .agency(&r.submitter)
+            .ok_or_else(|| Error::UnknownSubmitter { submitter: r.submitter.to_hex() })?;
+        if !agency.namespaces.iter().any(|ns| *ns == r.namespace) {
+            return Err(Error::NamespaceNotGranted { agency: agency.name.clone(), namespace: r.namespace.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// State changes made by the records of one block, on top of committed state.
+pub struct Overlay<'a, V: StateView> {
+    base: &'a V,
+    pub heads: BTreeMap<StateKey, Head>,
+    pub nonces: BTreeMap<PublicKey, u64>,
+}
+
+impl<'a, V: StateView> Overlay<'a, V> {
+    pub fn new(base: &'a V) -> Self {
+        Overlay { base, heads: BTreeMap::new(), nonces: BTreeMap::new() }
+    }
+
+    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
+        match self.heads.get(key) {
+            Some(h) => Ok(Some(*h)),
+            None => self.base.head(key),
+        }
+    }
+
+    fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
+        match self.nonces.get(submitter) {
+            Some(n) => Ok(Some(*n)),
+            None => self.base.last_nonce(submitter),
+        }
+    }
+
+    /// Applies a record whose signature has been verified and whose stateless
+    /// checks passed, as log entry `index`. Returns the key's new head.
+    pub fn apply(&mut self, signed: &SignedRecord, id: RecordId, index: u64) -> Result<(StateKey, Head), Error> {
+        let r = &signed.record;
+        if let Some(last) = self.last_nonce(&r.submitter)? {
+            if r.nonce <= last {
+                return Err(Error::NonceNotIncreasing { submitter: r.submitter.to_hex(), last, got: r.nonce });
+            }
+        }
+        let key = StateKey { namespace: r.namespace.clone(), key: r.key.clone() };
+        let current = self.head(&key)?;
+        let version = match (r.op, current) {
+            (Op::Publish, None) => 1,
+            (Op::Publish, Some(_)) => {
+                return Err(Error::KeyExists { namespace: key.namespace, key: key.key });
+            }
+            (Op::Amend | Op::Revoke, None) => {
+                return Err(Error::KeyNotFound { namespace: key.namespace, key: key.key, op: r.op.name() });
+            }
+            (Op::Amend | Op::Revoke, Some(head)) => {
+                if head.status == Status::Revoked {
+                    return Err(Error::KeyRevoked { namespace: key.namespace, key: key.key, head: head.id.to_hex() });
+                }
+                let supersedes = r.supersedes.expect("check_form requires supersedes on Amend and Revoke");
+                if supersedes != head.id {
+                    return Err(Error::SupersedesNotHead {
+                        namespace: key.namespace,
+                        key: key.key,
+                        got: supersedes.to_hex(),
+                        head: head.id.to_hex(),
+                    });
+                }
+                head.version + 1
+            }
+        };
+        let status = if r.op == Op::Revoke { Status::Revoked } else { Status::Active };
+        let head = Head { id, version, index, status };
+        self.nonces.insert(r.submitter, r.nonce);
+        self.heads.insert(key.clone(), head);
+        Ok((key, head))
+    }
+}
+
+/// State held in memory: for tests, the offline auditor's replay, and benchmarks.
+#[derive(Default)]
+pub struct MemoryState {
+    pub heads: BTreeMap<StateKey, Head>,
+    pub nonces: BTreeMap<PublicKey, u64>,
+}
+
+impl StateView for MemoryState {
+    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
+        Ok(self.heads.get(key).copied())
+    }
+
+    fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
+        Ok(self.nonces.get(submitter).copied())
+    }
+}
+
+impl MemoryState {
+    /// Takes an overlay's changes into this state.
+    pub fn absorb(&mut self, heads: BTreeMap<StateKey, Head>, nonces: BTreeMap<PublicKey, u64>) {
+        self.heads.extend(heads);
+        self.nonces.extend(nonces);
+    }
+}
+
+/// Encodes a head for storage.
+pub fn encode_head(head: &Head) -> Vec<u8> {
+    codec::encode(head)
+}
+
+pub fn decode_head(bytes: &[u8]) -> Result<Head, Error> {
+    codec::decode(bytes, 64)
+}

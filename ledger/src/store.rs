@@ -1,0 +1,384 @@
+//! The RocksDB store: blocks, certificates, records, log nodes and record state.
+//!
+//! One column family per kind of entry (keys are big-endian so RocksDB's order
+//! is numeric order):
+//!
+//! | family     | key                          | value                          |
+//! |------------|------------------------------|--------------------------------|
+//! | `headers`  | height                       | canonical header               |
+//! | `certs`    | height                       | canonical certificate          |
+//! | `records`  | log index                    | canonical signed record        |
+//! | `ids`      | record id                    | log index                      |
+//! | `nodes`    | level (u8) ‖ index           | hash of a complete subtree     |
+//! | `history`  | state key ‖ version          | log index                      |
+//! | `heads`    | state key                    | canonical head                 |
+//! | `nonces`   | submitter key                | last nonce                     |
+//! | `meta`     | `genesis`, `tip`             | genesis hash, canonical tip    |
+//!
+//! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
+//! Log nodes of level 0 are not stored: a leaf is the hash of its record.
+//!
+//! A block commit is one write batch (fsynced unless the store was opened
+//! without sync), so a crash at any instant leaves the previous state or the
+//! new one. Opening checks the stored tip against the header, the records and
+//! the log nodes it names. The store does not judge certificates: callers
+//! verify them before `commit`.
+
+use std::path::{Path, PathBuf};
+
+use bincode::{Decode, Encode};
+use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::block::{Certificate, Header, Height};
+use crate::codec::{self, Canonical};
+use crate::error::Error;
+use crate::exec::Executed;
+use crate::keys::PublicKey;
+use crate::merkle::{self, Frontier, Hash, NodeReader};
+use crate::record::RecordId;
+use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
+
+const CF_HEADERS: &str = "headers";
+const CF_CERTS: &str = "certs";
+const CF_RECORDS: &str = "records";
+const CF_IDS: &str = "ids";
+const CF_NODES: &str = "nodes";
+const CF_HISTORY: &str = "history";
+const CF_HEADS: &str = "heads";
+const CF_NONCES: &str = "nonces";
+const CF_META: &str = "meta";
+const FAMILIES: [&str; 9] = [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_META];
+
+/// The last committed block.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Tip {
+    pub height: Height,
+    /// Hash of the tip header; the genesis hash at height 0.
+    pub block_hash: Hash,
+    pub log_size: u64,
+}
+
+impl Canonical for Tip {
+    const KIND: &'static str = "tip";
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// fsync the write-ahead log on every commit. Off only in benchmarks that say so.
+    pub sync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { sync: true }
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    tip: Tip,
+    frontier: Frontier,
+    options: StoreOptions,
+}
+
+impl Store {
+    /// Opens (or creates) the store for the chain whose genesis hashes to `genesis_hash`.
+    pub fn open(path: &Path, genesis_hash: Hash, options: StoreOptions) -> Result<Self, Error> {
+        let err = |detail: String| Error::Store { path: path.display().to_string(), detail };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name)));
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
+        let mut store = Store {
+            db,
+            path: path.to_path_buf(),
+            tip: Tip { height: Height(0), block_hash: genesis_hash, log_size: 0 },
+            frontier: Frontier::new(),
+            options,
+        };
+        match store.get(CF_META, b"genesis")? {
+            None => {
+                if store.get(CF_META, b"tip")?.is_some() {
+                    return Err(err("has a tip but no genesis hash".into()));
+                }
+                let mut batch = WriteBatch::default();
+                batch.put_cf(store.cf(CF_META), b"genesis", genesis_hash);
+                batch.put_cf(store.cf(CF_META), b"tip", codec::encode(&store.tip));
+                store.write(batch)?;
+            }
+            Some(stored) if stored != genesis_hash => {
+                return Err(err(format!(
+                    "belongs to the chain with genesis hash {}, not {}",
+                    hex::encode(&stored),
+                    hex::encode(genesis_hash)
+                )));
+            }
+            Some(_) => {
+                let bytes = store.get(CF_META, b"tip")?.ok_or_else(|| err("has a genesis hash but no tip".into()))?;
+                store.tip = codec::decode(&bytes, 128)?;
+                store.check_tip()?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Checks that the stored tip matches its header, the records and the log nodes.
+    fn check_tip(&mut self) -> Result<(), Error> {
+        let err = |detail: String| Error::Store { path: self.path.display().to_string(), detail };
+        let tip = self.tip.clone();
+        let frontier = Frontier::from_reader(self, tip.log_size).map_err(|e| err(format!("rebuilding the log frontier: {e}")))?;
+        if tip.height.0 > 0 {
+            let header = self.header(tip.height)?.ok_or_else(|| err(format!("tip names height {} but no header is stored", tip.height.0)))?;
+            if header.hash() != tip.block_hash {
+                return Err(err(format!("tip block hash differs from the stored header at height {}", tip.height.0)));
+            }
+            if header.log_size != tip.log_size || header.log_root != frontier.root() {
+                return Err(err(format!(
+                    "log after height {} has size {} and root {}; the header says size {} and root {}",
+                    tip.height.0,
+                    tip.log_size,
+                    hex::encode(frontier.root()),
+                    header.log_size,
+                    hex::encode(header.log_root)
+                )));
+            }
+        }
+        if self.header(Height(tip.height.0 + 1))?.is_some() {
+            return Err(err(format!("a header is stored above the tip height {}", tip.height.0)));
+        }
+        if self.get(CF_RECORDS, &tip.log_size.to_be_bytes())?.is_some() {
+            return Err(err(format!("a record is stored at index {}, past the log size", tip.log_size)));
+        }
+        self.frontier = frontier;
+        Ok(())
+    }
+
+    pub fn tip(&self) -> &Tip {
+        &self.tip
+    }
+
+    pub fn log_root(&self) -> Hash {
+        self.frontier.root()
+    }
+
+    /// The log's right edge at the tip: `execute` extends it.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// Commits a block in one write batch. `header` must extend the tip and
+    /// agree with `executed`; `certificate` must have been verified by the caller.
+    pub fn commit(&mut self, header: &Header, certificate: &Certificate, executed: &Executed) -> Result<(), Error> {
+        let height = header.height.0;
+        let bad = |detail: String| Err(Error::Block { height, detail });
+        if header.height.0 != self.tip.height.0 + 1 {
+            return bad(format!("does not extend the tip at height {}", self.tip.height.0));
+        }
+        if header.parent != self.tip.block_hash {
+            return bad("parent is not the tip's block hash".into());
+        }
+        if executed.first_index != self.tip.log_size
+            || header.log_size != executed.log_size()
+            || header.log_root != executed.log_root()
+            || header.records_root != executed.records_root
+        {
+            return bad("header disagrees with the executed records (log size, log root or records root)".into());
+        }
+        if certificate.height != header.height || certificate.block_hash != header.hash() {
+            return bad("certificate is for another block".into());
+        }
+        let tip = Tip { height: header.height, block_hash: header.hash(), log_size: executed.log_size() };
+        let mut batch = WriteBatch::default();
+        let h = height.to_be_bytes();
+        batch.put_cf(self.cf(CF_HEADERS), h, header.to_bytes());
+        batch.put_cf(self.cf(CF_CERTS), h, certificate.to_bytes());
+        for (i, (id, bytes)) in executed.ids.iter().zip(&executed.records).enumerate() {
+            let index = (executed.first_index + i as u64).to_be_bytes();
+            batch.put_cf(self.cf(CF_RECORDS), index, bytes);
+            batch.put_cf(self.cf(CF_IDS), id.0, index);
+        }
+        for (level, index, hash) in &executed.nodes {
+            if *level > 0 {
+                batch.put_cf(self.cf(CF_NODES), node_key(*level, *index), hash);
+            }
+        }
+        for (key, version, index) in &executed.history {
+            let mut k = state_key(key);
+            k.extend_from_slice(&version.to_be_bytes());
+            batch.put_cf(self.cf(CF_HISTORY), k, index.to_be_bytes());
+        }
+        for (key, head) in &executed.heads {
+            batch.put_cf(self.cf(CF_HEADS), state_key(key), encode_head(head));
+        }
+        for (submitter, nonce) in &executed.nonces {
+            batch.put_cf(self.cf(CF_NONCES), submitter.0, nonce.to_be_bytes());
+        }
+        batch.put_cf(self.cf(CF_META), b"tip", codec::encode(&tip));
+        self.write(batch)?;
+        self.tip = tip;
+        self.frontier = executed.frontier.clone();
+        Ok(())
+    }
+
+    pub fn header(&self, height: Height) -> Result<Option<Header>, Error> {
+        self.get(CF_HEADERS, &height.0.to_be_bytes())?.map(|b| Header::from_bytes(&b)).transpose()
+    }
+
+    pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, Error> {
+        self.get(CF_CERTS, &height.0.to_be_bytes())?.map(|b| Certificate::from_bytes(&b)).transpose()
+    }
+
+    /// Canonical bytes of the signed record at log `index`.
+    pub fn record_bytes(&self, index: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.get(CF_RECORDS, &index.to_be_bytes())
+    }
+
+    pub fn index_of(&self, id: &RecordId) -> Result<Option<u64>, Error> {
+        self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
+    }
+
+    /// Every version of a key, in order: `(version, log index)`.
+    pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64)>, Error> {
+        let prefix = state_key(key);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(self.cf(CF_HISTORY), rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.store_err(e))?;
+            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
+                break;
+            }
+            out.push((be_u64(&k[prefix.len()..], "history")?, be_u64(&v, "history")?));
+        }
+        Ok(out)
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {
+        self.check_size(size)?;
+        merkle::inclusion_proof(self, index, size).map_err(|e| self.proof_err(e))
+    }
+
+    pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<Vec<Hash>, Error> {
+        self.check_size(size2)?;
+        merkle::consistency_proof(self, size1, size2).map_err(|e| self.proof_err(e))
+    }
+
+    /// The log root at any past size.
+    pub fn root_at(&self, size: u64) -> Result<Hash, Error> {
+        self.check_size(size)?;
+        merkle::root_at(self, size).map_err(|e| self.proof_err(e))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), Error> {
+        if size > self.tip.log_size {
+            return Err(Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("log size {size} is past the tip's log size {}", self.tip.log_size),
+            });
+        }
+        Ok(())
+    }
+
+    fn proof_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Store { path: self.path.display().to_string(), detail: format!("proof: {e}") }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is opened")
+    }
+
+    fn get(&self, family: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.db.get_cf(self.cf(family), key).map_err(|e| self.store_err(e))
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.options.sync);
+        self.db.write_opt(batch, &opts).map_err(|e| self.store_err(e))
+    }
+
+    fn store_err(&self, e: rocksdb::Error) -> Error {
+        Error::Store { path: self.path.display().to_string(), detail: e.to_string() }
+    }
+
+    /// Bytes of live SST and WAL files, as RocksDB reports them.
+    pub fn disk_bytes(&self) -> u64 {
+        let prop = |cf: &str, name: &str| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0);
+        FAMILIES.iter().map(|cf| prop(cf, "rocksdb.total-sst-files-size")).sum()
+    }
+
+    /// Flushes memtables to SST files (benchmarks measure disk use after this).
+    pub fn flush(&self) -> Result<(), Error> {
+        for cf in FAMILIES {
+            self.db.flush_cf(self.cf(cf)).map_err(|e| self.store_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Compacts every family (benchmarks: disk use at rest).
+    pub fn compact(&self) {
+        for cf in FAMILIES {
+            self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+}
+
+impl NodeReader for Store {
+    type Error = Error;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash, Error> {
+        let missing = || Error::Store { path: self.path.display().to_string(), detail: format!("log node ({level}, {index}) is missing") };
+        if level == 0 {
+            let bytes = self.record_bytes(index)?.ok_or_else(missing)?;
+            return Ok(merkle::leaf_hash(&bytes));
+        }
+        let bytes = self.get(CF_NODES, &node_key(level, index))?.ok_or_else(missing)?;
+        bytes.as_slice().try_into().map_err(|_| missing())
+    }
+}
+
+impl StateView for Store {
+    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
+        self.get(CF_HEADS, &state_key(key))?.map(|b| decode_head(&b)).transpose()
+    }
+
+    fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
+        self.get(CF_NONCES, &submitter.0)?.map(|b| be_u64(&b, "nonces")).transpose()
+    }
+}
+
+fn family_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    match name {
+        // Point lookups by record id: a bloom filter saves a disk read per miss.
+        CF_IDS | CF_HEADS | CF_NONCES => table.set_bloom_filter(10.0, false),
+        _ => {}
+    }
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(if name == CF_RECORDS { rocksdb::DBCompressionType::Lz4 } else { rocksdb::DBCompressionType::None });
+    opts
+}
+
+fn node_key(level: u8, index: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = level;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn state_key(key: &StateKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + key.namespace.len() + key.key.len());
+    k.push(key.namespace.len() as u8);
+    k.extend_from_slice(key.namespace.as_bytes());
+    k.extend_from_slice(&(key.key.len() as u16).to_be_bytes());
+    k.extend_from_slice(key.key.as_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8], family: &'static str) -> Result<u64, Error> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Malformed { kind: family, detail: format!("{} bytes where 8 were expected", bytes.len()) })?;
+    Ok(u64::from_be_bytes(arr))
+}
