@@ -1,0 +1,198 @@
+//! The canonical encoding: pinned bytes for a record, a header and a certificate,
+//! and every way a decoder must refuse bytes.
+
+mod common;
+
+use annal_ledger::block::{Certificate, Header, Height, View};
+use annal_ledger::codec;
+use annal_ledger::genesis::Params;
+use annal_ledger::record::{Body, DocumentAnchor, Op, RecordId, SignedRecord};
+use annal_ledger::Error;
+use common::*;
+
+/// A record with every field set: a document anchor, two metadata entries, supersedes.
+fn sample_record() -> SignedRecord {
+    let mut r = record(21, "land-titles", "parcel/0042", Op::Amend, Some(RecordId([0xab; 32])), 7);
+    r.body = Body::Document(DocumentAnchor { sha256: [0xcd; 32], size: 123_456, media_type: "application/pdf".into() });
+    r.metadata = [("basis".to_string(), "Act 12 s.3".to_string()), ("ref".to_string(), "LR-2026-0042".to_string())].into();
+    r.sign(&key(21))
+}
+
+fn sample_header() -> Header {
+    Header {
+        chain_id: CHAIN.into(),
+        height: Height(42),
+        view: View(45),
+        parent: [1; 32],
+        time_ms: 1_764_000_123_456,
+        proposer: 2,
+        records_root: [2; 32],
+        log_size: 4242,
+        log_root: [3; 32],
+        state_root: [4; 32],
+        validators_hash: [5; 32],
+        next_validators_hash: [6; 32],
+    }
+}
+
+const GOLDEN_RECORD: &str = concat!(
+    "010a00000000000000616e6e616c2d746573740b000000000000006c616e642d7469746c65730b000000000000007061",
+    "7263656c2f303034320100000001000000cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+    "cd40e20100000000000f000000000000006170706c69636174696f6e2f70646602000000000000000500000000000000",
+    "62617369730a0000000000000041637420313220732e3303000000000000007265660c000000000000004c522d323032",
+    "362d3030343201ababababababababababababababababababababababababababababababababd54207da194977dcf4",
+    "6adbfec2bc2e75b52d5a8a42184fedfdc00024f0e3e8da07000000000000002b3cfc8a8d6f45a7450d98c263e528e3a0",
+    "20ce6cdd78cdd05eafd0d5b3afaa8997ac6dbedb39364a55d2552ef266b8402f7ae5da3295b9dccd61565f3790400e",
+);
+const GOLDEN_HEADER: &str = concat!(
+    "010a00000000000000616e6e616c2d746573742a000000000000002d0000000000000001010101010101010101010101",
+    "0101010101010101010101010101010101010140ca99b69a010000020000000202020202020202020202020202020202",
+    "020202020202020202020202020202921000000000000003030303030303030303030303030303030303030303030303",
+    "030303030303030404040404040404040404040404040404040404040404040404040404040404050505050505050505",
+    "050505050505050505050505050505050505050505050506060606060606060606060606060606060606060606060606",
+    "06060606060606",
+);
+const GOLDEN_CERTIFICATE: &str = concat!(
+    "012a000000000000002d0000000000000093d74069423296fa7fb3fe0ec0cae6e7d4d6c2796a3890462b710aa0cf1aac",
+    "8501000000000000000d03000000000000002b6b3f96bcc54d44967392d9d39166fa82f3e63266b330cbe6d17ca5c572",
+    "fc40e1dfd56c4d6be7e139c0d493a57c07c80daf59cb584cbbb43a7b9f23cfe7cd070afecf6c2b1a172123f6ede42320",
+    "bf4e7a1e0f1c0bf406008817e8bf8ac829b67af0f971a56e0630f0ec751fe270000158411f0a785ff9f74237d6ce2559",
+    "2b09dde21c2c25a1c39b163b37f866cac120583e473b3b78923fd0a213db6945be5e962cb26e78f885a7956a6a1443a6",
+    "1ffb09b88fe115ef26c7e10922812a9d4407",
+);
+
+#[test]
+fn golden_bytes_are_pinned() {
+    // Goal: an accidental change to the format of a record, header or certificate fails the build.
+    let record = hex::encode(sample_record().to_bytes());
+    let header = hex::encode(sample_header().to_bytes());
+    let set = genesis().validator_set();
+    let (k1, k3, k4) = (key(1), key(3), key(4));
+    let cert = hex::encode(Certificate::sign(CHAIN, &sample_header(), &set, &[(0, &k1), (2, &k3), (3, &k4)]).to_bytes());
+    assert_eq!(record, GOLDEN_RECORD, "record encoding changed");
+    assert_eq!(header, GOLDEN_HEADER, "header encoding changed");
+    assert_eq!(cert, GOLDEN_CERTIFICATE, "certificate encoding changed");
+}
+
+#[test]
+fn record_layout_matches_docs() {
+    // Goal: the bytes follow the layout docs/PROOFS.md writes out (format byte, u64 LE lengths, u32 LE variants).
+    let bytes = sample_record().to_bytes();
+    assert_eq!(bytes[0], codec::FORMAT_V1);
+    assert_eq!(&bytes[1..9], &10u64.to_le_bytes(), "chain id length");
+    assert_eq!(&bytes[9..19], CHAIN.as_bytes());
+    let sig = &bytes[bytes.len() - 64..];
+    assert_eq!(sig, sample_record().signature.0.as_slice(), "signature is last");
+}
+
+#[test]
+fn round_trip_and_id() {
+    // Goal: decoding canonical bytes gives the value back, and the id is the RFC 6962 leaf hash of those bytes.
+    let r = sample_record();
+    let bytes = r.to_bytes();
+    let back = SignedRecord::from_bytes(&bytes, &Params::default()).unwrap();
+    assert_eq!(back, r);
+    back.verify_signature().unwrap();
+    let mut leaf_input = vec![0u8];
+    leaf_input.extend_from_slice(&bytes);
+    use sha2::Digest;
+    let want: [u8; 32] = sha2::Sha256::digest(&leaf_input).into();
+    assert_eq!(r.id().0, want);
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    // Goal: a valid encoding followed by one more byte is refused as TrailingBytes.
+    let mut bytes = sample_record().to_bytes();
+    bytes.push(0);
+    let err = SignedRecord::from_bytes(&bytes, &Params::default()).unwrap_err();
+    assert!(matches!(err, Error::TrailingBytes { trailing: 1, .. }), "{err:?}");
+}
+
+#[test]
+fn over_long_input_is_refused_before_decoding() {
+    // Goal: one byte over the record limit is refused as TooLong; at the limit it is read.
+    let bytes = sample_record().to_bytes();
+    let params = Params { record_bytes_max: bytes.len(), ..Params::default() };
+    SignedRecord::from_bytes(&bytes, &params).unwrap();
+    let params = Params { record_bytes_max: bytes.len() - 1, ..Params::default() };
+    let err = SignedRecord::from_bytes(&bytes, &params).unwrap_err();
+    assert!(matches!(err, Error::TooLong { .. }), "{err:?}");
+}
+
+#[test]
+fn truncated_input_is_refused_at_every_length() {
+    // Goal: every strict prefix of a valid record is refused with an error, never a panic.
+    let bytes = sample_record().to_bytes();
+    for n in 0..bytes.len() {
+        assert!(SignedRecord::from_bytes(&bytes[..n], &Params::default()).is_err(), "prefix of {n} bytes accepted");
+    }
+}
+
+#[test]
+fn unknown_format_version_is_refused() {
+    // Goal: a record in a format this build does not know is refused as UnknownFormat.
+    let mut bytes = sample_record().to_bytes();
+    bytes[0] = 2;
+    let err = SignedRecord::from_bytes(&bytes, &Params::default()).unwrap_err();
+    assert!(matches!(err, Error::UnknownFormat { format: 2, .. }), "{err:?}");
+}
+
+#[test]
+fn unsorted_metadata_is_refused_as_non_canonical() {
+    // Goal: metadata entries out of key order decode but do not re-encode to the same bytes: NonCanonical.
+    let bytes = sample_record().to_bytes();
+    let basis = b"\x05\x00\x00\x00\x00\x00\x00\x00basis\x0a\x00\x00\x00\x00\x00\x00\x00Act 12 s.3";
+    let reference = b"\x03\x00\x00\x00\x00\x00\x00\x00ref\x0c\x00\x00\x00\x00\x00\x00\x00LR-2026-0042";
+    let at = bytes.windows(basis.len()).position(|w| w == basis).expect("basis entry present");
+    let mut swapped = bytes[..at].to_vec();
+    swapped.extend_from_slice(reference);
+    swapped.extend_from_slice(basis);
+    swapped.extend_from_slice(&bytes[at + basis.len() + reference.len()..]);
+    assert_eq!(swapped.len(), bytes.len());
+    let err = SignedRecord::from_bytes(&swapped, &Params::default()).unwrap_err();
+    assert!(matches!(err, Error::NonCanonical { .. }), "{err:?}");
+}
+
+#[test]
+fn invalid_tags_are_refused() {
+    // Goal: an Option tag of 2, an unknown enum variant and a bad UTF-8 string are malformed.
+    let bytes = sample_record().to_bytes();
+    let some_at = bytes.len() - 64 - 8 - 32 - 32 - 1;
+    assert_eq!(bytes[some_at], 1, "supersedes tag");
+    let mut bad = bytes.clone();
+    bad[some_at] = 2;
+    assert!(matches!(SignedRecord::from_bytes(&bad, &Params::default()), Err(Error::Malformed { .. })));
+    let op_at = 1 + 8 + 10 + 8 + 11 + 8 + 11;
+    let mut bad = bytes.clone();
+    bad[op_at] = 3;
+    assert!(matches!(SignedRecord::from_bytes(&bad, &Params::default()), Err(Error::Malformed { .. })));
+    let mut bad = bytes.clone();
+    bad[9] = 0xff;
+    assert!(matches!(SignedRecord::from_bytes(&bad, &Params::default()), Err(Error::Malformed { .. })));
+}
+
+#[test]
+fn huge_length_prefix_is_refused_without_allocating() {
+    // Goal: a length prefix claiming 2^63 bytes is an error, not an allocation or a panic.
+    let mut bytes = sample_record().to_bytes();
+    bytes[1..9].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    assert!(SignedRecord::from_bytes(&bytes, &Params::default()).is_err());
+}
+
+#[test]
+fn header_and_certificate_round_trip_and_refuse_trailing_bytes() {
+    // Goal: headers and certificates decode back to themselves and refuse trailing bytes.
+    let h = sample_header();
+    assert_eq!(Header::from_bytes(&h.to_bytes()).unwrap(), h);
+    let mut long = h.to_bytes();
+    long.push(9);
+    assert!(matches!(Header::from_bytes(&long), Err(Error::TrailingBytes { .. })));
+    let set = genesis().validator_set();
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    let c = Certificate::sign(CHAIN, &h, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
+    assert_eq!(Certificate::from_bytes(&c.to_bytes()).unwrap(), c);
+    let mut long = c.to_bytes();
+    long.push(9);
+    assert!(matches!(Certificate::from_bytes(&long), Err(Error::TrailingBytes { .. })));
+}
