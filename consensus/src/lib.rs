@@ -1,1 +1,151 @@
 //! Sans-IO Simplex BFT core and the deterministic simulator that attacks it.
+//!
+//! This page is the protocol specification. The code cites its rules as
+//! `Spec R<n>` and its sections as `Spec §<name>`.
+//!
+//! # Model
+//!
+//! A fixed [`ValidatorSet`] per epoch; validator `i` has voting power `p_i`
+//! and the total is `P`. Byzantine validators hold less than `P/3` of the
+//! power. The network is asynchronous but eventually synchronous: after an
+//! unknown global stabilisation time every message between honest validators
+//! arrives within `δ`. Signatures are ed25519 and unforgeable.
+//!
+//! The core is a pure state machine, [`Core::handle`]`(now, Input) -> Vec<Output>`:
+//! no I/O, no clock, no randomness, only ordered maps. Time is an argument.
+//!
+//! # §Quorums
+//! A quorum is any set of signers with power `> 2P/3`
+//! ([`ValidatorSet::is_quorum`]). Two quorums share power `> P/3`, hence
+//! at least one honest validator.
+//!
+//! # §Leaders
+//! The leader of view `v` is validator `v mod n` ([`ValidatorSet::leader`]).
+//!
+//! # §Signatures
+//! A validator signs `domain || chain_id || height || view || digest`
+//! (`domain || chain_id || view` for nullify), little-endian, with domains
+//! `annal/propose/v1`, `annal/notarize/v1`, `annal/nullify/v1`,
+//! `annal/finalize/v1` ([`signing_bytes`]). A block's digest is
+//! `SHA-256(annal/block/v1 || chain_id || height || view || parent_view || parent || len || payload)`.
+//!
+//! # §Certificates
+//! A notarization, nullification or finalization of view `v` is a
+//! [`Certificate`]: the subject, a signer bitmap, and the signatures of a
+//! quorum on it, in signer order. [`Certificate::verify`] checks all of it. A
+//! finalization certificate is what the node stores as a block's proof of
+//! finality.
+//!
+//! # §Rules
+//! Each validator is in one view at a time, starting at view 1 above the anchor.
+//!
+//! * **R1 (enter).** On entering view `v`, arm a timer for
+//!   `timeout_base · 2^k` (capped at `timeout_max`), `k` being the number of
+//!   views nullified in a row just before `v`.
+//! * **R2 (propose).** The leader of `v` proposes a block extending the
+//!   *parent for v*: the block of the highest view `p < v` that has a
+//!   notarization (or finalization), such that every view strictly between
+//!   `p` and `v` has a nullification, or the last finalized block if every
+//!   view down to it is nullified. It asks the application for the payload.
+//! * **R3 (notarize).** In view `v`, a validator that has not timed out
+//!   notarizes the first proposal signed by the leader of `v` if (a) the
+//!   proposal's parent is the notarized (or finalized) block of
+//!   `parent_view` at height one less, (b) every view strictly between
+//!   `parent_view` and `v` has a nullification, (c) `parent_view` is not
+//!   below the last finalized view, and (d) the application says the block
+//!   is valid. If (a)–(c) fail for lack of certificates it waits; if they
+//!   fail otherwise, or (d) fails, it nullifies `v` at once.
+//! * **R4 (certify).** A quorum of notarize (nullify, finalize) votes on one
+//!   subject forms a notarization (nullification, finalization); the
+//!   validator broadcasts it. Certificates from peers are verified and count
+//!   the same.
+//! * **R5 (finalize / nullify).** On a notarization of `v`, a validator that
+//!   has not nullified `v` (or any later view) sends `finalize(v)`. On its
+//!   timer in `v` it sends `nullify(v)`, and never sends `finalize(v)`
+//!   afterwards.
+//! * **R6 (advance).** Any certificate for a view `v ≥` the current view
+//!   moves the validator to `v + 1` at once: the next proposal does not wait
+//!   for finality, and certificates seen in later views are catch-up.
+//! * **R7 (commit).** A finalization of block `b` at height `h` makes `b`
+//!   and, through parent links, all its ancestors final. They are output in
+//!   height order, fetching missing bodies by digest from the signers of the
+//!   certificate (a body is accepted only if it hashes to the wanted digest).
+//! * **R8 (evidence).** Two verified messages from one validator that
+//!   [`conflicting`] calls conflicting become an [`Evidence`] output.
+//! * **R9 (persist).** Every signature passes through [`Signer`] (rules
+//!   S1–S4 on its methods), which advances [`SafetyState`] first;
+//!   `handle` emits `PersistSafety` before the messages carrying the
+//!   signatures. The host makes it durable before sending anything after it.
+//! * **R10 (repair).** On each timeout a validator re-sends its nullify
+//!   and the certificate that ended the previous view, and retries block
+//!   fetches; a peer seen nullifying an older view is sent the latest
+//!   finalization and the certificates that lead to the current view.
+//!
+//! # §Safety argument
+//! *One notarized block per view.* Two notarizations of view `v` for
+//! different blocks need two quorums, sharing an honest validator that
+//! notarized twice in `v` — forbidden by S2.
+//!
+//! *A finalized view is never nullified.* A finalization of `v` holds a
+//! quorum of finalize votes, so more than `P/3` honest power sent
+//! `finalize(v)`; by S3/S4 none of them ever nullifies `v`, leaving less than
+//! `2P/3` for a nullification.
+//!
+//! *Every later notarized block extends a finalized one.* Let `b` be
+//! finalized in view `v`, and let `b'` be notarized in a view `v' > v`. Some
+//! honest validator notarized `b'` after checking R3: `parent_view(b') ≥ v`
+//! (else view `v` would need a nullification, which cannot exist) and the
+//! parent is the notarized block of `parent_view(b')`. If that is `v`, the
+//! parent is `b` (one notarized block per view); otherwise induct on the
+//! parent's view. So two finalized blocks lie on one chain, and R7 commits
+//! each height once: **agreement**. Restarting from the persisted
+//! `SafetyState` cannot break S1–S4, because the state that allows a
+//! signature is durable before the signature leaves (R9).
+//!
+//! # §Liveness argument
+//! After stabilisation, honest validators enter views within `δ` of one
+//! another (R4 broadcasts, R6, R10). If the leader of `v` is honest and the
+//! timeout exceeds `3δ` plus the skew, its proposal reaches everyone within
+//! `δ`, its parent check passes (the leader used certificates it broadcast),
+//! notarize votes form a notarization within `2δ`, and finalize votes a
+//! finalization within `3δ` of the proposal. If the leader is faulty the
+//! view times out and a nullification forms from the honest quorum. Timeouts
+//! double across consecutive nullified views (R1), so they eventually exceed
+//! the real delay; round-robin leaders bring an honest leader within `f + 1`
+//! views.
+//!
+//! # §Validator sets
+//! A core serves one epoch with one [`ValidatorSet`] supplied by the
+//! application through [`Config`]. To change the set, the host starts a new
+//! core anchored at the last committed block of the old epoch, with the same
+//! signer state (views keep growing, so no signature repeats). A certificate
+//! for height `h` is verified against the set the application names for `h`.
+//!
+//! # §Limits
+//! Messages, payloads, bitmaps (at most [`VALIDATORS_MAX`] validators),
+//! views ahead, pending fetches and retained blocks are bounded by [`Limits`]
+//! and [`Config`]; decoding rejects anything over a limit or with trailing
+//! bytes (see [`wire`]).
+
+mod cert;
+mod config;
+mod error;
+mod signer;
+mod state;
+#[cfg(test)]
+mod state_tests;
+mod types;
+pub mod wire;
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use cert::{verify_vote, Ed25519Verifier, Verifier};
+pub use config::Config;
+pub use error::Error;
+pub use signer::{conflicting, SafetyState, Signer};
+pub use state::{Core, Evidence, Input, Output};
+pub use types::{
+    Anchor, Block, ChainId, Digest, Height, Validator, ValidatorIndex, ValidatorSet, View, VALIDATORS_MAX,
+};
+pub use wire::{signing_bytes, Certificate, Limits, Message, Proposal, Vote, VoteKind};

@@ -1,0 +1,707 @@
+//! The protocol logic: [`Core::handle`] turns one input into effects (Spec §Rules).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::cert::{verify_vote, Verifier};
+use crate::config::Config;
+use crate::error::Error;
+use crate::signer::{conflicting, SafetyState, Signer};
+use crate::types::{Anchor, Block, Digest, Height, ValidatorIndex, View};
+use crate::wire::{Certificate, Message, Proposal, Vote, VoteKind};
+
+/// Everything that can happen to a core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// First input after construction: arms the timer of the starting view.
+    Start,
+    /// A decoded message from the authenticated peer `from`.
+    Message { from: ValidatorIndex, message: Message },
+    /// The deadline of `Output::Schedule { view, .. }` passed.
+    Timeout(View),
+    /// The application's payload for `Output::NeedPayload { view, .. }`.
+    Payload { view: View, payload: Vec<u8> },
+    /// The application's verdict on `Output::Validate(block)` for the block with this hash.
+    Validated { digest: Digest, valid: bool },
+}
+
+/// Two signed messages from one validator that an honest validator never signs both of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    pub first: Vote,
+    pub second: Vote,
+}
+
+/// Effects, in the order the host must perform them. `PersistSafety` always comes
+/// first when present and must be durable before any later `Broadcast` or `Send`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    PersistSafety(SafetyState),
+    Broadcast(Message),
+    Send {
+        to: ValidatorIndex,
+        message: Message,
+    },
+    /// Deliver `Input::Timeout(view)` at `deadline` (same clock as `now`).
+    Schedule {
+        view: View,
+        deadline: Duration,
+    },
+    /// This validator leads `view`: supply a payload for a block at `height` extending `parent`.
+    NeedPayload {
+        view: View,
+        height: Height,
+        parent: Digest,
+    },
+    /// Is this block's payload valid on top of its parent? Answer with `Input::Validated`.
+    Validate(Block),
+    /// Final, in height order, exactly once per height. `certificate` is the
+    /// block's own finalization, or (for an ancestor finalized implicitly) that
+    /// of the nearest finalized descendant (`certificate.height > block.height`).
+    Finalized {
+        block: Block,
+        certificate: Certificate,
+    },
+    Evidence(Evidence),
+    /// A message from `from` failed a check; the host may score the peer.
+    Rejected {
+        from: ValidatorIndex,
+        error: Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Step {
+    #[default]
+    Idle,
+    WaitingParent,
+    Validating,
+    Voted,
+    Rejected,
+}
+
+/// What a core knows about one view.
+#[derive(Default)]
+struct Round {
+    proposal: Option<(Digest, Proposal)>,
+    step: Step,
+    timed_out: bool,
+    /// The parent this leader asked a payload for.
+    proposing_on: Option<Anchor>,
+    votes: [BTreeMap<ValidatorIndex, Vote>; 3],
+    certificates: [Option<Certificate>; 3],
+}
+
+fn slot(kind: VoteKind) -> usize {
+    match kind {
+        VoteKind::Notarize => 0,
+        VoteKind::Nullify => 1,
+        VoteKind::Finalize => 2,
+        VoteKind::Propose => unreachable!("proposals are not counted"),
+    }
+}
+
+impl Round {
+    fn notarized(&self) -> Option<&Certificate> {
+        self.certificates[0].as_ref().or(self.certificates[2].as_ref())
+    }
+    fn nullified(&self) -> bool {
+        self.certificates[1].is_some()
+    }
+}
+
+struct Want {
+    peers: Vec<ValidatorIndex>,
+    attempts: u32,
+    last: Duration,
+}
+
+/// One validator's consensus state machine. See the crate docs for the protocol.
+pub struct Core {
+    cfg: Config,
+    signer: Signer,
+    verifier: Box<dyn Verifier>,
+    view: View,
+    nullified_in_row: u32,
+    rounds: BTreeMap<View, Round>,
+    /// Highest finalization known (Spec §Commit), and its certificate.
+    finalized: Anchor,
+    finalizations: BTreeMap<Height, Certificate>,
+    committed: Anchor,
+    blocks: BTreeMap<Digest, Block>,
+    wanted: BTreeMap<Digest, Want>,
+    helped: BTreeMap<ValidatorIndex, Duration>,
+    persisted: SafetyState,
+    /// The `now` of the input being handled.
+    now: Duration,
+    sends: Vec<Output>,
+    out: Vec<Output>,
+}
+
+impl Core {
+    /// A core for one epoch. `anchor` is the last block the host committed (the
+    /// genesis block at first); `signer` carries the last persisted safety state.
+    pub fn new(cfg: Config, signer: Signer, anchor: Anchor, verifier: Box<dyn Verifier>) -> Core {
+        assert!(
+            cfg.validators.get(signer.index()).is_some(),
+            "signer {:?} is not in the validator set",
+            signer.index()
+        );
+        let view = signer.state().view().max(anchor.view.next());
+        let persisted = signer.state();
+        Core {
+            cfg,
+            signer,
+            verifier,
+            view,
+            nullified_in_row: 0,
+            rounds: BTreeMap::new(),
+            finalized: anchor,
+            finalizations: BTreeMap::new(),
+            committed: anchor,
+            blocks: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            helped: BTreeMap::new(),
+            persisted,
+            now: Duration::ZERO,
+            sends: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn committed(&self) -> Anchor {
+        self.committed
+    }
+
+    pub fn safety_state(&self) -> SafetyState {
+        self.signer.state()
+    }
+
+    /// Handles one input at time `now` and returns the effects, `PersistSafety` first.
+    pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Output> {
+        self.now = now;
+        match input {
+            Input::Start => {
+                self.arm_timer(now);
+                self.progress();
+            }
+            Input::Message { from, message } => self.on_message(now, from, message),
+            Input::Timeout(view) => {
+                if view == self.view {
+                    self.on_timeout(now);
+                }
+            }
+            Input::Payload { view, payload } => self.on_payload(view, payload),
+            Input::Validated { digest, valid } => self.on_validated(now, digest, valid),
+        }
+        let mut out = Vec::with_capacity(1 + self.sends.len() + self.out.len());
+        let state = self.signer.state();
+        if state != self.persisted {
+            // Spec R9: the state that permits the signatures below is persisted before they leave.
+            out.push(Output::PersistSafety(state));
+            self.persisted = state;
+        }
+        out.append(&mut self.sends);
+        out.append(&mut self.out);
+        out
+    }
+
+    fn on_message(&mut self, now: Duration, from: ValidatorIndex, message: Message) {
+        match message {
+            Message::Propose(p) => self.on_proposal(from, p),
+            Message::Vote(v) => self.on_vote(now, from, v),
+            Message::Certificate(c) => self.on_certificate(from, c),
+            Message::BlockRequest(d) => self.on_block_request(from, d),
+            Message::BlockResponse(b) => self.on_block_response(b),
+        }
+    }
+
+    fn reject(&mut self, from: ValidatorIndex, error: Error) {
+        self.out.push(Output::Rejected { from, error });
+    }
+
+    fn broadcast(&mut self, m: Message) {
+        self.sends.push(Output::Broadcast(m));
+    }
+
+    fn round(&mut self, view: View) -> &mut Round {
+        self.rounds.entry(view).or_default()
+    }
+
+    fn me(&self) -> ValidatorIndex {
+        self.signer.index()
+    }
+
+    // ---- proposals (Spec R2, R3) ----
+
+    fn on_proposal(&mut self, from: ValidatorIndex, p: Proposal) {
+        let v = p.block.view;
+        if v <= self.finalized.view || v.0 > self.view.0 + self.cfg.views_ahead_max {
+            return;
+        }
+        if p.block.payload.len() > self.cfg.limits.payload_bytes_max {
+            let error = Error::PayloadTooLarge { got: p.block.payload.len(), max: self.cfg.limits.payload_bytes_max };
+            return self.reject(from, error);
+        }
+        let digest = p.block.hash(&self.cfg.chain_id);
+        let leader = self.cfg.validators.leader(v);
+        let vote = Vote {
+            kind: VoteKind::Propose,
+            view: v,
+            height: p.block.height,
+            digest,
+            signer: leader,
+            signature: p.signature,
+        };
+        let existing = self.rounds.get(&v).and_then(|r| r.proposal.as_ref()).map(|(d, q)| (*d, q.clone()));
+        if existing.as_ref().is_some_and(|(d, _)| *d == digest) {
+            return;
+        }
+        if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
+            return self.reject(from, error);
+        }
+        if let Some((d, q)) = existing {
+            // Spec R8: two proposals for one view.
+            let first = Vote { height: q.block.height, digest: d, signature: q.signature, ..vote.clone() };
+            self.out.push(Output::Evidence(Evidence { first, second: vote }));
+            return;
+        }
+        self.round(v).proposal = Some((digest, p));
+        self.try_vote(v);
+    }
+
+    /// Spec R3: the parent check a validator runs before it asks the application.
+    fn check_parent(&self, b: &Block) -> Result<(), bool> {
+        let f = self.finalized;
+        if b.parent_view >= b.view || b.parent_view < f.view {
+            return Err(true);
+        }
+        let (parent_height, parent_digest) = if b.parent_view == f.view {
+            (f.height, f.digest)
+        } else {
+            match self.rounds.get(&b.parent_view).and_then(Round::notarized) {
+                Some(c) => (c.height, c.digest),
+                None => return Err(false),
+            }
+        };
+        if parent_digest != b.parent || b.height != parent_height.next() {
+            return Err(true);
+        }
+        let skipped = (b.parent_view.0 + 1)..b.view.0;
+        if skipped.into_iter().all(|w| self.rounds.get(&View(w)).is_some_and(Round::nullified)) {
+            Ok(())
+        } else {
+            Err(false)
+        }
+    }
+
+    fn try_vote(&mut self, v: View) {
+        if v != self.view {
+            return;
+        }
+        let Some(round) = self.rounds.get(&v) else { return };
+        if round.timed_out || !matches!(round.step, Step::Idle | Step::WaitingParent) {
+            return;
+        }
+        let Some((_, p)) = &round.proposal else { return };
+        let block = p.block.clone();
+        let step = match self.check_parent(&block) {
+            Ok(()) => {
+                self.out.push(Output::Validate(block));
+                Step::Validating
+            }
+            Err(false) => Step::WaitingParent,
+            Err(true) => Step::Rejected,
+        };
+        self.round(v).step = step;
+        if step == Step::Rejected {
+            self.nullify_now();
+        }
+    }
+
+    fn on_validated(&mut self, now: Duration, digest: Digest, valid: bool) {
+        let v = self.view;
+        let Some(round) = self.rounds.get_mut(&v) else { return };
+        let Some((d, p)) = &round.proposal else { return };
+        if *d != digest || round.step != Step::Validating {
+            return;
+        }
+        let height = p.block.height;
+        if valid {
+            round.step = Step::Voted;
+            self.vote(now, VoteKind::Notarize, v, height, digest);
+        } else {
+            round.step = Step::Rejected;
+            self.nullify_now();
+        }
+    }
+
+    /// Spec R2: the leader asks for a payload once it knows a valid parent.
+    fn try_propose(&mut self) {
+        let v = self.view;
+        if self.cfg.validators.leader(v) != self.me() || self.signer.state().proposed >= v {
+            return;
+        }
+        let round = self.rounds.entry(v).or_default();
+        if round.proposing_on.is_some() || round.timed_out {
+            return;
+        }
+        let Some(parent) = self.parent_for(v) else { return };
+        self.round(v).proposing_on = Some(parent);
+        self.out.push(Output::NeedPayload { view: v, height: parent.height.next(), parent: parent.digest });
+    }
+
+    /// The block a proposal in `v` must extend: the highest notarized view below
+    /// `v` with every view in between nullified (Spec R2).
+    fn parent_for(&self, v: View) -> Option<Anchor> {
+        let f = self.finalized;
+        let mut w = v.0 - 1;
+        while w > f.view.0 {
+            let round = self.rounds.get(&View(w))?;
+            if let Some(c) = round.notarized() {
+                return Some(Anchor { height: c.height, view: View(w), digest: c.digest });
+            }
+            if !round.nullified() {
+                return None;
+            }
+            w -= 1;
+        }
+        Some(f)
+    }
+
+    fn on_payload(&mut self, view: View, payload: Vec<u8>) {
+        assert!(
+            payload.len() <= self.cfg.limits.payload_bytes_max,
+            "the application's payload exceeds payload_bytes_max"
+        );
+        if view != self.view {
+            return;
+        }
+        let Some(parent) = self.round(view).proposing_on else { return };
+        let block =
+            Block { height: parent.height.next(), view, parent_view: parent.view, parent: parent.digest, payload };
+        let digest = block.hash(&self.cfg.chain_id);
+        let Some(vote) = self.signer.propose(view, block.height, digest) else { return };
+        let height = block.height;
+        let proposal = Proposal { block, signature: vote.signature };
+        self.broadcast(Message::Propose(proposal.clone()));
+        let round = self.round(view);
+        round.proposal = Some((digest, proposal));
+        round.step = Step::Voted;
+        self.vote(self.now, VoteKind::Notarize, view, height, digest);
+    }
+
+    // ---- votes (Spec R4–R6, R8) ----
+
+    /// Signs (if the safety rules allow), broadcasts and counts one's own vote.
+    fn vote(&mut self, now: Duration, kind: VoteKind, view: View, height: Height, digest: Digest) {
+        let vote = match kind {
+            VoteKind::Notarize => self.signer.notarize(view, height, digest),
+            VoteKind::Nullify => self.signer.nullify(view),
+            VoteKind::Finalize => self.signer.finalize(view, height, digest),
+            VoteKind::Propose => unreachable!("proposals are signed in on_payload"),
+        };
+        if let Some(vote) = vote {
+            self.broadcast(Message::Vote(vote.clone()));
+            self.count(now, vote);
+        }
+    }
+
+    fn on_vote(&mut self, now: Duration, from: ValidatorIndex, vote: Vote) {
+        if vote.kind == VoteKind::Nullify && vote.view < self.view {
+            self.help(now, from);
+        }
+        if vote.kind == VoteKind::Propose
+            || vote.view <= self.finalized.view
+            || vote.view.0 > self.view.0 + self.cfg.views_ahead_max
+        {
+            return;
+        }
+        let round = self.rounds.entry(vote.view).or_default();
+        let same = round.votes[slot(vote.kind)].get(&vote.signer).cloned();
+        if same.as_ref() == Some(&vote) {
+            return;
+        }
+        let other = match vote.kind {
+            VoteKind::Nullify => round.votes[slot(VoteKind::Finalize)].get(&vote.signer).cloned(),
+            VoteKind::Finalize => round.votes[slot(VoteKind::Nullify)].get(&vote.signer).cloned(),
+            _ => None,
+        };
+        if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
+            return self.reject(from, error);
+        }
+        for first in [same.clone(), other].into_iter().flatten() {
+            if conflicting(&first, &vote) {
+                self.out.push(Output::Evidence(Evidence { first, second: vote.clone() }));
+            }
+        }
+        if same.is_none() {
+            self.count(now, vote);
+        }
+    }
+
+    /// Records a verified vote and forms a certificate at quorum (Spec R4).
+    fn count(&mut self, now: Duration, vote: Vote) {
+        let set = &self.cfg.validators;
+        let round = self.rounds.entry(vote.view).or_default();
+        let s = slot(vote.kind);
+        round.votes[s].entry(vote.signer).or_insert_with(|| vote.clone());
+        if round.certificates[s].is_some() {
+            return;
+        }
+        let same_subject = |v: &&Vote| (v.height, v.digest) == (vote.height, vote.digest);
+        let power: u64 =
+            round.votes[s].values().filter(same_subject).map(|v| set.get(v.signer).map_or(0, |x| x.power)).sum();
+        if !set.is_quorum(power) {
+            return;
+        }
+        let cert =
+            Certificate::assemble(set, round.votes[s].values().filter(same_subject)).expect("a quorum has votes");
+        self.broadcast(Message::Certificate(cert.clone()));
+        self.on_verified_certificate(now, cert);
+    }
+
+    // ---- certificates (Spec R4–R7) ----
+
+    fn on_certificate(&mut self, from: ValidatorIndex, c: Certificate) {
+        if c.view <= self.finalized.view
+            || self.rounds.get(&c.view).is_some_and(|r| r.certificates[slot(c.kind)].is_some())
+        {
+            return;
+        }
+        if let Err(error) = c.verify(&self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
+            return self.reject(from, error);
+        }
+        self.on_verified_certificate(self.now, c);
+    }
+
+    fn on_verified_certificate(&mut self, now: Duration, c: Certificate) {
+        let v = c.view;
+        let kind = c.kind;
+        self.round(v).certificates[slot(kind)] = Some(c.clone());
+        match kind {
+            VoteKind::Notarize | VoteKind::Finalize => {
+                self.keep_block(v, c.digest);
+                // Spec R5: finalize what is notarized unless this view was nullified by us.
+                self.vote(now, VoteKind::Finalize, v, c.height, c.digest);
+                if kind == VoteKind::Finalize {
+                    self.on_finalization(c);
+                }
+                if v >= self.view {
+                    self.nullified_in_row = 0;
+                }
+            }
+            VoteKind::Nullify => {
+                if v >= self.view {
+                    self.nullified_in_row = self.nullified_in_row.saturating_add(1);
+                }
+            }
+            VoteKind::Propose => unreachable!("no proposal certificates"),
+        }
+        if v >= self.view {
+            // Spec R6: a certificate for view v starts view v+1.
+            self.view = v.next();
+            self.arm_timer(now);
+            self.retry_wanted(now);
+        }
+        self.progress();
+    }
+
+    fn progress(&mut self) {
+        self.try_propose();
+        self.try_vote(self.view);
+    }
+
+    fn arm_timer(&mut self, now: Duration) {
+        let shift = self.nullified_in_row.min(16);
+        let timeout = self.cfg.timeout_base.saturating_mul(1 << shift).min(self.cfg.timeout_max);
+        self.out.push(Output::Schedule { view: self.view, deadline: now + timeout });
+    }
+
+    // ---- timeouts (Spec R5, R10) ----
+
+    fn on_timeout(&mut self, now: Duration) {
+        let v = self.view;
+        self.round(v).timed_out = true;
+        self.vote(now, VoteKind::Nullify, v, Height(0), [0; 32]);
+        // Spec R10: re-send what peers that lost messages need to catch up.
+        if let Some(c) = self.latest_certificate() {
+            self.broadcast(Message::Certificate(c));
+        }
+        self.arm_timer(now);
+        self.retry_wanted(now);
+    }
+
+    /// Nullify the current view at once (invalid or unusable proposal); its timer keeps running.
+    fn nullify_now(&mut self) {
+        let v = self.view;
+        self.round(v).timed_out = true;
+        self.vote(self.now, VoteKind::Nullify, v, Height(0), [0; 32]);
+    }
+
+    fn latest_certificate(&self) -> Option<Certificate> {
+        let prev = self.rounds.get(&View(self.view.0 - 1))?;
+        prev.certificates.iter().flatten().next().cloned()
+    }
+
+    /// Spec R10: a peer still nullifying an older view gets the certificates that move it to ours.
+    fn help(&mut self, now: Duration, to: ValidatorIndex) {
+        if self.helped.get(&to).is_some_and(|&t| now < t + self.cfg.timeout_base) {
+            return;
+        }
+        self.helped.insert(to, now);
+        if let Some(c) = self.finalizations.values().next_back().cloned().or_else(|| self.finalized_certificate()) {
+            self.sends.push(Output::Send { to, message: Message::Certificate(c) });
+        }
+        let mut bundle = Vec::new();
+        for (_, round) in self.rounds.range(..self.view).rev() {
+            if let Some(c) = &round.certificates[0] {
+                bundle.push(c.clone());
+                break;
+            }
+            match &round.certificates[1] {
+                Some(c) => bundle.push(c.clone()),
+                None => break,
+            }
+            if bundle.len() as u64 >= self.cfg.views_ahead_max {
+                break;
+            }
+        }
+        for c in bundle.into_iter().rev() {
+            self.sends.push(Output::Send { to, message: Message::Certificate(c) });
+        }
+    }
+
+    fn finalized_certificate(&self) -> Option<Certificate> {
+        self.rounds.get(&self.finalized.view).and_then(|r| r.certificates[2].clone())
+    }
+
+    // ---- commit and block fetch (Spec R7) ----
+
+    fn on_finalization(&mut self, c: Certificate) {
+        if c.height <= self.committed.height {
+            return;
+        }
+        self.finalizations.insert(c.height, c.clone());
+        if c.view > self.finalized.view {
+            self.finalized = Anchor { height: c.height, view: c.view, digest: c.digest };
+            self.rounds = self.rounds.split_off(&c.view);
+        }
+        self.try_commit();
+    }
+
+    /// Copies a certified block out of its round so it outlives the round.
+    fn keep_block(&mut self, v: View, digest: Digest) {
+        if self.blocks.contains_key(&digest) {
+            return;
+        }
+        let block = self
+            .rounds
+            .get(&v)
+            .and_then(|r| r.proposal.as_ref())
+            .filter(|(d, _)| *d == digest)
+            .map(|(_, p)| p.block.clone());
+        if let Some(b) = block {
+            self.blocks.insert(digest, b);
+        }
+    }
+
+    /// Spec R7: commit the finalized chain down to the last committed block.
+    fn try_commit(&mut self) {
+        let head = self.finalized;
+        if head.height <= self.committed.height {
+            return;
+        }
+        let mut chain = Vec::new();
+        let mut d = head.digest;
+        loop {
+            let Some(b) = self.blocks.get(&d) else {
+                let peers = self.finalizations.get(&head.height).map(Certificate::signer_indices).unwrap_or_default();
+                return self.want(d, peers);
+            };
+            assert!(
+                b.height > self.committed.height,
+                "finalized chain passes below the committed height {:?}",
+                self.committed.height
+            );
+            chain.push(d);
+            if b.height == self.committed.height.next() {
+                assert_eq!(
+                    b.parent, self.committed.digest,
+                    "the finalized chain does not extend the committed block: a fork"
+                );
+                break;
+            }
+            d = b.parent;
+        }
+        let head_cert = self.finalizations.get(&head.height).cloned().expect("the head's finalization is stored");
+        for d in chain.into_iter().rev() {
+            let block = self.blocks[&d].clone();
+            let certificate = match self.finalizations.remove(&block.height) {
+                Some(c) if c.digest == d => c,
+                _ => head_cert.clone(),
+            };
+            self.committed = Anchor { height: block.height, view: block.view, digest: d };
+            self.out.push(Output::Finalized { block, certificate });
+        }
+        self.finalizations = self.finalizations.split_off(&self.committed.height.next());
+        let keep_from = self.committed.height.0.saturating_sub(self.cfg.blocks_retained);
+        self.blocks.retain(|_, b| b.height.0 > keep_from);
+    }
+
+    fn want(&mut self, d: Digest, peers: Vec<ValidatorIndex>) {
+        if self.wanted.contains_key(&d) || self.wanted.len() >= self.cfg.wanted_max {
+            return;
+        }
+        let me = self.me();
+        let peers: Vec<_> = peers.into_iter().filter(|p| *p != me).collect();
+        if peers.is_empty() {
+            return;
+        }
+        let to = peers[me.0 as usize % peers.len()];
+        self.sends.push(Output::Send { to, message: Message::BlockRequest(d) });
+        self.wanted.insert(d, Want { peers, attempts: 0, last: self.now });
+    }
+
+    fn retry_wanted(&mut self, now: Duration) {
+        let me = self.me().0 as usize;
+        let (base, attempts_max) = (self.cfg.timeout_base, self.cfg.fetch_attempts_max);
+        self.wanted.retain(|_, w| w.attempts < attempts_max);
+        for (d, w) in self.wanted.iter_mut() {
+            if now >= w.last + base {
+                w.attempts += 1;
+                w.last = now;
+                let to = w.peers[(me + w.attempts as usize) % w.peers.len()];
+                self.sends.push(Output::Send { to, message: Message::BlockRequest(*d) });
+            }
+        }
+    }
+
+    fn on_block_request(&mut self, from: ValidatorIndex, d: Digest) {
+        let block = self.blocks.get(&d).cloned().or_else(|| {
+            self.rounds
+                .values()
+                .filter_map(|r| r.proposal.as_ref())
+                .find(|(pd, _)| *pd == d)
+                .map(|(_, p)| p.block.clone())
+        });
+        if let Some(b) = block {
+            self.sends.push(Output::Send { to: from, message: Message::BlockResponse(b) });
+        }
+    }
+
+    fn on_block_response(&mut self, b: Block) {
+        if b.payload.len() > self.cfg.limits.payload_bytes_max {
+            return;
+        }
+        let d = b.hash(&self.cfg.chain_id);
+        if self.wanted.remove(&d).is_some() {
+            self.blocks.insert(d, b);
+            self.try_commit();
+        }
+    }
+}
