@@ -108,12 +108,14 @@ impl Canonical for Certificate {
     const KIND: &'static str = "certificate";
 }
 
-/// The bytes after the domain tag and chain id in a finalize signature.
-pub fn finalize_bytes(height: Height, view: View, block_hash: &Hash) -> [u8; 48] {
-    let mut out = [0u8; 48];
-    out[..8].copy_from_slice(&height.0.to_le_bytes());
-    out[8..16].copy_from_slice(&view.0.to_le_bytes());
-    out[16..].copy_from_slice(block_hash);
+/// The bytes after the domain tag and chain id in a finalize signature:
+/// `0x01 || height (u64 LE) || view (u64 LE) || block hash`.
+pub fn finalize_bytes(height: Height, view: View, block_hash: &Hash) -> [u8; 49] {
+    let mut out = [0u8; 49];
+    out[0] = codec::FORMAT_V1;
+    out[1..9].copy_from_slice(&height.0.to_le_bytes());
+    out[9..17].copy_from_slice(&view.0.to_le_bytes());
+    out[17..].copy_from_slice(block_hash);
     out
 }
 

@@ -1,8 +1,10 @@
 //! Keys and signatures: ed25519 public keys, domain-separated signing, and key files.
 //!
-//! Every signature in Annal is over `b"annal/<kind>/v1" || len(chain_id) as u8 ||
-//! chain_id || bytes`, so a signature made for one kind of message or one chain
-//! can never be replayed as another.
+//! Every signature in Annal is over `b"annal/<kind>/v1" || chain_id || bytes`
+//! (DESIGN.md), so a signature made for one kind of message or one chain can
+//! never be replayed as another. The split between chain id and bytes is
+//! unambiguous: every signed payload begins with the format byte 0x01, and a
+//! chain id holds only lowercase letters, digits, '.', '_' and '-'.
 
 use std::fmt;
 use std::path::Path;
@@ -32,10 +34,9 @@ impl Domain {
 /// The exact bytes an ed25519 signature of `domain` covers.
 pub fn signing_message(domain: Domain, chain_id: &str, bytes: &[u8]) -> Vec<u8> {
     let tag = domain.tag();
-    assert!(chain_id.len() <= u8::MAX as usize, "chain id length is checked at genesis");
-    let mut msg = Vec::with_capacity(tag.len() + 1 + chain_id.len() + bytes.len());
+    assert_eq!(bytes.first(), Some(&crate::codec::FORMAT_V1), "every signed payload starts with the format byte");
+    let mut msg = Vec::with_capacity(tag.len() + chain_id.len() + bytes.len());
     msg.extend_from_slice(tag);
-    msg.push(chain_id.len() as u8);
     msg.extend_from_slice(chain_id.as_bytes());
     msg.extend_from_slice(bytes);
     msg

@@ -1,0 +1,151 @@
+//! The RocksDB store: commits, reopening, queries and proofs read back from disk.
+
+mod common;
+
+use annal_ledger::block::Height;
+use annal_ledger::merkle::{self, Hash};
+use annal_ledger::record::{Op, SignedRecord};
+use annal_ledger::state::{StateKey, StateView, Status};
+use annal_ledger::store::{Store, StoreOptions};
+use annal_ledger::Error;
+use common::*;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("annal-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Commits `blocks` blocks of `per_block` fresh publishes; returns the leaf hashes in log order.
+fn fill(store: &mut Store, blocks: u64, per_block: u64, nonce: &mut u64) -> Vec<Hash> {
+    let mut leaves = Vec::new();
+    for _ in 0..blocks {
+        let records: Vec<SignedRecord> = (0..per_block)
+            .map(|_| {
+                *nonce += 1;
+                signed(21, "land-titles", &format!("p/{nonce}"), Op::Publish, None, *nonce)
+            })
+            .collect();
+        let tip = store.tip().clone();
+        let (header, cert, executed) = block(&*store, store.frontier(), tip.block_hash, tip.height.0 + 1, &records);
+        cert.verify(CHAIN, &header, &genesis().validator_set()).unwrap();
+        leaves.extend(executed.ids.iter().map(|id| id.0));
+        store.commit(&header, &cert, &executed).unwrap();
+    }
+    leaves
+}
+
+#[test]
+fn commits_survive_reopen_and_proofs_verify() {
+    // Goal: after reopening, the tip, headers, records, proofs and consistency proofs read from RocksDB are right.
+    let dir = temp_dir("reopen");
+    let g = genesis();
+    let mut nonce = 0;
+    let leaves = {
+        let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+        fill(&mut store, 13, 7, &mut nonce)
+    };
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    assert_eq!(store.tip().height, Height(13));
+    assert_eq!(store.tip().log_size, 91);
+    let root = merkle::root(&leaves);
+    assert_eq!(store.log_root(), root);
+    assert_eq!(store.header(Height(13)).unwrap().unwrap().log_root, root);
+    for index in [0, 1, 45, 89, 90] {
+        for size in [index + 1, 64, 91] {
+            if size <= index {
+                continue;
+            }
+            let proof = store.inclusion_proof(index, size).unwrap();
+            let size_root = merkle::root(&leaves[..size as usize]);
+            merkle::verify_inclusion(&leaves[index as usize], index, size, &proof, &size_root).unwrap();
+            assert_eq!(store.root_at(size).unwrap(), size_root);
+        }
+    }
+    for (a, b) in [(1, 91), (7, 14), (64, 91), (90, 91)] {
+        let proof = store.consistency_proof(a, b).unwrap();
+        merkle::verify_consistency(a, b, &proof, &merkle::root(&leaves[..a as usize]), &merkle::root(&leaves[..b as usize])).unwrap();
+    }
+    assert!(store.inclusion_proof(5, 92).is_err(), "a size past the tip is refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn key_history_and_head_status_are_queryable() {
+    // Goal: every version of a key is listed in order with its index, and the head shows revocation.
+    let dir = temp_dir("history");
+    let g = genesis();
+    let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    let mut ids = Vec::new();
+    for (op, nonce) in [(Op::Publish, 1), (Op::Amend, 2), (Op::Amend, 3), (Op::Revoke, 4)] {
+        let r = signed(21, "land-titles", "p/7", op, ids.last().copied(), nonce);
+        let tip = store.tip().clone();
+        let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[r]);
+        ids.push(executed.ids[0]);
+        store.commit(&header, &cert, &executed).unwrap();
+    }
+    let key = StateKey { namespace: "land-titles".into(), key: "p/7".into() };
+    assert_eq!(store.history(&key).unwrap(), vec![(1, 0), (2, 1), (3, 2), (4, 3)]);
+    let head = store.head(&key).unwrap().unwrap();
+    assert_eq!((head.id, head.version, head.status), (ids[3], 4, Status::Revoked));
+    assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(4));
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(store.index_of(id).unwrap(), Some(i as u64));
+    }
+    let other = StateKey { namespace: "land-titles".into(), key: "p/70".into() };
+    assert!(store.history(&other).unwrap().is_empty(), "a key that shares a prefix is not mixed in");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn key_pub(n: u8) -> annal_ledger::keys::PublicKey {
+    key(n).public()
+}
+
+#[test]
+fn another_chains_store_is_refused() {
+    // Goal: a store opened with a different genesis hash is refused, naming both hashes.
+    let dir = temp_dir("chain");
+    drop(Store::open(&dir, genesis().hash(), StoreOptions::default()).unwrap());
+    match Store::open(&dir, [9; 32], StoreOptions::default()) {
+        Err(Error::Store { detail, .. }) => assert!(detail.contains("belongs to the chain"), "{detail}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn commit_that_does_not_extend_the_tip_is_refused() {
+    // Goal: a block at the wrong height or with the wrong parent is refused and the tip is unchanged.
+    let dir = temp_dir("extend");
+    let g = genesis();
+    let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    let r = [signed(21, "land-titles", "p/1", Op::Publish, None, 1)];
+    let tip = store.tip().clone();
+    let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, 2, &r);
+    assert!(matches!(store.commit(&header, &cert, &executed), Err(Error::Block { height: 2, .. })));
+    let (header, cert, executed) = block(&store, store.frontier(), [0; 32], 1, &r);
+    assert!(matches!(store.commit(&header, &cert, &executed), Err(Error::Block { height: 1, .. })));
+    assert_eq!(store.tip().height, Height(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn certificate_below_quorum_or_forged_is_refused() {
+    // Goal: 2 of 4 equal-power signatures is not a quorum; a signature by a non-member is refused.
+    let g = genesis();
+    let set = g.validator_set();
+    let mut state = annal_ledger::state::MemoryState::default();
+    let _ = &mut state;
+    let (header, cert, _) = block(&state, &merkle::Frontier::new(), g.hash(), 1, &[]);
+    cert.verify(CHAIN, &header, &set).unwrap();
+    let (k1, k2) = (key(1), key(2));
+    let two = annal_ledger::block::Certificate::sign(CHAIN, &header, &set, &[(0, &k1), (1, &k2)]);
+    assert!(matches!(two.verify(CHAIN, &header, &set), Err(Error::QuorumNotReached { power: 2, total: 4, .. })));
+    let stranger = key(77);
+    let forged = annal_ledger::block::Certificate::sign(CHAIN, &header, &set, &[(0, &k1), (1, &k2), (2, &stranger)]);
+    assert!(matches!(forged.verify(CHAIN, &header, &set), Err(Error::Block { .. })));
+    let mut other_chain = cert.clone();
+    other_chain.block_hash = [0; 32];
+    assert!(other_chain.verify(CHAIN, &header, &set).is_err());
+    assert!(cert.verify("other-chain", &header, &set).is_err(), "a certificate is bound to its chain id");
+}
