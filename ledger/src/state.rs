@@ -74,7 +74,7 @@ impl Rules {
             .registry
             .agency(&r.submitter)
             .ok_or_else(|| Error::UnknownSubmitter { submitter: r.submitter.to_hex() })?;
-        if !agency.namespaces.iter().any(|ns| *ns == r.namespace) {
+        if !agency.namespaces.contains(&r.namespace) {
             return Err(Error::NamespaceNotGranted { agency: agency.name.clone(), namespace: r.namespace.clone() });
         }
         Ok(())
