@@ -22,6 +22,8 @@ pub struct Config {
     pub blocks_retained: u64,
     /// Blocks being fetched at once.
     pub wanted_max: usize,
+    /// Blocks sent back for one block request: the block and its ancestors.
+    pub fetch_chain_max: usize,
     /// Attempts to fetch one block before giving up on it.
     pub fetch_attempts_max: u32,
 }
@@ -38,6 +40,7 @@ impl Config {
             blocks_retained: 256,
             wanted_max: 1024,
             fetch_attempts_max: 32,
+            fetch_chain_max: 64,
         }
     }
 }

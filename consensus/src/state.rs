@@ -132,6 +132,8 @@ pub struct Core {
     wanted: BTreeMap<Digest, Want>,
     helped: BTreeMap<ValidatorIndex, Duration>,
     persisted: SafetyState,
+    /// While handling a block response: record wants without sending requests.
+    quiet_wants: bool,
     /// The `now` of the input being handled.
     now: Duration,
     sends: Vec<Output>,
@@ -164,6 +166,7 @@ impl Core {
             helped: BTreeMap::new(),
             persisted,
             now: Duration::ZERO,
+            quiet_wants: false,
             sends: Vec::new(),
             out: Vec::new(),
         }
@@ -175,6 +178,26 @@ impl Core {
 
     pub fn committed(&self) -> Anchor {
         self.committed
+    }
+
+    /// One line for logs: view, finalized and committed heights, pending fetches.
+    pub fn status(&self) -> String {
+        format!(
+            "view {} finalized {}@{} committed {} wanted {} rounds {} blocks {}",
+            self.view.0,
+            self.finalized.height.0,
+            self.finalized.view.0,
+            self.committed.height.0,
+            self.wanted.len(),
+            self.rounds.len(),
+            self.blocks.len()
+        ) + &self
+            .wanted
+            .iter()
+            .map(|(d, w)| {
+                format!(" want {:02x}{:02x} attempts {} last {:?} peers {:?}", d[0], d[1], w.attempts, w.last, w.peers)
+            })
+            .collect::<String>()
     }
 
     pub fn safety_state(&self) -> SafetyState {
@@ -620,7 +643,12 @@ impl Core {
         let mut d = head.digest;
         loop {
             let Some(b) = self.blocks.get(&d) else {
-                let peers = self.finalizations.get(&head.height).map(Certificate::signer_indices).unwrap_or_default();
+                // Ask the head's signers first, then everyone else: any of them may hold it.
+                let mut peers =
+                    self.finalizations.get(&head.height).map(Certificate::signer_indices).unwrap_or_default();
+                let others: Vec<_> =
+                    self.cfg.validators.iter().map(|(i, _)| i).filter(|i| !peers.contains(i)).collect();
+                peers.extend(others);
                 return self.want(d, peers);
             };
             assert!(
@@ -662,8 +690,10 @@ impl Core {
         if peers.is_empty() {
             return;
         }
-        let to = peers[me.0 as usize % peers.len()];
-        self.sends.push(Output::Send { to, message: Message::BlockRequest(d) });
+        if !self.quiet_wants {
+            let to = peers[me.0 as usize % peers.len()];
+            self.sends.push(Output::Send { to, message: Message::BlockRequest(d) });
+        }
         self.wanted.insert(d, Want { peers, attempts: 0, last: self.now });
     }
 
@@ -681,16 +711,23 @@ impl Core {
         }
     }
 
+    /// Answers with the block and up to `fetch_chain_max - 1` of its ancestors, child first.
     fn on_block_request(&mut self, from: ValidatorIndex, d: Digest) {
-        let block = self.blocks.get(&d).cloned().or_else(|| {
+        let mut next = self.blocks.get(&d).cloned().or_else(|| {
             self.rounds
                 .values()
                 .filter_map(|r| r.proposal.as_ref())
                 .find(|(pd, _)| *pd == d)
                 .map(|(_, p)| p.block.clone())
         });
-        if let Some(b) = block {
+        let mut sent = 0;
+        while let Some(b) = next.take() {
+            next = self.blocks.get(&b.parent).cloned();
             self.sends.push(Output::Send { to: from, message: Message::BlockResponse(b) });
+            sent += 1;
+            if sent >= self.cfg.fetch_chain_max {
+                break;
+            }
         }
     }
 
@@ -701,7 +738,10 @@ impl Core {
         let d = b.hash(&self.cfg.chain_id);
         if self.wanted.remove(&d).is_some() {
             self.blocks.insert(d, b);
+            // The peer sends ancestors right behind this block: want them without asking again.
+            self.quiet_wants = true;
             self.try_commit();
+            self.quiet_wants = false;
         }
     }
 }
