@@ -221,7 +221,7 @@ fn bad_signatures_are_rejected() {
     assert_eq!(c.view(), View(1));
 }
 
-/// Goal: a finalization from a later view catches a node up: it fetches the missing chain and commits it in height order.
+/// Goal: a finalization from a later view catches a node up: it fetches the missing chain (retrying on timeouts) and commits it in height order.
 #[test]
 fn catch_up_from_finalization_fetches_ancestors() {
     let mut c = core(0, SafetyState::default());
@@ -233,9 +233,12 @@ fn catch_up_from_finalization_fetches_ancestors() {
     assert_eq!(c.view(), View(3));
     assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::BlockRequest(d), .. } if *d == d2)));
     let out = msg(&mut c, 1, Message::BlockResponse(b2.clone()));
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Send { message: Message::BlockRequest(d), .. } if *d == b1.hash(&CHAIN))));
+    let asks_b1 = |out: &[Output]| {
+        out.iter().any(|o| matches!(o, Output::Send { message: Message::BlockRequest(d), .. } if *d == b1.hash(&CHAIN)))
+    };
+    assert!(!asks_b1(&out), "the peer sends ancestors behind the block; no second request at once");
+    let out = c.handle(Duration::from_secs(5), Input::Timeout(View(3)));
+    assert!(asks_b1(&out), "an ancestor that did not follow is requested again on the next timeout");
     let out = msg(&mut c, 1, Message::BlockResponse(b1.clone()));
     let heights: Vec<_> = out
         .iter()
