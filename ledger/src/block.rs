@@ -7,8 +7,9 @@ use sha2::{Digest, Sha256};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::genesis::Validator;
-use crate::keys::{Domain, SecretKey, Signature};
+use crate::keys::{SecretKey, Signature};
 use crate::merkle::Hash;
+use crate::note::{self, BlockRef, Checkpoint, NoteSignature, SignedNote, VerifierKey};
 
 /// Block height; the genesis state is height 0 and the first block is height 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize)]
@@ -92,7 +93,9 @@ impl ValidatorSet {
 }
 
 /// Finality certificate: signatures of more than 2/3 of the block's validator
-/// power over `(chain_id, height, view, block_hash)` under `annal/finalize/v1`.
+/// power over `(chain_id, height, view, block_hash)` — concretely, C2SP note
+/// signatures over the header's checkpoint text (`Header::checkpoint`), which
+/// names the chain, the log size and root, the height, the view and the hash.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Certificate {
     pub height: Height,
@@ -108,15 +111,16 @@ impl Canonical for Certificate {
     const KIND: &'static str = "certificate";
 }
 
-/// The bytes after the domain tag and chain id in a finalize signature:
-/// `0x01 || height (u64 LE) || view (u64 LE) || block hash`.
-pub fn finalize_bytes(height: Height, view: View, block_hash: &Hash) -> [u8; 49] {
-    let mut out = [0u8; 49];
-    out[0] = codec::FORMAT_V1;
-    out[1..9].copy_from_slice(&height.0.to_le_bytes());
-    out[9..17].copy_from_slice(&view.0.to_le_bytes());
-    out[17..].copy_from_slice(block_hash);
-    out
+impl Header {
+    /// The checkpoint this header's validators sign: the log after this block, and the block itself.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            origin: note::origin(&self.chain_id),
+            size: self.log_size,
+            root: self.log_root,
+            block: BlockRef { height: self.height.0, view: self.view.0, hash: self.hash() },
+        }
+    }
 }
 
 impl Certificate {
@@ -129,22 +133,21 @@ impl Certificate {
     }
 
     /// Builds a certificate from `(validator index, key)` pairs (tests, benchmarks and the node).
-    pub fn sign(chain_id: &str, header: &Header, set: &ValidatorSet, signers: &[(usize, &SecretKey)]) -> Self {
-        let block_hash = header.hash();
-        let msg = finalize_bytes(header.height, header.view, &block_hash);
+    pub fn sign(header: &Header, set: &ValidatorSet, signers: &[(usize, &SecretKey)]) -> Self {
+        let checkpoint = header.checkpoint();
         let mut bitmap = vec![0u8; set.validators.len().div_ceil(8)];
         let mut sorted: Vec<_> = signers.to_vec();
         sorted.sort_by_key(|(i, _)| *i);
         let mut signatures = Vec::with_capacity(sorted.len());
         for (i, key) in sorted {
             bitmap[i / 8] |= 1 << (i % 8);
-            signatures.push(key.sign(Domain::Finalize, chain_id, &msg));
+            signatures.push(key.sign_checkpoint(&checkpoint));
         }
-        Certificate { height: header.height, view: header.view, block_hash, signers: bitmap, signatures }
+        Certificate { height: header.height, view: header.view, block_hash: checkpoint.block.hash, signers: bitmap, signatures }
     }
 
     /// Checks that this certificate finalizes `header` with more than 2/3 of `set`'s power.
-    pub fn verify(&self, chain_id: &str, header: &Header, set: &ValidatorSet) -> Result<(), Error> {
+    pub fn verify(&self, header: &Header, set: &ValidatorSet) -> Result<(), Error> {
         let height = header.height.0;
         let bad = |detail: String| Err(Error::Block { height, detail });
         if self.height != header.height || self.view != header.view || self.block_hash != header.hash() {
@@ -161,11 +164,11 @@ impl Certificate {
         if signer_indices.len() != self.signatures.len() {
             return bad(format!("{} signers in the bitmap but {} signatures", signer_indices.len(), self.signatures.len()));
         }
-        let msg = finalize_bytes(self.height, self.view, &self.block_hash);
+        let checkpoint = header.checkpoint();
         let mut power = 0u64;
         for (&i, sig) in signer_indices.iter().zip(&self.signatures) {
             let v = &set.validators[i];
-            if !v.consensus_key.verify(Domain::Finalize, chain_id, &msg, sig) {
+            if !v.consensus_key.verify_checkpoint(&checkpoint, sig) {
                 return bad(format!("signature of validator {i} ({}) does not verify", v.name));
             }
             power += v.power;
@@ -174,6 +177,40 @@ impl Certificate {
             return Err(Error::QuorumNotReached { height, power, total: set.total_power() });
         }
         Ok(())
+    }
+
+    /// The certificate as a C2SP signed checkpoint: one note signature line per signer.
+    pub fn to_note(&self, header: &Header, set: &ValidatorSet) -> SignedNote {
+        let signers = (0..self.signers.len() * 8).filter(|i| self.signers[i / 8] & (1 << (i % 8)) != 0);
+        let signatures = signers
+            .zip(&self.signatures)
+            .filter_map(|(i, sig)| set.validators.get(i).map(|v| (v, sig)))
+            .map(|(v, sig)| NoteSignature { name: v.name.clone(), key_id: note::key_id(&v.name, &v.consensus_key), signature: sig.0.to_vec() })
+            .collect();
+        SignedNote { text: header.checkpoint().to_text(), signatures }
+    }
+}
+
+impl ValidatorSet {
+    /// Each validator's C2SP note verifier key, in index order.
+    pub fn verifier_keys(&self) -> Vec<VerifierKey> {
+        self.validators.iter().map(|v| VerifierKey { name: v.name.clone(), key: v.consensus_key }).collect()
+    }
+
+    /// Verifies a signed checkpoint against this set: every signature by a
+    /// member must verify, and the members who signed must hold more than 2/3
+    /// of the power. Returns the checkpoint.
+    pub fn verify_checkpoint(&self, chain_id: &str, signed: &SignedNote) -> Result<Checkpoint, Error> {
+        let checkpoint = Checkpoint::parse(&signed.text)?;
+        if checkpoint.origin != note::origin(chain_id) {
+            return Err(Error::Note { detail: format!("origin {:?} is not this chain's {:?}", checkpoint.origin, note::origin(chain_id)) });
+        }
+        let signers = signed.verify(&self.verifier_keys())?;
+        let power = signers.iter().map(|&i| self.validators[i].power).sum();
+        if !self.is_quorum(power) {
+            return Err(Error::QuorumNotReached { height: checkpoint.block.height, power, total: self.total_power() });
+        }
+        Ok(checkpoint)
     }
 }
 

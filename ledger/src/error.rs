@@ -60,6 +60,10 @@ pub enum Error {
     #[error("record {id} appears twice in one block")]
     DuplicateInBlock { id: String },
 
+    // --- signed notes and checkpoints ---
+    #[error("signed note: {detail}")]
+    Note { detail: String },
+
     // --- blocks and the store ---
     #[error("block {height}: {detail}")]
     Block { height: u64, detail: String },

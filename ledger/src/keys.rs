@@ -14,19 +14,19 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::note::Checkpoint;
 
-/// The kinds of signed message; each has its own domain tag.
+/// The kinds of signed message with a domain tag. (Finality signatures are
+/// C2SP note signatures over a checkpoint text instead; see `note`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Domain {
     Record,
-    Finalize,
 }
 
 impl Domain {
     pub fn tag(self) -> &'static [u8] {
         match self {
             Domain::Record => b"annal/record/v1",
-            Domain::Finalize => b"annal/finalize/v1",
         }
     }
 }
@@ -61,11 +61,19 @@ impl PublicKey {
 
     /// Checks `signature` over `signing_message(domain, chain_id, bytes)`.
     pub fn verify(&self, domain: Domain, chain_id: &str, bytes: &[u8], signature: &Signature) -> bool {
+        self.verify_raw(&signing_message(domain, chain_id, bytes), signature)
+    }
+
+    /// Checks a finality vote: a C2SP note signature over the checkpoint text.
+    pub fn verify_checkpoint(&self, checkpoint: &Checkpoint, signature: &Signature) -> bool {
+        self.verify_raw(checkpoint.to_text().as_bytes(), signature)
+    }
+
+    fn verify_raw(&self, message: &[u8], signature: &Signature) -> bool {
         let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
-        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        key.verify_strict(&signing_message(domain, chain_id, bytes), &sig).is_ok()
+        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature.0)).is_ok()
     }
 }
 
@@ -133,6 +141,11 @@ impl SecretKey {
 
     pub fn sign(&self, domain: Domain, chain_id: &str, bytes: &[u8]) -> Signature {
         Signature(self.0.sign(&signing_message(domain, chain_id, bytes)).to_bytes())
+    }
+
+    /// The C2SP note signature over a checkpoint: a validator's finality vote.
+    pub fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> Signature {
+        Signature(self.0.sign(checkpoint.to_text().as_bytes()).to_bytes())
     }
 
     /// The 32-byte seed, for writing a key file and for deriving a libp2p identity.

@@ -12,6 +12,7 @@ pub mod exec;
 pub mod genesis;
 pub mod keys;
 pub mod merkle;
+pub mod note;
 pub mod record;
 pub mod state;
 #[cfg(feature = "store")]

@@ -82,6 +82,6 @@ pub fn block<V: StateView>(
     };
     let header = executed.header(CHAIN, &meta);
     let (k1, k2, k3) = (key(1), key(2), key(3));
-    let cert = Certificate::sign(CHAIN, &header, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
+    let cert = Certificate::sign(&header, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
     (header, cert, executed)
 }
