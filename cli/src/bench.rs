@@ -110,7 +110,7 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
             next_validators_hash: set.hash(),
         };
         let header = executed.header(chain_id, &meta);
-        let cert = Certificate::sign(chain_id, &header, &set, &[(0, &validator)]);
+        let cert = Certificate::sign(&header, &set, &[(0, &validator)]);
         store.commit(&header, &cert, &executed)?;
     }
     let commit_time = t.elapsed();
