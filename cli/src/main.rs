@@ -75,6 +75,13 @@ enum GenesisCommand {
     Check {
         file: PathBuf,
     },
+    /// Print each validator's C2SP note verifier key, one per line, for
+    /// checking Annal checkpoints with standard transparency-log tools.
+    ///
+    /// Example: annal genesis vkeys ./net/genesis.json
+    Vkeys {
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +118,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Genesis(GenesisCommand::Check { file }) => genesis_cmd::check(&file),
+        Command::Genesis(GenesisCommand::Vkeys { file }) => {
+            let genesis = annal_ledger::genesis::Genesis::load(&file)?;
+            for vkey in genesis.validator_set().verifier_keys() {
+                println!("{vkey}");
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
     }
 }
