@@ -18,29 +18,47 @@ pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_
     }
     let genesis_path = out.join("genesis.json");
     ensure_absent(&genesis_path)?;
-    create_private_dir(out)?;
-    let mut genesis = Genesis {
+    // Everything is made and checked in memory first, so a bad argument leaves no files behind.
+    let validator_keys: Vec<(SecretKey, SecretKey)> = (0..validators).map(|_| (SecretKey::generate(), SecretKey::generate())).collect();
+    let agency_keys: Vec<SecretKey> = (0..agencies).map(|_| SecretKey::generate()).collect();
+    let genesis = Genesis {
         chain_id: chain_id.to_string(),
         genesis_time_ms: time_ms.unwrap_or_else(now_ms),
-        validators: Vec::with_capacity(validators),
-        agencies: Vec::with_capacity(agencies),
+        validators: validator_keys
+            .iter()
+            .enumerate()
+            .map(|(i, (consensus, p2p))| Validator {
+                name: format!("validator-{i}"),
+                consensus_key: consensus.public(),
+                p2p_key: p2p.public(),
+                power: 1,
+            })
+            .collect(),
+        agencies: agency_keys
+            .iter()
+            .enumerate()
+            .map(|(j, key)| Agency {
+                name: format!("agency-{j}"),
+                submitter_keys: vec![key.public()],
+                namespaces: vec![EXAMPLE_NAMESPACES.get(j).map(|s| s.to_string()).unwrap_or_else(|| format!("namespace-{j}"))],
+            })
+            .collect(),
         params: Params::default(),
     };
-    for i in 0..validators {
+    genesis.validate().context("the genesis these arguments describe is invalid")?;
+
+    create_private_dir(out)?;
+    for (i, (consensus, p2p)) in validator_keys.iter().enumerate() {
         let dir = out.join(format!("validator-{i}"));
         create_private_dir(&dir)?;
-        let consensus = new_key(&dir.join("consensus.key"))?;
-        let p2p = new_key(&dir.join("p2p.key"))?;
-        genesis.validators.push(Validator { name: format!("validator-{i}"), consensus_key: consensus, p2p_key: p2p, power: 1 });
+        consensus.write_file(&dir.join("consensus.key"))?;
+        p2p.write_file(&dir.join("p2p.key"))?;
     }
-    for j in 0..agencies {
+    for (j, key) in agency_keys.iter().enumerate() {
         let dir = out.join(format!("agency-{j}"));
         create_private_dir(&dir)?;
-        let submitter = new_key(&dir.join("submitter.key"))?;
-        let namespace = EXAMPLE_NAMESPACES.get(j).map(|s| s.to_string()).unwrap_or_else(|| format!("namespace-{j}"));
-        genesis.agencies.push(Agency { name: format!("agency-{j}"), submitter_keys: vec![submitter], namespaces: vec![namespace] });
+        key.write_file(&dir.join("submitter.key"))?;
     }
-    genesis.validate().context("the generated genesis is invalid")?;
     std::fs::write(&genesis_path, genesis.to_json()).with_context(|| format!("writing {}", genesis_path.display()))?;
     println!("wrote {} ({} validators, {} agencies)", genesis_path.display(), validators, agencies);
     println!("genesis hash {}", hex::encode(genesis.hash()));
@@ -56,12 +74,6 @@ pub fn check(file: &Path) -> Result<()> {
         println!("agency        {}: {} submitter keys, namespaces {}", a.name, a.submitter_keys.len(), a.namespaces.join(", "));
     }
     Ok(())
-}
-
-fn new_key(path: &Path) -> Result<annal_ledger::keys::PublicKey> {
-    let key = SecretKey::generate();
-    key.write_file(path)?;
-    Ok(key.public())
 }
 
 fn now_ms() -> u64 {

@@ -87,5 +87,6 @@ fn genesis_errors_name_the_fault() {
     let o = annal(&["genesis", "new", "--chain-id", "Bad Id", "--out", dir.join("n").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("chain_id"));
+    assert!(!dir.join("n").exists(), "a refused genesis leaves no files behind");
     let _ = std::fs::remove_dir_all(&dir);
 }
