@@ -552,7 +552,7 @@ impl Core {
         self.round(v).timed_out = true;
         self.vote(now, VoteKind::Nullify, v, Height(0), [0; 32]);
         // Spec R10: re-send what peers that lost messages need to catch up.
-        if let Some(c) = self.latest_certificate() {
+        for c in self.catch_up_bundle() {
             self.broadcast(Message::Certificate(c));
         }
         self.arm_timer(now);
@@ -566,20 +566,21 @@ impl Core {
         self.vote(self.now, VoteKind::Nullify, v, Height(0), [0; 32]);
     }
 
-    fn latest_certificate(&self) -> Option<Certificate> {
-        let prev = self.rounds.get(&View(self.view.0 - 1))?;
-        prev.certificates.iter().flatten().next().cloned()
-    }
-
     /// Spec R10: a peer still nullifying an older view gets the certificates that move it to ours.
     fn help(&mut self, now: Duration, to: ValidatorIndex) {
         if self.helped.get(&to).is_some_and(|&t| now < t + self.cfg.timeout_base) {
             return;
         }
         self.helped.insert(to, now);
-        if let Some(c) = self.finalizations.values().next_back().cloned().or_else(|| self.finalized_certificate()) {
+        for c in self.catch_up_bundle() {
             self.sends.push(Output::Send { to, message: Message::Certificate(c) });
         }
+    }
+
+    /// The latest finalization, then the certificates that justify the parent for the
+    /// current view (Spec R2): the notarization it extends and the nullifications after it,
+    /// oldest first, at most `views_ahead_max` of them.
+    fn catch_up_bundle(&self) -> Vec<Certificate> {
         let mut bundle = Vec::new();
         for (_, round) in self.rounds.range(..self.view).rev() {
             if let Some(c) = &round.certificates[0] {
@@ -594,9 +595,11 @@ impl Core {
                 break;
             }
         }
-        for c in bundle.into_iter().rev() {
-            self.sends.push(Output::Send { to, message: Message::Certificate(c) });
+        if let Some(c) = self.finalizations.values().next_back().cloned().or_else(|| self.finalized_certificate()) {
+            bundle.push(c);
         }
+        bundle.reverse();
+        bundle
     }
 
     fn finalized_certificate(&self) -> Option<Certificate> {

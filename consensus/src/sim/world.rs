@@ -129,8 +129,9 @@ pub struct Sim {
     pub stats: Stats,
     verifier: CachedVerifier,
     proposed_at: BTreeMap<Digest, Duration>,
-    /// Called with (node, view) when a node is asked for a payload; returns true to crash it.
+    /// Crash each honest leader as it is asked for its view's payload (once per view).
     pub crash_leaders: bool,
+    leader_crashed_in: BTreeSet<View>,
 }
 
 const GENESIS: Anchor = Anchor { height: Height(0), view: View(0), digest: [0; 32] };
@@ -192,6 +193,7 @@ impl Sim {
             verifier,
             proposed_at: BTreeMap::new(),
             crash_leaders: false,
+            leader_crashed_in: BTreeSet::new(),
         };
         for i in 0..m {
             sim.start(i);
@@ -272,6 +274,9 @@ impl Sim {
     /// Removes partitions, loss and random crashes; restarts every crashed honest node.
     pub fn heal(&mut self) {
         self.blocked.clear();
+        for n in &mut self.nodes {
+            n.crash_after = None;
+        }
         self.cfg.loss_ppm = 0;
         self.cfg.crash_ppm = 0;
         self.crash_leaders = false;
@@ -390,11 +395,12 @@ impl Sim {
         while !done(self) {
             if self.queue.first_key_value().is_none_or(|((at, _), _)| *at > end) {
                 return Err(format!(
-                    "not done after {limit:?} of simulated time (min finalized height {:?}, max {:?}, max view {:?})\n{}",
+                    "not done after {limit:?} of simulated time (min finalized height {:?}, max {:?}, max view {:?}, {} events queued)\n{}",
                     self.min_finalized_height(),
                     self.max_finalized_height(),
                     self.max_view(),
-                    self.status()
+                    self.queue.len(),
+                    self.status() + &self.queue.iter().map(|((at, _), e)| format!("  {at:?} {}\n", match e { Event::Deliver { to, .. } => format!("deliver to {to}"), Event::Timer { node, incarnation, view } => format!("timer {node} inc {incarnation} (now {}) view {view:?}", self.nodes[*node].incarnation), Event::App { node, .. } => format!("app {node}"), Event::Restart { node } => format!("restart {node}") })).collect::<String>()
                 ));
             }
             self.step();
@@ -490,7 +496,7 @@ impl Sim {
                 self.push(at, Event::Timer { node: i, incarnation, view });
             }
             Output::NeedPayload { view, height, .. } => {
-                if self.crash_leaders && self.is_honest_node(i) {
+                if self.crash_leaders && self.is_honest_node(i) && self.leader_crashed_in.insert(view) {
                     self.nodes[i].crash_after = Some(0);
                     let back = self.now + Duration::from_millis(self.cfg.timeout_max_ms);
                     self.push(back, Event::Restart { node: i });
