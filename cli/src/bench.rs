@@ -107,7 +107,6 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
             time_ms: b as u64,
             proposer: 0,
             validators_hash: set.hash(),
-            next_validators_hash: set.hash(),
         };
         let header = executed.header(chain_id, &meta);
         let cert = Certificate::sign(&header, &set, &[(0, &validator)]);
@@ -201,6 +200,7 @@ fn make_record(args: &LedgerArgs, chain_id: &str, signers: &[SecretKey], i: u64)
         body: Body::Inline(Vec::new()),
         metadata: [("basis".to_string(), "Land Registration Act s.12".to_string())].into(),
         supersedes: None,
+        version: 1,
         submitter: signer.public(),
         nonce: i / signers.len() as u64 + 1,
     };

@@ -49,6 +49,8 @@ pub enum Error {
     SupersedesOnPublish { namespace: String, key: String },
     #[error("{namespace}/{key}: supersedes {got}, but the current head is {head}")]
     SupersedesNotHead { namespace: String, key: String, got: String, head: String },
+    #[error("{namespace}/{key}: record says version {got}, but it would be version {want}")]
+    VersionMismatch { namespace: String, key: String, got: u64, want: u64 },
     #[error("{namespace}/{key} was revoked by {head}; it cannot be amended or revoked again")]
     KeyRevoked { namespace: String, key: String, head: String },
     #[error("record {field} is {size} bytes; the genesis limit is {max}")]

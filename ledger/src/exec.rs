@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
 
-use crate::block::{Header, Height, View};
+use crate::block::{Header, Height, ValidatorSet, View};
 use crate::codec;
 use crate::error::Error;
 use crate::keys::{signing_message, Domain, PublicKey};
@@ -45,6 +45,9 @@ pub struct Executed {
     /// The log's right edge after the block.
     pub frontier: Frontier,
     pub records_root: Hash,
+    /// The validator set that certifies the next block, when this block changes it.
+    /// (Governance sets it; until then only tests do.)
+    pub next_set: Option<ValidatorSet>,
 }
 
 /// The consensus facts a header carries besides what execution computes.
@@ -55,8 +58,8 @@ pub struct BlockMeta {
     pub parent: Hash,
     pub time_ms: u64,
     pub proposer: u32,
+    /// Hash of the set that certifies this block.
     pub validators_hash: Hash,
-    pub next_validators_hash: Hash,
 }
 
 impl Executed {
@@ -83,7 +86,7 @@ impl Executed {
             log_root: self.log_root(),
             state_root: [0; 32],
             validators_hash: meta.validators_hash,
-            next_validators_hash: meta.next_validators_hash,
+            next_validators_hash: self.next_set.as_ref().map_or(meta.validators_hash, |set| set.hash()),
         }
     }
 }
@@ -117,6 +120,7 @@ pub fn execute<V: StateView>(
         nodes: Vec::with_capacity(records.len() * 2),
         frontier: Frontier::new(),
         records_root: [0; 32],
+        next_set: None,
     };
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in records.iter().enumerate() {

@@ -89,6 +89,9 @@ pub struct Record {
     /// Legal basis, reference numbers and the like; ordered by key.
     pub metadata: BTreeMap<String, String>,
     pub supersedes: Option<RecordId>,
+    /// The key's version this record makes: 1 for Publish, the head's version + 1 otherwise.
+    /// Signed, so a proof of the record alone says which version it is.
+    pub version: u64,
     pub submitter: PublicKey,
     /// Strictly increasing per submitter: a replayed record is refused.
     pub nonce: u64,

@@ -142,6 +142,9 @@ impl<'a, V: StateView> Overlay<'a, V> {
                 head.version + 1
             }
         };
+        if r.version != version {
+            return Err(Error::VersionMismatch { namespace: key.namespace, key: key.key, got: r.version, want: version });
+        }
         let status = if r.op == Op::Revoke { Status::Revoked } else { Status::Active };
         let head = Head { id, version, index, status };
         self.nonces.insert(r.submitter, r.nonce);

@@ -13,6 +13,7 @@
 //! | `history`  | state key ‖ version          | log index                      |
 //! | `heads`    | state key                    | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
+//! | `sets`     | height                       | validator set from height + 1  |
 //! | `meta`     | `genesis`, `tip`             | genesis hash, canonical tip    |
 //!
 //! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use bincode::{Decode, Encode};
 use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
-use crate::block::{Certificate, Header, Height};
+use crate::block::{Certificate, Header, Height, ValidatorSet};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::exec::Executed;
@@ -46,8 +47,10 @@ const CF_NODES: &str = "nodes";
 const CF_HISTORY: &str = "history";
 const CF_HEADS: &str = "heads";
 const CF_NONCES: &str = "nonces";
+const CF_SETS: &str = "sets";
 const CF_META: &str = "meta";
-const FAMILIES: [&str; 9] = [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_META];
+const FAMILIES: [&str; 10] =
+    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_SETS, CF_META];
 
 /// The last committed block.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -190,6 +193,9 @@ impl Store {
         if certificate.height != header.height || certificate.block_hash != header.hash() {
             return bad("certificate is for another block".into());
         }
+        if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
+            return bad("next_validators_hash disagrees with the executed validator-set change".into());
+        }
         let tip = Tip { height: header.height, block_hash: header.hash(), log_size: executed.log_size() };
         let mut batch = WriteBatch::default();
         let h = height.to_be_bytes();
@@ -216,6 +222,9 @@ impl Store {
         for (submitter, nonce) in &executed.nonces {
             batch.put_cf(self.cf(CF_NONCES), submitter.0, nonce.to_be_bytes());
         }
+        if let Some(set) = &executed.next_set {
+            batch.put_cf(self.cf(CF_SETS), h, codec::encode(set));
+        }
         batch.put_cf(self.cf(CF_META), b"tip", codec::encode(&tip));
         self.write(batch)?;
         self.tip = tip;
@@ -229,6 +238,25 @@ impl Store {
 
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, Error> {
         self.get(CF_CERTS, &height.0.to_be_bytes())?.map(|b| Certificate::from_bytes(&b)).transpose()
+    }
+
+    /// Every validator-set change up to `height`, in order: the block that
+    /// announced it, its certificate, and the set in force after it. An
+    /// auditor follows this chain from the genesis set (`proof::SetChange`).
+    pub fn set_changes(&self, height: Height) -> Result<Vec<(Header, Certificate, ValidatorSet)>, Error> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_SETS), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.store_err(e))?;
+            let h = Height(be_u64(&k, "sets")?);
+            if h > height {
+                break;
+            }
+            let missing = |what: &str| Error::Store { path: self.path.display().to_string(), detail: format!("{what} of set change at height {} is missing", h.0) };
+            let header = self.header(h)?.ok_or_else(|| missing("header"))?;
+            let cert = self.certificate(h)?.ok_or_else(|| missing("certificate"))?;
+            out.push((header, cert, codec::decode(&v, 1 << 20)?));
+        }
+        Ok(out)
     }
 
     /// Canonical bytes of the signed record at log `index`.

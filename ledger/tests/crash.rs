@@ -28,27 +28,30 @@ const CHILD_DIR_ENV: &str = "ANNAL_CRASH_CHILD_DIR";
 /// revokes over a small set of keys, valid on top of `state`.
 fn block_records<V: StateView>(height: u64, state: &V) -> Vec<SignedRecord> {
     let count = 1 + (height * 7 % 23);
-    let mut local: BTreeMap<String, (RecordId, Status)> = BTreeMap::new();
+    let mut local: BTreeMap<String, (RecordId, Status, u64)> = BTreeMap::new();
     let mut out = Vec::new();
     for j in 0..count {
         let nonce = height * 1000 + j;
         let mut name = format!("k{}", (height * 31 + j) % 40);
         let head = match local.get(&name) {
             Some(h) => Some(*h),
-            None => state.head(&StateKey { namespace: "land-titles".into(), key: name.clone() }).unwrap().map(|h| (h.id, h.status)),
+            None => state
+                .head(&StateKey { namespace: "land-titles".into(), key: name.clone() })
+                .unwrap()
+                .map(|h| (h.id, h.status, h.version)),
         };
-        let (op, supersedes) = match head {
-            None => (Op::Publish, None),
-            Some((id, Status::Active)) if (height + j) % 11 == 0 => (Op::Revoke, Some(id)),
-            Some((id, Status::Active)) => (Op::Amend, Some(id)),
-            Some((_, Status::Revoked)) => {
+        let (op, supersedes, version) = match head {
+            None => (Op::Publish, None, 1),
+            Some((id, Status::Active, v)) if (height + j) % 11 == 0 => (Op::Revoke, Some(id), v + 1),
+            Some((id, Status::Active, v)) => (Op::Amend, Some(id), v + 1),
+            Some((_, Status::Revoked, _)) => {
                 name = format!("fresh/{height}/{j}");
-                (Op::Publish, None)
+                (Op::Publish, None, 1)
             }
         };
-        let r = signed(21, "land-titles", &name, op, supersedes, nonce);
+        let r = signed(21, "land-titles", &name, op, supersedes, version, nonce);
         let status = if op == Op::Revoke { Status::Revoked } else { Status::Active };
-        local.insert(name, (r.id(), status));
+        local.insert(name, (r.id(), status, version));
         out.push(r);
     }
     out

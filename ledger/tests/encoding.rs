@@ -12,7 +12,7 @@ use common::*;
 
 /// A record with every field set: a document anchor, two metadata entries, supersedes.
 fn sample_record() -> SignedRecord {
-    let mut r = record(21, "land-titles", "parcel/0042", Op::Amend, Some(RecordId([0xab; 32])), 7);
+    let mut r = record(21, "land-titles", "parcel/0042", Op::Amend, Some(RecordId([0xab; 32])), 3, 7);
     r.body = Body::Document(DocumentAnchor { sha256: [0xcd; 32], size: 123_456, media_type: "application/pdf".into() });
     r.metadata = [("basis".to_string(), "Act 12 s.3".to_string()), ("ref".to_string(), "LR-2026-0042".to_string())].into();
     r.sign(&key(21))
@@ -40,9 +40,10 @@ const GOLDEN_RECORD: &str = concat!(
     "7263656c2f303034320100000001000000cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
     "cd40e20100000000000f000000000000006170706c69636174696f6e2f70646602000000000000000500000000000000",
     "62617369730a0000000000000041637420313220732e3303000000000000007265660c000000000000004c522d323032",
-    "362d3030343201ababababababababababababababababababababababababababababababababd54207da194977dcf4",
-    "6adbfec2bc2e75b52d5a8a42184fedfdc00024f0e3e8da07000000000000008574d43e705ec448b96a425cb45751c225",
-    "2466420b6a60f8f3c7d028069fa9f66cbf55ad7dc8e1a16d4e19fd5c5a9ea6d9750f8d97edae23f0136c0dc2c7fb0a",
+    "362d3030343201abababababababababababababababababababababababababababababababab0300000000000000d5",
+    "4207da194977dcf46adbfec2bc2e75b52d5a8a42184fedfdc00024f0e3e8da0700000000000000d7b7314e57defed8ba",
+    "af3606bdd71aee0af98fa5814244fc18c8e4e7309fe2f97e326447e082d3f6a9e9434f10d1d3f53255941a71155746c8",
+    "a3857c125b8c0c",
 );
 const GOLDEN_HEADER: &str = concat!(
     "010a00000000000000616e6e616c2d746573742a000000000000002d0000000000000001010101010101010101010101",
@@ -160,7 +161,7 @@ fn unsorted_metadata_is_refused_as_non_canonical() {
 fn invalid_tags_are_refused() {
     // Goal: an Option tag of 2, an unknown enum variant and a bad UTF-8 string are malformed.
     let bytes = sample_record().to_bytes();
-    let some_at = bytes.len() - 64 - 8 - 32 - 32 - 1;
+    let some_at = bytes.len() - 64 - 8 - 32 - 8 - 32 - 1;
     assert_eq!(bytes[some_at], 1, "supersedes tag");
     let mut bad = bytes.clone();
     bad[some_at] = 2;

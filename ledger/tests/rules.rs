@@ -33,9 +33,9 @@ fn fresh() -> (MemoryState, Frontier) {
 fn valid_chain_of_versions_is_accepted_and_tracked() {
     // Goal: publish → amend → revoke is accepted, versions count up and the head ends revoked.
     let (mut s, mut f) = fresh();
-    let id1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1)]).unwrap()[0];
-    let id2 = run(&mut s, &mut f, &[signed(22, "land-titles", "p/1", Op::Amend, Some(id1), 1)]).unwrap()[0];
-    let id3 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Revoke, Some(id2), 2)]).unwrap()[0];
+    let id1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)]).unwrap()[0];
+    let id2 = run(&mut s, &mut f, &[signed(22, "land-titles", "p/1", Op::Amend, Some(id1), 2, 1)]).unwrap()[0];
+    let id3 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Revoke, Some(id2), 3, 2)]).unwrap()[0];
     let head = s.heads[&StateKey { namespace: "land-titles".into(), key: "p/1".into() }];
     assert_eq!((head.id, head.version, head.index, head.status), (id3, 3, 2, Status::Revoked));
     assert_eq!(f.size(), 3);
@@ -44,8 +44,8 @@ fn valid_chain_of_versions_is_accepted_and_tracked() {
 #[test]
 fn bad_signature_is_refused() {
     // Goal: a record altered after signing fails with BadSignature, naming its position.
-    let good = signed(21, "land-titles", "p/1", Op::Publish, None, 1);
-    let mut bad = signed(21, "land-titles", "p/2", Op::Publish, None, 2);
+    let good = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
+    let mut bad = signed(21, "land-titles", "p/2", Op::Publish, None, 1, 2);
     bad.record.body = Body::Inline(b"forged".to_vec());
     let (mut s, mut f) = fresh();
     let err = refused(run(&mut s, &mut f, &[good, bad]), 1);
@@ -55,7 +55,7 @@ fn bad_signature_is_refused() {
 #[test]
 fn signature_under_another_key_is_refused() {
     // Goal: a record signed by one officer but naming another as submitter fails.
-    let mut r = signed(21, "land-titles", "p/1", Op::Publish, None, 1);
+    let mut r = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
     r.record.submitter = key(22).public();
     let (mut s, mut f) = fresh();
     assert!(matches!(refused(run(&mut s, &mut f, &[r]), 0), Error::BadSignature { .. }));
@@ -64,7 +64,7 @@ fn signature_under_another_key_is_refused() {
 #[test]
 fn wrong_chain_id_is_refused() {
     // Goal: a record signed for another chain fails with WrongChainId.
-    let mut rec = record(21, "land-titles", "p/1", Op::Publish, None, 1);
+    let mut rec = record(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
     rec.chain_id = "other-chain".into();
     let (mut s, mut f) = fresh();
     let err = refused(run(&mut s, &mut f, &[rec.sign(&key(21))]), 0);
@@ -75,7 +75,7 @@ fn wrong_chain_id_is_refused() {
 fn unknown_submitter_is_refused() {
     // Goal: a key in no agency cannot submit.
     let (mut s, mut f) = fresh();
-    let err = refused(run(&mut s, &mut f, &[signed(99, "land-titles", "p/1", Op::Publish, None, 1)]), 0);
+    let err = refused(run(&mut s, &mut f, &[signed(99, "land-titles", "p/1", Op::Publish, None, 1, 1)]), 0);
     assert!(matches!(err, Error::UnknownSubmitter { .. }), "{err:?}");
 }
 
@@ -83,7 +83,7 @@ fn unknown_submitter_is_refused() {
 fn namespace_of_another_agency_is_refused() {
     // Goal: the companies officer cannot write land titles.
     let (mut s, mut f) = fresh();
-    let err = refused(run(&mut s, &mut f, &[signed(31, "land-titles", "p/1", Op::Publish, None, 1)]), 0);
+    let err = refused(run(&mut s, &mut f, &[signed(31, "land-titles", "p/1", Op::Publish, None, 1, 1)]), 0);
     assert!(matches!(err, Error::NamespaceNotGranted { ref agency, .. } if agency == "companies"), "{err:?}");
 }
 
@@ -91,10 +91,10 @@ fn namespace_of_another_agency_is_refused() {
 fn replayed_nonce_is_refused_across_and_within_blocks() {
     // Goal: a nonce not above the submitter's last fails, whether the last was committed or earlier in the block.
     let (mut s, mut f) = fresh();
-    run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 5)]).unwrap();
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/2", Op::Publish, None, 5)]), 0);
+    run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 5)]).unwrap();
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/2", Op::Publish, None, 1, 5)]), 0);
     assert!(matches!(err, Error::NonceNotIncreasing { last: 5, got: 5, .. }), "{err:?}");
-    let block = [signed(22, "land-titles", "p/3", Op::Publish, None, 1), signed(22, "land-titles", "p/4", Op::Publish, None, 1)];
+    let block = [signed(22, "land-titles", "p/3", Op::Publish, None, 1, 1), signed(22, "land-titles", "p/4", Op::Publish, None, 1, 1)];
     let err = refused(run(&mut s, &mut f, &block), 1);
     assert!(matches!(err, Error::NonceNotIncreasing { last: 1, got: 1, .. }), "{err:?}");
 }
@@ -102,7 +102,7 @@ fn replayed_nonce_is_refused_across_and_within_blocks() {
 #[test]
 fn identical_record_twice_in_a_block_is_refused() {
     // Goal: the same record twice in one block fails (before its nonce is even looked at).
-    let r = signed(21, "land-titles", "p/1", Op::Publish, None, 1);
+    let r = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
     let (mut s, mut f) = fresh();
     let err = refused(run(&mut s, &mut f, &[r.clone(), r]), 1);
     assert!(matches!(err, Error::DuplicateInBlock { .. }), "{err:?}");
@@ -112,20 +112,31 @@ fn identical_record_twice_in_a_block_is_refused() {
 fn supersedes_must_be_the_current_head() {
     // Goal: amending an old version fails with SupersedesNotHead.
     let (mut s, mut f) = fresh();
-    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1)]).unwrap()[0];
-    run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, Some(v1), 2)]).unwrap();
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, Some(v1), 3)]), 0);
+    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)]).unwrap()[0];
+    run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, Some(v1), 2, 2)]).unwrap();
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, Some(v1), 3, 3)]), 0);
     assert!(matches!(err, Error::SupersedesNotHead { .. }), "{err:?}");
+}
+
+#[test]
+fn version_must_follow_the_head() {
+    // Goal: a Publish that is not version 1, or an Amend that skips a version, fails with VersionMismatch.
+    let (mut s, mut f) = fresh();
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 2, 1)]), 0);
+    assert!(matches!(err, Error::VersionMismatch { got: 2, want: 1, .. }), "{err:?}");
+    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 2)]).unwrap()[0];
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, Some(v1), 3, 3)]), 0);
+    assert!(matches!(err, Error::VersionMismatch { got: 3, want: 2, .. }), "{err:?}");
 }
 
 #[test]
 fn revoked_key_cannot_be_amended_or_revoked() {
     // Goal: after a Revoke, both Amend and Revoke of the key fail with KeyRevoked.
     let (mut s, mut f) = fresh();
-    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1)]).unwrap()[0];
-    let v2 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Revoke, Some(v1), 2)]).unwrap()[0];
+    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)]).unwrap()[0];
+    let v2 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Revoke, Some(v1), 2, 2)]).unwrap()[0];
     for op in [Op::Amend, Op::Revoke] {
-        let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", op, Some(v2), 3)]), 0);
+        let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", op, Some(v2), 3, 3)]), 0);
         assert!(matches!(err, Error::KeyRevoked { .. }), "{op:?}: {err:?}");
     }
 }
@@ -134,10 +145,10 @@ fn revoked_key_cannot_be_amended_or_revoked() {
 fn publish_twice_and_amend_of_nothing_are_refused() {
     // Goal: Publish needs a new key (KeyExists); Amend needs an existing one (KeyNotFound).
     let (mut s, mut f) = fresh();
-    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1)]).unwrap()[0];
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 2)]), 0);
+    let v1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)]).unwrap()[0];
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 2)]), 0);
     assert!(matches!(err, Error::KeyExists { .. }), "{err:?}");
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/9", Op::Amend, Some(v1), 3)]), 0);
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/9", Op::Amend, Some(v1), 1, 3)]), 0);
     assert!(matches!(err, Error::KeyNotFound { .. }), "{err:?}");
 }
 
@@ -145,9 +156,9 @@ fn publish_twice_and_amend_of_nothing_are_refused() {
 fn supersedes_must_match_the_op() {
     // Goal: Amend without supersedes and Publish with one are refused before any state is read.
     let (mut s, mut f) = fresh();
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, None, 1)]), 0);
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, None, 2, 1)]), 0);
     assert!(matches!(err, Error::SupersedesMissing { .. }), "{err:?}");
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, Some(RecordId([7; 32])), 1)]), 0);
+    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, Some(RecordId([7; 32])), 1, 1)]), 0);
     assert!(matches!(err, Error::SupersedesOnPublish { .. }), "{err:?}");
 }
 
@@ -156,7 +167,7 @@ fn bodies_and_metadata_over_the_genesis_limits_are_refused() {
     // Goal: one byte over each limit fails with RecordLimit naming the field; at the limit passes.
     let p = genesis().params;
     let with_body = |n: usize, nonce| {
-        let mut r = record(21, "land-titles", &format!("p/{nonce}"), Op::Publish, None, nonce);
+        let mut r = record(21, "land-titles", &format!("p/{nonce}"), Op::Publish, None, 1, nonce);
         r.body = Body::Inline(vec![b'x'; n]);
         r.sign(&key(21))
     };
@@ -165,12 +176,12 @@ fn bodies_and_metadata_over_the_genesis_limits_are_refused() {
     let err = refused(run(&mut s, &mut f, &[with_body(p.body_bytes_max + 1, 2)]), 0);
     assert!(matches!(err, Error::RecordLimit { field: "body", .. }), "{err:?}");
 
-    let mut r = record(21, "land-titles", "p/m", Op::Publish, None, 3);
+    let mut r = record(21, "land-titles", "p/m", Op::Publish, None, 1, 3);
     r.metadata = (0..=p.metadata_entries_max).map(|i| (format!("k{i}"), "v".to_string())).collect();
     let err = refused(run(&mut s, &mut f, &[r.sign(&key(21))]), 0);
     assert!(matches!(err, Error::RecordLimit { field: "metadata entries", .. }), "{err:?}");
 
-    let mut r = record(21, "land-titles", "p/m", Op::Publish, None, 4);
+    let mut r = record(21, "land-titles", "p/m", Op::Publish, None, 1, 4);
     r.metadata = [("note".to_string(), "y".repeat(p.metadata_bytes_max - 3))].into();
     let err = refused(run(&mut s, &mut f, &[r.sign(&key(21))]), 0);
     assert!(matches!(err, Error::RecordLimit { field: "metadata", .. }), "{err:?}");
@@ -180,7 +191,7 @@ fn bodies_and_metadata_over_the_genesis_limits_are_refused() {
 fn a_refused_block_changes_nothing() {
     // Goal: when any record of a block fails, no record of it is applied.
     let (mut s, mut f) = fresh();
-    let block = [signed(21, "land-titles", "p/1", Op::Publish, None, 1), signed(99, "land-titles", "p/2", Op::Publish, None, 1)];
+    let block = [signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1), signed(99, "land-titles", "p/2", Op::Publish, None, 1, 1)];
     refused(run(&mut s, &mut f, &block), 1);
     assert!(s.heads.is_empty() && s.nonces.is_empty());
     assert_eq!(f.size(), 0);

@@ -23,7 +23,7 @@ fn fill(store: &mut Store, blocks: u64, per_block: u64, nonce: &mut u64) -> Vec<
         let records: Vec<SignedRecord> = (0..per_block)
             .map(|_| {
                 *nonce += 1;
-                signed(21, "land-titles", &format!("p/{nonce}"), Op::Publish, None, *nonce)
+                signed(21, "land-titles", &format!("p/{nonce}"), Op::Publish, None, 1, *nonce)
             })
             .collect();
         let tip = store.tip().clone();
@@ -78,7 +78,7 @@ fn key_history_and_head_status_are_queryable() {
     let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     let mut ids = Vec::new();
     for (op, nonce) in [(Op::Publish, 1), (Op::Amend, 2), (Op::Amend, 3), (Op::Revoke, 4)] {
-        let r = signed(21, "land-titles", "p/7", op, ids.last().copied(), nonce);
+        let r = signed(21, "land-titles", "p/7", op, ids.last().copied(), nonce, nonce);
         let tip = store.tip().clone();
         let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[r]);
         ids.push(executed.ids[0]);
@@ -119,7 +119,7 @@ fn commit_that_does_not_extend_the_tip_is_refused() {
     let dir = temp_dir("extend");
     let g = genesis();
     let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
-    let r = [signed(21, "land-titles", "p/1", Op::Publish, None, 1)];
+    let r = [signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)];
     let tip = store.tip().clone();
     let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, 2, &r);
     assert!(matches!(store.commit(&header, &cert, &executed), Err(Error::Block { height: 2, .. })));

@@ -42,7 +42,15 @@ pub fn rules() -> Rules {
 }
 
 /// An unsigned record by officer `signer` with an inline body.
-pub fn record(signer: u8, namespace: &str, key_name: &str, op: Op, supersedes: Option<RecordId>, nonce: u64) -> Record {
+pub fn record(
+    signer: u8,
+    namespace: &str,
+    key_name: &str,
+    op: Op,
+    supersedes: Option<RecordId>,
+    version: u64,
+    nonce: u64,
+) -> Record {
     Record {
         chain_id: CHAIN.into(),
         namespace: namespace.into(),
@@ -51,13 +59,22 @@ pub fn record(signer: u8, namespace: &str, key_name: &str, op: Op, supersedes: O
         body: Body::Inline(format!("{key_name} v{nonce}").into_bytes()),
         metadata: [("basis".to_string(), "Act 12 s.3".to_string())].into(),
         supersedes,
+        version,
         submitter: key(signer).public(),
         nonce,
     }
 }
 
-pub fn signed(signer: u8, namespace: &str, key_name: &str, op: Op, supersedes: Option<RecordId>, nonce: u64) -> SignedRecord {
-    record(signer, namespace, key_name, op, supersedes, nonce).sign(&key(signer))
+pub fn signed(
+    signer: u8,
+    namespace: &str,
+    key_name: &str,
+    op: Op,
+    supersedes: Option<RecordId>,
+    version: u64,
+    nonce: u64,
+) -> SignedRecord {
+    record(signer, namespace, key_name, op, supersedes, version, nonce).sign(&key(signer))
 }
 
 /// Executes and certifies a block on top of `state`/`frontier` (signatures verified).
@@ -78,7 +95,6 @@ pub fn block<V: StateView>(
         time_ms: g.genesis_time_ms + height,
         proposer: (height % 4) as u32,
         validators_hash: set.hash(),
-        next_validators_hash: set.hash(),
     };
     let header = executed.header(CHAIN, &meta);
     let (k1, k2, k3) = (key(1), key(2), key(3));
