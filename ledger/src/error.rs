@@ -77,4 +77,19 @@ pub enum Error {
     Store { path: String, detail: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+
+    // --- record state proofs ---
+    #[error("state proof has {siblings} siblings; a path in a tree of 256-bit keys has at most {max}")]
+    StateProofTooLong { siblings: usize, max: usize },
+    #[error(
+        "state proof for {namespace}/{key} names neighbour leaf {neighbour}, which shares {shared_bits} leading bits \
+         with the key; a non-membership proof of depth {depth} needs a different key sharing at least {depth}"
+    )]
+    StateProofNeighbour { namespace: String, key: String, neighbour: String, shared_bits: usize, depth: usize },
+    #[error("state proof for {namespace}/{key} leads to state root {computed}, expected {expected}")]
+    StateRootMismatch { namespace: String, key: String, computed: String, expected: String },
+    #[error("state tree node {node} is not stored")]
+    StateNodeMissing { node: String },
+    #[error("state tree node {node} is corrupt: {detail}")]
+    StateNodeCorrupt { node: String, detail: String },
 }

@@ -15,6 +15,7 @@ pub mod merkle;
 pub mod note;
 pub mod record;
 pub mod state;
+pub mod state_tree;
 #[cfg(feature = "store")]
 pub mod store;
 

@@ -62,8 +62,9 @@ impl VerifierKey {
     }
 
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let mut parts = s.split('+');
-        let (Some(name), Some(id), Some(key), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        // The name holds no '+'; the base64 key may.
+        let mut parts = s.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad(format!("verifier key {s:?} is not name+keyid+key")));
         };
         check_key_name(name)?;

@@ -33,6 +33,12 @@ fn reference_example_key_id_vkey_and_signature() {
     assert_eq!(hex::encode(vkey.key_id()), "c74f20a3");
     assert_eq!(vkey.to_string(), GO_VKEY);
     assert_eq!(VerifierKey::parse(GO_VKEY).unwrap(), vkey);
+    // A base64 key with '+' in it parses too.
+    let plus = (0..=255u8)
+        .map(|n| VerifierKey { name: "v".into(), key: SecretKey::from_seed([n; 32]).public() })
+        .find(|k| k.to_string().matches('+').count() > 2)
+        .expect("some seed gives a key whose base64 holds '+'");
+    assert_eq!(VerifierKey::parse(&plus.to_string()).unwrap(), plus);
     let note_text = format!("{GO_TEXT}\n\u{2014} PeterNeumann {GO_SIG}\n");
     let parsed = SignedNote::parse(&note_text).unwrap();
     assert_eq!(parsed.text, GO_TEXT);

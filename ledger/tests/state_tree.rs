@@ -1,0 +1,387 @@
+//! Authenticated record state: roots, updates, proofs and their encoding.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+
+use annal_ledger::merkle::Hash;
+use annal_ledger::record::RecordId;
+use annal_ledger::state::{Head, StateKey, Status};
+use annal_ledger::state_tree::{
+    self, key_hash, prove, root_of, update, ProofLeaf, StateProof, StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX,
+    PROOF_SIBLINGS_MAX,
+};
+use annal_ledger::Error;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type Nodes = HashMap<Hash, Vec<u8>>;
+
+fn key(ns: &str, k: &str) -> StateKey {
+    StateKey { namespace: ns.into(), key: k.into() }
+}
+
+fn head(seed: u64, version: u64, status: Status) -> Head {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&seed.to_le_bytes());
+    id[31] = version as u8;
+    Head { id: RecordId(id), version, index: seed * 100 + version, status }
+}
+
+/// Applies `changes` on top of `root`, storing the new nodes; returns the new root.
+fn apply(nodes: &mut Nodes, root: &Hash, changes: &BTreeMap<StateKey, Head>) -> Hash {
+    let up = update(nodes, root, changes).unwrap();
+    nodes.extend(up.nodes);
+    up.root
+}
+
+/// A tree of `n` keys `land/parcel/i`, built in one block.
+fn tree(n: u64) -> (Nodes, Hash, BTreeMap<StateKey, Head>) {
+    let map: BTreeMap<_, _> = (0..n).map(|i| (key("land", &format!("parcel/{i}")), head(i, 1, Status::Active))).collect();
+    let mut nodes = Nodes::new();
+    let root = apply(&mut nodes, &EMPTY_ROOT, &map);
+    (nodes, root, map)
+}
+
+fn flip(bytes: &[u8], i: usize) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v[i] ^= 0x01;
+    v
+}
+
+#[test]
+fn empty_map_has_the_documented_root() {
+    // Goal: the empty map's root is the fixed constant, and every key is provably absent in it.
+    assert_eq!(&EMPTY_ROOT, b"SPARSE_MERKLE_PLACEHOLDER_HASH__");
+    assert_eq!(root_of(&BTreeMap::new()), EMPTY_ROOT);
+    let proof = prove(&Nodes::new(), &EMPTY_ROOT, &key("a", "b")).unwrap();
+    assert_eq!(proof, StateProof { leaf: ProofLeaf::Empty, siblings: vec![] });
+    assert_eq!(proof.verify(&EMPTY_ROOT, &key("a", "b")).unwrap(), None);
+}
+
+#[test]
+fn golden_root_of_a_small_map() {
+    // Goal: the same map gives the same root bytes on every machine and in every build (pinned).
+    // The same value is what jmt 0.12 (Sha256Jmt) computes for these (key_hash, head bytes) pairs.
+    let map = BTreeMap::from([
+        (key("land-titles", "parcel/0042"), head(1, 1, Status::Active)),
+        (key("land-titles", "parcel/0043"), head(2, 3, Status::Revoked)),
+        (key("companies", "HRB-1234"), head(3, 2, Status::Active)),
+    ]);
+    assert_eq!(
+        hex::encode(key_hash(&key("land-titles", "parcel/0042"))),
+        "4c3c538b2610e4387c3069a40c09226c0ee5c0fd07a89a19f2dc7aa2520c4c3f"
+    );
+    assert_eq!(hex::encode(root_of(&map)), "95e1766742eb6c8ccab70f66def37af368a9fb1270cc5514313e78b271e274ef");
+}
+
+#[test]
+fn roots_equal_those_of_jmt() {
+    // Goal: the tree hashes exactly as the jellyfish Merkle tree (jmt 0.12, Sha256Jmt) does, so its
+    // proofs are standard binary sparse Merkle proofs. The roots below were computed with jmt, out of
+    // tree, for the same (key_hash, canonical head) pairs; ADR 0003 says how.
+    for (n, want) in [
+        (1, "e4e83da0f00edd8818ad075f4c3237363f5af1fbb9fc4ba6ba5e8e19a3f84460"),
+        (2, "a296b9d0e2dc4df5bad2b371d1650bd028c7f41021f2cc89affc083d2c630f39"),
+        (1000, "a596ee1ef8651613b005ffaa38cf64804a312fa8501427dd878d3aa71d84727c"),
+        (20000, "9f9de943bdbd3a5a39f1943016d7096ef7f943ecc266fc005ec5df8cb71f9e9c"),
+    ] {
+        assert_eq!(hex::encode(tree(n).1), want, "tree of {n} keys");
+    }
+}
+
+#[test]
+fn membership_and_non_membership_proofs_verify() {
+    // Goal: every present key proves its head; absent keys prove absence, through both an empty
+    // subtree and a neighbouring leaf.
+    let (nodes, root, map) = tree(200);
+    for (k, h) in &map {
+        let proof = prove(&nodes, &root, k).unwrap();
+        assert!(matches!(proof.leaf, ProofLeaf::Head(_)));
+        assert_eq!(proof.verify(&root, k).unwrap(), Some(*h));
+        let decoded = StateProof::from_bytes(&proof.to_bytes()).unwrap();
+        assert_eq!(decoded, proof);
+    }
+    let (mut empty, mut other) = (0, 0);
+    for i in 0..400 {
+        let absent = key("land", &format!("absent/{i}"));
+        let proof = prove(&nodes, &root, &absent).unwrap();
+        match proof.leaf {
+            ProofLeaf::Empty => empty += 1,
+            ProofLeaf::Other { .. } => other += 1,
+            ProofLeaf::Head(_) => panic!("absent key {absent:?} proved present"),
+        }
+        assert_eq!(proof.verify(&root, &absent).unwrap(), None);
+    }
+    assert!(empty > 0 && other > 0, "both kinds of absence proof are exercised ({empty} empty, {other} other)");
+}
+
+/// One proof of each kind against the 50-key tree, with the key it is for.
+fn sample_proofs() -> (Hash, Vec<(StateKey, StateProof)>) {
+    let (nodes, root, map) = tree(50);
+    let mut out = vec![];
+    let present = map.keys().next().unwrap().clone();
+    out.push((present.clone(), prove(&nodes, &root, &present).unwrap()));
+    let mut kinds = (false, false);
+    for i in 0.. {
+        let absent = key("land", &format!("absent/{i}"));
+        let proof = prove(&nodes, &root, &absent).unwrap();
+        let is_empty = proof.leaf == ProofLeaf::Empty;
+        if (is_empty && !kinds.0) || (!is_empty && !kinds.1) {
+            kinds = (kinds.0 || is_empty, kinds.1 || !is_empty);
+            out.push((absent, proof));
+        }
+        if kinds == (true, true) {
+            break;
+        }
+    }
+    (root, out)
+}
+
+#[test]
+fn every_single_byte_change_to_a_proof_or_root_is_rejected() {
+    // Goal: flipping any bit-0 of any byte of the encoded proof, or of the root, makes it fail to
+    // decode or to verify; nothing panics.
+    let (root, proofs) = sample_proofs();
+    for (k, proof) in &proofs {
+        let bytes = proof.to_bytes();
+        for i in 0..bytes.len() {
+            let mutated = flip(&bytes, i);
+            let outcome = StateProof::from_bytes(&mutated).and_then(|p| p.verify(&root, k));
+            assert!(outcome.is_err(), "byte {i} of the proof for {k:?} changed and it still verifies: {outcome:?}");
+        }
+        for i in 0..32 {
+            let bad_root: Hash = flip(&root, i).try_into().unwrap();
+            assert!(proof.verify(&bad_root, k).is_err(), "root byte {i} changed and the proof for {k:?} verifies");
+        }
+    }
+}
+
+#[test]
+fn every_change_to_the_claimed_head_is_rejected() {
+    // Goal: a membership proof whose head differs in any field or byte does not verify.
+    let (root, proofs) = sample_proofs();
+    let (k, proof) = &proofs[0];
+    let ProofLeaf::Head(real) = proof.leaf else { panic!("first sample is a membership proof") };
+    let mut variants = vec![
+        Head { version: real.version + 1, ..real },
+        Head { index: real.index + 1, ..real },
+        Head { status: Status::Revoked, ..real },
+    ];
+    for i in 0..32 {
+        let mut id = real.id;
+        id.0[i] ^= 1;
+        variants.push(Head { id, ..real });
+    }
+    for claimed in variants {
+        let forged = StateProof { leaf: ProofLeaf::Head(claimed), siblings: proof.siblings.clone() };
+        assert!(forged.verify(&root, k).is_err(), "forged head {claimed:?} verifies");
+    }
+    // A membership proof turned into an absence proof does not verify either.
+    let absent = StateProof { leaf: ProofLeaf::Empty, siblings: proof.siblings.clone() };
+    assert!(absent.verify(&root, k).is_err());
+}
+
+#[test]
+fn a_membership_proof_is_for_its_key_only() {
+    // Goal: a proof of key A's head verifies for no other key, including keys one byte away.
+    let (nodes, root, map) = tree(30);
+    let keys: Vec<_> = map.keys().cloned().collect();
+    for a in &keys {
+        let proof = prove(&nodes, &root, a).unwrap();
+        for b in keys.iter().filter(|b| *b != a) {
+            assert!(proof.verify(&root, b).is_err(), "proof for {a:?} verifies for {b:?}");
+        }
+        for (field, len) in [(0, a.namespace.len()), (1, a.key.len())] {
+            for i in 0..len {
+                let mut b = a.clone();
+                let s = if field == 0 { &mut b.namespace } else { &mut b.key };
+                let mut bytes = s.clone().into_bytes();
+                bytes[i] ^= 1;
+                *s = String::from_utf8(bytes).unwrap();
+                assert!(proof.verify(&root, &b).is_err(), "proof for {a:?} verifies for {b:?}");
+            }
+        }
+        // The split between namespace and key is part of the key hash.
+        let shifted = key(&format!("{}/", a.namespace), a.key.trim_start_matches('/'));
+        assert_ne!(key_hash(&shifted), key_hash(a));
+    }
+}
+
+#[test]
+fn an_absence_proof_never_hides_a_present_key() {
+    // Goal: a proof that key A is absent fails for every key that is present, including the
+    // neighbour leaf it names.
+    let (nodes, root, map) = tree(64);
+    for i in 0..100 {
+        let absent = key("land", &format!("absent/{i}"));
+        let proof = prove(&nodes, &root, &absent).unwrap();
+        for present in map.keys() {
+            assert!(proof.verify(&root, present).is_err(), "absence proof for {absent:?} verifies for {present:?}");
+        }
+    }
+}
+
+#[test]
+fn neighbour_must_share_the_path() {
+    // Goal: an absence proof naming a neighbour leaf that could not sit on the key's path is refused.
+    let (nodes, root, _) = tree(50);
+    for i in 0.. {
+        let absent = key("land", &format!("absent/{i}"));
+        let proof = prove(&nodes, &root, &absent).unwrap();
+        let ProofLeaf::Other { key_hash: neighbour, value_hash } = proof.leaf else { continue };
+        let mut far = neighbour;
+        far[0] ^= 0x80; // differs from the key in the first bit, or equals it there and the neighbour does not
+        let target = key_hash(&absent);
+        let far = if far[0] & 0x80 == target[0] & 0x80 { neighbour } else { far };
+        let forged = StateProof { leaf: ProofLeaf::Other { key_hash: far, value_hash }, siblings: proof.siblings.clone() };
+        if far != neighbour {
+            assert!(matches!(forged.verify(&root, &absent), Err(Error::StateProofNeighbour { .. })));
+        }
+        let same = StateProof { leaf: ProofLeaf::Other { key_hash: target, value_hash }, siblings: proof.siblings };
+        assert!(matches!(same.verify(&root, &absent), Err(Error::StateProofNeighbour { .. })));
+        break;
+    }
+}
+
+#[test]
+fn hostile_proofs_are_refused_without_panicking() {
+    // Goal: over-long input, trailing bytes, 257 siblings and garbage are errors, never panics.
+    let (root, proofs) = sample_proofs();
+    let (k, proof) = &proofs[0];
+    let bytes = proof.to_bytes();
+    assert!(matches!(StateProof::from_bytes(&[bytes.clone(), vec![0]].concat()), Err(Error::TrailingBytes { .. })));
+    assert!(matches!(StateProof::from_bytes(&vec![1u8; PROOF_BYTES_MAX + 1]), Err(Error::TooLong { .. })));
+    assert!(StateProof::from_bytes(&[]).is_err());
+    for len in 0..bytes.len() {
+        assert!(StateProof::from_bytes(&bytes[..len]).is_err(), "a {len}-byte prefix decodes");
+    }
+    let deepest = StateProof { leaf: ProofLeaf::Empty, siblings: vec![[7; 32]; PROOF_SIBLINGS_MAX] };
+    let encoded = deepest.to_bytes();
+    assert!(encoded.len() <= PROOF_BYTES_MAX);
+    assert_eq!(StateProof::from_bytes(&encoded).unwrap(), deepest);
+    assert!(deepest.verify(&root, k).is_err());
+    let too_deep = StateProof { leaf: ProofLeaf::Empty, siblings: vec![[7; 32]; PROOF_SIBLINGS_MAX + 1] };
+    assert!(matches!(too_deep.verify(&root, k), Err(Error::StateProofTooLong { siblings: 257, .. })));
+    assert!(StateProof::from_bytes(&too_deep.to_bytes()).is_err());
+    // A length prefix promising 2^60 siblings is refused before anything is allocated.
+    let mut huge = vec![1u8, 0, 0, 0, 0];
+    huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(StateProof::from_bytes(&huge).is_err());
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..2000 {
+        let len = rng.gen_range(0..300);
+        let garbage: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if let Ok(p) = StateProof::from_bytes(&garbage) {
+            let _ = p.verify(&root, k);
+        }
+    }
+}
+
+#[test]
+fn incremental_blocks_give_the_root_of_the_final_map_in_any_order() {
+    // Goal: publishing, amending and revoking over many blocks, in any order of keys across
+    // blocks, ends at the root of the final map built from nothing.
+    for seed in 0..8u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // Each key's version chain: 1 = publish, then amends, maybe a final revoke.
+        let mut events: Vec<(StateKey, Head)> = vec![];
+        for i in 0..150u64 {
+            let k = key(["land", "companies", "courts"][i as usize % 3], &format!("k/{i}"));
+            let versions = rng.gen_range(1..=4u64);
+            for v in 1..=versions {
+                let status = if v == versions && rng.gen_bool(0.3) { Status::Revoked } else { Status::Active };
+                events.push((k.clone(), head(i, v, status)));
+            }
+        }
+        let mut expected = BTreeMap::new();
+        for (k, h) in &events {
+            expected.insert(k.clone(), *h);
+        }
+        let want = root_of(&expected);
+        // Blocks must keep each key's versions in order; shuffle keys, then cut into random blocks.
+        for attempt in 0..3 {
+            let mut order: Vec<usize> = (0..events.len()).collect();
+            order.shuffle(&mut rng);
+            let mut taken: BTreeMap<StateKey, u64> = BTreeMap::new();
+            let mut sequence = vec![];
+            for idx in order {
+                let (k, _) = &events[idx];
+                let next = taken.get(k).copied().unwrap_or(0) + 1;
+                let h = events.iter().find(|(ek, eh)| ek == k && eh.version == next).unwrap();
+                taken.insert(k.clone(), next);
+                sequence.push(h.clone());
+            }
+            let mut nodes = Nodes::new();
+            let mut root = EMPTY_ROOT;
+            let mut roots = vec![];
+            let mut rest = &sequence[..];
+            while !rest.is_empty() {
+                let n = rng.gen_range(1..=rest.len().min(40));
+                let block: BTreeMap<StateKey, Head> = rest[..n].iter().cloned().collect();
+                root = apply(&mut nodes, &root, &block);
+                roots.push((root, block));
+                rest = &rest[n..];
+            }
+            assert_eq!(root, want, "seed {seed} attempt {attempt}: incremental root differs from the final map's");
+            // Every past root still proves what its block wrote.
+            for (past, block) in &roots {
+                let (k, h) = block.iter().next().unwrap();
+                assert_eq!(prove(&nodes, past, k).unwrap().verify(past, k).unwrap(), Some(*h));
+            }
+        }
+    }
+}
+
+#[test]
+fn same_block_same_bytes() {
+    // Goal: an update is deterministic: same inputs give the same root, nodes and stale list.
+    let (nodes, root, _) = tree(100);
+    let block: BTreeMap<_, _> =
+        (90..120).map(|i| (key("land", &format!("parcel/{i}")), head(i, 2, Status::Revoked))).collect();
+    let a = update(&nodes, &root, &block).unwrap();
+    let b = update(&nodes, &root, &block).unwrap();
+    assert_eq!(a, b);
+    assert!(!a.stale.is_empty());
+    for (hash, bytes) in &a.nodes {
+        assert_eq!(state_tree::decode_node(bytes).unwrap().hash(), *hash);
+    }
+}
+
+struct Counting<'a> {
+    nodes: &'a Nodes,
+    reads: Cell<usize>,
+}
+
+impl StateTreeReader for Counting<'_> {
+    type Error = Error;
+    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
+        self.reads.set(self.reads.get() + 1);
+        Ok(self.nodes.get(node_key).cloned())
+    }
+}
+
+#[test]
+fn an_update_reads_only_the_changed_paths() {
+    // Goal: changing k keys in a tree of n reads O(k · log n) nodes, not the tree.
+    let (nodes, root, _) = tree(4096);
+    let reader = Counting { nodes: &nodes, reads: Cell::new(0) };
+    let one = BTreeMap::from([(key("land", "parcel/7"), head(7, 2, Status::Active))]);
+    update(&reader, &root, &one).unwrap();
+    // log2(4096) = 12; a random tree's path is a few levels longer.
+    assert!(reader.reads.get() <= 40, "one change read {} nodes", reader.reads.get());
+    reader.reads.set(0);
+    let many: BTreeMap<_, _> = (0..64).map(|i| (key("land", &format!("new/{i}")), head(i, 1, Status::Active))).collect();
+    update(&reader, &root, &many).unwrap();
+    assert!(reader.reads.get() <= 64 * 40, "64 changes read {} nodes", reader.reads.get());
+}
+
+#[test]
+fn a_missing_node_is_an_error() {
+    // Goal: a store that lacks a node on the path reports which one, rather than a wrong root.
+    let (mut nodes, root, map) = tree(10);
+    nodes.remove(&root);
+    let k = map.keys().next().unwrap();
+    assert!(matches!(prove(&nodes, &root, k), Err(Error::StateNodeMissing { .. })));
+    assert!(matches!(update(&nodes, &root, &map), Err(Error::StateNodeMissing { .. })));
+}
