@@ -205,7 +205,7 @@ pub fn update<R: StateTreeReader>(
     changes: &BTreeMap<StateKey, Head>,
 ) -> Result<StateUpdate, Error> {
     let mut leaves: Vec<(Hash, Head)> = changes.iter().map(|(k, h)| (key_hash(k), *h)).collect();
-    leaves.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    leaves.sort_unstable_by_key(|a| a.0);
     assert!(leaves.windows(2).all(|w| w[0].0 != w[1].0), "two state keys share a SHA-256 key hash");
     let mut out = StateUpdate { root: *root, nodes: Vec::with_capacity(changes.len() * 12), stale: Vec::new() };
     out.root = insert(reader, *root, 0, &leaves, &mut out)?;
@@ -404,7 +404,8 @@ mod tests {
     #[test]
     fn node_bytes_round_trip_and_refuse_other_lengths() {
         // Goal: stored node bytes decode to the same node, and a byte more or less is refused.
-        for node in [Node::Internal { left: [1; 32], right: [2; 32] }, Node::Leaf { key_hash: [3; 32], head: head(4) }] {
+        for node in [Node::Internal { left: [1; 32], right: [2; 32] }, Node::Leaf { key_hash: [3; 32], head: head(4) }]
+        {
             let bytes = encode_node(&node);
             assert_eq!(decode_node(&bytes).unwrap(), node);
             assert!(decode_node(&bytes[..bytes.len() - 1]).is_err());

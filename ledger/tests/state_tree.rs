@@ -37,7 +37,8 @@ fn apply(nodes: &mut Nodes, root: &Hash, changes: &BTreeMap<StateKey, Head>) -> 
 
 /// A tree of `n` keys `land/parcel/i`, built in one block.
 fn tree(n: u64) -> (Nodes, Hash, BTreeMap<StateKey, Head>) {
-    let map: BTreeMap<_, _> = (0..n).map(|i| (key("land", &format!("parcel/{i}")), head(i, 1, Status::Active))).collect();
+    let map: BTreeMap<_, _> =
+        (0..n).map(|i| (key("land", &format!("parcel/{i}")), head(i, 1, Status::Active))).collect();
     let mut nodes = Nodes::new();
     let root = apply(&mut nodes, &EMPTY_ROOT, &map);
     (nodes, root, map)
@@ -234,7 +235,8 @@ fn neighbour_must_share_the_path() {
         far[0] ^= 0x80; // differs from the key in the first bit, or equals it there and the neighbour does not
         let target = key_hash(&absent);
         let far = if far[0] & 0x80 == target[0] & 0x80 { neighbour } else { far };
-        let forged = StateProof { leaf: ProofLeaf::Other { key_hash: far, value_hash }, siblings: proof.siblings.clone() };
+        let forged =
+            StateProof { leaf: ProofLeaf::Other { key_hash: far, value_hash }, siblings: proof.siblings.clone() };
         if far != neighbour {
             assert!(matches!(forged.verify(&root, &absent), Err(Error::StateProofNeighbour { .. })));
         }
@@ -371,7 +373,8 @@ fn an_update_reads_only_the_changed_paths() {
     // log2(4096) = 12; a random tree's path is a few levels longer.
     assert!(reader.reads.get() <= 40, "one change read {} nodes", reader.reads.get());
     reader.reads.set(0);
-    let many: BTreeMap<_, _> = (0..64).map(|i| (key("land", &format!("new/{i}")), head(i, 1, Status::Active))).collect();
+    let many: BTreeMap<_, _> =
+        (0..64).map(|i| (key("land", &format!("new/{i}")), head(i, 1, Status::Active))).collect();
     update(&reader, &root, &many).unwrap();
     assert!(reader.reads.get() <= 64 * 40, "64 changes read {} nodes", reader.reads.get());
 }
