@@ -30,5 +30,6 @@ devnet: build
 fmt:
 	$(CARGO) fmt --all
 
+# Benchmarks run in the same profile as the tests (see Cargo.toml).
 bench-ledger: prereqs
-	$(CARGO) run --release -p annal-cli -- bench ledger
+	$(CARGO) run -p annal-cli -- bench ledger

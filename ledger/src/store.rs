@@ -18,6 +18,9 @@
 //!
 //! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
+//! Nodes of level `UPPER_LEVEL` and above (one per 256 leaves or fewer) are
+//! also kept in memory, since complete nodes never change: a proof then reads
+//! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size.
 //!
 //! A block commit is one write batch (fsynced unless the store was opened
 //! without sync), so a crash at any instant leaves the previous state or the
@@ -49,6 +52,8 @@ const CF_HEADS: &str = "heads";
 const CF_NONCES: &str = "nonces";
 const CF_SETS: &str = "sets";
 const CF_META: &str = "meta";
+/// Log nodes at this level and above are also held in memory (see the module docs).
+const UPPER_LEVEL: u8 = 8;
 const FAMILIES: [&str; 10] =
     [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_SETS, CF_META];
 
@@ -82,6 +87,8 @@ pub struct Store {
     path: PathBuf,
     tip: Tip,
     frontier: Frontier,
+    /// `upper[l - UPPER_LEVEL][i]` is the complete log node `(l, i)`.
+    upper: Vec<Vec<Hash>>,
     options: StoreOptions,
 }
 
@@ -100,6 +107,7 @@ impl Store {
             path: path.to_path_buf(),
             tip: Tip { height: Height(0), block_hash: genesis_hash, log_size: 0 },
             frontier: Frontier::new(),
+            upper: Vec::new(),
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -122,10 +130,35 @@ impl Store {
             Some(_) => {
                 let bytes = store.get(CF_META, b"tip")?.ok_or_else(|| err("has a genesis hash but no tip".into()))?;
                 store.tip = codec::decode(&bytes, 128)?;
+                store.load_upper()?;
                 store.check_tip()?;
             }
         }
         Ok(store)
+    }
+
+    /// Loads the upper log nodes into memory, checking that each level is contiguous.
+    fn load_upper(&mut self) -> Result<(), Error> {
+        let iter = self.db.iterator_cf(self.cf(CF_NODES), rocksdb::IteratorMode::From(&[UPPER_LEVEL], rocksdb::Direction::Forward));
+        let mut upper: Vec<Vec<Hash>> = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.store_err(e))?;
+            let bad = || Error::Store { path: self.path.display().to_string(), detail: format!("log node key {} is malformed or out of order", hex::encode(&k)) };
+            if k.len() != 9 || v.len() != 32 {
+                return Err(bad());
+            }
+            let level = (k[0] - UPPER_LEVEL) as usize;
+            let index = be_u64(&k[1..], "nodes")?;
+            if upper.len() <= level {
+                upper.resize(level + 1, Vec::new());
+            }
+            if index != upper[level].len() as u64 {
+                return Err(bad());
+            }
+            upper[level].push(v.as_ref().try_into().expect("32 bytes"));
+        }
+        self.upper = upper;
+        Ok(())
     }
 
     /// Checks that the stored tip matches its header, the records and the log nodes.
@@ -229,6 +262,16 @@ impl Store {
         self.write(batch)?;
         self.tip = tip;
         self.frontier = executed.frontier.clone();
+        for (level, index, hash) in &executed.nodes {
+            if *level >= UPPER_LEVEL {
+                let l = (*level - UPPER_LEVEL) as usize;
+                if self.upper.len() <= l {
+                    self.upper.resize(l + 1, Vec::new());
+                }
+                assert_eq!(self.upper[l].len() as u64, *index, "complete log nodes arrive in index order");
+                self.upper[l].push(*hash);
+            }
+        }
         Ok(())
     }
 
@@ -361,6 +404,10 @@ impl NodeReader for Store {
         if level == 0 {
             let bytes = self.record_bytes(index)?.ok_or_else(missing)?;
             return Ok(merkle::leaf_hash(&bytes));
+        }
+        if level >= UPPER_LEVEL {
+            let l = (level - UPPER_LEVEL) as usize;
+            return self.upper.get(l).and_then(|nodes| nodes.get(index as usize)).copied().ok_or_else(missing);
         }
         let bytes = self.get(CF_NODES, &node_key(level, index))?.ok_or_else(missing)?;
         bytes.as_slice().try_into().map_err(|_| missing())
