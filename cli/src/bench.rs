@@ -125,8 +125,10 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
         proofs.push(store.inclusion_proof(i, size)?);
     }
     let gen_time = t.elapsed();
-    let leaves: Vec<merkle::Hash> =
-        indices.iter().map(|&i| Ok(merkle::leaf_hash(&store.record_bytes(i)?.context("record missing")?))).collect::<Result<_>>()?;
+    let leaves: Vec<merkle::Hash> = indices
+        .iter()
+        .map(|&i| Ok(merkle::leaf_hash(&store.record_bytes(i)?.context("record missing")?)))
+        .collect::<Result<_>>()?;
     let t = Instant::now();
     for ((&i, proof), leaf) in indices.iter().zip(&proofs).zip(&leaves) {
         merkle::verify_inclusion(leaf, i, size, proof, &root)?;
@@ -157,12 +159,21 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
             })
         );
     } else {
-        println!("annal bench ledger: {size} records of {} bytes ({} bodies), blocks of {}, fsync {}", args.record_bytes, args.body, args.block_records, !args.no_sync);
+        println!(
+            "annal bench ledger: {size} records of {} bytes ({} bodies), blocks of {}, fsync {}",
+            args.record_bytes, args.body, args.block_records, !args.no_sync
+        );
         println!("  signing the load (untimed)      {:>10.2} s", sign_time.as_secs_f64());
         println!("  commit, signatures verified     {:>10.0} records/s  ({:.2} s)", per_s, commit_time.as_secs_f64());
-        println!("  inclusion proof, generate       {:>10.2} µs  (at {size} leaves, from RocksDB, {} proofs)", gen_us, args.proofs);
+        println!(
+            "  inclusion proof, generate       {:>10.2} µs  (at {size} leaves, from RocksDB, {} proofs)",
+            gen_us, args.proofs
+        );
         println!("  inclusion proof, verify         {:>10.2} µs", verify_us);
-        println!("  disk after compaction           {:>10} bytes = {:.3} × raw record bytes ({raw_bytes})", disk, disk_ratio);
+        println!(
+            "  disk after compaction           {:>10} bytes = {:.3} × raw record bytes ({raw_bytes})",
+            disk, disk_ratio
+        );
     }
     Ok(())
 }

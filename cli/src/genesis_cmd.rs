@@ -19,7 +19,8 @@ pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_
     let genesis_path = out.join("genesis.json");
     ensure_absent(&genesis_path)?;
     // Everything is made and checked in memory first, so a bad argument leaves no files behind.
-    let validator_keys: Vec<(SecretKey, SecretKey)> = (0..validators).map(|_| (SecretKey::generate(), SecretKey::generate())).collect();
+    let validator_keys: Vec<(SecretKey, SecretKey)> =
+        (0..validators).map(|_| (SecretKey::generate(), SecretKey::generate())).collect();
     let agency_keys: Vec<SecretKey> = (0..agencies).map(|_| SecretKey::generate()).collect();
     let genesis = Genesis {
         chain_id: chain_id.to_string(),
@@ -40,7 +41,10 @@ pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_
             .map(|(j, key)| Agency {
                 name: format!("agency-{j}"),
                 submitter_keys: vec![key.public()],
-                namespaces: vec![EXAMPLE_NAMESPACES.get(j).map(|s| s.to_string()).unwrap_or_else(|| format!("namespace-{j}"))],
+                namespaces: vec![EXAMPLE_NAMESPACES
+                    .get(j)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("namespace-{j}"))],
             })
             .collect(),
         params: Params::default(),
@@ -71,7 +75,12 @@ pub fn check(file: &Path) -> Result<()> {
     println!("genesis hash  {}", hex::encode(genesis.hash()));
     println!("validators    {} (total power {})", genesis.validators.len(), genesis.validator_set().total_power());
     for a in &genesis.agencies {
-        println!("agency        {}: {} submitter keys, namespaces {}", a.name, a.submitter_keys.len(), a.namespaces.join(", "));
+        println!(
+            "agency        {}: {} submitter keys, namespaces {}",
+            a.name,
+            a.submitter_keys.len(),
+            a.namespaces.join(", ")
+        );
     }
     Ok(())
 }

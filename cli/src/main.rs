@@ -68,20 +68,14 @@ enum GenesisCommand {
     /// Print the SHA-256 of the genesis file's canonical form: the chain's trust root.
     ///
     /// Example: annal genesis hash ./net/genesis.json
-    Hash {
-        file: PathBuf,
-    },
+    Hash { file: PathBuf },
     /// Check a genesis file and print a summary.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
     /// Print each validator's C2SP note verifier key, one per line, for
     /// checking Annal checkpoints with standard transparency-log tools.
     ///
     /// Example: annal genesis vkeys ./net/genesis.json
-    Vkeys {
-        file: PathBuf,
-    },
+    Vkeys { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -140,5 +134,9 @@ fn ensure_absent(path: &std::path::Path) -> Result<()> {
 /// Creates a folder (and its parents) for key files, readable by its owner only.
 fn create_private_dir(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).with_context(|| format!("creating {}", path.display()))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
 }

@@ -43,7 +43,18 @@ fn keys_new_writes_a_private_key_and_prints_its_public_key() {
 fn genesis_new_writes_genesis_and_key_folders() {
     // Goal: `annal genesis new` writes a valid genesis.json and one key folder per validator and agency, matching it.
     let dir = temp("genesis");
-    let out = stdout(&annal(&["genesis", "new", "--chain-id", "test-chain", "--validators", "4", "--agencies", "2", "--out", dir.to_str().unwrap()]));
+    let out = stdout(&annal(&[
+        "genesis",
+        "new",
+        "--chain-id",
+        "test-chain",
+        "--validators",
+        "4",
+        "--agencies",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
     let file = dir.join("genesis.json");
     let genesis = annal_ledger::genesis::Genesis::load(&file).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -79,7 +90,8 @@ fn genesis_errors_name_the_fault() {
     let dir = temp("bad");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("genesis.json");
-    std::fs::write(&file, r#"{"chain_id": "x", "genesis_time_ms": 0, "validators": [], "agencies": [], "params": {}}"#).unwrap();
+    std::fs::write(&file, r#"{"chain_id": "x", "genesis_time_ms": 0, "validators": [], "agencies": [], "params": {}}"#)
+        .unwrap();
     let o = annal(&["genesis", "hash", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

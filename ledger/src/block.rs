@@ -143,7 +143,13 @@ impl Certificate {
             bitmap[i / 8] |= 1 << (i % 8);
             signatures.push(key.sign_checkpoint(&checkpoint));
         }
-        Certificate { height: header.height, view: header.view, block_hash: checkpoint.block.hash, signers: bitmap, signatures }
+        Certificate {
+            height: header.height,
+            view: header.view,
+            block_hash: checkpoint.block.hash,
+            signers: bitmap,
+            signatures,
+        }
     }
 
     /// Checks that this certificate finalizes `header` with more than 2/3 of `set`'s power.
@@ -155,14 +161,23 @@ impl Certificate {
         }
         let n = set.validators.len();
         if self.signers.len() != n.div_ceil(8) {
-            return bad(format!("signer bitmap has {} bytes; a set of {n} needs {}", self.signers.len(), n.div_ceil(8)));
+            return bad(format!(
+                "signer bitmap has {} bytes; a set of {n} needs {}",
+                self.signers.len(),
+                n.div_ceil(8)
+            ));
         }
-        let signer_indices: Vec<usize> = (0..self.signers.len() * 8).filter(|i| self.signers[i / 8] & (1 << (i % 8)) != 0).collect();
+        let signer_indices: Vec<usize> =
+            (0..self.signers.len() * 8).filter(|i| self.signers[i / 8] & (1 << (i % 8)) != 0).collect();
         if let Some(&i) = signer_indices.iter().find(|&&i| i >= n) {
             return bad(format!("signer bitmap names validator {i}, but the set has {n}"));
         }
         if signer_indices.len() != self.signatures.len() {
-            return bad(format!("{} signers in the bitmap but {} signatures", signer_indices.len(), self.signatures.len()));
+            return bad(format!(
+                "{} signers in the bitmap but {} signatures",
+                signer_indices.len(),
+                self.signatures.len()
+            ));
         }
         let checkpoint = header.checkpoint();
         let mut power = 0u64;
@@ -185,7 +200,11 @@ impl Certificate {
         let signatures = signers
             .zip(&self.signatures)
             .filter_map(|(i, sig)| set.validators.get(i).map(|v| (v, sig)))
-            .map(|(v, sig)| NoteSignature { name: v.name.clone(), key_id: note::key_id(&v.name, &v.consensus_key), signature: sig.0.to_vec() })
+            .map(|(v, sig)| NoteSignature {
+                name: v.name.clone(),
+                key_id: note::key_id(&v.name, &v.consensus_key),
+                signature: sig.0.to_vec(),
+            })
             .collect();
         SignedNote { text: header.checkpoint().to_text(), signatures }
     }
@@ -203,7 +222,9 @@ impl ValidatorSet {
     pub fn verify_checkpoint(&self, chain_id: &str, signed: &SignedNote) -> Result<Checkpoint, Error> {
         let checkpoint = Checkpoint::parse(&signed.text)?;
         if checkpoint.origin != note::origin(chain_id) {
-            return Err(Error::Note { detail: format!("origin {:?} is not this chain's {:?}", checkpoint.origin, note::origin(chain_id)) });
+            return Err(Error::Note {
+                detail: format!("origin {:?} is not this chain's {:?}", checkpoint.origin, note::origin(chain_id)),
+            });
         }
         let signers = signed.verify(&self.verifier_keys())?;
         let power = signers.iter().map(|&i| self.validators[i].power).sum();

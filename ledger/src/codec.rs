@@ -22,9 +22,7 @@ pub const FORMAT_V1: u8 = 1;
 
 type Config = Configuration<LittleEndian, Fixint, NoLimit>;
 
-const CONFIG: Config = config::standard()
-    .with_little_endian()
-    .with_fixed_int_encoding();
+const CONFIG: Config = config::standard().with_little_endian().with_fixed_int_encoding();
 
 /// What a value is, for error messages ("record", "header", ...).
 pub trait Canonical: bincode::Encode + bincode::Decode<()> {
@@ -41,8 +39,7 @@ pub fn encode<T: Canonical>(value: &T) -> Vec<u8> {
 /// Appends the canonical encoding of `value` to `out`.
 pub fn encode_into<T: Canonical>(value: &T, out: &mut Vec<u8>) {
     out.push(FORMAT_V1);
-    bincode::encode_into_std_write(value, out, CONFIG)
-        .expect("encoding into a Vec cannot fail");
+    bincode::encode_into_std_write(value, out, CONFIG).expect("encoding into a Vec cannot fail");
 }
 
 /// Decodes a canonical encoding of at most `bytes_max` bytes, refusing
@@ -60,8 +57,8 @@ pub fn decode<T: Canonical>(bytes: &[u8], bytes_max: usize) -> Result<T, Error> 
     }
     // The limit bounds every allocation a length prefix can ask for.
     let limited = CONFIG.with_limit::<{ 64 * 1024 * 1024 }>();
-    let (value, read): (T, usize) = bincode::decode_from_slice(body, limited)
-        .map_err(|e| Error::Malformed { kind, detail: e.to_string() })?;
+    let (value, read): (T, usize) =
+        bincode::decode_from_slice(body, limited).map_err(|e| Error::Malformed { kind, detail: e.to_string() })?;
     if read != body.len() {
         return Err(Error::TrailingBytes { kind, trailing: body.len() - read });
     }

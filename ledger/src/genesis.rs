@@ -152,7 +152,10 @@ impl Genesis {
         let mut total: u64 = 0;
         for (i, v) in self.validators.iter().enumerate() {
             let at = format!("validators[{i}] ({:?})", v.name);
-            if v.name.is_empty() || v.name.len() > NAME_BYTES_MAX || v.name.chars().any(|c| c.is_whitespace() || c == '+') {
+            if v.name.is_empty()
+                || v.name.len() > NAME_BYTES_MAX
+                || v.name.chars().any(|c| c.is_whitespace() || c == '+')
+            {
                 return bad(format!("{at}: a name is 1 to {NAME_BYTES_MAX} bytes with no whitespace or '+'"));
             }
             if !names.insert(v.name.as_str()) {
@@ -229,7 +232,10 @@ impl Params {
             ));
         }
         if self.block_bytes_max < self.record_bytes_max {
-            return bad(format!("block_bytes_max {} is smaller than record_bytes_max {}", self.block_bytes_max, self.record_bytes_max));
+            return bad(format!(
+                "block_bytes_max {} is smaller than record_bytes_max {}",
+                self.block_bytes_max, self.record_bytes_max
+            ));
         }
         if self.namespace_bytes_max > 255 || self.key_bytes_max > 4096 {
             return bad("namespace_bytes_max is at most 255 and key_bytes_max at most 4096".into());

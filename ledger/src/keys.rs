@@ -160,12 +160,7 @@ impl SecretKey {
         let file = KeyFile { kind: "ed25519".into(), public_key: self.public(), secret_key: hex::encode(self.seed()) };
         let json = serde_json::to_string_pretty(&file).expect("a key file serialises");
         let key_err = |e: std::io::Error| Error::KeyFile { path: path.display().to_string(), detail: e.to_string() };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(key_err)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(key_err)?;
         f.write_all(json.as_bytes()).and_then(|()| f.write_all(b"\n")).map_err(key_err)?;
         f.sync_all().map_err(key_err)
     }

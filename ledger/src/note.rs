@@ -132,14 +132,21 @@ impl SignedNote {
             if signatures.len() == NOTE_SIGNATURES_MAX {
                 return Err(bad(format!("more than {NOTE_SIGNATURES_MAX} signatures")));
             }
-            let rest = line.strip_prefix(DASH).ok_or_else(|| bad(format!("signature line {line:?} does not start with an em dash and a space")))?;
-            let (name, b64) = rest.split_once(' ').ok_or_else(|| bad(format!("signature line {line:?} has no signature")))?;
+            let rest = line
+                .strip_prefix(DASH)
+                .ok_or_else(|| bad(format!("signature line {line:?} does not start with an em dash and a space")))?;
+            let (name, b64) =
+                rest.split_once(' ').ok_or_else(|| bad(format!("signature line {line:?} has no signature")))?;
             check_key_name(name)?;
             let raw = B64.decode(b64).map_err(|e| bad(format!("signature by {name}: {e}")))?;
             if raw.len() < 5 {
                 return Err(bad(format!("signature by {name} is {} bytes; at least 5 needed", raw.len())));
             }
-            signatures.push(NoteSignature { name: name.into(), key_id: raw[..4].try_into().expect("4 bytes"), signature: raw[4..].to_vec() });
+            signatures.push(NoteSignature {
+                name: name.into(),
+                key_id: raw[..4].try_into().expect("4 bytes"),
+                signature: raw[4..].to_vec(),
+            });
         }
         if signatures.is_empty() {
             return Err(bad("no signature lines"));
@@ -160,8 +167,9 @@ impl SignedNote {
                 return Err(bad(format!("{} signed twice", sig.name)));
             }
             let ok = <[u8; 64]>::try_from(sig.signature.as_slice()).ok().is_some_and(|s| {
-                ed25519_dalek::VerifyingKey::from_bytes(&known[i].key.0)
-                    .is_ok_and(|vk| vk.verify_strict(self.text.as_bytes(), &ed25519_dalek::Signature::from_bytes(&s)).is_ok())
+                ed25519_dalek::VerifyingKey::from_bytes(&known[i].key.0).is_ok_and(|vk| {
+                    vk.verify_strict(self.text.as_bytes(), &ed25519_dalek::Signature::from_bytes(&s)).is_ok()
+                })
             });
             if !ok {
                 return Err(bad(format!("signature by {} does not verify", sig.name)));
@@ -223,9 +231,16 @@ impl Checkpoint {
 
     /// Parses a checkpoint text, refusing any other form than `to_text` writes.
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let lines: Vec<&str> = text.strip_suffix('\n').ok_or_else(|| bad("checkpoint text does not end in a newline"))?.split('\n').collect();
+        let lines: Vec<&str> = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("checkpoint text does not end in a newline"))?
+            .split('\n')
+            .collect();
         let [origin, size, root, block] = lines[..] else {
-            return Err(bad(format!("checkpoint has {} lines; Annal's have 4 (origin, size, root, block)", lines.len())));
+            return Err(bad(format!(
+                "checkpoint has {} lines; Annal's have 4 (origin, size, root, block)",
+                lines.len()
+            )));
         };
         if origin.is_empty() {
             return Err(bad("empty origin line"));
@@ -247,7 +262,10 @@ impl Checkpoint {
             Ok(n)
         };
         let mut block_hash = [0u8; 32];
-        if hash.len() != 64 || hash.chars().any(|c| c.is_ascii_uppercase()) || hex::decode_to_slice(hash, &mut block_hash).is_err() {
+        if hash.len() != 64
+            || hash.chars().any(|c| c.is_ascii_uppercase())
+            || hex::decode_to_slice(hash, &mut block_hash).is_err()
+        {
             return Err(bad(format!("block hash {hash:?} is not 64 lowercase hex characters")));
         }
         let cp = Checkpoint {

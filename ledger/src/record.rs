@@ -137,7 +137,9 @@ impl Record {
         }
         check_size("metadata", metadata_bytes, params.metadata_bytes_max)?;
         match (self.op, &self.supersedes) {
-            (Op::Publish, Some(_)) => Err(Error::SupersedesOnPublish { namespace: self.namespace.clone(), key: self.key.clone() }),
+            (Op::Publish, Some(_)) => {
+                Err(Error::SupersedesOnPublish { namespace: self.namespace.clone(), key: self.key.clone() })
+            }
             (Op::Amend | Op::Revoke, None) => Err(Error::SupersedesMissing {
                 namespace: self.namespace.clone(),
                 key: self.key.clone(),
@@ -202,7 +204,8 @@ pub fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), Error>
     if s.is_empty() {
         return Err(Error::RecordField { field, detail: "is empty".into() });
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(Error::RecordField {
             field,
             detail: format!("{s:?} contains {c:?}; use lowercase letters, digits, '.', '_' or '-'"),

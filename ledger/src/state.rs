@@ -143,7 +143,12 @@ impl<'a, V: StateView> Overlay<'a, V> {
             }
         };
         if r.version != version {
-            return Err(Error::VersionMismatch { namespace: key.namespace, key: key.key, got: r.version, want: version });
+            return Err(Error::VersionMismatch {
+                namespace: key.namespace,
+                key: key.key,
+                got: r.version,
+                want: version,
+            });
         }
         let status = if r.op == Op::Revoke { Status::Revoked } else { Status::Active };
         let head = Head { id, version, index, status };

@@ -139,11 +139,16 @@ impl Store {
 
     /// Loads the upper log nodes into memory, checking that each level is contiguous.
     fn load_upper(&mut self) -> Result<(), Error> {
-        let iter = self.db.iterator_cf(self.cf(CF_NODES), rocksdb::IteratorMode::From(&[UPPER_LEVEL], rocksdb::Direction::Forward));
+        let iter = self
+            .db
+            .iterator_cf(self.cf(CF_NODES), rocksdb::IteratorMode::From(&[UPPER_LEVEL], rocksdb::Direction::Forward));
         let mut upper: Vec<Vec<Hash>> = Vec::new();
         for item in iter {
             let (k, v) = item.map_err(|e| self.store_err(e))?;
-            let bad = || Error::Store { path: self.path.display().to_string(), detail: format!("log node key {} is malformed or out of order", hex::encode(&k)) };
+            let bad = || Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("log node key {} is malformed or out of order", hex::encode(&k)),
+            };
             if k.len() != 9 || v.len() != 32 {
                 return Err(bad());
             }
@@ -165,9 +170,12 @@ impl Store {
     fn check_tip(&mut self) -> Result<(), Error> {
         let err = |detail: String| Error::Store { path: self.path.display().to_string(), detail };
         let tip = self.tip.clone();
-        let frontier = Frontier::from_reader(self, tip.log_size).map_err(|e| err(format!("rebuilding the log frontier: {e}")))?;
+        let frontier =
+            Frontier::from_reader(self, tip.log_size).map_err(|e| err(format!("rebuilding the log frontier: {e}")))?;
         if tip.height.0 > 0 {
-            let header = self.header(tip.height)?.ok_or_else(|| err(format!("tip names height {} but no header is stored", tip.height.0)))?;
+            let header = self
+                .header(tip.height)?
+                .ok_or_else(|| err(format!("tip names height {} but no header is stored", tip.height.0)))?;
             if header.hash() != tip.block_hash {
                 return Err(err(format!("tip block hash differs from the stored header at height {}", tip.height.0)));
             }
@@ -294,7 +302,10 @@ impl Store {
             if h > height {
                 break;
             }
-            let missing = |what: &str| Error::Store { path: self.path.display().to_string(), detail: format!("{what} of set change at height {} is missing", h.0) };
+            let missing = |what: &str| Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("{what} of set change at height {} is missing", h.0),
+            };
             let header = self.header(h)?.ok_or_else(|| missing("header"))?;
             let cert = self.certificate(h)?.ok_or_else(|| missing("certificate"))?;
             out.push((header, cert, codec::decode(&v, 1 << 20)?));
@@ -315,7 +326,8 @@ impl Store {
     pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64)>, Error> {
         let prefix = state_key(key);
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(CF_HISTORY), rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        let iter =
+            self.db.iterator_cf(self.cf(CF_HISTORY), rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(|e| self.store_err(e))?;
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
@@ -400,7 +412,10 @@ impl NodeReader for Store {
     type Error = Error;
 
     fn node(&self, level: u8, index: u64) -> Result<Hash, Error> {
-        let missing = || Error::Store { path: self.path.display().to_string(), detail: format!("log node ({level}, {index}) is missing") };
+        let missing = || Error::Store {
+            path: self.path.display().to_string(),
+            detail: format!("log node ({level}, {index}) is missing"),
+        };
         if level == 0 {
             let bytes = self.record_bytes(index)?.ok_or_else(missing)?;
             return Ok(merkle::leaf_hash(&bytes));
@@ -433,7 +448,11 @@ fn family_options(name: &str) -> Options {
         _ => {}
     }
     opts.set_block_based_table_factory(&table);
-    opts.set_compression_type(if name == CF_RECORDS { rocksdb::DBCompressionType::Lz4 } else { rocksdb::DBCompressionType::None });
+    opts.set_compression_type(if name == CF_RECORDS {
+        rocksdb::DBCompressionType::Lz4
+    } else {
+        rocksdb::DBCompressionType::None
+    });
     opts
 }
 
@@ -454,6 +473,9 @@ fn state_key(key: &StateKey) -> Vec<u8> {
 }
 
 fn be_u64(bytes: &[u8], family: &'static str) -> Result<u64, Error> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Malformed { kind: family, detail: format!("{} bytes where 8 were expected", bytes.len()) })?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Malformed {
+        kind: family,
+        detail: format!("{} bytes where 8 were expected", bytes.len()),
+    })?;
     Ok(u64::from_be_bytes(arr))
 }

@@ -62,7 +62,8 @@ fn block_records<V: StateView>(height: u64, state: &V) -> Vec<SignedRecord> {
 #[ignore = "run by crash_kill_loop as a child process"]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else { return };
-    let mut store = Store::open(dir.as_ref(), genesis().hash(), StoreOptions::default()).expect("child opens the store");
+    let mut store =
+        Store::open(dir.as_ref(), genesis().hash(), StoreOptions::default()).expect("child opens the store");
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         let tip = store.tip().clone();
@@ -127,7 +128,8 @@ fn crash_kill_loop() {
         // Kill after a random number of acknowledged blocks, then a random sub-block delay.
         let wait_for = rng.gen_range(1..=12);
         for _ in 0..wait_for {
-            let h = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{context}: child stalled: {e}"));
+            let h =
+                rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{context}: child stalled: {e}"));
             acked_max = acked_max.max(h);
         }
         std::thread::sleep(Duration::from_micros(rng.gen_range(0..4000)));
@@ -140,13 +142,21 @@ fn crash_kill_loop() {
             .unwrap_or_else(|e| panic!("{context}: store does not open after SIGKILL: {e}"));
         let tip = store.tip().clone();
         assert!(tip.height.0 >= acked_max, "{context}: tip {} lost acknowledged height {acked_max}", tip.height.0);
-        assert!(tip.height.0 <= acked_max + 1, "{context}: tip {} is past anything the child could have committed", tip.height.0);
+        assert!(
+            tip.height.0 <= acked_max + 1,
+            "{context}: tip {} is past anything the child could have committed",
+            tip.height.0
+        );
         for h in 1..=tip.height.0 {
             let stored = store.header(Height(h)).unwrap().unwrap_or_else(|| panic!("{context}: header {h} missing"));
             assert_eq!(&stored, reference.header(h), "{context}: header {h} is not the true chain's");
         }
         let leaves: Vec<_> = (0..tip.log_size)
-            .map(|i| merkle::leaf_hash(&store.record_bytes(i).unwrap().unwrap_or_else(|| panic!("{context}: record {i} missing"))))
+            .map(|i| {
+                merkle::leaf_hash(
+                    &store.record_bytes(i).unwrap().unwrap_or_else(|| panic!("{context}: record {i} missing")),
+                )
+            })
             .collect();
         let recomputed = merkle::root(&leaves);
         assert_eq!(recomputed, store.log_root(), "{context}: log root differs from the stored records");

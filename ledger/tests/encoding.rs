@@ -14,7 +14,8 @@ use common::*;
 fn sample_record() -> SignedRecord {
     let mut r = record(21, "land-titles", "parcel/0042", Op::Amend, Some(RecordId([0xab; 32])), 3, 7);
     r.body = Body::Document(DocumentAnchor { sha256: [0xcd; 32], size: 123_456, media_type: "application/pdf".into() });
-    r.metadata = [("basis".to_string(), "Act 12 s.3".to_string()), ("ref".to_string(), "LR-2026-0042".to_string())].into();
+    r.metadata =
+        [("basis".to_string(), "Act 12 s.3".to_string()), ("ref".to_string(), "LR-2026-0042".to_string())].into();
     r.sign(&key(21))
 }
 

@@ -143,7 +143,9 @@ fn key_files_are_private_and_checked() {
     let msg = SecretKey::read_file(&path).unwrap_err().to_string();
     assert!(msg.contains("chmod 600"), "{msg}");
     let tampered = dir.join("b.key");
-    let text = std::fs::read_to_string(&path).unwrap().replace(&key.public().to_hex(), &SecretKey::generate().public().to_hex());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&key.public().to_hex(), &SecretKey::generate().public().to_hex());
     std::fs::write(&tampered, text).unwrap();
     std::fs::set_permissions(&tampered, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(SecretKey::read_file(&tampered).unwrap_err().to_string().contains("does not match"));

@@ -16,7 +16,8 @@ use common::*;
 // private key, its verifier key, a text and the signed note it produces.
 const GO_SKEY: &str = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
 const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
-const GO_TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+const GO_TEXT: &str =
+    "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
 const GO_SIG: &str = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=";
 
 fn go_key() -> SecretKey {
@@ -115,7 +116,8 @@ fn certificate_is_a_signed_checkpoint_with_quorum() {
     let reparsed = SignedNote::parse(&signed.to_string()).unwrap();
     assert_eq!(set.verify_checkpoint(CHAIN, &reparsed).unwrap(), h.checkpoint());
     // Each signature line verifies with the validator's published verifier key, as any C2SP tool would.
-    let vkeys: Vec<VerifierKey> = set.verifier_keys().iter().map(|k| VerifierKey::parse(&k.to_string()).unwrap()).collect();
+    let vkeys: Vec<VerifierKey> =
+        set.verifier_keys().iter().map(|k| VerifierKey::parse(&k.to_string()).unwrap()).collect();
     assert_eq!(reparsed.verify(&vkeys).unwrap(), vec![0, 1, 2]);
 
     let two = Certificate::sign(&h, &set, &[(0, &k1), (1, &k2)]).to_note(&h, &set);
@@ -154,7 +156,10 @@ fn forged_or_altered_signed_checkpoints_are_refused() {
 
     let mut impostor = signed.clone();
     impostor.signatures[0].signature = stranger.sign_checkpoint(&h.checkpoint()).0.to_vec();
-    assert!(set.verify_checkpoint(CHAIN, &impostor).is_err(), "a member's name and key ID with another key's signature");
+    assert!(
+        set.verify_checkpoint(CHAIN, &impostor).is_err(),
+        "a member's name and key ID with another key's signature"
+    );
 }
 
 #[test]

@@ -94,7 +94,10 @@ fn replayed_nonce_is_refused_across_and_within_blocks() {
     run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 5)]).unwrap();
     let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/2", Op::Publish, None, 1, 5)]), 0);
     assert!(matches!(err, Error::NonceNotIncreasing { last: 5, got: 5, .. }), "{err:?}");
-    let block = [signed(22, "land-titles", "p/3", Op::Publish, None, 1, 1), signed(22, "land-titles", "p/4", Op::Publish, None, 1, 1)];
+    let block = [
+        signed(22, "land-titles", "p/3", Op::Publish, None, 1, 1),
+        signed(22, "land-titles", "p/4", Op::Publish, None, 1, 1),
+    ];
     let err = refused(run(&mut s, &mut f, &block), 1);
     assert!(matches!(err, Error::NonceNotIncreasing { last: 1, got: 1, .. }), "{err:?}");
 }
@@ -158,7 +161,10 @@ fn supersedes_must_match_the_op() {
     let (mut s, mut f) = fresh();
     let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Amend, None, 2, 1)]), 0);
     assert!(matches!(err, Error::SupersedesMissing { .. }), "{err:?}");
-    let err = refused(run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, Some(RecordId([7; 32])), 1, 1)]), 0);
+    let err = refused(
+        run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, Some(RecordId([7; 32])), 1, 1)]),
+        0,
+    );
     assert!(matches!(err, Error::SupersedesOnPublish { .. }), "{err:?}");
 }
 
@@ -191,7 +197,10 @@ fn bodies_and_metadata_over_the_genesis_limits_are_refused() {
 fn a_refused_block_changes_nothing() {
     // Goal: when any record of a block fails, no record of it is applied.
     let (mut s, mut f) = fresh();
-    let block = [signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1), signed(99, "land-titles", "p/2", Op::Publish, None, 1, 1)];
+    let block = [
+        signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1),
+        signed(99, "land-titles", "p/2", Op::Publish, None, 1, 1),
+    ];
     refused(run(&mut s, &mut f, &block), 1);
     assert!(s.heads.is_empty() && s.nonces.is_empty());
     assert_eq!(f.size(), 0);

@@ -64,7 +64,14 @@ fn commits_survive_reopen_and_proofs_verify() {
     }
     for (a, b) in [(1, 91), (7, 14), (64, 91), (90, 91)] {
         let proof = store.consistency_proof(a, b).unwrap();
-        merkle::verify_consistency(a, b, &proof, &merkle::root(&leaves[..a as usize]), &merkle::root(&leaves[..b as usize])).unwrap();
+        merkle::verify_consistency(
+            a,
+            b,
+            &proof,
+            &merkle::root(&leaves[..a as usize]),
+            &merkle::root(&leaves[..b as usize]),
+        )
+        .unwrap();
     }
     assert!(store.inclusion_proof(5, 92).is_err(), "a size past the tip is refused");
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,9 +5,9 @@ use annal_ledger::block::{Certificate, Header, Height, View};
 use annal_ledger::exec::{execute, BlockMeta, Executed, Signatures};
 use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
 use annal_ledger::keys::SecretKey;
+use annal_ledger::merkle::Frontier;
 use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
 use annal_ledger::state::{Rules, StateView};
-use annal_ledger::merkle::Frontier;
 
 pub const CHAIN: &str = "annal-test";
 
@@ -30,8 +30,16 @@ pub fn genesis() -> Genesis {
             })
             .collect(),
         agencies: vec![
-            Agency { name: "land".into(), submitter_keys: vec![key(21).public(), key(22).public()], namespaces: vec!["land-titles".into()] },
-            Agency { name: "companies".into(), submitter_keys: vec![key(31).public()], namespaces: vec!["companies".into()] },
+            Agency {
+                name: "land".into(),
+                submitter_keys: vec![key(21).public(), key(22).public()],
+                namespaces: vec!["land-titles".into()],
+            },
+            Agency {
+                name: "companies".into(),
+                submitter_keys: vec![key(31).public()],
+                namespaces: vec!["companies".into()],
+            },
         ],
         params: Params::default(),
     }
