@@ -93,7 +93,7 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
     if dir.exists() {
         bail!("{} exists; give a new --dir", dir.display());
     }
-    let mut store = Store::open(&dir, genesis.hash(), StoreOptions { sync: !args.no_sync })?;
+    let mut store = Store::open(&dir, genesis.hash(), StoreOptions { sync: !args.no_sync, ..StoreOptions::default() })?;
 
     // Commit, timed.
     let t = Instant::now();

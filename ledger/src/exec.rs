@@ -16,6 +16,7 @@ use crate::keys::{signing_message, Domain, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{RecordId, SignedRecord};
 use crate::state::{Head, Overlay, Rules, StateKey, StateView};
+use crate::state_tree::{self, StateTreeReader};
 
 /// Whether `execute` checks the records' signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,11 @@ pub struct Executed {
     /// The log's right edge after the block.
     pub frontier: Frontier,
     pub records_root: Hash,
+    /// Root of authenticated record state after this block (`state_tree`).
+    pub state_root: Hash,
+    /// New state-tree nodes `(hash, bytes)`, and nodes no longer reachable from `state_root`.
+    pub state_nodes: Vec<(Hash, Vec<u8>)>,
+    pub state_stale: Vec<Hash>,
     /// The validator set that certifies the next block, when this block changes it.
     /// (Governance sets it; until then only tests do.)
     pub next_set: Option<ValidatorSet>,
@@ -71,8 +77,7 @@ impl Executed {
         self.frontier.root()
     }
 
-    /// The header for this execution. `state_root` is all zero until
-    /// authenticated record state lands (docs/PROOFS.md says so too).
+    /// The header for this execution.
     pub fn header(&self, chain_id: &str, meta: &BlockMeta) -> Header {
         Header {
             chain_id: chain_id.to_string(),
@@ -84,16 +89,17 @@ impl Executed {
             records_root: self.records_root,
             log_size: self.log_size(),
             log_root: self.log_root(),
-            state_root: [0; 32],
+            state_root: self.state_root,
             validators_hash: meta.validators_hash,
             next_validators_hash: self.next_set.as_ref().map_or(meta.validators_hash, |set| set.hash()),
         }
     }
 }
 
-/// Executes `records` in order on top of `state` and the log `frontier`.
-/// The first record that fails any rule fails the whole block, and the error names it.
-pub fn execute<V: StateView>(
+/// Executes `records` in order on top of committed `state` (its heads, nonces
+/// and state tree) and the log `frontier`. The first record that fails any
+/// rule fails the whole block, and the error names it.
+pub fn execute<V: StateView + StateTreeReader>(
     rules: &Rules,
     state: &V,
     frontier: &Frontier,
@@ -120,6 +126,9 @@ pub fn execute<V: StateView>(
         nodes: Vec::with_capacity(records.len() * 2),
         frontier: Frontier::new(),
         records_root: [0; 32],
+        state_root: [0; 32],
+        state_nodes: Vec::new(),
+        state_stale: Vec::new(),
         next_set: None,
     };
     let mut seen = std::collections::BTreeSet::new();
@@ -137,6 +146,10 @@ pub fn execute<V: StateView>(
         out.records.push(bytes);
     }
     out.records_root = merkle::root(&out.ids.iter().map(|id| id.0).collect::<Vec<_>>());
+    let tree = state_tree::update(state, &state.state_root(), &overlay.heads)?;
+    out.state_root = tree.root;
+    out.state_nodes = tree.nodes;
+    out.state_stale = tree.stale;
     out.heads = overlay.heads;
     out.nonces = overlay.nonces;
     out.frontier = frontier;

@@ -11,6 +11,8 @@ use bincode::{Decode, Encode};
 
 use crate::codec::{self, Canonical};
 use crate::error::Error;
+use crate::exec::Executed;
+use crate::merkle::Hash;
 use crate::genesis::{Genesis, Params, Registry};
 use crate::keys::PublicKey;
 use crate::record::{Op, RecordId, SignedRecord};
@@ -47,6 +49,8 @@ pub struct StateKey {
 pub trait StateView {
     fn head(&self, key: &StateKey) -> Result<Option<Head>, Error>;
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error>;
+    /// Root of the authenticated state tree (`state_tree::EMPTY_ROOT` before any record).
+    fn state_root(&self) -> Hash;
 }
 
 /// The rules of one chain: its id, its limits and who may write where.
@@ -159,10 +163,22 @@ impl<'a, V: StateView> Overlay<'a, V> {
 }
 
 /// State held in memory: for tests, the offline auditor's replay, and benchmarks.
-#[derive(Default)]
 pub struct MemoryState {
     pub heads: BTreeMap<StateKey, Head>,
     pub nonces: BTreeMap<PublicKey, u64>,
+    pub tree: BTreeMap<Hash, Vec<u8>>,
+    pub state_root: Hash,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            heads: BTreeMap::new(),
+            nonces: BTreeMap::new(),
+            tree: BTreeMap::new(),
+            state_root: crate::state_tree::EMPTY_ROOT,
+        }
+    }
 }
 
 impl StateView for MemoryState {
@@ -173,13 +189,29 @@ impl StateView for MemoryState {
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
         Ok(self.nonces.get(submitter).copied())
     }
+
+    fn state_root(&self) -> Hash {
+        self.state_root
+    }
+}
+
+impl crate::state_tree::StateTreeReader for MemoryState {
+    type Error = Error;
+    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.tree.get(node_key).cloned())
+    }
 }
 
 impl MemoryState {
-    /// Takes an overlay's changes into this state.
-    pub fn absorb(&mut self, heads: BTreeMap<StateKey, Head>, nonces: BTreeMap<PublicKey, u64>) {
-        self.heads.extend(heads);
-        self.nonces.extend(nonces);
+    /// Takes an executed block's changes into this state, as a commit would.
+    pub fn absorb(&mut self, executed: &Executed) {
+        self.heads.extend(executed.heads.iter().map(|(k, h)| (k.clone(), *h)));
+        self.nonces.extend(&executed.nonces);
+        for stale in &executed.state_stale {
+            self.tree.remove(stale);
+        }
+        self.tree.extend(executed.state_nodes.iter().cloned());
+        self.state_root = executed.state_root;
     }
 }
 

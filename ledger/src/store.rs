@@ -14,6 +14,7 @@
 //! | `heads`    | state key                    | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
+//! | `state`    | node hash                    | state-tree node (`state_tree`) |
 //! | `meta`     | `genesis`, `tip`             | genesis hash, canonical tip    |
 //!
 //! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
@@ -21,6 +22,11 @@
 //! Nodes of level `UPPER_LEVEL` and above (one per 256 leaves or fewer) are
 //! also kept in memory, since complete nodes never change: a proof then reads
 //! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size.
+//!
+//! The state tree keeps only the nodes reachable from the tip's `state_root`:
+//! a commit deletes the nodes its update made unreachable, so status proofs
+//! are served as of the tip (about 200 bytes per key instead of 1.3 KB per
+//! change; docs/adr/0003).
 //!
 //! A block commit is one write batch (fsynced unless the store was opened
 //! without sync), so a crash at any instant leaves the previous state or the
@@ -31,7 +37,7 @@
 use std::path::{Path, PathBuf};
 
 use bincode::{Decode, Encode};
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::block::{Certificate, Header, Height, ValidatorSet};
 use crate::codec::{self, Canonical};
@@ -41,6 +47,7 @@ use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::RecordId;
 use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
+use crate::state_tree::{self, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
 const CF_CERTS: &str = "certs";
@@ -51,11 +58,12 @@ const CF_HISTORY: &str = "history";
 const CF_HEADS: &str = "heads";
 const CF_NONCES: &str = "nonces";
 const CF_SETS: &str = "sets";
+const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
 /// Log nodes at this level and above are also held in memory (see the module docs).
 const UPPER_LEVEL: u8 = 8;
-const FAMILIES: [&str; 10] =
-    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_SETS, CF_META];
+const FAMILIES: [&str; 11] =
+    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_SETS, CF_STATE, CF_META];
 
 /// The last committed block.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -74,11 +82,13 @@ impl Canonical for Tip {
 pub struct StoreOptions {
     /// fsync the write-ahead log on every commit. Off only in benchmarks that say so.
     pub sync: bool,
+    /// RocksDB block cache shared by every column family, in bytes.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: true }
+        StoreOptions { sync: true, cache_bytes: 256 << 20 }
     }
 }
 
@@ -89,6 +99,8 @@ pub struct Store {
     frontier: Frontier,
     /// `upper[l - UPPER_LEVEL][i]` is the complete log node `(l, i)`.
     upper: Vec<Vec<Hash>>,
+    /// The tip header's state root.
+    state_root: Hash,
     options: StoreOptions,
 }
 
@@ -100,7 +112,9 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
-        let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name)));
+        // One block cache for every family: log nodes and state-tree nodes are the hot reads.
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
         let mut store = Store {
             db,
@@ -108,6 +122,7 @@ impl Store {
             tip: Tip { height: Height(0), block_hash: genesis_hash, log_size: 0 },
             frontier: Frontier::new(),
             upper: Vec::new(),
+            state_root: state_tree::EMPTY_ROOT,
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -189,6 +204,10 @@ impl Store {
                     hex::encode(header.log_root)
                 )));
             }
+            if header.state_root != state_tree::EMPTY_ROOT && self.get(CF_STATE, &header.state_root)?.is_none() {
+                return Err(err(format!("the state tree root of height {} is not stored", tip.height.0)));
+            }
+            self.state_root = header.state_root;
         }
         if self.header(Height(tip.height.0 + 1))?.is_some() {
             return Err(err(format!("a header is stored above the tip height {}", tip.height.0)));
@@ -234,6 +253,9 @@ impl Store {
         if certificate.height != header.height || certificate.block_hash != header.hash() {
             return bad("certificate is for another block".into());
         }
+        if header.state_root != executed.state_root {
+            return bad("state_root disagrees with the executed records".into());
+        }
         if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
             return bad("next_validators_hash disagrees with the executed validator-set change".into());
         }
@@ -263,6 +285,13 @@ impl Store {
         for (submitter, nonce) in &executed.nonces {
             batch.put_cf(self.cf(CF_NONCES), submitter.0, nonce.to_be_bytes());
         }
+        // Deletes first: a node both stale and rewritten (never expected) stays.
+        for stale in &executed.state_stale {
+            batch.delete_cf(self.cf(CF_STATE), stale);
+        }
+        for (hash, bytes) in &executed.state_nodes {
+            batch.put_cf(self.cf(CF_STATE), hash, bytes);
+        }
         if let Some(set) = &executed.next_set {
             batch.put_cf(self.cf(CF_SETS), h, codec::encode(set));
         }
@@ -270,6 +299,7 @@ impl Store {
         self.write(batch)?;
         self.tip = tip;
         self.frontier = executed.frontier.clone();
+        self.state_root = executed.state_root;
         for (level, index, hash) in &executed.nodes {
             if *level >= UPPER_LEVEL {
                 let l = (*level - UPPER_LEVEL) as usize;
@@ -437,14 +467,33 @@ impl StateView for Store {
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
         self.get(CF_NONCES, &submitter.0)?.map(|b| be_u64(&b, "nonces")).transpose()
     }
+
+    fn state_root(&self) -> Hash {
+        self.state_root
+    }
 }
 
-fn family_options(name: &str) -> Options {
+impl StateTreeReader for Store {
+    type Error = Error;
+    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
+        Store::get(self, CF_STATE, node_key)
+    }
+}
+
+impl Store {
+    /// Proves, as of the tip, whether `key` has a head and what it is.
+    pub fn state_proof(&self, key: &StateKey) -> Result<StateProof, Error> {
+        state_tree::prove(self, &self.state_root, key)
+    }
+}
+
+fn family_options(name: &str, cache: &Cache) -> Options {
     let mut opts = Options::default();
     let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
     match name {
         // Point lookups by record id: a bloom filter saves a disk read per miss.
-        CF_IDS | CF_HEADS | CF_NONCES => table.set_bloom_filter(10.0, false),
+        CF_IDS | CF_HEADS | CF_NONCES | CF_STATE => table.set_bloom_filter(10.0, false),
         _ => {}
     }
     opts.set_block_based_table_factory(&table);

@@ -90,7 +90,7 @@ impl Reference {
             let records = block_records(h, &self.state);
             let (header, _, executed) = block(&self.state, &self.frontier, parent, h, &records);
             self.frontier = executed.frontier.clone();
-            self.state.absorb(executed.heads, executed.nonces);
+            self.state.absorb(&executed);
             self.headers.push(header);
         }
         &self.headers[height as usize - 1]

@@ -13,7 +13,7 @@ use common::*;
 fn run(state: &mut MemoryState, frontier: &mut Frontier, records: &[SignedRecord]) -> Result<Vec<RecordId>, Error> {
     let executed = execute(&rules(), state, frontier, records, Signatures::Verify)?;
     *frontier = executed.frontier.clone();
-    state.absorb(executed.heads, executed.nonces);
+    state.absorb(&executed);
     Ok(executed.ids)
 }
 

@@ -166,7 +166,7 @@ fn proofs_use_in_memory_upper_nodes_after_reopen() {
     let dir = temp_dir("upper");
     let g = genesis();
     let mut nonce = 0;
-    let mut store = Store::open(&dir, g.hash(), StoreOptions { sync: false }).unwrap();
+    let mut store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
     let leaves = fill(&mut store, 11, 300, &mut nonce);
     let check = |store: &Store| {
         for size in [257u64, 512, 513, 2048, 3000, 3300] {

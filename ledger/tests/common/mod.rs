@@ -8,6 +8,7 @@ use annal_ledger::keys::SecretKey;
 use annal_ledger::merkle::Frontier;
 use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
 use annal_ledger::state::{Rules, StateView};
+use annal_ledger::state_tree::StateTreeReader;
 
 pub const CHAIN: &str = "annal-test";
 
@@ -86,7 +87,7 @@ pub fn signed(
 }
 
 /// Executes and certifies a block on top of `state`/`frontier` (signatures verified).
-pub fn block<V: StateView>(
+pub fn block<V: StateView + StateTreeReader>(
     state: &V,
     frontier: &Frontier,
     parent: [u8; 32],
