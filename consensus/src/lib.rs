@@ -37,7 +37,10 @@
 //! finality.
 //!
 //! # §Rules
-//! Each validator is in one view at a time, starting at view 1 above the anchor.
+//! Each validator is in one view at a time, starting (also after a restart) in
+//! the view after its anchor, the last block it committed; a restarted
+//! validator catches up through R6 and R10, and its signer keeps it from
+//! re-signing anything (R9).
 //!
 //! * **R1 (enter).** On entering view `v`, arm a timer for
 //!   `timeout_base · 2^k` (capped at `timeout_max`), `k` being the number of

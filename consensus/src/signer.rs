@@ -88,10 +88,11 @@ impl Signer {
     }
 
     /// Rule S3: nullify a view only if no finalize was signed in it or later.
-    /// Re-signing the same nullify is allowed: the bytes are identical.
+    /// Nullifies never conflict with each other, so an older view may be nullified
+    /// after a newer one (a restarted validator re-enters the view after its anchor).
     pub(crate) fn nullify(&mut self, view: View) -> Option<Vote> {
-        (view > self.state.finalized && view >= self.state.nullified).then(|| {
-            self.state.nullified = view;
+        (view > self.state.finalized).then(|| {
+            self.state.nullified = self.state.nullified.max(view);
             self.sign(VoteKind::Nullify, view, Height(0), [0; 32])
         })
     }
@@ -155,6 +156,8 @@ mod tests {
         assert!(s.nullify(View(6)).is_some());
         assert!(s.nullify(View(6)).is_some(), "re-signing the same nullify is allowed");
         assert!(s.finalize(View(6), Height(2), [1; 32]).is_none());
+        assert!(s.nullify(View(9)).is_some() && s.nullify(View(7)).is_some(), "nullifies never conflict");
+        assert!(s.finalize(View(7), Height(3), [1; 32]).is_none(), "finalize stays above every nullified view");
         assert!(s.notarize(View(6), Height(2), [1; 32]).is_none(), "no notarize after nullify");
     }
 

@@ -126,6 +126,7 @@ pub struct Core {
     rounds: BTreeMap<View, Round>,
     /// Highest finalization known (Spec §Commit), and its certificate.
     finalized: Anchor,
+    finalized_certificate: Option<Certificate>,
     finalizations: BTreeMap<Height, Certificate>,
     committed: Anchor,
     blocks: BTreeMap<Digest, Block>,
@@ -142,14 +143,24 @@ pub struct Core {
 
 impl Core {
     /// A core for one epoch. `anchor` is the last block the host committed (the
-    /// genesis block at first); `signer` carries the last persisted safety state.
-    pub fn new(cfg: Config, signer: Signer, anchor: Anchor, verifier: Box<dyn Verifier>) -> Core {
+    /// genesis block at first) and `anchor_certificate` the finalization certificate
+    /// it was committed with (`None` for genesis); `signer` carries the last persisted
+    /// safety state.
+    pub fn new(
+        cfg: Config,
+        signer: Signer,
+        anchor: Anchor,
+        anchor_certificate: Option<Certificate>,
+        verifier: Box<dyn Verifier>,
+    ) -> Core {
         assert!(
             cfg.validators.get(signer.index()).is_some(),
             "signer {:?} is not in the validator set",
             signer.index()
         );
-        let view = signer.state().view().max(anchor.view.next());
+        // Spec R1: start in the view after the anchor, where this core holds the certificate
+        // that justifies being there; the signer's state forbids re-signing anything.
+        let view = anchor.view.next();
         let persisted = signer.state();
         Core {
             cfg,
@@ -159,6 +170,7 @@ impl Core {
             nullified_in_row: 0,
             rounds: BTreeMap::new(),
             finalized: anchor,
+            finalized_certificate: anchor_certificate,
             finalizations: BTreeMap::new(),
             committed: anchor,
             blocks: BTreeMap::new(),
@@ -192,12 +204,30 @@ impl Core {
             self.rounds.len(),
             self.blocks.len()
         ) + &self
-            .wanted
+            .rounds
             .iter()
-            .map(|(d, w)| {
-                format!(" want {:02x}{:02x} attempts {} last {:?} peers {:?}", d[0], d[1], w.attempts, w.last, w.peers)
+            .map(|(v, r)| {
+                let c = |i: usize, ch: &str| if r.certificates[i].is_some() { ch.to_string() } else { String::new() };
+                format!(
+                    " {}:{}{}{}{}",
+                    v.0,
+                    c(0, "N"),
+                    c(1, "X"),
+                    c(2, "F"),
+                    if r.proposal.is_some() { format!("p{:?}", r.step) } else { String::new() }
+                )
             })
             .collect::<String>()
+            + &self
+                .wanted
+                .iter()
+                .map(|(d, w)| {
+                    format!(
+                        " want {:02x}{:02x} attempts {} last {:?} peers {:?}",
+                        d[0], d[1], w.attempts, w.last, w.peers
+                    )
+                })
+                .collect::<String>()
     }
 
     pub fn safety_state(&self) -> SafetyState {
@@ -595,15 +625,11 @@ impl Core {
                 break;
             }
         }
-        if let Some(c) = self.finalizations.values().next_back().cloned().or_else(|| self.finalized_certificate()) {
+        if let Some(c) = self.finalized_certificate.clone() {
             bundle.push(c);
         }
         bundle.reverse();
         bundle
-    }
-
-    fn finalized_certificate(&self) -> Option<Certificate> {
-        self.rounds.get(&self.finalized.view).and_then(|r| r.certificates[2].clone())
     }
 
     // ---- commit and block fetch (Spec R7) ----
@@ -615,6 +641,7 @@ impl Core {
         self.finalizations.insert(c.height, c.clone());
         if c.view > self.finalized.view {
             self.finalized = Anchor { height: c.height, view: c.view, digest: c.digest };
+            self.finalized_certificate = Some(c.clone());
             self.rounds = self.rounds.split_off(&c.view);
         }
         self.try_commit();

@@ -20,7 +20,7 @@ fn set(n: usize) -> ValidatorSet {
 fn core(me: usize, state: SafetyState) -> Core {
     let cfg = Config::new(CHAIN, set(4));
     let signer = Signer::new(key(me), ValidatorIndex(me as u32), CHAIN, state);
-    Core::new(cfg, signer, GENESIS, Box::new(Ed25519Verifier))
+    Core::new(cfg, signer, GENESIS, None, Box::new(Ed25519Verifier))
 }
 
 fn vote(i: usize, kind: VoteKind, view: u64, height: u64, digest: Digest) -> Vote {

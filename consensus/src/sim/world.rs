@@ -11,8 +11,8 @@ use super::check::Checker;
 use super::rng::Rng;
 use super::{CachedVerifier, INVALID_PAYLOAD_PREFIX};
 use crate::{
-    Anchor, Block, ChainId, Config, Core, Digest, Height, Input, Message, Output, SafetyState, Signer, Validator,
-    ValidatorIndex, ValidatorSet, View,
+    Anchor, Block, Certificate, ChainId, Config, Core, Digest, Height, Input, Message, Output, SafetyState, Signer,
+    Validator, ValidatorIndex, ValidatorSet, View,
 };
 
 /// Everything a run varies. [`SimConfig::swarm`] derives a chaotic network from the seed.
@@ -82,8 +82,10 @@ pub struct Stats {
     pub crashes: u64,
     pub rejected: u64,
     pub evidence: u64,
-    /// (time from a block's proposal to its finalization at one honest node).
+    /// Time from a block's proposal to its finalization, one sample per honest node and block.
     pub finality_latencies: Vec<Duration>,
+    /// (node, height, time) of every honest finalization.
+    pub finalized_at: Vec<(usize, Height, Duration)>,
 }
 
 enum Event {
@@ -100,6 +102,7 @@ struct Node {
     incarnation: u64,
     disk: SafetyState,
     committed: Anchor,
+    committed_certificate: Option<Certificate>,
     /// Committed blocks, kept across crashes like the node's block store.
     ledger: BTreeMap<Digest, Block>,
     offset_ms: u64,
@@ -132,6 +135,8 @@ pub struct Sim {
     /// Crash each honest leader as it is asked for its view's payload (once per view).
     pub crash_leaders: bool,
     leader_crashed_in: BTreeSet<View>,
+    /// Node whose inputs are recorded (with its local time), for replay benchmarks.
+    recording: Option<(usize, Vec<(Duration, Input)>)>,
 }
 
 const GENESIS: Anchor = Anchor { height: Height(0), view: View(0), digest: [0; 32] };
@@ -160,6 +165,7 @@ impl Sim {
                     incarnation: 0,
                     disk: SafetyState::default(),
                     committed: GENESIS,
+                    committed_certificate: None,
                     ledger: BTreeMap::new(),
                     offset_ms: rng.range(0, cfg.skew_ms),
                     drift_ppm: rng.range(0, 2 * cfg.drift_ppm) as i64 - cfg.drift_ppm as i64,
@@ -194,6 +200,7 @@ impl Sim {
             proposed_at: BTreeMap::new(),
             crash_leaders: false,
             leader_crashed_in: BTreeSet::new(),
+            recording: None,
         };
         for i in 0..m {
             sim.start(i);
@@ -271,6 +278,11 @@ impl Sim {
         }
     }
 
+    /// Removes partitions only.
+    pub fn clear_partitions(&mut self) {
+        self.blocked.clear();
+    }
+
     /// Removes partitions, loss and random crashes; restarts every crashed honest node.
     pub fn heal(&mut self) {
         self.blocked.clear();
@@ -318,13 +330,41 @@ impl Sim {
 
     fn start(&mut self, i: usize) {
         let node = &self.nodes[i];
+        let signer =
+            Signer::new(self.keys[node.validator.0 as usize].clone(), node.validator, self.chain_id, node.disk);
+        let core = Core::new(
+            self.core_config(),
+            signer,
+            node.committed,
+            node.committed_certificate.clone(),
+            Box::new(self.verifier.clone()),
+        );
+        self.nodes[i].core = Some(core);
+        self.feed(i, Input::Start);
+    }
+
+    fn core_config(&self) -> Config {
         let mut cfg = Config::new(self.chain_id, self.set.clone());
         cfg.timeout_base = Duration::from_millis(self.cfg.timeout_base_ms);
         cfg.timeout_max = Duration::from_millis(self.cfg.timeout_max_ms);
-        let signer =
-            Signer::new(self.keys[node.validator.0 as usize].clone(), node.validator, self.chain_id, node.disk);
-        self.nodes[i].core = Some(Core::new(cfg, signer, node.committed, Box::new(self.verifier.clone())));
-        self.feed(i, Input::Start);
+        cfg
+    }
+
+    /// Records every input node `i` handles from now on (call before running).
+    pub fn record_inputs(&mut self, i: usize) {
+        self.recording = Some((i, Vec::new()));
+    }
+
+    /// The recorded inputs, with the node's local time.
+    pub fn recorded_inputs(&mut self) -> Vec<(Duration, Input)> {
+        self.recording.take().map(|(_, r)| r).unwrap_or_default()
+    }
+
+    /// A core in the state node `i` started in (genesis, empty safety state), for replaying its inputs.
+    pub fn fresh_core(&self, i: usize, verifier: Box<dyn crate::Verifier>) -> Core {
+        let v = self.nodes[i].validator;
+        let signer = Signer::new(self.keys[v.0 as usize].clone(), v, self.chain_id, SafetyState::default());
+        Core::new(self.core_config(), signer, GENESIS, None, verifier)
     }
 
     // ---- the event loop ----
@@ -439,6 +479,11 @@ impl Sim {
         if let Some(b) = behaviour.as_mut() {
             b.on_input(&mut ctx, &input);
         }
+        if let Some((node, rec)) = self.recording.as_mut() {
+            if *node == i {
+                rec.push((local, input.clone()));
+            }
+        }
         let core = self.nodes[i].core.as_mut().expect("feed a running node");
         let mut outputs = core.handle(local, input);
         self.stats.inputs += 1;
@@ -526,11 +571,13 @@ impl Sim {
                 }
                 node.committed = Anchor { height: block.height, view: block.view, digest };
                 node.ledger.insert(digest, block.clone());
+                node.committed_certificate = Some(certificate.clone());
                 if self.checker.is_honest(validator) {
                     self.checker.on_finalized(i, &block, &certificate, &self.chain_id, &self.set);
                     if let Some(at) = self.proposed_at.get(&digest) {
                         self.stats.finality_latencies.push(self.now - *at);
                     }
+                    self.stats.finalized_at.push((i, block.height, self.now));
                 }
             }
             Output::Evidence(e) => {
