@@ -62,6 +62,10 @@ pub enum Error {
     #[error("record {id} appears twice in one block")]
     DuplicateInBlock { id: String },
 
+    // --- proof bundles ---
+    #[error("{check}: failed: {detail}")]
+    Proof { check: crate::proof::Check, detail: String },
+
     // --- signed notes and checkpoints ---
     #[error("signed note: {detail}")]
     Note { detail: String },

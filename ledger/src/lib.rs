@@ -13,6 +13,7 @@ pub mod genesis;
 pub mod keys;
 pub mod merkle;
 pub mod note;
+pub mod proof;
 pub mod record;
 pub mod state;
 pub mod state_tree;

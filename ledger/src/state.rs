@@ -12,9 +12,9 @@ use bincode::{Decode, Encode};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::exec::Executed;
-use crate::merkle::Hash;
 use crate::genesis::{Genesis, Params, Registry};
 use crate::keys::PublicKey;
+use crate::merkle::Hash;
 use crate::record::{Op, RecordId, SignedRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]

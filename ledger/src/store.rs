@@ -219,6 +219,10 @@ impl Store {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn tip(&self) -> &Tip {
         &self.tip
     }
@@ -341,6 +345,31 @@ impl Store {
             out.push((header, cert, codec::decode(&v, 1 << 20)?));
         }
         Ok(out)
+    }
+
+    /// The height of the block that committed log entry `index` (binary search over headers).
+    pub fn height_of_index(&self, index: u64) -> Result<Height, Error> {
+        if index >= self.tip.log_size {
+            return Err(Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("index {index} is past the log size {}", self.tip.log_size),
+            });
+        }
+        // The first height whose log_size is above `index`.
+        let (mut lo, mut hi) = (1, self.tip.height.0);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let header = self.header(Height(mid))?.ok_or_else(|| Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("header {mid} is missing"),
+            })?;
+            if header.log_size > index {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(Height(lo))
     }
 
     /// Canonical bytes of the signed record at log `index`.

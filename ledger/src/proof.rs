@@ -1,0 +1,651 @@
+//! Proof bundles: everything an auditor needs to check a record offline,
+//! holding nothing but the genesis file.
+//!
+//! A bundle (JSON, `docs/PROOFS.md` documents it field by field) carries the
+//! record's canonical bytes; the record's block header with its signed
+//! checkpoint (the certificate, as a C2SP signed note); the record's place in
+//! that block (`records_root`) and in the global log (`log_root`); the chain
+//! of certified validator-set changes from genesis; and optionally a state
+//! proof, as of a later certified block, that says whether the record is
+//! still the current version of its key.
+//!
+//! `verify` runs every check in a fixed order and stops at the first that
+//! fails, naming it (`Check`) in words an auditor understands.
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::block::{Header, ValidatorSet};
+use crate::codec;
+use crate::error::Error;
+use crate::genesis::{Genesis, Registry};
+use crate::merkle::{self, Hash};
+use crate::note::{Checkpoint, SignedNote};
+use crate::record::{Body, RecordId, SignedRecord};
+use crate::state::{Head, StateKey, Status};
+use crate::state_tree::StateProof;
+
+/// The format line of a version-1 bundle.
+pub const BUNDLE_FORMAT: &str = "annal-proof-bundle/v1";
+/// The largest bundle read, in bytes (a chain of many validator-set changes is the bulk).
+pub const BUNDLE_BYTES_MAX: usize = 16 << 20;
+/// The most validator-set changes a bundle may carry.
+pub const SET_CHANGES_MAX: usize = 10_000;
+
+/// Which check of a bundle failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Format,
+    ChainId,
+    RecordBytes,
+    RecordView,
+    RecordSignature,
+    Submitter,
+    HeaderBytes,
+    SetChain,
+    ValidatorSet,
+    Checkpoint,
+    BlockInclusion,
+    LogInclusion,
+    Document,
+    Status,
+}
+
+impl Check {
+    /// What the check establishes, for the auditor.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Check::Format => "the bundle is a version-1 Annal proof bundle",
+            Check::ChainId => "the bundle is for the chain of this genesis file",
+            Check::RecordBytes => "the record bytes are a well-formed record",
+            Check::RecordView => "the decoded view shows what the record bytes say",
+            Check::RecordSignature => "the record is signed by its submitter",
+            Check::Submitter => "the submitter is an officer of the agency that owns the namespace",
+            Check::HeaderBytes => "the block header is well formed",
+            Check::SetChain => "each validator-set change was certified by the set before it, starting from genesis",
+            Check::ValidatorSet => "the block names the validator set in force at its height",
+            Check::Checkpoint => "more than 2/3 of that set's voting power signed the block's checkpoint",
+            Check::BlockInclusion => "the record is in the certified block",
+            Check::LogInclusion => "the record is at its index in the certified global log",
+            Check::Document => "the document matches the digest the record anchors",
+            Check::Status => "the state proof shows the key's current version",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+fn fail(check: Check, detail: impl Into<String>) -> Error {
+    Error::Proof { check, detail: detail.into() }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// Always `annal-proof-bundle/v1`.
+    pub format: String,
+    pub chain_id: String,
+    pub record: RecordPart,
+    /// The record's index in the global log.
+    pub index: u64,
+    /// The block that committed the record.
+    pub block: CertifiedBlock,
+    /// The record's position among the block's records, and how many the block holds.
+    pub block_position: u64,
+    pub block_records: u64,
+    /// RFC 6962 path from the record id to the header's `records_root` (base64 hashes).
+    pub block_path: Vec<String>,
+    /// RFC 6962 path from the record id to the header's `log_root` at `log_size` (base64 hashes).
+    pub log_path: Vec<String>,
+    /// Certified validator-set changes from genesis up to the highest block in the bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_changes: Vec<SetChange>,
+    /// Whether the record is still current, as of a later certified block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusPart>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordPart {
+    /// The signed record's canonical bytes, base64.
+    pub bytes: String,
+    /// The same record, decoded for people; `verify` checks it matches the bytes.
+    pub decoded: RecordView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordView {
+    pub id: String,
+    pub namespace: String,
+    pub key: String,
+    pub op: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    pub submitter: String,
+    pub nonce: u64,
+    pub body: BodyView,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum BodyView {
+    /// An inline body: its size and SHA-256 (the bytes are in `record.bytes`).
+    Inline {
+        size: u64,
+        sha256: String,
+    },
+    Document {
+        sha256: String,
+        size: u64,
+        media_type: String,
+    },
+}
+
+impl RecordView {
+    pub fn of(record: &SignedRecord, id: &RecordId) -> Self {
+        let r = &record.record;
+        RecordView {
+            id: id.to_hex(),
+            namespace: r.namespace.clone(),
+            key: r.key.clone(),
+            op: r.op.name().to_string(),
+            version: r.version,
+            supersedes: r.supersedes.map(|s| s.to_hex()),
+            submitter: r.submitter.to_hex(),
+            nonce: r.nonce,
+            body: match &r.body {
+                Body::Inline(bytes) => {
+                    use sha2::Digest;
+                    BodyView::Inline { size: bytes.len() as u64, sha256: hex::encode(sha2::Sha256::digest(bytes)) }
+                }
+                Body::Document(a) => {
+                    BodyView::Document { sha256: hex::encode(a.sha256), size: a.size, media_type: a.media_type.clone() }
+                }
+            },
+            metadata: r.metadata.clone(),
+        }
+    }
+}
+
+/// A header with its signed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifiedBlock {
+    /// Canonical header bytes, base64.
+    pub header: String,
+    /// The certificate as a C2SP signed note over the header's checkpoint.
+    pub checkpoint: String,
+}
+
+/// A block that changed the validator set, and the set it handed over to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetChange {
+    pub block: CertifiedBlock,
+    /// Canonical bytes of the next validator set, base64.
+    pub next_set: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPart {
+    pub block: CertifiedBlock,
+    /// Canonical state proof for the record's key against `block`'s `state_root`, base64.
+    pub state_proof: String,
+}
+
+/// What a valid bundle proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub record: SignedRecord,
+    pub id: RecordId,
+    pub index: u64,
+    pub agency: String,
+    pub header: Header,
+    /// Power that signed the record's checkpoint, of the total.
+    pub power: u64,
+    pub total_power: u64,
+    pub signers: usize,
+    pub status: Option<CurrentStatus>,
+}
+
+/// The key's state at the status block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentStatus {
+    pub height: u64,
+    pub time_ms: u64,
+    /// The key's head there: this record (current or revoked by it), or a later one.
+    pub head: Head,
+}
+
+impl CurrentStatus {
+    /// Words for the auditor: current, superseded, or revoked.
+    pub fn describe(&self, id: &RecordId) -> String {
+        match (self.head.id == *id, self.head.status) {
+            (true, Status::Active) => format!("current as of height {}", self.height),
+            (true, Status::Revoked) => format!("this revocation is current as of height {}", self.height),
+            (false, Status::Active) => {
+                format!("superseded by {} (version {}) as of height {}", self.head.id, self.head.version, self.height)
+            }
+            (false, Status::Revoked) => {
+                format!("revoked at index {} by {} as of height {}", self.head.index, self.head.id, self.height)
+            }
+        }
+    }
+}
+
+pub fn b64_hashes(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| B64.encode(h)).collect()
+}
+
+impl Bundle {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a bundle serialises");
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        if text.len() > BUNDLE_BYTES_MAX {
+            return Err(fail(Check::Format, format!("{} bytes is over the limit of {BUNDLE_BYTES_MAX}", text.len())));
+        }
+        serde_json::from_str(text).map_err(|e| fail(Check::Format, e.to_string()))
+    }
+
+    /// The C2SP tlog-proof (c2sp.org/tlog-proof@v1) of the record's inclusion:
+    /// standard transparency tooling checks it with the validators' verifier keys.
+    pub fn to_tlog_proof(&self) -> String {
+        let mut s = format!("c2sp.org/tlog-proof@v1\nindex {}\n", self.index);
+        for h in &self.log_path {
+            s.push_str(h);
+            s.push('\n');
+        }
+        s.push('\n');
+        s.push_str(&self.block.checkpoint);
+        s
+    }
+}
+
+/// Checks a bundle against `genesis` (and, with `document`, the anchored file).
+/// Every check runs in a fixed order; the first failure is returned.
+pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Result<Verified, Error> {
+    if bundle.format != BUNDLE_FORMAT {
+        return Err(fail(
+            Check::Format,
+            format!("format is {:?}; this verifier reads {BUNDLE_FORMAT:?}", bundle.format),
+        ));
+    }
+    if bundle.chain_id != genesis.chain_id {
+        return Err(fail(
+            Check::ChainId,
+            format!("bundle is for {:?}, genesis is {:?}", bundle.chain_id, genesis.chain_id),
+        ));
+    }
+
+    // The record itself.
+    let bytes = decode_b64(&bundle.record.bytes, Check::RecordBytes, "record bytes")?;
+    let record =
+        SignedRecord::from_bytes(&bytes, &genesis.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
+    let id = SignedRecord::id_of_bytes(&bytes);
+    if record.record.chain_id != genesis.chain_id {
+        return Err(fail(Check::ChainId, format!("the record is signed for chain {:?}", record.record.chain_id)));
+    }
+    if bundle.record.decoded != RecordView::of(&record, &id) {
+        return Err(fail(
+            Check::RecordView,
+            "the decoded view differs from the record bytes; trust the bytes, not the view",
+        ));
+    }
+    record.verify_signature().map_err(|e| fail(Check::RecordSignature, e.to_string()))?;
+    let registry = Registry::new(genesis);
+    let agency = registry.agency(&record.record.submitter).ok_or_else(|| {
+        fail(Check::Submitter, format!("key {} belongs to no agency in genesis", record.record.submitter))
+    })?;
+    if !agency.namespaces.contains(&record.record.namespace) {
+        return Err(fail(
+            Check::Submitter,
+            format!("agency {:?} does not own namespace {:?}", agency.name, record.record.namespace),
+        ));
+    }
+    record.record.check_form(&genesis.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
+
+    // The record's block, certified by the set in force at its height.
+    let header = decode_header(&bundle.block.header)?;
+    let mut sets = SetWalk::new(genesis, &bundle.set_changes)?;
+    let set = sets.at(header.height.0)?;
+    let (power, signers) = check_certified(&header, &bundle.block.checkpoint, &set, &genesis.chain_id)?;
+
+    // Where the record sits.
+    check_inclusion(&bundle.block_path, Check::BlockInclusion, |path| {
+        if bundle.block_position >= bundle.block_records || bundle.block_records > header.log_size {
+            return Err(fail(
+                Check::BlockInclusion,
+                format!(
+                    "position {} of {} records is impossible in a log of {}",
+                    bundle.block_position, bundle.block_records, header.log_size
+                ),
+            ));
+        }
+        if bundle.index != header.log_size - bundle.block_records + bundle.block_position {
+            return Err(fail(
+                Check::BlockInclusion,
+                format!(
+                    "index {} is not position {} of the block's {} records, which end at log size {}",
+                    bundle.index, bundle.block_position, bundle.block_records, header.log_size
+                ),
+            ));
+        }
+        Ok(merkle::verify_inclusion(&id.0, bundle.block_position, bundle.block_records, path, &header.records_root)?)
+    })?;
+    check_inclusion(&bundle.log_path, Check::LogInclusion, |path| {
+        Ok(merkle::verify_inclusion(&id.0, bundle.index, header.log_size, path, &header.log_root)?)
+    })?;
+
+    if let Some(doc) = document {
+        check_document(&record, doc)?;
+    }
+
+    let status = match &bundle.status {
+        None => None,
+        Some(part) => Some(check_status(part, &record, &header, &mut sets, &genesis.chain_id)?),
+    };
+    if !sets.all_used() {
+        return Err(fail(Check::SetChain, "the bundle carries validator-set changes past its highest block"));
+    }
+    Ok(Verified {
+        agency: agency.name.clone(),
+        record,
+        id,
+        index: bundle.index,
+        total_power: set.total_power(),
+        header,
+        power,
+        signers,
+        status,
+    })
+}
+
+fn decode_b64(s: &str, check: Check, what: &str) -> Result<Vec<u8>, Error> {
+    B64.decode(s).map_err(|e| fail(check, format!("{what} are not base64: {e}")))
+}
+
+fn decode_header(b64: &str) -> Result<Header, Error> {
+    let bytes = decode_b64(b64, Check::HeaderBytes, "header bytes")?;
+    Header::from_bytes(&bytes).map_err(|e| fail(Check::HeaderBytes, e.to_string()))
+}
+
+/// Checks that `header` names `set` and that the signed checkpoint is over
+/// exactly this header and carries more than 2/3 of `set`'s power.
+fn check_certified(header: &Header, note: &str, set: &ValidatorSet, chain_id: &str) -> Result<(u64, usize), Error> {
+    if header.chain_id != chain_id {
+        return Err(fail(Check::HeaderBytes, format!("header is for chain {:?}", header.chain_id)));
+    }
+    if header.validators_hash != set.hash() {
+        return Err(fail(
+            Check::ValidatorSet,
+            format!(
+                "height {} names validator set {}, but the set in force there is {}",
+                header.height.0,
+                hex::encode(header.validators_hash),
+                hex::encode(set.hash())
+            ),
+        ));
+    }
+    let signed = SignedNote::parse(note).map_err(|e| fail(Check::Checkpoint, e.to_string()))?;
+    let checkpoint: Checkpoint =
+        set.verify_checkpoint(chain_id, &signed).map_err(|e| fail(Check::Checkpoint, e.to_string()))?;
+    if checkpoint != header.checkpoint() {
+        return Err(fail(
+            Check::Checkpoint,
+            format!("the signed checkpoint is for another block or log than height {}", header.height.0),
+        ));
+    }
+    let keys = set.verifier_keys();
+    let signers = signed.verify(&keys).map_err(|e| fail(Check::Checkpoint, e.to_string()))?;
+    let power = signers.iter().map(|&i| set.validators[i].power).sum();
+    Ok((power, signers.len()))
+}
+
+fn check_inclusion(
+    path: &[String],
+    check: Check,
+    verify: impl FnOnce(&[Hash]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    if path.len() > 64 {
+        return Err(fail(check, format!("path has {} hashes; no tree needs more than 64", path.len())));
+    }
+    let hashes = path
+        .iter()
+        .map(|h| crate::note::decode_hash_b64(h, "path hash"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(check, e.to_string()))?;
+    verify(&hashes).map_err(|e| match e {
+        Error::Proof { .. } => e,
+        other => fail(check, other.to_string()),
+    })
+}
+
+fn check_document(record: &SignedRecord, doc: &[u8]) -> Result<(), Error> {
+    use sha2::Digest;
+    let Body::Document(anchor) = &record.record.body else {
+        return Err(fail(Check::Document, "the record has an inline body, not a document anchor"));
+    };
+    let digest: Hash = sha2::Sha256::digest(doc).into();
+    if doc.len() as u64 != anchor.size || digest != anchor.sha256 {
+        return Err(fail(
+            Check::Document,
+            format!(
+                "the file has {} bytes and SHA-256 {}; the record anchors {} bytes with SHA-256 {}",
+                doc.len(),
+                hex::encode(digest),
+                anchor.size,
+                hex::encode(anchor.sha256)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_status(
+    part: &StatusPart,
+    record: &SignedRecord,
+    block: &Header,
+    sets: &mut SetWalk,
+    chain_id: &str,
+) -> Result<CurrentStatus, Error> {
+    let header = decode_header(&part.block.header)?;
+    if header.height < block.height {
+        return Err(fail(
+            Check::Status,
+            format!("status is as of height {}, before the record's block {}", header.height.0, block.height.0),
+        ));
+    }
+    let set = sets.at(header.height.0)?;
+    check_certified(&header, &part.block.checkpoint, &set, chain_id)?;
+    let bytes = decode_b64(&part.state_proof, Check::Status, "state proof bytes")?;
+    let proof = StateProof::from_bytes(&bytes).map_err(|e| fail(Check::Status, e.to_string()))?;
+    let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };
+    let head =
+        proof.verify(&header.state_root, &key).map_err(|e| fail(Check::Status, e.to_string()))?.ok_or_else(|| {
+            fail(Check::Status, format!("the state proof says {}/{} has no record", key.namespace, key.key))
+        })?;
+    if head.version < record.record.version {
+        return Err(fail(
+            Check::Status,
+            format!("the key's head is version {}, older than this record's {}", head.version, record.record.version),
+        ));
+    }
+    Ok(CurrentStatus { height: header.height.0, time_ms: header.time_ms, head })
+}
+
+/// Walks the certified validator-set changes from the genesis set, in height order.
+struct SetWalk<'a> {
+    changes: &'a [SetChange],
+    /// The set in force after `next` changes have been applied.
+    current: ValidatorSet,
+    /// Height of the last change applied (the current set certifies heights above it).
+    since: u64,
+    next: usize,
+    chain_id: String,
+}
+
+impl<'a> SetWalk<'a> {
+    fn new(genesis: &Genesis, changes: &'a [SetChange]) -> Result<Self, Error> {
+        if changes.len() > SET_CHANGES_MAX {
+            return Err(fail(
+                Check::SetChain,
+                format!("{} changes is over the limit of {SET_CHANGES_MAX}", changes.len()),
+            ));
+        }
+        Ok(SetWalk { changes, current: genesis.validator_set(), since: 0, next: 0, chain_id: genesis.chain_id.clone() })
+    }
+
+    /// The set that certifies `height`, applying every change below it.
+    /// Heights must be asked in increasing order.
+    fn at(&mut self, height: u64) -> Result<ValidatorSet, Error> {
+        assert!(height > self.since || self.next == 0, "heights are asked in order");
+        while let Some(change) = self.changes.get(self.next) {
+            let header = decode_header(&change.block.header).map_err(|e| fail(Check::SetChain, e.to_string()))?;
+            if header.height.0 >= height {
+                break;
+            }
+            if header.height.0 <= self.since && self.next > 0 {
+                return Err(fail(Check::SetChain, format!("change at height {} is out of order", header.height.0)));
+            }
+            check_certified(&header, &change.block.checkpoint, &self.current, &self.chain_id)
+                .map_err(|e| fail(Check::SetChain, format!("change at height {}: {e}", header.height.0)))?;
+            let bytes = decode_b64(&change.next_set, Check::SetChain, "next set bytes")?;
+            let next: ValidatorSet =
+                codec::decode(&bytes, 1 << 20).map_err(|e| fail(Check::SetChain, e.to_string()))?;
+            if next.hash() != header.next_validators_hash || header.next_validators_hash == header.validators_hash {
+                return Err(fail(
+                    Check::SetChain,
+                    format!("the block at height {} does not announce this set as its next", header.height.0),
+                ));
+            }
+            self.current = next;
+            self.since = header.height.0;
+            self.next += 1;
+        }
+        Ok(self.current.clone())
+    }
+
+    fn all_used(&self) -> bool {
+        self.next == self.changes.len()
+    }
+}
+
+/// Building bundles from a node's store.
+#[cfg(feature = "store")]
+mod build {
+    use super::*;
+    use crate::block::Height;
+    use crate::merkle::MemoryNodes;
+    use crate::store::Store;
+
+    fn store_err(store: &Store, detail: String) -> Error {
+        Error::Store { path: store.path().display().to_string(), detail }
+    }
+
+    /// The validator set that certifies `height`: the genesis set, changed by every change below it.
+    pub fn set_at(store: &Store, genesis: &Genesis, height: Height) -> Result<ValidatorSet, Error> {
+        let changes = store.set_changes(Height(height.0.saturating_sub(1)))?;
+        Ok(changes.into_iter().last().map_or_else(|| genesis.validator_set(), |(_, _, set)| set))
+    }
+
+    /// The header of `height` with its certificate as a signed checkpoint.
+    pub fn certified_block(
+        store: &Store,
+        genesis: &Genesis,
+        height: Height,
+    ) -> Result<(Header, CertifiedBlock), Error> {
+        let header =
+            store.header(height)?.ok_or_else(|| store_err(store, format!("no header at height {}", height.0)))?;
+        let cert = store
+            .certificate(height)?
+            .ok_or_else(|| store_err(store, format!("no certificate at height {}", height.0)))?;
+        let set = set_at(store, genesis, height)?;
+        let block = CertifiedBlock {
+            header: B64.encode(header.to_bytes()),
+            checkpoint: cert.to_note(&header, &set).to_string(),
+        };
+        Ok((header, block))
+    }
+
+    /// The proof bundle of record `id`, with a status proof as of the tip when `with_status`.
+    pub fn bundle(store: &Store, genesis: &Genesis, id: &RecordId, with_status: bool) -> Result<Bundle, Error> {
+        let index = store.index_of(id)?.ok_or_else(|| store_err(store, format!("no record with id {id}")))?;
+        let bytes = store.record_bytes(index)?.ok_or_else(|| store_err(store, format!("record {index} is missing")))?;
+        let record = SignedRecord::from_bytes(&bytes, &genesis.params)?;
+        let height = store.height_of_index(index)?;
+        let (header, block) = certified_block(store, genesis, height)?;
+        let first = match height.0 {
+            1 => 0,
+            h => store.header(Height(h - 1))?.map_or(0, |p| p.log_size),
+        };
+        let leaves = (first..header.log_size)
+            .map(|i| {
+                store
+                    .record_bytes(i)?
+                    .map(|b| merkle::leaf_hash(&b))
+                    .ok_or_else(|| store_err(store, format!("record {i} is missing")))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let position = index - first;
+        let block_path = merkle::inclusion_proof(&MemoryNodes::from_leaves(&leaves), position, leaves.len() as u64)
+            .map_err(|e| store_err(store, e.to_string()))?;
+        let log_path = store.inclusion_proof(index, header.log_size)?;
+        let mut top = height;
+        let status = if with_status {
+            let tip = store.tip().height;
+            let (_, status_block) = certified_block(store, genesis, tip)?;
+            let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };
+            top = tip;
+            Some(StatusPart { block: status_block, state_proof: B64.encode(store.state_proof(&key)?.to_bytes()) })
+        } else {
+            None
+        };
+        let set_changes = store
+            .set_changes(Height(top.0.saturating_sub(1)))?
+            .into_iter()
+            .map(|(h, cert, next)| {
+                let set = set_at(store, genesis, h.height)?;
+                Ok(SetChange {
+                    block: CertifiedBlock {
+                        header: B64.encode(h.to_bytes()),
+                        checkpoint: cert.to_note(&h, &set).to_string(),
+                    },
+                    next_set: B64.encode(codec::encode(&next)),
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Bundle {
+            format: BUNDLE_FORMAT.into(),
+            chain_id: genesis.chain_id.clone(),
+            record: RecordPart { bytes: B64.encode(&bytes), decoded: RecordView::of(&record, id) },
+            index,
+            block,
+            block_position: position,
+            block_records: leaves.len() as u64,
+            block_path: b64_hashes(&block_path),
+            log_path: b64_hashes(&log_path),
+            set_changes,
+            status,
+        })
+    }
+}
+
+#[cfg(feature = "store")]
+pub use build::{bundle, certified_block, set_at};
