@@ -42,7 +42,7 @@ fn block_records<V: StateView>(height: u64, state: &V) -> Vec<SignedRecord> {
         };
         let (op, supersedes, version) = match head {
             None => (Op::Publish, None, 1),
-            Some((id, Status::Active, v)) if (height + j) % 11 == 0 => (Op::Revoke, Some(id), v + 1),
+            Some((id, Status::Active, v)) if (height + j).is_multiple_of(11) => (Op::Revoke, Some(id), v + 1),
             Some((id, Status::Active, v)) => (Op::Amend, Some(id), v + 1),
             Some((_, Status::Revoked, _)) => {
                 name = format!("fresh/{height}/{j}");
