@@ -191,7 +191,7 @@ fn restarts_from_safety_state() {
         cfg.powers = powers(&mut rng, n);
         cfg.scenario = format!("restarts-from-safety-state n={n}");
         let mut sim = Sim::new(cfg);
-        for _ in 0..12 {
+        for _ in 0..8 {
             let victim = rng.range(0, n as u64 - 1) as usize;
             sim.crash_during_next_input(victim, *rng.pick(&[0, 0, 1, 1, 2, 3]));
             sim.run_for(Duration::from_millis(rng.range(50, 800)));

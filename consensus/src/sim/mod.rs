@@ -43,15 +43,30 @@ pub fn seeds(share_percent: u64) -> Vec<u64> {
 }
 
 /// Verifies each distinct `(key, message, signature)` once across all nodes of a simulation.
+///
+/// The simulator also registers the signatures honest cores emit (made by
+/// [`crate::Signer`], so valid by construction) to skip verifying them;
+/// everything a Byzantine node sends is verified for real, and the checker
+/// verifies every finalization certificate with its own, unshared cache.
 #[derive(Clone, Default)]
 pub struct CachedVerifier {
     ok: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
 
+fn cache_id(key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> [u8; 32] {
+    Sha256::new().chain_update(key.as_bytes()).chain_update(signature).chain_update(message).finalize().into()
+}
+
+impl CachedVerifier {
+    /// Marks a signature produced by an honest [`crate::Signer`] as valid.
+    pub(crate) fn register(&self, key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) {
+        self.ok.lock().expect("verifier cache").insert(cache_id(key, message, signature));
+    }
+}
+
 impl Verifier for CachedVerifier {
     fn verify(&self, key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
-        let id: [u8; 32] =
-            Sha256::new().chain_update(key.as_bytes()).chain_update(signature).chain_update(message).finalize().into();
+        let id = cache_id(key, message, signature);
         if self.ok.lock().expect("verifier cache").contains(&id) {
             return true;
         }

@@ -1,6 +1,7 @@
 //! The simulated world: nodes, a seeded network, a clock per node, and the event loop.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -10,6 +11,7 @@ use super::byzantine::{Behaviour, Ctx, Kind};
 use super::check::Checker;
 use super::rng::Rng;
 use super::{CachedVerifier, INVALID_PAYLOAD_PREFIX};
+use crate::{signing_bytes, VoteKind};
 use crate::{
     Anchor, Block, Certificate, ChainId, Config, Core, Digest, Height, Input, Message, Output, SafetyState, Signer,
     Validator, ValidatorIndex, ValidatorSet, View,
@@ -89,7 +91,7 @@ pub struct Stats {
 }
 
 enum Event {
-    Deliver { to: usize, from: ValidatorIndex, bytes: Vec<u8> },
+    Deliver { to: usize, from: ValidatorIndex, bytes: Rc<Vec<u8>> },
     Timer { node: usize, incarnation: u64, view: View },
     App { node: usize, incarnation: u64, input: Input },
     Restart { node: usize },
@@ -180,7 +182,7 @@ impl Sim {
         let (lo, hi) = cfg.latency_ms;
         let latency = (0..m).map(|_| (0..m).map(|_| Duration::from_millis(rng.range(lo, hi))).collect()).collect();
         let verifier = CachedVerifier::default();
-        let checker = Checker::new(cfg.seed, cfg.scenario.clone(), honest, verifier.clone());
+        let checker = Checker::new(cfg.seed, cfg.scenario.clone(), honest);
         let mut sim = Sim {
             cfg,
             rng,
@@ -382,7 +384,7 @@ impl Sim {
         match event {
             Event::Deliver { to, from, bytes } => {
                 self.trace.update([1, to as u8]);
-                self.trace.update(&bytes);
+                self.trace.update(bytes.as_slice());
                 if self.nodes[to].core.is_some() {
                     match Message::decode(&bytes, &crate::Limits::default()) {
                         Ok(Message::BlockRequest(d)) if self.nodes[to].ledger.contains_key(&d) => {
@@ -526,6 +528,7 @@ impl Sim {
             Output::PersistSafety(s) => self.nodes[i].disk = s,
             Output::Broadcast(m) => {
                 self.checker.on_sent(validator, &m, &self.chain_id);
+                self.register_signature(i, &m);
                 if let Message::Propose(p) = &m {
                     self.proposed_at.entry(p.block.hash(&self.chain_id)).or_insert(self.now);
                 }
@@ -533,6 +536,7 @@ impl Sim {
             }
             Output::Send { to, message } => {
                 self.checker.on_sent(validator, &message, &self.chain_id);
+                self.register_signature(i, &message);
                 self.send_raw(i, Some(to), message.encode());
             }
             Output::Schedule { view, deadline } => {
@@ -591,6 +595,23 @@ impl Sim {
         }
     }
 
+    /// An honest core's own signature is valid by construction: skip verifying it (see [`CachedVerifier`]).
+    fn register_signature(&self, i: usize, m: &Message) {
+        let validator = self.nodes[i].validator;
+        if !self.is_honest_node(i) {
+            return;
+        }
+        let (kind, view, height, digest, signature) = match m {
+            Message::Vote(v) if v.signer == validator => (v.kind, v.view, v.height, v.digest, v.signature),
+            Message::Propose(p) => {
+                (VoteKind::Propose, p.block.view, p.block.height, p.block.hash(&self.chain_id), p.signature)
+            }
+            _ => return,
+        };
+        let key = &self.set.get(validator).expect("a validator").key;
+        self.verifier.register(key, &signing_bytes(kind, &self.chain_id, view, height, &digest), &signature);
+    }
+
     /// The host's side of block sync: committed blocks come from its store, newest first.
     fn serve(&mut self, node: usize, to: ValidatorIndex, d: Digest) {
         let mut next = self.nodes[node].ledger.get(&d).cloned();
@@ -602,6 +623,7 @@ impl Sim {
     }
 
     fn send_raw(&mut self, from: usize, to: Option<ValidatorIndex>, bytes: Vec<u8>) {
+        let bytes = Rc::new(bytes);
         let validator = self.nodes[from].validator;
         for j in 0..self.nodes.len() {
             if j == from || to.is_some_and(|t| self.nodes[j].validator != t) {
@@ -615,7 +637,7 @@ impl Sim {
             let copies = if self.rng.chance(self.cfg.duplicate_ppm) { 2 } else { 1 };
             for _ in 0..copies {
                 let delay = self.latency[from][j] + Duration::from_millis(self.rng.range(0, self.cfg.jitter_ms));
-                self.push(self.now + delay, Event::Deliver { to: j, from: validator, bytes: bytes.clone() });
+                self.push(self.now + delay, Event::Deliver { to: j, from: validator, bytes: Rc::clone(&bytes) });
             }
         }
     }
