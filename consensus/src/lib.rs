@@ -71,18 +71,23 @@
 //!   for finality, and certificates seen in later views are catch-up.
 //! * **R7 (commit).** A finalization of block `b` at height `h` makes `b`
 //!   and, through parent links, all its ancestors final. They are output in
-//!   height order, fetching missing bodies by digest from the signers of the
-//!   certificate (a body is accepted only if it hashes to the wanted digest).
+//!   height order. Missing bodies are fetched by digest, asking the
+//!   certificate's signers first and then every other validator; a body is
+//!   accepted only if it hashes to a wanted digest, and a peer answers with
+//!   the block and its ancestors (child first), so the requester wants those
+//!   without asking again and re-asks only on its next timeout.
 //! * **R8 (evidence).** Two verified messages from one validator that
 //!   [`conflicting`] calls conflicting become an [`Evidence`] output.
 //! * **R9 (persist).** Every signature passes through [`Signer`] (rules
 //!   S1–S4 on its methods), which advances [`SafetyState`] first;
 //!   `handle` emits `PersistSafety` before the messages carrying the
 //!   signatures. The host makes it durable before sending anything after it.
-//! * **R10 (repair).** On each timeout a validator re-sends its nullify
-//!   and the certificate that ended the previous view, and retries block
-//!   fetches; a peer seen nullifying an older view is sent the latest
-//!   finalization and the certificates that lead to the current view.
+//! * **R10 (repair).** On each timeout a validator re-sends its nullify,
+//!   the latest finalization it knows and the certificates that justify the
+//!   parent for its current view (R2: the notarization and the
+//!   nullifications after it), and retries block fetches. A peer seen
+//!   nullifying an older view is sent the same certificates directly (at
+//!   most once per `timeout_base`).
 //!
 //! # §Safety argument
 //! *One notarized block per view.* Two notarizations of view `v` for
@@ -116,6 +121,26 @@
 //! double across consecutive nullified views (R1), so they eventually exceed
 //! the real delay; round-robin leaders bring an honest leader within `f + 1`
 //! views.
+//!
+//! # §Host contract
+//! The host (the node; in tests the simulator) translates, and nothing else:
+//!
+//! * It performs the outputs of one `handle` call in order. `PersistSafety`
+//!   comes first when present; it must be durable before any later
+//!   `Broadcast` or `Send` leaves. A crash that loses it also loses those
+//!   messages, which is safe: nothing signed under the lost state was seen.
+//! * It turns `Schedule { view, deadline }` into `Input::Timeout(view)` at the
+//!   deadline, `NeedPayload` into `Input::Payload`, `Validate` into
+//!   `Input::Validated`, and commits `Finalized` blocks with their
+//!   certificate in the order given.
+//! * It answers `BlockRequest`s for blocks it has committed from its own
+//!   store (newest first, with ancestors); the core answers only for blocks it
+//!   still holds (`Config::blocks_retained`).
+//! * On restart it builds a new core from the last committed block and the
+//!   certificate it was committed with (the anchor) and the last persisted
+//!   [`SafetyState`]. The core starts in the view after the anchor — a view
+//!   whose justification it holds — and catches up through R6 and R10; the
+//!   signer refuses anything that could conflict with what was signed before.
 //!
 //! # §Validator sets
 //! A core serves one epoch with one [`ValidatorSet`] supplied by the
