@@ -289,3 +289,20 @@ fn laggard_is_helped() {
         .collect();
     assert_eq!(sent, vec![(3, 1), (3, 2)]);
 }
+
+/// Goal: votes up to `views_ahead_max` views ahead are counted and one view more is dropped.
+#[test]
+fn votes_beyond_views_ahead_max_are_dropped() {
+    let mut c = core(0, SafetyState::default());
+    c.handle(Duration::ZERO, Input::Start);
+    let ahead = Config::new(CHAIN, set(4)).views_ahead_max;
+    let edge = 1 + ahead;
+    for who in [1, 2, 3] {
+        msg(&mut c, who, Message::Vote(vote(who, VoteKind::Nullify, edge + 1, 0, [0; 32])));
+    }
+    assert_eq!(c.view(), View(1), "a quorum one view past the window is ignored");
+    for who in [1, 2, 3] {
+        msg(&mut c, who, Message::Vote(vote(who, VoteKind::Nullify, edge, 0, [0; 32])));
+    }
+    assert_eq!(c.view(), View(edge + 1), "a quorum at the edge of the window forms a nullification");
+}
