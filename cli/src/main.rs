@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod genesis_cmd;
+mod verify;
 
 #[derive(Parser)]
 #[command(name = "annal", version, about = "Annal: a permissioned ledger for public records", long_about = None)]
@@ -26,6 +27,16 @@ enum Command {
     /// Create, hash and inspect genesis files.
     #[command(subcommand)]
     Genesis(GenesisCommand),
+    /// Check a proof bundle offline, holding only the genesis file.
+    ///
+    /// Exit status: 0 valid (one summary line), 1 invalid (the failing check),
+    /// 2 unreadable input or usage error.
+    ///
+    /// Examples:
+    ///   annal verify bundle.json --genesis genesis.json
+    ///   annal verify bundle.json --genesis genesis.json --document deed.pdf --current
+    ///   annal verify bundle.json --genesis genesis.json --json
+    Verify(verify::VerifyArgs),
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -89,6 +100,9 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Verify(args) = cli.command {
+        std::process::exit(verify::verify(args).code());
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -120,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
+        Command::Verify(_) => unreachable!("handled in main for its exit codes"),
     }
 }
 

@@ -84,11 +84,53 @@ pub struct StoreOptions {
     pub sync: bool,
     /// RocksDB block cache shared by every column family, in bytes.
     pub cache_bytes: usize,
+    /// State-tree nodes kept decoded in memory (about 200 bytes each).
+    pub state_cache_nodes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: true, cache_bytes: 256 << 20 }
+        StoreOptions { sync: true, cache_bytes: 256 << 20, state_cache_nodes: 400_000 }
+    }
+}
+
+/// An approximate LRU of state-tree nodes in two generations: a hit in the
+/// old generation moves to the young one; when the young one is full it
+/// becomes the old one. Nodes are immutable (addressed by hash), so a cached
+/// node is never wrong.
+struct NodeCache {
+    young: std::collections::HashMap<Hash, Vec<u8>>,
+    old: std::collections::HashMap<Hash, Vec<u8>>,
+    generation_max: usize,
+}
+
+impl NodeCache {
+    fn new(nodes_max: usize) -> Self {
+        NodeCache { young: Default::default(), old: Default::default(), generation_max: nodes_max.div_ceil(2) }
+    }
+
+    fn get(&mut self, hash: &Hash) -> Option<Vec<u8>> {
+        if let Some(bytes) = self.young.get(hash) {
+            return Some(bytes.clone());
+        }
+        let bytes = self.old.remove(hash)?;
+        self.insert(*hash, bytes.clone());
+        Some(bytes)
+    }
+
+    fn insert(&mut self, hash: Hash, bytes: Vec<u8>) {
+        if self.generation_max == 0 {
+            return;
+        }
+        if self.young.len() >= self.generation_max {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(hash, bytes);
+    }
+
+    fn remove(&mut self, hash: &Hash) {
+        self.young.remove(hash);
+        self.old.remove(hash);
     }
 }
 
@@ -101,6 +143,8 @@ pub struct Store {
     upper: Vec<Vec<Hash>>,
     /// The tip header's state root.
     state_root: Hash,
+    /// Recently used state-tree nodes (the upper levels stay hot).
+    state_cache: std::sync::Mutex<NodeCache>,
     options: StoreOptions,
 }
 
@@ -123,6 +167,7 @@ impl Store {
             frontier: Frontier::new(),
             upper: Vec::new(),
             state_root: state_tree::EMPTY_ROOT,
+            state_cache: std::sync::Mutex::new(NodeCache::new(options.state_cache_nodes)),
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -304,6 +349,15 @@ impl Store {
         self.tip = tip;
         self.frontier = executed.frontier.clone();
         self.state_root = executed.state_root;
+        {
+            let mut cache = self.state_cache.lock().expect("state cache lock");
+            for stale in &executed.state_stale {
+                cache.remove(stale);
+            }
+            for (hash, bytes) in &executed.state_nodes {
+                cache.insert(*hash, bytes.clone());
+            }
+        }
         for (level, index, hash) in &executed.nodes {
             if *level >= UPPER_LEVEL {
                 let l = (*level - UPPER_LEVEL) as usize;
@@ -505,7 +559,14 @@ impl StateView for Store {
 impl StateTreeReader for Store {
     type Error = Error;
     fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        Store::get(self, CF_STATE, node_key)
+        if let Some(bytes) = self.state_cache.lock().expect("state cache lock").get(node_key) {
+            return Ok(Some(bytes));
+        }
+        let bytes = Store::get(self, CF_STATE, node_key)?;
+        if let Some(b) = &bytes {
+            self.state_cache.lock().expect("state cache lock").insert(*node_key, b.clone());
+        }
+        Ok(bytes)
     }
 }
 

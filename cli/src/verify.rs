@@ -1,0 +1,223 @@
+//! `annal verify` and `annal verify-consistency`: offline checks from the genesis file alone.
+//!
+//! Exit codes: 0 valid, 1 invalid (the failing check is printed), 2 unreadable
+//! input or a usage error.
+
+use std::path::{Path, PathBuf};
+
+use annal_ledger::genesis::Genesis;
+use annal_ledger::proof::{self, Bundle, Verified};
+use annal_ledger::Error;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The proof bundle (JSON, from `annal prove` or GET /v1/proofs/{id}).
+    bundle: PathBuf,
+    /// The chain's genesis file: the only thing trusted.
+    #[arg(long)]
+    genesis: PathBuf,
+    /// Also check that FILE is the document the record anchors (size and SHA-256).
+    #[arg(long)]
+    document: Option<PathBuf>,
+    /// Also say whether the record is still the current version of its key (needs a bundle with a status proof).
+    #[arg(long)]
+    current: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The outcome, with the process exit code it maps to.
+pub enum Outcome {
+    Valid,
+    Invalid,
+    Unreadable,
+}
+
+impl Outcome {
+    pub fn code(&self) -> i32 {
+        match self {
+            Outcome::Valid => 0,
+            Outcome::Invalid => 1,
+            Outcome::Unreadable => 2,
+        }
+    }
+}
+
+fn read(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if meta.len() > max {
+        return Err(format!("{what} {} is {} bytes; the limit is {max}", path.display(), meta.len()));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+fn unreadable(json: bool, msg: String) -> Outcome {
+    if json {
+        println!("{}", json!({ "valid": false, "unreadable": true, "error": msg }));
+    } else {
+        eprintln!("error: {msg}");
+    }
+    Outcome::Unreadable
+}
+
+pub fn verify(args: VerifyArgs) -> Outcome {
+    let genesis = match Genesis::load(&args.genesis) {
+        Ok(g) => g,
+        Err(e) => return unreadable(args.json, e.to_string()),
+    };
+    let text = match read(&args.bundle, proof::BUNDLE_BYTES_MAX as u64, "bundle") {
+        Ok(b) => b,
+        Err(e) => return unreadable(args.json, e),
+    };
+    let bundle = match std::str::from_utf8(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|t| Bundle::from_json(t).map_err(|e| e.to_string()))
+    {
+        Ok(b) => b,
+        Err(e) => return unreadable(args.json, format!("{} is not a proof bundle: {e}", args.bundle.display())),
+    };
+    let document = match &args.document {
+        Some(p) => match read(p, u64::MAX, "document") {
+            Ok(d) => Some(d),
+            Err(e) => return unreadable(args.json, e),
+        },
+        None => None,
+    };
+    let result = proof::verify(&bundle, &genesis, document.as_deref()).and_then(|v| {
+        if args.current && v.status.is_none() {
+            return Err(Error::Proof {
+                check: proof::Check::Status,
+                detail: "the bundle has no status proof; fetch one with `annal prove` (it includes one by default)"
+                    .into(),
+            });
+        }
+        Ok(v)
+    });
+    match result {
+        Ok(v) => {
+            if args.json {
+                println!("{}", summary_json(&v, &bundle, args.current, args.document.is_some()));
+            } else {
+                println!("{}", summary_line(&v, args.current, args.document.is_some()));
+            }
+            Outcome::Valid
+        }
+        Err(e) => {
+            let check = match &e {
+                Error::Proof { check, .. } => Some(*check),
+                _ => None,
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "valid": false, "check": check.map(|c| format!("{c:?}")), "error": e.to_string() })
+                );
+            } else {
+                println!("INVALID: {e}");
+            }
+            Outcome::Invalid
+        }
+    }
+}
+
+fn summary_line(v: &Verified, current: bool, document: bool) -> String {
+    let r = &v.record.record;
+    let mut s = format!(
+        "VALID {}/{}: {} version {} by agency {:?}, at height {} ({}), log index {}; checkpoint of size {} signed by {} validators with {}/{} of the voting power",
+        r.namespace,
+        r.key,
+        r.op.name(),
+        r.version,
+        v.agency,
+        v.header.height.0,
+        utc(v.header.time_ms),
+        v.index,
+        v.header.log_size,
+        v.signers,
+        v.power,
+        v.total_power
+    );
+    if document {
+        s.push_str("; document matches");
+    }
+    if let (true, Some(status)) = (current, &v.status) {
+        s.push_str("; ");
+        s.push_str(&status.describe(&v.id));
+    }
+    s
+}
+
+fn summary_json(v: &Verified, bundle: &Bundle, current: bool, document: bool) -> serde_json::Value {
+    let r = &v.record.record;
+    let mut out = json!({
+        "valid": true,
+        "id": v.id.to_hex(),
+        "namespace": r.namespace,
+        "key": r.key,
+        "op": r.op.name(),
+        "version": r.version,
+        "agency": v.agency,
+        "submitter": r.submitter.to_hex(),
+        "height": v.header.height.0,
+        "time_ms": v.header.time_ms,
+        "time": utc(v.header.time_ms),
+        "index": v.index,
+        "checkpoint_size": v.header.log_size,
+        "signers": v.signers,
+        "power": v.power,
+        "total_power": v.total_power,
+        "record": bundle.record.decoded,
+    });
+    if document {
+        out["document"] = json!("matches");
+    }
+    if let (true, Some(status)) = (current, &v.status) {
+        let state = match (status.head.id == v.id, status.head.status) {
+            (true, annal_ledger::state::Status::Active) => "current",
+            (_, annal_ledger::state::Status::Revoked) => "revoked",
+            (false, annal_ledger::state::Status::Active) => "superseded",
+        };
+        out["status"] = json!({
+            "state": state,
+            "as_of_height": status.height,
+            "head": status.head.id.to_hex(),
+            "head_version": status.head.version,
+            "description": status.describe(&v.id),
+        });
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch as an RFC 3339 UTC time (proleptic Gregorian calendar).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        // Goal: the date arithmetic matches known instants, leap days included.
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc(1_764_000_123_456), "2025-11-24T16:02:03.456Z");
+        assert_eq!(utc(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+}
