@@ -37,6 +37,12 @@ enum Command {
     ///   annal verify bundle.json --genesis genesis.json --document deed.pdf --current
     ///   annal verify bundle.json --genesis genesis.json --json
     Verify(verify::VerifyArgs),
+    /// Check, offline, that a newer signed checkpoint extends one you hold.
+    ///
+    /// Exit status as for `verify`.
+    ///
+    /// Example: annal verify-consistency old-checkpoint.txt consistency.json --genesis genesis.json
+    VerifyConsistency(verify::VerifyConsistencyArgs),
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -100,9 +106,11 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Verify(args) = cli.command {
-        std::process::exit(verify::verify(args).code());
-    }
+    let cli = match cli.command {
+        Command::Verify(args) => std::process::exit(verify::verify(args).code()),
+        Command::VerifyConsistency(args) => std::process::exit(verify::verify_consistency(args).code()),
+        _ => cli,
+    };
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -134,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
-        Command::Verify(_) => unreachable!("handled in main for its exit codes"),
+        Command::Verify(_) | Command::VerifyConsistency(_) => unreachable!("handled in main for their exit codes"),
     }
 }
 

@@ -221,3 +221,64 @@ mod tests {
         assert_eq!(utc(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
     }
 }
+
+#[derive(clap::Args)]
+pub struct VerifyConsistencyArgs {
+    /// The checkpoint you hold (a signed note, as `annal checkpoint` saves it).
+    old: PathBuf,
+    /// The consistency proof from it to a newer checkpoint (JSON, from `annal consistency`).
+    new: PathBuf,
+    /// The chain's genesis file: the only thing trusted.
+    #[arg(long)]
+    genesis: PathBuf,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn verify_consistency(args: VerifyConsistencyArgs) -> Outcome {
+    let genesis = match Genesis::load(&args.genesis) {
+        Ok(g) => g,
+        Err(e) => return unreadable(args.json, e.to_string()),
+    };
+    let held = match read(&args.old, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
+        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", args.old.display())))
+    {
+        Ok(t) => t,
+        Err(e) => return unreadable(args.json, e),
+    };
+    let proof = match read(&args.new, proof::BUNDLE_BYTES_MAX as u64, "consistency proof").and_then(|b| {
+        std::str::from_utf8(&b)
+            .map_err(|e| e.to_string())
+            .and_then(|t| proof::Consistency::from_json(t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{} is not a consistency proof: {e}", args.new.display()))
+    }) {
+        Ok(p) => p,
+        Err(e) => return unreadable(args.json, e),
+    };
+    match proof::verify_consistency(&proof, &genesis, Some(&held)) {
+        Ok((old, new)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "valid": true, "old_size": old.size, "old_height": old.block.height,
+                            "new_size": new.size, "new_height": new.block.height })
+                );
+            } else {
+                println!(
+                    "VALID the log of size {} at height {} extends the checkpoint you hold (size {}, height {})",
+                    new.size, new.block.height, old.size, old.block.height
+                );
+            }
+            Outcome::Valid
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", json!({ "valid": false, "error": e.to_string() }));
+            } else {
+                println!("INVALID: {e}");
+            }
+            Outcome::Invalid
+        }
+    }
+}

@@ -52,6 +52,7 @@ pub enum Check {
     LogInclusion,
     Document,
     Status,
+    Consistency,
 }
 
 impl Check {
@@ -72,6 +73,7 @@ impl Check {
             Check::LogInclusion => "the record is at its index in the certified global log",
             Check::Document => "the document matches the digest the record anchors",
             Check::Status => "the state proof shows the key's current version",
+            Check::Consistency => "the newer log extends the older one (RFC 6962 consistency)",
         }
     }
 }
@@ -490,6 +492,88 @@ fn check_status(
     Ok(CurrentStatus { height: header.height.0, time_ms: header.time_ms, head })
 }
 
+/// The format line of a version-1 consistency proof.
+pub const CONSISTENCY_FORMAT: &str = "annal-consistency/v1";
+
+/// Proof that the log at a later certified block extends the log at an earlier one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    /// Always `annal-consistency/v1`.
+    pub format: String,
+    pub chain_id: String,
+    pub old: CertifiedBlock,
+    pub new: CertifiedBlock,
+    /// RFC 6962 consistency proof from the old log size to the new (base64 hashes).
+    pub path: Vec<String>,
+    /// Certified validator-set changes from genesis up to the new block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_changes: Vec<SetChange>,
+}
+
+impl Consistency {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a consistency proof serialises");
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        if text.len() > BUNDLE_BYTES_MAX {
+            return Err(fail(Check::Format, format!("{} bytes is over the limit of {BUNDLE_BYTES_MAX}", text.len())));
+        }
+        serde_json::from_str(text).map_err(|e| fail(Check::Format, e.to_string()))
+    }
+}
+
+/// Checks a consistency proof against `genesis`; when the auditor holds the old
+/// checkpoint (`held`, a signed note), also that the proof starts from it.
+/// Returns the old and new checkpoints.
+pub fn verify_consistency(
+    proof: &Consistency,
+    genesis: &Genesis,
+    held: Option<&str>,
+) -> Result<(Checkpoint, Checkpoint), Error> {
+    if proof.format != CONSISTENCY_FORMAT {
+        return Err(fail(
+            Check::Format,
+            format!("format is {:?}; this verifier reads {CONSISTENCY_FORMAT:?}", proof.format),
+        ));
+    }
+    if proof.chain_id != genesis.chain_id {
+        return Err(fail(
+            Check::ChainId,
+            format!("proof is for {:?}, genesis is {:?}", proof.chain_id, genesis.chain_id),
+        ));
+    }
+    let old = decode_header(&proof.old.header)?;
+    let new = decode_header(&proof.new.header)?;
+    if old.height > new.height {
+        return Err(fail(
+            Check::Consistency,
+            format!("old height {} is above new height {}", old.height.0, new.height.0),
+        ));
+    }
+    let mut sets = SetWalk::new(genesis, &proof.set_changes)?;
+    let old_set = sets.at(old.height.0)?;
+    check_certified(&old, &proof.old.checkpoint, &old_set, &genesis.chain_id)?;
+    let new_set = sets.at(new.height.0)?;
+    check_certified(&new, &proof.new.checkpoint, &new_set, &genesis.chain_id)?;
+    if !sets.all_used() {
+        return Err(fail(Check::SetChain, "the proof carries validator-set changes past its new block"));
+    }
+    if let Some(held) = held {
+        let held = SignedNote::parse(held).map_err(|e| fail(Check::Checkpoint, format!("the held checkpoint: {e}")))?;
+        if held.text != old.checkpoint().to_text() {
+            return Err(fail(Check::Consistency, "the proof starts from another checkpoint than the one held"));
+        }
+    }
+    check_inclusion(&proof.path, Check::Consistency, |path| {
+        Ok(merkle::verify_consistency(old.log_size, new.log_size, path, &old.log_root, &new.log_root)?)
+    })?;
+    Ok((old.checkpoint(), new.checkpoint()))
+}
+
 /// Walks the certified validator-set changes from the genesis set, in height order.
 struct SetWalk<'a> {
     changes: &'a [SetChange],
@@ -584,6 +668,42 @@ mod build {
         Ok((header, block))
     }
 
+    /// The certified validator-set changes below `height`, as a bundle carries them.
+    fn set_changes_below(store: &Store, genesis: &Genesis, height: Height) -> Result<Vec<SetChange>, Error> {
+        store
+            .set_changes(Height(height.0.saturating_sub(1)))?
+            .into_iter()
+            .map(|(h, cert, next)| {
+                let set = set_at(store, genesis, h.height)?;
+                Ok(SetChange {
+                    block: CertifiedBlock {
+                        header: B64.encode(h.to_bytes()),
+                        checkpoint: cert.to_note(&h, &set).to_string(),
+                    },
+                    next_set: B64.encode(codec::encode(&next)),
+                })
+            })
+            .collect()
+    }
+
+    /// The consistency proof from the log at height `from` to the log at height `to`.
+    pub fn consistency(store: &Store, genesis: &Genesis, from: Height, to: Height) -> Result<Consistency, Error> {
+        if from > to {
+            return Err(store_err(store, format!("from height {} is above to height {}", from.0, to.0)));
+        }
+        let (old_header, old) = certified_block(store, genesis, from)?;
+        let (new_header, new) = certified_block(store, genesis, to)?;
+        let path = store.consistency_proof(old_header.log_size, new_header.log_size)?;
+        Ok(Consistency {
+            format: CONSISTENCY_FORMAT.into(),
+            chain_id: genesis.chain_id.clone(),
+            old,
+            new,
+            path: b64_hashes(&path),
+            set_changes: set_changes_below(store, genesis, to)?,
+        })
+    }
+
     /// The proof bundle of record `id`, with a status proof as of the tip when `with_status`.
     pub fn bundle(store: &Store, genesis: &Genesis, id: &RecordId, with_status: bool) -> Result<Bundle, Error> {
         let index = store.index_of(id)?.ok_or_else(|| store_err(store, format!("no record with id {id}")))?;
@@ -648,4 +768,4 @@ mod build {
 }
 
 #[cfg(feature = "store")]
-pub use build::{bundle, certified_block, set_at};
+pub use build::{bundle, certified_block, consistency, set_at};

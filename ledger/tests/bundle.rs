@@ -502,3 +502,41 @@ fn tlog_proof_export_is_checkable_with_standard_pieces() {
     let leaf = annal_ledger::merkle::leaf_hash(&B64.decode(&b.record.bytes).unwrap());
     annal_ledger::merkle::verify_inclusion(&leaf, index, cp.size, &path, &cp.root).unwrap();
 }
+
+#[test]
+fn consistency_proofs_verify_across_set_changes_and_refuse_forgeries() {
+    // Goal: the log at height 7 provably extends the log at height 2 (across two set changes); a forged
+    // path, another held checkpoint, reversed heights or a dropped set change are refused.
+    let c = chain();
+    let g = &c.genesis;
+    let p = proof::consistency(&c.store, g, Height(2), Height(7)).unwrap();
+    let p = proof::Consistency::from_json(&p.to_json()).unwrap();
+    let held = p.old.checkpoint.clone();
+    let (old, new) = proof::verify_consistency(&p, g, Some(&held)).unwrap();
+    assert_eq!((old.block.height, new.block.height), (2, 7));
+    assert!(old.size < new.size);
+    for i in 0..p.path.len() {
+        let mut f = p.clone();
+        let mut h = B64.decode(&f.path[i]).unwrap();
+        h[0] ^= 1;
+        f.path[i] = B64.encode(h);
+        assert!(
+            matches!(proof::verify_consistency(&f, g, None), Err(Error::Proof { check: Check::Consistency, .. })),
+            "path {i}"
+        );
+    }
+    let other = proof::consistency(&c.store, g, Height(3), Height(7)).unwrap();
+    assert!(matches!(
+        proof::verify_consistency(&other, g, Some(&held)),
+        Err(Error::Proof { check: Check::Consistency, .. })
+    ));
+    let mut swapped = p.clone();
+    std::mem::swap(&mut swapped.old, &mut swapped.new);
+    assert!(proof::verify_consistency(&swapped, g, None).is_err());
+    let mut dropped = p.clone();
+    dropped.set_changes.remove(0);
+    assert!(proof::verify_consistency(&dropped, g, None).is_err());
+    // Same height: an empty proof and equal roots.
+    let same = proof::consistency(&c.store, g, Height(5), Height(5)).unwrap();
+    proof::verify_consistency(&same, g, None).unwrap();
+}

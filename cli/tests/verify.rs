@@ -1,0 +1,217 @@
+//! `annal verify` and `annal verify-consistency` as an auditor runs them: a
+//! genesis made by `annal genesis new`, a chain committed with its keys, a
+//! bundle on disk, and the exit codes 0 (valid), 1 (invalid), 2 (unreadable).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use annal_ledger::block::{Certificate, Height, View};
+use annal_ledger::exec::{execute, BlockMeta, Signatures};
+use annal_ledger::genesis::Genesis;
+use annal_ledger::keys::SecretKey;
+use annal_ledger::proof;
+use annal_ledger::record::{Body, DocumentAnchor, Op, Record, RecordId};
+use annal_ledger::state::Rules;
+use annal_ledger::store::{Store, StoreOptions};
+use sha2::Digest;
+
+const DEED: &[u8] = b"deed of transfer: parcel 42 to A. Holder";
+
+fn annal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_annal")).args(args).output().expect("annal runs")
+}
+
+struct Net {
+    dir: PathBuf,
+    genesis: Genesis,
+    store: Store,
+    published: RecordId,
+    amended: RecordId,
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn net(name: &str) -> Net {
+    let dir = std::env::temp_dir().join(format!("annal-cli-verify-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = annal(&[
+        "genesis",
+        "new",
+        "--chain-id",
+        "verify-test",
+        "--validators",
+        "4",
+        "--agencies",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let genesis = Genesis::load(&dir.join("genesis.json")).unwrap();
+    let validators: Vec<SecretKey> =
+        (0..4).map(|i| SecretKey::read_file(&dir.join(format!("validator-{i}/consensus.key"))).unwrap()).collect();
+    let officer = SecretKey::read_file(&dir.join("agency-0/submitter.key")).unwrap();
+    let mut store =
+        Store::open(&dir.join("data"), genesis.hash(), StoreOptions { sync: false, ..StoreOptions::default() })
+            .unwrap();
+    let rules = Rules::new(&genesis);
+    let set = genesis.validator_set();
+    let namespace = genesis.agencies[0].namespaces[0].clone();
+    let mut ids = Vec::new();
+    let records = [
+        (
+            Op::Publish,
+            None,
+            1,
+            Body::Document(DocumentAnchor {
+                sha256: sha2::Sha256::digest(DEED).into(),
+                size: DEED.len() as u64,
+                media_type: "application/pdf".into(),
+            }),
+        ),
+        (Op::Amend, Some(0usize), 2, Body::Inline(b"corrected area".to_vec())),
+    ];
+    for (nonce, (op, supersedes, version, body)) in records.into_iter().enumerate() {
+        let r = Record {
+            chain_id: genesis.chain_id.clone(),
+            namespace: namespace.clone(),
+            key: "parcel/42".into(),
+            op,
+            body,
+            metadata: Default::default(),
+            supersedes: supersedes.map(|i: usize| ids[i]),
+            version,
+            submitter: officer.public(),
+            nonce: nonce as u64 + 1,
+        }
+        .sign(&officer);
+        let executed = execute(&rules, &store, store.frontier(), &[r], Signatures::Verify).unwrap();
+        let tip = store.tip().clone();
+        let meta = BlockMeta {
+            height: Height(tip.height.0 + 1),
+            view: View(tip.height.0 + 1),
+            parent: tip.block_hash,
+            time_ms: genesis.genesis_time_ms + 1000,
+            proposer: 0,
+            validators_hash: set.hash(),
+        };
+        let header = executed.header(&genesis.chain_id, &meta);
+        let signers: Vec<(usize, &SecretKey)> = validators.iter().enumerate().take(3).collect();
+        let cert = Certificate::sign(&header, &set, &signers);
+        ids.push(executed.ids[0]);
+        store.commit(&header, &cert, &executed).unwrap();
+    }
+    Net { dir, genesis, store, published: ids[0], amended: ids[1] }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn valid_bundle_exits_zero_with_a_summary_line() {
+    // Goal: a valid bundle prints one VALID line naming key, op, version, agency, height and checkpoint size;
+    // --document and --current add their findings; --json gives the same as an object.
+    let n = net("valid");
+    let genesis = n.dir.join("genesis.json");
+    let g = genesis.to_str().unwrap();
+    let bundle = write(&n.dir, "b.json", &proof::bundle(&n.store, &n.genesis, &n.published, true).unwrap().to_json());
+    let deed = write(&n.dir, "deed.pdf", std::str::from_utf8(DEED).unwrap());
+    let o = annal(&["verify", &bundle, "--genesis", g, "--document", &deed, "--current"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let line = String::from_utf8(o.stdout.clone()).unwrap();
+    assert_eq!(line.lines().count(), 1);
+    for want in [
+        "VALID land-titles/parcel/42",
+        "publish version 1",
+        "agency-0",
+        "at height 1",
+        "checkpoint of size 1",
+        "document matches",
+        "superseded by",
+    ] {
+        assert!(line.contains(want), "{want:?} missing from {line}");
+    }
+    let o = annal(&["verify", &bundle, "--genesis", g, "--current", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["status"]["state"], "superseded");
+    assert_eq!(v["status"]["head"], n.amended.to_hex());
+    let current = write(&n.dir, "c.json", &proof::bundle(&n.store, &n.genesis, &n.amended, true).unwrap().to_json());
+    let o = annal(&["verify", &current, "--genesis", g, "--current"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("current as of height 2"), "{}", text(&o));
+}
+
+#[test]
+fn invalid_bundle_exits_one_naming_the_check() {
+    // Goal: a tampered bundle exits 1 and says which check failed; a wrong document too.
+    let n = net("invalid");
+    let g = n.dir.join("genesis.json");
+    let mut b = proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap();
+    b.index += 1;
+    let bundle = write(&n.dir, "b.json", &b.to_json());
+    let o = annal(&["verify", &bundle, "--genesis", g.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("INVALID: the record is in the certified block: failed"),
+        "{}",
+        text(&o)
+    );
+    let good = write(&n.dir, "good.json", &proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap().to_json());
+    let other = write(&n.dir, "other.pdf", "another deed");
+    let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--document", &other]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the document matches the digest the record anchors: failed"));
+    let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--current"]);
+    assert_eq!(o.status.code(), Some(1), "--current without a status proof is not a pass");
+    let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn unreadable_input_and_usage_errors_exit_two() {
+    // Goal: a missing file, a file that is not a bundle, a broken genesis and a usage error exit 2.
+    let n = net("unreadable");
+    let g = n.dir.join("genesis.json");
+    let g = g.to_str().unwrap();
+    let good = write(&n.dir, "good.json", &proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap().to_json());
+    let junk = write(&n.dir, "junk.json", "{ not json");
+    let bad_genesis = write(&n.dir, "g2.json", "{}");
+    for args in [
+        vec!["verify", "/nonexistent/bundle.json", "--genesis", g],
+        vec!["verify", &junk, "--genesis", g],
+        vec!["verify", &good, "--genesis", &bad_genesis],
+        vec!["verify", &good],
+        vec!["verify", &good, "--genesis", g, "--document", "/nonexistent/deed.pdf"],
+    ] {
+        let o = annal(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn verify_consistency_checks_a_held_checkpoint() {
+    // Goal: a consistency proof from the checkpoint the auditor holds verifies (exit 0); from another, it does not (exit 1).
+    let n = net("consistency");
+    let g = n.dir.join("genesis.json");
+    let p = proof::consistency(&n.store, &n.genesis, Height(1), Height(2)).unwrap();
+    let held = write(&n.dir, "held.txt", &p.old.checkpoint);
+    let proof_file = write(&n.dir, "p.json", &p.to_json());
+    let o = annal(&["verify-consistency", &held, &proof_file, "--genesis", g.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("VALID the log of size 2 at height 2"));
+    let newer = write(&n.dir, "newer.txt", &p.new.checkpoint);
+    let o = annal(&["verify-consistency", &newer, &proof_file, "--genesis", g.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
