@@ -43,6 +43,13 @@ pub struct LedgerArgs {
     /// Inclusion proofs to generate and verify at the end.
     #[arg(long, default_value_t = 20_000)]
     proofs: usize,
+    /// Validators in the chain; each block is certified by the smallest quorum
+    /// (more than 2/3), which sets the size of proof bundles.
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Proof bundles to build and verify at the end (with status proofs).
+    #[arg(long, default_value_t = 200)]
+    bundles: usize,
     /// Store folder (default: a new folder under /var/tmp, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -58,18 +65,26 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
     if args.block_records == 0 || args.signers == 0 || args.records == 0 {
         bail!("--records, --block-records and --signers must be above 0");
     }
+    if args.validators == 0 || args.validators > annal_ledger::genesis::VALIDATORS_MAX {
+        bail!("--validators must be 1 to {}", annal_ledger::genesis::VALIDATORS_MAX);
+    }
     let chain_id = "annal-bench";
-    let validator = SecretKey::from_seed([1; 32]);
+    let validators: Vec<SecretKey> = (0..args.validators).map(|i| SecretKey::from_seed(seed_of(10 + i))).collect();
+    let quorum = args.validators - (args.validators - 1) / 3;
     let signers: Vec<SecretKey> = (0..args.signers).map(|i| SecretKey::from_seed(seed_of(1000 + i))).collect();
     let genesis = Genesis {
         chain_id: chain_id.into(),
         genesis_time_ms: 0,
-        validators: vec![Validator {
-            name: "v0".into(),
-            consensus_key: validator.public(),
-            p2p_key: SecretKey::from_seed([2; 32]).public(),
-            power: 1,
-        }],
+        validators: validators
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Validator {
+                name: format!("validator-{i}"),
+                consensus_key: k.public(),
+                p2p_key: SecretKey::from_seed(seed_of(5000 + i)).public(),
+                power: 1,
+            })
+            .collect(),
         agencies: vec![Agency {
             name: "registry".into(),
             submitter_keys: signers.iter().map(|k| k.public()).collect(),
@@ -114,7 +129,8 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
             validators_hash: set.hash(),
         };
         let header = executed.header(chain_id, &meta);
-        let cert = Certificate::sign(&header, &set, &[(0, &validator)]);
+        let quorum_keys: Vec<(usize, &SecretKey)> = validators.iter().enumerate().take(quorum).collect();
+        let cert = Certificate::sign(&header, &set, &quorum_keys);
         store.commit(&header, &cert, &executed)?;
         t_verify += t1 - t0;
         t_execute += t2 - t1;
@@ -125,6 +141,9 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
     let root = store.log_root();
 
     // Proofs at the final size, for random indices.
+    if args.proofs == 0 {
+        bail!("--proofs must be above 0");
+    }
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let indices: Vec<u64> = (0..args.proofs).map(|_| rng.gen_range(0..size)).collect();
     let t = Instant::now();
@@ -143,6 +162,30 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
     }
     let verify_time = t.elapsed();
 
+    // Proof bundles (record, paths, certified block, status proof as of the tip).
+    let (mut bundle_bytes, mut bare_bytes) = (0usize, 0usize);
+    let (mut bundle_build, mut bundle_verify) = (Duration::ZERO, Duration::ZERO);
+    let mut sample_bundle = None;
+    for &i in indices.iter().take(args.bundles) {
+        let id = SignedRecord::id_of_bytes(&store.record_bytes(i)?.context("record missing")?);
+        let t = Instant::now();
+        let b = annal_ledger::proof::bundle(&store, &genesis, &id, true)?;
+        bundle_build += t.elapsed();
+        let json = b.to_json();
+        bundle_bytes += json.len();
+        bare_bytes += annal_ledger::proof::Bundle { status: None, ..b }.to_json().len();
+        let t = Instant::now();
+        let parsed = annal_ledger::proof::Bundle::from_json(&json)?;
+        annal_ledger::proof::verify(&parsed, &genesis, None)?;
+        bundle_verify += t.elapsed();
+        sample_bundle.get_or_insert(json);
+    }
+    let bundles = args.bundles.min(indices.len()).max(1);
+    let process_ms = match &sample_bundle {
+        Some(json) => time_verify_process(&dir, &genesis, json)?,
+        None => 0.0,
+    };
+
     store.flush()?;
     store.compact();
     let disk = store.disk_bytes();
@@ -155,6 +198,10 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
     let gen_us = micros(gen_time) / args.proofs.max(1) as f64;
     let verify_us = micros(verify_time) / args.proofs.max(1) as f64;
     let disk_ratio = disk as f64 / raw_bytes as f64;
+    let bundle_avg = bundle_bytes / bundles;
+    let bare_avg = bare_bytes / bundles;
+    let bundle_build_us = micros(bundle_build) / bundles as f64;
+    let bundle_verify_us = micros(bundle_verify) / bundles as f64;
     if args.json {
         println!(
             "{}",
@@ -163,6 +210,8 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
                 "body": args.body, "sync": !args.no_sync,
                 "records_per_s": per_s, "proof_gen_us": gen_us, "proof_verify_us": verify_us,
                 "disk_bytes": disk, "raw_record_bytes": raw_bytes, "disk_per_raw": disk_ratio,
+                "validators": args.validators, "bundle_bytes": bundle_avg, "bundle_bytes_without_status": bare_avg, "bundle_build_us": bundle_build_us,
+                "bundle_verify_us": bundle_verify_us, "verify_process_ms": process_ms,
                 "sign_s": sign_time.as_secs_f64(), "commit_s": commit_time.as_secs_f64(),
                 "verify_s": t_verify.as_secs_f64(), "execute_s": t_execute.as_secs_f64(), "write_s": t_commit.as_secs_f64(),
             })
@@ -186,11 +235,42 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
         );
         println!("  inclusion proof, verify         {:>10.2} µs", verify_us);
         println!(
+            "  proof bundle ({} validators)    {:>10} bytes of JSON with status proof ({bare_avg} without), built in {:.0} µs, verified in {:.0} µs (parse included)",
+            args.validators, bundle_avg, bundle_build_us, bundle_verify_us
+        );
+        println!("  `annal verify` whole process    {:>10.2} ms", process_ms);
+        println!(
             "  disk after compaction           {:>10} bytes = {:.3} × raw record bytes ({raw_bytes})",
             disk, disk_ratio
         );
     }
     Ok(())
+}
+
+/// Runs `annal verify` on a bundle as a separate process, several times; the median in milliseconds.
+fn time_verify_process(dir: &std::path::Path, genesis: &Genesis, bundle_json: &str) -> Result<f64> {
+    let bundle = dir.join("bench-bundle.json");
+    let genesis_file = dir.join("bench-genesis.json");
+    std::fs::write(&bundle, bundle_json)?;
+    std::fs::write(&genesis_file, genesis.to_json())?;
+    let exe = std::env::current_exe()?;
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let out = std::process::Command::new(&exe)
+            .arg("verify")
+            .arg(&bundle)
+            .arg("--genesis")
+            .arg(&genesis_file)
+            .arg("--current")
+            .output()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() {
+            bail!("annal verify failed on a bench bundle: {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Signs `args.records` records, spread over the signers, before timing starts.
