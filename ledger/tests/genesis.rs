@@ -151,3 +151,12 @@ fn key_files_are_private_and_checked() {
     assert!(SecretKey::read_file(&tampered).unwrap_err().to_string().contains("does not match"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_documented_example_loads() {
+    // Goal: genesis/example.json, which genesis/README.md documents, stays a valid genesis.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../genesis/example.json");
+    let g = Genesis::load(&path).unwrap();
+    assert_eq!(g.chain_id, "land-registry-example");
+    assert_eq!(g.validators.len(), 4);
+}
