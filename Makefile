@@ -24,8 +24,15 @@ test: prereqs
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 	$(CARGO) test --all-features --workspace -- --test-threads=2
 
+# The validator node (and with it `annal devnet`) is not built yet: say so plainly.
 devnet: build
-	$(CARGO_TARGET_DIR)/debug/annal devnet
+	@if $(CARGO_TARGET_DIR)/debug/annal devnet --help >/dev/null 2>&1; then \
+		$(CARGO_TARGET_DIR)/debug/annal devnet; \
+	else \
+		echo "make devnet: the validator node is not built yet (issue 5); the ledger, proofs and CLI are:"; \
+		echo "  $(CARGO_TARGET_DIR)/debug/annal --help"; \
+		exit 1; \
+	fi
 
 fmt:
 	$(CARGO) fmt --all
