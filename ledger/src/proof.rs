@@ -252,18 +252,28 @@ pub fn b64_hashes(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|h| B64.encode(h)).collect()
 }
 
+/// Pretty JSON with a final newline: how bundles and consistency proofs are written.
+fn to_json_text<T: Serialize>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("proof types serialise");
+    s.push('\n');
+    s
+}
+
+/// Parses a bundle or consistency proof of at most `BUNDLE_BYTES_MAX` bytes.
+fn from_json_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Error> {
+    if text.len() > BUNDLE_BYTES_MAX {
+        return Err(fail(Check::Format, format!("{} bytes is over the limit of {BUNDLE_BYTES_MAX}", text.len())));
+    }
+    serde_json::from_str(text).map_err(|e| fail(Check::Format, e.to_string()))
+}
+
 impl Bundle {
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).expect("a bundle serialises");
-        s.push('\n');
-        s
+        to_json_text(self)
     }
 
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        if text.len() > BUNDLE_BYTES_MAX {
-            return Err(fail(Check::Format, format!("{} bytes is over the limit of {BUNDLE_BYTES_MAX}", text.len())));
-        }
-        serde_json::from_str(text).map_err(|e| fail(Check::Format, e.to_string()))
+        from_json_text(text)
     }
 
     /// The C2SP tlog-proof (c2sp.org/tlog-proof@v1) of the record's inclusion:
@@ -513,16 +523,11 @@ pub struct Consistency {
 
 impl Consistency {
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).expect("a consistency proof serialises");
-        s.push('\n');
-        s
+        to_json_text(self)
     }
 
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        if text.len() > BUNDLE_BYTES_MAX {
-            return Err(fail(Check::Format, format!("{} bytes is over the limit of {BUNDLE_BYTES_MAX}", text.len())));
-        }
-        serde_json::from_str(text).map_err(|e| fail(Check::Format, e.to_string()))
+        from_json_text(text)
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use annal_ledger::block::{Certificate, Header, Height, View};
+use annal_ledger::block::{Certificate, Header};
 use annal_ledger::codec;
 use annal_ledger::genesis::Params;
 use annal_ledger::record::{Body, DocumentAnchor, Op, RecordId, SignedRecord};
@@ -17,23 +17,6 @@ fn sample_record() -> SignedRecord {
     r.metadata =
         [("basis".to_string(), "Act 12 s.3".to_string()), ("ref".to_string(), "LR-2026-0042".to_string())].into();
     r.sign(&key(21))
-}
-
-fn sample_header() -> Header {
-    Header {
-        chain_id: CHAIN.into(),
-        height: Height(42),
-        view: View(45),
-        parent: [1; 32],
-        time_ms: 1_764_000_123_456,
-        proposer: 2,
-        records_root: [2; 32],
-        log_size: 4242,
-        log_root: [3; 32],
-        state_root: [4; 32],
-        validators_hash: [5; 32],
-        next_validators_hash: [6; 32],
-    }
 }
 
 const GOLDEN_RECORD: &str = concat!(

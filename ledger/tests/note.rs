@@ -3,7 +3,7 @@
 
 mod common;
 
-use annal_ledger::block::{Certificate, Header, Height, View};
+use annal_ledger::block::Certificate;
 use annal_ledger::keys::SecretKey;
 use annal_ledger::note::{self, Checkpoint, SignedNote, VerifierKey, NOTE_BYTES_MAX};
 use annal_ledger::Error;
@@ -54,23 +54,6 @@ fn reference_example_key_id_vkey_and_signature() {
 fn ed25519_sign(key: &SecretKey, msg: &[u8]) -> [u8; 64] {
     use ed25519_dalek::Signer;
     ed25519_dalek::SigningKey::from_bytes(&key.seed()).sign(msg).to_bytes()
-}
-
-fn sample_header() -> Header {
-    Header {
-        chain_id: CHAIN.into(),
-        height: Height(42),
-        view: View(45),
-        parent: [1; 32],
-        time_ms: 1,
-        proposer: 0,
-        records_root: [2; 32],
-        log_size: 4242,
-        log_root: [3; 32],
-        state_root: [4; 32],
-        validators_hash: [5; 32],
-        next_validators_hash: [6; 32],
-    }
 }
 
 #[test]

@@ -86,6 +86,24 @@ pub fn signed(
     record(signer, namespace, key_name, op, supersedes, version, nonce).sign(&key(signer))
 }
 
+/// A header with every field set to a distinct value (pinned in encoding.rs).
+pub fn sample_header() -> Header {
+    Header {
+        chain_id: CHAIN.into(),
+        height: Height(42),
+        view: View(45),
+        parent: [1; 32],
+        time_ms: 1_764_000_123_456,
+        proposer: 2,
+        records_root: [2; 32],
+        log_size: 4242,
+        log_root: [3; 32],
+        state_root: [4; 32],
+        validators_hash: [5; 32],
+        next_validators_hash: [6; 32],
+    }
+}
+
 /// Executes and certifies a block on top of `state`/`frontier` (signatures verified).
 pub fn block<V: StateView + StateTreeReader>(
     state: &V,
