@@ -1,6 +1,6 @@
 //! The protocol logic: [`Core::handle`] turns one input into effects (Spec §Rules).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::cert::{verify_vote, Verifier};
@@ -663,40 +663,61 @@ impl Core {
         }
     }
 
-    /// Spec R7: commit the finalized chain down to the last committed block.
+    /// Spec R7: commit, lowest finalization first, every finalized block whose chain
+    /// down to the committed block is complete, and want the topmost missing body
+    /// under each other finalization, so gaps are fetched in parallel and one slow
+    /// body does not hold back the blocks below it.
     fn try_commit(&mut self) {
-        let head = self.finalized;
-        if head.height <= self.committed.height {
-            return;
+        let heads: Vec<(Height, Digest)> = self.finalizations.iter().map(|(h, c)| (*h, c.digest)).collect();
+        let mut visited = BTreeSet::new();
+        let mut blocked = false;
+        for (height, digest) in heads {
+            if height <= self.committed.height {
+                continue;
+            }
+            match self.chain_to_committed(digest, &mut visited) {
+                Ok(chain) if !blocked => self.commit_chain(chain, height),
+                Ok(_) => {}
+                Err(missing) => {
+                    blocked = true;
+                    if let Some(d) = missing {
+                        let peers = self.fetch_peers(height);
+                        self.want(d, peers);
+                    }
+                }
+            }
         }
+        self.finalizations = self.finalizations.split_off(&self.committed.height.next());
+        let keep_from = self.committed.height.0.saturating_sub(self.cfg.blocks_retained);
+        self.blocks.retain(|_, b| b.height.0 > keep_from);
+    }
+
+    /// The digests from `d` down to the block above the committed one, child first;
+    /// or the topmost missing digest (`None` when the walk joins one already made).
+    fn chain_to_committed(&self, mut d: Digest, visited: &mut BTreeSet<Digest>) -> Result<Vec<Digest>, Option<Digest>> {
         let mut chain = Vec::new();
-        let mut d = head.digest;
         loop {
-            let Some(b) = self.blocks.get(&d) else {
-                // Ask the head's signers first, then everyone else: any of them may hold it.
-                let mut peers =
-                    self.finalizations.get(&head.height).map(Certificate::signer_indices).unwrap_or_default();
-                let others: Vec<_> =
-                    self.cfg.validators.iter().map(|(i, _)| i).filter(|i| !peers.contains(i)).collect();
-                peers.extend(others);
-                return self.want(d, peers);
-            };
-            assert!(
-                b.height > self.committed.height,
-                "finalized chain passes below the committed height {:?}",
-                self.committed.height
-            );
+            if !visited.insert(d) {
+                return Err(None);
+            }
+            let b = self.blocks.get(&d).ok_or(Some(d))?;
+            assert!(b.height > self.committed.height, "finalized chain passes below the committed height");
             chain.push(d);
             if b.height == self.committed.height.next() {
                 assert_eq!(
                     b.parent, self.committed.digest,
                     "the finalized chain does not extend the committed block: a fork"
                 );
-                break;
+                return Ok(chain);
             }
             d = b.parent;
         }
-        let head_cert = self.finalizations.get(&head.height).cloned().expect("the head's finalization is stored");
+    }
+
+    /// Outputs `chain` (child first) in height order. Each block carries its own
+    /// finalization if one is known, else the one of `head`, its finalized descendant.
+    fn commit_chain(&mut self, chain: Vec<Digest>, head: Height) {
+        let head_cert = self.finalizations.get(&head).cloned().expect("the head's finalization is stored");
         for d in chain.into_iter().rev() {
             let block = self.blocks[&d].clone();
             let certificate = match self.finalizations.remove(&block.height) {
@@ -706,9 +727,14 @@ impl Core {
             self.committed = Anchor { height: block.height, view: block.view, digest: d };
             self.out.push(Output::Finalized { block, certificate });
         }
-        self.finalizations = self.finalizations.split_off(&self.committed.height.next());
-        let keep_from = self.committed.height.0.saturating_sub(self.cfg.blocks_retained);
-        self.blocks.retain(|_, b| b.height.0 > keep_from);
+    }
+
+    /// Who to ask for a body under the finalization at `height`: its signers, then everyone else.
+    fn fetch_peers(&self, height: Height) -> Vec<ValidatorIndex> {
+        let mut peers = self.finalizations.get(&height).map(Certificate::signer_indices).unwrap_or_default();
+        let others: Vec<_> = self.cfg.validators.iter().map(|(i, _)| i).filter(|i| !peers.contains(i)).collect();
+        peers.extend(others);
+        peers
     }
 
     fn want(&mut self, d: Digest, peers: Vec<ValidatorIndex>) {
@@ -720,25 +746,44 @@ impl Core {
         if peers.is_empty() {
             return;
         }
+        let want = Want { peers, attempts: 0, last: self.now };
         if !self.quiet_wants {
-            let to = peers[me.0 as usize % peers.len()];
-            self.sends.push(Output::Send { to, message: Message::BlockRequest(d) });
+            self.request(d, &want);
         }
-        self.wanted.insert(d, Want { peers, attempts: 0, last: self.now });
+        self.wanted.insert(d, want);
     }
 
     fn retry_wanted(&mut self, now: Duration) {
         let me = self.me().0 as usize;
         let (base, attempts_max) = (self.cfg.timeout_base, self.cfg.fetch_attempts_max);
         self.wanted.retain(|_, w| w.attempts < attempts_max);
+        let mut due = Vec::new();
         for (d, w) in self.wanted.iter_mut() {
             if now >= w.last + base {
                 w.attempts += 1;
                 w.last = now;
-                let to = w.peers[(me + w.attempts as usize) % w.peers.len()];
-                self.sends.push(Output::Send { to, message: Message::BlockRequest(*d) });
+                due.push(*d);
             }
         }
+        for d in due {
+            let want = &self.wanted[&d];
+            let sends = Self::requests(me, d, want);
+            self.sends.extend(sends);
+        }
+    }
+
+    fn request(&mut self, d: Digest, want: &Want) {
+        let sends = Self::requests(self.me().0 as usize, d, want);
+        self.sends.extend(sends);
+    }
+
+    /// One attempt asks two peers (a peer without the body does not answer), rotating per attempt.
+    fn requests(me: usize, d: Digest, want: &Want) -> Vec<Output> {
+        let n = want.peers.len();
+        let first = me + 2 * want.attempts as usize;
+        let mut to: Vec<ValidatorIndex> = (0..2.min(n)).map(|k| want.peers[(first + k) % n]).collect();
+        to.dedup();
+        to.into_iter().map(|to| Output::Send { to, message: Message::BlockRequest(d) }).collect()
     }
 
     /// Answers with the block and up to `fetch_chain_max - 1` of its ancestors, child first.

@@ -306,3 +306,26 @@ fn votes_beyond_views_ahead_max_are_dropped() {
     }
     assert_eq!(c.view(), View(edge + 1), "a quorum at the edge of the window forms a nullification");
 }
+
+/// Goal: a missing body at a higher finalized height does not hold back lower finalized blocks whose chain is complete.
+#[test]
+fn lower_finalized_blocks_commit_while_a_higher_body_is_missing() {
+    let mut c = core(0, SafetyState::default());
+    c.handle(Duration::ZERO, Input::Start);
+    let b1 = block(1, 1, 0, GENESIS.digest);
+    let b2 = block(2, 2, 1, b1.hash(&CHAIN));
+    let b3 = block(3, 3, 2, b2.hash(&CHAIN));
+    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Finalize, 1, 1, b1.hash(&CHAIN), &[1, 2, 3])));
+    msg(&mut c, 2, proposal(b2.clone()));
+    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Finalize, 2, 2, b2.hash(&CHAIN), &[1, 2, 3])));
+    let out = msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Finalize, 3, 3, b3.hash(&CHAIN), &[1, 2, 3])));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Send { message: Message::BlockRequest(d), .. } if *d == b3.hash(&CHAIN))));
+    let out = msg(&mut c, 1, Message::BlockResponse(b1));
+    let heights: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Output::Finalized { block, .. } = o { Some(block.height) } else { None })
+        .collect();
+    assert_eq!(heights, vec![Height(1), Height(2)], "{out:?}");
+}

@@ -9,6 +9,19 @@ use annal_consensus::sim::byzantine::Kind;
 use annal_consensus::sim::rng::Rng;
 use annal_consensus::sim::{seeds, Sim, SimConfig};
 
+/// Runs `scenario` for each of the scenario's seeds. A failing seed does not stop the
+/// others: every failure is printed with its seed, and the test fails at the end listing them.
+fn for_each_seed(share_percent: u64, scenario: impl Fn(u64)) {
+    let mut failed = Vec::new();
+    for seed in seeds(share_percent) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(seed))).is_err() {
+            eprintln!("FAILED seed={seed} (replay with SIM_SEED={seed})");
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "{} seeds failed: {failed:?}", failed.len());
+}
+
 /// Simulated time every honest node gets to finalize 10 more blocks after healing.
 const LIVENESS_BOUND: Duration = Duration::from_secs(90);
 
@@ -101,24 +114,20 @@ fn chaos_run(seed: u64, equal_power: bool) {
 /// honest node finalizes 10 more blocks.
 #[test]
 fn byzantine_under_chaos_equal_power() {
-    for seed in seeds(28) {
-        chaos_run(seed, true);
-    }
+    for_each_seed(28, |seed| chaos_run(seed, true));
 }
 
 /// Goal: as above with unequal voting power: Byzantine validators hold as much power as stays below 1/3.
 #[test]
 fn byzantine_under_chaos_unequal_power() {
-    for seed in seeds(27) {
-        chaos_run(seed, false);
-    }
+    for_each_seed(27, |seed| chaos_run(seed, false));
 }
 
 /// Goal: with validators holding 1/3 or more of the power crashed, nothing finalizes and nothing forks;
 /// restarted from their safety state, progress resumes.
 #[test]
 fn blocking_set_crashed_then_restarted() {
-    for seed in seeds(10) {
+    for_each_seed(10, |seed| {
         let mut rng = Rng::new(seed ^ 0xF1);
         let n = size(&mut rng, seed + 1);
         let mut cfg = SimConfig::swarm(seed, n);
@@ -137,14 +146,14 @@ fn blocking_set_crashed_then_restarted() {
             sim.checker.fail(format!("finalized {h:?} > {stalled_at:?} without a quorum"));
         }
         heal_and_progress(&mut sim);
-    }
+    });
 }
 
 /// Goal: when the leader of every view crashes as it is asked to propose, views keep changing
 /// and nothing forks; once leaders stop crashing, progress resumes.
 #[test]
 fn leader_of_every_view_crashed() {
-    for seed in seeds(10) {
+    for_each_seed(10, |seed| {
         let mut rng = Rng::new(seed ^ 0x1EAD);
         let n = *rng.pick(&[4, 7, 10]);
         let mut cfg = SimConfig::swarm(seed, n);
@@ -158,13 +167,13 @@ fn leader_of_every_view_crashed() {
             sim.checker.fail(format!("views stuck at {:?} (from {view:?}) while leaders crash", sim.max_view()));
         }
         heal_and_progress(&mut sim);
-    }
+    });
 }
 
 /// Goal: a 2–2 partition of four validators stalls without forking; healing restores progress.
 #[test]
 fn partition_two_two_then_heal() {
-    for seed in seeds(10) {
+    for_each_seed(10, |seed| {
         let mut cfg = SimConfig::swarm(seed, 4);
         cfg.scenario = "partition-2-2".into();
         let mut sim = Sim::new(cfg);
@@ -177,14 +186,14 @@ fn partition_two_two_then_heal() {
             sim.checker.fail(format!("finalized past {stalled_at:?} across a 2-2 partition"));
         }
         heal_and_progress(&mut sim);
-    }
+    });
 }
 
 /// Goal: validators that crash mid-input — losing the last unflushed write, or between persisting
 /// and sending — and restart from their safety state never sign conflicting messages, and progress resumes.
 #[test]
 fn restarts_from_safety_state() {
-    for seed in seeds(10) {
+    for_each_seed(10, |seed| {
         let mut rng = Rng::new(seed ^ 0x5AFE);
         let n = size(&mut rng, seed + 2);
         let mut cfg = SimConfig::swarm(seed, n);
@@ -199,13 +208,13 @@ fn restarts_from_safety_state() {
             sim.run_for(Duration::from_millis(rng.range(0, 400)));
         }
         heal_and_progress(&mut sim);
-    }
+    });
 }
 
 /// Goal: equal seeds give equal traces (and different seeds different ones): the simulator is deterministic.
 #[test]
 fn same_seed_same_trace() {
-    for seed in seeds(5) {
+    for_each_seed(5, |seed| {
         let run = |seed: u64| {
             let mut cfg = SimConfig::swarm(seed, 4).chaos();
             cfg.byzantine = vec![(3, Kind::ALL[(seed % 7) as usize])];
@@ -216,5 +225,5 @@ fn same_seed_same_trace() {
         let (a, b) = (run(seed), run(seed));
         assert_eq!(a, b, "seed={seed}: two runs of one seed diverged; replay with SIM_SEED={seed}");
         assert_ne!(a.0, run(seed + 1_000_003).0, "seed={seed}: different seeds gave one trace");
-    }
+    });
 }
