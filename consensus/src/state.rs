@@ -205,7 +205,7 @@ impl Core {
             self.blocks.len()
         ) + &self
             .rounds
-            .iter()
+            .range(View(self.view.0.saturating_sub(40))..)
             .map(|(v, r)| {
                 let c = |i: usize, ch: &str| if r.certificates[i].is_some() { ch.to_string() } else { String::new() };
                 format!(

@@ -158,8 +158,7 @@ impl Sim {
         for i in 0..n {
             let kind = cfg.byzantine.iter().find(|(v, _)| *v == i).map(|(_, k)| *k);
             honest.push(kind.is_none());
-            let copies = if kind == Some(Kind::Twins) { 2 } else { 1 };
-            for _ in 0..copies {
+            for _ in 0..super::byzantine::twins::nodes(kind) {
                 let node = Node {
                     validator: ValidatorIndex(i as u32),
                     behaviour: kind.and_then(Kind::build),

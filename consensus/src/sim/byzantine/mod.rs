@@ -15,6 +15,7 @@ mod garbage;
 mod invalid_blocks;
 mod replayer;
 mod silent;
+pub mod twins;
 
 pub use double_voter::DoubleVoter;
 pub use equivocator::Equivocator;
@@ -88,7 +89,7 @@ impl Kind {
         Kind::Twins,
     ];
 
-    /// The behaviour, or `None` for twins (two honest cores sharing one key).
+    /// The behaviour, or `None` for twins (two honest cores sharing one key, see [`twins`]).
     pub fn build(self) -> Option<Box<dyn Behaviour>> {
         match self {
             Kind::Equivocator => Some(Box::new(Equivocator)),
