@@ -96,4 +96,12 @@ pub enum Error {
     StateNodeMissing { node: String },
     #[error("state tree node {node} is corrupt: {detail}")]
     StateNodeCorrupt { node: String, detail: String },
+    #[error(
+        "state tree: the leaves under depth {depth} position {index} disagree with the in-memory levels: {detail}"
+    )]
+    StateLeavesDisagree { depth: usize, index: u64, detail: String },
+    #[error(
+        "store at {path}: its state leaves hash to root {computed}; the tip header at height {height} says {expected}"
+    )]
+    StateRootDiffers { path: String, height: u64, computed: String, expected: String },
 }

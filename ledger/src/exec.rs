@@ -16,7 +16,7 @@ use crate::keys::{signing_message, Domain, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{RecordId, SignedRecord};
 use crate::state::{Head, Overlay, Rules, StateKey, StateView};
-use crate::state_tree::{self, StateTreeReader};
+use crate::state_tree::{self, StateTreeReader, StateUpdate};
 
 /// Whether `execute` checks the records' signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +48,8 @@ pub struct Executed {
     pub records_root: Hash,
     /// Root of authenticated record state after this block (`state_tree`).
     pub state_root: Hash,
-    /// New state-tree nodes `(hash, bytes)`, and nodes no longer reachable from `state_root`.
-    pub state_nodes: Vec<(Hash, Vec<u8>)>,
-    pub state_stale: Vec<Hash>,
+    /// The state tree's change: leaf puts and in-memory level positions, applied at commit.
+    pub state: StateUpdate,
     /// The validator set that certifies the next block, when this block changes it.
     /// (Governance sets it; until then only tests do.)
     pub next_set: Option<ValidatorSet>,
@@ -97,7 +96,7 @@ impl Executed {
 }
 
 /// Executes `records` in order on top of committed `state` (its heads, nonces
-/// and state tree) and the log `frontier`. The first record that fails any
+/// and state tree) and the log `frontier`; reads `state`, never changes it. The first record that fails any
 /// rule fails the whole block, and the error names it.
 pub fn execute<V: StateView + StateTreeReader>(
     rules: &Rules,
@@ -127,8 +126,7 @@ pub fn execute<V: StateView + StateTreeReader>(
         frontier: Frontier::new(),
         records_root: [0; 32],
         state_root: [0; 32],
-        state_nodes: Vec::new(),
-        state_stale: Vec::new(),
+        state: StateUpdate::default(),
         next_set: None,
     };
     let mut seen = std::collections::BTreeSet::new();
@@ -146,10 +144,8 @@ pub fn execute<V: StateView + StateTreeReader>(
         out.records.push(bytes);
     }
     out.records_root = merkle::root(&out.ids.iter().map(|id| id.0).collect::<Vec<_>>());
-    let tree = state_tree::update(state, &state.state_root(), &overlay.heads)?;
-    out.state_root = tree.root;
-    out.state_nodes = tree.nodes;
-    out.state_stale = tree.stale;
+    out.state = state_tree::update(state, &overlay.heads)?;
+    out.state_root = out.state.root;
     out.heads = overlay.heads;
     out.nonces = overlay.nonces;
     out.frontier = frontier;

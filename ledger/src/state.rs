@@ -16,6 +16,7 @@ use crate::genesis::{Genesis, Params, Registry};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
 use crate::record::{Op, RecordId, SignedRecord};
+use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, StateTreeReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Status {
@@ -163,27 +164,16 @@ impl<'a, V: StateView> Overlay<'a, V> {
 }
 
 /// State held in memory: for tests, the offline auditor's replay, and benchmarks.
+#[derive(Default)]
 pub struct MemoryState {
-    pub heads: BTreeMap<StateKey, Head>,
     pub nonces: BTreeMap<PublicKey, u64>,
-    pub tree: BTreeMap<Hash, Vec<u8>>,
-    pub state_root: Hash,
-}
-
-impl Default for MemoryState {
-    fn default() -> Self {
-        MemoryState {
-            heads: BTreeMap::new(),
-            nonces: BTreeMap::new(),
-            tree: BTreeMap::new(),
-            state_root: crate::state_tree::EMPTY_ROOT,
-        }
-    }
+    /// Record state: the heads, as the leaves of the state tree.
+    pub tree: MemoryTree,
 }
 
 impl StateView for MemoryState {
     fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
-        Ok(self.heads.get(key).copied())
+        self.tree.leaf(&key_hash(key))
     }
 
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
@@ -191,27 +181,30 @@ impl StateView for MemoryState {
     }
 
     fn state_root(&self) -> Hash {
-        self.state_root
+        self.tree.root()
     }
 }
 
-impl crate::state_tree::StateTreeReader for MemoryState {
-    type Error = Error;
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.tree.get(node_key).cloned())
+impl LeafReader for MemoryState {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        self.tree.leaves_in(from, to_inclusive)
+    }
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        self.tree.leaf(key_hash)
+    }
+}
+
+impl StateTreeReader for MemoryState {
+    fn levels(&self) -> &Levels {
+        self.tree.levels()
     }
 }
 
 impl MemoryState {
     /// Takes an executed block's changes into this state, as a commit would.
     pub fn absorb(&mut self, executed: &Executed) {
-        self.heads.extend(executed.heads.iter().map(|(k, h)| (k.clone(), *h)));
         self.nonces.extend(&executed.nonces);
-        for stale in &executed.state_stale {
-            self.tree.remove(stale);
-        }
-        self.tree.extend(executed.state_nodes.iter().cloned());
-        self.state_root = executed.state_root;
+        self.tree.apply(&executed.state);
     }
 }
 

@@ -25,17 +25,29 @@
 //! Record state never deletes a key (a revoked key keeps a head with status
 //! `Revoked`), so the tree only ever inserts or overwrites leaves.
 //!
-//! # Storage
+//! # Storage: leaves on disk, upper levels in memory
 //!
-//! Nodes are stored by their own hash (content-addressed): the node key is the
-//! 32-byte hash, the value is [`encode_node`]'s bytes. Any past root therefore
-//! still reaches its whole tree, so a proof can be made as of any height whose
-//! nodes are kept, from the root in that height's header alone. An update
-//! reads and rewrites only the nodes on the paths of the changed keys, and
-//! reports the nodes the new root no longer reaches ([`StateUpdate::stale`]);
-//! since versions only grow, a stale node never becomes live again.
+//! Only the leaves are stored, `key_hash → canonical head`, sorted by key hash,
+//! so the leaves under any subtree are one contiguous range ([`LeafReader`]).
+//! No internal node is stored. The hash of every position of depths `0..=D`
+//! is held in memory ([`Levels`], dense, with whether the subtree there is
+//! empty, one leaf or more), `D` chosen from the number of keys so that a
+//! subtree at depth `D` (a *bottom subtree*) holds 8 to 16 leaves on average
+//! ([`depth_for`]): about 4 to 8 bytes of memory per key.
+//!
+//! An [`update`] reads the leaves of each bottom subtree a changed key falls
+//! in (one range scan each), merges the changes in, rehashes those subtrees,
+//! then the upper positions above them. It writes nothing: it returns the new
+//! root, the leaf puts and the changed positions ([`StateUpdate`]), which the
+//! caller applies once its write succeeded. When the number of keys doubles,
+//! `D` grows by one and the levels are recomputed from a scan of every leaf
+//! ([`Levels::regrown`], O(n), so O(1) per insert amortised); a store does the
+//! same scan when it opens. A [`prove`] takes its siblings from the levels down
+//! to depth `D`, then from the rehashed bottom subtree: proofs are made as of
+//! the latest state only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
@@ -43,7 +55,7 @@ use sha2::{Digest, Sha256};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::merkle::Hash;
-use crate::state::{decode_head, encode_head, Head, StateKey};
+use crate::state::{encode_head, Head, StateKey};
 
 /// The root of the empty map (and the hash of any empty subtree).
 pub const EMPTY_ROOT: Hash = *b"SPARSE_MERKLE_PLACEHOLDER_HASH__";
@@ -58,29 +70,31 @@ pub const PROOF_SIBLINGS_MAX: usize = 256;
 /// The longest canonical `StateProof`: format, tag, the larger leaf, the list length, 256 siblings.
 pub const PROOF_BYTES_MAX: usize = 1 + 4 + 64 + 8 + 32 * PROOF_SIBLINGS_MAX;
 
-const NODE_INTERNAL: u8 = 1;
-const NODE_LEAF: u8 = 2;
-const HEAD_BYTES: usize = 53;
+/// The deepest in-memory level: 2^25 positions of 33 bytes (1.1 GB), reached at 2^27 keys.
+pub const LEVELS_DEPTH_MAX: usize = 24;
+/// A bottom subtree holds `2^BOTTOM_LEAVES_LOG2` to twice that many leaves on average.
+const BOTTOM_LEAVES_LOG2: usize = 3;
 
-/// Read access to stored tree nodes, by node hash.
-pub trait StateTreeReader {
-    type Error: Into<Error>;
-    /// The stored bytes of the node whose hash is `node_key`, if any.
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Self::Error>;
+/// Read access to the stored leaves, by key hash.
+pub trait LeafReader {
+    /// Every leaf whose key hash is in `from..=to_inclusive`, sorted by key hash.
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error>;
+    /// The head stored under `key_hash`, if any.
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error>;
 }
 
-/// Nodes held in memory: tests, benchmarks and the auditor's replay.
-impl StateTreeReader for HashMap<Hash, Vec<u8>> {
-    type Error = Error;
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        Ok(HashMap::get(self, node_key).cloned())
+/// The tree as committed: stored leaves and the in-memory levels that agree with them.
+pub trait StateTreeReader: LeafReader {
+    fn levels(&self) -> &Levels;
+}
+
+/// Leaves held in memory: tests, benchmarks, [`MemoryTree`].
+impl LeafReader for BTreeMap<Hash, Head> {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        Ok(self.range(*from..=*to_inclusive).map(|(k, h)| (*k, *h)).collect())
     }
-}
-
-impl StateTreeReader for BTreeMap<Hash, Vec<u8>> {
-    type Error = Error;
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        Ok(BTreeMap::get(self, node_key).cloned())
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        Ok(self.get(key_hash).copied())
     }
 }
 
@@ -136,149 +150,407 @@ fn common_prefix_bits(a: &Hash, b: &Hash) -> usize {
     256
 }
 
-/// A stored node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Node {
-    Internal { left: Hash, right: Hash },
-    Leaf { key_hash: Hash, head: Head },
-}
-
-impl Node {
-    pub fn hash(&self) -> Hash {
-        match self {
-            Node::Internal { left, right } => internal_hash(left, right),
-            Node::Leaf { key_hash, head } => leaf_hash(key_hash, &head_value_hash(head)),
-        }
+/// The position of `key_hash` at `depth`: its first `depth` bits. `depth <= LEVELS_DEPTH_MAX`.
+fn position(key_hash: &Hash, depth: usize) -> usize {
+    let top = u32::from_be_bytes(key_hash[..4].try_into().expect("4 bytes"));
+    if depth == 0 {
+        0
+    } else {
+        (top >> (32 - depth)) as usize
     }
 }
 
-/// Stored bytes of a node: `0x01 ‖ left ‖ right` (65 bytes) or
-/// `0x02 ‖ key_hash ‖ canonical head` (86 bytes).
-pub fn encode_node(node: &Node) -> Vec<u8> {
-    match node {
-        Node::Internal { left, right } => [&[NODE_INTERNAL][..], left, right].concat(),
-        Node::Leaf { key_hash, head } => [&[NODE_LEAF][..], key_hash, &encode_head(head)].concat(),
+/// The first and last key hash under position `index` at `depth`.
+fn span(depth: usize, index: usize) -> (Hash, Hash) {
+    let (mut from, mut to) = ([0u8; 32], [0xff; 32]);
+    if depth > 0 {
+        let first = (index as u32) << (32 - depth);
+        from[..4].copy_from_slice(&first.to_be_bytes());
+        to[..4].copy_from_slice(&(first | (u32::MAX >> depth)).to_be_bytes());
     }
+    (from, to)
 }
 
-/// Decodes stored node bytes, refusing any other length or tag.
-pub fn decode_node(bytes: &[u8]) -> Result<Node, String> {
-    let hash_at = |at: usize| -> Hash { bytes[at..at + 32].try_into().expect("length checked") };
-    match (bytes.first(), bytes.len()) {
-        (Some(&NODE_INTERNAL), 65) => Ok(Node::Internal { left: hash_at(1), right: hash_at(33) }),
-        (Some(&NODE_LEAF), len) if len == 33 + HEAD_BYTES => {
-            let head = decode_head(&bytes[33..]).map_err(|e| e.to_string())?;
-            Ok(Node::Leaf { key_hash: hash_at(1), head })
-        }
-        (tag, len) => Err(format!("{len} bytes with tag {tag:?} is no node")),
-    }
-}
-
-/// Reads the node `hash` (not [`EMPTY_ROOT`]) and checks that its bytes hash to it.
-fn load<R: StateTreeReader>(reader: &R, hash: &Hash) -> Result<Node, Error> {
-    let node_hex = || hex::encode(hash);
-    let bytes = reader.get(hash).map_err(Into::into)?.ok_or_else(|| Error::StateNodeMissing { node: node_hex() })?;
-    let node = decode_node(&bytes).map_err(|detail| Error::StateNodeCorrupt { node: node_hex(), detail })?;
-    if node.hash() != *hash {
-        let detail = format!("its bytes hash to {}", hex::encode(node.hash()));
-        return Err(Error::StateNodeCorrupt { node: node_hex(), detail });
-    }
-    Ok(node)
-}
-
-/// What one block's changes do to the tree.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StateUpdate {
-    /// The new `state_root`.
-    pub root: Hash,
-    /// New nodes `(node hash, node bytes)`, children before parents; write them all.
-    pub nodes: Vec<(Hash, Vec<u8>)>,
-    /// Nodes reachable from the old root and not from the new one (for pruning, if ever).
-    pub stale: Vec<Hash>,
-}
-
-/// Applies a block's new heads to the tree whose root is `root`. Reads only the
-/// nodes on the changed keys' paths: O(changed · log n).
-pub fn update<R: StateTreeReader>(
-    reader: &R,
-    root: &Hash,
-    changes: &BTreeMap<StateKey, Head>,
-) -> Result<StateUpdate, Error> {
-    let mut leaves: Vec<(Hash, Head)> = changes.iter().map(|(k, h)| (key_hash(k), *h)).collect();
-    leaves.sort_unstable_by_key(|a| a.0);
-    assert!(leaves.windows(2).all(|w| w[0].0 != w[1].0), "two state keys share a SHA-256 key hash");
-    let mut out = StateUpdate { root: *root, nodes: Vec::with_capacity(changes.len() * 12), stale: Vec::new() };
-    out.root = insert(reader, *root, 0, &leaves, &mut out)?;
-    Ok(out)
-}
-
-/// The root of `changes` alone, from nothing (tests and the auditor's replay).
-pub fn root_of(changes: &BTreeMap<StateKey, Head>) -> Hash {
-    let empty: HashMap<Hash, Vec<u8>> = HashMap::new();
-    update(&empty, &EMPTY_ROOT, changes).expect("an empty tree reads no node").root
-}
-
-/// Inserts `leaves` (sorted, distinct, all under this subtree) into the subtree
-/// `node` at `depth`, returning the subtree's new hash.
-fn insert<R: StateTreeReader>(
-    reader: &R,
-    node: Hash,
-    depth: usize,
-    leaves: &[(Hash, Head)],
-    out: &mut StateUpdate,
-) -> Result<Hash, Error> {
-    if leaves.is_empty() {
-        return Ok(node);
-    }
-    if node == EMPTY_ROOT {
-        return Ok(build(depth, leaves, out));
-    }
-    let loaded = load(reader, &node)?;
-    out.stale.push(node);
-    match loaded {
-        Node::Leaf { key_hash, head } => {
-            // The old leaf joins the new ones unless one of them overwrites it.
-            match leaves.binary_search_by(|l| l.0.cmp(&key_hash)) {
-                Ok(_) => Ok(build(depth, leaves, out)),
-                Err(at) => {
-                    let mut all = Vec::with_capacity(leaves.len() + 1);
-                    all.extend_from_slice(&leaves[..at]);
-                    all.push((key_hash, head));
-                    all.extend_from_slice(&leaves[at..]);
-                    Ok(build(depth, &all, out))
-                }
-            }
-        }
-        Node::Internal { left, right } => {
-            assert!(depth < PROOF_SIBLINGS_MAX, "an internal state node at depth 256");
-            let split = leaves.partition_point(|l| !bit(&l.0, depth));
-            let left = insert(reader, left, depth + 1, &leaves[..split], out)?;
-            let right = insert(reader, right, depth + 1, &leaves[split..], out)?;
-            Ok(write(Node::Internal { left, right }, out))
-        }
-    }
-}
-
-/// Builds the subtree at `depth` holding exactly `leaves` (sorted, distinct).
-fn build(depth: usize, leaves: &[(Hash, Head)], out: &mut StateUpdate) -> Hash {
+/// The hash of the subtree at `depth` holding exactly `leaves` (sorted, distinct, all under it).
+fn subtree_hash(depth: usize, leaves: &[(Hash, Head)]) -> Hash {
     match leaves {
         [] => EMPTY_ROOT,
-        [(key_hash, head)] => write(Node::Leaf { key_hash: *key_hash, head: *head }, out),
+        [(key_hash, head)] => leaf_hash(key_hash, &head_value_hash(head)),
         _ => {
             // Two distinct 256-bit keys differ at some bit, so depth stays below 256.
             assert!(depth < PROOF_SIBLINGS_MAX, "distinct key hashes agree on all 256 bits");
             let split = leaves.partition_point(|l| !bit(&l.0, depth));
-            let left = build(depth + 1, &leaves[..split], out);
-            let right = build(depth + 1, &leaves[split..], out);
-            write(Node::Internal { left, right }, out)
+            internal_hash(&subtree_hash(depth + 1, &leaves[..split]), &subtree_hash(depth + 1, &leaves[split..]))
         }
     }
 }
 
-fn write(node: Node, out: &mut StateUpdate) -> Hash {
-    let hash = node.hash();
-    out.nodes.push((hash, encode_node(&node)));
-    hash
+/// The root of `changes` alone, from nothing (tests and the auditor's replay).
+pub fn root_of(changes: &BTreeMap<StateKey, Head>) -> Hash {
+    subtree_hash(0, &sorted_leaves(changes))
+}
+
+/// `changes` as leaves sorted by key hash.
+fn sorted_leaves(changes: &BTreeMap<StateKey, Head>) -> Vec<(Hash, Head)> {
+    let mut leaves: Vec<(Hash, Head)> = changes.iter().map(|(k, h)| (key_hash(k), *h)).collect();
+    leaves.sort_unstable_by_key(|a| a.0);
+    assert!(leaves.windows(2).all(|w| w[0].0 != w[1].0), "two state keys share a SHA-256 key hash");
+    leaves
+}
+
+/// `stored` with `changes` merged in (both sorted by key hash); a change replaces a stored leaf.
+fn merge(stored: &[(Hash, Head)], changes: &[(Hash, Head)]) -> Vec<(Hash, Head)> {
+    let mut out = Vec::with_capacity(stored.len() + changes.len());
+    let (mut i, mut j) = (0, 0);
+    while i < stored.len() && j < changes.len() {
+        match stored[i].0.cmp(&changes[j].0) {
+            Ordering::Less => {
+                out.push(stored[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(changes[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                out.push(changes[j]);
+                (i, j) = (i + 1, j + 1);
+            }
+        }
+    }
+    out.extend_from_slice(&stored[i..]);
+    out.extend_from_slice(&changes[j..]);
+    out
+}
+
+/// The depth of the in-memory levels for a tree of `leaves` keys: bottom
+/// subtrees then hold 8 to 16 leaves on average (`floor(log2 n) − 3`, at most
+/// [`LEVELS_DEPTH_MAX`]).
+pub fn depth_for(leaves: u64) -> usize {
+    let log2 = leaves.checked_ilog2().unwrap_or(0) as usize;
+    log2.saturating_sub(BOTTOM_LEAVES_LOG2).min(LEVELS_DEPTH_MAX)
+}
+
+/// How many leaves a subtree holds, as far as its hash is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fill {
+    /// None: the subtree's hash is [`EMPTY_ROOT`].
+    #[default]
+    Empty,
+    /// Exactly one: the subtree's hash is that leaf's hash.
+    One,
+    /// Two or more: the subtree's hash is an internal node's.
+    Many,
+}
+
+impl Fill {
+    fn of(leaves: usize) -> Fill {
+        match leaves {
+            0 => Fill::Empty,
+            1 => Fill::One,
+            _ => Fill::Many,
+        }
+    }
+}
+
+/// The subtree whose children are `left` and `right`, as `build` would hash it.
+fn combine(left: (Hash, Fill), right: (Hash, Fill)) -> (Hash, Fill) {
+    match (left.1, right.1) {
+        (Fill::Empty, Fill::Empty) => (EMPTY_ROOT, Fill::Empty),
+        (Fill::One, Fill::Empty) => left,
+        (Fill::Empty, Fill::One) => right,
+        _ => (internal_hash(&left.0, &right.0), Fill::Many),
+    }
+}
+
+/// The upper levels of the tree, in memory: the hash and [`Fill`] of every
+/// position of depths `0..=depth`, for the latest state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Levels {
+    depth: usize,
+    leaf_count: u64,
+    /// `hashes[d][i]`: the hash of the subtree at position `i` of depth `d`.
+    hashes: Vec<Vec<Hash>>,
+    fills: Vec<Vec<Fill>>,
+}
+
+impl Default for Levels {
+    /// The empty tree.
+    fn default() -> Self {
+        Levels { depth: 0, leaf_count: 0, hashes: vec![vec![EMPTY_ROOT]], fills: vec![vec![Fill::Empty]] }
+    }
+}
+
+impl Levels {
+    pub fn root(&self) -> Hash {
+        self.hashes[0][0]
+    }
+
+    /// The depth of the bottom subtrees (`D`).
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The number of keys in the tree.
+    pub fn leaf_count(&self) -> u64 {
+        self.leaf_count
+    }
+
+    /// Bytes held by the hashes and fills.
+    pub fn memory_bytes(&self) -> usize {
+        self.hashes.iter().map(|level| level.len() * 33).sum()
+    }
+
+    fn slot(&self, depth: usize, index: usize) -> (Hash, Fill) {
+        (self.hashes[depth][index], self.fills[depth][index])
+    }
+
+    /// Computes the levels from every leaf `reader` holds, `leaf_count` of
+    /// them, at the depth [`depth_for`] chooses: one pass over the leaves.
+    pub fn build<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64) -> Result<Levels, Error> {
+        let depth = depth_for(leaf_count);
+        let mut bottom = vec![(EMPTY_ROOT, Fill::Empty); 1 << depth];
+        // Scan in ranges of 64 bottom subtrees (about 1,000 leaves) at a time.
+        let chunk_depth = depth.saturating_sub(6);
+        let mut counted = 0u64;
+        for chunk in 0..1usize << chunk_depth {
+            let leaves = scan(reader, chunk_depth, chunk)?;
+            counted += leaves.len() as u64;
+            let mut rest = &leaves[..];
+            while let Some(first) = rest.first() {
+                let index = position(&first.0, depth);
+                let n = rest.partition_point(|l| position(&l.0, depth) == index);
+                bottom[index] = (subtree_hash(depth, &rest[..n]), Fill::of(n));
+                rest = &rest[n..];
+            }
+        }
+        if counted != leaf_count {
+            let detail = format!("{counted} leaves are stored where {leaf_count} were expected");
+            return Err(Error::StateLeavesDisagree { depth: 0, index: 0, detail });
+        }
+        let mut levels = vec![bottom];
+        for d in (0..depth).rev() {
+            let below = levels.last().expect("the bottom level is there");
+            let level: Vec<_> = (0..1usize << d).map(|i| combine(below[2 * i], below[2 * i + 1])).collect();
+            levels.push(level);
+        }
+        levels.reverse();
+        let (hashes, fills) = levels.into_iter().map(|level| level.into_iter().unzip()).unzip();
+        Ok(Levels { depth, leaf_count, hashes, fills })
+    }
+
+    /// The levels after `update` when the tree outgrows this depth with it
+    /// (its number of keys doubled): rebuilt one level deeper from `reader`
+    /// (which does not yet hold the update's leaves) and the update's leaves.
+    /// `None` when applying the update in place is enough.
+    pub fn regrown<R: LeafReader + ?Sized>(&self, reader: &R, update: &StateUpdate) -> Result<Option<Levels>, Error> {
+        if depth_for(update.leaf_count) <= self.depth {
+            return Ok(None);
+        }
+        let levels = Levels::build(&WithChanges { base: reader, changes: &update.leaves }, update.leaf_count)?;
+        if levels.root() != update.root {
+            let detail = format!(
+                "rebuilt at depth {} from the leaves, the root is {}; the update says {}",
+                levels.depth,
+                hex::encode(levels.root()),
+                hex::encode(update.root)
+            );
+            return Err(Error::StateLeavesDisagree { depth: 0, index: 0, detail });
+        }
+        Ok(Some(levels))
+    }
+
+    /// Writes `update`'s positions. The update must have been computed on
+    /// exactly these levels (a broken invariant otherwise: this panics).
+    pub fn apply(&mut self, update: &StateUpdate) {
+        assert!(
+            update.base_root == self.root() && update.depth == self.depth,
+            "a state update computed on root {} at depth {} applied to root {} at depth {}",
+            hex::encode(update.base_root),
+            update.depth,
+            hex::encode(self.root()),
+            self.depth
+        );
+        for slot in &update.slots {
+            let (d, i) = (slot.depth as usize, slot.index as usize);
+            self.hashes[d][i] = slot.hash;
+            self.fills[d][i] = slot.fill;
+        }
+        self.leaf_count = update.leaf_count;
+        assert_eq!(self.root(), update.root, "a state update's positions lead to its root");
+    }
+}
+
+/// The leaves under position `index` at `depth`, checked to be sorted, in range.
+fn scan<R: LeafReader + ?Sized>(reader: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
+    let (from, to) = span(depth, index);
+    let leaves = reader.leaves_in(&from, &to)?;
+    let in_order = leaves.windows(2).all(|w| w[0].0 < w[1].0);
+    if !in_order || leaves.first().is_some_and(|l| l.0 < from) || leaves.last().is_some_and(|l| l.0 > to) {
+        let detail = "the leaf reader returned leaves out of order or out of range".to_string();
+        return Err(Error::StateLeavesDisagree { depth, index: index as u64, detail });
+    }
+    Ok(leaves)
+}
+
+/// The leaves under a position of the levels, checked against the fill the levels record.
+fn leaves_under<R: StateTreeReader + ?Sized>(tree: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
+    let (_, fill) = tree.levels().slot(depth, index);
+    if fill == Fill::Empty {
+        return Ok(Vec::new());
+    }
+    let leaves = scan(tree, depth, index)?;
+    if Fill::of(leaves.len()) != fill {
+        let detail = format!("{} leaves are stored where the levels record {fill:?}", leaves.len());
+        return Err(Error::StateLeavesDisagree { depth, index: index as u64, detail });
+    }
+    Ok(leaves)
+}
+
+/// A reader's leaves with a not yet written update's leaves merged in.
+struct WithChanges<'a, R: ?Sized> {
+    base: &'a R,
+    /// Sorted by key hash.
+    changes: &'a [(Hash, Head)],
+}
+
+impl<R: LeafReader + ?Sized> LeafReader for WithChanges<'_, R> {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        let stored = self.base.leaves_in(from, to_inclusive)?;
+        let start = self.changes.partition_point(|l| l.0 < *from);
+        let end = self.changes.partition_point(|l| l.0 <= *to_inclusive);
+        Ok(merge(&stored, &self.changes[start..end.max(start)]))
+    }
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        match self.changes.binary_search_by(|l| l.0.cmp(key_hash)) {
+            Ok(at) => Ok(Some(self.changes[at].1)),
+            Err(_) => self.base.leaf(key_hash),
+        }
+    }
+}
+
+/// One changed position of the levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub depth: u8,
+    pub index: u32,
+    pub hash: Hash,
+    pub fill: Fill,
+}
+
+/// What one block's changes do to the tree. Nothing is written until the
+/// caller puts [`leaves`](Self::leaves) and applies the update to its levels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateUpdate {
+    /// The root the update was computed on, and the depth of those levels.
+    pub base_root: Hash,
+    pub depth: usize,
+    /// The new `state_root`.
+    pub root: Hash,
+    /// Keys in the tree after the update.
+    pub leaf_count: u64,
+    /// The changed keys' new leaves, sorted by key hash: one put each.
+    pub leaves: Vec<(Hash, Head)>,
+    /// The changed positions of the levels, deepest first.
+    pub slots: Vec<Slot>,
+}
+
+/// Applies a block's new heads to the tree: reads the leaves of the bottom
+/// subtrees the changed keys fall in (one range scan each) and rehashes those
+/// subtrees and the positions above them. Writes nothing.
+pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey, Head>) -> Result<StateUpdate, Error> {
+    let levels = tree.levels();
+    let depth = levels.depth;
+    let leaves = sorted_leaves(changes);
+    let mut out = StateUpdate {
+        base_root: levels.root(),
+        depth,
+        root: levels.root(),
+        leaf_count: levels.leaf_count,
+        leaves: Vec::new(),
+        slots: Vec::with_capacity(changes.len() * (depth + 1)),
+    };
+    // The bottom subtrees, each from its stored leaves and the changes under it.
+    let mut changed: Vec<(usize, (Hash, Fill))> = Vec::new();
+    let mut rest = &leaves[..];
+    while let Some(first) = rest.first() {
+        let index = position(&first.0, depth);
+        let n = rest.partition_point(|l| position(&l.0, depth) == index);
+        let stored = leaves_under(tree, depth, index)?;
+        let merged = merge(&stored, &rest[..n]);
+        out.leaf_count += (merged.len() - stored.len()) as u64;
+        changed.push((index, (subtree_hash(depth, &merged), Fill::of(merged.len()))));
+        rest = &rest[n..];
+    }
+    // Then each level above, from the changed children and the unchanged ones in memory.
+    for d in (0..=depth).rev() {
+        out.slots.extend(changed.iter().map(|&(index, (hash, fill))| Slot {
+            depth: d as u8,
+            index: index as u32,
+            hash,
+            fill,
+        }));
+        if d == 0 {
+            break;
+        }
+        let mut parents = Vec::with_capacity(changed.len());
+        let mut next = changed.iter().peekable();
+        while let Some(&(index, _)) = next.peek() {
+            let parent = index / 2;
+            let mut child = |i: usize| match next.next_if(|c| c.0 == i) {
+                Some(&(_, slot)) => slot,
+                None => levels.slot(d, i),
+            };
+            let left = child(2 * parent);
+            let right = child(2 * parent + 1);
+            parents.push((parent, combine(left, right)));
+        }
+        changed = parents;
+    }
+    if let Some(&(_, (root, _))) = changed.first() {
+        out.root = root;
+    }
+    out.leaves = leaves;
+    Ok(out)
+}
+
+/// A whole tree in memory (leaves and levels): tests, benchmarks, the auditor's replay.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTree {
+    /// The stored leaves. Change them only through [`MemoryTree::apply`] (tests break them on purpose).
+    pub leaves: BTreeMap<Hash, Head>,
+    levels: Levels,
+}
+
+impl MemoryTree {
+    pub fn root(&self) -> Hash {
+        self.levels.root()
+    }
+
+    /// Takes an update computed on this tree, as a store's commit does.
+    pub fn apply(&mut self, update: &StateUpdate) {
+        let regrown = self.levels.regrown(&self.leaves, update).expect("leaves in memory agree with the levels");
+        self.leaves.extend(update.leaves.iter().copied());
+        match regrown {
+            Some(levels) => self.levels = levels,
+            None => self.levels.apply(update),
+        }
+    }
+}
+
+impl LeafReader for MemoryTree {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        self.leaves.leaves_in(from, to_inclusive)
+    }
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        Ok(self.leaves.get(key_hash).copied())
+    }
+}
+
+impl StateTreeReader for MemoryTree {
+    fn levels(&self) -> &Levels {
+        &self.levels
+    }
 }
 
 /// What a proof's path ends in.
@@ -304,33 +576,48 @@ impl Canonical for StateProof {
     const KIND: &'static str = "state proof";
 }
 
-/// The proof for `key` in the tree whose root is `root` (any root whose nodes are kept).
-pub fn prove<R: StateTreeReader>(reader: &R, root: &Hash, key: &StateKey) -> Result<StateProof, Error> {
+/// The proof for `key` as of the tree's latest state: siblings from the
+/// levels down to the bottom subtree, then from that subtree's leaves. The
+/// proof is checked against the levels' root before it is returned, so
+/// leaves that disagree with the levels are an error, never a bad proof.
+pub fn prove<R: StateTreeReader + ?Sized>(tree: &R, key: &StateKey) -> Result<StateProof, Error> {
+    let levels = tree.levels();
     let target = key_hash(key);
-    let mut siblings = Vec::new();
-    let mut node = *root;
-    loop {
-        if node == EMPTY_ROOT {
-            return Ok(StateProof { leaf: ProofLeaf::Empty, siblings });
+    let mut siblings = Vec::with_capacity(levels.depth + 8);
+    let mut depth = 0;
+    let index = loop {
+        let index = position(&target, depth);
+        if levels.fills[depth][index] != Fill::Many || depth == levels.depth {
+            break index;
         }
-        match load(reader, &node)? {
-            Node::Leaf { key_hash, head } if key_hash == target => {
-                return Ok(StateProof { leaf: ProofLeaf::Head(head), siblings });
-            }
-            Node::Leaf { key_hash, head } => {
-                let value_hash = head_value_hash(&head);
-                return Ok(StateProof { leaf: ProofLeaf::Other { key_hash, value_hash }, siblings });
-            }
-            Node::Internal { left, right } => {
-                let depth = siblings.len();
-                if depth == PROOF_SIBLINGS_MAX {
-                    let detail = "an internal node at depth 256".to_string();
-                    return Err(Error::StateNodeCorrupt { node: hex::encode(node), detail });
-                }
-                let (next, sibling) = if bit(&target, depth) { (right, left) } else { (left, right) };
-                siblings.push(sibling);
-                node = next;
-            }
+        let other = 2 * index + usize::from(!bit(&target, depth));
+        siblings.push(levels.hashes[depth + 1][other]);
+        depth += 1;
+    };
+    let leaves = leaves_under(tree, depth, index)?;
+    let leaf = prove_in(depth, &leaves, &target, &mut siblings);
+    let proof = StateProof { leaf, siblings };
+    proof.verify(&levels.root(), key).map_err(|e| Error::StateLeavesDisagree {
+        depth,
+        index: index as u64,
+        detail: format!("the proof for key hash {} does not verify: {e}", hex::encode(target)),
+    })?;
+    Ok(proof)
+}
+
+/// The end of `target`'s path in the subtree at `depth` holding `leaves`,
+/// pushing the siblings below `depth` on the way.
+fn prove_in(depth: usize, leaves: &[(Hash, Head)], target: &Hash, siblings: &mut Vec<Hash>) -> ProofLeaf {
+    match leaves {
+        [] => ProofLeaf::Empty,
+        [(key_hash, head)] if key_hash == target => ProofLeaf::Head(*head),
+        [(key_hash, head)] => ProofLeaf::Other { key_hash: *key_hash, value_hash: head_value_hash(head) },
+        _ => {
+            let split = leaves.partition_point(|l| !bit(&l.0, depth));
+            let (on, off) = leaves.split_at(split);
+            let (on, off) = if bit(target, depth) { (off, on) } else { (on, off) };
+            siblings.push(subtree_hash(depth + 1, off));
+            prove_in(depth + 1, on, target, siblings)
         }
     }
 }
@@ -394,25 +681,6 @@ impl StateProof {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordId;
-    use crate::state::Status;
-
-    fn head(n: u8) -> Head {
-        Head { id: RecordId([n; 32]), version: n as u64, index: n as u64 * 10, status: Status::Active }
-    }
-
-    #[test]
-    fn node_bytes_round_trip_and_refuse_other_lengths() {
-        // Goal: stored node bytes decode to the same node, and a byte more or less is refused.
-        for node in [Node::Internal { left: [1; 32], right: [2; 32] }, Node::Leaf { key_hash: [3; 32], head: head(4) }]
-        {
-            let bytes = encode_node(&node);
-            assert_eq!(decode_node(&bytes).unwrap(), node);
-            assert!(decode_node(&bytes[..bytes.len() - 1]).is_err());
-            assert!(decode_node(&[bytes.clone(), vec![0]].concat()).is_err());
-        }
-        assert_eq!(encode_head(&head(1)).len(), HEAD_BYTES);
-    }
 
     #[test]
     fn bits_and_prefixes() {
@@ -427,13 +695,35 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_node_is_reported() {
-        // Goal: a stored node whose bytes do not hash to its key is an error, not a wrong root.
-        let key = StateKey { namespace: "ns".into(), key: "k".into() };
-        let up = update(&HashMap::new(), &EMPTY_ROOT, &BTreeMap::from([(key.clone(), head(1))])).unwrap();
-        let mut nodes: HashMap<Hash, Vec<u8>> = up.nodes.into_iter().collect();
-        let bytes = nodes.get_mut(&up.root).unwrap();
-        *bytes.last_mut().unwrap() ^= 1;
-        assert!(matches!(prove(&nodes, &up.root, &key), Err(Error::StateNodeCorrupt { .. })));
+    fn positions_and_spans_agree_with_bits() {
+        // Goal: a key hash lies in the span of its own position at every depth, and its position
+        // there is its first `depth` bits.
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&0xa5c3_0f01u32.to_be_bytes());
+        k[31] = 7;
+        for depth in 0..=LEVELS_DEPTH_MAX {
+            let index = position(&k, depth);
+            let from_bits = (0..depth).fold(0usize, |acc, d| acc * 2 + usize::from(bit(&k, d)));
+            assert_eq!(index, from_bits, "depth {depth}");
+            let (from, to) = span(depth, index);
+            assert!(from <= k && k <= to, "depth {depth}");
+            if depth > 0 {
+                assert_eq!(span(depth, index ^ 1).0 > to, index & 1 == 0, "neighbour span at depth {depth}");
+            }
+        }
+        assert_eq!(span(0, 0), ([0; 32], [0xff; 32]));
+    }
+
+    #[test]
+    fn depth_keeps_bottom_subtrees_at_8_to_16_leaves() {
+        // Goal: the levels' depth grows by one each time the number of keys doubles, from 16 keys,
+        // and stops at the bound.
+        for (keys, depth) in [(0, 0), (15, 0), (16, 1), (31, 1), (32, 2), (1 << 20, 17), (u64::MAX, LEVELS_DEPTH_MAX)] {
+            assert_eq!(depth_for(keys), depth, "{keys} keys");
+        }
+        for keys in [16u64, 100, 4096, 1_000_000, 50_000_000] {
+            let per_bottom = keys as f64 / (1u64 << depth_for(keys)) as f64;
+            assert!((8.0..16.0).contains(&per_bottom), "{keys} keys: {per_bottom} per bottom subtree");
+        }
     }
 }

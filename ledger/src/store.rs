@@ -11,11 +11,10 @@
 //! | `ids`      | record id                    | log index                      |
 //! | `nodes`    | level (u8) ‖ index           | hash of a complete subtree     |
 //! | `history`  | state key ‖ version          | log index                      |
-//! | `heads`    | state key                    | canonical head                 |
+//! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
-//! | `state`    | node hash                    | state-tree node (`state_tree`) |
-//! | `meta`     | `genesis`, `tip`             | genesis hash, canonical tip    |
+//! | `meta`     | `genesis`, `tip`, `leaves`   | genesis hash, canonical tip, number of leaves |
 //!
 //! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
@@ -23,10 +22,12 @@
 //! also kept in memory, since complete nodes never change: a proof then reads
 //! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size.
 //!
-//! The state tree keeps only the nodes reachable from the tip's `state_root`:
-//! a commit deletes the nodes its update made unreachable, so status proofs
-//! are served as of the tip (about 200 bytes per key instead of 1.3 KB per
-//! change; docs/adr/0003).
+//! Record state is stored as the state tree's leaves only, sorted by key hash
+//! (a head is looked up by the hash of its key): one put per changed key per
+//! block, never a delete. The tree's upper levels live in memory
+//! (`state_tree::Levels`), rebuilt from a scan of the leaves on open and
+//! checked against the tip header's `state_root`; status proofs are served as
+//! of the tip (docs/adr/0003, "Update").
 //!
 //! A block commit is one write batch (fsynced unless the store was opened
 //! without sync), so a crash at any instant leaves the previous state or the
@@ -35,6 +36,7 @@
 //! verify them before `commit`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -47,7 +49,7 @@ use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::RecordId;
 use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
-use crate::state_tree::{self, StateProof, StateTreeReader};
+use crate::state_tree::{self, key_hash, LeafReader, Levels, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
 const CF_CERTS: &str = "certs";
@@ -55,15 +57,16 @@ const CF_RECORDS: &str = "records";
 const CF_IDS: &str = "ids";
 const CF_NODES: &str = "nodes";
 const CF_HISTORY: &str = "history";
-const CF_HEADS: &str = "heads";
+const CF_LEAVES: &str = "leaves";
 const CF_NONCES: &str = "nonces";
 const CF_SETS: &str = "sets";
-const CF_STATE: &str = "state";
 const CF_META: &str = "meta";
 /// Log nodes at this level and above are also held in memory (see the module docs).
 const UPPER_LEVEL: u8 = 8;
-const FAMILIES: [&str; 11] =
-    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_HEADS, CF_NONCES, CF_SETS, CF_STATE, CF_META];
+const FAMILIES: [&str; 10] =
+    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_LEAVES, CF_NONCES, CF_SETS, CF_META];
+/// Families of the layout before ADR 0003's update (state-tree nodes and heads by state key).
+const FAMILIES_RETIRED: [&str; 2] = ["state", "heads"];
 
 /// The last committed block.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -84,54 +87,22 @@ pub struct StoreOptions {
     pub sync: bool,
     /// RocksDB block cache shared by every column family, in bytes.
     pub cache_bytes: usize,
-    /// State-tree nodes kept decoded in memory (about 200 bytes each).
-    pub state_cache_nodes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: true, cache_bytes: 256 << 20, state_cache_nodes: 400_000 }
+        StoreOptions { sync: true, cache_bytes: 256 << 20 }
     }
 }
 
-/// An approximate LRU of state-tree nodes in two generations: a hit in the
-/// old generation moves to the young one; when the young one is full it
-/// becomes the old one. Nodes are immutable (addressed by hash), so a cached
-/// node is never wrong.
-struct NodeCache {
-    young: std::collections::HashMap<Hash, Vec<u8>>,
-    old: std::collections::HashMap<Hash, Vec<u8>>,
-    generation_max: usize,
-}
-
-impl NodeCache {
-    fn new(nodes_max: usize) -> Self {
-        NodeCache { young: Default::default(), old: Default::default(), generation_max: nodes_max.div_ceil(2) }
-    }
-
-    fn get(&mut self, hash: &Hash) -> Option<Vec<u8>> {
-        if let Some(bytes) = self.young.get(hash) {
-            return Some(bytes.clone());
-        }
-        let bytes = self.old.remove(hash)?;
-        self.insert(*hash, bytes.clone());
-        Some(bytes)
-    }
-
-    fn insert(&mut self, hash: Hash, bytes: Vec<u8>) {
-        if self.generation_max == 0 {
-            return;
-        }
-        if self.young.len() >= self.generation_max {
-            self.old = std::mem::take(&mut self.young);
-        }
-        self.young.insert(hash, bytes);
-    }
-
-    fn remove(&mut self, hash: &Hash) {
-        self.young.remove(hash);
-        self.old.remove(hash);
-    }
+/// One recomputation of the state tree's in-memory levels from every leaf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelsRebuild {
+    /// Height of the tip the levels were built for.
+    pub height: Height,
+    pub depth: usize,
+    pub leaf_count: u64,
+    pub took: Duration,
 }
 
 pub struct Store {
@@ -141,10 +112,10 @@ pub struct Store {
     frontier: Frontier,
     /// `upper[l - UPPER_LEVEL][i]` is the complete log node `(l, i)`.
     upper: Vec<Vec<Hash>>,
-    /// The tip header's state root.
-    state_root: Hash,
-    /// Recently used state-tree nodes (the upper levels stay hot).
-    state_cache: std::sync::Mutex<NodeCache>,
+    /// The state tree's upper levels, for the tip (their root is the tip header's `state_root`).
+    levels: Levels,
+    /// Every recomputation of `levels` since open, the one at open first (at most one per doubling of the keys).
+    rebuilds: Vec<LevelsRebuild>,
     options: StoreOptions,
 }
 
@@ -152,11 +123,19 @@ impl Store {
     /// Opens (or creates) the store for the chain whose genesis hashes to `genesis_hash`.
     pub fn open(path: &Path, genesis_hash: Hash, options: StoreOptions) -> Result<Self, Error> {
         let err = |detail: String| Error::Store { path: path.display().to_string(), detail };
+        if let Ok(existing) = DB::list_cf(&Options::default(), path) {
+            if let Some(old) = existing.iter().find(|f| FAMILIES_RETIRED.contains(&f.as_str())) {
+                return Err(err(format!(
+                    "has the column family {old:?} of the state layout before leaves-only storage (ADR 0003, Update); \
+                     this build cannot read it: sync the chain into a new folder"
+                )));
+            }
+        }
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
-        // One block cache for every family: log nodes and state-tree nodes are the hot reads.
+        // One block cache for every family: log nodes and state leaves are the hot reads.
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
@@ -166,8 +145,8 @@ impl Store {
             tip: Tip { height: Height(0), block_hash: genesis_hash, log_size: 0 },
             frontier: Frontier::new(),
             upper: Vec::new(),
-            state_root: state_tree::EMPTY_ROOT,
-            state_cache: std::sync::Mutex::new(NodeCache::new(options.state_cache_nodes)),
+            levels: Levels::default(),
+            rebuilds: Vec::new(),
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -178,6 +157,7 @@ impl Store {
                 let mut batch = WriteBatch::default();
                 batch.put_cf(store.cf(CF_META), b"genesis", genesis_hash);
                 batch.put_cf(store.cf(CF_META), b"tip", codec::encode(&store.tip));
+                batch.put_cf(store.cf(CF_META), b"leaves", 0u64.to_be_bytes());
                 store.write(batch)?;
             }
             Some(stored) if stored != genesis_hash => {
@@ -226,12 +206,13 @@ impl Store {
         Ok(())
     }
 
-    /// Checks that the stored tip matches its header, the records and the log nodes.
+    /// Checks that the stored tip matches its header, the records, the log nodes and the state leaves.
     fn check_tip(&mut self) -> Result<(), Error> {
         let err = |detail: String| Error::Store { path: self.path.display().to_string(), detail };
         let tip = self.tip.clone();
         let frontier =
             Frontier::from_reader(self, tip.log_size).map_err(|e| err(format!("rebuilding the log frontier: {e}")))?;
+        let mut state_root = state_tree::EMPTY_ROOT;
         if tip.height.0 > 0 {
             let header = self
                 .header(tip.height)?
@@ -249,10 +230,7 @@ impl Store {
                     hex::encode(header.log_root)
                 )));
             }
-            if header.state_root != state_tree::EMPTY_ROOT && self.get(CF_STATE, &header.state_root)?.is_none() {
-                return Err(err(format!("the state tree root of height {} is not stored", tip.height.0)));
-            }
-            self.state_root = header.state_root;
+            state_root = header.state_root;
         }
         if self.header(Height(tip.height.0 + 1))?.is_some() {
             return Err(err(format!("a header is stored above the tip height {}", tip.height.0)));
@@ -261,7 +239,39 @@ impl Store {
             return Err(err(format!("a record is stored at index {}, past the log size", tip.log_size)));
         }
         self.frontier = frontier;
+        self.load_levels(tip.height, state_root)
+    }
+
+    /// Builds the state tree's levels from every stored leaf and checks their root against `expected`.
+    fn load_levels(&mut self, height: Height, expected: Hash) -> Result<(), Error> {
+        let count = self.get(CF_META, b"leaves")?.ok_or_else(|| Error::Store {
+            path: self.path.display().to_string(),
+            detail: "has a tip but no count of state leaves".into(),
+        })?;
+        let started = Instant::now();
+        let levels = Levels::build(self, be_u64(&count, "meta")?)?;
+        if levels.root() != expected {
+            return Err(Error::StateRootDiffers {
+                path: self.path.display().to_string(),
+                height: height.0,
+                computed: hex::encode(levels.root()),
+                expected: hex::encode(expected),
+            });
+        }
+        let took = started.elapsed();
+        self.rebuilds.push(LevelsRebuild { height, depth: levels.depth(), leaf_count: levels.leaf_count(), took });
+        self.levels = levels;
         Ok(())
+    }
+
+    /// The state tree's in-memory levels (depth, number of keys, memory).
+    pub fn state_levels(&self) -> &Levels {
+        &self.levels
+    }
+
+    /// Every recomputation of the state tree's levels since open, the one at open first.
+    pub fn levels_rebuilds(&self) -> &[LevelsRebuild] {
+        &self.rebuilds
     }
 
     pub fn path(&self) -> &Path {
@@ -302,9 +312,23 @@ impl Store {
         if certificate.height != header.height || certificate.block_hash != header.hash() {
             return bad("certificate is for another block".into());
         }
-        if header.state_root != executed.state_root {
+        if header.state_root != executed.state_root || executed.state.root != executed.state_root {
             return bad("state_root disagrees with the executed records".into());
         }
+        if executed.state.base_root != self.levels.root() || executed.state.depth != self.levels.depth() {
+            return bad(format!(
+                "was executed on state root {} (levels of depth {}); the tip's is {} (depth {})",
+                hex::encode(executed.state.base_root),
+                executed.state.depth,
+                hex::encode(self.levels.root()),
+                self.levels.depth()
+            ));
+        }
+        // When the keys double, the levels grow one deeper: rebuilt now, from the
+        // stored leaves and this block's, so a failure leaves the store untouched.
+        let started = Instant::now();
+        let regrown = self.levels.regrown(&*self, &executed.state)?;
+        let regrow_took = started.elapsed();
         if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
             return bad("next_validators_hash disagrees with the executed validator-set change".into());
         }
@@ -328,18 +352,12 @@ impl Store {
             k.extend_from_slice(&version.to_be_bytes());
             batch.put_cf(self.cf(CF_HISTORY), k, index.to_be_bytes());
         }
-        for (key, head) in &executed.heads {
-            batch.put_cf(self.cf(CF_HEADS), state_key(key), encode_head(head));
+        for (key_hash, head) in &executed.state.leaves {
+            batch.put_cf(self.cf(CF_LEAVES), key_hash, encode_head(head));
         }
+        batch.put_cf(self.cf(CF_META), b"leaves", executed.state.leaf_count.to_be_bytes());
         for (submitter, nonce) in &executed.nonces {
             batch.put_cf(self.cf(CF_NONCES), submitter.0, nonce.to_be_bytes());
-        }
-        // Deletes first: a node both stale and rewritten (never expected) stays.
-        for stale in &executed.state_stale {
-            batch.delete_cf(self.cf(CF_STATE), stale);
-        }
-        for (hash, bytes) in &executed.state_nodes {
-            batch.put_cf(self.cf(CF_STATE), hash, bytes);
         }
         if let Some(set) = &executed.next_set {
             batch.put_cf(self.cf(CF_SETS), h, codec::encode(set));
@@ -348,15 +366,13 @@ impl Store {
         self.write(batch)?;
         self.tip = tip;
         self.frontier = executed.frontier.clone();
-        self.state_root = executed.state_root;
-        {
-            let mut cache = self.state_cache.lock().expect("state cache lock");
-            for stale in &executed.state_stale {
-                cache.remove(stale);
+        match regrown {
+            Some(levels) => {
+                let (depth, leaf_count) = (levels.depth(), levels.leaf_count());
+                self.rebuilds.push(LevelsRebuild { height: header.height, depth, leaf_count, took: regrow_took });
+                self.levels = levels;
             }
-            for (hash, bytes) in &executed.state_nodes {
-                cache.insert(*hash, bytes.clone());
-            }
+            None => self.levels.apply(&executed.state),
         }
         for (level, index, hash) in &executed.nodes {
             if *level >= UPPER_LEVEL {
@@ -544,7 +560,7 @@ impl NodeReader for Store {
 
 impl StateView for Store {
     fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
-        self.get(CF_HEADS, &state_key(key))?.map(|b| decode_head(&b)).transpose()
+        self.leaf(&key_hash(key))
     }
 
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
@@ -552,28 +568,45 @@ impl StateView for Store {
     }
 
     fn state_root(&self) -> Hash {
-        self.state_root
+        self.levels.root()
+    }
+}
+
+impl LeafReader for Store {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_LEAVES));
+        iter.seek(from);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            if k > &to_inclusive[..] {
+                break;
+            }
+            let key_hash: Hash = k.try_into().map_err(|_| Error::Malformed {
+                kind: "leaves",
+                detail: format!("a {}-byte key where a 32-byte key hash was expected", k.len()),
+            })?;
+            out.push((key_hash, decode_head(v)?));
+            iter.next();
+        }
+        iter.status().map_err(|e| self.store_err(e))?;
+        Ok(out)
+    }
+
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        self.get(CF_LEAVES, key_hash)?.map(|b| decode_head(&b)).transpose()
     }
 }
 
 impl StateTreeReader for Store {
-    type Error = Error;
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        if let Some(bytes) = self.state_cache.lock().expect("state cache lock").get(node_key) {
-            return Ok(Some(bytes));
-        }
-        let bytes = Store::get(self, CF_STATE, node_key)?;
-        if let Some(b) = &bytes {
-            self.state_cache.lock().expect("state cache lock").insert(*node_key, b.clone());
-        }
-        Ok(bytes)
+    fn levels(&self) -> &Levels {
+        &self.levels
     }
 }
 
 impl Store {
     /// Proves, as of the tip, whether `key` has a head and what it is.
     pub fn state_proof(&self, key: &StateKey) -> Result<StateProof, Error> {
-        state_tree::prove(self, &self.state_root, key)
+        state_tree::prove(self, key)
     }
 }
 
@@ -582,8 +615,8 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     match name {
-        // Point lookups by record id: a bloom filter saves a disk read per miss.
-        CF_IDS | CF_HEADS | CF_NONCES | CF_STATE => table.set_bloom_filter(10.0, false),
+        // Point lookups (by record id, key hash, submitter): a bloom filter saves a disk read per miss.
+        CF_IDS | CF_LEAVES | CF_NONCES => table.set_bloom_filter(10.0, false),
         _ => {}
     }
     opts.set_block_based_table_factory(&table);

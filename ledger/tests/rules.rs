@@ -5,7 +5,8 @@ mod common;
 use annal_ledger::exec::{execute, Signatures};
 use annal_ledger::merkle::Frontier;
 use annal_ledger::record::{Body, Op, RecordId, SignedRecord};
-use annal_ledger::state::{MemoryState, StateKey, Status};
+use annal_ledger::state::{MemoryState, StateKey, StateView, Status};
+use annal_ledger::state_tree::EMPTY_ROOT;
 use annal_ledger::Error;
 use common::*;
 
@@ -36,7 +37,7 @@ fn valid_chain_of_versions_is_accepted_and_tracked() {
     let id1 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1)]).unwrap()[0];
     let id2 = run(&mut s, &mut f, &[signed(22, "land-titles", "p/1", Op::Amend, Some(id1), 2, 1)]).unwrap()[0];
     let id3 = run(&mut s, &mut f, &[signed(21, "land-titles", "p/1", Op::Revoke, Some(id2), 3, 2)]).unwrap()[0];
-    let head = s.heads[&StateKey { namespace: "land-titles".into(), key: "p/1".into() }];
+    let head = s.head(&StateKey { namespace: "land-titles".into(), key: "p/1".into() }).unwrap().unwrap();
     assert_eq!((head.id, head.version, head.index, head.status), (id3, 3, 2, Status::Revoked));
     assert_eq!(f.size(), 3);
 }
@@ -202,6 +203,6 @@ fn a_refused_block_changes_nothing() {
         signed(99, "land-titles", "p/2", Op::Publish, None, 1, 1),
     ];
     refused(run(&mut s, &mut f, &block), 1);
-    assert!(s.heads.is_empty() && s.nonces.is_empty());
+    assert!(s.tree.leaves.is_empty() && s.nonces.is_empty() && s.state_root() == EMPTY_ROOT);
     assert_eq!(f.size(), 0);
 }

@@ -1,21 +1,19 @@
 //! Authenticated record state: roots, updates, proofs and their encoding.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use annal_ledger::merkle::Hash;
 use annal_ledger::record::RecordId;
-use annal_ledger::state::{Head, StateKey, Status};
+use annal_ledger::state::{encode_head, Head, StateKey, Status};
 use annal_ledger::state_tree::{
-    self, key_hash, prove, root_of, update, ProofLeaf, StateProof, StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX,
-    PROOF_SIBLINGS_MAX,
+    depth_for, key_hash, prove, root_of, update, LeafReader, Levels, MemoryTree, ProofLeaf, StateProof,
+    StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX, PROOF_SIBLINGS_MAX,
 };
 use annal_ledger::Error;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-type Nodes = HashMap<Hash, Vec<u8>>;
 
 fn key(ns: &str, k: &str) -> StateKey {
     StateKey { namespace: ns.into(), key: k.into() }
@@ -28,20 +26,21 @@ fn head(seed: u64, version: u64, status: Status) -> Head {
     Head { id: RecordId(id), version, index: seed * 100 + version, status }
 }
 
-/// Applies `changes` on top of `root`, storing the new nodes; returns the new root.
-fn apply(nodes: &mut Nodes, root: &Hash, changes: &BTreeMap<StateKey, Head>) -> Hash {
-    let up = update(nodes, root, changes).unwrap();
-    nodes.extend(up.nodes);
+/// Applies `changes` to `tree` as a commit would; returns the new root.
+fn apply(tree: &mut MemoryTree, changes: &BTreeMap<StateKey, Head>) -> Hash {
+    let up = update(tree, changes).unwrap();
+    tree.apply(&up);
+    assert_eq!(tree.root(), up.root);
     up.root
 }
 
 /// A tree of `n` keys `land/parcel/i`, built in one block.
-fn tree(n: u64) -> (Nodes, Hash, BTreeMap<StateKey, Head>) {
+fn tree(n: u64) -> (MemoryTree, Hash, BTreeMap<StateKey, Head>) {
     let map: BTreeMap<_, _> =
         (0..n).map(|i| (key("land", &format!("parcel/{i}")), head(i, 1, Status::Active))).collect();
-    let mut nodes = Nodes::new();
-    let root = apply(&mut nodes, &EMPTY_ROOT, &map);
-    (nodes, root, map)
+    let mut tree = MemoryTree::default();
+    let root = apply(&mut tree, &map);
+    (tree, root, map)
 }
 
 fn flip(bytes: &[u8], i: usize) -> Vec<u8> {
@@ -55,7 +54,7 @@ fn empty_map_has_the_documented_root() {
     // Goal: the empty map's root is the fixed constant, and every key is provably absent in it.
     assert_eq!(&EMPTY_ROOT, b"SPARSE_MERKLE_PLACEHOLDER_HASH__");
     assert_eq!(root_of(&BTreeMap::new()), EMPTY_ROOT);
-    let proof = prove(&Nodes::new(), &EMPTY_ROOT, &key("a", "b")).unwrap();
+    let proof = prove(&MemoryTree::default(), &key("a", "b")).unwrap();
     assert_eq!(proof, StateProof { leaf: ProofLeaf::Empty, siblings: vec![] });
     assert_eq!(proof.verify(&EMPTY_ROOT, &key("a", "b")).unwrap(), None);
 }
@@ -95,9 +94,9 @@ fn roots_equal_those_of_jmt() {
 fn membership_and_non_membership_proofs_verify() {
     // Goal: every present key proves its head; absent keys prove absence, through both an empty
     // subtree and a neighbouring leaf.
-    let (nodes, root, map) = tree(200);
+    let (tree, root, map) = tree(200);
     for (k, h) in &map {
-        let proof = prove(&nodes, &root, k).unwrap();
+        let proof = prove(&tree, k).unwrap();
         assert!(matches!(proof.leaf, ProofLeaf::Head(_)));
         assert_eq!(proof.verify(&root, k).unwrap(), Some(*h));
         let decoded = StateProof::from_bytes(&proof.to_bytes()).unwrap();
@@ -106,7 +105,7 @@ fn membership_and_non_membership_proofs_verify() {
     let (mut empty, mut other) = (0, 0);
     for i in 0..400 {
         let absent = key("land", &format!("absent/{i}"));
-        let proof = prove(&nodes, &root, &absent).unwrap();
+        let proof = prove(&tree, &absent).unwrap();
         match proof.leaf {
             ProofLeaf::Empty => empty += 1,
             ProofLeaf::Other { .. } => other += 1,
@@ -119,14 +118,14 @@ fn membership_and_non_membership_proofs_verify() {
 
 /// One proof of each kind against the 50-key tree, with the key it is for.
 fn sample_proofs() -> (Hash, Vec<(StateKey, StateProof)>) {
-    let (nodes, root, map) = tree(50);
+    let (tree, root, map) = tree(50);
     let mut out = vec![];
     let present = map.keys().next().unwrap().clone();
-    out.push((present.clone(), prove(&nodes, &root, &present).unwrap()));
+    out.push((present.clone(), prove(&tree, &present).unwrap()));
     let mut kinds = (false, false);
     for i in 0.. {
         let absent = key("land", &format!("absent/{i}"));
-        let proof = prove(&nodes, &root, &absent).unwrap();
+        let proof = prove(&tree, &absent).unwrap();
         let is_empty = proof.leaf == ProofLeaf::Empty;
         if (is_empty && !kinds.0) || (!is_empty && !kinds.1) {
             kinds = (kinds.0 || is_empty, kinds.1 || !is_empty);
@@ -186,10 +185,10 @@ fn every_change_to_the_claimed_head_is_rejected() {
 #[test]
 fn a_membership_proof_is_for_its_key_only() {
     // Goal: a proof of key A's head verifies for no other key, including keys one byte away.
-    let (nodes, root, map) = tree(30);
+    let (tree, root, map) = tree(30);
     let keys: Vec<_> = map.keys().cloned().collect();
     for a in &keys {
-        let proof = prove(&nodes, &root, a).unwrap();
+        let proof = prove(&tree, a).unwrap();
         for b in keys.iter().filter(|b| *b != a) {
             assert!(proof.verify(&root, b).is_err(), "proof for {a:?} verifies for {b:?}");
         }
@@ -213,10 +212,10 @@ fn a_membership_proof_is_for_its_key_only() {
 fn an_absence_proof_never_hides_a_present_key() {
     // Goal: a proof that key A is absent fails for every key that is present, including the
     // neighbour leaf it names.
-    let (nodes, root, map) = tree(64);
+    let (tree, root, map) = tree(64);
     for i in 0..100 {
         let absent = key("land", &format!("absent/{i}"));
-        let proof = prove(&nodes, &root, &absent).unwrap();
+        let proof = prove(&tree, &absent).unwrap();
         for present in map.keys() {
             assert!(proof.verify(&root, present).is_err(), "absence proof for {absent:?} verifies for {present:?}");
         }
@@ -226,10 +225,10 @@ fn an_absence_proof_never_hides_a_present_key() {
 #[test]
 fn neighbour_must_share_the_path() {
     // Goal: an absence proof naming a neighbour leaf that could not sit on the key's path is refused.
-    let (nodes, root, _) = tree(50);
+    let (tree, root, _) = tree(50);
     for i in 0.. {
         let absent = key("land", &format!("absent/{i}"));
-        let proof = prove(&nodes, &root, &absent).unwrap();
+        let proof = prove(&tree, &absent).unwrap();
         let ProofLeaf::Other { key_hash: neighbour, value_hash } = proof.leaf else { continue };
         let mut far = neighbour;
         far[0] ^= 0x80; // differs from the key in the first bit, or equals it there and the neighbour does not
@@ -314,77 +313,144 @@ fn incremental_blocks_give_the_root_of_the_final_map_in_any_order() {
                 taken.insert(k.clone(), next);
                 sequence.push(h.clone());
             }
-            let mut nodes = Nodes::new();
-            let mut root = EMPTY_ROOT;
-            let mut roots = vec![];
+            let mut tree = MemoryTree::default();
+            let mut so_far = BTreeMap::new();
             let mut rest = &sequence[..];
             while !rest.is_empty() {
                 let n = rng.gen_range(1..=rest.len().min(40));
                 let block: BTreeMap<StateKey, Head> = rest[..n].iter().cloned().collect();
-                root = apply(&mut nodes, &root, &block);
-                roots.push((root, block));
+                let root = apply(&mut tree, &block);
+                so_far.extend(block.clone());
+                assert_eq!(root, root_of(&so_far), "seed {seed} attempt {attempt}: root after a block");
+                // The tip proves what the block wrote.
+                for (k, h) in &block {
+                    assert_eq!(prove(&tree, k).unwrap().verify(&root, k).unwrap(), Some(*h));
+                }
                 rest = &rest[n..];
             }
-            assert_eq!(root, want, "seed {seed} attempt {attempt}: incremental root differs from the final map's");
-            // Every past root still proves what its block wrote.
-            for (past, block) in &roots {
-                let (k, h) = block.iter().next().unwrap();
-                assert_eq!(prove(&nodes, past, k).unwrap().verify(past, k).unwrap(), Some(*h));
-            }
+            assert_eq!(
+                tree.root(),
+                want,
+                "seed {seed} attempt {attempt}: incremental root differs from the final map's"
+            );
+            assert_eq!(tree.levels().depth(), depth_for(expected.len() as u64), "the levels grew with the keys");
         }
     }
 }
 
 #[test]
 fn same_block_same_bytes() {
-    // Goal: an update is deterministic: same inputs give the same root, nodes and stale list.
-    let (nodes, root, _) = tree(100);
+    // Goal: an update is deterministic (same inputs, same root, leaves and positions), writes one
+    // leaf per changed key and leaves the tree it read untouched.
+    let (tree, root, _) = tree(100);
     let block: BTreeMap<_, _> =
         (90..120).map(|i| (key("land", &format!("parcel/{i}")), head(i, 2, Status::Revoked))).collect();
-    let a = update(&nodes, &root, &block).unwrap();
-    let b = update(&nodes, &root, &block).unwrap();
+    let before = tree.levels().clone();
+    let a = update(&tree, &block).unwrap();
+    let b = update(&tree, &block).unwrap();
     assert_eq!(a, b);
-    assert!(!a.stale.is_empty());
-    for (hash, bytes) in &a.nodes {
-        assert_eq!(state_tree::decode_node(bytes).unwrap().hash(), *hash);
-    }
+    assert_eq!(a.leaves.len(), block.len());
+    assert_eq!((a.base_root, a.leaf_count), (root, 120));
+    assert!(a.slots.iter().any(|s| s.depth == 0), "the root position changes");
+    assert_eq!((tree.levels(), tree.root()), (&before, root), "update wrote nothing");
 }
 
+/// Leaves in memory, counting what an update or a proof reads.
 struct Counting<'a> {
-    nodes: &'a Nodes,
-    reads: Cell<usize>,
+    tree: &'a MemoryTree,
+    scans: Cell<usize>,
+    leaves_read: Cell<usize>,
+}
+
+impl LeafReader for Counting<'_> {
+    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
+        let leaves = self.tree.leaves_in(from, to_inclusive)?;
+        self.scans.set(self.scans.get() + 1);
+        self.leaves_read.set(self.leaves_read.get() + leaves.len());
+        Ok(leaves)
+    }
+    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        self.tree.leaf(key_hash)
+    }
 }
 
 impl StateTreeReader for Counting<'_> {
-    type Error = Error;
-    fn get(&self, node_key: &Hash) -> Result<Option<Vec<u8>>, Error> {
-        self.reads.set(self.reads.get() + 1);
-        Ok(self.nodes.get(node_key).cloned())
+    fn levels(&self) -> &Levels {
+        self.tree.levels()
     }
 }
 
 #[test]
-fn an_update_reads_only_the_changed_paths() {
-    // Goal: changing k keys in a tree of n reads O(k · log n) nodes, not the tree.
-    let (nodes, root, _) = tree(4096);
-    let reader = Counting { nodes: &nodes, reads: Cell::new(0) };
+fn an_update_reads_only_the_bottom_subtrees_it_changes() {
+    // Goal: changing k keys in a tree of n scans at most k bottom subtrees of 8–16 leaves on
+    // average (one range read each), not the tree; a proof scans one.
+    let (tree, _, _) = tree(4096);
+    assert_eq!(tree.levels().depth(), 9, "4096 keys: 512 bottom subtrees of 8 on average");
+    let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0) };
     let one = BTreeMap::from([(key("land", "parcel/7"), head(7, 2, Status::Active))]);
-    update(&reader, &root, &one).unwrap();
-    // log2(4096) = 12; a random tree's path is a few levels longer.
-    assert!(reader.reads.get() <= 40, "one change read {} nodes", reader.reads.get());
-    reader.reads.set(0);
+    update(&reader, &one).unwrap();
+    assert_eq!(reader.scans.get(), 1);
+    assert!(reader.leaves_read.get() <= 32, "one change read {} leaves", reader.leaves_read.get());
+    reader.leaves_read.set(0);
     let many: BTreeMap<_, _> =
         (0..64).map(|i| (key("land", &format!("new/{i}")), head(i, 1, Status::Active))).collect();
-    update(&reader, &root, &many).unwrap();
-    assert!(reader.reads.get() <= 64 * 40, "64 changes read {} nodes", reader.reads.get());
+    update(&reader, &many).unwrap();
+    assert!(reader.scans.get() <= 65, "64 changes made {} scans", reader.scans.get() - 1);
+    assert!(reader.leaves_read.get() <= 64 * 24, "64 changes read {} leaves", reader.leaves_read.get());
+    reader.scans.set(0);
+    prove(&reader, &key("land", "parcel/9")).unwrap();
+    assert_eq!(reader.scans.get(), 1, "a proof scans one subtree");
 }
 
 #[test]
-fn a_missing_node_is_an_error() {
-    // Goal: a store that lacks a node on the path reports which one, rather than a wrong root.
-    let (mut nodes, root, map) = tree(10);
-    nodes.remove(&root);
-    let k = map.keys().next().unwrap();
-    assert!(matches!(prove(&nodes, &root, k), Err(Error::StateNodeMissing { .. })));
-    assert!(matches!(update(&nodes, &root, &map), Err(Error::StateNodeMissing { .. })));
+fn levels_grow_as_keys_double_and_rebuild_to_the_same_root() {
+    // Goal: as keys are added block by block the levels deepen (one level per doubling), every
+    // root equals the from-scratch root, and levels rebuilt from the leaves alone equal the
+    // levels kept up to date by updates.
+    let mut tree = MemoryTree::default();
+    let mut all = BTreeMap::new();
+    let mut depths = vec![];
+    for b in 0..40u64 {
+        let block: BTreeMap<_, _> =
+            (b * 50..b * 50 + 50).map(|i| (key("land", &format!("grow/{i}")), head(i, 1, Status::Active))).collect();
+        all.extend(block.clone());
+        assert_eq!(apply(&mut tree, &block), root_of(&all), "block {b}");
+        depths.push(tree.levels().depth());
+        let rebuilt = Levels::build(&tree.leaves, all.len() as u64).unwrap();
+        assert_eq!(&rebuilt, tree.levels(), "block {b}: rebuilt levels differ");
+    }
+    assert_eq!(depths.first(), Some(&depth_for(50)));
+    assert_eq!(depths.last(), Some(&depth_for(2000)));
+    assert!(depths.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "depths {depths:?}");
+    assert!(tree.levels().memory_bytes() <= 2000 * 8 * 33 / 8 * 2, "{} bytes", tree.levels().memory_bytes());
+    // Overwrites never deepen the levels.
+    let depth = tree.levels().depth();
+    let amend: BTreeMap<_, _> = all.keys().take(500).map(|k| (k.clone(), head(9, 2, Status::Revoked))).collect();
+    apply(&mut tree, &amend);
+    all.extend(amend);
+    assert_eq!((tree.root(), tree.levels().depth()), (root_of(&all), depth));
+}
+
+#[test]
+fn leaves_that_disagree_with_the_levels_are_an_error() {
+    // Goal: a leaf missing under the levels, or a count of leaves that is wrong, is reported
+    // (naming where), never turned into a proof that does not verify or a wrong root.
+    let (mut broken, _, map) = tree(300);
+    let k = map.keys().nth(17).unwrap();
+    broken.leaves.remove(&key_hash(k));
+    assert!(matches!(prove(&broken, k), Err(Error::StateLeavesDisagree { .. })));
+    assert!(matches!(Levels::build(&broken.leaves, 300), Err(Error::StateLeavesDisagree { .. })));
+    // With one or two keys the root is the one bottom subtree: losing a leaf changes its fill.
+    for n in [1, 2] {
+        let (mut tree, _, map) = tree(n);
+        tree.leaves.remove(&key_hash(map.keys().next().unwrap()));
+        let change = BTreeMap::from([(key("land", "other"), head(1, 1, Status::Active))]);
+        assert!(matches!(update(&tree, &change), Err(Error::StateLeavesDisagree { depth: 0, .. })), "{n} keys");
+    }
+}
+
+#[test]
+fn a_head_is_53_bytes() {
+    // Goal: the stored leaf value is the 53-byte canonical head that docs/PROOFS.md lays out.
+    assert_eq!(encode_head(&head(1, 1, Status::Active)).len(), 53);
 }

@@ -5,7 +5,8 @@ mod common;
 use annal_ledger::block::Height;
 use annal_ledger::merkle::{self, Hash};
 use annal_ledger::record::{Op, SignedRecord};
-use annal_ledger::state::{StateKey, StateView, Status};
+use annal_ledger::state::{decode_head, encode_head, StateKey, StateView, Status};
+use annal_ledger::state_tree::{depth_for, ProofLeaf, StateProof};
 use annal_ledger::store::{Store, StoreOptions};
 use annal_ledger::Error;
 use common::*;
@@ -184,5 +185,102 @@ fn proofs_use_in_memory_upper_nodes_after_reopen() {
     drop(store);
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     check(&store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn state_proofs_verify_across_growth_and_reopen() {
+    // Goal: as keys double the in-memory levels are rebuilt deeper, status proofs served by the
+    // store verify against the tip header's state_root, and after reopening (levels rebuilt from
+    // the leaves alone) the root and the proofs are the same.
+    let dir = temp_dir("state");
+    let g = genesis();
+    let mut nonce = 0;
+    let mut store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
+    fill(&mut store, 12, 100, &mut nonce);
+    let depths: Vec<usize> = store.levels_rebuilds().iter().map(|r| r.depth).collect();
+    // Blocks of 100 keys: 100 keys want depth 3, 200 depth 4, 300 (past 256) 5, 600 6, 1100 7.
+    assert_eq!(depths, vec![3, 4, 5, 6, 7], "one rebuild per doubling");
+    assert_eq!(store.state_levels().depth(), depth_for(1200));
+    let keys: Vec<StateKey> = [1, 2, 600, 1200, 1201, 99_999]
+        .iter()
+        .map(|n| StateKey { namespace: "land-titles".into(), key: format!("p/{n}") })
+        .collect();
+    let check = |store: &Store| {
+        let root = store.header(store.tip().height).unwrap().unwrap().state_root;
+        assert_eq!(store.state_root(), root);
+        keys.iter()
+            .map(|k| {
+                let proof = store.state_proof(k).unwrap();
+                let proven = StateProof::from_bytes(&proof.to_bytes()).unwrap().verify(&root, k).unwrap();
+                assert_eq!(proven, store.head(k).unwrap(), "{k:?}");
+                proof
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = check(&store);
+    assert_eq!(before.iter().filter(|p| matches!(p.leaf, ProofLeaf::Head(_))).count(), 4);
+    drop(store);
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    assert_eq!(store.levels_rebuilds().len(), 1, "one rebuild, at open");
+    assert_eq!(store.state_levels().leaf_count(), 1200);
+    assert_eq!(check(&store), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens the RocksDB folder of a closed store directly, with every column family.
+fn raw_db(dir: &std::path::Path) -> rocksdb::DB {
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir).unwrap();
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, families).unwrap()
+}
+
+#[test]
+fn a_store_whose_leaves_disagree_with_the_tip_refuses_to_open() {
+    // Goal: a changed leaf, a lost leaf, or the retired node layout makes open fail with an error
+    // that says so, rather than serving proofs for another state.
+    let dir = temp_dir("leaves");
+    let g = genesis();
+    let mut nonce = 0;
+    {
+        let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+        fill(&mut store, 3, 10, &mut nonce);
+    }
+    let (key_hash, head) = {
+        let db = raw_db(&dir);
+        let leaves = db.cf_handle("leaves").unwrap();
+        let (k, v) = db.iterator_cf(leaves, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        let (k, v) = (k.to_vec(), v.to_vec());
+        let mut changed = decode_head(&v).unwrap();
+        changed.status = Status::Revoked;
+        db.put_cf(leaves, &k, encode_head(&changed)).unwrap();
+        (k, v)
+    };
+    match Store::open(&dir, g.hash(), StoreOptions::default()) {
+        Err(Error::StateRootDiffers { height: 3, .. }) => {}
+        other => panic!("a changed leaf: expected StateRootDiffers, got {:?}", other.map(|_| ())),
+    }
+    {
+        let db = raw_db(&dir);
+        db.delete_cf(db.cf_handle("leaves").unwrap(), &key_hash).unwrap();
+    }
+    match Store::open(&dir, g.hash(), StoreOptions::default()) {
+        Err(Error::StateLeavesDisagree { detail, .. }) => assert!(detail.contains("29 leaves"), "{detail}"),
+        other => panic!("a lost leaf: expected StateLeavesDisagree, got {:?}", other.map(|_| ())),
+    }
+    {
+        let mut db = raw_db(&dir);
+        db.put_cf(db.cf_handle("leaves").unwrap(), &key_hash, head).unwrap();
+        db.create_cf("state", &rocksdb::Options::default()).unwrap();
+    }
+    match Store::open(&dir, g.hash(), StoreOptions::default()) {
+        Err(Error::Store { detail, .. }) => assert!(detail.contains("\"state\""), "{detail}"),
+        other => panic!("the retired layout: expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    {
+        let mut db = raw_db(&dir);
+        db.drop_cf("state").unwrap();
+    }
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).expect("restored, the store opens again");
+    assert_eq!(store.tip().height, Height(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
