@@ -540,3 +540,24 @@ fn consistency_proofs_verify_across_set_changes_and_refuse_forgeries() {
     let same = proof::consistency(&c.store, g, Height(5), Height(5)).unwrap();
     proof::verify_consistency(&same, g, None).unwrap();
 }
+
+#[test]
+fn every_signer_bitmap_forgery_is_refused() {
+    // Goal: flipping any bit of a stored certificate's signer bitmap, or truncating or extending it, is refused.
+    let c = chain();
+    let header = c.store.header(Height(4)).unwrap().unwrap();
+    let cert = c.store.certificate(Height(4)).unwrap().unwrap();
+    let set = proof::set_at(&c.store, &c.genesis, Height(4)).unwrap();
+    cert.verify(&header, &set).unwrap();
+    for bit in 0..cert.signers.len() * 8 {
+        let mut f = cert.clone();
+        f.signers[bit / 8] ^= 1 << (bit % 8);
+        assert!(f.verify(&header, &set).is_err(), "bitmap bit {bit}");
+    }
+    let mut f = cert.clone();
+    f.signers.push(0);
+    assert!(f.verify(&header, &set).is_err(), "a bitmap one byte too long");
+    let mut f = cert.clone();
+    f.signers.clear();
+    assert!(f.verify(&header, &set).is_err(), "an empty bitmap");
+}
