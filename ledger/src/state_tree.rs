@@ -55,7 +55,7 @@ use sha2::{Digest, Sha256};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::merkle::Hash;
-use crate::state::{encode_head, Head, StateKey};
+use crate::state::{head_bytes, Head, StateKey};
 
 /// The root of the empty map (and the hash of any empty subtree).
 pub const EMPTY_ROOT: Hash = *b"SPARSE_MERKLE_PLACEHOLDER_HASH__";
@@ -81,6 +81,12 @@ pub trait LeafReader {
     fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error>;
     /// The head stored under `key_hash`, if any.
     fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error>;
+    /// The leaves of each of `spans` (disjoint, in key-hash order): one
+    /// [`leaves_in`](Self::leaves_in) each, unless the reader does better (the
+    /// store moves one iterator forward through them).
+    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<Vec<Vec<(Hash, Head)>>, Error> {
+        spans.iter().map(|(from, to)| self.leaves_in(from, to)).collect()
+    }
 }
 
 /// The tree as committed: stored leaves and the in-memory levels that agree with them.
@@ -131,7 +137,7 @@ pub fn internal_hash(left: &Hash, right: &Hash) -> Hash {
 
 /// `SHA-256(canonical head bytes)`: the value hash of a leaf.
 pub fn head_value_hash(head: &Head) -> Hash {
-    Sha256::digest(encode_head(head)).into()
+    Sha256::digest(head_bytes(head)).into()
 }
 
 /// Bit `depth` of `hash`, most significant bit of byte 0 first. `depth < 256`.
@@ -384,13 +390,27 @@ impl Levels {
 /// The leaves under position `index` at `depth`, checked to be sorted, in range.
 fn scan<R: LeafReader + ?Sized>(reader: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
     let (from, to) = span(depth, index);
-    let leaves = reader.leaves_in(&from, &to)?;
+    checked(reader.leaves_in(&from, &to)?, depth, index, None)
+}
+
+/// `leaves`, read for position `index` at `depth`, if they are sorted, in its
+/// span and (when the levels record one) of the recorded fill.
+fn checked(
+    leaves: Vec<(Hash, Head)>,
+    depth: usize,
+    index: usize,
+    fill: Option<Fill>,
+) -> Result<Vec<(Hash, Head)>, Error> {
+    let (from, to) = span(depth, index);
     let in_order = leaves.windows(2).all(|w| w[0].0 < w[1].0);
-    if !in_order || leaves.first().is_some_and(|l| l.0 < from) || leaves.last().is_some_and(|l| l.0 > to) {
-        let detail = "the leaf reader returned leaves out of order or out of range".to_string();
-        return Err(Error::StateLeavesDisagree { depth, index: index as u64, detail });
-    }
-    Ok(leaves)
+    let detail = if !in_order || leaves.first().is_some_and(|l| l.0 < from) || leaves.last().is_some_and(|l| l.0 > to) {
+        "the leaf reader returned leaves out of order or out of range".to_string()
+    } else if fill.is_some_and(|fill| Fill::of(leaves.len()) != fill) {
+        format!("{} leaves are stored where the levels record {:?}", leaves.len(), fill.expect("checked"))
+    } else {
+        return Ok(leaves);
+    };
+    Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
 }
 
 /// The leaves under a position of the levels, checked against the fill the levels record.
@@ -399,12 +419,8 @@ fn leaves_under<R: StateTreeReader + ?Sized>(tree: &R, depth: usize, index: usiz
     if fill == Fill::Empty {
         return Ok(Vec::new());
     }
-    let leaves = scan(tree, depth, index)?;
-    if Fill::of(leaves.len()) != fill {
-        let detail = format!("{} leaves are stored where the levels record {fill:?}", leaves.len());
-        return Err(Error::StateLeavesDisagree { depth, index: index as u64, detail });
-    }
-    Ok(leaves)
+    let (from, to) = span(depth, index);
+    checked(tree.leaves_in(&from, &to)?, depth, index, Some(fill))
 }
 
 /// A reader's leaves with a not yet written update's leaves merged in.
@@ -470,17 +486,31 @@ pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey
         leaves: Vec::new(),
         slots: Vec::with_capacity(changes.len() * (depth + 1)),
     };
-    // The bottom subtrees, each from its stored leaves and the changes under it.
-    let mut changed: Vec<(usize, (Hash, Fill))> = Vec::new();
+    // The bottom subtrees the changes fall in, and the stored leaves of those not empty (one pass).
+    let mut groups: Vec<(usize, &[(Hash, Head)])> = Vec::new();
     let mut rest = &leaves[..];
     while let Some(first) = rest.first() {
         let index = position(&first.0, depth);
         let n = rest.partition_point(|l| position(&l.0, depth) == index);
-        let stored = leaves_under(tree, depth, index)?;
-        let merged = merge(&stored, &rest[..n]);
+        groups.push((index, &rest[..n]));
+        rest = &rest[n..];
+    }
+    let fill = |index: usize| levels.fills[depth][index];
+    let spans: Vec<_> = groups.iter().filter(|g| fill(g.0) != Fill::Empty).map(|g| span(depth, g.0)).collect();
+    let mut scanned = tree.leaves_in_each(&spans)?.into_iter();
+    // Each bottom subtree from its stored leaves and the changes under it.
+    let mut changed: Vec<(usize, (Hash, Fill))> = Vec::with_capacity(groups.len());
+    for (index, changes) in groups {
+        let stored = match fill(index) {
+            Fill::Empty => Vec::new(),
+            recorded => {
+                let leaves = scanned.next().expect("one scan per subtree not empty");
+                checked(leaves, depth, index, Some(recorded))?
+            }
+        };
+        let merged = merge(&stored, changes);
         out.leaf_count += (merged.len() - stored.len()) as u64;
         changed.push((index, (subtree_hash(depth, &merged), Fill::of(merged.len()))));
-        rest = &rest[n..];
     }
     // Then each level above, from the changed children and the unchanged ones in memory.
     for d in (0..=depth).rev() {
