@@ -297,3 +297,45 @@ async fn replacing_the_allowlist_disconnects_removed_peers() {
     assert!(about.is_empty(), "C came back: {about:?}");
     assert_eq!(a.handle.peers().await.unwrap(), vec![b.peer]);
 }
+
+/// Goal: gossip data is bounded: one byte over the sender's limit is refused at publish, and one byte over the receiver's limit never reaches its application.
+#[tokio::test]
+async fn gossip_is_bounded() {
+    let mut b_config = config(2, &[1, 2], &[]);
+    b_config.limits.gossip_bytes_max = 1000;
+    let mut b = start(b_config).await;
+    let mut a_config = config(1, &[1, 2], &[&b]);
+    a_config.limits.gossip_bytes_max = 2000;
+    let mut a = start(a_config).await;
+    a.subscribed(&[b.peer]).await;
+    b.subscribed(&[a.peer]).await;
+
+    let err = a.handle.publish(Topic::Records, vec![0; 2001]).await.unwrap_err();
+    assert!(matches!(err, NetError::GossipTooLarge { got: 2001, max: 2000 }), "{err:?}");
+
+    a.handle.publish(Topic::Records, vec![1; 1001]).await.unwrap();
+    a.handle.publish(Topic::Records, vec![2; 1000]).await.unwrap();
+    let (_, _, _) = b.gossip(&[2; 1000]).await;
+    let sizes: Vec<usize> = gossip_data(&b.skipped).iter().map(|d| d.len()).collect();
+    assert!(sizes.is_empty(), "B's application saw gossip over its limit of 1000 bytes: sizes {sizes:?}");
+}
+
+/// Goal: a configured peer that goes away is dialled again, with back-off, until it is back.
+#[tokio::test]
+async fn dropped_peer_is_redialled() {
+    let a = start(config(1, &[1, 2], &[])).await;
+    let mut b = start(config(2, &[1, 2], &[&a])).await;
+    b.connected(a.peer).await;
+
+    let Node { handle, mut events, addr, peer, .. } = a;
+    handle.shutdown().await.unwrap();
+    while events.recv().await.is_some() {} // the task has stopped and closed its listener
+    b.disconnected(peer).await;
+    // Away for several redial periods.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut again = config(1, &[1, 2], &[]);
+    again.listen = vec![addr];
+    let _a = start(again).await;
+    b.connected(peer).await;
+}
