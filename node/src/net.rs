@@ -249,10 +249,50 @@ impl NetConfig {
             timing: Timing::default(),
         }
     }
+
+    /// Refuses limits and timers the network cannot run with.
+    pub fn check(&self) -> Result<(), NetError> {
+        let (l, t) = (&self.limits, &self.timing);
+        let frame_max = u64::from(u32::MAX);
+        let rules: [(&'static str, u64, bool, &'static str); 11] = [
+            ("gossip_bytes_max", l.gossip_bytes_max as u64, l.gossip_bytes_max > 0, "positive"),
+            (
+                "request_bytes_max",
+                l.request_bytes_max as u64,
+                l.request_bytes_max as u64 <= frame_max,
+                "at most 2^32-1",
+            ),
+            (
+                "response_bytes_max",
+                l.response_bytes_max as u64,
+                l.response_bytes_max as u64 <= frame_max,
+                "at most 2^32-1",
+            ),
+            ("request_timeout_ms", l.request_timeout_ms, l.request_timeout_ms > 0, "positive"),
+            ("sync_streams_max", l.sync_streams_max as u64, l.sync_streams_max > 0, "positive"),
+            ("events_max", l.events_max as u64, l.events_max > 0, "positive"),
+            ("commands_max", l.commands_max as u64, l.commands_max > 0, "positive"),
+            (
+                "connections_per_peer_max",
+                u64::from(l.connections_per_peer_max),
+                l.connections_per_peer_max > 0,
+                "positive",
+            ),
+            ("gossip_heartbeat_ms", t.gossip_heartbeat_ms, t.gossip_heartbeat_ms > 0, "positive"),
+            ("redial_min_ms", t.redial_min_ms, t.redial_min_ms > 0, "positive"),
+            ("redial_max_ms", t.redial_max_ms, t.redial_max_ms >= t.redial_min_ms, "at least redial_min_ms"),
+        ];
+        match rules.into_iter().find(|(_, _, ok, _)| !ok) {
+            Some((name, value, _, rule)) => Err(NetError::Config { name, value, rule }),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    #[error("network config {name} is {value}; it must be {rule}")]
+    Config { name: &'static str, value: u64, rule: &'static str },
     #[error("p2p key {key} is not a valid ed25519 public key: {detail}")]
     BadPeerKey { key: PublicKey, detail: String },
     #[error("cannot set up the transport: {detail}")]
@@ -311,6 +351,7 @@ impl Network {
     /// Builds the swarm, binds the listeners, dials the configured peers and
     /// spawns the swarm task on the current tokio runtime.
     pub async fn start(config: NetConfig) -> Result<(NetworkHandle, mpsc::Receiver<NetEvent>), NetError> {
+        config.check()?;
         let limits = config.limits.clone();
         let local_peer_id = keypair(&config.identity).public().to_peer_id();
         let (commands_tx, commands_rx) = mpsc::channel(limits.commands_max);
@@ -407,6 +448,22 @@ mod tests {
         }
         let other = SecretKey::from_seed([99; 32]);
         assert_ne!(peer_id(&other.public()).unwrap(), keypair(&SecretKey::from_seed([98; 32])).public().to_peer_id());
+    }
+
+    /// Goal: a limit or timer the network cannot run with is refused by name, and the defaults pass.
+    #[test]
+    fn config_is_checked() {
+        let config = || NetConfig::new("c", SecretKey::from_seed([1; 32]), Allowlist::default());
+        config().check().unwrap();
+        let mut c = config();
+        c.limits.events_max = 0;
+        assert!(matches!(c.check(), Err(NetError::Config { name: "events_max", value: 0, .. })));
+        let mut c = config();
+        c.limits.response_bytes_max = u32::MAX as usize + 1;
+        assert!(matches!(c.check(), Err(NetError::Config { name: "response_bytes_max", .. })));
+        let mut c = config();
+        c.timing.redial_max_ms = c.timing.redial_min_ms - 1;
+        assert!(matches!(c.check(), Err(NetError::Config { name: "redial_max_ms", .. })));
     }
 
     /// Goal: the allowlist of the documented genesis holds every validator's p2p key plus the observers, and nothing else.
