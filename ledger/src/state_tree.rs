@@ -484,7 +484,7 @@ pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey
         root: levels.root(),
         leaf_count: levels.leaf_count,
         leaves: Vec::new(),
-        slots: Vec::with_capacity(changes.len() * (depth + 1)),
+        slots: Vec::new(),
     };
     // The bottom subtrees the changes fall in, and the stored leaves of those not empty (one pass).
     let mut groups: Vec<(usize, &[(Hash, Head)])> = Vec::new();
@@ -512,9 +512,19 @@ pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey
         out.leaf_count += (merged.len() - stored.len()) as u64;
         changed.push((index, (subtree_hash(depth, &merged), Fill::of(merged.len()))));
     }
-    // Then each level above, from the changed children and the unchanged ones in memory.
-    for d in (0..=depth).rev() {
-        out.slots.extend(changed.iter().map(|&(index, (hash, fill))| Slot {
+    let (slots, root) = rehash_upward(levels, changed);
+    (out.slots, out.root) = (slots, root.unwrap_or(out.root));
+    out.leaves = leaves;
+    Ok(out)
+}
+
+/// The positions above the changed bottom subtrees (`changed`, in index
+/// order), each from its changed children and its unchanged ones in memory:
+/// every changed position, deepest first, and the new root (`None` if nothing changed).
+fn rehash_upward(levels: &Levels, mut changed: Vec<(usize, (Hash, Fill))>) -> (Vec<Slot>, Option<Hash>) {
+    let mut slots = Vec::with_capacity(changed.len() * (levels.depth + 1));
+    for d in (0..=levels.depth).rev() {
+        slots.extend(changed.iter().map(|&(index, (hash, fill))| Slot {
             depth: d as u8,
             index: index as u32,
             hash,
@@ -537,11 +547,7 @@ pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey
         }
         changed = parents;
     }
-    if let Some(&(_, (root, _))) = changed.first() {
-        out.root = root;
-    }
-    out.leaves = leaves;
-    Ok(out)
+    (slots, changed.first().map(|&(_, (root, _))| root))
 }
 
 /// A whole tree in memory (leaves and levels): tests, benchmarks, the auditor's replay.
