@@ -32,8 +32,8 @@
 //! No internal node is stored. The hash of every position of depths `0..=D`
 //! is held in memory ([`Levels`], dense, with whether the subtree there is
 //! empty, one leaf or more), `D` chosen from the number of keys so that a
-//! subtree at depth `D` (a *bottom subtree*) holds 8 to 16 leaves on average
-//! ([`depth_for`]): about 4 to 8 bytes of memory per key.
+//! subtree at depth `D` (a *bottom subtree*) holds 4 to 8 leaves on average
+//! ([`depth_for`]): about 8 to 16 bytes of memory per key.
 //!
 //! An [`update`] reads the leaves of each bottom subtree a changed key falls
 //! in (one range scan each), merges the changes in, rehashes those subtrees,
@@ -73,7 +73,10 @@ pub const PROOF_BYTES_MAX: usize = 1 + 4 + 64 + 8 + 32 * PROOF_SIBLINGS_MAX;
 /// The deepest in-memory level: 2^25 positions of 33 bytes (1.1 GB), reached at 2^27 keys.
 pub const LEVELS_DEPTH_MAX: usize = 24;
 /// A bottom subtree holds `2^BOTTOM_LEAVES_LOG2` to twice that many leaves on average.
-const BOTTOM_LEAVES_LOG2: usize = 3;
+/// 4–8 rather than 8–16: an update rehashes every leaf of each bottom subtree it
+/// touches, and halving them cut `execute` by ~20% in `annal bench ledger`, for
+/// 8–16 bytes of memory per key instead of 4–8 (ADR 0003, Update).
+const BOTTOM_LEAVES_LOG2: usize = 2;
 
 /// Read access to the stored leaves, by key hash.
 pub trait LeafReader {
@@ -230,7 +233,7 @@ fn merge(stored: &[(Hash, Head)], changes: &[(Hash, Head)]) -> Vec<(Hash, Head)>
 }
 
 /// The depth of the in-memory levels for a tree of `leaves` keys: bottom
-/// subtrees then hold 8 to 16 leaves on average (`floor(log2 n) − 3`, at most
+/// subtrees then hold 4 to 8 leaves on average (`floor(log2 n) − 2`, at most
 /// [`LEVELS_DEPTH_MAX`]).
 pub fn depth_for(leaves: u64) -> usize {
     let log2 = leaves.checked_ilog2().unwrap_or(0) as usize;
@@ -751,15 +754,15 @@ mod tests {
     }
 
     #[test]
-    fn depth_keeps_bottom_subtrees_at_8_to_16_leaves() {
-        // Goal: the levels' depth grows by one each time the number of keys doubles, from 16 keys,
+    fn depth_keeps_bottom_subtrees_at_4_to_8_leaves() {
+        // Goal: the levels' depth grows by one each time the number of keys doubles, from 8 keys,
         // and stops at the bound.
-        for (keys, depth) in [(0, 0), (15, 0), (16, 1), (31, 1), (32, 2), (1 << 20, 17), (u64::MAX, LEVELS_DEPTH_MAX)] {
+        for (keys, depth) in [(0, 0), (7, 0), (8, 1), (15, 1), (16, 2), (1 << 20, 18), (u64::MAX, LEVELS_DEPTH_MAX)] {
             assert_eq!(depth_for(keys), depth, "{keys} keys");
         }
         for keys in [16u64, 100, 4096, 1_000_000, 50_000_000] {
             let per_bottom = keys as f64 / (1u64 << depth_for(keys)) as f64;
-            assert!((8.0..16.0).contains(&per_bottom), "{keys} keys: {per_bottom} per bottom subtree");
+            assert!((4.0..8.0).contains(&per_bottom), "{keys} keys: {per_bottom} per bottom subtree");
         }
     }
 }

@@ -382,21 +382,21 @@ impl StateTreeReader for Counting<'_> {
 
 #[test]
 fn an_update_reads_only_the_bottom_subtrees_it_changes() {
-    // Goal: changing k keys in a tree of n scans at most k bottom subtrees of 8–16 leaves on
+    // Goal: changing k keys in a tree of n scans at most k bottom subtrees of 4–8 leaves on
     // average (one range read each), not the tree; a proof scans one.
     let (tree, _, _) = tree(4096);
-    assert_eq!(tree.levels().depth(), 9, "4096 keys: 512 bottom subtrees of 8 on average");
+    assert_eq!(tree.levels().depth(), 10, "4096 keys: 1024 bottom subtrees of 4 on average");
     let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0) };
     let one = BTreeMap::from([(key("land", "parcel/7"), head(7, 2, Status::Active))]);
     update(&reader, &one).unwrap();
     assert_eq!(reader.scans.get(), 1);
-    assert!(reader.leaves_read.get() <= 32, "one change read {} leaves", reader.leaves_read.get());
+    assert!(reader.leaves_read.get() <= 16, "one change read {} leaves", reader.leaves_read.get());
     reader.leaves_read.set(0);
     let many: BTreeMap<_, _> =
         (0..64).map(|i| (key("land", &format!("new/{i}")), head(i, 1, Status::Active))).collect();
     update(&reader, &many).unwrap();
     assert!(reader.scans.get() <= 65, "64 changes made {} scans", reader.scans.get() - 1);
-    assert!(reader.leaves_read.get() <= 64 * 24, "64 changes read {} leaves", reader.leaves_read.get());
+    assert!(reader.leaves_read.get() <= 64 * 12, "64 changes read {} leaves", reader.leaves_read.get());
     reader.scans.set(0);
     prove(&reader, &key("land", "parcel/9")).unwrap();
     assert_eq!(reader.scans.get(), 1, "a proof scans one subtree");
@@ -422,9 +422,9 @@ fn levels_grow_as_keys_double_and_rebuild_to_the_same_root() {
     assert_eq!(depths.first(), Some(&depth_for(50)));
     assert_eq!(depths.last(), Some(&depth_for(2000)));
     assert!(depths.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "depths {depths:?}");
-    // 2^(D+1) positions of 33 bytes with 8 to 16 keys under each of the 2^D deepest: at most 8.25 bytes a key.
+    // 2^(D+1) positions of 33 bytes with 4 to 8 keys under each of the 2^D deepest: at most 16.5 bytes a key.
     let bytes = tree.levels().memory_bytes();
-    assert!(bytes <= 2000 * 33 / 4, "{bytes} bytes of levels for 2000 keys");
+    assert!(bytes <= 2000 * 33 / 2, "{bytes} bytes of levels for 2000 keys");
     // Overwrites never deepen the levels.
     let depth = tree.levels().depth();
     let amend: BTreeMap<_, _> = all.keys().take(500).map(|k| (k.clone(), head(9, 2, Status::Revoked))).collect();
