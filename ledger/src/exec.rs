@@ -96,8 +96,9 @@ impl Executed {
 }
 
 /// Executes `records` in order on top of committed `state` (its heads, nonces
-/// and state tree) and the log `frontier`; reads `state`, never changes it. The first record that fails any
-/// rule fails the whole block, and the error names it.
+/// and state tree) and the log `frontier`; reads `state`, never changes it.
+/// The first record that fails any rule fails the whole block, and the error
+/// names it.
 pub fn execute<V: StateView + StateTreeReader>(
     rules: &Rules,
     state: &V,

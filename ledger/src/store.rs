@@ -324,14 +324,14 @@ impl Store {
                 self.levels.depth()
             ));
         }
+        if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
+            return bad("next_validators_hash disagrees with the executed validator-set change".into());
+        }
         // When the keys double, the levels grow one deeper: rebuilt now, from the
         // stored leaves and this block's, so a failure leaves the store untouched.
         let started = Instant::now();
         let regrown = self.levels.regrown(&*self, &executed.state)?;
         let regrow_took = started.elapsed();
-        if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
-            return bad("next_validators_hash disagrees with the executed validator-set change".into());
-        }
         let tip = Tip { height: header.height, block_hash: header.hash(), log_size: executed.log_size() };
         let mut batch = WriteBatch::default();
         let h = height.to_be_bytes();
