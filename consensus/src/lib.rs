@@ -80,10 +80,15 @@
 //!   [`conflicting`] calls conflicting become an [`Evidence`] output.
 //! * **R9 (persist).** Every signature passes through [`Signer`] (rules
 //!   S1–S4 on its methods), which advances [`SafetyState`] first;
-//!   `handle` emits `PersistSafety` before the messages carrying the
-//!   signatures. The host makes it durable before sending anything after it.
-//! * **R10 (repair).** On each timeout a validator re-sends its nullify,
-//!   the latest finalization it knows and the certificates that justify the
+//!   `handle` emits `PersistSafety` — and `PersistBlock` for a block this
+//!   validator proposes or is about to notarize — before the messages
+//!   carrying the signatures. The host makes them durable before sending
+//!   anything after them.
+//! * **R10 (repair).** On each timeout a validator re-sends its nullify, its
+//!   last notarize and finalize while their views are not known final
+//!   (re-signed from the safety state: identical bytes, so no conflict; after a
+//!   restart they are the only copies), the latest finalization it knows and
+//!   the certificates that justify the
 //!   parent for its current view (R2: the notarization and the
 //!   nullifications after it), and retries block fetches. A peer seen
 //!   nullifying an older view is sent the same certificates directly (at
@@ -126,16 +131,19 @@
 //! The host (the node; in tests the simulator) translates, and nothing else:
 //!
 //! * It performs the outputs of one `handle` call in order. `PersistSafety`
-//!   comes first when present; it must be durable before any later
-//!   `Broadcast` or `Send` leaves. A crash that loses it also loses those
-//!   messages, which is safe: nothing signed under the lost state was seen.
+//!   and `PersistBlock` come first when present; they must be durable before
+//!   any later `Broadcast` or `Send` leaves. A crash that loses them also
+//!   loses those messages, which is safe: nothing signed under the lost state
+//!   was seen. Persisted blocks let the validator serve, after a crash, the
+//!   bodies it voted for: at least f + 1 honest validators stored every
+//!   notarized block.
 //! * It turns `Schedule { view, deadline }` into `Input::Timeout(view)` at the
 //!   deadline, `NeedPayload` into `Input::Payload`, `Validate` into
 //!   `Input::Validated`, and commits `Finalized` blocks with their
 //!   certificate in the order given.
-//! * It answers `BlockRequest`s for blocks it has committed from its own
-//!   store (newest first, with ancestors); the core answers only for blocks it
-//!   still holds (`Config::blocks_retained`).
+//! * It answers `BlockRequest`s for blocks in its store (committed or
+//!   persisted; the block and its ancestors, child first); the core answers
+//!   only for blocks it still holds in memory (`Config::blocks_retained`).
 //! * On restart it builds a new core from the last committed block and the
 //!   certificate it was committed with (the anchor) and the last persisted
 //!   [`SafetyState`]. The core starts in the view after the anchor — a view

@@ -12,38 +12,57 @@ use crate::error::Error;
 use crate::types::{ChainId, Digest, Height, ValidatorIndex, View};
 use crate::wire::{signing_bytes, Vote, VoteKind};
 
-/// The highest view in which this validator signed each kind of message.
-/// View 0 means "never" (no validator signs in the anchor's view 0).
+/// The highest view in which this validator signed each kind of message, and the
+/// block of its last notarize and finalize (so a restarted validator can re-send
+/// those votes: re-signing identical bytes conflicts with nothing). View 0 means
+/// "never" (no validator signs in the anchor's view 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SafetyState {
     pub proposed: View,
     pub notarized: View,
+    pub notarized_block: (Height, Digest),
     pub nullified: View,
     pub finalized: View,
+    pub finalized_block: (Height, Digest),
 }
 
 impl SafetyState {
     /// Length of [`SafetyState::encode`].
-    pub const BYTES: usize = 32;
+    pub const BYTES: usize = 112;
 
-    /// Four little-endian u64: proposed, notarized, nullified, finalized.
+    /// Little-endian u64s and raw digests, in field order: proposed, notarized,
+    /// notarized height, notarized digest, nullified, finalized, finalized height,
+    /// finalized digest.
     pub fn encode(&self) -> [u8; Self::BYTES] {
-        let mut b = [0; Self::BYTES];
-        for (i, v) in [self.proposed, self.notarized, self.nullified, self.finalized].iter().enumerate() {
-            b[i * 8..i * 8 + 8].copy_from_slice(&v.0.to_le_bytes());
-        }
-        b
+        let mut b = Vec::with_capacity(Self::BYTES);
+        b.extend_from_slice(&self.proposed.0.to_le_bytes());
+        b.extend_from_slice(&self.notarized.0.to_le_bytes());
+        b.extend_from_slice(&self.notarized_block.0 .0.to_le_bytes());
+        b.extend_from_slice(&self.notarized_block.1);
+        b.extend_from_slice(&self.nullified.0.to_le_bytes());
+        b.extend_from_slice(&self.finalized.0.to_le_bytes());
+        b.extend_from_slice(&self.finalized_block.0 .0.to_le_bytes());
+        b.extend_from_slice(&self.finalized_block.1);
+        b.try_into().expect("BYTES long")
     }
 
     pub fn decode(bytes: &[u8]) -> Result<SafetyState, Error> {
         if bytes.len() != Self::BYTES {
             return Err(Error::SafetyStateLength { got: bytes.len(), want: Self::BYTES });
         }
-        let v = |i: usize| View(u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes")));
-        Ok(SafetyState { proposed: v(0), notarized: v(1), nullified: v(2), finalized: v(3) })
+        let u = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let d = |at: usize| -> Digest { bytes[at..at + 32].try_into().expect("32 bytes") };
+        Ok(SafetyState {
+            proposed: View(u(0)),
+            notarized: View(u(8)),
+            notarized_block: (Height(u(16)), d(24)),
+            nullified: View(u(56)),
+            finalized: View(u(64)),
+            finalized_block: (Height(u(72)), d(80)),
+        })
     }
 
-    /// The view a restarted validator resumes in: the highest it signed in.
+    /// The highest view this validator signed anything in.
     pub fn view(&self) -> View {
         self.proposed.max(self.notarized).max(self.nullified).max(self.finalized)
     }
@@ -80,9 +99,12 @@ impl Signer {
     }
 
     /// Rule S2: at most one notarize per view, and none after nullifying that view.
+    /// The last notarize may be signed again: the bytes are identical.
     pub(crate) fn notarize(&mut self, view: View, height: Height, digest: Digest) -> Option<Vote> {
-        (view > self.state.notarized && view > self.state.nullified).then(|| {
+        let again = view > View(0) && view == self.state.notarized && (height, digest) == self.state.notarized_block;
+        (again || (view > self.state.notarized && view > self.state.nullified)).then(|| {
             self.state.notarized = view;
+            self.state.notarized_block = (height, digest);
             self.sign(VoteKind::Notarize, view, height, digest)
         })
     }
@@ -98,9 +120,12 @@ impl Signer {
     }
 
     /// Rule S4: at most one finalize per view, and only in a view above every nullified one.
+    /// The last finalize may be signed again: the bytes are identical.
     pub(crate) fn finalize(&mut self, view: View, height: Height, digest: Digest) -> Option<Vote> {
-        (view > self.state.finalized && view > self.state.nullified).then(|| {
+        let again = view > View(0) && view == self.state.finalized && (height, digest) == self.state.finalized_block;
+        (again || (view > self.state.finalized && view > self.state.nullified)).then(|| {
             self.state.finalized = view;
+            self.state.finalized_block = (height, digest);
             self.sign(VoteKind::Finalize, view, height, digest)
         })
     }
@@ -185,15 +210,24 @@ mod tests {
         }
         assert!(attempts.iter().all(Option::is_none));
         assert_eq!(r.state().view(), View(3));
+        let again = [r.notarize(View(2), Height(1), [1; 32]), r.finalize(View(2), Height(1), [1; 32])];
+        assert_eq!(again, [Some(sent[1].clone()), Some(sent[2].clone())], "the last votes re-sign to the same bytes");
     }
 
     /// Goal: the safety state codec round-trips and rejects one byte more.
     #[test]
     fn safety_state_codec() {
-        let st = SafetyState { proposed: View(1), notarized: View(2), nullified: View(3), finalized: View(4) };
+        let st = SafetyState {
+            proposed: View(1),
+            notarized: View(2),
+            notarized_block: (Height(5), [6; 32]),
+            nullified: View(3),
+            finalized: View(4),
+            finalized_block: (Height(7), [8; 32]),
+        };
         assert_eq!(SafetyState::decode(&st.encode()), Ok(st));
         let mut long = st.encode().to_vec();
         long.push(0);
-        assert_eq!(SafetyState::decode(&long), Err(Error::SafetyStateLength { got: 33, want: 32 }));
+        assert_eq!(SafetyState::decode(&long), Err(Error::SafetyStateLength { got: 113, want: 112 }));
     }
 }

@@ -32,11 +32,15 @@ pub struct Evidence {
     pub second: Vote,
 }
 
-/// Effects, in the order the host must perform them. `PersistSafety` always comes
-/// first when present and must be durable before any later `Broadcast` or `Send`.
+/// Effects, in the order the host must perform them. `PersistSafety` and then
+/// `PersistBlock` come first when present and must be durable before any later
+/// `Broadcast` or `Send`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     PersistSafety(SafetyState),
+    /// Store this block body durably, with the safety state and before any later send:
+    /// this validator is about to vote for it, so it must be able to serve it after a crash.
+    PersistBlock(Block),
     Broadcast(Message),
     Send {
         to: ValidatorIndex,
@@ -133,6 +137,8 @@ pub struct Core {
     wanted: BTreeMap<Digest, Want>,
     helped: BTreeMap<ValidatorIndex, Duration>,
     persisted: SafetyState,
+    /// Block bodies to persist before this input's sends (Spec R9).
+    persist_blocks: Vec<Block>,
     /// While handling a block response: record wants without sending requests.
     quiet_wants: bool,
     /// The `now` of the input being handled.
@@ -177,6 +183,7 @@ impl Core {
             wanted: BTreeMap::new(),
             helped: BTreeMap::new(),
             persisted,
+            persist_blocks: Vec::new(),
             now: Duration::ZERO,
             quiet_wants: false,
             sends: Vec::new(),
@@ -258,6 +265,7 @@ impl Core {
             out.push(Output::PersistSafety(state));
             self.persisted = state;
         }
+        out.extend(self.persist_blocks.drain(..).map(Output::PersistBlock));
         out.append(&mut self.sends);
         out.append(&mut self.out);
         out
@@ -386,6 +394,7 @@ impl Core {
         let height = p.block.height;
         if valid {
             round.step = Step::Voted;
+            self.persist_blocks.push(p.block.clone());
             self.vote(now, VoteKind::Notarize, v, height, digest);
         } else {
             round.step = Step::Rejected;
@@ -440,6 +449,7 @@ impl Core {
         let digest = block.hash(&self.cfg.chain_id);
         let Some(vote) = self.signer.propose(view, block.height, digest) else { return };
         let height = block.height;
+        self.persist_blocks.push(block.clone());
         let proposal = Proposal { block, signature: vote.signature };
         self.broadcast(Message::Propose(proposal.clone()));
         let round = self.round(view);
@@ -581,12 +591,30 @@ impl Core {
         let v = self.view;
         self.round(v).timed_out = true;
         self.vote(now, VoteKind::Nullify, v, Height(0), [0; 32]);
+        self.resend_own_votes(now);
         // Spec R10: re-send what peers that lost messages need to catch up.
         for c in self.catch_up_bundle() {
             self.broadcast(Message::Certificate(c));
         }
         self.arm_timer(now);
         self.retry_wanted(now);
+    }
+
+    /// Spec R10: re-send (re-signed, identical bytes) this validator's last notarize and
+    /// finalize while their views are not known final: after a restart they exist only
+    /// in the safety state, and a certificate may need them.
+    fn resend_own_votes(&mut self, now: Duration) {
+        let st = self.signer.state();
+        let votes = [
+            (st.finalized > self.finalized.view)
+                .then(|| self.signer.finalize(st.finalized, st.finalized_block.0, st.finalized_block.1)),
+            (st.notarized > self.finalized.view)
+                .then(|| self.signer.notarize(st.notarized, st.notarized_block.0, st.notarized_block.1)),
+        ];
+        for vote in votes.into_iter().flatten().flatten() {
+            self.broadcast(Message::Vote(vote.clone()));
+            self.count(now, vote);
+        }
     }
 
     /// Nullify the current view at once (invalid or unusable proposal); its timer keeps running.

@@ -73,6 +73,7 @@ fn good_case_finalizes_with_persist_first() {
     assert_eq!(msg(&mut c, 1, proposal(b.clone())), vec![Output::Validate(b.clone())]);
     let out = c.handle(Duration::from_millis(10), Input::Validated { digest: d, valid: true });
     assert!(matches!(out[0], Output::PersistSafety(SafetyState { notarized: View(1), .. })));
+    assert_eq!(out[1], Output::PersistBlock(b.clone()), "a block is persisted before voting for it");
     assert_eq!(votes_sent(&out), vec![vote(0, VoteKind::Notarize, 1, 1, d)]);
     msg(&mut c, 1, Message::Vote(vote(1, VoteKind::Notarize, 1, 1, d)));
     let out = msg(&mut c, 2, Message::Vote(vote(2, VoteKind::Notarize, 1, 1, d)));
@@ -104,7 +105,8 @@ fn leader_proposes_on_start() {
     assert!(out.contains(&Output::NeedPayload { view: View(1), height: Height(1), parent: GENESIS.digest }));
     let out = c.handle(Duration::ZERO, Input::Payload { view: View(1), payload: vec![1] });
     assert!(matches!(out[0], Output::PersistSafety(SafetyState { proposed: View(1), notarized: View(1), .. })));
-    assert_eq!(out[1], proposal(block(1, 1, 0, GENESIS.digest)).clone().into_broadcast());
+    assert_eq!(out[1], Output::PersistBlock(block(1, 1, 0, GENESIS.digest)), "the body is persisted before it leaves");
+    assert_eq!(out[2], proposal(block(1, 1, 0, GENESIS.digest)).into_broadcast());
     assert_eq!(votes_sent(&out).len(), 1);
 }
 
@@ -328,4 +330,31 @@ fn lower_finalized_blocks_commit_while_a_higher_body_is_missing() {
         .filter_map(|o| if let Output::Finalized { block, .. } = o { Some(block.height) } else { None })
         .collect();
     assert_eq!(heights, vec![Height(1), Height(2)], "{out:?}");
+}
+
+/// Goal: a validator restarted after finalizing a view whose certificate it lost re-sends the identical
+/// finalize vote on timeout, so the finalization can still form; it never nullifies that view.
+#[test]
+fn restarted_validator_resends_its_last_votes() {
+    let mut c = core(0, SafetyState::default());
+    c.handle(Duration::ZERO, Input::Start);
+    let b = block(1, 1, 0, GENESIS.digest);
+    let d = b.hash(&CHAIN);
+    msg(&mut c, 1, proposal(b.clone()));
+    c.handle(Duration::ZERO, Input::Validated { digest: d, valid: true });
+    msg(&mut c, 1, Message::Vote(vote(1, VoteKind::Notarize, 1, 1, d)));
+    let out = msg(&mut c, 2, Message::Vote(vote(2, VoteKind::Notarize, 1, 1, d)));
+    let Some(Output::PersistSafety(state)) = out.first().cloned() else { panic!("persist first: {out:?}") };
+    assert_eq!(state.finalized, View(1));
+    let mut r = core(0, state);
+    r.handle(Duration::ZERO, Input::Start);
+    assert_eq!(r.view(), View(1), "restart in the view after the anchor");
+    let out = r.handle(Duration::from_secs(1), Input::Timeout(View(1)));
+    let sent = votes_sent(&out);
+    assert!(sent.contains(&vote(0, VoteKind::Finalize, 1, 1, d)), "{sent:?}");
+    assert!(sent.contains(&vote(0, VoteKind::Notarize, 1, 1, d)), "{sent:?}");
+    assert!(!sent.iter().any(|v| v.kind == VoteKind::Nullify), "a finalized view is never nullified: {sent:?}");
+    msg(&mut r, 1, Message::Vote(vote(1, VoteKind::Finalize, 1, 1, d)));
+    msg(&mut r, 2, Message::Vote(vote(2, VoteKind::Finalize, 1, 1, d)));
+    assert_eq!(r.view(), View(2), "the re-sent vote completes the finalization");
 }

@@ -105,8 +105,8 @@ struct Node {
     disk: SafetyState,
     committed: Anchor,
     committed_certificate: Option<Certificate>,
-    /// Committed blocks, kept across crashes like the node's block store.
-    ledger: BTreeMap<Digest, Block>,
+    /// Committed and persisted (voted) blocks, kept across crashes like the node's block store.
+    store: BTreeMap<Digest, Block>,
     offset_ms: u64,
     drift_ppm: i64,
     rng: Rng,
@@ -167,7 +167,7 @@ impl Sim {
                     disk: SafetyState::default(),
                     committed: GENESIS,
                     committed_certificate: None,
-                    ledger: BTreeMap::new(),
+                    store: BTreeMap::new(),
                     offset_ms: rng.range(0, cfg.skew_ms),
                     drift_ppm: rng.range(0, 2 * cfg.drift_ppm) as i64 - cfg.drift_ppm as i64,
                     rng: rng.fork(i as u64),
@@ -386,7 +386,7 @@ impl Sim {
                 self.trace.update(bytes.as_slice());
                 if self.nodes[to].core.is_some() {
                     match Message::decode(&bytes, &crate::Limits::default()) {
-                        Ok(Message::BlockRequest(d)) if self.nodes[to].ledger.contains_key(&d) => {
+                        Ok(Message::BlockRequest(d)) if self.nodes[to].store.contains_key(&d) => {
                             self.serve(to, from, d)
                         }
                         Ok(message) => self.feed(to, Input::Message { from, message }),
@@ -525,6 +525,10 @@ impl Sim {
         let validator = self.nodes[i].validator;
         match o {
             Output::PersistSafety(s) => self.nodes[i].disk = s,
+            Output::PersistBlock(b) => {
+                let digest = b.hash(&self.chain_id);
+                self.nodes[i].store.insert(digest, b);
+            }
             Output::Broadcast(m) => {
                 self.checker.on_sent(validator, &m, &self.chain_id);
                 self.register_signature(i, &m);
@@ -573,7 +577,7 @@ impl Sim {
                     ));
                 }
                 node.committed = Anchor { height: block.height, view: block.view, digest };
-                node.ledger.insert(digest, block.clone());
+                node.store.insert(digest, block.clone());
                 node.committed_certificate = Some(certificate.clone());
                 if self.checker.is_honest(validator) {
                     self.checker.on_finalized(i, &block, &certificate, &self.chain_id, &self.set);
@@ -611,12 +615,12 @@ impl Sim {
         self.verifier.register(key, &signing_bytes(kind, &self.chain_id, view, height, &digest), &signature);
     }
 
-    /// The host's side of block sync: committed blocks come from its store, newest first.
+    /// The host's side of block sync: blocks in its store (committed or voted for), with ancestors.
     fn serve(&mut self, node: usize, to: ValidatorIndex, d: Digest) {
-        let mut next = self.nodes[node].ledger.get(&d).cloned();
+        let mut next = self.nodes[node].store.get(&d).cloned();
         for _ in 0..64 {
             let Some(b) = next.take() else { break };
-            next = self.nodes[node].ledger.get(&b.parent).cloned();
+            next = self.nodes[node].store.get(&b.parent).cloned();
             self.send_raw(node, Some(to), Message::BlockResponse(b).encode());
         }
     }
