@@ -92,10 +92,6 @@ pub enum Error {
     StateProofNeighbour { namespace: String, key: String, neighbour: String, shared_bits: usize, depth: usize },
     #[error("state proof for {namespace}/{key} leads to state root {computed}, expected {expected}")]
     StateRootMismatch { namespace: String, key: String, computed: String, expected: String },
-    #[error("state tree node {node} is not stored")]
-    StateNodeMissing { node: String },
-    #[error("state tree node {node} is corrupt: {detail}")]
-    StateNodeCorrupt { node: String, detail: String },
     #[error(
         "state tree: the leaves under depth {depth} position {index} disagree with the in-memory levels: {detail}"
     )]
