@@ -99,10 +99,8 @@ impl Signer {
     }
 
     /// Rule S2: at most one notarize per view, and none after nullifying that view.
-    /// The last notarize may be signed again: the bytes are identical.
     pub(crate) fn notarize(&mut self, view: View, height: Height, digest: Digest) -> Option<Vote> {
-        let again = view > View(0) && view == self.state.notarized && (height, digest) == self.state.notarized_block;
-        (again || (view > self.state.notarized && view > self.state.nullified)).then(|| {
+        (view > self.state.notarized && view > self.state.nullified).then(|| {
             self.state.notarized = view;
             self.state.notarized_block = (height, digest);
             self.sign(VoteKind::Notarize, view, height, digest)
@@ -120,14 +118,24 @@ impl Signer {
     }
 
     /// Rule S4: at most one finalize per view, and only in a view above every nullified one.
-    /// The last finalize may be signed again: the bytes are identical.
     pub(crate) fn finalize(&mut self, view: View, height: Height, digest: Digest) -> Option<Vote> {
-        let again = view > View(0) && view == self.state.finalized && (height, digest) == self.state.finalized_block;
-        (again || (view > self.state.finalized && view > self.state.nullified)).then(|| {
+        (view > self.state.finalized && view > self.state.nullified).then(|| {
             self.state.finalized = view;
             self.state.finalized_block = (height, digest);
             self.sign(VoteKind::Finalize, view, height, digest)
         })
+    }
+
+    /// The last notarize and finalize again, for re-sending (Spec R10): the same
+    /// subjects, so the same bytes and signatures; they conflict with nothing.
+    pub(crate) fn last_votes(&self) -> [Option<Vote>; 2] {
+        let st = self.state;
+        let (nh, nd) = st.notarized_block;
+        let (fh, fd) = st.finalized_block;
+        [
+            (st.notarized > View(0)).then(|| self.sign(VoteKind::Notarize, st.notarized, nh, nd)),
+            (st.finalized > View(0)).then(|| self.sign(VoteKind::Finalize, st.finalized, fh, fd)),
+        ]
     }
 
     fn sign(&self, kind: VoteKind, view: View, height: Height, digest: Digest) -> Vote {
@@ -210,8 +218,11 @@ mod tests {
         }
         assert!(attempts.iter().all(Option::is_none));
         assert_eq!(r.state().view(), View(3));
-        let again = [r.notarize(View(2), Height(1), [1; 32]), r.finalize(View(2), Height(1), [1; 32])];
-        assert_eq!(again, [Some(sent[1].clone()), Some(sent[2].clone())], "the last votes re-sign to the same bytes");
+        assert_eq!(
+            r.last_votes(),
+            [Some(sent[1].clone()), Some(sent[2].clone())],
+            "the last votes re-sign to the same bytes"
+        );
     }
 
     /// Goal: the safety state codec round-trips and rejects one byte more.

@@ -604,14 +604,8 @@ impl Core {
     /// finalize while their views are not known final: after a restart they exist only
     /// in the safety state, and a certificate may need them.
     fn resend_own_votes(&mut self, now: Duration) {
-        let st = self.signer.state();
-        let votes = [
-            (st.finalized > self.finalized.view)
-                .then(|| self.signer.finalize(st.finalized, st.finalized_block.0, st.finalized_block.1)),
-            (st.notarized > self.finalized.view)
-                .then(|| self.signer.notarize(st.notarized, st.notarized_block.0, st.notarized_block.1)),
-        ];
-        for vote in votes.into_iter().flatten().flatten() {
+        let finalized = self.finalized.view;
+        for vote in self.signer.last_votes().into_iter().flatten().filter(|v| v.view > finalized) {
             self.broadcast(Message::Vote(vote.clone()));
             self.count(now, vote);
         }
