@@ -161,6 +161,9 @@ impl Genesis {
             if !names.insert(v.name.as_str()) {
                 return bad(format!("{at}: duplicate validator name"));
             }
+            check_key(&v.consensus_key)
+                .or_else(|why| bad(format!("{at}: consensus_key {}: {why}", v.consensus_key)))?;
+            check_key(&v.p2p_key).or_else(|why| bad(format!("{at}: p2p_key {}: {why}", v.p2p_key)))?;
             if !keys.insert(v.consensus_key) {
                 return bad(format!("{at}: consensus_key {} appears twice", v.consensus_key));
             }
@@ -188,6 +191,7 @@ impl Genesis {
                 return bad(format!("{at}: duplicate agency name"));
             }
             for key in &a.submitter_keys {
+                check_key(key).or_else(|why| bad(format!("{at}: submitter key {key}: {why}")))?;
                 if keys.contains(key) || !submitters.insert(*key) {
                     return bad(format!("{at}: submitter key {key} appears twice in genesis"));
                 }
@@ -200,6 +204,17 @@ impl Genesis {
             }
         }
         self.params.validate()
+    }
+}
+
+/// Refuses a public key that is not a valid ed25519 point, or is of small
+/// order (anyone could forge "signatures" under it; strict verification
+/// refuses them, so such a key could never sign).
+fn check_key(key: &PublicKey) -> Result<(), String> {
+    match ed25519_dalek::VerifyingKey::from_bytes(&key.0) {
+        Err(_) => Err("is not a valid ed25519 public key".into()),
+        Ok(vk) if vk.is_weak() => Err("is a weak (small-order) ed25519 key".into()),
+        Ok(_) => Ok(()),
     }
 }
 

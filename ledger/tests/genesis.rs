@@ -160,3 +160,21 @@ fn the_documented_example_loads() {
     assert_eq!(g.chain_id, "land-registry-example");
     assert_eq!(g.validators.len(), 4);
 }
+
+#[test]
+fn weak_and_invalid_keys_are_refused() {
+    // Goal: a small-order key (the identity point) and bytes that are no curve point are refused, naming the field.
+    let identity = format!("01{}", "00".repeat(31));
+    let mut v = base();
+    v["validators"][0]["consensus_key"] = json!(identity);
+    assert!(refusal(v).contains("weak"));
+    let mut v = base();
+    v["agencies"][0]["submitter_keys"][0] = json!(identity);
+    assert!(refusal(v).contains("submitter key"));
+    // y = 2 is not the y-coordinate of any curve point.
+    let not_a_point = format!("02{}", "00".repeat(31));
+    let mut v = base();
+    v["validators"][1]["p2p_key"] = json!(not_a_point);
+    let msg = refusal(v);
+    assert!(msg.contains("p2p_key") && msg.contains("not a valid"), "{msg}");
+}
