@@ -43,6 +43,20 @@ enum Command {
     ///
     /// Example: annal verify-consistency old-checkpoint.txt consistency.json --genesis genesis.json
     VerifyConsistency(verify::VerifyConsistencyArgs),
+    /// Write a proof bundle's inclusion proof as a C2SP tlog-proof
+    /// (c2sp.org/tlog-proof@v1), for standard transparency-log tooling.
+    ///
+    /// Example: annal tlog-proof bundle.json --out record.tlog-proof --record-bytes record.bin
+    TlogProof {
+        /// The proof bundle (JSON).
+        bundle: PathBuf,
+        /// Where to write the tlog-proof (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write the record's canonical bytes (its leaf is SHA-256(0x00 || bytes)).
+        #[arg(long)]
+        record_bytes: Option<PathBuf>,
+    },
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -142,8 +156,40 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
+        Command::TlogProof { bundle, out, record_bytes } => {
+            tlog_proof(&bundle, out.as_deref(), record_bytes.as_deref())
+        }
         Command::Verify(_) | Command::VerifyConsistency(_) => unreachable!("handled in main for their exit codes"),
     }
+}
+
+fn tlog_proof(
+    bundle: &std::path::Path,
+    out: Option<&std::path::Path>,
+    record_bytes: Option<&std::path::Path>,
+) -> Result<()> {
+    use base64::Engine;
+    let len = std::fs::metadata(bundle).with_context(|| format!("reading {}", bundle.display()))?.len();
+    if len > annal_ledger::proof::BUNDLE_BYTES_MAX as u64 {
+        bail!("{} is {len} bytes; a bundle is at most {}", bundle.display(), annal_ledger::proof::BUNDLE_BYTES_MAX);
+    }
+    let text = std::fs::read_to_string(bundle).with_context(|| format!("reading {}", bundle.display()))?;
+    let b = annal_ledger::proof::Bundle::from_json(&text)?;
+    let proof = b.to_tlog_proof();
+    match out {
+        Some(path) => {
+            ensure_absent(path)?;
+            std::fs::write(path, &proof).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{proof}"),
+    }
+    if let Some(path) = record_bytes {
+        ensure_absent(path)?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(&b.record.bytes).context("record bytes are not base64")?;
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Refuses to overwrite a file.

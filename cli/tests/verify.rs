@@ -215,3 +215,21 @@ fn verify_consistency_checks_a_held_checkpoint() {
     let o = annal(&["verify-consistency", &newer, &proof_file, "--genesis", g.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
+
+#[test]
+fn tlog_proof_export_writes_the_c2sp_file_and_record_bytes() {
+    // Goal: `annal tlog-proof` writes c2sp.org/tlog-proof@v1 (index, path, blank line, signed checkpoint) and the record bytes.
+    let n = net("tlog");
+    let b = proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap();
+    let bundle = write(&n.dir, "b.json", &b.to_json());
+    let out = n.dir.join("r.tlog-proof");
+    let bytes = n.dir.join("r.bin");
+    let o = annal(&["tlog-proof", &bundle, "--out", out.to_str().unwrap(), "--record-bytes", bytes.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = std::fs::read_to_string(&out).unwrap();
+    assert!(t.starts_with(&format!("c2sp.org/tlog-proof@v1\nindex {}\n", b.index)), "{t}");
+    assert!(t.ends_with(&b.block.checkpoint), "ends with the signed checkpoint");
+    assert_eq!(annal_ledger::record::SignedRecord::id_of_bytes(&std::fs::read(&bytes).unwrap()), n.published);
+    let again = annal(&["tlog-proof", &bundle, "--out", out.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "an existing file is not overwritten");
+}
