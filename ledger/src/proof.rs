@@ -293,18 +293,7 @@ impl Bundle {
 /// Checks a bundle against `genesis` (and, with `document`, the anchored file).
 /// Every check runs in a fixed order; the first failure is returned.
 pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Result<Verified, Error> {
-    if bundle.format != BUNDLE_FORMAT {
-        return Err(fail(
-            Check::Format,
-            format!("format is {:?}; this verifier reads {BUNDLE_FORMAT:?}", bundle.format),
-        ));
-    }
-    if bundle.chain_id != genesis.chain_id {
-        return Err(fail(
-            Check::ChainId,
-            format!("bundle is for {:?}, genesis is {:?}", bundle.chain_id, genesis.chain_id),
-        ));
-    }
+    check_envelope((&bundle.format, BUNDLE_FORMAT), &bundle.chain_id, genesis)?;
 
     // The record itself.
     let bytes = decode_b64(&bundle.record.bytes, Check::RecordBytes, "record bytes")?;
@@ -387,6 +376,17 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
         signers,
         status,
     })
+}
+
+/// The first two checks of every proof file: its format line and its chain.
+fn check_envelope((format, want): (&str, &str), chain_id: &str, genesis: &Genesis) -> Result<(), Error> {
+    if format != want {
+        return Err(fail(Check::Format, format!("format is {format:?}; this verifier reads {want:?}")));
+    }
+    if chain_id != genesis.chain_id {
+        return Err(fail(Check::ChainId, format!("the proof is for {chain_id:?}, genesis is {:?}", genesis.chain_id)));
+    }
+    Ok(())
 }
 
 fn decode_b64(s: &str, check: Check, what: &str) -> Result<Vec<u8>, Error> {
@@ -539,18 +539,7 @@ pub fn verify_consistency(
     genesis: &Genesis,
     held: Option<&str>,
 ) -> Result<(Checkpoint, Checkpoint), Error> {
-    if proof.format != CONSISTENCY_FORMAT {
-        return Err(fail(
-            Check::Format,
-            format!("format is {:?}; this verifier reads {CONSISTENCY_FORMAT:?}", proof.format),
-        ));
-    }
-    if proof.chain_id != genesis.chain_id {
-        return Err(fail(
-            Check::ChainId,
-            format!("proof is for {:?}, genesis is {:?}", proof.chain_id, genesis.chain_id),
-        ));
-    }
+    check_envelope((&proof.format, CONSISTENCY_FORMAT), &proof.chain_id, genesis)?;
     let old = decode_header(&proof.old.header)?;
     let new = decode_header(&proof.new.header)?;
     if old.height > new.height {
