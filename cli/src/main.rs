@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create and inspect ed25519 key files.
+    /// Create ed25519 key files.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Create, hash and inspect genesis files.
@@ -36,6 +36,7 @@ enum Command {
     ///   annal verify bundle.json --genesis genesis.json
     ///   annal verify bundle.json --genesis genesis.json --document deed.pdf --current
     ///   annal verify bundle.json --genesis genesis.json --json
+    #[command(verbatim_doc_comment)]
     Verify(verify::VerifyArgs),
     /// Check, offline, that a newer signed checkpoint extends one you hold.
     ///

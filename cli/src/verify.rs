@@ -12,7 +12,7 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// The proof bundle (JSON, from `annal prove` or GET /v1/proofs/{id}).
+    /// The proof bundle (JSON; its format is in docs/PROOFS.md).
     bundle: PathBuf,
     /// The chain's genesis file: the only thing trusted.
     #[arg(long)]
@@ -226,7 +226,7 @@ mod tests {
 pub struct VerifyConsistencyArgs {
     /// The checkpoint you hold (a signed note, as `annal checkpoint` saves it).
     old: PathBuf,
-    /// The consistency proof from it to a newer checkpoint (JSON, from `annal consistency`).
+    /// The consistency proof from it to a newer checkpoint (JSON; format in docs/PROOFS.md).
     new: PathBuf,
     /// The chain's genesis file: the only thing trusted.
     #[arg(long)]
