@@ -664,20 +664,16 @@ mod build {
 
     /// The certified validator-set changes below `height`, as a bundle carries them.
     fn set_changes_below(store: &Store, genesis: &Genesis, height: Height) -> Result<Vec<SetChange>, Error> {
-        store
-            .set_changes(Height(height.0.saturating_sub(1)))?
-            .into_iter()
-            .map(|(h, cert, next)| {
-                let set = set_at(store, genesis, h.height)?;
-                Ok(SetChange {
-                    block: CertifiedBlock {
-                        header: B64.encode(h.to_bytes()),
-                        checkpoint: cert.to_note(&h, &set).to_string(),
-                    },
-                    next_set: B64.encode(codec::encode(&next)),
-                })
-            })
-            .collect()
+        // Each change is certified by the set before it: genesis's for the first.
+        let mut set = genesis.validator_set();
+        let mut out = Vec::new();
+        for (h, cert, next) in store.set_changes(Height(height.0.saturating_sub(1)))? {
+            let block =
+                CertifiedBlock { header: B64.encode(h.to_bytes()), checkpoint: cert.to_note(&h, &set).to_string() };
+            out.push(SetChange { block, next_set: B64.encode(codec::encode(&next)) });
+            set = next;
+        }
+        Ok(out)
     }
 
     /// The consistency proof from the log at height `from` to the log at height `to`.
@@ -731,20 +727,7 @@ mod build {
         } else {
             None
         };
-        let set_changes = store
-            .set_changes(Height(top.0.saturating_sub(1)))?
-            .into_iter()
-            .map(|(h, cert, next)| {
-                let set = set_at(store, genesis, h.height)?;
-                Ok(SetChange {
-                    block: CertifiedBlock {
-                        header: B64.encode(h.to_bytes()),
-                        checkpoint: cert.to_note(&h, &set).to_string(),
-                    },
-                    next_set: B64.encode(codec::encode(&next)),
-                })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let set_changes = set_changes_below(store, genesis, top)?;
         Ok(Bundle {
             format: BUNDLE_FORMAT.into(),
             chain_id: genesis.chain_id.clone(),
