@@ -79,6 +79,8 @@ pub enum Error {
     Merkle(#[from] MerkleError),
     #[error("store at {path}: {detail}")]
     Store { path: String, detail: String },
+    #[error("block {height} is final but its certificate is still being collected; retry shortly")]
+    NotCertified { height: u64 },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 
@@ -100,4 +102,13 @@ pub enum Error {
         "store at {path}: its state leaves hash to root {computed}; the tip header at height {height} says {expected}"
     )]
     StateRootDiffers { path: String, height: u64, computed: String, expected: String },
+}
+
+impl Error {
+    /// A failure of this machine's storage rather than of the input: the same
+    /// input may succeed elsewhere or later, so it must not decide anything
+    /// that every node has to decide alike.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, Error::Store { .. } | Error::Io(_))
+    }
 }

@@ -53,6 +53,8 @@ pub struct Executed {
     /// The validator set that certifies the next block, when this block changes it.
     /// (Governance sets it; until then only tests do.)
     pub next_set: Option<ValidatorSet>,
+    /// Records `execute_ordered` left out, with the rule each broke (always empty from `execute`).
+    pub skipped: Vec<(RecordId, Error)>,
 }
 
 /// The consensus facts a header carries besides what execution computes.
@@ -113,6 +115,44 @@ pub fn execute<V: StateView + StateTreeReader>(
     if signatures == Signatures::Verify {
         verify_batch(records)?;
     }
+    run(state, frontier, records, false)
+}
+
+/// Executes records that consensus ordered: a record that breaks a rule
+/// (stateless or against the state left by the records before it) is left
+/// out of the log and named in `Executed::skipped`, and the rest are applied.
+/// Every node skips the same records, so the result is as deterministic as
+/// `execute`'s. Signatures must have been verified by the caller (the node
+/// verifies each record once, before it votes for the block that carries it).
+pub fn execute_ordered<V: StateView + StateTreeReader>(
+    rules: &Rules,
+    state: &V,
+    frontier: &Frontier,
+    records: &[SignedRecord],
+) -> Result<Executed, Error> {
+    let mut kept = Vec::with_capacity(records.len());
+    let mut skipped = Vec::new();
+    for r in records {
+        match rules.check_stateless(r) {
+            Ok(()) => kept.push(r.clone()),
+            Err(e) => skipped.push((r.id(), e)),
+        }
+    }
+    let mut out = run(state, frontier, &kept, true)?;
+    skipped.append(&mut out.skipped);
+    out.skipped = skipped;
+    Ok(out)
+}
+
+/// Applies stateless-checked, signature-checked records in order; with `skip`
+/// a record that breaks a state rule is left out instead of failing the block.
+fn run<V: StateView + StateTreeReader>(
+    state: &V,
+    frontier: &Frontier,
+    records: &[SignedRecord],
+    skip: bool,
+) -> Result<Executed, Error> {
+    let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
     let mut overlay = Overlay::new(state);
     let mut frontier = frontier.clone();
     let first_index = frontier.size();
@@ -129,16 +169,27 @@ pub fn execute<V: StateView + StateTreeReader>(
         state_root: [0; 32],
         state: StateUpdate::default(),
         next_set: None,
+        skipped: Vec::new(),
     };
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in records.iter().enumerate() {
         let bytes = r.to_bytes();
         let id = SignedRecord::id_of_bytes(&bytes);
-        if !seen.insert(id) {
-            return Err(at(i)(Error::DuplicateInBlock { id: id.to_hex() }));
-        }
-        let index = first_index + i as u64;
-        let (key, head) = overlay.apply(r, id, index).map_err(at(i))?;
+        let index = first_index + out.ids.len() as u64;
+        let applied = if seen.insert(id) {
+            overlay.apply(r, id, index)
+        } else {
+            Err(Error::DuplicateInBlock { id: id.to_hex() })
+        };
+        let (key, head) = match applied {
+            Ok(applied) => applied,
+            // A storage failure is this node's, not the record's: never a reason to skip.
+            Err(e) if skip && !e.is_storage() => {
+                out.skipped.push((id, e));
+                continue;
+            }
+            Err(e) => return Err(at(i)(e)),
+        };
         out.history.push((key, head.version, index));
         frontier.append(id.0, &mut out.nodes);
         out.ids.push(id);

@@ -651,9 +651,7 @@ mod build {
     ) -> Result<(Header, CertifiedBlock), Error> {
         let header =
             store.header(height)?.ok_or_else(|| store_err(store, format!("no header at height {}", height.0)))?;
-        let cert = store
-            .certificate(height)?
-            .ok_or_else(|| store_err(store, format!("no certificate at height {}", height.0)))?;
+        let cert = store.certificate(height)?.ok_or(Error::NotCertified { height: height.0 })?;
         let set = set_at(store, genesis, height)?;
         let block = CertifiedBlock {
             header: B64.encode(header.to_bytes()),
@@ -719,6 +717,7 @@ mod build {
         let log_path = store.inclusion_proof(index, header.log_size)?;
         let mut top = height;
         let status = if with_status {
+            // State proofs are served as of the tip only (ADR 0003), so the tip must be certified.
             let tip = store.tip().height;
             let (_, status_block) = certified_block(store, genesis, tip)?;
             let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };

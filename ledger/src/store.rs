@@ -14,7 +14,8 @@
 //! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
-//! | `meta`     | `genesis`, `tip`, `leaves`   | genesis hash, canonical tip, number of leaves |
+//! | `meta`     | `genesis`, `tip`, `leaves`, `certified` | genesis hash, canonical tip, number of leaves, highest certified height |
+//! | `meta`     | `app/…`                      | the caller's own entries, written in the block's batch |
 //!
 //! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
@@ -33,7 +34,12 @@
 //! without sync), so a crash at any instant leaves the previous state or the
 //! new one. Opening checks the stored tip against the header, the records and
 //! the log nodes it names. The store does not judge certificates: callers
-//! verify them before `commit`.
+//! verify them before `commit` or `put_certificate`.
+//!
+//! A block may be committed before its certificate exists (the node executes
+//! a block once consensus has finalized it, then collects the validators'
+//! signatures on the resulting checkpoint, docs/adr/0005): `put_certificate`
+//! adds it later, and proofs of the block's records wait for it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -116,8 +122,13 @@ pub struct Store {
     levels: Levels,
     /// Every recomputation of `levels` since open, the one at open first (at most one per doubling of the keys).
     rebuilds: Vec<LevelsRebuild>,
+    /// The highest height whose certificate is stored (0 before any).
+    certified: Height,
     options: StoreOptions,
 }
+
+/// Prefix of the meta keys the store's caller owns (`Store::commit_block`'s `app_meta`).
+pub const APP_META_PREFIX: &str = "app/";
 
 impl Store {
     /// Opens (or creates) the store for the chain whose genesis hashes to `genesis_hash`.
@@ -147,6 +158,7 @@ impl Store {
             upper: Vec::new(),
             levels: Levels::default(),
             rebuilds: Vec::new(),
+            certified: Height(0),
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -170,6 +182,9 @@ impl Store {
             Some(_) => {
                 let bytes = store.get(CF_META, b"tip")?.ok_or_else(|| err("has a genesis hash but no tip".into()))?;
                 store.tip = codec::decode(&bytes, 128)?;
+                if let Some(c) = store.get(CF_META, b"certified")? {
+                    store.certified = Height(be_u64(&c, "meta")?);
+                }
                 store.load_upper()?;
                 store.check_tip()?;
             }
@@ -294,6 +309,19 @@ impl Store {
     /// Commits a block in one write batch. `header` must extend the tip and
     /// agree with `executed`; `certificate` must have been verified by the caller.
     pub fn commit(&mut self, header: &Header, certificate: &Certificate, executed: &Executed) -> Result<(), Error> {
+        self.commit_block(header, Some(certificate), executed, &[])
+    }
+
+    /// Commits a block, with its certificate when the caller has it already
+    /// (else `put_certificate` adds it later), and the caller's own meta
+    /// entries (keys under [`APP_META_PREFIX`]), all in one write batch.
+    pub fn commit_block(
+        &mut self,
+        header: &Header,
+        certificate: Option<&Certificate>,
+        executed: &Executed,
+        app_meta: &[(String, Vec<u8>)],
+    ) -> Result<(), Error> {
         let height = header.height.0;
         let bad = |detail: String| Err(Error::Block { height, detail });
         if header.height.0 != self.tip.height.0 + 1 {
@@ -309,8 +337,11 @@ impl Store {
         {
             return bad("header disagrees with the executed records (log size, log root or records root)".into());
         }
-        if certificate.height != header.height || certificate.block_hash != header.hash() {
+        if certificate.is_some_and(|c| c.height != header.height || c.block_hash != header.hash()) {
             return bad("certificate is for another block".into());
+        }
+        if let Some((key, _)) = app_meta.iter().find(|(k, _)| !k.starts_with(APP_META_PREFIX)) {
+            return bad(format!("meta key {key:?} is not under {APP_META_PREFIX:?}"));
         }
         if header.state_root != executed.state_root || executed.state.root != executed.state_root {
             return bad("state_root disagrees with the executed records".into());
@@ -336,7 +367,13 @@ impl Store {
         let mut batch = WriteBatch::default();
         let h = height.to_be_bytes();
         batch.put_cf(self.cf(CF_HEADERS), h, header.to_bytes());
-        batch.put_cf(self.cf(CF_CERTS), h, certificate.to_bytes());
+        if let Some(c) = certificate {
+            batch.put_cf(self.cf(CF_CERTS), h, c.to_bytes());
+            batch.put_cf(self.cf(CF_META), b"certified", h);
+        }
+        for (key, value) in app_meta {
+            batch.put_cf(self.cf(CF_META), key.as_bytes(), value);
+        }
         for (i, (id, bytes)) in executed.ids.iter().zip(&executed.records).enumerate() {
             let index = (executed.first_index + i as u64).to_be_bytes();
             batch.put_cf(self.cf(CF_RECORDS), index, bytes);
@@ -365,6 +402,9 @@ impl Store {
         batch.put_cf(self.cf(CF_META), b"tip", codec::encode(&tip));
         self.write(batch)?;
         self.tip = tip;
+        if certificate.is_some() {
+            self.certified = header.height;
+        }
         self.frontier = executed.frontier.clone();
         match regrown {
             Some(levels) => {
@@ -389,6 +429,38 @@ impl Store {
 
     pub fn header(&self, height: Height) -> Result<Option<Header>, Error> {
         self.get(CF_HEADERS, &height.0.to_be_bytes())?.map(|b| Header::from_bytes(&b)).transpose()
+    }
+
+    /// Stores the certificate of a committed block (verified by the caller).
+    /// Idempotent; the highest certified height only grows.
+    pub fn put_certificate(&mut self, certificate: &Certificate) -> Result<(), Error> {
+        let height = certificate.height;
+        let header = self.header(height)?.ok_or_else(|| Error::Block {
+            height: height.0,
+            detail: format!("certificate for a block not committed (the tip is at height {})", self.tip.height.0),
+        })?;
+        if certificate.block_hash != header.hash() {
+            return Err(Error::Block { height: height.0, detail: "certificate is for another block".into() });
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_CERTS), height.0.to_be_bytes(), certificate.to_bytes());
+        if height > self.certified {
+            batch.put_cf(self.cf(CF_META), b"certified", height.0.to_be_bytes());
+        }
+        self.write(batch)?;
+        self.certified = self.certified.max(height);
+        Ok(())
+    }
+
+    /// The highest height whose certificate is stored; heights below it may still lack theirs.
+    pub fn certified_height(&self) -> Height {
+        self.certified
+    }
+
+    /// One of the caller's meta entries (a key under [`APP_META_PREFIX`]).
+    pub fn app_meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        assert!(key.starts_with(APP_META_PREFIX), "app meta keys start with {APP_META_PREFIX:?}");
+        self.get(CF_META, key.as_bytes())
     }
 
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, Error> {

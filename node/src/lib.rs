@@ -1,6 +1,10 @@
 //! The validator process: libp2p gossip, mempool, block sync, consensus execution, HTTP API and metrics.
 //!
-//! Built so far: [`net`], the networking layer (issue 5). The mempool, sync,
-//! consensus wiring and HTTP API come next, on top of [`net::NetworkHandle`].
+//! [`net`] carries gossip and sync over libp2p; [`shared`] holds what the
+//! loop and the HTTP API share (store, mempool, status) and admits records;
+//! [`mempool`] bounds what is pending; [`config`] reads the node's TOML.
 
+pub mod config;
+pub mod mempool;
 pub mod net;
+pub mod shared;

@@ -1,0 +1,260 @@
+//! The node's configuration file (TOML), documented key by key in docs/OPERATIONS.md.
+//!
+//! Relative paths are resolved against the folder of the configuration file,
+//! so a node folder can be moved whole. Any key can be overridden from the
+//! environment as `ANNAL_<KEY>` (sections joined with `_`, upper case), for
+//! example `ANNAL_API_LISTEN=0.0.0.0:8080` or `ANNAL_LIMITS_MEMPOOL_RECORDS_MAX=50000`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::net::Multiaddr;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The chain's genesis file.
+    pub genesis: PathBuf,
+    /// Where the node keeps its RocksDB store, consensus safety state and voted blocks.
+    pub data_dir: PathBuf,
+    /// The validator's consensus key file (signs votes and checkpoints). Must be mode 0600.
+    pub consensus_key: PathBuf,
+    /// The node's libp2p identity key file. Must be mode 0600.
+    pub p2p_key: PathBuf,
+    /// libp2p listen addresses, e.g. `/ip4/0.0.0.0/tcp/7100`.
+    pub listen: Vec<String>,
+    /// Peers to dial and keep dialling, e.g. `/ip4/10.0.0.2/tcp/7100`.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Address of the HTTP API, e.g. `127.0.0.1:8100`.
+    pub api_listen: SocketAddr,
+    /// Log filter in `tracing` syntax: `info`, `annal_node=debug,info`, ...
+    #[serde(default = "default_log")]
+    pub log: String,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds on what the node holds and accepts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Pending records held; past it submissions get 503 with Retry-After.
+    pub mempool_records_max: usize,
+    /// Pending record bytes held.
+    pub mempool_bytes_max: usize,
+    /// Largest HTTP request body.
+    pub api_body_bytes_max: usize,
+    /// Requests per second one client address may make (0: no limit).
+    pub api_requests_per_s: u32,
+    /// Longest time an API request may take (a `wait=final` may ask for less).
+    pub api_request_timeout_ms: u64,
+    /// Records in one `POST /v1/records/batch`.
+    pub api_batch_records_max: usize,
+    /// Records refused at execution remembered for `GET /v1/records/{id}`.
+    pub refusals_retained: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            mempool_records_max: 100_000,
+            mempool_bytes_max: 256 << 20,
+            api_body_bytes_max: 16 << 20,
+            api_requests_per_s: 0,
+            api_request_timeout_ms: 130_000,
+            api_batch_records_max: 10_000,
+            refusals_retained: 100_000,
+        }
+    }
+}
+
+fn default_log() -> String {
+    "info".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error("config {path}: {key}: {detail}")]
+    Value { path: String, key: String, detail: String },
+}
+
+impl Config {
+    /// Reads `path`, applies `ANNAL_*` environment overrides, resolves relative paths and checks the values.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As `load`, with the environment given (tests).
+    pub fn load_with_env(path: &Path, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let read = |detail: String| ConfigError::Read { path: shown.clone(), detail };
+        let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+        if text.len() > 1 << 20 {
+            return Err(read("is larger than 1 MiB".into()));
+        }
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| read(e.to_string()))?;
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix("ANNAL_") {
+                apply_override(&mut table, key, &value).map_err(|detail| ConfigError::Value {
+                    path: shown.clone(),
+                    key: name.clone(),
+                    detail,
+                })?;
+            }
+        }
+        let mut config: Config =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| read(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.genesis, &mut config.data_dir, &mut config.consensus_key, &mut config.p2p_key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.check().map_err(|(key, detail)| ConfigError::Value { path: shown, key: key.into(), detail })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.is_empty() {
+            return Err(("listen", "needs at least one address, e.g. \"/ip4/0.0.0.0/tcp/7100\"".into()));
+        }
+        for (key, list) in [("listen", &self.listen), ("peers", &self.peers)] {
+            for a in list {
+                a.parse::<Multiaddr>().map_err(|e| (key, format!("{a:?} is not a multiaddr: {e}")))?;
+            }
+        }
+        let l = &self.limits;
+        let positive: [(&'static str, u64); 5] = [
+            ("limits.mempool_records_max", l.mempool_records_max as u64),
+            ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
+            ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
+            ("limits.api_request_timeout_ms", l.api_request_timeout_ms),
+            ("limits.api_batch_records_max", l.api_batch_records_max as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err((key, "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen.iter().map(|a| a.parse().expect("checked at load")).collect()
+    }
+
+    pub fn peer_addrs(&self) -> Vec<Multiaddr> {
+        self.peers.iter().map(|a| a.parse().expect("checked at load")).collect()
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+}
+
+/// Sets `KEY` (from `ANNAL_KEY`) in the table: the first `_`-separated word
+/// that names a section (`limits`) selects it; the value keeps the type of the
+/// key it replaces (string, integer or list of strings, comma-separated).
+fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+    let key = key.to_ascii_lowercase();
+    let (section, name) = match key.split_once('_') {
+        Some((s, rest)) if s == "limits" => (Some(s), rest.to_string()),
+        _ => (None, key.clone()),
+    };
+    let target = match section {
+        Some(s) => table
+            .entry(s)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("[{s}] is not a table"))?,
+        None => table,
+    };
+    let parsed = match name.as_str() {
+        "listen" | "peers" => toml::Value::Array(
+            value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        _ if section.is_some() => {
+            toml::Value::Integer(value.parse::<i64>().map_err(|e| format!("{value:?} is not an integer: {e}"))?)
+        }
+        _ => toml::Value::String(value.into()),
+    };
+    target.insert(name, parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = r#"
+genesis = "genesis.json"
+data_dir = "data"
+consensus_key = "consensus.key"
+p2p_key = "p2p.key"
+listen = ["/ip4/127.0.0.1/tcp/7100"]
+api_listen = "127.0.0.1:8100"
+"#;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("annal-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Goal: relative paths resolve against the config's folder, and limits default.
+    #[test]
+    fn minimal_config_resolves_paths() {
+        let d = tempdir("minimal");
+        let c = Config::load_with_env(&write(&d, MINIMAL), std::iter::empty()).unwrap();
+        assert_eq!(c.data_dir, d.join("data"));
+        assert_eq!(c.genesis, d.join("genesis.json"));
+        assert_eq!(c.limits.mempool_records_max, Limits::default().mempool_records_max);
+        assert_eq!(c.log, "info");
+    }
+
+    /// Goal: environment overrides replace top-level and section keys with the right types.
+    #[test]
+    fn environment_overrides() {
+        let d = tempdir("env");
+        let env = [
+            ("ANNAL_API_LISTEN", "127.0.0.1:9999"),
+            ("ANNAL_LIMITS_MEMPOOL_RECORDS_MAX", "7"),
+            ("ANNAL_PEERS", "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2"),
+            ("OTHER", "x"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap();
+        assert_eq!(c.api_listen.port(), 9999);
+        assert_eq!(c.limits.mempool_records_max, 7);
+        assert_eq!(c.peers.len(), 2);
+    }
+
+    /// Goal: unknown keys, bad addresses and zero limits are refused with the key named.
+    #[test]
+    fn bad_configs_name_the_key() {
+        let d = tempdir("bad");
+        let err = Config::load_with_env(&write(&d, &format!("{MINIMAL}\nmystery = 1\n")), std::iter::empty());
+        assert!(err.unwrap_err().to_string().contains("mystery"));
+        let err = Config::load_with_env(
+            &write(&d, &MINIMAL.replace("/ip4/127.0.0.1/tcp/7100", "nonsense")),
+            std::iter::empty(),
+        );
+        assert!(err.unwrap_err().to_string().contains("listen"));
+        let env = [("ANNAL_LIMITS_MEMPOOL_BYTES_MAX".to_string(), "0".to_string())];
+        let err = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap_err().to_string();
+        assert!(err.contains("limits.mempool_bytes_max"), "{err}");
+        let env = [("ANNAL_LIMITS_MEMPOOL_BYTES_MAX".to_string(), "lots".to_string())];
+        let err = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap_err().to_string();
+        assert!(err.contains("ANNAL_LIMITS_MEMPOOL_BYTES_MAX") && err.contains("not an integer"), "{err}");
+    }
+}

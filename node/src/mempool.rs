@@ -1,0 +1,194 @@
+//! Records accepted but not yet in a final block, in arrival order, bounded by count and bytes.
+//!
+//! A record enters once its stateless rules, nonce (against committed state)
+//! and signature have been checked, so a record in the pool never needs its
+//! signature checked again on this node. It leaves only when a final block
+//! carries it (appended or refused at execution): proposing a block does not
+//! remove anything, so a block that never becomes final loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use annal_ledger::record::{RecordId, SignedRecord};
+
+pub struct Mempool {
+    entries: BTreeMap<RecordId, Entry>,
+    /// Arrival order: sequence number → id.
+    order: BTreeMap<u64, RecordId>,
+    next_seq: u64,
+    bytes: usize,
+    records_max: usize,
+    bytes_max: usize,
+}
+
+struct Entry {
+    seq: u64,
+    bytes: Vec<u8>,
+    record: SignedRecord,
+}
+
+/// Why a record was not added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    Records { max: usize },
+    Bytes { max: usize },
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Full::Records { max } => write!(f, "the node holds its limit of {max} pending records"),
+            Full::Bytes { max } => write!(f, "the node holds its limit of {max} bytes of pending records"),
+        }
+    }
+}
+
+impl Mempool {
+    pub fn new(records_max: usize, bytes_max: usize) -> Mempool {
+        Mempool { entries: BTreeMap::new(), order: BTreeMap::new(), next_seq: 0, bytes: 0, records_max, bytes_max }
+    }
+
+    /// Adds a checked record. `Ok(false)` if it was already pending.
+    pub fn insert(&mut self, id: RecordId, record: SignedRecord, bytes: Vec<u8>) -> Result<bool, Full> {
+        if self.entries.contains_key(&id) {
+            return Ok(false);
+        }
+        if self.entries.len() >= self.records_max {
+            return Err(Full::Records { max: self.records_max });
+        }
+        if self.bytes + bytes.len() > self.bytes_max {
+            return Err(Full::Bytes { max: self.bytes_max });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += bytes.len();
+        self.order.insert(seq, id);
+        self.entries.insert(id, Entry { seq, bytes, record });
+        Ok(true)
+    }
+
+    pub fn contains(&self, id: &RecordId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Removes a record that a final block carried; true if it was pending.
+    pub fn remove(&mut self, id: &RecordId) -> bool {
+        match self.entries.remove(id) {
+            Some(e) => {
+                self.order.remove(&e.seq);
+                self.bytes -= e.bytes.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The oldest records not in `exclude`, at most `records_max` of them and
+    /// `bytes_max` bytes: a block's payload. Nothing is removed.
+    pub fn select(&self, records_max: usize, bytes_max: usize, exclude: &BTreeSet<RecordId>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for id in self.order.values() {
+            if out.len() >= records_max {
+                break;
+            }
+            if exclude.contains(id) {
+                continue;
+            }
+            let e = &self.entries[id];
+            if bytes + e.bytes.len() > bytes_max {
+                break;
+            }
+            bytes += e.bytes.len();
+            out.push(e.bytes.clone());
+        }
+        out
+    }
+
+    /// The decoded record, if pending (its signature was checked on entry).
+    pub fn get(&self, id: &RecordId) -> Option<&SignedRecord> {
+        self.entries.get(id).map(|e| &e.record)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn records_max(&self) -> usize {
+        self.records_max
+    }
+
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use annal_ledger::keys::SecretKey;
+    use annal_ledger::record::{Body, Op, Record};
+
+    fn record(nonce: u64, body: usize) -> (RecordId, SignedRecord, Vec<u8>) {
+        let key = SecretKey::from_seed([3; 32]);
+        let r = Record {
+            chain_id: "c".into(),
+            namespace: "ns".into(),
+            key: format!("k{nonce}"),
+            op: Op::Publish,
+            body: Body::Inline(vec![0; body]),
+            metadata: Default::default(),
+            supersedes: None,
+            version: 1,
+            submitter: key.public(),
+            nonce,
+        }
+        .sign(&key);
+        let bytes = r.to_bytes();
+        (SignedRecord::id_of_bytes(&bytes), r, bytes)
+    }
+
+    /// Goal: the pool refuses past its count and byte limits, dedups, and frees room on removal.
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let (a, b, c) = (record(1, 10), record(2, 10), record(3, 10));
+        let mut pool = Mempool::new(2, 1 << 20);
+        assert_eq!(pool.insert(a.0, a.1.clone(), a.2.clone()), Ok(true));
+        assert_eq!(pool.insert(a.0, a.1.clone(), a.2.clone()), Ok(false));
+        assert_eq!(pool.insert(b.0, b.1.clone(), b.2.clone()), Ok(true));
+        assert_eq!(pool.insert(c.0, c.1.clone(), c.2.clone()), Err(Full::Records { max: 2 }));
+        assert!(pool.remove(&a.0));
+        assert!(!pool.remove(&a.0));
+        assert_eq!(pool.insert(c.0, c.1.clone(), c.2.clone()), Ok(true));
+        assert_eq!(pool.len(), 2);
+
+        let mut pool = Mempool::new(10, a.2.len() + b.2.len());
+        pool.insert(a.0, a.1, a.2.clone()).unwrap();
+        pool.insert(b.0, b.1, b.2.clone()).unwrap();
+        assert_eq!(pool.insert(c.0, c.1, c.2), Err(Full::Bytes { max: a.2.len() + b.2.len() }));
+        assert_eq!(pool.bytes(), a.2.len() + b.2.len());
+    }
+
+    /// Goal: a payload takes the oldest records first, skips excluded ones and respects both limits.
+    #[test]
+    fn select_in_arrival_order() {
+        let rs: Vec<_> = (1..=5).map(|n| record(n, 100)).collect();
+        let mut pool = Mempool::new(10, 1 << 20);
+        for (id, r, b) in &rs {
+            pool.insert(*id, r.clone(), b.clone()).unwrap();
+        }
+        let exclude = BTreeSet::from([rs[1].0]);
+        let got = pool.select(3, 1 << 20, &exclude);
+        assert_eq!(got, vec![rs[0].2.clone(), rs[2].2.clone(), rs[3].2.clone()]);
+        let got = pool.select(10, rs[0].2.len() * 2, &BTreeSet::new());
+        assert_eq!(got.len(), 2);
+        assert_eq!(pool.len(), 5, "selecting removes nothing");
+    }
+}

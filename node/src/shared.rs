@@ -1,0 +1,573 @@
+//! What the node's loop and its HTTP API share: the store, the mempool, the
+//! status, and the waiters for records to become final. The API reads through
+//! the methods here; only the loop commits blocks.
+//!
+//! Admission (`Shared::admit`) is the one gate for a record, whether it comes
+//! from the API or from gossip: decode, stateless rules, nonce against
+//! committed state, signature, then the bounded mempool. A record that passes
+//! is never dropped until a final block carries it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use annal_ledger::block::Height;
+use annal_ledger::genesis::Genesis;
+use annal_ledger::merkle::Hash;
+use annal_ledger::proof::{self, Bundle, Consistency};
+use annal_ledger::record::{Body, RecordId, SignedRecord};
+use annal_ledger::state::{Rules, StateKey, StateView, Status as HeadStatus};
+use annal_ledger::store::Store;
+use annal_ledger::Error as LedgerError;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Limits;
+use crate::mempool::Mempool;
+
+/// Why a request could not be answered; the API maps each to a status and code (docs/API.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// 400 `malformed`.
+    Malformed(String),
+    /// 400 `bad_query`.
+    BadQuery(String),
+    /// 404 `not_found`.
+    NotFound(String),
+    /// 422 `refused`.
+    Refused(String),
+    /// 503 `mempool_full`.
+    MempoolFull(String),
+    /// 503 `not_certified`.
+    NotCertified(String),
+    /// 504 `timeout`.
+    Timeout(String),
+    /// 500 `internal`.
+    Internal(String),
+}
+
+impl Failure {
+    /// The stable error code of docs/API.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::Malformed(_) => "malformed",
+            Failure::BadQuery(_) => "bad_query",
+            Failure::NotFound(_) => "not_found",
+            Failure::Refused(_) => "refused",
+            Failure::MempoolFull(_) => "mempool_full",
+            Failure::NotCertified(_) => "not_certified",
+            Failure::Timeout(_) => "timeout",
+            Failure::Internal(_) => "internal",
+        }
+    }
+
+    pub fn detail(&self) -> &str {
+        match self {
+            Failure::Malformed(d)
+            | Failure::BadQuery(d)
+            | Failure::NotFound(d)
+            | Failure::Refused(d)
+            | Failure::MempoolFull(d)
+            | Failure::NotCertified(d)
+            | Failure::Timeout(d)
+            | Failure::Internal(d) => d,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "error": self.code(), "detail": self.detail() })
+    }
+}
+
+impl From<LedgerError> for Failure {
+    fn from(e: LedgerError) -> Failure {
+        match e {
+            LedgerError::NotCertified { .. } => Failure::NotCertified(e.to_string()),
+            e if e.is_storage() => Failure::Internal(e.to_string()),
+            e => Failure::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A record's place once final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub index: u64,
+    pub height: u64,
+}
+
+/// What admission did with a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Accepted now (`new`) or already pending.
+    Pending { id: RecordId, new: bool },
+    /// Already in a final block.
+    Final { id: RecordId, placed: Placed },
+}
+
+/// How a pending record ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Final(Placed),
+    /// Refused at execution: the rule it broke.
+    Refused(String),
+}
+
+/// The sync state shown in `/v1/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    Synced,
+    CatchingUp { target: u64 },
+}
+
+/// The loop's view of itself, refreshed after every event that changes it.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub view: u64,
+    pub peers: usize,
+    pub sync: SyncState,
+    pub evidence: u64,
+    /// The loop is running and its last commit succeeded.
+    pub healthy: bool,
+}
+
+/// Counters and the finality histogram behind `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub records_finalized: AtomicU64,
+    pub records_refused: AtomicU64,
+    pub blocks_committed: AtomicU64,
+    pub api_requests: Mutex<BTreeMap<u16, u64>>,
+    pub finality: Mutex<Histogram>,
+}
+
+/// A cumulative histogram of seconds (Prometheus buckets).
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        let bounds = vec![0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        Histogram { counts: vec![0; bounds.len()], bounds, sum: 0.0, count: 0 }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if seconds <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+pub struct Shared {
+    pub genesis: Genesis,
+    pub genesis_hash: Hash,
+    pub rules: Rules,
+    pub limits: Limits,
+    /// This node's index in the validator set, if it is a validator.
+    pub validator: Option<u32>,
+    pub store: RwLock<Store>,
+    pub pool: Mutex<Mempool>,
+    pub status: Mutex<Status>,
+    pub metrics: Metrics,
+    /// When each pending record arrived (finality latency).
+    arrivals: Mutex<BTreeMap<RecordId, Instant>>,
+    waiters: Mutex<BTreeMap<RecordId, Vec<oneshot::Sender<Outcome>>>>,
+    refusals: Mutex<(BTreeMap<RecordId, String>, VecDeque<RecordId>)>,
+    /// Records the API admitted, for the loop to gossip.
+    gossip: mpsc::Sender<Vec<u8>>,
+}
+
+impl Shared {
+    pub fn new(
+        genesis: Genesis,
+        limits: Limits,
+        validator: Option<u32>,
+        store: Store,
+        gossip: mpsc::Sender<Vec<u8>>,
+    ) -> Shared {
+        let pool = Mempool::new(limits.mempool_records_max, limits.mempool_bytes_max);
+        Shared {
+            genesis_hash: genesis.hash(),
+            rules: Rules::new(&genesis),
+            genesis,
+            limits,
+            validator,
+            store: RwLock::new(store),
+            pool: Mutex::new(pool),
+            status: Mutex::new(Status { view: 0, peers: 0, sync: SyncState::Synced, evidence: 0, healthy: true }),
+            metrics: Metrics::default(),
+            arrivals: Mutex::new(BTreeMap::new()),
+            waiters: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new((BTreeMap::new(), VecDeque::new())),
+            gossip,
+        }
+    }
+
+    pub fn store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+        self.store.read().expect("the store lock is never poisoned: commits do not panic while holding it")
+    }
+
+    /// Checks a record and adds it to the mempool (docs/API.md "Records").
+    pub fn admit(&self, bytes: Vec<u8>) -> Result<Admitted, Failure> {
+        let params = &self.genesis.params;
+        if bytes.len() > params.record_bytes_max {
+            return Err(Failure::Refused(format!(
+                "record is {} bytes; the chain's limit is {}",
+                bytes.len(),
+                params.record_bytes_max
+            )));
+        }
+        let record = SignedRecord::from_bytes(&bytes, params).map_err(|e| Failure::Malformed(e.to_string()))?;
+        let id = SignedRecord::id_of_bytes(&bytes);
+        if let Some(placed) = self.placed(&id)? {
+            return Ok(Admitted::Final { id, placed });
+        }
+        if self.pool.lock().expect("pool lock").contains(&id) {
+            return Ok(Admitted::Pending { id, new: false });
+        }
+        self.rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
+        let r = &record.record;
+        if let Some(last) = self.store().last_nonce(&r.submitter)? {
+            if r.nonce <= last {
+                return Err(Failure::Refused(format!(
+                    "nonce {} of submitter {} is not above its last final nonce {last}",
+                    r.nonce,
+                    r.submitter.to_hex()
+                )));
+            }
+        }
+        record.verify_signature().map_err(|e| Failure::Refused(e.to_string()))?;
+        let new = self.pool.lock().expect("pool lock").insert(id, record, bytes).map_err(|full| {
+            Failure::MempoolFull(format!("{full}; the record was not accepted, retry after the Retry-After delay"))
+        })?;
+        if new {
+            self.arrivals.lock().expect("arrivals lock").insert(id, Instant::now());
+        }
+        Ok(Admitted::Pending { id, new })
+    }
+
+    /// Admits a record from the API and hands it to the loop to gossip.
+    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Admitted, Failure> {
+        let admitted = self.admit(bytes.clone())?;
+        if let Admitted::Pending { new: true, .. } = admitted {
+            // The loop gossips it; if the loop is gone the node is stopping and
+            // the record stays in this node's pool only until then.
+            let _ = self.gossip.send(bytes).await;
+        }
+        Ok(admitted)
+    }
+
+    /// Waits until `id` is final or refused, at most `timeout`.
+    pub async fn wait_final(&self, id: RecordId, timeout: Duration) -> Result<Placed, Failure> {
+        let rx = {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.lock().expect("waiters lock").entry(id).or_default().push(tx);
+            rx
+        };
+        // The record may have become final between admission and registering.
+        if let Some(placed) = self.placed(&id)? {
+            return Ok(placed);
+        }
+        if let Some(why) = self.refusal(&id) {
+            return Err(Failure::Refused(why));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Outcome::Final(placed))) => Ok(placed),
+            Ok(Ok(Outcome::Refused(why))) => Err(Failure::Refused(why)),
+            Ok(Err(_)) => Err(Failure::Internal("the node is stopping".into())),
+            Err(_) => Err(Failure::Timeout(format!(
+                "record {id} was not final within {} ms; it is still pending",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Called by the loop after a commit: wakes waiters and records refusals.
+    pub fn settle(&self, outcomes: Vec<(RecordId, Outcome)>) {
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        let mut histogram = self.metrics.finality.lock().expect("histogram lock");
+        for (id, outcome) in outcomes {
+            if let Some(t) = arrivals.remove(&id) {
+                if matches!(outcome, Outcome::Final(_)) {
+                    histogram.observe(now.duration_since(t).as_secs_f64());
+                }
+            }
+            if let Outcome::Refused(why) = &outcome {
+                let mut r = self.refusals.lock().expect("refusals lock");
+                if r.0.insert(id, why.clone()).is_none() {
+                    r.1.push_back(id);
+                }
+                while r.1.len() > self.limits.refusals_retained {
+                    let old = r.1.pop_front().expect("non-empty");
+                    r.0.remove(&old);
+                }
+            }
+            for tx in waiters.remove(&id).unwrap_or_default() {
+                let _ = tx.send(outcome.clone());
+            }
+        }
+        // Waiters whose request gave up leave closed senders behind.
+        waiters.retain(|_, txs| {
+            txs.retain(|tx| !tx.is_closed());
+            !txs.is_empty()
+        });
+    }
+
+    fn refusal(&self, id: &RecordId) -> Option<String> {
+        self.refusals.lock().expect("refusals lock").0.get(id).cloned()
+    }
+
+    /// Where a final record sits.
+    pub fn placed(&self, id: &RecordId) -> Result<Option<Placed>, Failure> {
+        let store = self.store();
+        match store.index_of(id)? {
+            Some(index) => Ok(Some(Placed { index, height: store.height_of_index(index)?.0 })),
+            None => Ok(None),
+        }
+    }
+
+    /// `GET /v1/records/{id}`.
+    pub fn record(&self, id: &RecordId) -> Result<Value, Failure> {
+        if let Some(placed) = self.placed(id)? {
+            let bytes = self
+                .store()
+                .record_bytes(placed.index)?
+                .ok_or_else(|| Failure::Internal(format!("record {} is indexed but missing", placed.index)))?;
+            let signed = SignedRecord::from_bytes(&bytes, &self.genesis.params)?;
+            let r = &signed.record;
+            let body = match &r.body {
+                Body::Inline(b) => json!({ "inline": B64.encode(b) }),
+                Body::Document(d) => json!({ "document": {
+                    "sha256": hex::encode(d.sha256), "size": d.size, "media_type": d.media_type } }),
+            };
+            return Ok(json!({
+                "id": id.to_hex(), "status": "final", "index": placed.index, "height": placed.height,
+                "record": B64.encode(&bytes), "namespace": r.namespace, "key": r.key, "op": r.op.name(),
+                "version": r.version, "submitter": r.submitter.to_hex(), "nonce": r.nonce,
+                "supersedes": r.supersedes.map(|s| s.to_hex()), "metadata": r.metadata, "body": body,
+            }));
+        }
+        if self.pool.lock().expect("pool lock").contains(id) {
+            return Ok(json!({ "id": id.to_hex(), "status": "pending" }));
+        }
+        if let Some(why) = self.refusal(id) {
+            return Ok(json!({ "id": id.to_hex(), "status": "refused", "error": Failure::Refused(why).to_json() }));
+        }
+        Err(Failure::NotFound(format!("no record with id {id} is final, pending or recently refused on this node")))
+    }
+
+    /// `GET /v1/history/{namespace}/{key}`.
+    pub fn history(&self, namespace: &str, key: &str) -> Result<Value, Failure> {
+        let k = StateKey { namespace: namespace.into(), key: key.into() };
+        let store = self.store();
+        let versions = store.history(&k)?;
+        let Some(head) = store.head(&k)? else {
+            return Err(Failure::NotFound(format!("key {key:?} in namespace {namespace:?} was never written")));
+        };
+        let mut out = Vec::with_capacity(versions.len());
+        for (version, index) in versions {
+            let bytes = store
+                .record_bytes(index)?
+                .ok_or_else(|| Failure::Internal(format!("record {index} is in the history but missing")))?;
+            out.push(json!({
+                "version": version, "index": index, "id": SignedRecord::id_of_bytes(&bytes).to_hex(),
+                "height": store.height_of_index(index)?.0,
+            }));
+        }
+        let status = if head.status == HeadStatus::Revoked { "revoked" } else { "active" };
+        Ok(json!({
+            "namespace": namespace, "key": key, "versions": out,
+            "head": { "id": head.id.to_hex(), "version": head.version, "status": status },
+        }))
+    }
+
+    /// `GET /v1/nonces/{submitter}`.
+    pub fn last_nonce(&self, submitter: &str) -> Result<Value, Failure> {
+        let key = annal_ledger::keys::PublicKey::from_hex(submitter).map_err(|e| Failure::BadQuery(e.to_string()))?;
+        Ok(json!({ "submitter": key.to_hex(), "last_nonce": self.store().last_nonce(&key)? }))
+    }
+
+    /// `GET /v1/proofs/{id}`.
+    pub fn bundle(&self, id: &RecordId, with_status: bool) -> Result<Bundle, Failure> {
+        if self.placed(id)?.is_none() {
+            let pending = self.pool.lock().expect("pool lock").contains(id);
+            return Err(Failure::NotFound(if pending {
+                format!("record {id} is pending; its proof exists once it is final")
+            } else {
+                format!("no final record with id {id}")
+            }));
+        }
+        Ok(proof::bundle(&self.store(), &self.genesis, id, with_status)?)
+    }
+
+    /// `GET /v1/checkpoint`: the latest certified block.
+    pub fn checkpoint(&self) -> Result<Value, Failure> {
+        let store = self.store();
+        let height = store.certified_height();
+        if height.0 == 0 {
+            return Err(Failure::NotFound("no block is certified yet".into()));
+        }
+        let (header, block) = proof::certified_block(&store, &self.genesis, height)?;
+        Ok(json!({
+            "height": height.0, "log_size": header.log_size, "log_root": hex::encode(header.log_root),
+            "state_root": hex::encode(header.state_root), "block_hash": hex::encode(header.hash()),
+            "checkpoint": block.checkpoint,
+        }))
+    }
+
+    /// `GET /v1/consistency?from=&to=`.
+    pub fn consistency(&self, from: u64, to: Option<u64>) -> Result<Consistency, Failure> {
+        let store = self.store();
+        let to = to.unwrap_or(store.certified_height().0);
+        if from == 0 || from > to {
+            return Err(Failure::BadQuery(format!("from height {from} must be at least 1 and at most to height {to}")));
+        }
+        if to > store.tip().height.0 {
+            return Err(Failure::NotFound(format!("height {to} is above this node's height {}", store.tip().height.0)));
+        }
+        Ok(proof::consistency(&store, &self.genesis, Height(from), Height(to))?)
+    }
+
+    /// `GET /v1/blocks/{height}`.
+    pub fn block(&self, height: u64) -> Result<Value, Failure> {
+        if height == 0 {
+            return Err(Failure::BadQuery("height 0 is the genesis state: read the genesis file".into()));
+        }
+        let store = self.store();
+        let header = store.header(Height(height))?.ok_or_else(|| {
+            Failure::NotFound(format!("height {height} is above this node's height {}", store.tip().height.0))
+        })?;
+        let first = match height {
+            1 => 0,
+            h => store.header(Height(h - 1))?.map_or(0, |p| p.log_size),
+        };
+        let mut records = Vec::with_capacity((header.log_size - first) as usize);
+        for i in first..header.log_size {
+            let bytes = store.record_bytes(i)?.ok_or_else(|| Failure::Internal(format!("record {i} is missing")))?;
+            records.push(B64.encode(bytes));
+        }
+        let checkpoint = match store.certificate(Height(height))? {
+            Some(cert) => {
+                let set = proof::set_at(&store, &self.genesis, Height(height))?;
+                Some(cert.to_note(&header, &set).to_string())
+            }
+            None => None,
+        };
+        Ok(json!({
+            "height": height, "hash": hex::encode(header.hash()), "header": B64.encode(header.to_bytes()),
+            "checkpoint": checkpoint, "records": records, "first_index": first,
+        }))
+    }
+
+    /// `GET /v1/status`.
+    pub fn status_json(&self) -> Result<Value, Failure> {
+        let store = self.store();
+        let tip = store.tip().clone();
+        let header = store.header(tip.height)?;
+        let status = self.status.lock().expect("status lock").clone();
+        let pool = self.pool.lock().expect("pool lock");
+        let (sync, target) = match status.sync {
+            SyncState::Synced => ("synced", tip.height.0),
+            SyncState::CatchingUp { target } => ("catching_up", target),
+        };
+        Ok(json!({
+            "chain_id": self.genesis.chain_id, "genesis_hash": hex::encode(self.genesis_hash),
+            "validator": self.validator, "height": tip.height.0, "certified_height": store.certified_height().0,
+            "view": status.view, "log_size": tip.log_size, "log_root": hex::encode(store.log_root()),
+            "state_root": hex::encode(header.map_or(annal_ledger::state_tree::EMPTY_ROOT, |h| h.state_root)),
+            "peers": status.peers,
+            "mempool": { "records": pool.len(), "bytes": pool.bytes(), "records_max": pool.records_max(),
+                         "bytes_max": pool.bytes_max() },
+            "sync": { "state": sync, "target_height": target },
+            "evidence": status.evidence,
+        }))
+    }
+
+    /// `GET /metrics`: Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write;
+        let store = self.store();
+        let status = self.status.lock().expect("status lock").clone();
+        let (pool_records, pool_bytes) = {
+            let p = self.pool.lock().expect("pool lock");
+            (p.len(), p.bytes())
+        };
+        let lag = match status.sync {
+            SyncState::Synced => 0,
+            SyncState::CatchingUp { target } => target.saturating_sub(store.tip().height.0),
+        };
+        let m = &self.metrics;
+        let mut s = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        gauge("annal_height", "Height of the last committed block.", "gauge", store.tip().height.0.to_string());
+        gauge(
+            "annal_certified_height",
+            "Highest block with a stored certificate.",
+            "gauge",
+            store.certified_height().0.to_string(),
+        );
+        gauge("annal_view", "Current consensus view.", "gauge", status.view.to_string());
+        gauge(
+            "annal_records_finalized_total",
+            "Records appended by final blocks.",
+            "counter",
+            m.records_finalized.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "annal_records_refused_total",
+            "Records in final blocks refused at execution.",
+            "counter",
+            m.records_refused.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "annal_blocks_committed_total",
+            "Blocks committed since start.",
+            "counter",
+            m.blocks_committed.load(Ordering::Relaxed).to_string(),
+        );
+        gauge("annal_mempool_records", "Pending records.", "gauge", pool_records.to_string());
+        gauge("annal_mempool_bytes", "Pending record bytes.", "gauge", pool_bytes.to_string());
+        gauge("annal_peers", "Connected validator peers.", "gauge", status.peers.to_string());
+        gauge("annal_sync_lag_blocks", "Blocks behind the highest height seen from peers.", "gauge", lag.to_string());
+        gauge("annal_store_bytes", "Bytes of the store's SST files.", "gauge", store.disk_bytes().to_string());
+        gauge("annal_evidence_total", "Equivocations seen.", "counter", status.evidence.to_string());
+        drop(store);
+        let h = m.finality.lock().expect("histogram lock");
+        let _ = writeln!(s, "# HELP annal_finality_seconds Time from admission on this node to final.");
+        let _ = writeln!(s, "# TYPE annal_finality_seconds histogram");
+        for (b, c) in h.bounds.iter().zip(&h.counts) {
+            let _ = writeln!(s, "annal_finality_seconds_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(s, "annal_finality_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(s, "annal_finality_seconds_sum {}\nannal_finality_seconds_count {}", h.sum, h.count);
+        drop(h);
+        let _ = writeln!(s, "# HELP annal_api_requests_total API answers by status code.");
+        let _ = writeln!(s, "# TYPE annal_api_requests_total counter");
+        for (code, n) in m.api_requests.lock().expect("api lock").iter() {
+            let _ = writeln!(s, "annal_api_requests_total{{code=\"{code}\"}} {n}");
+        }
+        s
+    }
+
+    /// Whether `/healthz` answers 200.
+    pub fn healthy(&self) -> bool {
+        self.status.lock().expect("status lock").healthy
+    }
+}
