@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bench;
 mod client;
 mod genesis_cmd;
@@ -122,6 +123,12 @@ Then:    annal verify --genesis genesis.json deed.bundle.json --current")]
         after_help = "Example: annal consistency --node http://127.0.0.1:8080 --genesis genesis.json --from checkpoint-2026-11-25.txt"
     )]
     Consistency(node_cmds::ConsistencyArgs),
+    /// Replay a node's whole chain from the genesis file and check every block it serves.
+    ///
+    /// Exit status: 0 every block matches, 1 a discrepancy (the first is named by
+    /// height and field), 2 could not check (network, unreadable files).
+    #[command(after_help = "Example: annal audit --node http://127.0.0.1:8080 --genesis genesis.json")]
+    Audit(audit::AuditArgs),
     /// Show a node's height, log, peers and sync state.
     #[command(after_help = "Example: annal status --node http://127.0.0.1:8080 --json")]
     Status {
@@ -199,6 +206,7 @@ fn main() {
         Command::Verify(args) => std::process::exit(verify::verify(args).code()),
         Command::VerifyConsistency(args) => std::process::exit(verify::verify_consistency(args).code()),
         Command::Consistency(args) => std::process::exit(node_cmds::consistency(args).code()),
+        Command::Audit(args) => std::process::exit(audit::audit(args).code()),
         _ => cli,
     };
     let json = wants_json(&cli.command);
@@ -260,7 +268,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prove(args) => node_cmds::prove(args),
         Command::Checkpoint { node, out, json } => node_cmds::checkpoint(&node, out.as_deref(), json),
         Command::Status { node, json } => node_cmds::status(&node, json),
-        Command::Verify(_) | Command::VerifyConsistency(_) | Command::Consistency(_) => {
+        Command::Verify(_) | Command::VerifyConsistency(_) | Command::Consistency(_) | Command::Audit(_) => {
             unreachable!("handled in main for their exit codes")
         }
     }
