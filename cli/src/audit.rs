@@ -408,7 +408,7 @@ fn report_problem(problem: &Problem, json: bool, checked_to: u64) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use annal_ledger::block::{Certificate, Height, View};
     use annal_ledger::exec::BlockMeta;
@@ -416,12 +416,12 @@ mod tests {
     use annal_ledger::keys::SecretKey;
     use annal_ledger::record::{Body, Op, Record};
 
-    fn key(n: u8) -> SecretKey {
+    pub(crate) fn key(n: u8) -> SecretKey {
         SecretKey::from_seed([n; 32])
     }
 
     /// Four validators (keys 1..=4); agency "land" (officer 21) owns `land-titles`.
-    fn genesis() -> Genesis {
+    pub(crate) fn genesis() -> Genesis {
         Genesis {
             chain_id: "annal-test".into(),
             genesis_time_ms: 1_764_000_000_000,
@@ -459,7 +459,7 @@ mod tests {
     }
 
     /// A chain of `blocks` blocks of three records each, as the node's block API serves it.
-    fn chain(blocks: u64) -> Vec<BlockAnswer> {
+    pub(crate) fn chain(blocks: u64) -> Vec<BlockAnswer> {
         let g = genesis();
         let rules = Rules::new(&g);
         let set = g.validator_set();

@@ -821,4 +821,48 @@ mod tests {
         assert!(checkpoint_height(&note.text).is_err(), "an unsigned text is not a saved checkpoint");
         assert!(checkpoint_height("annal/x\n1\nAAAA\nblock 1 1 00\n\n— v AAAAAAAA\n").is_err());
     }
+
+    fn certified(block: &crate::audit::BlockAnswer) -> annal_ledger::proof::CertifiedBlock {
+        annal_ledger::proof::CertifiedBlock {
+            header: block.header.clone(),
+            checkpoint: block.checkpoint.clone().unwrap(),
+        }
+    }
+
+    #[test]
+    fn consistency_needs_a_valid_proof_from_exactly_the_saved_checkpoint() {
+        // Goal: a sound proof from the saved note extends it; a proof from another checkpoint is
+        // inconsistent; the same checkpoint with other signature lines cannot be judged (exit 2).
+        use annal_ledger::merkle::{self, MemoryNodes};
+        let genesis = crate::audit::tests::genesis();
+        let blocks = crate::audit::tests::chain(3);
+        let leaves: Vec<_> =
+            blocks.iter().flat_map(|b| &b.records).map(|r| merkle::leaf_hash(&B64.decode(r).unwrap())).collect();
+        let path = merkle::consistency_proof(&MemoryNodes::from_leaves(&leaves), 3, 9).unwrap();
+        let proof = Consistency {
+            format: proof::CONSISTENCY_FORMAT.into(),
+            chain_id: genesis.chain_id.clone(),
+            old: certified(&blocks[0]),
+            new: certified(&blocks[2]),
+            path: proof::b64_hashes(&path),
+            set_changes: vec![],
+        };
+        let held = blocks[0].checkpoint.clone().unwrap();
+        assert_eq!(checkpoint_height(&held).unwrap(), 1);
+        assert_eq!(
+            judge_consistency(&proof, &genesis, &held),
+            ConsistencyVerdict::Extends { old_height: 1, old_size: 3, new_height: 3, new_size: 9 }
+        );
+        let other = blocks[1].checkpoint.clone().unwrap();
+        assert!(matches!(judge_consistency(&proof, &genesis, &other), ConsistencyVerdict::Inconsistent(_)));
+        let mut bad_path = proof.clone();
+        bad_path.path[0] = B64.encode([0u8; 32]);
+        assert!(matches!(judge_consistency(&bad_path, &genesis, &held), ConsistencyVerdict::Inconsistent(_)));
+        let mut resigned = SignedNote::parse(&held).unwrap();
+        resigned.signatures.pop();
+        assert!(matches!(
+            judge_consistency(&proof, &genesis, &resigned.to_string()),
+            ConsistencyVerdict::NotThisFile(_)
+        ));
+    }
 }
