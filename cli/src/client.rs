@@ -255,4 +255,52 @@ mod tests {
         let long = refusal("http://n/x", 503, br#"{"error":"mempool_full"}"#, Some(Duration::from_secs(3600)));
         assert_eq!(long.retry_after(Duration::from_secs(1)), RETRY_AFTER_MAX, "a node cannot stall us for an hour");
     }
+
+    /// Serves one canned HTTP answer per connection on a local port (not a node: raw bytes).
+    fn serve(answers: Vec<Vec<u8>>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(&answer);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn answer(status: &str, body: &[u8], extra: &str) -> Vec<u8> {
+        let mut a = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n", body.len())
+            .into_bytes();
+        a.extend_from_slice(body);
+        a
+    }
+
+    #[test]
+    fn answers_one_byte_over_the_limit_are_refused() {
+        // Goal: an answer of exactly bytes_max is read; one byte more is TooLarge, naming the URL.
+        let at_limit = format!("\"{}\"", "a".repeat(98));
+        let over = format!("\"{}\"", "a".repeat(99));
+        let base = serve(vec![answer("200 OK", at_limit.as_bytes(), ""), answer("200 OK", over.as_bytes(), "")]);
+        let client = Client::new(&base).unwrap();
+        let s: String = client.get_json("/v1/status", 100).unwrap();
+        assert_eq!(s.len(), 98);
+        match client.get_json::<String>("/v1/status", 100) {
+            Err(ClientError::TooLarge { url, max: 100 }) => assert!(url.ends_with("/v1/status")),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_answers_carry_code_and_retry_after() {
+        // Goal: a 503 with the API's error JSON and Retry-After reaches the caller as Refused.
+        let body = br#"{"error":"not_certified","detail":"certificate for height 9 is being collected"}"#;
+        let base = serve(vec![answer("503 Service Unavailable", body, "retry-after: 2\r\n")]);
+        let e = Client::new(&base).unwrap().get_json::<serde_json::Value>("/v1/proofs/ab", 1 << 20).unwrap_err();
+        assert_eq!(e.code(), Some("not_certified"));
+        assert_eq!(e.retry_after(Duration::ZERO), Duration::from_secs(2));
+    }
 }

@@ -865,4 +865,15 @@ mod tests {
             ConsistencyVerdict::NotThisFile(_)
         ));
     }
+
+    #[test]
+    fn body_files_one_byte_over_the_limit_are_refused() {
+        // Goal: read_limited reads a file of exactly the limit and refuses one byte more.
+        let path = std::env::temp_dir().join(format!("annal-cli-body-{}", std::process::id()));
+        std::fs::write(&path, [1u8; 10]).unwrap();
+        assert_eq!(read_limited(&path, 10, "body file").unwrap().len(), 10);
+        let err = read_limited(&path, 9, "body file").unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("is 10 bytes; the limit is 9"), "{err}");
+    }
 }
