@@ -91,8 +91,10 @@ enum Command {
         /// The node's API address, e.g. http://127.0.0.1:8080.
         #[arg(long)]
         node: String,
+        /// The namespace, e.g. land-titles.
         #[arg(long)]
         namespace: String,
+        /// The record key within it, e.g. parcel/0042.
         #[arg(long)]
         key: String,
         /// Print the node's JSON instead of text.
