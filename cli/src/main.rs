@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bench;
+mod client;
 mod genesis_cmd;
+mod node_cmds;
 mod verify;
 
 #[derive(Parser)]
@@ -57,6 +60,86 @@ enum Command {
         /// Also write the record's canonical bytes (its leaf is SHA-256(0x00 || bytes)).
         #[arg(long)]
         record_bytes: Option<PathBuf>,
+    },
+    /// Sign a record with an officer's key and submit it to a node.
+    ///
+    /// The chain id, the nonce and (for --amend/--revoke) the superseded head's
+    /// version come from the node; the record is signed here, never by the node.
+    #[command(after_help = "Examples:
+  annal submit --node http://127.0.0.1:8080 --signer officer.key --namespace land-titles \\
+    --key parcel/0042 --document deed.pdf --media-type application/pdf --meta basis=\"Act 12 s.3\" --wait
+  annal submit --node http://127.0.0.1:8080 --signer officer.key --namespace land-titles \\
+    --key parcel/0042 --revoke <ID> --reason \"court order 2026/17\"")]
+    Submit(node_cmds::SubmitArgs),
+    /// Show a record by id: final (with its place in the log), pending or refused.
+    #[command(after_help = "Example: annal get --node http://127.0.0.1:8080 3f1c…e9 --json")]
+    Get {
+        /// The node's API address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        node: String,
+        /// The record id (64 hex characters).
+        id: String,
+        /// Print the node's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every version of a key, oldest first, and its current head.
+    #[command(
+        after_help = "Example: annal history --node http://127.0.0.1:8080 --namespace land-titles --key parcel/0042"
+    )]
+    History {
+        /// The node's API address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        node: String,
+        /// The namespace, e.g. land-titles.
+        #[arg(long)]
+        namespace: String,
+        /// The record key within it, e.g. parcel/0042.
+        #[arg(long)]
+        key: String,
+        /// Print the node's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a record's proof bundle from a node and save it for `annal verify`.
+    #[command(after_help = "Example: annal prove --node http://127.0.0.1:8080 3f1c…e9 --out deed.bundle.json --status
+Then:    annal verify --genesis genesis.json deed.bundle.json --current")]
+    Prove(node_cmds::ProveArgs),
+    /// Show the node's latest signed checkpoint; --out saves it for `annal consistency` later.
+    #[command(after_help = "Example: annal checkpoint --node http://127.0.0.1:8080 --out checkpoint-2026-11-25.txt")]
+    Checkpoint {
+        /// The node's API address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        node: String,
+        /// Save the signed checkpoint note to FILE (an existing file is not overwritten).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the node's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a node's current log extends a checkpoint you saved earlier.
+    ///
+    /// Exit status: 0 consistent, 1 not consistent, 2 could not check (network, unreadable files).
+    #[command(
+        after_help = "Example: annal consistency --node http://127.0.0.1:8080 --genesis genesis.json --from checkpoint-2026-11-25.txt"
+    )]
+    Consistency(node_cmds::ConsistencyArgs),
+    /// Replay a node's whole chain from the genesis file and check every block it serves.
+    ///
+    /// Exit status: 0 every block matches, 1 a discrepancy (the first is named by
+    /// height and field), 2 could not check (network, unreadable files).
+    #[command(after_help = "Example: annal audit --node http://127.0.0.1:8080 --genesis genesis.json")]
+    Audit(audit::AuditArgs),
+    /// Show a node's height, log, peers and sync state.
+    #[command(after_help = "Example: annal status --node http://127.0.0.1:8080 --json")]
+    Status {
+        /// The node's API address, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        node: String,
+        /// Print height, view, log_size, log_root, state_root, peers and sync as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
@@ -124,11 +207,32 @@ fn main() {
     let cli = match cli.command {
         Command::Verify(args) => std::process::exit(verify::verify(args).code()),
         Command::VerifyConsistency(args) => std::process::exit(verify::verify_consistency(args).code()),
+        Command::Consistency(args) => std::process::exit(node_cmds::consistency(args).code()),
+        Command::Audit(args) => std::process::exit(audit::audit(args).code()),
         _ => cli,
     };
+    let json = wants_json(&cli.command);
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        if json {
+            let code = e.downcast_ref::<client::ClientError>().and_then(|c| c.code()).unwrap_or("client");
+            println!("{}", serde_json::json!({ "error": code, "detail": format!("{e:#}") }));
+        } else {
+            eprintln!("error: {e:#}");
+        }
         std::process::exit(1);
+    }
+}
+
+/// Whether a command was asked for JSON output (its errors are then JSON too).
+fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Get { json, .. }
+        | Command::History { json, .. }
+        | Command::Checkpoint { json, .. }
+        | Command::Status { json, .. } => *json,
+        Command::Submit(args) => args.json,
+        Command::Prove(args) => args.json,
+        _ => false,
     }
 }
 
@@ -160,7 +264,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::TlogProof { bundle, out, record_bytes } => {
             tlog_proof(&bundle, out.as_deref(), record_bytes.as_deref())
         }
-        Command::Verify(_) | Command::VerifyConsistency(_) => unreachable!("handled in main for their exit codes"),
+        Command::Submit(args) => node_cmds::submit(args),
+        Command::Get { node, id, json } => node_cmds::get(&node, &id, json),
+        Command::History { node, namespace, key, json } => node_cmds::history(&node, &namespace, &key, json),
+        Command::Prove(args) => node_cmds::prove(args),
+        Command::Checkpoint { node, out, json } => node_cmds::checkpoint(&node, out.as_deref(), json),
+        Command::Status { node, json } => node_cmds::status(&node, json),
+        Command::Verify(_) | Command::VerifyConsistency(_) | Command::Consistency(_) | Command::Audit(_) => {
+            unreachable!("handled in main for their exit codes")
+        }
     }
 }
 

@@ -1,0 +1,635 @@
+//! `annal audit`: replay a node's whole chain from the genesis file and check
+//! every block it serves.
+//!
+//! Per block (`Replay::check`): the header decodes and hashes to the hash the
+//! node states; it continues the parent chain (height 1's parent is the
+//! genesis hash); it names the validator set in force; its signed checkpoint
+//! (when collected) carries more than 2/3 of that set's power over exactly
+//! this header; and re-executing the block's appended records with every
+//! signature verified, on state rebuilt from genesis, gives the header's
+//! `records_root`, `log_size`, `log_root` and `state_root`. The first
+//! discrepancy is named by height and field.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use annal_ledger::block::{Header, ValidatorSet};
+use annal_ledger::exec::{execute, Signatures};
+use annal_ledger::genesis::Genesis;
+use annal_ledger::merkle::{Frontier, Hash};
+use annal_ledger::note::SignedNote;
+use annal_ledger::record::SignedRecord;
+use annal_ledger::state::{MemoryState, Rules};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::client::{Client, SMALL_BYTES_MAX};
+use crate::verify::Outcome;
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// The node's API address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    node: String,
+    /// The chain's genesis file: the only thing trusted.
+    #[arg(long)]
+    genesis: PathBuf,
+    /// Check signatures (records and checkpoints) from this height on; lower
+    /// blocks are still replayed and their roots compared, since state is
+    /// rebuilt from genesis, but their signatures are taken as checked.
+    #[arg(long, default_value_t = 1)]
+    from_height: u64,
+    /// Print one JSON object instead of text, and no progress line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `GET /v1/blocks/{height}` (docs/API.md).
+#[derive(Clone, Debug, Deserialize)]
+pub struct BlockAnswer {
+    pub height: u64,
+    pub hash: String,
+    pub header: String,
+    pub checkpoint: Option<String>,
+    pub records: Vec<String>,
+    pub first_index: u64,
+}
+
+/// The header field (or part of the answer) where a block departs from the replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Header,
+    Height,
+    Hash,
+    ChainId,
+    Parent,
+    ValidatorsHash,
+    Checkpoint,
+    FirstIndex,
+    Records,
+    RecordsRoot,
+    LogSize,
+    LogRoot,
+    StateRoot,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Header => "header",
+            Field::Height => "height",
+            Field::Hash => "hash",
+            Field::ChainId => "chain_id",
+            Field::Parent => "parent",
+            Field::ValidatorsHash => "validators_hash",
+            Field::Checkpoint => "checkpoint",
+            Field::FirstIndex => "first_index",
+            Field::Records => "records",
+            Field::RecordsRoot => "records_root",
+            Field::LogSize => "log_size",
+            Field::LogRoot => "log_root",
+            Field::StateRoot => "state_root",
+        }
+    }
+}
+
+/// Why a block fails the audit.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("height {height}: {}: {detail}", field.name())]
+    Discrepancy { height: u64, field: Field, detail: String },
+    #[error("height {height}: cannot check further: {detail}")]
+    Unsupported { height: u64, detail: String },
+}
+
+/// What a block that passed left to say.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub records: usize,
+    /// The node has not collected this block's certificate yet.
+    pub uncertified: bool,
+}
+
+/// The replayed chain: state, log and parent hash after the last block checked.
+pub struct Replay {
+    rules: Rules,
+    set: ValidatorSet,
+    state: MemoryState,
+    frontier: Frontier,
+    parent: Hash,
+    /// Height of the last block checked (0 = genesis).
+    pub height: u64,
+    /// Blocks at or below this height must carry a checkpoint (the node said they are certified).
+    certified_height: u64,
+}
+
+impl Replay {
+    pub fn new(genesis: &Genesis, certified_height: u64) -> Self {
+        Replay {
+            rules: Rules::new(genesis),
+            set: genesis.validator_set(),
+            state: MemoryState::default(),
+            frontier: Frontier::new(),
+            parent: genesis.hash(),
+            height: 0,
+            certified_height,
+        }
+    }
+
+    /// Checks the next block; on success, takes its records into the replayed state.
+    /// With `check_signatures` false the records' and checkpoint's signatures are not verified.
+    pub fn check(&mut self, block: &BlockAnswer, check_signatures: bool) -> Result<Checked, Problem> {
+        let height = self.height + 1;
+        let bad = |field: Field, detail: String| Problem::Discrepancy { height, field, detail };
+        let bytes = B64.decode(&block.header).map_err(|e| bad(Field::Header, format!("not base64: {e}")))?;
+        let header = Header::from_bytes(&bytes).map_err(|e| bad(Field::Header, e.to_string()))?;
+        if block.height != height || header.height.0 != height {
+            return Err(bad(
+                Field::Height,
+                format!("asked for height {height}; the answer says {}, its header {}", block.height, header.height.0),
+            ));
+        }
+        let hash = header.hash();
+        if block.hash != hex::encode(hash) {
+            return Err(bad(
+                Field::Hash,
+                format!("the header hashes to {}, the node says {}", hex::encode(hash), block.hash),
+            ));
+        }
+        if header.chain_id != self.rules.chain_id {
+            return Err(bad(Field::ChainId, format!("{:?}, genesis is {:?}", header.chain_id, self.rules.chain_id)));
+        }
+        if header.parent != self.parent {
+            return Err(bad(
+                Field::Parent,
+                format!(
+                    "{}; the block at height {} hashes to {}",
+                    hex::encode(header.parent),
+                    height - 1,
+                    hex::encode(self.parent)
+                ),
+            ));
+        }
+        if header.validators_hash != self.set.hash() {
+            return Err(bad(
+                Field::ValidatorsHash,
+                format!(
+                    "{}; the set in force is {}",
+                    hex::encode(header.validators_hash),
+                    hex::encode(self.set.hash())
+                ),
+            ));
+        }
+        let uncertified = match &block.checkpoint {
+            Some(note) => {
+                if check_signatures {
+                    self.check_checkpoint(&header, note).map_err(|d| bad(Field::Checkpoint, d))?;
+                }
+                false
+            }
+            None if height <= self.certified_height => {
+                return Err(bad(
+                    Field::Checkpoint,
+                    format!("none, but the node says blocks up to {} are certified", self.certified_height),
+                ));
+            }
+            None => true,
+        };
+        self.execute(&header, block, check_signatures).map_err(|(field, detail)| bad(field, detail))?;
+        if header.next_validators_hash != header.validators_hash {
+            return Err(Problem::Unsupported {
+                height,
+                detail: "this block hands over to a new validator set, which the block API does not serve".into(),
+            });
+        }
+        self.parent = hash;
+        self.height = height;
+        Ok(Checked { records: block.records.len(), uncertified })
+    }
+
+    fn check_checkpoint(&self, header: &Header, note: &str) -> Result<(), String> {
+        let signed = SignedNote::parse(note).map_err(|e| e.to_string())?;
+        let checkpoint = self.set.verify_checkpoint(&self.rules.chain_id, &signed).map_err(|e| e.to_string())?;
+        if checkpoint != header.checkpoint() {
+            return Err(format!("the signed checkpoint is not this header's:\n{}", signed.text));
+        }
+        Ok(())
+    }
+
+    /// Re-executes the block's records and compares the roots; on success absorbs the state.
+    fn execute(&mut self, header: &Header, block: &BlockAnswer, check_signatures: bool) -> Result<(), (Field, String)> {
+        if block.first_index != self.frontier.size() {
+            return Err((
+                Field::FirstIndex,
+                format!("{}; the replayed log has {} records", block.first_index, self.frontier.size()),
+            ));
+        }
+        let records = block
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, b64)| {
+                let bytes = B64.decode(b64).map_err(|e| format!("record {i} is not base64: {e}"))?;
+                SignedRecord::from_bytes(&bytes, &self.rules.params).map_err(|e| format!("record {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|d| (Field::Records, d))?;
+        let signatures = if check_signatures { Signatures::Verify } else { Signatures::Verified };
+        let executed = execute(&self.rules, &self.state, &self.frontier, &records, signatures)
+            .map_err(|e| (Field::Records, format!("the appended records do not execute: {e}")))?;
+        let hex32 = hex::encode;
+        let compare = [
+            (Field::RecordsRoot, hex32(executed.records_root), hex32(header.records_root)),
+            (Field::LogSize, executed.log_size().to_string(), header.log_size.to_string()),
+            (Field::LogRoot, hex32(executed.log_root()), hex32(header.log_root)),
+            (Field::StateRoot, hex32(executed.state_root), hex32(header.state_root)),
+        ];
+        if let Some((field, replayed, stated)) = compare.into_iter().find(|(_, a, b)| a != b) {
+            return Err((field, format!("the header says {stated}; replaying the records gives {replayed}")));
+        }
+        self.state.absorb(&executed);
+        self.frontier = executed.frontier;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusAnswer {
+    chain_id: String,
+    genesis_hash: String,
+    height: u64,
+    certified_height: u64,
+}
+
+/// A `\r`-updated progress line on standard error, at most four times a second.
+struct Progress {
+    started: Instant,
+    shown: Instant,
+    records: u64,
+    on: bool,
+}
+
+impl Progress {
+    fn show(&mut self, height: u64, top: u64, force: bool) {
+        if !self.on || (!force && self.shown.elapsed() < Duration::from_millis(250)) {
+            return;
+        }
+        self.shown = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        eprint!(
+            "\raudited {height}/{top} blocks, {} records; {:.0} blocks/s, {:.0} records/s   ",
+            self.records,
+            height as f64 / secs,
+            self.records as f64 / secs
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn end(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
+}
+
+/// The block answer's size limit: the chain's block limit in base64, with room for the JSON around it.
+fn block_answer_bytes_max(genesis: &Genesis) -> u64 {
+    let p = &genesis.params;
+    let records = p.block_bytes_max.saturating_add(p.record_bytes_max) as u64;
+    (records / 3 + 1) * 4 + 8 * p.block_records_max as u64 + 64 * 1024
+}
+
+pub fn audit(args: AuditArgs) -> Outcome {
+    let json = args.json;
+    let cannot = |msg: String, height: u64| {
+        if json {
+            println!("{}", json!({ "consistent": null, "checked_to": height, "error": msg }));
+        } else {
+            eprintln!("could not check: {msg}");
+        }
+        Outcome::Unreadable
+    };
+    let genesis = match Genesis::load(&args.genesis) {
+        Ok(g) => g,
+        Err(e) => return cannot(e.to_string(), 0),
+    };
+    let client = match Client::new(&args.node) {
+        Ok(c) => c,
+        Err(e) => return cannot(e.to_string(), 0),
+    };
+    let status: StatusAnswer = match client.get_json("/v1/status", SMALL_BYTES_MAX) {
+        Ok(s) => s,
+        Err(e) => return cannot(e.to_string(), 0),
+    };
+    if status.chain_id != genesis.chain_id || status.genesis_hash != hex::encode(genesis.hash()) {
+        return cannot(
+            format!(
+                "the node runs chain {:?} with genesis {}; your genesis file is {:?} with hash {}",
+                status.chain_id,
+                status.genesis_hash,
+                genesis.chain_id,
+                hex::encode(genesis.hash())
+            ),
+            0,
+        );
+    }
+    let top = status.height;
+    let limit = block_answer_bytes_max(&genesis);
+    let mut replay = Replay::new(&genesis, status.certified_height);
+    let mut uncertified = Vec::new();
+    let now = Instant::now();
+    let mut progress = Progress { started: now, shown: now, records: 0, on: !json };
+    while replay.height < top {
+        let h = replay.height + 1;
+        let block: BlockAnswer = match client.get_json(&format!("/v1/blocks/{h}"), limit) {
+            Ok(b) => b,
+            Err(e) => {
+                progress.end();
+                return cannot(e.to_string(), replay.height);
+            }
+        };
+        match replay.check(&block, h >= args.from_height) {
+            Ok(checked) => {
+                progress.records += checked.records as u64;
+                if checked.uncertified {
+                    uncertified.push(h);
+                }
+            }
+            Err(problem) => {
+                progress.end();
+                return report_problem(&problem, json, replay.height);
+            }
+        }
+        progress.show(replay.height, top, false);
+    }
+    progress.show(replay.height, top, true);
+    progress.end();
+    if json {
+        println!(
+            "{}",
+            json!({ "consistent": true, "checked_to": top, "records": progress.records,
+                    "uncertified": uncertified, "signatures_from_height": args.from_height })
+        );
+    } else {
+        println!("OK heights 1 to {top} ({} records) replay to the headers the node serves", progress.records);
+        if !uncertified.is_empty() {
+            println!("not yet certified (checkpoint still being collected): heights {uncertified:?}");
+        }
+    }
+    Outcome::Valid
+}
+
+fn report_problem(problem: &Problem, json: bool, checked_to: u64) -> Outcome {
+    match problem {
+        Problem::Discrepancy { height, field, detail } => {
+            if json {
+                println!(
+                    "{}",
+                    json!({ "consistent": false, "checked_to": checked_to,
+                            "discrepancy": { "height": height, "field": field.name(), "detail": detail } })
+                );
+            } else {
+                println!("DISCREPANCY at {problem}");
+            }
+            Outcome::Invalid
+        }
+        Problem::Unsupported { .. } => {
+            if json {
+                println!("{}", json!({ "consistent": null, "checked_to": checked_to, "error": problem.to_string() }));
+            } else {
+                eprintln!("could not check: {problem}");
+            }
+            Outcome::Unreadable
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use annal_ledger::block::{Certificate, Height, View};
+    use annal_ledger::exec::BlockMeta;
+    use annal_ledger::genesis::{Agency, Params, Validator};
+    use annal_ledger::keys::SecretKey;
+    use annal_ledger::record::{Body, Op, Record};
+
+    pub(crate) fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed([n; 32])
+    }
+
+    /// Four validators (keys 1..=4); agency "land" (officer 21) owns `land-titles`.
+    pub(crate) fn genesis() -> Genesis {
+        Genesis {
+            chain_id: "annal-test".into(),
+            genesis_time_ms: 1_764_000_000_000,
+            validators: (1..=4)
+                .map(|i| Validator {
+                    name: format!("validator-{i}"),
+                    consensus_key: key(i).public(),
+                    p2p_key: key(10 + i).public(),
+                    power: 1,
+                })
+                .collect(),
+            agencies: vec![Agency {
+                name: "land".into(),
+                submitter_keys: vec![key(21).public()],
+                namespaces: vec!["land-titles".into()],
+            }],
+            params: Params::default(),
+        }
+    }
+
+    fn publish(n: u64) -> SignedRecord {
+        Record {
+            chain_id: "annal-test".into(),
+            namespace: "land-titles".into(),
+            key: format!("parcel/{n}"),
+            op: Op::Publish,
+            body: Body::Inline(format!("deed {n}").into_bytes()),
+            metadata: Default::default(),
+            supersedes: None,
+            version: 1,
+            submitter: key(21).public(),
+            nonce: n,
+        }
+        .sign(&key(21))
+    }
+
+    /// A chain of `blocks` blocks of three records each, as the node's block API serves it.
+    pub(crate) fn chain(blocks: u64) -> Vec<BlockAnswer> {
+        let g = genesis();
+        let rules = Rules::new(&g);
+        let set = g.validator_set();
+        let mut state = MemoryState::default();
+        let mut frontier = Frontier::new();
+        let mut parent = g.hash();
+        let mut out = Vec::new();
+        for h in 1..=blocks {
+            let records: Vec<SignedRecord> = (0..3).map(|i| publish(h * 10 + i)).collect();
+            let executed = execute(&rules, &state, &frontier, &records, Signatures::Verify).unwrap();
+            let meta = BlockMeta {
+                height: Height(h),
+                view: View(h),
+                parent,
+                time_ms: g.genesis_time_ms + h,
+                proposer: 0,
+                validators_hash: set.hash(),
+            };
+            let header = executed.header(&g.chain_id, &meta);
+            let (k1, k2, k3) = (key(1), key(2), key(3));
+            let cert = Certificate::sign(&header, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
+            out.push(BlockAnswer {
+                height: h,
+                hash: hex::encode(header.hash()),
+                header: B64.encode(header.to_bytes()),
+                checkpoint: Some(cert.to_note(&header, &set).to_string()),
+                records: executed.records.iter().map(|b| B64.encode(b)).collect(),
+                first_index: executed.first_index,
+            });
+            state.absorb(&executed);
+            frontier = executed.frontier;
+            parent = header.hash();
+        }
+        out
+    }
+
+    fn audit_blocks(blocks: &[BlockAnswer], certified_height: u64) -> Result<u64, Problem> {
+        let mut replay = Replay::new(&genesis(), certified_height);
+        for b in blocks {
+            replay.check(b, true)?;
+        }
+        Ok(replay.height)
+    }
+
+    /// Re-encodes block `i`'s header after `change`, keeping the node's stated hash consistent.
+    fn tamper_header(blocks: &mut [BlockAnswer], i: usize, change: impl FnOnce(&mut Header)) {
+        let mut header = Header::from_bytes(&B64.decode(&blocks[i].header).unwrap()).unwrap();
+        change(&mut header);
+        blocks[i].header = B64.encode(header.to_bytes());
+        blocks[i].hash = hex::encode(header.hash());
+    }
+
+    fn field_at(result: Result<u64, Problem>) -> (u64, Field) {
+        match result {
+            Err(Problem::Discrepancy { height, field, .. }) => (height, field),
+            other => panic!("expected a discrepancy, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_honest_chain_passes() {
+        // Goal: blocks built by executing and certifying records replay to their own headers.
+        assert_eq!(audit_blocks(&chain(4), 4), Ok(4));
+    }
+
+    #[test]
+    fn a_tampered_state_root_is_the_first_discrepancy() {
+        // Goal: a header whose state_root differs from the replay is named by height and field, even
+        // though its hash and parent link were made to agree (a node that rewrote history consistently).
+        let mut blocks = chain(4);
+        tamper_header(&mut blocks, 2, |h| h.state_root = [0xee; 32]);
+        assert_eq!(field_at(audit_blocks(&blocks, 0)), (3, Field::Checkpoint), "the certificate no longer matches");
+        let mut blocks = chain(4);
+        tamper_header(&mut blocks, 2, |h| h.state_root = [0xee; 32]);
+        blocks[2].checkpoint = None;
+        assert_eq!(field_at(audit_blocks(&blocks, 0)), (3, Field::StateRoot));
+    }
+
+    #[test]
+    fn a_changed_record_is_caught_at_its_block() {
+        // Goal: swapping a record for another valid one breaks records_root at that block, not later.
+        let mut blocks = chain(3);
+        blocks[1].records[2] = B64.encode(publish(25).to_bytes());
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (2, Field::RecordsRoot));
+    }
+
+    #[test]
+    fn a_dropped_record_shifts_the_log() {
+        // Goal: a block that omits an appended record fails on its roots.
+        let mut blocks = chain(3);
+        blocks[0].records.pop();
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (1, Field::RecordsRoot));
+    }
+
+    #[test]
+    fn a_record_that_execution_refuses_is_named() {
+        // Goal: a block serving a record that the rules refuse (a replayed record) fails on `records`.
+        let mut blocks = chain(3);
+        let replayed = blocks[0].records[0].clone();
+        blocks[2].records[0] = replayed;
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (3, Field::Records));
+    }
+
+    #[test]
+    fn a_bad_signature_on_a_record_is_caught() {
+        // Goal: the replay verifies record signatures; a record whose signature was changed is refused.
+        let mut blocks = chain(2);
+        let mut r = publish(10);
+        r.signature.0[0] ^= 1;
+        blocks[0].records[0] = B64.encode(r.to_bytes());
+        assert_eq!(field_at(audit_blocks(&blocks, 2)), (1, Field::Records));
+    }
+
+    #[test]
+    fn broken_links_are_named() {
+        // Goal: wrong parent, wrong stated hash, wrong height and wrong first index each name their field.
+        let mut blocks = chain(3);
+        tamper_header(&mut blocks, 1, |h| h.parent = [7; 32]);
+        assert_eq!(field_at(audit_blocks(&blocks, 0)), (2, Field::Parent));
+        let mut blocks = chain(3);
+        blocks[1].hash = hex::encode([7u8; 32]);
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (2, Field::Hash));
+        let mut blocks = chain(3);
+        blocks.remove(1);
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (2, Field::Height));
+        let mut blocks = chain(3);
+        blocks[1].first_index += 1;
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (2, Field::FirstIndex));
+    }
+
+    #[test]
+    fn checkpoints_need_a_quorum_of_the_set_in_force() {
+        // Goal: a checkpoint signed by too few validators fails, naming the checkpoint field.
+        let mut blocks = chain(2);
+        let g = genesis();
+        let header = Header::from_bytes(&B64.decode(&blocks[1].header).unwrap()).unwrap();
+        let set = g.validator_set();
+        let (k1, k2) = (key(1), key(2));
+        let weak = Certificate::sign(&header, &set, &[(0, &k1), (1, &k2)]);
+        blocks[1].checkpoint = Some(weak.to_note(&header, &set).to_string());
+        assert_eq!(field_at(audit_blocks(&blocks, 2)), (2, Field::Checkpoint));
+    }
+
+    #[test]
+    fn missing_checkpoints_fail_only_below_the_certified_height() {
+        // Goal: the last blocks may still lack a certificate; a block the node calls certified may not.
+        let mut blocks = chain(3);
+        blocks[2].checkpoint = None;
+        let mut replay = Replay::new(&genesis(), 2);
+        for b in &blocks[..2] {
+            assert!(!replay.check(b, true).unwrap().uncertified);
+        }
+        assert_eq!(replay.check(&blocks[2], true), Ok(Checked { records: 3, uncertified: true }));
+        assert_eq!(field_at(audit_blocks(&blocks, 3)), (3, Field::Checkpoint));
+    }
+
+    #[test]
+    fn a_validator_set_change_stops_the_audit_as_unchecked() {
+        // Goal: a block handing over to a set the API does not serve ends the audit as "could not check".
+        let mut blocks = chain(2);
+        tamper_header(&mut blocks, 0, |h| h.next_validators_hash = [9; 32]);
+        blocks[0].checkpoint = None;
+        assert!(matches!(audit_blocks(&blocks, 0), Err(Problem::Unsupported { height: 1, .. })));
+    }
+
+    #[test]
+    fn block_answer_limit_fits_a_full_block() {
+        // Goal: the response limit admits the largest block genesis allows, in base64 inside JSON.
+        let g = genesis();
+        let p = &g.params;
+        assert!(block_answer_bytes_max(&g) > (p.block_bytes_max as u64 + p.record_bytes_max as u64) * 4 / 3);
+    }
+}
