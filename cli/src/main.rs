@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod client;
+mod devnet;
 mod genesis_cmd;
 mod node_cmds;
 mod verify;
@@ -144,6 +145,41 @@ Then:    annal verify --genesis genesis.json deed.bundle.json --current")]
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a validator node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Start a local network of validators on 127.0.0.1 and print how to use it.
+    ///
+    /// Writes DIR/genesis.json and the keys (or reuses DIR), starts each
+    /// validator as `annal node run`, writes DIR/devnet.json (name, api_url,
+    /// pid, config, data_dir of each node), waits until blocks are final and
+    /// prints copy-paste commands. Ctrl-C stops every node.
+    ///
+    /// Example: annal devnet --validators 4 --dir ./devnet
+    #[command(verbatim_doc_comment)]
+    Devnet {
+        /// How many validators (used only when DIR holds no genesis yet).
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// The devnet folder.
+        #[arg(long, default_value = "devnet")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a validator with the given configuration until Ctrl-C or SIGTERM.
+    ///
+    /// The configuration file (TOML) is documented key by key in docs/OPERATIONS.md;
+    /// any key can be overridden from the environment as ANNAL_<KEY>.
+    ///
+    /// Example: annal node run --config /etc/annal/node.toml
+    #[command(verbatim_doc_comment)]
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +300,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::TlogProof { bundle, out, record_bytes } => {
             tlog_proof(&bundle, out.as_deref(), record_bytes.as_deref())
         }
+        Command::Node(NodeCommand::Run { config }) => devnet::run_node(&config),
+        Command::Devnet { validators, dir } => devnet::devnet(validators, &dir),
         Command::Submit(args) => node_cmds::submit(args),
         Command::Get { node, id, json } => node_cmds::get(&node, &id, json),
         Command::History { node, namespace, key, json } => node_cmds::history(&node, &namespace, &key, json),

@@ -8,3 +8,6 @@ pub mod config;
 pub mod mempool;
 pub mod net;
 pub mod shared;
+pub mod app;
+pub mod run;
+pub mod wire;

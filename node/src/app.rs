@@ -1,0 +1,1123 @@
+//! The node's loop: the consensus core wired to libp2p, timers and the store.
+//!
+//! One task owns everything that changes the ledger. It feeds the consensus
+//! core its inputs (messages from the consensus topic, timeouts, payloads,
+//! validity verdicts) and performs the core's outputs in order (Spec §Host
+//! contract): the safety state and voted blocks are fsynced before any
+//! message that follows them is published.
+//!
+//! A block is executed when consensus finalizes it (docs/adr/0005): every node
+//! runs the same records on the same state, so every node computes the same
+//! header. The node commits the block, its records, log nodes, state, and the
+//! consensus finalization in one write batch, then signs the header's
+//! checkpoint and gossips the signature; once validators holding more than
+//! 2/3 of the power have signed, the signatures are the block's ledger
+//! certificate, stored beside it. Sync fetches committed blocks with their
+//! finalizations from a peer when this node is behind, verifies them, and
+//! commits them the same way.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use annal_consensus as consensus;
+use annal_consensus::{
+    Anchor, Block, Certificate as Finalization, ChainId, Config as CoreConfig, Core, Ed25519Verifier, Input,
+    Message, Output, SafetyState, Signer, ValidatorIndex, VoteKind,
+};
+use annal_ledger::block::{Certificate, Height};
+use annal_ledger::codec;
+use annal_ledger::exec::{self, BlockMeta};
+use annal_ledger::keys::{SecretKey, Signature};
+use annal_ledger::record::{RecordId, SignedRecord};
+use anyhow::{bail, Context, Result};
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
+use crate::shared::{Outcome, Placed, Shared, SyncState};
+use crate::wire::{self, BlockBody, Envelope, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse};
+
+/// Heights ahead of the tip for which checkpoint signatures are buffered.
+const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
+/// Blocks asked for in one sync request.
+const SYNC_BATCH: u32 = 128;
+/// Heights behind what peers show before this node syncs instead of waiting for consensus.
+const SYNC_GAP: u64 = 3;
+/// How often the loop re-sends its checkpoint signatures and checks whether it is behind.
+const TICK: Duration = Duration::from_millis(500);
+/// A proposal may carry a time at most this far ahead of a validator's clock.
+const FUTURE_TIME_MS: u64 = 10_000;
+/// Records gossiped in one batch by the API path.
+const GOSSIP_BATCH_RECORDS: usize = 512;
+
+/// Wall-clock milliseconds since the Unix epoch (block times only: never hashed by the core's rules).
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A block this node validated or voted for that is not yet committed.
+struct Pending {
+    height: u64,
+    parent: [u8; 32],
+    time_ms: u64,
+    ids: Vec<RecordId>,
+}
+
+/// What the loop must send after handling an event.
+#[derive(Default)]
+pub struct Effects {
+    pub publish: Vec<(Topic, Vec<u8>)>,
+}
+
+/// The consensus side of a validator: its core, keys and where it persists.
+struct Validator {
+    index: u32,
+    key: SecretKey,
+    core: Core,
+}
+
+pub struct App {
+    shared: Arc<Shared>,
+    chain: ChainId,
+    set: consensus::ValidatorSet,
+    limits: consensus::Limits,
+    data_dir: PathBuf,
+    validator: Option<Validator>,
+    peers_by_id: BTreeMap<PeerId, u32>,
+    /// The consensus view of the last committed block.
+    tip: Link,
+    tip_height: u64,
+    pending: BTreeMap<[u8; 32], Pending>,
+    /// Persisted voted blocks: digest → height (files in `data_dir/blocks`).
+    persisted: BTreeMap<[u8; 32], u64>,
+    timers: BTreeSet<(Duration, u64)>,
+    /// A payload this leader owes: (view, parent digest, propose-by instant).
+    owed_payload: Option<(consensus::View, [u8; 32], Instant)>,
+    /// Checkpoint signatures per height: signer → signature (verified for committed heights).
+    signatures: BTreeMap<u64, BTreeMap<u32, Signature>>,
+    /// Committed heights whose ledger certificate is not stored yet.
+    uncertified: BTreeSet<u64>,
+    /// The highest height peers have shown (votes, certificates, checkpoint signatures).
+    seen_height: u64,
+    behind_ticks: u32,
+    pub sync_in_flight: bool,
+    connected: BTreeSet<PeerId>,
+    seq: u64,
+    started: Instant,
+    pub gossip_queue: Vec<Vec<u8>>,
+}
+
+impl App {
+    /// Builds the loop's state from the store and the persisted consensus files.
+    pub fn new(shared: Arc<Shared>, data_dir: PathBuf, consensus_key: Option<SecretKey>) -> Result<App> {
+        let genesis = &shared.genesis;
+        let chain = ChainId(shared.genesis_hash);
+        let set = consensus::ValidatorSet::new(
+            genesis
+                .validators
+                .iter()
+                .map(|v| consensus::Validator {
+                    key: ed25519_dalek::VerifyingKey::from_bytes(&v.consensus_key.0).expect("genesis checks keys"),
+                    power: v.power,
+                })
+                .collect(),
+        );
+        let params = &genesis.params;
+        let payload_max = params.block_bytes_max + 8 * params.block_records_max + 64;
+        let limits = consensus::Limits { payload_bytes_max: payload_max, message_bytes_max: payload_max + (128 << 10) };
+        let mut peers_by_id = BTreeMap::new();
+        for (i, v) in genesis.validators.iter().enumerate() {
+            peers_by_id.insert(crate::net::peer_id(&v.p2p_key)?, i as u32);
+        }
+        let (tip_height, tip) = {
+            let store = shared.store();
+            let h = store.tip().height.0;
+            let link = if h == 0 {
+                Link {
+                    view: 0,
+                    parent_view: 0,
+                    parent: [0; 32],
+                    digest: shared.genesis_hash,
+                    time_ms: genesis.genesis_time_ms,
+                    skipped: Vec::new(),
+                    finalization: Vec::new(),
+                }
+            } else {
+                let bytes = store
+                    .app_meta(&wire::link_key(h))?
+                    .with_context(|| format!("the store has no consensus link for its tip at height {h}"))?;
+                codec::decode(&bytes, payload_max + (256 << 10))?
+            };
+            (h, link)
+        };
+        std::fs::create_dir_all(data_dir.join("blocks"))
+            .with_context(|| format!("creating {}", data_dir.join("blocks").display()))?;
+        let mut app = App {
+            shared: shared.clone(),
+            chain,
+            set,
+            limits,
+            data_dir,
+            validator: None,
+            peers_by_id,
+            tip,
+            tip_height,
+            pending: BTreeMap::new(),
+            persisted: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            owed_payload: None,
+            signatures: BTreeMap::new(),
+            uncertified: BTreeSet::new(),
+            seen_height: tip_height,
+            behind_ticks: 0,
+            sync_in_flight: false,
+            connected: BTreeSet::new(),
+            seq: 0,
+            started: Instant::now(),
+            gossip_queue: Vec::new(),
+        };
+        // Validators may publish byte-identical messages (the same certificate):
+        // sequence numbers start at a per-process value so envelopes never collide.
+        app.seq = u64::from_le_bytes(
+            sha2::Sha256::digest(format!("{:?}{:?}", shared.validator, SystemTime::now()))[..8]
+                .try_into()
+                .expect("8 bytes"),
+        ) >> 1;
+        app.load_persisted_blocks()?;
+        {
+            let store = shared.store();
+            for h in tip_height.saturating_sub(1024).max(1)..=tip_height {
+                if store.certificate(Height(h))?.is_none() {
+                    app.uncertified.insert(h);
+                }
+            }
+        }
+        if let (Some(key), Some(index)) = (consensus_key, shared.validator) {
+            let safety = app.read_safety()?;
+            let core = app.new_core(&key, index, safety)?;
+            app.validator = Some(Validator { index, key, core });
+        }
+        Ok(app)
+    }
+
+    fn new_core(&self, key: &SecretKey, index: u32, safety: SafetyState) -> Result<Core> {
+        let params = &self.shared.genesis.params;
+        let mut cfg = CoreConfig::new(self.chain, self.set.clone());
+        cfg.timeout_base = Duration::from_millis(params.view_timeout_ms);
+        cfg.timeout_max = Duration::from_millis(params.view_timeout_ms * 8);
+        cfg.limits = self.limits;
+        let signer = Signer::new(
+            ed25519_dalek::SigningKey::from_bytes(&key.seed()),
+            ValidatorIndex(index),
+            self.chain,
+            safety,
+        );
+        let anchor = Anchor {
+            height: consensus::Height(self.tip_height),
+            view: consensus::View(self.tip.view),
+            digest: self.tip.digest,
+        };
+        let certificate = if self.tip.finalization.is_empty() {
+            None
+        } else {
+            match Message::decode(&self.tip.finalization, &self.limits)? {
+                Message::Certificate(c) => Some(c),
+                other => bail!("the tip's stored finalization is not a certificate: {other:?}"),
+            }
+        };
+        Ok(Core::new(cfg, signer, anchor, certificate, Box::new(Ed25519Verifier)))
+    }
+
+    fn safety_path(&self) -> PathBuf {
+        self.data_dir.join("safety")
+    }
+
+    fn read_safety(&self) -> Result<SafetyState> {
+        match std::fs::read(self.safety_path()) {
+            Ok(bytes) => SafetyState::decode(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", self.safety_path().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SafetyState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.safety_path().display())),
+        }
+    }
+
+    fn load_persisted_blocks(&mut self) -> Result<()> {
+        let dir = self.data_dir.join("blocks");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            match Message::decode(&bytes, &self.limits) {
+                Ok(Message::BlockResponse(b)) if b.height.0 > self.tip_height => {
+                    let digest = b.hash(&self.chain);
+                    self.persisted.insert(digest, b.height.0);
+                    if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
+                        let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+                        self.pending.insert(
+                            digest,
+                            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids },
+                        );
+                    }
+                }
+                // Committed (or unreadable, from a crash mid-write): no longer needed.
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn envelope(&mut self, message: &Message) -> (Topic, Vec<u8>) {
+        let env = Envelope::Consensus { seq: self.next_seq(), message: message.encode() };
+        (Topic::Consensus, codec::encode(&env))
+    }
+
+    /// Starts the core (arms its first timer).
+    pub fn start(&mut self) -> Result<Effects> {
+        let mut fx = Effects::default();
+        self.drive(Input::Start, &mut fx)?;
+        Ok(fx)
+    }
+
+    /// Feeds one input to the core and performs every output, feeding back the
+    /// answers the application gives at once (payloads, validity).
+    fn drive(&mut self, input: Input, fx: &mut Effects) -> Result<()> {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.now();
+            let Some(v) = self.validator.as_mut() else { return Ok(()) };
+            let outputs = v.core.handle(now, input);
+            for out in outputs {
+                match out {
+                    Output::PersistSafety(s) => self.persist_safety(&s)?,
+                    Output::PersistBlock(b) => self.persist_block(&b)?,
+                    Output::Broadcast(m) | Output::Send { message: m, .. } => {
+                        let e = self.envelope(&m);
+                        fx.publish.push(e);
+                    }
+                    Output::Schedule { view, deadline } => {
+                        self.timers.insert((deadline, view.0));
+                    }
+                    Output::NeedPayload { view, parent, .. } => {
+                        let deadline = self.propose_by(&parent);
+                        self.owed_payload = Some((view, parent, deadline));
+                        if let Some(input) = self.payload_if_ready() {
+                            inputs.push_back(input);
+                        }
+                    }
+                    Output::Validate(b) => {
+                        let digest = b.hash(&self.chain);
+                        let valid = match self.validate(&b) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                warn!(height = b.height.0, view = b.view.0, "refusing a proposed block: {why}");
+                                false
+                            }
+                        };
+                        inputs.push_back(Input::Validated { digest, valid });
+                    }
+                    Output::Finalized { block, certificate } => self.commit(&block, &certificate, fx)?,
+                    Output::Evidence(e) => {
+                        warn!(signer = e.first.signer.0, view = e.first.view.0, "equivocation: {e:?}");
+                        self.shared.status.lock().expect("status lock").evidence += 1;
+                    }
+                    Output::Rejected { from, error } => debug!(from = from.0, "consensus message rejected: {error}"),
+                }
+            }
+        }
+        self.refresh_status();
+        Ok(())
+    }
+
+    fn refresh_status(&self) {
+        let mut s = self.shared.status.lock().expect("status lock");
+        if let Some(v) = &self.validator {
+            s.view = v.core.view().0;
+        }
+        s.peers = self.connected.iter().filter(|p| self.peers_by_id.contains_key(p)).count();
+        s.sync = if self.seen_height > self.tip_height + SYNC_GAP {
+            SyncState::CatchingUp { target: self.seen_height }
+        } else {
+            SyncState::Synced
+        };
+    }
+
+    /// Writes the safety state durably: a new file, fsynced, renamed over the old one.
+    fn persist_safety(&self, s: &SafetyState) -> Result<()> {
+        let tmp = self.data_dir.join("safety.tmp");
+        write_synced(&tmp, &s.encode())?;
+        std::fs::rename(&tmp, self.safety_path()).context("replacing the safety state")?;
+        sync_dir(&self.data_dir)
+    }
+
+    fn persist_block(&mut self, b: &Block) -> Result<()> {
+        let digest = b.hash(&self.chain);
+        if self.persisted.contains_key(&digest) {
+            return Ok(());
+        }
+        let path = self.data_dir.join("blocks").join(hex::encode(digest));
+        write_synced(&path, &Message::BlockResponse(b.clone()).encode())?;
+        sync_dir(&self.data_dir.join("blocks"))?;
+        self.persisted.insert(digest, b.height.0);
+        if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
+            let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+            self.pending.insert(digest, Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids });
+        }
+        Ok(())
+    }
+
+    /// The time of the block `digest` (committed tip or pending), if known.
+    fn time_of(&self, digest: &[u8; 32]) -> Option<u64> {
+        if *digest == self.tip.digest {
+            return Some(self.tip.time_ms);
+        }
+        self.pending.get(digest).map(|p| p.time_ms)
+    }
+
+    /// When a leader with nothing to propose proposes an empty block anyway:
+    /// `block_interval_ms` after its parent.
+    fn propose_by(&self, parent: &[u8; 32]) -> Instant {
+        let interval = self.shared.genesis.params.block_interval_ms;
+        let wait = match self.time_of(parent) {
+            Some(t) => (t + interval).saturating_sub(wall_ms()),
+            None => interval,
+        };
+        Instant::now() + Duration::from_millis(wait.min(interval))
+    }
+
+    /// The ids in pending blocks from `parent` back to the tip: a new block must not repeat them.
+    fn in_flight(&self, parent: &[u8; 32]) -> BTreeSet<RecordId> {
+        let mut out = BTreeSet::new();
+        let mut at = *parent;
+        while let Some(p) = self.pending.get(&at) {
+            if p.height <= self.tip_height {
+                break;
+            }
+            out.extend(p.ids.iter().copied());
+            at = p.parent;
+        }
+        out
+    }
+
+    /// The owed payload, if records are waiting or the interval has passed.
+    fn payload_if_ready(&mut self) -> Option<Input> {
+        let (view, parent, deadline) = self.owed_payload?;
+        let params = &self.shared.genesis.params;
+        let exclude = self.in_flight(&parent);
+        let records = self.shared.pool.lock().expect("pool lock").select(
+            params.block_records_max,
+            params.block_bytes_max,
+            &exclude,
+        );
+        if records.is_empty() && Instant::now() < deadline {
+            return None;
+        }
+        self.owed_payload = None;
+        let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
+        debug!(view = view.0, records = records.len(), "proposing");
+        Some(Input::Payload { view, payload: BlockBody { time_ms, records }.to_bytes() })
+    }
+
+    /// Is a proposed block's payload acceptable? Checks the body's form and
+    /// limits, its time, every record's stateless rules and signature (each
+    /// signature once per node: records already pending were checked on
+    /// entry). Rules that depend on state are applied at execution, which
+    /// refuses a record that breaks them (`exec::execute_ordered`).
+    fn validate(&mut self, b: &Block) -> std::result::Result<(), String> {
+        let params = &self.shared.genesis.params;
+        let body = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max).map_err(|e| e.to_string())?;
+        if body.records.len() > params.block_records_max {
+            return Err(format!("{} records; the limit is {}", body.records.len(), params.block_records_max));
+        }
+        let bytes: usize = body.records.iter().map(Vec::len).sum();
+        if bytes > params.block_bytes_max {
+            return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
+        }
+        if let Some(parent_time) = self.time_of(&b.parent) {
+            if body.time_ms < parent_time {
+                return Err(format!("time {} is before its parent's {parent_time}", body.time_ms));
+            }
+        }
+        if body.time_ms > wall_ms() + FUTURE_TIME_MS {
+            return Err(format!("time {} is more than {FUTURE_TIME_MS} ms ahead of this node's clock", body.time_ms));
+        }
+        let mut ids = BTreeSet::new();
+        let mut unchecked = Vec::new();
+        {
+            let pool = self.shared.pool.lock().expect("pool lock");
+            for (i, bytes) in body.records.iter().enumerate() {
+                let id = SignedRecord::id_of_bytes(bytes);
+                if !ids.insert(id) {
+                    return Err(format!("record {i} ({id}) appears twice"));
+                }
+                if pool.contains(&id) {
+                    continue;
+                }
+                let r = SignedRecord::from_bytes(bytes, params).map_err(|e| format!("record {i}: {e}"))?;
+                self.shared.rules.check_stateless(&r).map_err(|e| format!("record {i}: {e}"))?;
+                unchecked.push((bytes.clone(), r));
+            }
+        }
+        let records: Vec<SignedRecord> = unchecked.iter().map(|(_, r)| r.clone()).collect();
+        exec::verify_batch(&records).map_err(|e| e.to_string())?;
+        // Checked now: keep them pending here too, so they are not lost if this block is not final.
+        for (bytes, r) in unchecked {
+            let id = SignedRecord::id_of_bytes(&bytes);
+            let _ = self.shared.pool.lock().expect("pool lock").insert(id, r, bytes);
+        }
+        let digest = b.hash(&self.chain);
+        self.pending.insert(
+            digest,
+            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids: ids.into_iter().collect() },
+        );
+        Ok(())
+    }
+
+    /// Commits a final block: executes its records on the tip, writes the
+    /// block and its consensus finalization in one batch, settles waiters,
+    /// and signs the checkpoint.
+    fn commit(&mut self, block: &Block, finalization: &Finalization, fx: &mut Effects) -> Result<()> {
+        let h = block.height.0;
+        let digest = block.hash(&self.chain);
+        if h <= self.tip_height {
+            let stored = self.shared.store().app_meta(&wire::link_key(h))?;
+            let same = stored.and_then(|b| codec::decode::<Link>(&b, usize::MAX >> 1).ok()).map(|l| l.digest);
+            if h > 0 && same != Some(digest) {
+                error!(height = h, "consensus finalized a block that differs from the one committed at this height");
+            }
+            return Ok(());
+        }
+        if h != self.tip_height + 1 || block.parent != self.tip.digest {
+            bail!(
+                "final block at height {h} does not extend the committed tip at height {} (parent differs or a height is missing)",
+                self.tip_height
+            );
+        }
+        let params = self.shared.genesis.params.clone();
+        let body = BlockBody::from_bytes(&block.payload, self.limits.payload_bytes_max)
+            .with_context(|| format!("the final block at height {h} has an unreadable body"))?;
+        let mut records = Vec::with_capacity(body.records.len());
+        let mut positions = Vec::with_capacity(body.records.len());
+        let mut unreadable = Vec::new();
+        let mut to_verify = Vec::new();
+        {
+            let pool = self.shared.pool.lock().expect("pool lock");
+            for (i, bytes) in body.records.iter().enumerate() {
+                match SignedRecord::from_bytes(bytes, &params) {
+                    Ok(r) => {
+                        if !pool.contains(&SignedRecord::id_of_bytes(bytes)) {
+                            to_verify.push(records.len());
+                        }
+                        records.push(r);
+                        positions.push(i);
+                    }
+                    Err(e) => unreadable.push((i, e.to_string())),
+                }
+            }
+        }
+        // Records this node never checked (it did not see the proposal): each signature once, here.
+        let mut bad_signature = BTreeSet::new();
+        for &k in &to_verify {
+            if records[k].verify_signature().is_err() {
+                bad_signature.insert(k);
+            }
+        }
+        let mut kept = Vec::with_capacity(records.len());
+        let mut kept_positions = Vec::with_capacity(records.len());
+        let mut refused: Vec<(usize, String)> = unreadable;
+        for (k, r) in records.into_iter().enumerate() {
+            if bad_signature.contains(&k) {
+                refused.push((positions[k], format!("signature of submitter {} does not verify", r.record.submitter)));
+            } else {
+                kept.push(r);
+                kept_positions.push(positions[k]);
+            }
+        }
+        let executed = {
+            let store = self.shared.store();
+            exec::execute_ordered(&self.shared.rules, &*store, store.frontier(), &kept)?
+        };
+        let skipped_ids: BTreeMap<RecordId, String> =
+            executed.skipped.iter().map(|(id, e)| (*id, e.to_string())).collect();
+        for (k, r) in kept.iter().enumerate() {
+            if let Some(why) = skipped_ids.get(&r.id()) {
+                refused.push((kept_positions[k], why.clone()));
+            }
+        }
+        refused.sort();
+        refused.dedup_by_key(|(p, _)| *p);
+        let validators_hash = self.shared.genesis.validator_set().hash();
+        let parent_hash = self.shared.store().tip().block_hash;
+        let meta = BlockMeta {
+            height: Height(h),
+            view: annal_ledger::block::View(block.view.0),
+            parent: parent_hash,
+            time_ms: body.time_ms,
+            proposer: self.set.leader(block.view).0,
+            validators_hash,
+        };
+        let header = executed.header(&self.shared.genesis.chain_id, &meta);
+        let link = Link {
+            view: block.view.0,
+            parent_view: block.parent_view.0,
+            parent: block.parent,
+            digest,
+            time_ms: body.time_ms,
+            skipped: refused.iter().map(|(p, _)| (*p as u32, body.records[*p].clone())).collect(),
+            finalization: Message::Certificate(finalization.clone()).encode(),
+        };
+        let app_meta = vec![(wire::link_key(h), codec::encode(&link)), (wire::digest_key(&digest), h.to_be_bytes().to_vec())];
+        self.shared.store.write().expect("store lock").commit_block(&header, None, &executed, &app_meta)?;
+        self.tip = link;
+        self.tip_height = h;
+        self.uncertified.insert(h);
+        self.seen_height = self.seen_height.max(h);
+
+        let first_index = executed.first_index;
+        let mut outcomes = Vec::with_capacity(body.records.len());
+        {
+            let mut pool = self.shared.pool.lock().expect("pool lock");
+            for (i, id) in executed.ids.iter().enumerate() {
+                pool.remove(id);
+                outcomes.push((*id, Outcome::Final(Placed { index: first_index + i as u64, height: h })));
+            }
+            for (p, why) in &refused {
+                let id = SignedRecord::id_of_bytes(&body.records[*p]);
+                pool.remove(&id);
+                outcomes.push((id, Outcome::Refused(why.clone())));
+            }
+        }
+        let m = &self.shared.metrics;
+        m.records_finalized.fetch_add(executed.ids.len() as u64, Ordering::Relaxed);
+        m.records_refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        m.blocks_committed.fetch_add(1, Ordering::Relaxed);
+        self.shared.settle(outcomes);
+        info!(
+            height = h,
+            view = block.view.0,
+            records = executed.ids.len(),
+            refused = refused.len(),
+            log_size = header.log_size,
+            "committed"
+        );
+
+        // Blocks at or below the tip are settled: forget them and their files.
+        self.pending.retain(|_, p| p.height > h);
+        let done: Vec<[u8; 32]> = self.persisted.iter().filter(|(_, &ph)| ph <= h).map(|(d, _)| *d).collect();
+        for d in done {
+            self.persisted.remove(&d);
+            let _ = std::fs::remove_file(self.data_dir.join("blocks").join(hex::encode(d)));
+        }
+
+        if let Some(v) = &self.validator {
+            let signature = v.key.sign_checkpoint(&header.checkpoint());
+            let index = v.index;
+            self.signatures.entry(h).or_default().insert(index, signature);
+            let env = Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
+            fx.publish.push((Topic::Consensus, codec::encode(&env)));
+        }
+        self.try_certify(h)?;
+        Ok(())
+    }
+
+    /// Verifies the buffered signatures of committed height `h` and stores the
+    /// certificate once they hold more than 2/3 of the power.
+    fn try_certify(&mut self, h: u64) -> Result<()> {
+        if !self.uncertified.contains(&h) {
+            self.signatures.remove(&h);
+            return Ok(());
+        }
+        let Some(sigs) = self.signatures.get_mut(&h) else { return Ok(()) };
+        let header = self.shared.store().header(Height(h))?.context("a committed height has no header")?;
+        let checkpoint = header.checkpoint();
+        let validators = &self.shared.genesis.validators;
+        sigs.retain(|&i, sig| validators.get(i as usize).is_some_and(|v| v.consensus_key.verify_checkpoint(&checkpoint, sig)));
+        let power: u64 = sigs.keys().map(|&i| validators[i as usize].power).sum();
+        if !self.shared.genesis.validator_set().is_quorum(power) {
+            return Ok(());
+        }
+        let mut signers = vec![0u8; validators.len().div_ceil(8)];
+        for &i in sigs.keys() {
+            signers[i as usize / 8] |= 1 << (i % 8);
+        }
+        let cert = Certificate {
+            height: Height(h),
+            view: header.view,
+            block_hash: header.hash(),
+            signers,
+            signatures: sigs.values().copied().collect(),
+        };
+        self.store_certificate(&cert)?;
+        Ok(())
+    }
+
+    fn store_certificate(&mut self, cert: &Certificate) -> Result<()> {
+        self.shared.store.write().expect("store lock").put_certificate(cert)?;
+        self.uncertified.remove(&cert.height.0);
+        self.signatures.remove(&cert.height.0);
+        debug!(height = cert.height.0, "certified");
+        Ok(())
+    }
+
+    /// Handles a message from the consensus topic.
+    pub fn on_consensus_gossip(&mut self, author: &PeerId, data: &[u8], fx: &mut Effects) -> Result<Verdict> {
+        let Some(&from) = self.peers_by_id.get(author) else { return Ok(Verdict::Ignore) };
+        let Ok(env) = codec::decode::<Envelope>(data, self.limits.message_bytes_max + 64) else {
+            return Ok(Verdict::Reject);
+        };
+        match env {
+            Envelope::Consensus { message, .. } => {
+                let Ok(m) = Message::decode(&message, &self.limits) else { return Ok(Verdict::Reject) };
+                match &m {
+                    Message::Vote(v) => self.saw_height(v.height.0.saturating_sub(1)),
+                    Message::Certificate(c) if c.kind == VoteKind::Finalize => self.saw_height(c.height.0),
+                    Message::BlockRequest(d) => self.answer_block_request(d, fx)?,
+                    _ => {}
+                }
+                self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
+            }
+            Envelope::Checkpoint { height, signer, signature, .. } => {
+                if signer != from {
+                    return Ok(Verdict::Reject);
+                }
+                self.saw_height(height);
+                if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS || !self.uncertified.contains(&height) && height <= self.tip_height {
+                    return Ok(Verdict::Ignore);
+                }
+                self.signatures.entry(height).or_default().insert(signer, Signature(signature));
+                if height <= self.tip_height {
+                    self.try_certify(height)?;
+                }
+            }
+        }
+        Ok(Verdict::Accept)
+    }
+
+    fn saw_height(&mut self, h: u64) {
+        self.seen_height = self.seen_height.max(h);
+    }
+
+    /// Answers a block request from blocks this node persisted or committed
+    /// (the core answers only from memory).
+    fn answer_block_request(&mut self, digest: &[u8; 32], fx: &mut Effects) -> Result<()> {
+        let path = self.data_dir.join("blocks").join(hex::encode(digest));
+        if self.persisted.contains_key(digest) {
+            if let Ok(bytes) = std::fs::read(&path) {
+                if let Ok(m @ Message::BlockResponse(_)) = Message::decode(&bytes, &self.limits) {
+                    let e = self.envelope(&m);
+                    fx.publish.push(e);
+                }
+            }
+            return Ok(());
+        }
+        let height = self.shared.store().app_meta(&wire::digest_key(digest))?;
+        if let Some(h) = height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+            if h + 200 < self.tip_height {
+                let (block, _) = self.rebuild_block(h)?;
+                let e = self.envelope(&Message::BlockResponse(block));
+                fx.publish.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the consensus block committed at `h` from the store, with its link.
+    fn rebuild_block(&self, h: u64) -> Result<(Block, Link)> {
+        let store = self.shared.store();
+        let link: Link = codec::decode(
+            &store.app_meta(&wire::link_key(h))?.with_context(|| format!("no consensus link at height {h}"))?,
+            self.limits.message_bytes_max * 2,
+        )?;
+        let header = store.header(Height(h))?.with_context(|| format!("no header at height {h}"))?;
+        let first = if h == 1 { 0 } else { store.header(Height(h - 1))?.map_or(0, |p| p.log_size) };
+        let mut appended = VecDeque::new();
+        for i in first..header.log_size {
+            appended.push_back(store.record_bytes(i)?.with_context(|| format!("record {i} is missing"))?);
+        }
+        let total = appended.len() + link.skipped.len();
+        let mut skipped: BTreeMap<u32, Vec<u8>> = link.skipped.iter().cloned().collect();
+        let mut records = Vec::with_capacity(total);
+        for p in 0..total as u32 {
+            match skipped.remove(&p) {
+                Some(r) => records.push(r),
+                None => records.push(appended.pop_front().context("the link's skipped positions disagree")?),
+            }
+        }
+        let block = Block {
+            height: consensus::Height(h),
+            view: consensus::View(link.view),
+            parent_view: consensus::View(link.parent_view),
+            parent: link.parent,
+            payload: BlockBody { time_ms: link.time_ms, records }.to_bytes(),
+        };
+        if block.hash(&self.chain) != link.digest {
+            bail!("the block rebuilt at height {h} does not hash to its stored digest");
+        }
+        Ok((block, link))
+    }
+
+    /// Handles a record batch from the records topic.
+    pub fn on_records_gossip(&mut self, data: &[u8]) -> Verdict {
+        let max = self.shared.genesis.params.record_bytes_max.saturating_mul(GOSSIP_BATCH_RECORDS) + 1024;
+        let Ok(batch) = codec::decode::<RecordBatch>(data, max) else { return Verdict::Reject };
+        let mut verdict = Verdict::Accept;
+        for r in batch.records {
+            match self.shared.admit(r) {
+                Ok(_) => {}
+                Err(crate::shared::Failure::Malformed(_)) => verdict = Verdict::Reject,
+                Err(f) => debug!("gossiped record not admitted: {}", f.detail()),
+            }
+        }
+        verdict
+    }
+
+    /// A timer fired or the tick came round.
+    pub fn on_time(&mut self, fx: &mut Effects) -> Result<()> {
+        let now = self.now();
+        let due: Vec<(Duration, u64)> = self.timers.range(..=(now, u64::MAX)).copied().collect();
+        for t in due {
+            self.timers.remove(&t);
+            self.drive(Input::Timeout(consensus::View(t.1)), fx)?;
+        }
+        if let Some(input) = self.payload_if_ready() {
+            self.drive(input, fx)?;
+        }
+        Ok(())
+    }
+
+    /// Re-sends this validator's signatures for recent uncertified heights and
+    /// decides whether to sync. Returns a sync request to send, if any.
+    pub fn on_tick(&mut self, fx: &mut Effects) -> Result<Option<(PeerId, SyncRequest)>> {
+        if let Some(v) = &self.validator {
+            let (index, recent): (u32, Vec<u64>) =
+                (v.index, self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect());
+            for h in recent {
+                let Some(header) = self.shared.store().header(Height(h))? else { continue };
+                let signature = self.validator.as_ref().expect("checked").key.sign_checkpoint(&header.checkpoint());
+                let env = Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
+                fx.publish.push((Topic::Consensus, codec::encode(&env)));
+            }
+        }
+        self.refresh_status();
+        if self.sync_in_flight {
+            return Ok(None);
+        }
+        let peer = self.pick_peer();
+        if self.seen_height > self.tip_height + SYNC_GAP {
+            self.behind_ticks += 1;
+        } else {
+            self.behind_ticks = 0;
+        }
+        if self.behind_ticks >= 2 {
+            if let Some(p) = peer {
+                self.sync_in_flight = true;
+                return Ok(Some((p, SyncRequest::Blocks { from: self.tip_height + 1, max: SYNC_BATCH })));
+            }
+        }
+        // Old heights whose signatures this node missed: ask a peer for their certificates.
+        let old: Vec<u64> = self.uncertified.range(..self.tip_height.saturating_sub(16)).copied().take(64).collect();
+        if let (Some(&from), Some(&to), Some(p)) = (old.first(), old.last(), peer) {
+            self.sync_in_flight = true;
+            return Ok(Some((p, SyncRequest::Certificates { from, to })));
+        }
+        Ok(None)
+    }
+
+    fn pick_peer(&self) -> Option<PeerId> {
+        let validators: Vec<&PeerId> = self.connected.iter().filter(|p| self.peers_by_id.contains_key(p)).collect();
+        if validators.is_empty() {
+            return None;
+        }
+        Some(*validators[(self.seq as usize) % validators.len()])
+    }
+
+    /// Answers a peer's sync request from the store.
+    pub fn answer_sync(&self, data: &[u8], response_max: usize) -> Result<Vec<u8>> {
+        let request: SyncRequest = codec::decode(data, 64).context("unreadable sync request")?;
+        let response = match request {
+            SyncRequest::Blocks { from, max } => {
+                let mut out = Vec::new();
+                let mut bytes = 0usize;
+                let mut h = from.max(1);
+                let extra_max = 64u64;
+                while h <= self.tip_height {
+                    let (block, link) = self.rebuild_block(h)?;
+                    let own = link_is_own(&link, h, &self.limits);
+                    let certificate = self.shared.store().certificate(Height(h))?.map(|c| c.to_bytes());
+                    let entry = SyncBlock {
+                        block: Message::BlockResponse(block).encode(),
+                        finalization: link.finalization,
+                        certificate,
+                    };
+                    bytes += entry.block.len() + entry.finalization.len() + 512;
+                    if bytes > response_max / 2 && !out.is_empty() {
+                        break;
+                    }
+                    out.push(entry);
+                    let counted = h + 1 - from.max(1);
+                    if counted >= u64::from(max) && (own || counted >= u64::from(max) + extra_max) {
+                        break;
+                    }
+                    h += 1;
+                }
+                SyncResponse::Blocks(out)
+            }
+            SyncRequest::Certificates { from, to } => {
+                let store = self.shared.store();
+                let mut out = Vec::new();
+                for h in from..=to.min(from.saturating_add(1024)) {
+                    if let Some(c) = store.certificate(Height(h))? {
+                        out.push(c.to_bytes());
+                    }
+                }
+                SyncResponse::Certificates(out)
+            }
+        };
+        Ok(codec::encode(&response))
+    }
+
+    /// Applies a peer's sync answer: verifies the chain of blocks against this
+    /// node's tip and a finalization by the validator set, then commits each.
+    pub fn apply_sync(&mut self, peer: PeerId, data: &[u8], fx: &mut Effects) -> Result<()> {
+        self.sync_in_flight = false;
+        let response: SyncResponse = match codec::decode(data, usize::MAX >> 1) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%peer, "unreadable sync answer: {e}");
+                return Ok(());
+            }
+        };
+        match response {
+            SyncResponse::Certificates(certs) => {
+                for bytes in certs {
+                    let Ok(cert) = Certificate::from_bytes(&bytes) else { continue };
+                    self.verify_and_store_certificate(&cert)?;
+                }
+            }
+            SyncResponse::Blocks(entries) => {
+                let applied = self.apply_blocks(peer, entries, fx)?;
+                if applied > 0 {
+                    info!(%peer, applied, height = self.tip_height, "synced blocks");
+                    self.restart_core(fx)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_and_store_certificate(&mut self, cert: &Certificate) -> Result<()> {
+        let h = cert.height.0;
+        if !self.uncertified.contains(&h) {
+            return Ok(());
+        }
+        let Some(header) = self.shared.store().header(cert.height)? else { return Ok(()) };
+        match cert.verify(&header, &self.shared.genesis.validator_set()) {
+            Ok(()) => self.store_certificate(cert),
+            Err(e) => {
+                warn!(height = h, "a peer's certificate does not verify: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn apply_blocks(&mut self, peer: PeerId, entries: Vec<SyncBlock>, fx: &mut Effects) -> Result<usize> {
+        let mut blocks = Vec::with_capacity(entries.len());
+        let mut expect_parent = self.tip.digest;
+        let mut expect_height = self.tip_height + 1;
+        for e in &entries {
+            let Ok(Message::BlockResponse(b)) = Message::decode(&e.block, &self.limits) else {
+                warn!(%peer, "sync answer carries an unreadable block");
+                break;
+            };
+            if b.height.0 != expect_height || b.parent != expect_parent {
+                warn!(%peer, height = b.height.0, "sync answer does not extend this node's chain");
+                break;
+            }
+            expect_parent = b.hash(&self.chain);
+            expect_height += 1;
+            blocks.push(b);
+        }
+        // The last block whose own finalization verifies makes it and every block before it final.
+        let mut last_final = None;
+        for (i, (b, e)) in blocks.iter().zip(&entries).enumerate().rev() {
+            let Ok(Message::Certificate(c)) = Message::decode(&e.finalization, &self.limits) else { continue };
+            if c.kind == VoteKind::Finalize
+                && c.height == b.height
+                && c.digest == b.hash(&self.chain)
+                && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
+            {
+                last_final = Some((i, c));
+                break;
+            }
+        }
+        let Some((last, finalization)) = last_final else { return Ok(0) };
+        for (b, e) in blocks.iter().zip(&entries).take(last + 1) {
+            let own = match Message::decode(&e.finalization, &self.limits) {
+                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == b.hash(&self.chain) => c,
+                _ => finalization.clone(),
+            };
+            self.commit(b, &own, fx)?;
+            if let Some(cert) = e.certificate.as_ref().and_then(|c| Certificate::from_bytes(c).ok()) {
+                self.verify_and_store_certificate(&cert)?;
+            }
+        }
+        Ok(last + 1)
+    }
+
+    /// Starts a new core at the (synced) tip with this validator's current safety state.
+    fn restart_core(&mut self, fx: &mut Effects) -> Result<()> {
+        let Some(v) = self.validator.take() else { return Ok(()) };
+        let safety = v.core.safety_state();
+        let core = self.new_core(&v.key, v.index, safety)?;
+        self.validator = Some(Validator { index: v.index, key: v.key, core });
+        self.timers.clear();
+        self.owed_payload = None;
+        self.drive(Input::Start, fx)
+    }
+
+    pub fn peer_connected(&mut self, peer: PeerId) {
+        self.connected.insert(peer);
+        self.refresh_status();
+    }
+
+    pub fn peer_disconnected(&mut self, peer: PeerId) {
+        self.connected.remove(&peer);
+        self.refresh_status();
+    }
+
+    /// The next instant the loop must wake for a timer or an owed payload.
+    pub fn next_wake(&self) -> Duration {
+        let mut next = self.now() + TICK;
+        if let Some(&(deadline, _)) = self.timers.first() {
+            next = next.min(deadline);
+        }
+        if self.owed_payload.is_some() {
+            next = next.min(self.now() + Duration::from_millis(5));
+        }
+        next
+    }
+
+    /// Takes the records the API admitted since the last call, as gossip batches.
+    pub fn drain_gossip(&mut self) -> Vec<(Topic, Vec<u8>)> {
+        let mut out = Vec::new();
+        for chunk in std::mem::take(&mut self.gossip_queue).chunks(GOSSIP_BATCH_RECORDS) {
+            out.push((Topic::Records, codec::encode(&RecordBatch { records: chunk.to_vec() })));
+        }
+        out
+    }
+}
+
+/// Whether the link's finalization is the block's own (not a descendant's).
+fn link_is_own(link: &Link, h: u64, limits: &consensus::Limits) -> bool {
+    matches!(Message::decode(&link.finalization, limits), Ok(Message::Certificate(c)) if c.height.0 == h)
+}
+
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Runs the loop until `shutdown` resolves or a fatal error.
+pub async fn run_loop(
+    mut app: App,
+    net: NetworkHandle,
+    mut events: mpsc::Receiver<NetEvent>,
+    mut admitted: mpsc::Receiver<Vec<u8>>,
+    response_max: usize,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let (sync_tx, mut sync_rx) = mpsc::channel::<(PeerId, std::result::Result<Vec<u8>, String>)>(4);
+    let mut fx = app.start()?;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        for (topic, data) in fx.publish.drain(..).chain(app.drain_gossip()) {
+            if let Err(e) = net.publish(topic, data).await {
+                debug!("publish failed: {e}");
+            }
+        }
+        let wake = tokio::time::Instant::from_std(app.started + app.next_wake());
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            event = events.recv() => {
+                let Some(event) = event else { bail!("the network task stopped") };
+                match event {
+                    NetEvent::Gossip { topic, author, id, data, .. } => {
+                        let verdict = match topic {
+                            Topic::Consensus => app.on_consensus_gossip(&author, &data, &mut fx)?,
+                            Topic::Records => app.on_records_gossip(&data),
+                        };
+                        report(&net, id, verdict).await;
+                        if topic == Topic::Records {
+                            app.on_time(&mut fx)?;
+                        }
+                    }
+                    NetEvent::Request { from, data, channel } => answer(&app, &net, from, &data, channel, response_max).await,
+                    NetEvent::PeerConnected { peer } => app.peer_connected(peer),
+                    NetEvent::PeerDisconnected { peer } => app.peer_disconnected(peer),
+                    NetEvent::PeerSubscribed { .. } => {}
+                }
+            }
+            Some(bytes) = admitted.recv() => {
+                app.gossip_queue.push(bytes);
+                while let Ok(more) = admitted.try_recv() {
+                    app.gossip_queue.push(more);
+                }
+                app.on_time(&mut fx)?;
+            }
+            Some((peer, result)) = sync_rx.recv() => match result {
+                Ok(data) => app.apply_sync(peer, &data, &mut fx)?,
+                Err(e) => {
+                    app.sync_in_flight = false;
+                    debug!(%peer, "sync request failed: {e}");
+                }
+            },
+            _ = tick.tick() => {
+                if let Some((peer, request)) = app.on_tick(&mut fx)? {
+                    let (net, tx) = (net.clone(), sync_tx.clone());
+                    tokio::spawn(async move {
+                        let result = net.request(peer, codec::encode(&request)).await.map_err(|e| e.to_string());
+                        let _ = tx.send((peer, result)).await;
+                    });
+                }
+                app.on_time(&mut fx)?;
+            }
+            _ = tokio::time::sleep_until(wake) => app.on_time(&mut fx)?,
+        }
+    }
+    Ok(())
+}
+
+async fn report(net: &NetworkHandle, id: GossipId, verdict: Verdict) {
+    if let Err(e) = net.report(id, verdict).await {
+        debug!("report failed: {e}");
+    }
+}
+
+async fn answer(app: &App, net: &NetworkHandle, from: PeerId, data: &[u8], channel: ResponseChannel, max: usize) {
+    match app.answer_sync(data, max) {
+        Ok(bytes) => {
+            if let Err(e) = net.respond(channel, bytes).await {
+                debug!(%from, "sync answer not sent: {e}");
+            }
+        }
+        Err(e) => warn!(%from, "cannot answer a sync request: {e:#}"),
+    }
+}

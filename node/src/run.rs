@@ -1,0 +1,97 @@
+//! `annal node run`: opens everything a validator needs and runs it until Ctrl-C or SIGTERM.
+
+use std::sync::Arc;
+
+use annal_ledger::genesis::Genesis;
+use annal_ledger::keys::SecretKey;
+use annal_ledger::store::{Store, StoreOptions};
+use anyhow::{bail, Context, Result};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::app::{run_loop, App};
+use crate::config::Config;
+use crate::net::{self, Allowlist, NetConfig, Network};
+use crate::shared::Shared;
+
+/// Runs a node until `shutdown` resolves; returns an error naming what failed.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    let genesis = Genesis::load(&config.genesis)?;
+    let consensus_key = SecretKey::read_file(&config.consensus_key)?;
+    let p2p_key = SecretKey::read_file(&config.p2p_key)?;
+    let validator = genesis.validators.iter().position(|v| v.consensus_key == consensus_key.public());
+    if let Some(i) = validator {
+        let v = &genesis.validators[i];
+        if v.p2p_key != p2p_key.public() {
+            bail!(
+                "{}: the consensus key is validator {i} ({})'s, but the p2p key {} is not its p2p_key {} in the genesis",
+                config.p2p_key.display(),
+                v.name,
+                p2p_key.public(),
+                v.p2p_key
+            );
+        }
+        info!(validator = i, name = %v.name, "starting as a validator");
+    } else {
+        warn!(
+            key = %consensus_key.public(),
+            "the consensus key is not in the genesis validator set: this node will not vote, and validators refuse its connections"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.store_dir(), genesis.hash(), StoreOptions::default())?;
+    info!(height = store.tip().height.0, log_size = store.tip().log_size, "store opened");
+
+    let mut net_config = NetConfig::new(genesis.chain_id.clone(), p2p_key, Allowlist::from_genesis(&genesis, &[])?);
+    net_config.listen = config.listen_addrs();
+    net_config.peers = config.peer_addrs();
+    let params = &genesis.params;
+    let message_max = params.block_bytes_max + 8 * params.block_records_max + (256 << 10);
+    net_config.limits.gossip_bytes_max = message_max.max(params.record_bytes_max * 512 + 4096);
+    net_config.limits.response_bytes_max = (2 * message_max).max(64 << 20);
+    let response_max = net_config.limits.response_bytes_max;
+    let (handle, events) = Network::start(net_config).await?;
+    for a in handle.listen_addrs().await? {
+        info!(addr = %a, peer_id = %handle.local_peer_id(), "p2p listening");
+    }
+
+    let (gossip_tx, gossip_rx) = mpsc::channel(65_536);
+    let shared = Arc::new(Shared::new(genesis, config.limits.clone(), validator.map(|i| i as u32), store, gossip_tx));
+    let app = App::new(shared.clone(), config.data_dir.clone(), validator.map(|_| consensus_key))?;
+
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API address {}", config.api_listen))?;
+    info!(addr = %listener.local_addr()?, "API listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(crate::api::serve(listener, shared.clone(), async move {
+        let _ = api_stop.changed().await;
+    }));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let result = run_loop(app, handle.clone(), events, gossip_rx, response_max, stop_rx).await;
+    shared.status.lock().expect("status lock").healthy = false;
+    let _ = handle.shutdown().await;
+    let _ = api.await;
+    shared.store().flush()?;
+    info!("stopped");
+    if let Err(e) = &result {
+        tracing::error!("the node stopped on an error: {e:#}");
+    }
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub use net::peer_id;

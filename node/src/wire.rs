@@ -1,0 +1,149 @@
+//! The node's own byte formats: the block body consensus orders, what the
+//! node stores per committed height to rebuild a consensus block, the gossip
+//! envelope on the consensus topic, record batches, and sync requests and
+//! answers. All canonical (the ledger's codec: version byte, fixed-width
+//! integers, round-trip checked), all bounded when decoded.
+
+use annal_ledger::codec::{self, Canonical};
+use annal_ledger::Error as LedgerError;
+use bincode::{Decode, Encode};
+
+/// The payload of a consensus block: the proposer's clock and the signed records, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct BlockBody {
+    /// Milliseconds since the Unix epoch on the proposer's clock; never below the parent's.
+    pub time_ms: u64,
+    /// Canonical bytes of each signed record.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl Canonical for BlockBody {
+    const KIND: &'static str = "block body";
+}
+
+impl BlockBody {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8], max: usize) -> Result<Self, LedgerError> {
+        codec::decode(bytes, max)
+    }
+}
+
+/// What the node keeps per committed height besides the ledger's block: the
+/// consensus block's fields that the header does not carry, the records that
+/// execution refused (with their positions in the body), and the consensus
+/// finalization the block was committed with. Together with the ledger's
+/// records they rebuild the consensus block byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Link {
+    pub view: u64,
+    pub parent_view: u64,
+    pub parent: [u8; 32],
+    /// The consensus block digest.
+    pub digest: [u8; 32],
+    pub time_ms: u64,
+    /// `(position in the body, record bytes)` of each record execution refused.
+    pub skipped: Vec<(u32, Vec<u8>)>,
+    /// The consensus finalization certificate (wire bytes) the block was
+    /// committed with: its own, or that of a descendant when the block was
+    /// finalized through it.
+    pub finalization: Vec<u8>,
+}
+
+impl Canonical for Link {
+    const KIND: &'static str = "consensus link";
+}
+
+/// Meta key of the link of `height` (hex, so keys sort by height).
+pub fn link_key(height: u64) -> String {
+    format!("app/link/{height:016x}")
+}
+
+/// Meta key mapping a consensus digest to its committed height.
+pub fn digest_key(digest: &[u8; 32]) -> String {
+    format!("app/digest/{}", hex::encode(digest))
+}
+
+/// A message on the consensus topic. A sequence number makes each publish
+/// unique: gossipsub drops a message whose bytes it has seen, and the
+/// consensus core re-sends identical messages on purpose (Spec R10).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Envelope {
+    /// A consensus wire message (`annal_consensus::Message::encode`).
+    Consensus { seq: u64, message: Vec<u8> },
+    /// A validator's C2SP note signature on the checkpoint of a committed block.
+    Checkpoint { seq: u64, height: u64, signer: u32, signature: [u8; 64] },
+}
+
+impl Canonical for Envelope {
+    const KIND: &'static str = "consensus envelope";
+}
+
+/// Records gossiped together (a node batches what its API admitted).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct RecordBatch {
+    pub records: Vec<Vec<u8>>,
+}
+
+impl Canonical for RecordBatch {
+    const KIND: &'static str = "record batch";
+}
+
+/// A sync request.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum SyncRequest {
+    /// Committed blocks from `from`, at most `max` (the answer may stop early at its byte limit).
+    Blocks { from: u64, max: u32 },
+    /// Ledger certificates of heights `from..=to` (those the peer has).
+    Certificates { from: u64, to: u64 },
+}
+
+impl Canonical for SyncRequest {
+    const KIND: &'static str = "sync request";
+}
+
+/// One committed block as sync sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct SyncBlock {
+    /// The consensus block (`annal_consensus::Message::BlockResponse` wire bytes).
+    pub block: Vec<u8>,
+    /// The consensus finalization it was committed with (wire bytes).
+    pub finalization: Vec<u8>,
+    /// The ledger certificate, when collected.
+    pub certificate: Option<Vec<u8>>,
+}
+
+/// A sync answer.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum SyncResponse {
+    Blocks(Vec<SyncBlock>),
+    Certificates(Vec<Vec<u8>>),
+}
+
+impl Canonical for SyncResponse {
+    const KIND: &'static str = "sync response";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: every node format round-trips and refuses trailing bytes and oversize input.
+    #[test]
+    fn formats_round_trip_and_refuse_garbage() {
+        let body = BlockBody { time_ms: 7, records: vec![vec![1, 2], vec![]] };
+        let bytes = body.to_bytes();
+        assert_eq!(BlockBody::from_bytes(&bytes, 1024).unwrap(), body);
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(BlockBody::from_bytes(&long, 1024).is_err());
+        assert!(BlockBody::from_bytes(&bytes, 4).is_err());
+        let e = Envelope::Checkpoint { seq: 1, height: 2, signer: 3, signature: [9; 64] };
+        assert_eq!(codec::decode::<Envelope>(&codec::encode(&e), 256).unwrap(), e);
+        let r = SyncRequest::Blocks { from: 5, max: 64 };
+        assert_eq!(codec::decode::<SyncRequest>(&codec::encode(&r), 64).unwrap(), r);
+        assert_eq!(link_key(255), "app/link/00000000000000ff");
+    }
+}
