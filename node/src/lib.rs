@@ -2,8 +2,10 @@
 //!
 //! [`net`] carries gossip and sync over libp2p; [`shared`] holds what the
 //! loop and the HTTP API share (store, mempool, status) and admits records;
-//! [`mempool`] bounds what is pending; [`config`] reads the node's TOML.
+//! [`mempool`] bounds what is pending; [`api`] serves docs/API.md over HTTP
+//! from [`shared`]; [`config`] reads the node's TOML.
 
+pub mod api;
 pub mod config;
 pub mod mempool;
 pub mod net;

@@ -433,12 +433,18 @@ impl Shared {
     /// `GET /v1/consistency?from=&to=`.
     pub fn consistency(&self, from: u64, to: Option<u64>) -> Result<Consistency, Failure> {
         let store = self.store();
-        let to = to.unwrap_or(store.certified_height().0);
-        if from == 0 || from > to {
-            return Err(Failure::BadQuery(format!("from height {from} must be at least 1 and at most to height {to}")));
+        if from == 0 {
+            return Err(Failure::BadQuery("from height 0 is the genesis state, which has no checkpoint".into()));
         }
-        if to > store.tip().height.0 {
-            return Err(Failure::NotFound(format!("height {to} is above this node's height {}", store.tip().height.0)));
+        if let Some(to) = to.filter(|&to| from > to) {
+            return Err(Failure::BadQuery(format!("from height {from} is above to height {to}")));
+        }
+        let certified = store.certified_height().0;
+        let to = to.unwrap_or(certified);
+        if let Some(h) = [from, to].into_iter().find(|&h| h > certified) {
+            return Err(Failure::NotFound(format!(
+                "height {h} is not certified yet; the latest certified height is {certified}"
+            )));
         }
         Ok(proof::consistency(&store, &self.genesis, Height(from), Height(to))?)
     }

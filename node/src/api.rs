@@ -1,0 +1,615 @@
+//! The node's HTTP API (docs/API.md): routes, the JSON error shape, and the
+//! guard every request passes (rate limit, body size, time bound, counting).
+//!
+//! Handlers only translate: they read parameters, call [`Shared`], and turn a
+//! [`Failure`] into the status and code of API.md's table. Store reads run on
+//! the blocking pool, since a commit holds the store's write lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annal_ledger::record::{RecordId, SignedRecord};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::handler::Handler;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::shared::{Admitted, Failure, Placed, Shared};
+
+/// The OpenAPI 3.0 description served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `wait=final` waits this long unless `timeout_ms` says otherwise.
+pub const WAIT_MS_DEFAULT: u64 = 30_000;
+/// The longest `timeout_ms` a client may ask for.
+pub const WAIT_MS_MAX: u64 = 120_000;
+/// Client addresses the rate limiter remembers; past it, idle ones are forgotten first.
+pub const CLIENTS_MAX: usize = 10_000;
+
+type Routes = Vec<(Method, &'static str, MethodRouter<Arc<Shared>>)>;
+
+/// Every route: method, path (axum syntax), handler. The router and [`routes`] both read it.
+fn table() -> Routes {
+    fn route<H: Handler<T, Arc<Shared>>, T: 'static>(
+        method: Method,
+        path: &'static str,
+        handler: H,
+    ) -> (Method, &'static str, MethodRouter<Arc<Shared>>) {
+        let filter = MethodFilter::try_from(method.clone()).expect("routes use standard methods");
+        (method, path, on(filter, handler))
+    }
+    vec![
+        route(Method::POST, "/v1/records", submit),
+        route(Method::POST, "/v1/records/batch", submit_batch),
+        route(Method::GET, "/v1/records/{id}", record),
+        // Keys may hold `/`: the key is the rest of the path, raw or percent-encoded.
+        route(Method::GET, "/v1/history/{namespace}/{*key}", history),
+        route(Method::GET, "/v1/nonces/{submitter}", nonce),
+        route(Method::GET, "/v1/proofs/{id}", proof),
+        route(Method::GET, "/v1/checkpoint", checkpoint),
+        route(Method::GET, "/v1/consistency", consistency),
+        route(Method::GET, "/v1/blocks/{height}", block),
+        route(Method::GET, "/v1/status", status),
+        route(Method::GET, "/metrics", metrics),
+        route(Method::GET, "/healthz", healthz),
+        route(Method::GET, "/openapi.json", openapi),
+    ]
+}
+
+/// The routes served, as `(method, path)` in OpenAPI's path syntax.
+pub fn routes() -> Vec<(Method, String)> {
+    table().into_iter().map(|(method, path, _)| (method, path.replace("{*", "{"))).collect()
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let guard = Arc::new(Guard::new(shared.clone()));
+    let router = table().into_iter().fold(Router::new(), |r, (_, path, handler)| r.route(path, handler));
+    router
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(shared.limits.api_body_bytes_max))
+        .layer(middleware::from_fn_with_state(guard, guard_request))
+        .with_state(shared)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error answer: `{"error": code, "detail"}` with its status (docs/API.md "Errors").
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, code, detail: detail.into(), retry_after_s: None }
+    }
+
+    fn malformed(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed", detail)
+    }
+
+    fn bad_query(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_query", detail)
+    }
+
+    fn too_large(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", detail)
+    }
+
+    fn internal(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> ApiError {
+        let (status, retry_after_s) = match failure {
+            Failure::Malformed(_) | Failure::BadQuery(_) => (StatusCode::BAD_REQUEST, None),
+            Failure::NotFound(_) => (StatusCode::NOT_FOUND, None),
+            Failure::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
+            Failure::MempoolFull(_) | Failure::NotCertified(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, None),
+            Failure::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+        };
+        ApiError { status, code: failure.code(), detail: failure.detail().to_string(), retry_after_s }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.code, "detail": self.detail }))).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {method} {}; GET /openapi.json lists the API", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}; the Allow header lists the methods that are", uri.path()),
+    )
+}
+
+// ---------------------------------------------------------------- guard
+
+/// What every request passes before its handler: the per-client rate limit,
+/// the body size, and the time bound; every answer is counted by status.
+struct Guard {
+    shared: Arc<Shared>,
+    limiter: Option<Mutex<Limiter>>,
+    timeout: Duration,
+}
+
+impl Guard {
+    fn new(shared: Arc<Shared>) -> Guard {
+        let limits = &shared.limits;
+        let limiter = (limits.api_requests_per_s > 0).then(|| Mutex::new(Limiter::new(limits.api_requests_per_s)));
+        let timeout = Duration::from_millis(limits.api_request_timeout_ms);
+        Guard { shared, limiter, timeout }
+    }
+
+    /// The rate limit and the declared body size, checked before the body is read.
+    fn check(&self, request: &Request) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(ConnectInfo(peer))) =
+            (&self.limiter, request.extensions().get::<ConnectInfo<SocketAddr>>())
+        {
+            let taken = limiter.lock().expect("limiter lock").take(peer.ip(), Instant::now());
+            if let Err(wait_s) = taken {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "client {} exceeded {} requests per second (limits.api_requests_per_s)",
+                        peer.ip(),
+                        self.shared.limits.api_requests_per_s
+                    ),
+                );
+                e.retry_after_s = Some(wait_s);
+                return Err(e);
+            }
+        }
+        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let max = self.shared.limits.api_body_bytes_max;
+        match declared {
+            Some(n) if n > max as u64 => Err(body_too_large(Some(n), max)),
+            _ => Ok(()),
+        }
+    }
+
+    fn count(&self, status: StatusCode) {
+        *self.shared.metrics.api_requests.lock().expect("api lock").entry(status.as_u16()).or_insert(0) += 1;
+    }
+}
+
+async fn guard_request(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let response = match guard.check(&request) {
+        Err(e) => e.into_response(),
+        Ok(()) => match tokio::time::timeout(guard.timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request took longer than this node's limit of {} ms (limits.api_request_timeout_ms)",
+                    guard.timeout.as_millis()
+                ),
+            )
+            .into_response(),
+        },
+    };
+    guard.count(response.status());
+    response
+}
+
+fn body_too_large(declared: Option<u64>, max: usize) -> ApiError {
+    let size = declared.map_or("the body".to_string(), |n| format!("the body of {n} bytes"));
+    ApiError::too_large(format!("{size} exceeds this node's limit of {max} bytes (limits.api_body_bytes_max)"))
+}
+
+/// Token buckets per client address: `rate` tokens a second, at most one second's worth held.
+struct Limiter {
+    rate: f64,
+    clients: HashMap<IpAddr, Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    seen: Instant,
+}
+
+impl Limiter {
+    fn new(requests_per_s: u32) -> Limiter {
+        Limiter { rate: f64::from(requests_per_s), clients: HashMap::new() }
+    }
+
+    /// Takes a token for `ip`, or says how many whole seconds until one is there.
+    fn take(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        if !self.clients.contains_key(&ip) && self.clients.len() >= CLIENTS_MAX {
+            self.evict(now);
+        }
+        let rate = self.rate;
+        let bucket = self.clients.entry(ip).or_insert(Bucket { tokens: rate, seen: now });
+        bucket.tokens = refilled(bucket, rate, now);
+        bucket.seen = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Forgets clients whose bucket is full again (forgetting them changes
+    /// nothing); if every client is still limited, the longest idle one.
+    fn evict(&mut self, now: Instant) {
+        let rate = self.rate;
+        self.clients.retain(|_, b| refilled(b, rate, now) < rate);
+        if self.clients.len() >= CLIENTS_MAX {
+            if let Some(ip) = self.clients.iter().min_by_key(|(_, b)| b.seen).map(|(ip, _)| *ip) {
+                self.clients.remove(&ip);
+            }
+        }
+    }
+}
+
+fn refilled(bucket: &Bucket, rate: f64, now: Instant) -> f64 {
+    (bucket.tokens + now.duration_since(bucket.seen).as_secs_f64() * rate).min(rate)
+}
+
+// ---------------------------------------------------------------- extractors
+
+/// Path parameters; an unreadable one is `bad_query` naming it.
+struct PathParams<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::bad_query(e.body_text()))
+    }
+}
+
+/// Query parameters by name; unknown or repeated names are `bad_query`.
+struct QueryParams(BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(pairs) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_query(e.body_text()))?;
+        let mut params = BTreeMap::new();
+        for (name, value) in pairs {
+            if params.insert(name.clone(), value).is_some() {
+                return Err(ApiError::bad_query(format!("query parameter {name:?} is given twice")));
+            }
+        }
+        Ok(QueryParams(params))
+    }
+}
+
+impl QueryParams {
+    /// Refuses parameters outside `known`, so a misspelt one is not silently ignored.
+    fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::bad_query(format!("unknown query parameter {k:?}; this route takes {known:?}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| v.parse::<u64>().map_err(|e| ApiError::bad_query(format!("{name}={v:?} is not a height: {e}"))))
+            .transpose()
+    }
+}
+
+/// A JSON body: over the size limit is `too_large`, anything unreadable is `malformed`.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, shared).await.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => body_too_large(None, shared.limits.api_body_bytes_max),
+            _ => ApiError::malformed(format!("the body could not be read: {}", e.body_text())),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::malformed(format!("the body is not the JSON this route takes: {e}")))
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Runs store reads on the blocking pool: a commit may hold the store's write lock.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Send + 'static) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("the request's worker failed: {e}"))),
+    }
+}
+
+fn record_id(name: &str, hex: &str) -> Result<RecordId, ApiError> {
+    RecordId::from_hex(hex).map_err(|e| ApiError::bad_query(format!("path parameter {name}: {e}")))
+}
+
+fn decode_record(what: &str, text: &str) -> Result<Vec<u8>, Failure> {
+    B64.decode(text).map_err(|e| Failure::Malformed(format!("{what} is not standard base64 with padding: {e}")))
+}
+
+fn final_json(id: &RecordId, placed: Placed) -> Value {
+    json!({ "id": id.to_hex(), "status": "final", "index": placed.index, "height": placed.height })
+}
+
+fn json_text(text: String) -> Response {
+    ([(CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+// ---------------------------------------------------------------- records
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    record: String,
+}
+
+/// `POST /v1/records[?wait=final&timeout_ms=N]`.
+async fn submit(
+    State(shared): State<Arc<Shared>>,
+    query: QueryParams,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<Response, ApiError> {
+    query.only(&["wait", "timeout_ms"])?;
+    let wait = match query.get("wait") {
+        None => false,
+        Some("final") => true,
+        Some(other) => return Err(ApiError::bad_query(format!("wait={other:?}: the only value is \"final\""))),
+    };
+    let timeout_ms = match query.get("timeout_ms") {
+        None => WAIT_MS_DEFAULT,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if ms <= WAIT_MS_MAX => ms,
+            _ => return Err(ApiError::bad_query(format!("timeout_ms={v:?} must be a number from 0 to {WAIT_MS_MAX}"))),
+        },
+    };
+    let bytes = decode_record("record", &body.record)?;
+    let submitting = shared.clone();
+    let admitted = blocking(move || tokio::runtime::Handle::current().block_on(submitting.submit(bytes))).await?;
+    match admitted {
+        Admitted::Final { id, placed } => Ok(Json(final_json(&id, placed)).into_response()),
+        Admitted::Pending { id, .. } if wait => {
+            let placed = shared.wait_final(id, Duration::from_millis(timeout_ms)).await?;
+            Ok(Json(final_json(&id, placed)).into_response())
+        }
+        Admitted::Pending { id, .. } => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.to_hex(), "status": "pending" }))).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    records: Vec<String>,
+}
+
+/// `POST /v1/records/batch`.
+async fn submit_batch(
+    State(shared): State<Arc<Shared>>,
+    query: QueryParams,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> Result<Response, ApiError> {
+    query.only(&[])?;
+    let max = shared.limits.api_batch_records_max;
+    if body.records.len() > max {
+        return Err(ApiError::too_large(format!(
+            "the batch holds {} records; this node takes at most {max} (limits.api_batch_records_max)",
+            body.records.len()
+        )));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (accepted, results, full) =
+        blocking(move || Ok(admit_batch(&body.records, |bytes| handle.block_on(shared.submit(bytes))))).await?;
+    let mut response = Json(json!({ "accepted": accepted, "results": results })).into_response();
+    if full {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+    }
+    Ok(response)
+}
+
+/// Admits each record alone, in order; once the mempool is full the rest are not tried.
+/// Returns the number accepted, one result per record, and whether the mempool filled.
+fn admit_batch(
+    records: &[String],
+    mut submit: impl FnMut(Vec<u8>) -> Result<Admitted, Failure>,
+) -> (usize, Vec<Value>, bool) {
+    let mut accepted = 0;
+    let mut full_at: Option<usize> = None;
+    let mut results = Vec::with_capacity(records.len());
+    for (i, text) in records.iter().enumerate() {
+        let decoded = decode_record(&format!("records[{i}]"), text);
+        let id = decoded.as_ref().ok().map(|b| SignedRecord::id_of_bytes(b));
+        let outcome = match (decoded, full_at) {
+            (_, Some(at)) => Err(Failure::MempoolFull(format!(
+                "the mempool filled at record {at} of this batch; this record was not tried"
+            ))),
+            (Err(f), None) => Err(f),
+            (Ok(bytes), None) => submit(bytes),
+        };
+        results.push(match outcome {
+            Ok(Admitted::Pending { id, .. }) => {
+                accepted += 1;
+                json!({ "id": id.to_hex(), "status": "pending", "error": null })
+            }
+            Ok(Admitted::Final { id, .. }) => {
+                accepted += 1;
+                json!({ "id": id.to_hex(), "status": "final", "error": null })
+            }
+            Err(f) => {
+                if matches!(f, Failure::MempoolFull(_)) && full_at.is_none() {
+                    full_at = Some(i);
+                }
+                let id = if matches!(f, Failure::Malformed(_)) { None } else { id.map(|id| id.to_hex()) };
+                json!({ "id": id, "status": null, "error": f.to_json() })
+            }
+        });
+    }
+    (accepted, results, full_at.is_some())
+}
+
+/// `GET /v1/records/{id}`.
+async fn record(State(shared): State<Arc<Shared>>, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+    let id = record_id("id", &id)?;
+    Ok(Json(blocking(move || shared.record(&id)).await?).into_response())
+}
+
+/// `GET /v1/history/{namespace}/{key}`.
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    PathParams((namespace, key)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || shared.history(&namespace, &key)).await?).into_response())
+}
+
+/// `GET /v1/nonces/{submitter}`.
+async fn nonce(
+    State(shared): State<Arc<Shared>>,
+    PathParams(submitter): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let answer = blocking(move || {
+        shared.last_nonce(&submitter).map_err(|f| match f {
+            Failure::BadQuery(d) => Failure::BadQuery(format!("path parameter submitter: {d}")),
+            other => other,
+        })
+    });
+    Ok(Json(answer.await?).into_response())
+}
+
+// ---------------------------------------------------------------- proofs
+
+/// `GET /v1/proofs/{id}[?status=true][&format=tlog-proof]`.
+async fn proof(
+    State(shared): State<Arc<Shared>>,
+    PathParams(id): PathParams<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    query.only(&["status", "format"])?;
+    let id = record_id("id", &id)?;
+    let with_status = match query.get("status") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_query(format!("status={other:?} must be true or false"))),
+    };
+    let tlog = match query.get("format") {
+        None | Some("bundle") => false,
+        Some("tlog-proof") => true,
+        Some(other) => return Err(ApiError::bad_query(format!("format={other:?} must be bundle or tlog-proof"))),
+    };
+    let bundle = blocking(move || shared.bundle(&id, with_status)).await?;
+    if tlog {
+        return Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], bundle.to_tlog_proof()).into_response());
+    }
+    Ok(json_text(bundle.to_json()))
+}
+
+/// `GET /v1/checkpoint`.
+async fn checkpoint(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || shared.checkpoint()).await?).into_response())
+}
+
+/// `GET /v1/consistency?from=H1[&to=H2]`.
+async fn consistency(State(shared): State<Arc<Shared>>, query: QueryParams) -> Result<Response, ApiError> {
+    query.only(&["from", "to"])?;
+    let from = query.u64("from")?.ok_or_else(|| ApiError::bad_query("query parameter from is required"))?;
+    let to = query.u64("to")?;
+    let proof = blocking(move || shared.consistency(from, to)).await?;
+    Ok(json_text(proof.to_json()))
+}
+
+// ---------------------------------------------------------------- blocks and status
+
+/// `GET /v1/blocks/{height}`.
+async fn block(State(shared): State<Arc<Shared>>, PathParams(height): PathParams<String>) -> Result<Response, ApiError> {
+    let height = height
+        .parse::<u64>()
+        .map_err(|e| ApiError::bad_query(format!("path parameter height {height:?} is not a height: {e}")))?;
+    Ok(Json(blocking(move || shared.block(height)).await?).into_response())
+}
+
+/// `GET /v1/status`.
+async fn status(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || shared.status_json()).await?).into_response())
+}
+
+/// `GET /metrics`.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let text = blocking(move || Ok(shared.metrics_text())).await?;
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// `GET /healthz`.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.healthy() {
+        return ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response();
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unhealthy",
+        "the node's loop is not running or its last commit failed; see its log",
+    )
+    .into_response()
+}
+
+/// `GET /openapi.json`.
+async fn openapi() -> Response {
+    json_text(OPENAPI.to_string())
+}
