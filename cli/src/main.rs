@@ -239,6 +239,10 @@ enum BenchCommand {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`annal get … | head`), as command-line tools do.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let cli = match cli.command {
         Command::Verify(args) => std::process::exit(verify::verify(args).code()),
