@@ -20,12 +20,12 @@ pub fn run_node(config: &Path) -> Result<()> {
 }
 
 /// One node of a devnet, as `devnet.json` lists it.
-struct NodeEntry {
-    name: String,
-    api_url: String,
-    config: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
+pub struct NodeEntry {
+    pub name: String,
+    pub api_url: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
 }
 
 /// `annal devnet [--validators N] [--dir DIR]`.
@@ -92,7 +92,9 @@ pub fn devnet(validators: usize, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_configs(dir: &Path, count: usize) -> Result<Vec<NodeEntry>> {
+/// Writes (or rewrites, keeping their ports) `DIR/validator-<i>/node.toml` for
+/// validators on 127.0.0.1 that all dial each other.
+pub fn write_configs(dir: &Path, count: usize) -> Result<Vec<NodeEntry>> {
     let mut nodes = Vec::with_capacity(count);
     let mut ports = Vec::new();
     let mut p2p = Vec::new();
@@ -142,7 +144,7 @@ fn write_configs(dir: &Path, count: usize) -> Result<Vec<NodeEntry>> {
 }
 
 /// A port nothing listens on now (and not already chosen).
-fn free_port(taken: &[u16]) -> Result<u16> {
+pub fn free_port(taken: &[u16]) -> Result<u16> {
     for _ in 0..64 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if !taken.contains(&port) {

@@ -10,11 +10,10 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod bench;
-mod client;
-mod devnet;
-mod genesis_cmd;
 mod node_cmds;
 mod verify;
+
+use annal_cli::{client, devnet, ensure_absent, genesis_cmd};
 
 #[derive(Parser)]
 #[command(name = "annal", version, about = "Annal: a permissioned ledger for public records", long_about = None)]
@@ -345,22 +344,4 @@ fn tlog_proof(
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// Refuses to overwrite a file.
-fn ensure_absent(path: &std::path::Path) -> Result<()> {
-    if path.exists() {
-        bail!("{} already exists; refusing to overwrite it", path.display());
-    }
-    Ok(())
-}
-
-/// Creates a folder (and its parents) for key files, readable by its owner only.
-fn create_private_dir(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .with_context(|| format!("creating {}", path.display()))
 }
