@@ -538,8 +538,8 @@ async fn status_metrics_health_and_routing_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_exactly_the_routes_served() {
-    // Goal: /openapi.json is OpenAPI 3.0 naming every route the router serves, and no other;
-    // each documented path answers something other than the router's 404 or 405.
+    // Goal: /openapi.json is OpenAPI 3.0 naming every route the router serves, and no other, with
+    // each path parameter declared; each documented path answers something other than the router's 404 or 405.
     let node = start("openapi", Limits::default()).await;
     let doc = node.get("/openapi.json").await.json();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
@@ -553,6 +553,26 @@ async fn openapi_describes_exactly_the_routes_served() {
     documented.sort();
     served.sort();
     assert_eq!(documented, served);
+    for (method, path) in &documented {
+        let operation = &doc["paths"][path][method.to_ascii_lowercase()];
+        let mut declared: Vec<String> = operation["parameters"]
+            .as_array()
+            .map_or(&[][..], |v| v.as_slice())
+            .iter()
+            .map(|p| match p["$ref"].as_str() {
+                Some(r) => &doc["components"]["parameters"][r.rsplit('/').next().unwrap()],
+                None => p,
+            })
+            .filter(|p| p["in"] == "path")
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut placeholders: Vec<String> =
+            path.split('{').skip(1).map(|s| s.split('}').next().unwrap().to_string()).collect();
+        declared.sort();
+        placeholders.sort();
+        assert_eq!(declared, placeholders, "{method} {path}: path parameters");
+        assert!(operation["responses"]["200"].is_object() || operation["responses"]["202"].is_object());
+    }
     let id = RecordId([7; 32]).to_hex();
     for (method, path) in &served {
         let concrete = path
