@@ -336,10 +336,14 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 impl QueryParams {
     /// Refuses parameters outside `known`, so a misspelt one is not silently ignored.
     fn only(&self, known: &[&str]) -> Result<(), ApiError> {
-        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(ApiError::bad_query(format!("unknown query parameter {k:?}; this route takes {known:?}"))),
-            None => Ok(()),
-        }
+        let Some(unknown) = self.0.keys().find(|k| !known.contains(&k.as_str())) else {
+            return Ok(());
+        };
+        let takes = match known {
+            [] => "no query parameters".to_string(),
+            _ => format!("only {}", known.join(", ")),
+        };
+        Err(ApiError::bad_query(format!("unknown query parameter {unknown:?}; this route takes {takes}")))
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -350,6 +354,17 @@ impl QueryParams {
         self.get(name)
             .map(|v| v.parse::<u64>().map_err(|e| ApiError::bad_query(format!("{name}={v:?} is not a height: {e}"))))
             .transpose()
+    }
+}
+
+/// A route that takes no query parameters, refusing any (a misspelt one is not silently ignored).
+struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        QueryParams::from_request_parts(parts, state).await?.only(&[]).map(|()| NoQuery)
     }
 }
 
@@ -445,10 +460,9 @@ struct BatchBody {
 /// `POST /v1/records/batch`.
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
-    query: QueryParams,
+    _: NoQuery,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Response, ApiError> {
-    query.only(&[])?;
     let max = shared.limits.api_batch_records_max;
     if body.records.len() > max {
         return Err(ApiError::too_large(format!(
@@ -507,7 +521,11 @@ fn admit_batch(
 }
 
 /// `GET /v1/records/{id}`.
-async fn record(State(shared): State<Arc<Shared>>, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+async fn record(
+    State(shared): State<Arc<Shared>>,
+    PathParams(id): PathParams<String>,
+    _: NoQuery,
+) -> Result<Response, ApiError> {
     let id = record_id("id", &id)?;
     Ok(Json(blocking(move || shared.record(&id)).await?).into_response())
 }
@@ -516,6 +534,7 @@ async fn record(State(shared): State<Arc<Shared>>, PathParams(id): PathParams<St
 async fn history(
     State(shared): State<Arc<Shared>>,
     PathParams((namespace, key)): PathParams<(String, String)>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || shared.history(&namespace, &key)).await?).into_response())
 }
@@ -524,6 +543,7 @@ async fn history(
 async fn nonce(
     State(shared): State<Arc<Shared>>,
     PathParams(submitter): PathParams<String>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     let answer = blocking(move || {
         shared.last_nonce(&submitter).map_err(|f| match f {
@@ -562,7 +582,7 @@ async fn proof(
 }
 
 /// `GET /v1/checkpoint`.
-async fn checkpoint(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+async fn checkpoint(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || shared.checkpoint()).await?).into_response())
 }
 
@@ -578,7 +598,11 @@ async fn consistency(State(shared): State<Arc<Shared>>, query: QueryParams) -> R
 // ---------------------------------------------------------------- blocks and status
 
 /// `GET /v1/blocks/{height}`.
-async fn block(State(shared): State<Arc<Shared>>, PathParams(height): PathParams<String>) -> Result<Response, ApiError> {
+async fn block(
+    State(shared): State<Arc<Shared>>,
+    PathParams(height): PathParams<String>,
+    _: NoQuery,
+) -> Result<Response, ApiError> {
     let height = height
         .parse::<u64>()
         .map_err(|e| ApiError::bad_query(format!("path parameter height {height:?} is not a height: {e}")))?;
@@ -586,18 +610,18 @@ async fn block(State(shared): State<Arc<Shared>>, PathParams(height): PathParams
 }
 
 /// `GET /v1/status`.
-async fn status(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+async fn status(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
     Ok(Json(blocking(move || shared.status_json()).await?).into_response())
 }
 
 /// `GET /metrics`.
-async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+async fn metrics(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
     let text = blocking(move || Ok(shared.metrics_text())).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// `GET /healthz`.
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+async fn healthz(State(shared): State<Arc<Shared>>, _: NoQuery) -> Response {
     if shared.healthy() {
         return ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response();
     }
@@ -610,6 +634,59 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// `GET /openapi.json`.
-async fn openapi() -> Response {
+async fn openapi(_: NoQuery) -> Response {
     json_text(OPENAPI.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: usize) -> IpAddr {
+        IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    }
+
+    /// Goal: a bucket holds one second's worth, refills at the rate, and says when to come back.
+    #[test]
+    fn buckets_refill_at_the_rate() {
+        let mut limiter = Limiter::new(4);
+        let t = Instant::now();
+        for _ in 0..4 {
+            limiter.take(ip(1), t).unwrap();
+        }
+        assert_eq!(limiter.take(ip(1), t), Err(1));
+        limiter.take(ip(2), t).expect("another client has its own bucket");
+        limiter.take(ip(1), t + Duration::from_millis(250)).expect("a quarter second refills one token");
+        assert_eq!(limiter.take(ip(1), t + Duration::from_millis(250)), Err(1));
+        let mut slow = Limiter::new(1);
+        slow.take(ip(1), t).unwrap();
+        assert_eq!(slow.take(ip(1), t), Err(1));
+    }
+
+    /// Goal: the limiter never remembers more than CLIENTS_MAX addresses, forgetting idle ones first,
+    /// and one more client past the bound evicts the longest idle limited one, not the newest.
+    #[test]
+    fn clients_are_bounded() {
+        let mut limiter = Limiter::new(1);
+        let t = Instant::now();
+        for n in 0..CLIENTS_MAX {
+            limiter.take(ip(n), t + Duration::from_micros(n as u64)).unwrap();
+        }
+        assert_eq!(limiter.clients.len(), CLIENTS_MAX);
+        let late = t + Duration::from_millis(20);
+        limiter.take(ip(CLIENTS_MAX), late).unwrap();
+        assert_eq!(limiter.clients.len(), CLIENTS_MAX);
+        assert!(!limiter.clients.contains_key(&ip(0)), "the longest idle client is forgotten");
+        assert_eq!(limiter.take(ip(CLIENTS_MAX), late), Err(1), "the newest is still limited");
+        let idle = t + Duration::from_secs(2);
+        limiter.take(ip(CLIENTS_MAX + 1), idle).unwrap();
+        assert_eq!(limiter.clients.len(), 1, "every refilled bucket is forgotten at once");
+    }
+
+    /// Goal: the served OpenAPI document is JSON naming OpenAPI 3.0.
+    #[test]
+    fn openapi_is_json() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."));
+    }
 }

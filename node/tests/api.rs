@@ -1,0 +1,609 @@
+//! The HTTP API over real sockets: a real store, mempool and `Shared`, served
+//! with `api::serve` on 127.0.0.1 (ephemeral port) and spoken to in plain
+//! HTTP/1.1. Blocks are executed, certified and committed the way the node's
+//! loop does, so every answer comes from the same code a validator runs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annal_ledger::block::{Certificate, Height, View};
+use annal_ledger::exec::{execute, BlockMeta, Signatures};
+use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
+use annal_ledger::keys::SecretKey;
+use annal_ledger::proof::{self, Bundle, Consistency};
+use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
+use annal_ledger::store::{Store, StoreOptions};
+use annal_node::api;
+use annal_node::config::Limits;
+use annal_node::shared::{Outcome, Placed, Shared};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+const CHAIN: &str = "annal-api-test";
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+/// Four validators (keys 1..=4); agency "land" (officers 21, 22) owns `land-titles`.
+fn genesis() -> Genesis {
+    Genesis {
+        chain_id: CHAIN.into(),
+        genesis_time_ms: 1_764_000_000_000,
+        validators: (1..=4)
+            .map(|i| Validator {
+                name: format!("validator-{i}"),
+                consensus_key: key(i).public(),
+                p2p_key: key(10 + i).public(),
+                power: 1,
+            })
+            .collect(),
+        agencies: vec![Agency {
+            name: "land".into(),
+            submitter_keys: vec![key(21).public(), key(22).public()],
+            namespaces: vec!["land-titles".into()],
+        }],
+        params: Params::default(),
+    }
+}
+
+/// An unsigned record by officer `signer` in `land-titles`.
+fn record(signer: u8, key_name: &str, op: Op, supersedes: Option<RecordId>, version: u64, nonce: u64) -> Record {
+    Record {
+        chain_id: CHAIN.into(),
+        namespace: "land-titles".into(),
+        key: key_name.into(),
+        op,
+        body: Body::Inline(format!("{key_name} v{version}").into_bytes()),
+        metadata: [("basis".to_string(), "Act 12 s.3".to_string())].into(),
+        supersedes,
+        version,
+        submitter: key(signer).public(),
+        nonce,
+    }
+}
+
+fn publish(signer: u8, key_name: &str, nonce: u64) -> SignedRecord {
+    record(signer, key_name, Op::Publish, None, 1, nonce).sign(&key(signer))
+}
+
+fn body_of(r: &SignedRecord) -> String {
+    json!({ "record": B64.encode(r.to_bytes()) }).to_string()
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A served `Shared` and what keeps it alive.
+struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    gossip: mpsc::Receiver<Vec<u8>>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: TempDir,
+}
+
+async fn start(name: &str, limits: Limits) -> Node {
+    let dir = std::env::temp_dir().join(format!("annal-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let g = genesis();
+    let store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
+    let (gossip_tx, gossip_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared::new(g, limits, Some(0), store, gossip_tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(api::serve(listener, shared.clone(), async {
+        let _ = stopped.await;
+    }));
+    Node { addr, shared, gossip: gossip_rx, stop: Some(stop), served: Some(served), _dir: TempDir(dir) }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts the status and the error code, and returns the detail.
+    fn error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        let v = self.json();
+        assert_eq!(v["error"], code, "{self:?}");
+        v["detail"].as_str().expect("a detail").to_string()
+    }
+}
+
+impl Node {
+    async fn get(&self, path: &str) -> Answer {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes()).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Answer {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.send(&[head.as_bytes(), body.as_bytes()].concat()).await
+    }
+
+    /// Writes `request` in one piece and reads the answer until the server closes
+    /// (on the blocking pool: std's socket is all this test needs).
+    async fn send(&self, request: &[u8]) -> Answer {
+        let (addr, request) = (self.addr, request.to_vec());
+        let raw = tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            stream.write_all(&request).unwrap();
+            let mut raw = Vec::new();
+            // A server that answered without reading the whole body may reset; keep what arrived.
+            if let Err(e) = stream.read_to_end(&mut raw) {
+                assert!(!raw.is_empty(), "no answer: {e}");
+            }
+            raw
+        });
+        parse(&raw.await.unwrap())
+    }
+
+    /// Executes `records` as the next block and commits it as the loop does:
+    /// with its certificate now (`certify`), or later with the one returned.
+    fn commit(&self, records: &[SignedRecord], certify: bool) -> (Vec<RecordId>, Certificate) {
+        let s = &self.shared;
+        let g = &s.genesis;
+        let mut store = s.store.write().unwrap();
+        let executed = execute(&s.rules, &*store, store.frontier(), records, Signatures::Verify).unwrap();
+        let height = Height(store.tip().height.0 + 1);
+        let set = g.validator_set();
+        let meta = BlockMeta {
+            height,
+            view: View(height.0),
+            parent: store.tip().block_hash,
+            time_ms: g.genesis_time_ms + 1000 * height.0,
+            proposer: 0,
+            validators_hash: set.hash(),
+        };
+        let header = executed.header(&g.chain_id, &meta);
+        let (k1, k2, k3) = (key(1), key(2), key(3));
+        let cert = Certificate::sign(&header, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
+        store.commit_block(&header, certify.then_some(&cert), &executed, &[]).unwrap();
+        drop(store);
+        let mut pool = s.pool.lock().unwrap();
+        for id in &executed.ids {
+            pool.remove(id);
+        }
+        drop(pool);
+        let placed = |i: usize| Placed { index: executed.first_index + i as u64, height: height.0 };
+        s.settle(executed.ids.iter().enumerate().map(|(i, id)| (*id, Outcome::Final(placed(i)))).collect());
+        (executed.ids.clone(), cert)
+    }
+
+    fn answers(&self, status: u16) -> u64 {
+        self.shared.metrics.api_requests.lock().unwrap().get(&status).copied().unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.served.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn parse(raw: &[u8]) -> Answer {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| l.split_once(':').unwrap())
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Answer { status, headers, body: String::from_utf8(body).unwrap() }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[line + 2..line + 2 + size]);
+        raw = &raw[line + 4 + size..];
+    }
+}
+
+fn small_limits() -> Limits {
+    Limits { api_body_bytes_max: 2048, api_batch_records_max: 3, ..Limits::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_is_pending_once_and_resubmit_gives_the_same_id() {
+    // Goal: a new record is 202 pending, gossiped once; resubmitting it is 202 with the same id.
+    let mut node = start("submit", Limits::default()).await;
+    let r = publish(21, "parcel/1", 1);
+    let first = node.post("/v1/records", &body_of(&r)).await;
+    assert_eq!(first.status, 202, "{first:?}");
+    assert_eq!(first.json(), json!({ "id": r.id().to_hex(), "status": "pending" }));
+    let again = node.post("/v1/records", &body_of(&r)).await;
+    assert_eq!((again.status, again.json()), (202, first.json()));
+    assert_eq!(node.gossip.try_recv().unwrap(), r.to_bytes(), "the new record goes to gossip");
+    assert!(node.gossip.try_recv().is_err(), "a resubmission is not gossiped again");
+    let read = node.get(&format!("/v1/records/{}", r.id().to_hex())).await;
+    assert_eq!((read.status, read.json()), (200, json!({ "id": r.id().to_hex(), "status": "pending" })));
+    assert_eq!(node.answers(202), 2);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_and_records_are_refused_with_the_reason() {
+    // Goal: every way a submission can be wrong gets its status, code, and a detail naming the problem.
+    let node = start("refusals", Limits::default()).await;
+    let detail = node.post("/v1/records", r#"{"record": "not base64!"}"#).await.error(400, "malformed");
+    assert!(detail.contains("base64"), "{detail}");
+    let junk = json!({ "record": B64.encode(b"not a record") }).to_string();
+    node.post("/v1/records", &junk).await.error(400, "malformed");
+    let detail = node.post("/v1/records", "{\"record\": ").await.error(400, "malformed");
+    assert!(detail.contains("JSON"), "{detail}");
+    let detail = node.post("/v1/records", r#"{"records": "x"}"#).await.error(400, "malformed");
+    assert!(detail.contains("missing field `record`"), "{detail}");
+
+    let mut other = record(21, "parcel/1", Op::Publish, None, 1, 1);
+    other.chain_id = "other-chain".into();
+    let detail = node.post("/v1/records", &body_of(&other.sign(&key(21)))).await.error(422, "refused");
+    assert!(detail.contains("other-chain") && detail.contains(CHAIN), "{detail}");
+    let mut forged = publish(21, "parcel/1", 1);
+    forged.record.nonce = 2;
+    let detail = node.post("/v1/records", &body_of(&forged)).await.error(422, "refused");
+    assert!(detail.contains("signature"), "{detail}");
+    let stranger = record(99, "parcel/1", Op::Publish, None, 1, 1).sign(&key(99));
+    let detail = node.post("/v1/records", &body_of(&stranger)).await.error(422, "refused");
+    assert!(detail.contains("no agency"), "{detail}");
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 0, "nothing refused is pending");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
+    // Goal: past mempool_records_max a record is 503 mempool_full with Retry-After and not accepted;
+    // in a batch, the records after the first mempool_full are not tried.
+    let node = start("full", Limits { mempool_records_max: 1, ..Limits::default() }).await;
+    let (a, b, c) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1));
+    assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
+    let full = node.post("/v1/records", &body_of(&b)).await;
+    full.error(503, "mempool_full");
+    assert_eq!(full.header("retry-after"), Some("1"));
+    assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202, "a pending record is still pending");
+
+    let records = [&a, &b, &c].map(|r| B64.encode(r.to_bytes()));
+    let batch = json!({ "records": [records[0], records[1], "%%", records[2]] }).to_string();
+    let answer = node.post("/v1/records/batch", &batch).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    let v = answer.json();
+    assert_eq!(v["accepted"], 1);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0], json!({ "id": a.id().to_hex(), "status": "pending", "error": null }));
+    assert_eq!(results[1]["id"], b.id().to_hex());
+    for r in &results[1..] {
+        assert_eq!(r["status"], Value::Null);
+        assert_eq!(r["error"]["error"], "mempool_full", "{r}");
+    }
+    assert!(results[2]["id"].is_null(), "undecodable base64 has no id");
+    assert!(results[3]["error"]["detail"].as_str().unwrap().contains("not tried"));
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_batches_one_over_the_limit_are_413() {
+    // Goal: a body of exactly api_body_bytes_max is read; one byte more is 413 too_large JSON,
+    // declared or chunked; a batch of api_batch_records_max + 1 records is 413 too.
+    let node = start("large", small_limits()).await;
+    let max = node.shared.limits.api_body_bytes_max;
+    let r = publish(21, "parcel/1", 1);
+    let body = body_of(&r);
+    let at_max = format!("{body}{}", " ".repeat(max - body.len()));
+    assert_eq!(node.post("/v1/records", &at_max).await.status, 202);
+    let over = format!("{at_max} ");
+    let detail = node.post("/v1/records", &over).await.error(413, "too_large");
+    assert!(detail.contains(&format!("{}", max + 1)) && detail.contains("api_body_bytes_max"), "{detail}");
+
+    let chunk = format!("{:x}\r\n{over}\r\n0\r\n\r\n", over.len());
+    let chunked = format!(
+        "POST /v1/records HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+    );
+    node.send(chunked.as_bytes()).await.error(413, "too_large");
+
+    let records: Vec<String> = (1..=4).map(|n| B64.encode(publish(22, &format!("b/{n}"), n).to_bytes())).collect();
+    let batch = |n: usize| json!({ "records": records[..n] }).to_string();
+    assert_eq!(node.post("/v1/records/batch", &batch(3)).await.json()["accepted"], 3);
+    let detail = node.post("/v1/records/batch", &batch(4)).await.error(413, "too_large");
+    assert!(detail.contains("api_batch_records_max"), "{detail}");
+    assert_eq!(node.answers(413), 3);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_records_read_back_with_history_proofs_checkpoint_consistency_and_blocks() {
+    // Goal: after two certified blocks every read route answers what API.md says, and the
+    // proofs it serves verify offline against the genesis alone.
+    let node = start("reads", Limits::default()).await;
+    let g = genesis();
+    let deed = publish(21, "parcel/42", 1);
+    let (ids, _) = node.commit(&[publish(22, "parcel/7", 1), deed.clone()], true);
+    let amendment = record(21, "parcel/42", Op::Amend, Some(ids[1]), 2, 2).sign(&key(21));
+    node.commit(std::slice::from_ref(&amendment), true);
+
+    let v = node.get(&format!("/v1/records/{}", ids[1].to_hex())).await.json();
+    assert_eq!(v["status"], "final");
+    assert_eq!((v["index"].as_u64(), v["height"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(v["record"], B64.encode(deed.to_bytes()));
+    assert_eq!(
+        (v["namespace"].as_str(), v["key"].as_str(), v["op"].as_str()),
+        (Some("land-titles"), Some("parcel/42"), Some("publish"))
+    );
+    assert_eq!((v["version"].as_u64(), v["nonce"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(v["submitter"], key(21).public().to_hex());
+    assert_eq!(v["supersedes"], Value::Null);
+    assert_eq!(v["metadata"], json!({ "basis": "Act 12 s.3" }));
+    assert_eq!(v["body"], json!({ "inline": B64.encode("parcel/42 v1") }));
+    let again = node.post("/v1/records", &body_of(&deed)).await;
+    assert_eq!(again.status, 200, "a final record resubmitted answers its place");
+    assert_eq!(again.json(), json!({ "id": ids[1].to_hex(), "status": "final", "index": 1, "height": 1 }));
+    let unknown = RecordId([7; 32]).to_hex();
+    node.get(&format!("/v1/records/{unknown}")).await.error(404, "not_found");
+
+    for path in ["/v1/history/land-titles/parcel/42", "/v1/history/land-titles/parcel%2F42"] {
+        let h = node.get(path).await.json();
+        assert_eq!(h["key"], "parcel/42", "{path}");
+        let versions: Vec<_> = h["versions"].as_array().unwrap().iter().map(|v| v["version"].clone()).collect();
+        assert_eq!(versions, [json!(1), json!(2)]);
+        assert_eq!(h["versions"][1]["height"], 2);
+        assert_eq!(h["head"], json!({ "id": amendment.id().to_hex(), "version": 2, "status": "active" }));
+    }
+    node.get("/v1/history/land-titles/nowhere").await.error(404, "not_found");
+    let n = node.get(&format!("/v1/nonces/{}", key(21).public().to_hex())).await.json();
+    assert_eq!(n["last_nonce"], 2);
+    let n = node.get(&format!("/v1/nonces/{}", key(99).public().to_hex())).await.json();
+    assert_eq!(n["last_nonce"], Value::Null);
+
+    let answer = node.get(&format!("/v1/proofs/{}?status=true", ids[1].to_hex())).await;
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    let bundle = Bundle::from_json(&answer.body).unwrap();
+    let verified = proof::verify(&bundle, &g, None).unwrap();
+    assert_eq!((verified.id, verified.index), (ids[1], 1));
+    assert!(verified.status.unwrap().describe(&ids[1]).starts_with("superseded by"));
+    let tlog = node.get(&format!("/v1/proofs/{}?format=tlog-proof", ids[1].to_hex())).await;
+    assert!(tlog.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(tlog.body.starts_with("c2sp.org/tlog-proof@v1\nindex 1\n"), "{}", tlog.body);
+    assert!(tlog.body.ends_with(&bundle.block.checkpoint));
+    node.get(&format!("/v1/proofs/{unknown}")).await.error(404, "not_found");
+
+    let c = node.get("/v1/checkpoint").await.json();
+    assert_eq!((c["height"].as_u64(), c["log_size"].as_u64()), (Some(2), Some(3)));
+    assert!(c["checkpoint"].as_str().unwrap().contains(CHAIN));
+    let proof = Consistency::from_json(&node.get("/v1/consistency?from=1").await.body).unwrap();
+    let (old, new) = proof::verify_consistency(&proof, &g, None).unwrap();
+    assert_eq!((old.size, new.size), (2, 3));
+    node.get("/v1/consistency?from=2&to=1").await.error(400, "bad_query");
+    node.get("/v1/consistency?from=1&to=3").await.error(404, "not_found");
+    node.get("/v1/consistency").await.error(400, "bad_query");
+
+    let b = node.get("/v1/blocks/1").await.json();
+    assert_eq!(b["records"], json!([B64.encode(publish(22, "parcel/7", 1).to_bytes()), B64.encode(deed.to_bytes())]));
+    assert_eq!((b["height"].as_u64(), b["first_index"].as_u64()), (Some(1), Some(0)));
+    assert!(b["checkpoint"].is_string() && b["hash"].as_str().unwrap().len() == 64 && b["header"].is_string());
+    assert_eq!(node.get("/v1/blocks/2").await.json()["first_index"], 2);
+    node.get("/v1/blocks/0").await.error(400, "bad_query");
+    node.get("/v1/blocks/3").await.error(404, "not_found");
+    let detail = node.get("/v1/blocks/tall").await.error(400, "bad_query");
+    assert!(detail.contains("height"), "{detail}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_awaiting_its_certificate_is_503_not_certified() {
+    // Goal: while a final block's certificate is collected its proofs are 503 not_certified with
+    // Retry-After, its block shows a null checkpoint, and it is not yet a consistency end; then all answer.
+    let node = start("uncertified", Limits::default()).await;
+    node.commit(&[publish(21, "a", 1)], true);
+    let (ids, cert) = node.commit(&[publish(21, "b", 2)], false);
+    let answer = node.get(&format!("/v1/proofs/{}", ids[0].to_hex())).await;
+    answer.error(503, "not_certified");
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert_eq!(node.get("/v1/blocks/2").await.json()["checkpoint"], Value::Null);
+    node.get("/v1/consistency?from=1&to=2").await.error(404, "not_found");
+    assert_eq!(node.get("/v1/checkpoint").await.json()["height"], 1);
+
+    node.shared.store.write().unwrap().put_certificate(&cert).unwrap();
+    let bundle = Bundle::from_json(&node.get(&format!("/v1/proofs/{}", ids[0].to_hex())).await.body).unwrap();
+    proof::verify(&bundle, &genesis(), None).unwrap();
+    assert!(node.get("/v1/blocks/2").await.json()["checkpoint"].is_string());
+    assert_eq!(node.get("/v1/consistency?from=1").await.status, 200);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_final_answers_when_final_and_times_out_otherwise() {
+    // Goal: wait=final is 504 timeout when nothing commits within timeout_ms, 200 with the place once
+    // a block carries the record, and its parameters are bounded.
+    let node = start("wait", Limits::default()).await;
+    let r = publish(21, "a", 1);
+    let started = std::time::Instant::now();
+    let detail = node.post("/v1/records?wait=final&timeout_ms=200", &body_of(&r)).await.error(504, "timeout");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(detail.contains("still pending"), "{detail}");
+    assert!(node.shared.pool.lock().unwrap().contains(&r.id()), "a timed-out record stays pending");
+
+    let body = body_of(&r);
+    let waiting = node.post("/v1/records?wait=final&timeout_ms=10000", &body);
+    let committing = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.commit(std::slice::from_ref(&r), true);
+    };
+    let (answer, ()) = tokio::join!(waiting, committing);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.json(), json!({ "id": r.id().to_hex(), "status": "final", "index": 0, "height": 1 }));
+
+    let detail = node.post("/v1/records?wait=final&timeout_ms=120001", &body_of(&r)).await.error(400, "bad_query");
+    assert!(detail.contains("timeout_ms"), "{detail}");
+    node.post("/v1/records?wait=soon", &body_of(&r)).await.error(400, "bad_query");
+    node.post("/v1/records?wiat=final", &body_of(&r)).await.error(400, "bad_query");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_time_bound_is_504() {
+    // Goal: a request that outlives api_request_timeout_ms is cut at that bound with 504 timeout.
+    let node = start("bound", Limits { api_request_timeout_ms: 300, ..Limits::default() }).await;
+    let started = std::time::Instant::now();
+    let detail = node.post("/v1/records?wait=final&timeout_ms=5000", &body_of(&publish(21, "a", 1))).await;
+    let detail = detail.error(504, "timeout");
+    assert!(detail.contains("api_request_timeout_ms"), "{detail}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_metrics_health_and_routing_errors() {
+    // Goal: status, metrics and healthz answer their documented shapes; unknown paths, wrong
+    // methods, bad hex and unknown parameters are JSON errors naming the problem.
+    let node = start("status", Limits::default()).await;
+    node.commit(&[publish(21, "a", 1)], true);
+    let s = node.get("/v1/status").await.json();
+    assert_eq!(s["chain_id"], CHAIN);
+    assert_eq!(s["genesis_hash"], hex::encode(genesis().hash()));
+    assert_eq!(
+        (s["validator"].as_u64(), s["height"].as_u64(), s["certified_height"].as_u64()),
+        (Some(0), Some(1), Some(1))
+    );
+    assert_eq!(s["log_size"], 1);
+    assert_eq!(s["mempool"]["records_max"], Limits::default().mempool_records_max);
+    assert_eq!(s["sync"], json!({ "state": "synced", "target_height": 1 }));
+    for field in ["view", "log_root", "state_root", "peers", "evidence"] {
+        assert!(!s[field].is_null(), "status lacks {field}");
+    }
+
+    let m = node.get("/metrics").await;
+    assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4"));
+    assert!(m.body.contains("\nannal_height 1\n"), "{}", m.body);
+    assert!(m.body.contains("annal_api_requests_total{code=\"200\"} 1"), "{}", m.body);
+
+    let h = node.get("/healthz").await;
+    assert_eq!((h.status, h.body.as_str()), (200, "ok"));
+    node.shared.status.lock().unwrap().healthy = false;
+    node.get("/healthz").await.error(503, "unhealthy");
+
+    let detail = node.get("/v1/nowhere").await.error(404, "not_found");
+    assert!(detail.contains("/v1/nowhere"), "{detail}");
+    let wrong = node.get("/v1/records").await;
+    wrong.error(405, "method_not_allowed");
+    assert_eq!(wrong.header("allow"), Some("POST"));
+    let detail = node.get("/v1/records/abc").await.error(400, "bad_query");
+    assert!(detail.contains("id"), "{detail}");
+    let detail = node.get("/v1/nonces/zz").await.error(400, "bad_query");
+    assert!(detail.contains("submitter"), "{detail}");
+    for path in ["/v1/checkpoint?x=1", "/v1/proofs/{id}?x=1", "/healthz?x=1"] {
+        let detail = node.get(&path.replace("{id}", &RecordId([7; 32]).to_hex())).await.error(400, "bad_query");
+        assert!(detail.contains("\"x\""), "{path}: {detail}");
+    }
+    assert_eq!(node.answers(405), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_exactly_the_routes_served() {
+    // Goal: /openapi.json is OpenAPI 3.0 naming every route the router serves, and no other, with
+    // each path parameter declared; each documented path answers something other than the router's 404 or 405.
+    let node = start("openapi", Limits::default()).await;
+    let doc = node.get("/openapi.json").await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    let mut served: Vec<(String, String)> = api::routes().into_iter().map(|(m, p)| (m.to_string(), p)).collect();
+    documented.sort();
+    served.sort();
+    assert_eq!(documented, served);
+    for (method, path) in &documented {
+        let operation = &doc["paths"][path][method.to_ascii_lowercase()];
+        let mut declared: Vec<String> = operation["parameters"]
+            .as_array()
+            .map_or(&[][..], |v| v.as_slice())
+            .iter()
+            .map(|p| match p["$ref"].as_str() {
+                Some(r) => &doc["components"]["parameters"][r.rsplit('/').next().unwrap()],
+                None => p,
+            })
+            .filter(|p| p["in"] == "path")
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let mut placeholders: Vec<String> =
+            path.split('{').skip(1).map(|s| s.split('}').next().unwrap().to_string()).collect();
+        declared.sort();
+        placeholders.sort();
+        assert_eq!(declared, placeholders, "{method} {path}: path parameters");
+        assert!(operation["responses"]["200"].is_object() || operation["responses"]["202"].is_object());
+    }
+    let id = RecordId([7; 32]).to_hex();
+    for (method, path) in &served {
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{namespace}", "land-titles")
+            .replace("{key}", "k")
+            .replace("{submitter}", &key(21).public().to_hex())
+            .replace("{height}", "1");
+        let answer = match method.as_str() {
+            "GET" => node.get(&concrete).await,
+            _ => node.post(&concrete, "{}").await,
+        };
+        let routed = answer.status != 405 && !answer.body.contains("no route");
+        assert!(routed, "{method} {path} reached no handler: {answer:?}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_429_with_retry_after() {
+    // Goal: with api_requests_per_s = 2, a client's third request in the same instant is 429
+    // rate_limited with Retry-After, and counted.
+    let node = start("rate", Limits { api_requests_per_s: 2, ..Limits::default() }).await;
+    assert_eq!(node.get("/healthz").await.status, 200);
+    assert_eq!(node.get("/healthz").await.status, 200);
+    let limited = node.get("/healthz").await;
+    let detail = limited.error(429, "rate_limited");
+    assert!(detail.contains("127.0.0.1") && detail.contains("2 requests per second"), "{detail}");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(node.answers(429), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(node.get("/healthz").await.status, 200, "a token refills in half a second");
+    node.stop().await;
+}
