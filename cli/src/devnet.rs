@@ -115,8 +115,12 @@ pub fn write_configs(dir: &Path, count: usize) -> Result<Vec<NodeEntry>> {
     }
     let mut out = Vec::with_capacity(count);
     for (i, config, api_port) in nodes {
-        let peers: Vec<String> =
-            p2p.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| format!("\"/ip4/127.0.0.1/tcp/{p}\"")).collect();
+        let peers: Vec<String> = p2p
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("\"/ip4/127.0.0.1/tcp/{p}\""))
+            .collect();
         let text = format!(
             "# Written by `annal devnet`; see docs/OPERATIONS.md for every key.\n\
              genesis = \"../genesis.json\"\n\
@@ -154,11 +158,7 @@ pub fn free_port(taken: &[u16]) -> Result<u16> {
     bail!("no free port found on 127.0.0.1")
 }
 
-fn wait_until_final(
-    nodes: &[NodeEntry],
-    children: &mut [Child],
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<()> {
+fn wait_until_final(nodes: &[NodeEntry], children: &mut [Child], stop: &std::sync::atomic::AtomicBool) -> Result<()> {
     let started = Instant::now();
     let target = 2;
     loop {

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use annal_consensus as consensus;
 use annal_consensus::{
-    Anchor, Block, Certificate as Finalization, ChainId, Config as CoreConfig, Core, Ed25519Verifier, Input,
-    Message, Output, SafetyState, Signer, ValidatorIndex, VoteKind,
+    Anchor, Block, Certificate as Finalization, ChainId, Config as CoreConfig, Core, Ed25519Verifier, Input, Message,
+    Output, SafetyState, Signer, ValidatorIndex, VoteKind,
 };
 use annal_ledger::block::{Certificate, Height};
 use annal_ledger::codec;
@@ -210,12 +210,8 @@ impl App {
         cfg.timeout_base = Duration::from_millis(params.view_timeout_ms);
         cfg.timeout_max = Duration::from_millis(params.view_timeout_ms * 8);
         cfg.limits = self.limits;
-        let signer = Signer::new(
-            ed25519_dalek::SigningKey::from_bytes(&key.seed()),
-            ValidatorIndex(index),
-            self.chain,
-            safety,
-        );
+        let signer =
+            Signer::new(ed25519_dalek::SigningKey::from_bytes(&key.seed()), ValidatorIndex(index), self.chain, safety);
         let anchor = Anchor {
             height: consensus::Height(self.tip_height),
             view: consensus::View(self.tip.view),
@@ -238,8 +234,9 @@ impl App {
 
     fn read_safety(&self) -> Result<SafetyState> {
         match std::fs::read(self.safety_path()) {
-            Ok(bytes) => SafetyState::decode(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", self.safety_path().display())),
+            Ok(bytes) => {
+                SafetyState::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", self.safety_path().display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SafetyState::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.safety_path().display())),
         }
@@ -579,7 +576,8 @@ impl App {
             skipped: refused.iter().map(|(p, _)| (*p as u32, body.records[*p].clone())).collect(),
             finalization: Message::Certificate(finalization.clone()).encode(),
         };
-        let app_meta = vec![(wire::link_key(h), codec::encode(&link)), (wire::digest_key(&digest), h.to_be_bytes().to_vec())];
+        let app_meta =
+            vec![(wire::link_key(h), codec::encode(&link)), (wire::digest_key(&digest), h.to_be_bytes().to_vec())];
         self.shared.store.write().expect("store lock").commit_block(&header, None, &executed, &app_meta)?;
         self.tip = link;
         self.tip_height = h;
@@ -644,7 +642,9 @@ impl App {
         let header = self.shared.store().header(Height(h))?.context("a committed height has no header")?;
         let checkpoint = header.checkpoint();
         let validators = &self.shared.genesis.validators;
-        sigs.retain(|&i, sig| validators.get(i as usize).is_some_and(|v| v.consensus_key.verify_checkpoint(&checkpoint, sig)));
+        sigs.retain(|&i, sig| {
+            validators.get(i as usize).is_some_and(|v| v.consensus_key.verify_checkpoint(&checkpoint, sig))
+        });
         let power: u64 = sigs.keys().map(|&i| validators[i as usize].power).sum();
         if !self.shared.genesis.validator_set().is_quorum(power) {
             return Ok(());
@@ -694,7 +694,9 @@ impl App {
                     return Ok(Verdict::Reject);
                 }
                 self.saw_height(height);
-                if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS || !self.uncertified.contains(&height) && height <= self.tip_height {
+                if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS
+                    || !self.uncertified.contains(&height) && height <= self.tip_height
+                {
                     return Ok(Verdict::Ignore);
                 }
                 self.signatures.entry(height).or_default().insert(signer, Signature(signature));
@@ -807,7 +809,8 @@ impl App {
             for h in recent {
                 let Some(header) = self.shared.store().header(Height(h))? else { continue };
                 let signature = self.validator.as_ref().expect("checked").key.sign_checkpoint(&header.checkpoint());
-                let env = Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
+                let env =
+                    Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
                 fx.publish.push((Topic::Consensus, codec::encode(&env)));
             }
         }
@@ -936,8 +939,7 @@ impl App {
     fn apply_blocks(&mut self, peer: PeerId, entries: Vec<SyncBlock>, fx: &mut Effects) -> Result<usize> {
         let mut blocks = Vec::with_capacity(entries.len());
         let mut expect_parent = self.tip.digest;
-        let mut expect_height = self.tip_height + 1;
-        for e in &entries {
+        for (expect_height, e) in (self.tip_height + 1..).zip(&entries) {
             let Ok(Message::BlockResponse(b)) = Message::decode(&e.block, &self.limits) else {
                 warn!(%peer, "sync answer carries an unreadable block");
                 break;
@@ -947,7 +949,6 @@ impl App {
                 break;
             }
             expect_parent = b.hash(&self.chain);
-            expect_height += 1;
             blocks.push(b);
         }
         // The last block whose own finalization verifies makes it and every block before it final.

@@ -6,10 +6,10 @@
 //! from [`shared`]; [`config`] reads the node's TOML.
 
 pub mod api;
+pub mod app;
 pub mod config;
 pub mod mempool;
 pub mod net;
-pub mod shared;
-pub mod app;
 pub mod run;
+pub mod shared;
 pub mod wire;

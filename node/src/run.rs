@@ -75,7 +75,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let result = run_loop(app, handle.clone(), events, gossip_rx, response_max, stop_rx).await;
     shared.status.lock().expect("status lock").healthy = false;
     let _ = handle.shutdown().await;
-    let _ = api.await;
+    // In-flight `wait=final` requests may wait long; stopping does not.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), api).await.is_err() {
+        info!("API requests still open at shutdown were cut");
+    }
     shared.store().flush()?;
     info!("stopped");
     if let Err(e) = &result {

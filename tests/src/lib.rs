@@ -144,7 +144,8 @@ impl Cluster {
 
     /// The submitter key of agency `j` and the namespace granted to it.
     pub fn agency(&self, j: usize) -> (SecretKey, String) {
-        let key = SecretKey::read_file(&self.dir.join(format!("agency-{j}")).join("submitter.key")).expect("agency key");
+        let key =
+            SecretKey::read_file(&self.dir.join(format!("agency-{j}")).join("submitter.key")).expect("agency key");
         (key, self.genesis.agencies[j].namespaces[0].clone())
     }
 

@@ -29,13 +29,17 @@ fn submit_all(cluster: &Cluster, per_submitter: usize, tag: &str, nodes: &[usize
                         let node = nodes[(t + k) % nodes.len()];
                         let nonce = nonce_base(tag) + k as u64;
                         let body = format!("record {k} of submitter {t}, batch {tag}");
-                        let record = cluster.publish(&key, &namespace, &format!("{tag}-{t}-{k}"), nonce, body.as_bytes());
+                        let record =
+                            cluster.publish(&key, &namespace, &format!("{tag}-{t}-{k}"), nonce, body.as_bytes());
                         let answer = cluster
                             .submit(node, &record, true)
                             .unwrap_or_else(|e| panic!("record {k} of submitter {t} to node {node}: {e}"));
                         assert_eq!(answer["status"], "final", "{answer}");
                         let id = answer["id"].as_str().expect("id").to_string();
-                        acks.insert(id, (answer["index"].as_u64().expect("index"), answer["height"].as_u64().expect("height")));
+                        acks.insert(
+                            id,
+                            (answer["index"].as_u64().expect("index"), answer["height"].as_u64().expect("height")),
+                        );
                     }
                     acks
                 })
@@ -177,7 +181,12 @@ fn node_outside_the_validator_set_cannot_join() {
         ),
     )
     .unwrap();
-    cluster.nodes.push(annal_tests::Node::new("outsider", &format!("http://127.0.0.1:{port}"), config, dir.join("node.log")));
+    cluster.nodes.push(annal_tests::Node::new(
+        "outsider",
+        &format!("http://127.0.0.1:{port}"),
+        config,
+        dir.join("node.log"),
+    ));
     cluster.start_node(4);
     cluster.wait_for("the outsider's API", LONG, |c| c.status(4).is_some());
 
