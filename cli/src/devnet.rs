@@ -198,6 +198,7 @@ fn status_height(api_url: &str) -> Option<u64> {
 
 fn print_instructions(dir: &Path, nodes: &[NodeEntry]) {
     let d = dir.display();
+    let annal = std::env::current_exe().map_or_else(|_| "annal".to_string(), |p| p.display().to_string());
     println!("\nthe devnet is running ({} validators). API URLs:", nodes.len());
     for n in nodes {
         println!("  {:<13} {}   (log: {})", n.name, n.api_url, n.log.display());
@@ -206,11 +207,11 @@ fn print_instructions(dir: &Path, nodes: &[NodeEntry]) {
     println!(
         "\nIn another terminal, submit a record, fetch its proof and verify it offline:\n\n  \
          echo 'Parcel 12-345: owner Jane Doe' > deed.txt\n  \
-         annal submit --node {url} --signer {d}/agency-0/submitter.key --namespace land-titles --key parcel-12-345 --body-file deed.txt --wait\n  \
-         annal prove --node {url} <ID printed above> --out bundle.json\n  \
-         annal verify bundle.json --genesis {d}/genesis.json\n\n\
-         Status: annal status --node {url}     Nodes and pids: {d}/devnet.json\n\
-         Ctrl-C stops every node; the chain stays in {d}."
+         {annal} submit --node {url} --signer {d}/agency-0/submitter.key --namespace land-titles --key parcel-12-345 --body-file deed.txt --wait\n  \
+         {annal} prove --node {url} <the id printed by submit> --out bundle.json\n  \
+         {annal} verify bundle.json --genesis {d}/genesis.json\n\n\
+         Status: {annal} status --node {url}\n\
+         Nodes, pids, configs: {d}/devnet.json.   Ctrl-C stops every node; the chain stays in {d}."
     );
 }
 
