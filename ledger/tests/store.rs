@@ -284,3 +284,88 @@ fn a_store_whose_leaves_disagree_with_the_tip_refuses_to_open() {
     assert_eq!(store.tip().height, Height(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ordered_execution_leaves_out_records_that_break_a_rule() {
+    // Goal: execute_ordered appends exactly the records that pass, in order, and names each left out;
+    // its result equals strict execution of the kept records.
+    let g = genesis();
+    let dir = temp_dir("ordered");
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    let a = signed(21, "land-titles", "p/a", Op::Publish, None, 1, 5);
+    let replay = signed(21, "land-titles", "p/b", Op::Publish, None, 1, 5); // nonce 5 again
+    let b = signed(21, "land-titles", "p/b", Op::Publish, None, 1, 6);
+    let wrong_version = signed(21, "land-titles", "p/c", Op::Publish, None, 2, 7);
+    let foreign = signed(21, "companies", "x", Op::Publish, None, 1, 8); // namespace not granted
+    let records = vec![a.clone(), replay.clone(), a.clone(), b.clone(), wrong_version.clone(), foreign.clone()];
+    let ordered = annal_ledger::exec::execute_ordered(&rules(), &store, store.frontier(), &records).unwrap();
+    assert_eq!(ordered.ids, vec![a.id(), b.id()]);
+    let skipped: Vec<_> = ordered.skipped.iter().map(|(id, e)| (*id, std::mem::discriminant(e))).collect();
+    let d = std::mem::discriminant;
+    assert!(skipped
+        .contains(&(foreign.id(), d(&Error::NamespaceNotGranted { agency: String::new(), namespace: String::new() }))));
+    assert!(
+        skipped.contains(&(replay.id(), d(&Error::NonceNotIncreasing { submitter: String::new(), last: 0, got: 0 })))
+    );
+    assert!(skipped.contains(&(a.id(), d(&Error::DuplicateInBlock { id: String::new() }))));
+    assert_eq!(ordered.skipped.len(), 4, "{:?}", ordered.skipped);
+    let strict = annal_ledger::exec::execute(
+        &rules(),
+        &store,
+        store.frontier(),
+        &[a, b],
+        annal_ledger::exec::Signatures::Verify,
+    )
+    .unwrap();
+    assert_eq!((ordered.log_root(), ordered.state_root), (strict.log_root(), strict.state_root));
+    assert!(annal_ledger::exec::execute(
+        &rules(),
+        &store,
+        store.frontier(),
+        &records,
+        annal_ledger::exec::Signatures::Verify
+    )
+    .is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_block_committed_before_its_certificate_gets_it_later() {
+    // Goal: commit_block without a certificate keeps proofs waiting (NotCertified); put_certificate
+    // refuses another block's certificate, stores the right one, and both survive reopening.
+    let g = genesis();
+    let dir = temp_dir("late-cert");
+    let r = signed(21, "land-titles", "late/1", Op::Publish, None, 1, 1);
+    {
+        let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+        let tip = store.tip().clone();
+        let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, 1, std::slice::from_ref(&r));
+        let meta = vec![("app/note".to_string(), b"kept".to_vec())];
+        store.commit_block(&header, None, &executed, &meta).unwrap();
+        assert_eq!(store.certified_height(), Height(0));
+        assert!(matches!(
+            annal_ledger::proof::bundle(&store, &g, &r.id(), false),
+            Err(Error::NotCertified { height: 1 })
+        ));
+        let mut other = cert.clone();
+        other.block_hash = [9; 32];
+        assert!(store.put_certificate(&other).is_err(), "a certificate for another block is refused");
+        let mut above = cert.clone();
+        above.height = Height(2);
+        assert!(store.put_certificate(&above).is_err(), "a certificate above the tip is refused");
+        store.put_certificate(&cert).unwrap();
+        assert_eq!(store.certified_height(), Height(1));
+        let bad_meta = vec![("tip".to_string(), vec![1])];
+        let (h2, _, e2) = block(&store, store.frontier(), header.hash(), 2, &[]);
+        assert!(
+            store.commit_block(&h2, None, &e2, &bad_meta).is_err(),
+            "the store's own meta keys are not the caller's"
+        );
+    }
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    assert_eq!(store.certified_height(), Height(1));
+    assert_eq!(store.app_meta("app/note").unwrap(), Some(b"kept".to_vec()));
+    let bundle = annal_ledger::proof::bundle(&store, &g, &r.id(), false).unwrap();
+    annal_ledger::proof::verify(&bundle, &g, None).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

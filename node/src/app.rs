@@ -107,6 +107,8 @@ pub struct App {
     pub sync_in_flight: bool,
     connected: BTreeSet<PeerId>,
     seq: u64,
+    /// Consensus messages the core refused (a gossip message is relayed only if it was not).
+    rejected: u64,
     started: Instant,
     pub gossip_queue: Vec<Vec<u8>>,
 }
@@ -177,6 +179,7 @@ impl App {
             sync_in_flight: false,
             connected: BTreeSet::new(),
             seq: 0,
+            rejected: 0,
             started: Instant::now(),
             gossip_queue: Vec::new(),
         };
@@ -331,7 +334,10 @@ impl App {
                         warn!(signer = e.first.signer.0, view = e.first.view.0, "equivocation: {e:?}");
                         self.shared.status.lock().expect("status lock").evidence += 1;
                     }
-                    Output::Rejected { from, error } => debug!(from = from.0, "consensus message rejected: {error}"),
+                    Output::Rejected { from, error } => {
+                        debug!(from = from.0, "consensus message rejected: {error}");
+                        self.rejected += 1;
+                    }
                 }
             }
         }
@@ -687,7 +693,12 @@ impl App {
                     Message::BlockRequest(d) => self.answer_block_request(d, fx)?,
                     _ => {}
                 }
+                let before = self.rejected;
                 self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
+                if self.rejected > before {
+                    // Bad signature, wrong signer, malformed certificate: not relayed.
+                    return Ok(Verdict::Reject);
+                }
             }
             Envelope::Checkpoint { height, signer, signature, .. } => {
                 if signer != from {
