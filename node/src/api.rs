@@ -472,7 +472,7 @@ async fn submit_batch(
     }
     let handle = tokio::runtime::Handle::current();
     let (accepted, results, full) =
-        blocking(move || Ok(admit_batch(&body.records, |bytes| handle.block_on(shared.submit(bytes))))).await?;
+        blocking(move || Ok(admit_batch(&body.records, |batch| handle.block_on(shared.submit_many(batch))))).await?;
     let mut response = Json(json!({ "accepted": accepted, "results": results })).into_response();
     if full {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
@@ -480,24 +480,31 @@ async fn submit_batch(
     Ok(response)
 }
 
-/// Admits each record alone, in order; once the mempool is full the rest are not tried.
-/// Returns the number accepted, one result per record, and whether the mempool filled.
+/// Admits the decodable records together (one signature batch), in order;
+/// once the mempool is full the rest are not accepted. Returns the number
+/// accepted, one result per record, and whether the mempool filled.
 fn admit_batch(
     records: &[String],
-    mut submit: impl FnMut(Vec<u8>) -> Result<Admitted, Failure>,
+    submit: impl FnOnce(Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>>,
 ) -> (usize, Vec<Value>, bool) {
+    let decoded: Vec<Result<Vec<u8>, Failure>> =
+        records.iter().enumerate().map(|(i, text)| decode_record(&format!("records[{i}]"), text)).collect();
+    let ids: Vec<Option<RecordId>> =
+        decoded.iter().map(|d| d.as_ref().ok().map(|b| SignedRecord::id_of_bytes(b))).collect();
+    let mut admitted = submit(decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect()).into_iter();
     let mut accepted = 0;
     let mut full_at: Option<usize> = None;
     let mut results = Vec::with_capacity(records.len());
-    for (i, text) in records.iter().enumerate() {
-        let decoded = decode_record(&format!("records[{i}]"), text);
-        let id = decoded.as_ref().ok().map(|b| SignedRecord::id_of_bytes(b));
-        let outcome = match (decoded, full_at) {
-            (_, Some(at)) => Err(Failure::MempoolFull(format!(
+    for (i, (d, id)) in decoded.into_iter().zip(ids).enumerate() {
+        let outcome = match d {
+            Err(f) => Err(f),
+            Ok(_) => admitted.next().expect("one result per decodable record"),
+        };
+        let outcome = match full_at {
+            Some(at) => Err(Failure::MempoolFull(format!(
                 "the mempool filled at record {at} of this batch; this record was not tried"
             ))),
-            (Err(f), None) => Err(f),
-            (Ok(bytes), None) => submit(bytes),
+            None => outcome,
         };
         results.push(match outcome {
             Ok(Admitted::Pending { id, .. }) => {

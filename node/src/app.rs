@@ -787,8 +787,8 @@ impl App {
         let max = self.shared.genesis.params.record_bytes_max.saturating_mul(GOSSIP_BATCH_RECORDS) + 1024;
         let Ok(batch) = codec::decode::<RecordBatch>(data, max) else { return Verdict::Reject };
         let mut verdict = Verdict::Accept;
-        for r in batch.records {
-            match self.shared.admit(r) {
+        for result in self.shared.admit_many(batch.records) {
+            match result {
                 Ok(_) => {}
                 Err(crate::shared::Failure::Malformed(_)) => verdict = Verdict::Reject,
                 Err(f) => debug!("gossiped record not admitted: {}", f.detail()),

@@ -222,6 +222,64 @@ impl Shared {
 
     /// Checks a record and adds it to the mempool (docs/API.md "Records").
     pub fn admit(&self, bytes: Vec<u8>) -> Result<Admitted, Failure> {
+        self.admit_many(vec![bytes]).pop().expect("one result per record")
+    }
+
+    /// Checks records and adds them to the mempool in order, verifying their
+    /// signatures in one ed25519 batch. One result per record; once the
+    /// mempool is full, every later record is refused with `MempoolFull` too.
+    pub fn admit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
+        let mut results: Vec<Option<Result<Admitted, Failure>>> = Vec::with_capacity(batch.len());
+        let mut candidates = Vec::with_capacity(batch.len());
+        for bytes in batch {
+            let slot = results.len();
+            match self.precheck(&bytes) {
+                Ok(Some(done)) => results.push(Some(Ok(done))),
+                Ok(None) => {
+                    results.push(None);
+                    let record = SignedRecord::from_bytes(&bytes, &self.genesis.params).expect("prechecked");
+                    candidates.push((slot, record, bytes));
+                }
+                Err(f) => results.push(Some(Err(f))),
+            }
+        }
+        let records: Vec<SignedRecord> = candidates.iter().map(|(_, r, _)| r.clone()).collect();
+        let all_valid = annal_ledger::exec::verify_batch(&records).is_ok();
+        let mut pool = self.pool.lock().expect("pool lock");
+        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
+        let mut full: Option<String> = None;
+        for (slot, record, bytes) in candidates {
+            if !all_valid {
+                if let Err(e) = record.verify_signature() {
+                    results[slot] = Some(Err(Failure::Refused(e.to_string())));
+                    continue;
+                }
+            }
+            let id = SignedRecord::id_of_bytes(&bytes);
+            if let Some(why) = &full {
+                results[slot] = Some(Err(Failure::MempoolFull(why.clone())));
+                continue;
+            }
+            results[slot] = Some(match pool.insert(id, record, bytes) {
+                Ok(new) => {
+                    if new {
+                        arrivals.insert(id, Instant::now());
+                    }
+                    Ok(Admitted::Pending { id, new })
+                }
+                Err(e) => {
+                    let why = format!("{e}; the record was not accepted, retry after the Retry-After delay");
+                    full = Some(why.clone());
+                    Err(Failure::MempoolFull(why))
+                }
+            });
+        }
+        results.into_iter().map(|r| r.expect("every record has a result")).collect()
+    }
+
+    /// The checks before the signature: size, decoding, already final or
+    /// pending (`Some`), stateless rules and the nonce against committed state.
+    fn precheck(&self, bytes: &[u8]) -> Result<Option<Admitted>, Failure> {
         let params = &self.genesis.params;
         if bytes.len() > params.record_bytes_max {
             return Err(Failure::Refused(format!(
@@ -230,13 +288,13 @@ impl Shared {
                 params.record_bytes_max
             )));
         }
-        let record = SignedRecord::from_bytes(&bytes, params).map_err(|e| Failure::Malformed(e.to_string()))?;
-        let id = SignedRecord::id_of_bytes(&bytes);
+        let record = SignedRecord::from_bytes(bytes, params).map_err(|e| Failure::Malformed(e.to_string()))?;
+        let id = SignedRecord::id_of_bytes(bytes);
         if let Some(placed) = self.placed(&id)? {
-            return Ok(Admitted::Final { id, placed });
+            return Ok(Some(Admitted::Final { id, placed }));
         }
         if self.pool.lock().expect("pool lock").contains(&id) {
-            return Ok(Admitted::Pending { id, new: false });
+            return Ok(Some(Admitted::Pending { id, new: false }));
         }
         self.rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         let r = &record.record;
@@ -249,25 +307,25 @@ impl Shared {
                 )));
             }
         }
-        record.verify_signature().map_err(|e| Failure::Refused(e.to_string()))?;
-        let new = self.pool.lock().expect("pool lock").insert(id, record, bytes).map_err(|full| {
-            Failure::MempoolFull(format!("{full}; the record was not accepted, retry after the Retry-After delay"))
-        })?;
-        if new {
-            self.arrivals.lock().expect("arrivals lock").insert(id, Instant::now());
+        Ok(None)
+    }
+
+    /// Admits records from the API and hands the new ones to the loop to gossip.
+    /// (If the loop is gone the node is stopping, and a record stays in this
+    /// node's pool only until then.)
+    pub async fn submit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
+        let results = self.admit_many(batch.clone());
+        for (bytes, result) in batch.into_iter().zip(&results) {
+            if let Ok(Admitted::Pending { new: true, .. }) = result {
+                let _ = self.gossip.send(bytes).await;
+            }
         }
-        Ok(Admitted::Pending { id, new })
+        results
     }
 
     /// Admits a record from the API and hands it to the loop to gossip.
     pub async fn submit(&self, bytes: Vec<u8>) -> Result<Admitted, Failure> {
-        let admitted = self.admit(bytes.clone())?;
-        if let Admitted::Pending { new: true, .. } = admitted {
-            // The loop gossips it; if the loop is gone the node is stopping and
-            // the record stays in this node's pool only until then.
-            let _ = self.gossip.send(bytes).await;
-        }
-        Ok(admitted)
+        self.submit_many(vec![bytes]).await.pop().expect("one result per record")
     }
 
     /// Waits until `id` is final or refused, at most `timeout`.

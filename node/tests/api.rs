@@ -284,6 +284,18 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
     let detail = node.post("/v1/records", &body_of(&stranger)).await.error(422, "refused");
     assert!(detail.contains("no agency"), "{detail}");
     assert_eq!(node.shared.pool.lock().unwrap().len(), 0, "nothing refused is pending");
+
+    // In a batch the signatures are checked together; a forged one is named and the others go in.
+    let (good1, good2) = (publish(21, "parcel/2", 3), publish(22, "parcel/3", 1));
+    let records = [&good1, &forged, &good2].map(|r| B64.encode(r.to_bytes()));
+    let v = node.post("/v1/records/batch", &json!({ "records": records }).to_string()).await.json();
+    assert_eq!(v["accepted"], 2, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "pending");
+    assert_eq!(results[1]["error"]["error"], "refused");
+    assert!(results[1]["error"]["detail"].as_str().unwrap().contains("signature"), "{v}");
+    assert_eq!(results[2]["status"], "pending");
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
     node.stop().await;
 }
 
