@@ -275,54 +275,71 @@ fn time_verify_process(dir: &std::path::Path, genesis: &Genesis, bundle_json: &s
 
 /// Signs `args.records` records, spread over the signers, before timing starts.
 fn sign_load(args: &LedgerArgs, chain_id: &str, signers: &[SecretKey]) -> Result<Vec<SignedRecord>> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let per_thread = (args.records as usize).div_ceil(threads);
-    let mut out = Vec::with_capacity(args.records as usize);
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    let start = t * per_thread;
-                    let end = ((t + 1) * per_thread).min(args.records as usize);
-                    (start..end).map(|i| make_record(args, chain_id, signers, i as u64)).collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            out.extend(h.join().expect("signing thread")?);
-        }
-        Ok(())
-    })?;
-    Ok(out)
+    let signers: Vec<(&SecretKey, String)> = signers.iter().map(|k| (k, "land-titles".to_string())).collect();
+    Load { chain_id, signers: &signers, record_bytes: args.record_bytes, body: &args.body }.sign(0..args.records)
 }
 
-fn make_record(args: &LedgerArgs, chain_id: &str, signers: &[SecretKey], i: u64) -> Result<SignedRecord> {
-    let signer = &signers[(i % signers.len() as u64) as usize];
-    let mut record = Record {
-        chain_id: chain_id.into(),
-        namespace: "land-titles".into(),
-        key: format!("parcel/{i:010}"),
-        op: Op::Publish,
-        body: Body::Inline(Vec::new()),
-        metadata: [("basis".to_string(), "Land Registration Act s.12".to_string())].into(),
-        supersedes: None,
-        version: 1,
-        submitter: signer.public(),
-        nonce: i / signers.len() as u64 + 1,
-    };
-    let overhead = record.clone().sign(signer).to_bytes().len();
-    if overhead > args.record_bytes {
-        bail!("--record-bytes {} is below the {overhead} bytes a record needs without a body", args.record_bytes);
+/// A load of publish records: record `i` is signed by signer `i mod n` in its
+/// namespace, with nonce `i / n + 1` and key `parcel/<i>`, padded to `record_bytes`.
+pub struct Load<'a> {
+    pub chain_id: &'a str,
+    pub signers: &'a [(&'a SecretKey, String)],
+    pub record_bytes: usize,
+    /// `text` or `random`.
+    pub body: &'a str,
+}
+
+impl Load<'_> {
+    /// Signs records `range`, on every core.
+    pub fn sign(&self, range: std::ops::Range<u64>) -> Result<Vec<SignedRecord>> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
+        let per_thread = (range.end - range.start).div_ceil(threads);
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let start = range.start + t * per_thread;
+                    let end = (start + per_thread).min(range.end);
+                    s.spawn(move || (start..end).map(|i| self.record(i)).collect::<Result<Vec<_>>>())
+                })
+                .collect();
+            for h in handles {
+                out.extend(h.join().expect("signing thread")?);
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
-    let mut rng = ChaCha20Rng::seed_from_u64(i);
-    let body_len = args.record_bytes - overhead;
-    let body: Vec<u8> = match args.body.as_str() {
-        "random" => (0..body_len).map(|_| rng.gen()).collect(),
-        "text" => filing_text(&mut rng, i, body_len),
-        other => bail!("--body must be text or random, not {other:?}"),
-    };
-    record.body = Body::Inline(body);
-    Ok(record.sign(signer))
+
+    pub fn record(&self, i: u64) -> Result<SignedRecord> {
+        let n = self.signers.len() as u64;
+        let (signer, namespace) = &self.signers[(i % n) as usize];
+        let mut record = Record {
+            chain_id: self.chain_id.into(),
+            namespace: namespace.clone(),
+            key: format!("parcel/{i:010}"),
+            op: Op::Publish,
+            body: Body::Inline(Vec::new()),
+            metadata: [("basis".to_string(), "Land Registration Act s.12".to_string())].into(),
+            supersedes: None,
+            version: 1,
+            submitter: signer.public(),
+            nonce: i / n + 1,
+        };
+        let overhead = record.clone().sign(signer).to_bytes().len();
+        if overhead > self.record_bytes {
+            bail!("--record-bytes {} is below the {overhead} bytes a record needs without a body", self.record_bytes);
+        }
+        let mut rng = ChaCha20Rng::seed_from_u64(i);
+        let body_len = self.record_bytes - overhead;
+        let body: Vec<u8> = match self.body {
+            "random" => (0..body_len).map(|_| rng.gen()).collect(),
+            "text" => filing_text(&mut rng, i, body_len),
+            other => bail!("--body must be text or random, not {other:?}"),
+        };
+        record.body = Body::Inline(body);
+        Ok(record.sign(signer))
+    }
 }
 
 /// Printable text shaped like a land-title filing: repeated field names, varying values.

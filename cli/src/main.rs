@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod bench;
+mod bench_cluster;
 mod node_cmds;
 mod verify;
 
@@ -235,6 +236,19 @@ enum BenchCommand {
     ///
     /// Example: annal bench ledger --records 1000000
     Ledger(bench::LedgerArgs),
+    /// A local validator cluster driven through its HTTP API: finalized
+    /// records/s, submit → final latency percentiles, CPU, peak RSS and disk
+    /// per node, beside this machine's ed25519 ceiling.
+    ///
+    /// Examples:
+    ///   annal bench cluster --validators 4 --duration 60 --rate max
+    ///   annal bench cluster --rate 10000 --duration 60 --json
+    #[command(verbatim_doc_comment)]
+    Cluster(bench_cluster::ClusterArgs),
+    /// This machine's ed25519 batch-verification rate, on one core and on all.
+    ///
+    /// Example: annal bench verify
+    Verify(bench_cluster::VerifyArgs),
 }
 
 fn main() {
@@ -300,6 +314,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ledger(args)) => bench::ledger(args),
+        Command::Bench(BenchCommand::Cluster(args)) => bench_cluster::cluster(args),
+        Command::Bench(BenchCommand::Verify(args)) => bench_cluster::verify(args),
         Command::TlogProof { bundle, out, record_bytes } => {
             tlog_proof(&bundle, out.as_deref(), record_bytes.as_deref())
         }

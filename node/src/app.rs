@@ -53,6 +53,10 @@ const TICK: Duration = Duration::from_millis(500);
 const FUTURE_TIME_MS: u64 = 10_000;
 /// Records gossiped in one batch by the API path.
 const GOSSIP_BATCH_RECORDS: usize = 512;
+/// Gossiped record batches being checked at once, off the loop.
+const RECORD_CHECKS_MAX: usize = 2;
+/// Gossiped record batches waiting for a check; past it they are dropped unjudged.
+const RECORD_QUEUE_MAX: usize = 64;
 
 /// Wall-clock milliseconds since the Unix epoch (block times only: never hashed by the core's rules).
 pub fn wall_ms() -> u64 {
@@ -782,21 +786,6 @@ impl App {
         Ok((block, link))
     }
 
-    /// Handles a record batch from the records topic.
-    pub fn on_records_gossip(&mut self, data: &[u8]) -> Verdict {
-        let max = self.shared.genesis.params.record_bytes_max.saturating_mul(GOSSIP_BATCH_RECORDS) + 1024;
-        let Ok(batch) = codec::decode::<RecordBatch>(data, max) else { return Verdict::Reject };
-        let mut verdict = Verdict::Accept;
-        for result in self.shared.admit_many(batch.records) {
-            match result {
-                Ok(_) => {}
-                Err(crate::shared::Failure::Malformed(_)) => verdict = Verdict::Reject,
-                Err(f) => debug!("gossiped record not admitted: {}", f.detail()),
-            }
-        }
-        verdict
-    }
-
     /// A timer fired or the tick came round.
     pub fn on_time(&mut self, fx: &mut Effects) -> Result<()> {
         let now = self.now();
@@ -1032,6 +1021,26 @@ impl App {
     }
 }
 
+/// Admits a record batch from the records topic (on a blocking thread: it
+/// verifies signatures) and judges it: malformed records mean the relaying
+/// peer misbehaves; records refused for a rule or a full mempool do not.
+fn admit_gossiped(shared: &Shared, data: &[u8]) -> Verdict {
+    let max = shared.genesis.params.record_bytes_max.saturating_mul(GOSSIP_BATCH_RECORDS) + 1024;
+    let Ok(batch) = codec::decode::<RecordBatch>(data, max) else { return Verdict::Reject };
+    if batch.records.len() > GOSSIP_BATCH_RECORDS {
+        return Verdict::Reject;
+    }
+    let mut verdict = Verdict::Accept;
+    for result in shared.admit_many(batch.records) {
+        match result {
+            Ok(_) => {}
+            Err(crate::shared::Failure::Malformed(_)) => verdict = Verdict::Reject,
+            Err(f) => debug!("gossiped record not admitted: {}", f.detail()),
+        }
+    }
+    verdict
+}
+
 /// Whether the link's finalization is the block's own (not a descendant's).
 fn link_is_own(link: &Link, h: u64, limits: &consensus::Limits) -> bool {
     matches!(Message::decode(&link.finalization, limits), Ok(Message::Certificate(c)) if c.height.0 == h)
@@ -1057,9 +1066,25 @@ pub async fn run_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let (sync_tx, mut sync_rx) = mpsc::channel::<(PeerId, std::result::Result<Vec<u8>, String>)>(4);
+    // Record batches are checked off the loop (signatures cost milliseconds
+    // per batch), a few at a time; past that they wait in a bounded queue, and
+    // past the queue they are dropped unjudged (their origin node still holds
+    // them and proposes them when it leads). Consensus never waits for records.
+    let (admitted_tx, mut admitted_rx) = mpsc::channel::<(GossipId, Verdict)>(RECORD_CHECKS_MAX);
+    let mut record_queue: VecDeque<(GossipId, Vec<u8>)> = VecDeque::new();
+    let mut record_checks = 0usize;
     let mut fx = app.start()?;
     let mut tick = tokio::time::interval(TICK);
     loop {
+        while record_checks < RECORD_CHECKS_MAX {
+            let Some((id, data)) = record_queue.pop_front() else { break };
+            record_checks += 1;
+            let (shared, tx) = (app.shared.clone(), admitted_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let verdict = admit_gossiped(&shared, &data);
+                let _ = tx.blocking_send((id, verdict));
+            });
+        }
         for (topic, data) in fx.publish.drain(..).chain(app.drain_gossip()) {
             if let Err(e) = net.publish(topic, data).await {
                 debug!("publish failed: {e}");
@@ -1071,14 +1096,15 @@ pub async fn run_loop(
             event = events.recv() => {
                 let Some(event) = event else { bail!("the network task stopped") };
                 match event {
-                    NetEvent::Gossip { topic, author, id, data, .. } => {
-                        let verdict = match topic {
-                            Topic::Consensus => app.on_consensus_gossip(&author, &data, &mut fx)?,
-                            Topic::Records => app.on_records_gossip(&data),
-                        };
+                    NetEvent::Gossip { topic: Topic::Consensus, author, id, data, .. } => {
+                        let verdict = app.on_consensus_gossip(&author, &data, &mut fx)?;
                         report(&net, id, verdict).await;
-                        if topic == Topic::Records {
-                            app.on_time(&mut fx)?;
+                    }
+                    NetEvent::Gossip { topic: Topic::Records, id, data, .. } => {
+                        if record_queue.len() >= RECORD_QUEUE_MAX {
+                            report(&net, id, Verdict::Ignore).await;
+                        } else {
+                            record_queue.push_back((id, data));
                         }
                     }
                     NetEvent::Request { from, data, channel } => answer(&app, &net, from, &data, channel, response_max).await,
@@ -1092,6 +1118,11 @@ pub async fn run_loop(
                 while let Ok(more) = admitted.try_recv() {
                     app.gossip_queue.push(more);
                 }
+                app.on_time(&mut fx)?;
+            }
+            Some((id, verdict)) = admitted_rx.recv() => {
+                record_checks -= 1;
+                report(&net, id, verdict).await;
                 app.on_time(&mut fx)?;
             }
             Some((peer, result)) = sync_rx.recv() => match result {

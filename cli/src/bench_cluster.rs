@@ -1,0 +1,482 @@
+//! `annal bench cluster` and `annal bench verify`: a local validator cluster
+//! driven through its real HTTP API, and this machine's ed25519 ceiling.
+//!
+//! Method (docs/BENCHMARKS.md repeats it): a fresh chain with `--signers`
+//! agencies; the whole load is signed before the nodes start. Each signer's
+//! records go, in nonce order, to one node (signer `s` → node `s mod N`), in
+//! `POST /v1/records/batch` requests of `--batch` records from one thread per
+//! node, paced to `--rate` or as fast as the nodes accept (`max`; a full
+//! mempool's 503 is waited out). Meanwhile a probe thread submits one record
+//! every 100 ms with `wait=final` and times it: those are the latency
+//! percentiles. After `--warmup` seconds the window opens: finalized records
+//! per second is the growth of node 0's log over the window; CPU is each
+//! node's user + system time over the window (from /proc); peak RSS is each
+//! node's VmHWM; disk is each node's data folder at the end over its log size.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use annal_ledger::genesis::Genesis;
+use annal_ledger::keys::SecretKey;
+use annal_ledger::record::SignedRecord;
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::bench::Load;
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Validators to start (ignored with --nodes).
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seconds of load before the window opens.
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// Offered load in records per second, or `max` (as fast as the nodes accept).
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Size of each signed record's canonical encoding.
+    #[arg(long, default_value_t = 512)]
+    record_bytes: usize,
+    /// Submitter keys (one agency each) signing the load.
+    #[arg(long, default_value_t = 16)]
+    signers: usize,
+    /// Records per batch request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Most records per block (a genesis parameter of the bench chain).
+    #[arg(long, default_value_t = 4000)]
+    block_records: usize,
+    /// With `--rate max`, records signed in advance per second of the run (the most it can offer).
+    #[arg(long, default_value_t = 30_000)]
+    max_rate: u64,
+    /// Drive an existing devnet instead: its API URLs, comma-separated (needs --dir, the devnet folder).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Folder of the bench chain (default: a new one under /var/tmp, removed afterwards), or of the devnet with --nodes.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Seconds to measure each of the single-core and all-core rates.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Batched ed25519 verifications per second: on one core, and on every core at once.
+pub struct Ceiling {
+    pub per_core: f64,
+    pub all_cores: f64,
+    pub cores: usize,
+}
+
+/// Measures the ed25519 batch-verification rate of this machine (batches of 64 signed 512-byte records).
+pub fn ceiling(seconds: u64) -> Result<Ceiling> {
+    let key = SecretKey::from_seed([7; 32]);
+    let signers = [(&key, "bench".to_string())];
+    let load = Load { chain_id: "ceiling", signers: &signers, record_bytes: 512, body: "random" };
+    let records = load.sign(0..64)?;
+    let run = |threads: usize| -> f64 {
+        let stop = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        annal_ledger::exec::verify_batch(&records).expect("the ceiling's records verify");
+                        done.fetch_add(records.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_secs(seconds));
+            stop.store(true, Ordering::Relaxed);
+        });
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    Ok(Ceiling { per_core: run(1), all_cores: run(cores), cores })
+}
+
+/// `annal bench verify`.
+pub fn verify(args: VerifyArgs) -> Result<()> {
+    let c = ceiling(args.seconds.max(1))?;
+    if args.json {
+        println!(
+            "{}",
+            json!({ "verifications_per_s_per_core": c.per_core.round(), "verifications_per_s_all_cores": c.all_cores.round(), "cores": c.cores })
+        );
+    } else {
+        println!("ed25519 batch verification (batches of 64 records of 512 bytes):");
+        println!("  one core       {:>9.0} signatures/s", c.per_core);
+        println!("  {} cores        {:>9.0} signatures/s", c.cores, c.all_cores);
+        println!("  ceiling for V validators each checking every record: {:.0}/V records/s", c.all_cores);
+    }
+    Ok(())
+}
+
+struct BenchNode {
+    api_url: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// `annal bench cluster`.
+pub fn cluster(args: ClusterArgs) -> Result<()> {
+    let rate: Option<u64> = match args.rate.as_str() {
+        "max" => None,
+        r => Some(r.parse().with_context(|| format!("--rate {r:?} is neither a number nor max"))?),
+    };
+    if args.signers == 0 || args.batch == 0 || args.duration == 0 || args.validators == 0 {
+        bail!("--signers, --batch, --duration and --validators must be above 0");
+    }
+    let own_dir = args.dir.is_none();
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("annal-bench-cluster-{}", std::process::id())));
+    let ceiling = ceiling(2)?;
+    if !args.json {
+        eprintln!(
+            "ed25519 ceiling on this machine: {:.0}/s on one core, {:.0}/s on {} cores",
+            ceiling.per_core, ceiling.all_cores, ceiling.cores
+        );
+    }
+
+    // The chain: fresh (or the given devnet), its agencies' keys, and the nodes.
+    let mut nodes = if args.nodes.is_empty() {
+        if dir.exists() {
+            bail!("{} exists; give a new folder or none", dir.display());
+        }
+        crate::genesis_cmd::new("bench", args.validators, args.signers + 1, &dir, None)?;
+        let path = dir.join("genesis.json");
+        let mut genesis = Genesis::load(&path)?;
+        genesis.params.block_records_max = args.block_records;
+        genesis.params.block_bytes_max = genesis.params.block_bytes_max.max(args.block_records * args.record_bytes * 2);
+        genesis.validate()?;
+        std::fs::write(&path, genesis.to_json())?;
+        let entries = crate::devnet::write_configs(&dir, args.validators)?;
+        let exe = std::env::current_exe()?;
+        let mut nodes = Vec::new();
+        for e in entries {
+            let log = std::fs::File::create(&e.log)?;
+            let child = Command::new(&exe)
+                .args(["node", "run", "--config"])
+                .arg(&e.config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            nodes.push(BenchNode { api_url: e.api_url, data_dir: e.data_dir, log: e.log, child: Some(child) });
+        }
+        nodes
+    } else {
+        args.nodes
+            .iter()
+            .map(|u| BenchNode { api_url: u.clone(), data_dir: PathBuf::new(), log: PathBuf::new(), child: None })
+            .collect()
+    };
+    let mut result = drive(&args, rate, &dir, &mut nodes, &ceiling);
+    for n in &mut nodes {
+        if let Some(c) = n.child.as_mut() {
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+    // Disk at rest: each stopped node's data folder (store flushed, WAL emptied) per record.
+    if let Ok(report) = result.as_mut() {
+        let records = report["final_log_size"].as_u64().unwrap_or(0).max(1) as f64;
+        let per_record: Vec<f64> = nodes
+            .iter()
+            .filter(|n| !n.data_dir.as_os_str().is_empty())
+            .map(|n| dir_bytes(&n.data_dir) as f64 / records)
+            .collect();
+        let ratio: Vec<f64> = per_record.iter().map(|b| b / args.record_bytes as f64).collect();
+        report["disk_bytes_per_record_per_node"] = json!(per_record);
+        report["disk_over_raw_per_node"] = json!(ratio);
+    }
+    if own_dir && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else if own_dir {
+        eprintln!("kept {} (node logs) for inspection", dir.display());
+    }
+    let report = result?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn drive(
+    args: &ClusterArgs,
+    rate: Option<u64>,
+    dir: &Path,
+    nodes: &mut [BenchNode],
+    ceiling: &Ceiling,
+) -> Result<Value> {
+    let genesis = Genesis::load(&dir.join("genesis.json"))?;
+    let agencies = genesis.agencies.len();
+    if agencies < 2 {
+        bail!("the chain needs at least two agencies: one to probe latency, the rest to load it");
+    }
+    let keys: Vec<SecretKey> = (0..agencies)
+        .map(|j| SecretKey::read_file(&dir.join(format!("agency-{j}")).join("submitter.key")))
+        .collect::<Result<_, _>>()?;
+    let namespaces: Vec<String> = genesis.agencies.iter().map(|a| a.namespaces[0].clone()).collect();
+    let clients: Vec<Client> = nodes.iter().map(|n| Client::new(&n.api_url)).collect::<Result<_, _>>()?;
+
+    // Sign everything first: the load, and the probes (the last agency).
+    let load_signers: Vec<(&SecretKey, String)> =
+        keys[..agencies - 1].iter().zip(&namespaces).map(|(k, n)| (k, n.clone())).collect();
+    let seconds = args.warmup + args.duration + 5;
+    let total = rate.unwrap_or(args.max_rate) * seconds;
+    let t = Instant::now();
+    let load =
+        Load { chain_id: &genesis.chain_id, signers: &load_signers, record_bytes: args.record_bytes, body: "text" }
+            .sign(0..total)?;
+    let probe_signer = [(&keys[agencies - 1], namespaces[agencies - 1].clone())];
+    let probes =
+        Load { chain_id: &genesis.chain_id, signers: &probe_signer, record_bytes: args.record_bytes, body: "text" }
+            .sign(0..seconds * 10 + 10)?;
+    if !args.json {
+        eprintln!("signed {} records in {:.1} s", total + probes.len() as u64, t.elapsed().as_secs_f64());
+    }
+
+    wait_ready(&clients, nodes)?;
+    // Per node, its signers' records in nonce order.
+    let n = nodes.len();
+    let mut per_node: Vec<Vec<&SignedRecord>> = vec![Vec::new(); n];
+    for (i, r) in load.iter().enumerate() {
+        per_node[(i % load_signers.len()) % n].push(r);
+    }
+    let stop = AtomicBool::new(false);
+    let offered = AtomicU64::new(0);
+    let latencies: Mutex<Vec<(Instant, f64)>> = Mutex::new(Vec::new());
+    let refused = AtomicU64::new(0);
+    let started = Instant::now();
+    let window = Mutex::new(None::<(Instant, u64, Vec<u64>)>);
+    let mut end_state = None;
+    std::thread::scope(|s| -> Result<()> {
+        for (i, records) in per_node.iter().enumerate() {
+            let (client, stop, offered, refused) = (&clients[i], &stop, &offered, &refused);
+            let per_thread_rate = rate.map(|r| r as f64 / n as f64);
+            s.spawn(move || feed(client, records, args.batch, per_thread_rate, stop, offered, refused));
+        }
+        {
+            let (clients, stop, latencies, probes) = (&clients, &stop, &latencies, &probes);
+            s.spawn(move || {
+                for (k, r) in probes.iter().enumerate() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = json!({ "record": B64.encode(r.to_bytes()) });
+                    let t = Instant::now();
+                    let answer = clients[k % clients.len()].post_json::<Value>(
+                        "/v1/records?wait=final&timeout_ms=60000",
+                        &body,
+                        Duration::from_secs(70),
+                        1 << 20,
+                    );
+                    if matches!(&answer, Ok(v) if v["status"] == "final") {
+                        latencies.lock().expect("latencies").push((t, t.elapsed().as_secs_f64() * 1000.0));
+                    }
+                    std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(args.warmup));
+        *window.lock().expect("window") = Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes)));
+        std::thread::sleep(Duration::from_secs(args.duration));
+        end_state = Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes)));
+        stop.store(true, Ordering::Relaxed);
+        Ok(())
+    })?;
+    let (t0, size0, cpu0) = window.into_inner().expect("window").context("the window never opened")?;
+    let (t1, size1, cpu1) = end_state.context("the window never closed")?;
+    let elapsed = (t1 - t0).as_secs_f64();
+    let finalized = (size1 - size0) as f64 / elapsed;
+    let mut lat: Vec<f64> = latencies
+        .into_inner()
+        .expect("latencies")
+        .into_iter()
+        .filter(|(t, _)| *t >= t0 && *t <= t1)
+        .map(|(_, l)| l)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
+    let rss: Vec<f64> = nodes.iter().map(|n| peak_rss_mb(n).unwrap_or(f64::NAN)).collect();
+    let _ = started;
+    Ok(json!({
+        "validators": nodes.len(), "record_bytes": args.record_bytes, "signers": load_signers.len(),
+        "offered_rate": rate.map_or(json!("max"), |r| json!(r)), "duration_s": elapsed,
+        "finalized_records_per_s": finalized.round(), "records_finalized_in_window": size1 - size0,
+        "latency_ms_p50": pct(0.5), "latency_ms_p95": pct(0.95), "latency_ms_p99": pct(0.99), "latency_probes": lat.len(),
+        "records_offered": offered.load(Ordering::Relaxed), "records_refused": refused.load(Ordering::Relaxed),
+        "cpu_cores_per_node": cpu, "peak_rss_mb_per_node": rss, "final_log_size": log_size(&clients[0])?,
+        "verify_per_s_per_core": ceiling.per_core.round(), "verify_per_s_all_cores": ceiling.all_cores.round(),
+        "signature_ceiling_records_per_s": (ceiling.all_cores / nodes.len() as f64).round(),
+        "block_records_max": genesis.params.block_records_max,
+    }))
+}
+
+/// Sends `records` in order in batches; waits out a full mempool; paces to `rate` if given.
+fn feed(
+    client: &Client,
+    records: &[&SignedRecord],
+    batch: usize,
+    rate: Option<f64>,
+    stop: &AtomicBool,
+    offered: &AtomicU64,
+    refused: &AtomicU64,
+) {
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < records.len() && !stop.load(Ordering::Relaxed) {
+        if let Some(r) = rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / r);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let chunk = &records[sent..(sent + batch).min(records.len())];
+        let body = json!({ "records": chunk.iter().map(|r| B64.encode(r.to_bytes())).collect::<Vec<_>>() });
+        let Ok(answer) = client.post_json::<Value>("/v1/records/batch", &body, Duration::from_secs(30), 16 << 20)
+        else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let results = answer["results"].as_array().cloned().unwrap_or_default();
+        // Accepted up to the first mempool_full; resend from there after a pause.
+        let mut taken = 0;
+        let mut full = false;
+        for r in &results {
+            match r["error"]["error"].as_str() {
+                None => taken += 1,
+                Some("mempool_full") => {
+                    full = true;
+                    break;
+                }
+                Some(_) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    taken += 1;
+                }
+            }
+        }
+        sent += taken;
+        offered.fetch_add(taken as u64, Ordering::Relaxed);
+        if full {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn wait_ready(clients: &[Client], nodes: &mut [BenchNode]) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        for n in nodes.iter_mut() {
+            if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+                bail!("a node exited ({status}); see {}", n.log.display());
+            }
+        }
+        let heights: Vec<u64> = clients
+            .iter()
+            .map(|c| c.get_json::<Value>("/v1/status", 1 << 20).ok().and_then(|v| v["height"].as_u64()).unwrap_or(0))
+            .collect();
+        if heights.iter().all(|&h| h >= 2) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the nodes did not finalize blocks within 60 s (heights {heights:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn log_size(client: &Client) -> Result<u64> {
+    let v: Value = client.get_json("/v1/status", 1 << 20)?;
+    v["log_size"].as_u64().context("status has no log_size")
+}
+
+/// utime + stime of each node process, in clock ticks (0 for nodes this bench did not start).
+fn cpu_ticks(nodes: &[BenchNode]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|n| {
+            let Some(c) = &n.child else { return 0 };
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).unwrap_or_default();
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .collect()
+}
+
+fn peak_rss_mb(n: &BenchNode) -> Option<f64> {
+    let c = n.child.as_ref()?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn print_report(r: &Value) {
+    println!(
+        "annal bench cluster: {} validators, {}-byte records, {} signers, offered {}, window {:.1} s",
+        r["validators"],
+        r["record_bytes"],
+        r["signers"],
+        r["offered_rate"],
+        r["duration_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  finalized          {} records/s ({} records in the window; signature ceiling {} records/s)",
+        r["finalized_records_per_s"], r["records_finalized_in_window"], r["signature_ceiling_records_per_s"]
+    );
+    println!(
+        "  submit → final     p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms ({} probes)",
+        r["latency_ms_p50"].as_f64().unwrap_or(f64::NAN),
+        r["latency_ms_p95"].as_f64().unwrap_or(f64::NAN),
+        r["latency_ms_p99"].as_f64().unwrap_or(f64::NAN),
+        r["latency_probes"]
+    );
+    println!("  CPU cores / node   {}", r["cpu_cores_per_node"]);
+    println!("  peak RSS MB / node {}", r["peak_rss_mb_per_node"]);
+    println!("  disk bytes/record  {} (× raw: {})", r["disk_bytes_per_record_per_node"], r["disk_over_raw_per_node"]);
+    println!("  refused            {} of {} offered", r["records_refused"], r["records_offered"]);
+}
