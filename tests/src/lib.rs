@@ -24,13 +24,15 @@ pub struct Node {
     pub api_url: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The network namespace the node runs in, if any.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
 impl Node {
     /// A node the test configured itself (not one of the genesis validators' set-up).
     pub fn new(name: &str, api_url: &str, config: PathBuf, log: PathBuf) -> Node {
-        Node { name: name.into(), api_url: api_url.into(), config, log, child: None }
+        Node { name: name.into(), api_url: api_url.into(), config, log, netns: None, child: None }
     }
 }
 
@@ -68,10 +70,7 @@ impl Cluster {
         let entries = annal_cli::devnet::write_configs(&dir, validators).expect("configs");
         let genesis_path = dir.join("genesis.json");
         let genesis = Genesis::load(&genesis_path).expect("genesis loads");
-        let nodes = entries
-            .into_iter()
-            .map(|e| Node { name: e.name, api_url: e.api_url, config: e.config, log: e.log, child: None })
-            .collect();
+        let nodes = entries.into_iter().map(|e| Node::new(&e.name, &e.api_url, e.config, e.log)).collect();
         let mut cluster = Cluster { dir, genesis_path, genesis, nodes };
         for i in 0..validators {
             cluster.start_node(i);
@@ -84,7 +83,16 @@ impl Cluster {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "{} is already running", node.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
-        let child = Command::new(annal_bin())
+        let mut command = match &node.netns {
+            // `ip netns exec` enters the namespace and execs the node: the child is the node itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(annal_bin());
+                c
+            }
+            None => Command::new(annal_bin()),
+        };
+        let child = command
             .args(["node", "run", "--config"])
             .arg(&node.config)
             .stdin(Stdio::null())
@@ -184,5 +192,141 @@ impl Drop for Cluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Validators each in their own Linux network namespace, joined by veth
+/// pairs to one bridge, so a test can cut any node's link. Needs root; `None`
+/// (with the reason) where namespaces cannot be made.
+pub struct Namespaces {
+    prefix: String,
+    bridge: String,
+    /// `10.a.b.` — node `i` is `10.a.b.(i+1)`, the bridge `.254`.
+    subnet: String,
+    count: usize,
+}
+
+impl Namespaces {
+    pub fn create(count: usize) -> Result<Namespaces, String> {
+        let pid = std::process::id();
+        let prefix = format!("an{}", pid % 100_000);
+        let subnet = format!("10.{}.{}.", 200 + (pid % 50), (pid / 50) % 250);
+        let ns = Namespaces { bridge: format!("{prefix}br"), prefix, subnet, count };
+        ns.ip(&["link", "add", &ns.bridge, "type", "bridge"])?;
+        ns.ip(&["addr", "add", &format!("{}254/24", ns.subnet), "dev", &ns.bridge])?;
+        ns.ip(&["link", "set", &ns.bridge, "up"])?;
+        for i in 0..count {
+            let (name, outside, inside) = (ns.name(i), ns.veth(i), format!("{}v{i}i", ns.prefix));
+            ns.ip(&["netns", "add", &name])?;
+            ns.ip(&["link", "add", &outside, "type", "veth", "peer", "name", &inside])?;
+            ns.ip(&["link", "set", &inside, "netns", &name])?;
+            ns.ip(&["link", "set", &outside, "master", &ns.bridge])?;
+            ns.ip(&["link", "set", &outside, "up"])?;
+            ns.ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{}/24", ns.addr(i)), "dev", &inside])?;
+            ns.ip(&["netns", "exec", &name, "ip", "link", "set", &inside, "up"])?;
+            ns.ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip").args(args).output().map_err(|e| format!("running ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    pub fn name(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    fn veth(&self, i: usize) -> String {
+        format!("{}v{i}o", self.prefix)
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        format!("{}{}", self.subnet, i + 1)
+    }
+
+    /// Cuts (or restores) node `i`'s only link: it can reach no one and no one it.
+    pub fn set_link(&self, i: usize, up: bool) {
+        self.ip(&["link", "set", &self.veth(i), if up { "up" } else { "down" }]).expect("setting a link");
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for i in 0..self.count {
+            let _ = self.ip(&["netns", "del", &self.name(i)]);
+            let _ = self.ip(&["link", "del", &self.veth(i)]);
+        }
+        let _ = self.ip(&["link", "del", &self.bridge]);
+    }
+}
+
+impl Cluster {
+    /// As `start`, with each validator in its own network namespace (`ns`).
+    pub fn start_in(name: &str, validators: usize, agencies: usize, ns: &Namespaces) -> Cluster {
+        let dir = scratch(name);
+        annal_cli::genesis_cmd::new("test-chain", validators, agencies, &dir, None).expect("genesis");
+        let genesis_path = dir.join("genesis.json");
+        let genesis = Genesis::load(&genesis_path).expect("genesis loads");
+        let mut nodes = Vec::new();
+        for i in 0..validators {
+            let node_dir = dir.join(format!("validator-{i}"));
+            let peers: Vec<String> =
+                (0..validators).filter(|&j| j != i).map(|j| format!("\"/ip4/{}/tcp/7100\"", ns.addr(j))).collect();
+            let config = node_dir.join("node.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "genesis = \"../genesis.json\"\ndata_dir = \"data\"\nconsensus_key = \"consensus.key\"\n\
+                     p2p_key = \"p2p.key\"\nlisten = [\"/ip4/{a}/tcp/7100\"]\npeers = [{}]\n\
+                     api_listen = \"{a}:8100\"\n",
+                    peers.join(", "),
+                    a = ns.addr(i)
+                ),
+            )
+            .expect("writing a config");
+            let mut node = Node::new(
+                &format!("validator-{i}"),
+                &format!("http://{}:8100", ns.addr(i)),
+                config,
+                node_dir.join("node.log"),
+            );
+            node.netns = Some(ns.name(i));
+            nodes.push(node);
+        }
+        let mut cluster = Cluster { dir, genesis_path, genesis, nodes };
+        for i in 0..validators {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) node `i`.
+    pub fn pause(&mut self, i: usize, paused: bool) {
+        if let Some(c) = &self.nodes[i].child {
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, if paused { libc::SIGSTOP } else { libc::SIGCONT });
+            }
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Nodes that exited without being killed by the test: (name, exit status).
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+                out.push((n.name.clone(), status.to_string()));
+            }
+        }
+        out
     }
 }
