@@ -41,6 +41,8 @@ pub struct Cluster {
     pub genesis_path: PathBuf,
     pub genesis: Genesis,
     pub nodes: Vec<Node>,
+    /// tmpfs mounts under the cluster's folder (unmounted on drop).
+    mounts: Vec<PathBuf>,
 }
 
 /// The `annal` binary: `ANNAL_BIN`, or `target/<profile>/annal` beside this test binary's `deps/`.
@@ -71,7 +73,7 @@ impl Cluster {
         let genesis_path = dir.join("genesis.json");
         let genesis = Genesis::load(&genesis_path).expect("genesis loads");
         let nodes = entries.into_iter().map(|e| Node::new(&e.name, &e.api_url, e.config, e.log)).collect();
-        let mut cluster = Cluster { dir, genesis_path, genesis, nodes };
+        let mut cluster = Cluster { dir, genesis_path, genesis, nodes, mounts: Vec::new() };
         for i in 0..validators {
             cluster.start_node(i);
         }
@@ -187,6 +189,9 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
         if std::thread::panicking() || std::env::var_os("ANNAL_KEEP_TEST_DIRS").is_some() {
             eprintln!("kept the cluster's folder and logs: {}", self.dir.display());
         } else {
@@ -266,7 +271,35 @@ impl Drop for Namespaces {
     }
 }
 
+/// Size of each validator's data filesystem in `Cluster::start_in`.
+pub const DATA_FS_BYTES: u64 = 256 << 20;
+
 impl Cluster {
+    /// Fills node `i`'s data filesystem (it must be one of `start_in`'s) with a
+    /// ballast file until the disk is full; returns the ballast's path.
+    pub fn fill_disk(&self, i: usize) -> PathBuf {
+        use std::io::Write;
+        let ballast = self.dir.join(format!("validator-{i}")).join("data").join("ballast");
+        let mut f = std::fs::File::create(&ballast).expect("creating the ballast");
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        ballast
+    }
+
+    /// Waits for node `i` to exit on its own; returns its exit status.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// As `start`, with each validator in its own network namespace (`ns`).
     pub fn start_in(name: &str, validators: usize, agencies: usize, ns: &Namespaces) -> Cluster {
         let dir = scratch(name);
@@ -299,7 +332,21 @@ impl Cluster {
             node.netns = Some(ns.name(i));
             nodes.push(node);
         }
-        let mut cluster = Cluster { dir, genesis_path, genesis, nodes };
+        // Each data folder is its own small filesystem, so a test can fill one up.
+        let mut mounts = Vec::new();
+        for i in 0..validators {
+            let data = dir.join(format!("validator-{i}")).join("data");
+            std::fs::create_dir_all(&data).expect("data folder");
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={DATA_FS_BYTES}")])
+                .arg("tmpfs")
+                .arg(&data)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "mounting a tmpfs on {}", data.display());
+            mounts.push(data);
+        }
+        let mut cluster = Cluster { dir, genesis_path, genesis, nodes, mounts };
         for i in 0..validators {
             cluster.start_node(i);
         }

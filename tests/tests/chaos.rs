@@ -5,7 +5,8 @@
 //! records through the API with `wait=final` while faults chosen from the
 //! seed hit the cluster one after another: SIGKILL and restart, SIGSTOP and
 //! SIGCONT, a node's link cut (a minority isolated), two links cut (no side
-//! has a quorum), and a flapping link. Then everything is healed and the
+//! has a quorum), a flapping link, and a node whose data filesystem fills up
+//! (it must stop cleanly on its own and restart with nothing lost). Then everything is healed and the
 //! campaign checks: finality resumes within a bound; every node finalized the
 //! same block at every height sampled; every record acknowledged as final is
 //! on every node with the same index; no node exited on its own.
@@ -130,8 +131,16 @@ fn fault_campaign_loses_nothing_acknowledged() {
         // Faults, one after another, each healed before the next.
         let deadline = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < deadline {
-            let kinds: &[&str] =
-                if ns.is_some() { &["kill", "stop", "isolate", "split", "flap"] } else { &["kill", "stop"] };
+            let all: &[&str] = if ns.is_some() {
+                &["kill", "stop", "isolate", "split", "flap", "disk-full"]
+            } else {
+                &["kill", "stop"]
+            };
+            // CHAOS_FAULTS=kill,disk-full narrows the campaign to those kinds.
+            let chosen = std::env::var("CHAOS_FAULTS").unwrap_or_default();
+            let kinds: Vec<&str> =
+                all.iter().copied().filter(|k| chosen.is_empty() || chosen.split(',').any(|c| c == *k)).collect();
+            assert!(!kinds.is_empty(), "CHAOS_FAULTS={chosen:?} names no fault this run can inject ({all:?})");
             let kind = kinds[rng.below(kinds.len() as u64) as usize];
             let victim = rng.below(NODES as u64) as usize;
             let hold = Duration::from_millis(1000 + rng.below(4000));
@@ -164,6 +173,25 @@ fn fault_campaign_loses_nothing_acknowledged() {
                     std::thread::sleep(hold);
                     ns.set_link(victim, true);
                     ns.set_link(other, true);
+                }
+                "disk-full" => {
+                    // The node must stop cleanly on its own, and restart with nothing lost.
+                    let ballast = cluster_ref.read().unwrap().fill_disk(victim);
+                    let status = cluster_ref.write().unwrap().wait_exit(victim, Duration::from_secs(30));
+                    std::fs::remove_file(&ballast).expect("removing the ballast");
+                    let status = status
+                        .unwrap_or_else(|| panic!("validator-{victim} kept running on a full disk (seed {seed})"));
+                    let log =
+                        std::fs::read_to_string(&cluster_ref.read().unwrap().nodes[victim].log).unwrap_or_default();
+                    assert!(!log.contains("panicked"), "validator-{victim} panicked on a full disk (seed {seed})");
+                    assert!(
+                        log.contains("the node stopped on an error"),
+                        "validator-{victim} exited without saying why"
+                    );
+                    *faults.last_mut().unwrap() =
+                        format!("disk-full validator-{victim}: stopped ({status}), restarted");
+                    std::thread::sleep(hold);
+                    cluster_ref.write().unwrap().start_node(victim);
                 }
                 "flap" => {
                     let ns = ns.as_ref().unwrap();
