@@ -35,7 +35,22 @@ pub struct Config {
     pub log: String,
     #[serde(default)]
     pub limits: Limits,
+    /// `ANNAL_*` environment variables that name no config key (the node warns about each).
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
+
+/// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
+const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
+const LIMIT_KEYS: [&str; 7] = [
+    "mempool_records_max",
+    "mempool_bytes_max",
+    "api_body_bytes_max",
+    "api_requests_per_s",
+    "api_request_timeout_ms",
+    "api_batch_records_max",
+    "refusals_retained",
+];
 
 /// Bounds on what the node holds and accepts.
 #[derive(Clone, Debug, Deserialize)]
@@ -98,17 +113,22 @@ impl Config {
             return Err(read("is larger than 1 MiB".into()));
         }
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| read(e.to_string()))?;
+        let mut ignored_env = Vec::new();
         for (name, value) in env {
             if let Some(key) = name.strip_prefix("ANNAL_") {
-                apply_override(&mut table, key, &value).map_err(|detail| ConfigError::Value {
+                let applied = apply_override(&mut table, key, &value).map_err(|detail| ConfigError::Value {
                     path: shown.clone(),
                     key: name.clone(),
                     detail,
                 })?;
+                if !applied {
+                    ignored_env.push(name);
+                }
             }
         }
         let mut config: Config =
             toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| read(e.to_string()))?;
+        config.ignored_env = ignored_env;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.genesis, &mut config.data_dir, &mut config.consensus_key, &mut config.p2p_key] {
             if p.is_relative() {
@@ -158,12 +178,20 @@ impl Config {
 /// Sets `KEY` (from `ANNAL_KEY`) in the table: the first `_`-separated word
 /// that names a section (`limits`) selects it; the value keeps the type of the
 /// key it replaces (string, integer or list of strings, comma-separated).
-fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
+/// Returns false, changing nothing, when `KEY` names no config key.
+fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<bool, String> {
     let key = key.to_ascii_lowercase();
     let (section, name) = match key.split_once('_') {
         Some((s, rest)) if s == "limits" => (Some(s), rest.to_string()),
         _ => (None, key.clone()),
     };
+    let known = match section {
+        Some(_) => LIMIT_KEYS.contains(&name.as_str()),
+        None => TOP_KEYS.contains(&name.as_str()),
+    };
+    if !known {
+        return Ok(false);
+    }
     let target = match section {
         Some(s) => table
             .entry(s)
@@ -182,7 +210,7 @@ fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<(),
         _ => toml::Value::String(value.into()),
     };
     target.insert(name, parsed);
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -231,12 +259,14 @@ api_listen = "127.0.0.1:8100"
             ("ANNAL_LIMITS_MEMPOOL_RECORDS_MAX", "7"),
             ("ANNAL_PEERS", "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2"),
             ("OTHER", "x"),
+            ("ANNAL_BIN", "/usr/bin/annal"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let c = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap();
         assert_eq!(c.api_listen.port(), 9999);
         assert_eq!(c.limits.mempool_records_max, 7);
         assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.ignored_env, vec!["ANNAL_BIN".to_string()], "a variable naming no key is set aside, not fatal");
     }
 
     /// Goal: unknown keys, bad addresses and zero limits are refused with the key named.

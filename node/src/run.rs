@@ -16,6 +16,9 @@ use crate::shared::Shared;
 
 /// Runs a node until `shutdown` resolves; returns an error naming what failed.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    for name in &config.ignored_env {
+        warn!(variable = %name, "environment variable starts with ANNAL_ but names no config key; ignored");
+    }
     let genesis = Genesis::load(&config.genesis)?;
     let consensus_key = SecretKey::read_file(&config.consensus_key)?;
     let p2p_key = SecretKey::read_file(&config.p2p_key)?;
