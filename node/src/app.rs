@@ -53,6 +53,14 @@ const TICK: Duration = Duration::from_millis(500);
 const FUTURE_TIME_MS: u64 = 10_000;
 /// Records gossiped in one batch by the API path.
 const GOSSIP_BATCH_RECORDS: usize = 512;
+/// Record bytes in one gossiped batch (a single record may exceed it and travels alone).
+const GOSSIP_BATCH_BYTES: usize = 4 << 20;
+
+/// The largest record batch a node gossips or accepts: a full batch, or one record at the chain's limit.
+pub fn record_batch_bytes_max(params: &annal_ledger::genesis::Params) -> usize {
+    GOSSIP_BATCH_BYTES.max(params.record_bytes_max) + 8 * GOSSIP_BATCH_RECORDS + 1024
+}
+
 /// Gossiped record batches being checked at once, off the loop.
 const RECORD_CHECKS_MAX: usize = 2;
 /// Gossiped record batches waiting for a check; past it they are dropped unjudged.
@@ -115,6 +123,8 @@ pub struct App {
     rejected: u64,
     started: Instant,
     pub gossip_queue: Vec<Vec<u8>>,
+    /// Test-only attacks (`[testing] byzantine`), none in production.
+    pub byzantine: Option<crate::byzantine::Byzantine>,
 }
 
 impl App {
@@ -186,6 +196,7 @@ impl App {
             rejected: 0,
             started: Instant::now(),
             gossip_queue: Vec::new(),
+            byzantine: None,
         };
         // Validators may publish byte-identical messages (the same certificate):
         // sequence numbers start at a per-process value so envelopes never collide.
@@ -684,6 +695,9 @@ impl App {
 
     /// Handles a message from the consensus topic.
     pub fn on_consensus_gossip(&mut self, author: &PeerId, data: &[u8], fx: &mut Effects) -> Result<Verdict> {
+        if let Some(b) = self.byzantine.as_mut() {
+            b.heard(data);
+        }
         let Some(&from) = self.peers_by_id.get(author) else { return Ok(Verdict::Ignore) };
         let Ok(env) = codec::decode::<Envelope>(data, self.limits.message_bytes_max + 64) else {
             return Ok(Verdict::Reject);
@@ -803,6 +817,9 @@ impl App {
     /// Re-sends this validator's signatures for recent uncertified heights and
     /// decides whether to sync. Returns a sync request to send, if any.
     pub fn on_tick(&mut self, fx: &mut Effects) -> Result<Option<(PeerId, SyncRequest)>> {
+        if let (Some(b), Some(v)) = (self.byzantine.as_mut(), self.validator.as_ref()) {
+            fx.publish.extend(b.attacks(v.core.view().0, self.tip_height + 1));
+        }
         if let Some(v) = &self.validator {
             let (index, recent): (u32, Vec<u64>) =
                 (v.index, self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect());
@@ -1014,8 +1031,18 @@ impl App {
     /// Takes the records the API admitted since the last call, as gossip batches.
     pub fn drain_gossip(&mut self) -> Vec<(Topic, Vec<u8>)> {
         let mut out = Vec::new();
-        for chunk in std::mem::take(&mut self.gossip_queue).chunks(GOSSIP_BATCH_RECORDS) {
-            out.push((Topic::Records, codec::encode(&RecordBatch { records: chunk.to_vec() })));
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for r in std::mem::take(&mut self.gossip_queue) {
+            if batch.len() == GOSSIP_BATCH_RECORDS || (bytes + r.len() > GOSSIP_BATCH_BYTES && !batch.is_empty()) {
+                out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
+                bytes = 0;
+            }
+            bytes += r.len();
+            batch.push(r);
+        }
+        if !batch.is_empty() {
+            out.push((Topic::Records, codec::encode(&RecordBatch { records: batch })));
         }
         out
     }
@@ -1025,7 +1052,7 @@ impl App {
 /// verifies signatures) and judges it: malformed records mean the relaying
 /// peer misbehaves; records refused for a rule or a full mempool do not.
 fn admit_gossiped(shared: &Shared, data: &[u8]) -> Verdict {
-    let max = shared.genesis.params.record_bytes_max.saturating_mul(GOSSIP_BATCH_RECORDS) + 1024;
+    let max = record_batch_bytes_max(&shared.genesis.params);
     let Ok(batch) = codec::decode::<RecordBatch>(data, max) else { return Verdict::Reject };
     if batch.records.len() > GOSSIP_BATCH_RECORDS {
         return Verdict::Reject;
@@ -1133,6 +1160,14 @@ pub async fn run_loop(
                 }
             },
             _ = tick.tick() => {
+                let oversized = app.byzantine.as_ref().and_then(|b| b.oversized_request()).zip(app.pick_peer());
+                if let Some((data, peer)) = oversized {
+                    let net = net.clone();
+                    tokio::spawn(async move {
+                        let answer = net.request(peer, data).await;
+                        debug!(%peer, "oversized request (test-only Byzantine mode) answered: {answer:?}");
+                    });
+                }
                 if let Some((peer, request)) = app.on_tick(&mut fx)? {
                     let (net, tx) = (net.clone(), sync_tx.clone());
                     tokio::spawn(async move {

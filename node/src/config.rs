@@ -35,6 +35,9 @@ pub struct Config {
     pub log: String,
     #[serde(default)]
     pub limits: Limits,
+    /// Test-only settings; see docs/SECURITY.md. Never set in production.
+    #[serde(default)]
+    pub testing: Testing,
     /// `ANNAL_*` environment variables that name no config key (the node warns about each).
     #[serde(skip)]
     pub ignored_env: Vec<String>,
@@ -84,6 +87,15 @@ impl Default for Limits {
             refusals_retained: 100_000,
         }
     }
+}
+
+/// Settings only tests use.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Testing {
+    /// Makes this validator attack the others (`crate::byzantine::BEHAVIOURS`).
+    #[serde(default)]
+    pub byzantine: Vec<String>,
 }
 
 fn default_log() -> String {
@@ -140,6 +152,9 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(b) = self.testing.byzantine.iter().find(|b| !crate::byzantine::BEHAVIOURS.contains(&b.as_str())) {
+            return Err(("testing.byzantine", format!("{b:?} is not one of {:?}", crate::byzantine::BEHAVIOURS)));
+        }
         if self.listen.is_empty() {
             return Err(("listen", "needs at least one address, e.g. \"/ip4/0.0.0.0/tcp/7100\"".into()));
         }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod byzantine;
 pub mod config;
 pub mod mempool;
 pub mod net;

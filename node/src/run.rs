@@ -50,9 +50,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     net_config.peers = config.peer_addrs();
     let params = &genesis.params;
     let message_max = params.block_bytes_max + 8 * params.block_records_max + (256 << 10);
-    net_config.limits.gossip_bytes_max = message_max.max(params.record_bytes_max * 512 + 4096);
+    net_config.limits.gossip_bytes_max = message_max.max(crate::app::record_batch_bytes_max(params));
     net_config.limits.response_bytes_max = (2 * message_max).max(64 << 20);
     let response_max = net_config.limits.response_bytes_max;
+    let honest_request_max = net_config.limits.request_bytes_max;
+    if !config.testing.byzantine.is_empty() {
+        warn!(behaviours = ?config.testing.byzantine, "TEST-ONLY BYZANTINE MODE: this node attacks the other validators");
+        // Its own frame limit is raised so oversized frames leave; receivers must refuse them.
+        net_config.limits.request_bytes_max = honest_request_max * 5;
+    }
     let (handle, events) = Network::start(net_config).await?;
     for a in handle.listen_addrs().await? {
         info!(addr = %a, peer_id = %handle.local_peer_id(), "p2p listening");
@@ -60,7 +66,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
     let (gossip_tx, gossip_rx) = mpsc::channel(65_536);
     let shared = Arc::new(Shared::new(genesis, config.limits.clone(), validator.map(|i| i as u32), store, gossip_tx));
-    let app = App::new(shared.clone(), config.data_dir.clone(), validator.map(|_| consensus_key))?;
+    let byzantine = match (validator, config.testing.byzantine.is_empty()) {
+        (Some(i), false) => Some(crate::byzantine::Byzantine::new(
+            config.testing.byzantine.clone(),
+            consensus_key.seed(),
+            i as u32,
+            annal_consensus::ChainId(shared.genesis_hash),
+            honest_request_max,
+        )),
+        _ => None,
+    };
+    let mut app = App::new(shared.clone(), config.data_dir.clone(), validator.map(|_| consensus_key))?;
+    app.byzantine = byzantine;
 
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

@@ -67,17 +67,22 @@ pub fn scratch(name: &str) -> PathBuf {
 impl Cluster {
     /// Writes a genesis with `validators` validators and `agencies` agencies and starts every validator.
     pub fn start(name: &str, validators: usize, agencies: usize) -> Cluster {
+        let mut cluster = Cluster::prepare(name, validators, agencies);
+        for i in 0..validators {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// As `start`, without starting the nodes (a test may edit their configs first).
+    pub fn prepare(name: &str, validators: usize, agencies: usize) -> Cluster {
         let dir = scratch(name);
         annal_cli::genesis_cmd::new("test-chain", validators, agencies, &dir, None).expect("genesis");
         let entries = annal_cli::devnet::write_configs(&dir, validators).expect("configs");
         let genesis_path = dir.join("genesis.json");
         let genesis = Genesis::load(&genesis_path).expect("genesis loads");
         let nodes = entries.into_iter().map(|e| Node::new(&e.name, &e.api_url, e.config, e.log)).collect();
-        let mut cluster = Cluster { dir, genesis_path, genesis, nodes, mounts: Vec::new() };
-        for i in 0..validators {
-            cluster.start_node(i);
-        }
-        cluster
+        Cluster { dir, genesis_path, genesis, nodes, mounts: Vec::new() }
     }
 
     /// Starts node `i` (again) with its config.
