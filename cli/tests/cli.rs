@@ -102,3 +102,45 @@ fn genesis_errors_name_the_fault() {
     assert!(!dir.join("n").exists(), "a refused genesis leaves no files behind");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn node_run_refuses_bad_configs_and_readable_keys_and_says_why() {
+    // Goal: `annal node run` stops before touching the network when its config names an unknown key,
+    // when a key file is readable by others, or when its keys are not the genesis validator's.
+    let dir = temp("node-run");
+    stdout(&annal(&["genesis", "new", "--chain-id", "c", "--validators", "1", "--out", dir.to_str().unwrap()]));
+    let v = dir.join("validator-0");
+    let config = v.join("node.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "genesis = \"../genesis.json\"\ndata_dir = \"data\"\nconsensus_key = \"consensus.key\"\n\
+                 p2p_key = \"p2p.key\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\napi_listen = \"127.0.0.1:0\"\n{extra}"
+            ),
+        )
+        .unwrap()
+    };
+    let run = || annal(&["node", "run", "--config", config.to_str().unwrap()]);
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    write("colour = \"blue\"\n");
+    let o = run();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("colour"), "{}", stderr(&o));
+
+    write("");
+    std::fs::set_permissions(v.join("consensus.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    std::fs::set_permissions(v.join("consensus.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The p2p key swapped for another: the consensus key is the validator's, the p2p key is not.
+    std::fs::remove_file(v.join("p2p.key")).unwrap();
+    stdout(&annal(&["keys", "new", "--out", v.join("p2p.key").to_str().unwrap()]));
+    let o = run();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("p2p_key"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

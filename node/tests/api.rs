@@ -619,3 +619,20 @@ async fn a_client_over_its_rate_is_429_with_retry_after() {
     assert_eq!(node.get("/healthz").await.status, 200, "a token refills in half a second");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_nonce_and_a_namespace_not_granted_are_422_naming_the_rule() {
+    // Goal: admission applies the stateful nonce rule against committed state and the agency's
+    // namespace grant, each refusal naming what was wrong; nothing refused is pending.
+    let node = start("rules", Limits::default()).await;
+    node.commit(&[publish(21, "parcel/1", 5)], true);
+    let replay = publish(21, "parcel/2", 5);
+    let detail = node.post("/v1/records", &body_of(&replay)).await.error(422, "refused");
+    assert!(detail.contains("nonce 5") && detail.contains("last final nonce 5"), "{detail}");
+    let mut elsewhere = record(21, "x", Op::Publish, None, 1, 6);
+    elsewhere.namespace = "companies".into();
+    let detail = node.post("/v1/records", &body_of(&elsewhere.sign(&key(21)))).await.error(422, "refused");
+    assert!(detail.contains("companies"), "{detail}");
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 0);
+    node.stop().await;
+}
