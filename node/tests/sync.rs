@@ -1,0 +1,134 @@
+//! Sync answers from a peer are verified before anything is committed: the
+//! blocks must chain to this node's tip and end in a finalization signed by
+//! more than 2/3 of the validator power. A real store, a real `App`.
+
+use std::sync::Arc;
+
+use annal_consensus::{
+    signing_bytes, Block, Certificate, ChainId, Height, Message, ValidatorIndex, View, Vote, VoteKind,
+};
+use annal_ledger::codec;
+use annal_ledger::genesis::{Genesis, Params, Validator};
+use annal_ledger::keys::SecretKey;
+use annal_ledger::store::{Store, StoreOptions};
+use annal_node::app::{App, Effects};
+use annal_node::config::Limits;
+use annal_node::net::PeerId;
+use annal_node::shared::Shared;
+use annal_node::wire::{BlockBody, SyncBlock, SyncResponse};
+use ed25519_dalek::{Signer as _, SigningKey};
+
+fn genesis() -> Genesis {
+    Genesis {
+        chain_id: "annal-sync-test".into(),
+        genesis_time_ms: 1_764_000_000_000,
+        validators: (1..=4u8)
+            .map(|i| Validator {
+                name: format!("v{i}"),
+                consensus_key: SecretKey::from_seed([i; 32]).public(),
+                p2p_key: SecretKey::from_seed([10 + i; 32]).public(),
+                power: 1,
+            })
+            .collect(),
+        agencies: vec![],
+        params: Params::default(),
+    }
+}
+
+fn set(g: &Genesis) -> annal_consensus::ValidatorSet {
+    annal_consensus::ValidatorSet::new(
+        g.validators
+            .iter()
+            .map(|v| annal_consensus::Validator {
+                key: ed25519_dalek::VerifyingKey::from_bytes(&v.consensus_key.0).unwrap(),
+                power: v.power,
+            })
+            .collect(),
+    )
+}
+
+/// An empty block at `height` on `parent`, and a finalization of it signed by validators `signers` (0-based).
+fn final_block(g: &Genesis, height: u64, parent: [u8; 32], signers: &[u8]) -> (Block, Certificate) {
+    let chain = ChainId(g.hash());
+    let block = Block {
+        height: Height(height),
+        view: View(height),
+        parent_view: View(height - 1),
+        parent,
+        payload: BlockBody { time_ms: g.genesis_time_ms + height, records: vec![] }.to_bytes(),
+    };
+    let digest = block.hash(&chain);
+    let votes: Vec<Vote> = signers
+        .iter()
+        .map(|&i| {
+            let bytes = signing_bytes(VoteKind::Finalize, &chain, View(height), Height(height), &digest);
+            Vote {
+                kind: VoteKind::Finalize,
+                view: View(height),
+                height: Height(height),
+                digest,
+                signer: ValidatorIndex(i as u32),
+                signature: SigningKey::from_bytes(&[i + 1; 32]).sign(&bytes).to_bytes(),
+            }
+        })
+        .collect();
+    (block, Certificate::assemble(&set(g), votes.iter()).unwrap())
+}
+
+fn answer(entries: &[(Block, Certificate)]) -> Vec<u8> {
+    codec::encode(&SyncResponse::Blocks(
+        entries
+            .iter()
+            .map(|(b, c)| SyncBlock {
+                block: Message::BlockResponse(b.clone()).encode(),
+                finalization: Message::Certificate(c.clone()).encode(),
+                certificate: None,
+            })
+            .collect(),
+    ))
+}
+
+/// Goal: a chain that does not link to the tip, or whose finalization lacks a quorum or is signed
+/// for another block, commits nothing; a proper one commits every block it covers.
+#[test]
+fn only_verified_chains_from_the_tip_are_committed() {
+    let g = genesis();
+    let dir = std::env::temp_dir().join(format!("annal-sync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
+    let mut app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    let peer = PeerId::random();
+    let chain = ChainId(g.hash());
+    let height = || shared.store().tip().height.0;
+    let mut fx = Effects::default();
+
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+
+    // Does not start at the tip.
+    app.apply_sync(peer, &answer(&[(b2.clone(), c2.clone())]), &mut fx).unwrap();
+    assert_eq!(height(), 0);
+    // Two of four signers: no quorum.
+    let (_, weak) = final_block(&g, 1, g.hash(), &[0, 1]);
+    app.apply_sync(peer, &answer(&[(b1.clone(), weak)]), &mut fx).unwrap();
+    assert_eq!(height(), 0);
+    // A quorum's finalization of a different block.
+    app.apply_sync(peer, &answer(&[(b1.clone(), c2.clone())]), &mut fx).unwrap();
+    assert_eq!(height(), 0);
+    // A broken signature.
+    let mut forged = c1.clone();
+    forged.signatures[0][0] ^= 1;
+    app.apply_sync(peer, &answer(&[(b1.clone(), forged)]), &mut fx).unwrap();
+    assert_eq!(height(), 0);
+    // Garbage.
+    app.apply_sync(peer, b"not a sync answer", &mut fx).unwrap();
+    assert_eq!(height(), 0);
+
+    // The real chain: both blocks committed.
+    app.apply_sync(peer, &answer(&[(b1, c1), (b2, c2)]), &mut fx).unwrap();
+    assert_eq!(height(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
