@@ -14,7 +14,7 @@
 //! node's VmHWM; disk is each node's data folder at the end over its log size.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -174,17 +174,9 @@ pub fn cluster(args: ClusterArgs) -> Result<()> {
         genesis.validate()?;
         std::fs::write(&path, genesis.to_json())?;
         let entries = crate::devnet::write_configs(&dir, args.validators)?;
-        let exe = std::env::current_exe()?;
         let mut nodes = Vec::new();
         for e in entries {
-            let log = std::fs::File::create(&e.log)?;
-            let child = Command::new(&exe)
-                .args(["node", "run", "--config"])
-                .arg(&e.config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?;
+            let child = crate::devnet::spawn_node(&e)?;
             nodes.push(BenchNode { api_url: e.api_url, data_dir: e.data_dir, log: e.log, child: Some(child) });
         }
         nodes

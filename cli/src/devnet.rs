@@ -39,22 +39,8 @@ pub fn devnet(validators: usize, dir: &Path) -> Result<()> {
     let count = annal_ledger::genesis::Genesis::load(&genesis)?.validators.len();
     let nodes = write_configs(dir, count)?;
     let mut children: Vec<Child> = Vec::new();
-    let exe = std::env::current_exe().context("finding the annal binary")?;
     for n in &nodes {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .with_context(|| format!("opening {}", n.log.display()))?;
-        let child = Command::new(&exe)
-            .args(["node", "run", "--config"])
-            .arg(&n.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", n.name))?;
-        children.push(child);
+        children.push(spawn_node(n)?);
     }
     let listing = json!({
         "genesis": genesis,
@@ -145,6 +131,24 @@ pub fn write_configs(dir: &Path, count: usize) -> Result<Vec<NodeEntry>> {
         });
     }
     Ok(out)
+}
+
+/// Starts `annal node run` (this very binary) for `node`, appending its output to its log.
+pub fn spawn_node(node: &NodeEntry) -> Result<Child> {
+    let exe = std::env::current_exe().context("finding the annal binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .with_context(|| format!("opening {}", node.log.display()))?;
+    Command::new(exe)
+        .args(["node", "run", "--config"])
+        .arg(&node.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", node.name))
 }
 
 /// A port nothing listens on now (and not already chosen).
