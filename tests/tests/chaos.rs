@@ -74,7 +74,15 @@ fn fault_campaign_loses_nothing_acknowledged() {
     let mut faults: Vec<String> = Vec::new();
     let cluster_ref = std::sync::RwLock::new(cluster);
 
+    /// Stops the load and monitor threads however the campaign ends (a failed check panics).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         // Load: each submitter sends its records in nonce order, each to the next node, waiting for finality.
         for t in 0..NODES {
             let (stop, acks, cluster) = (&stop, &acks, &cluster_ref);
