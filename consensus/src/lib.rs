@@ -40,7 +40,8 @@
 //! Each validator is in one view at a time, starting (also after a restart) in
 //! the view after its anchor, the last block it committed; a restarted
 //! validator catches up through R6 and R10, and its signer keeps it from
-//! re-signing anything (R9).
+//! re-signing anything (R9). Certificates live only in memory; what a crash
+//! loses everywhere is signed again (R5, R10).
 //!
 //! * **R1 (enter).** On entering view `v`, arm a timer for
 //!   `timeout_base · 2^k` (capped at `timeout_max`), `k` being the number of
@@ -65,7 +66,12 @@
 //! * **R5 (finalize / nullify).** On a notarization of `v`, a validator that
 //!   has not nullified `v` (or any later view) sends `finalize(v)`. On its
 //!   timer in `v` it sends `nullify(v)`, and never sends `finalize(v)`
-//!   afterwards.
+//!   afterwards; with it, `nullify(w)` for every view `w < v` that the walk
+//!   to the parent for `v` (R2) crosses with no certificate at all — a view
+//!   it left through R6 before its timer, whose nullification may have been
+//!   lost with every memory that held it (at most `views_ahead_max` per
+//!   timeout). S3 allows `nullify(w)` only if it allowed `nullify(v)`, so
+//!   this changes nothing in the safety state.
 //! * **R6 (advance).** Any certificate for a view `v ≥` the current view
 //!   moves the validator to `v + 1` at once: the next proposal does not wait
 //!   for finality, and certificates seen in later views are catch-up.
@@ -101,8 +107,8 @@
 //!
 //! *A finalized view is never nullified.* A finalization of `v` holds a
 //! quorum of finalize votes, so more than `P/3` honest power sent
-//! `finalize(v)`; by S3/S4 none of them ever nullifies `v`, leaving less than
-//! `2P/3` for a nullification.
+//! `finalize(v)`; by S3/S4 none of them ever nullifies `v` (not even as an
+//! older view in R5), leaving less than `2P/3` for a nullification.
 //!
 //! *Every later notarized block extends a finalized one.* Let `b` be
 //! finalized in view `v`, and let `b'` be notarized in a view `v' > v`. Some
@@ -122,7 +128,11 @@
 //! `δ`, its parent check passes (the leader used certificates it broadcast),
 //! notarize votes form a notarization within `2δ`, and finalize votes a
 //! finalization within `3δ` of the proposal. If the leader is faulty the
-//! view times out and a nullification forms from the honest quorum. Timeouts
+//! view times out and a nullification forms from the honest quorum. A
+//! nullification that crashes erased from every memory forms again: R6 can
+//! move every honest validator past a view before its timer, but then each
+//! one's next timeout nullifies that view too (R5), so no parent walk stays
+//! blocked on it. Timeouts
 //! double across consecutive nullified views (R1), so they eventually exceed
 //! the real delay; round-robin leaders bring an honest leader within `f + 1`
 //! views.

@@ -591,6 +591,9 @@ impl Core {
         let v = self.view;
         self.round(v).timed_out = true;
         self.vote(now, VoteKind::Nullify, v, Height(0), [0; 32]);
+        for w in self.uncertified_views() {
+            self.vote(now, VoteKind::Nullify, w, Height(0), [0; 32]);
+        }
         self.resend_own_votes(now);
         // Spec R10: re-send what peers that lost messages need to catch up.
         for c in self.catch_up_bundle() {
@@ -598,6 +601,25 @@ impl Core {
         }
         self.arm_timer(now);
         self.retry_wanted(now);
+    }
+
+    /// Spec R5: the views below the current one that the parent walk (R2) crosses without any
+    /// certificate, highest first, at most `views_ahead_max`: views left through R6 before their
+    /// timer, whose nullification may have been lost with every memory that held it. Nullifying
+    /// them after the current view changes no safety state (S3 allows exactly what it allowed
+    /// for the current view; `nullified` is already higher).
+    fn uncertified_views(&self) -> Vec<View> {
+        let mut out = Vec::new();
+        for w in (self.finalized.view.0 + 1..self.view.0).rev().map(View) {
+            let round = self.rounds.get(&w);
+            if round.is_some_and(|r| r.notarized().is_some()) || out.len() as u64 >= self.cfg.views_ahead_max {
+                break;
+            }
+            if !round.is_some_and(Round::nullified) {
+                out.push(w);
+            }
+        }
+        out
     }
 
     /// Spec R10: re-send (re-signed, identical bytes) this validator's last notarize and

@@ -358,3 +358,31 @@ fn restarted_validator_resends_its_last_votes() {
     msg(&mut r, 2, Message::Vote(vote(2, VoteKind::Finalize, 1, 1, d)));
     assert_eq!(r.view(), View(2), "the re-sent vote completes the finalization");
 }
+
+/// Goal: a view skipped (R6) without any certificate — its nullification lost with every memory that
+/// held it, as after restarts — is nullified again on the next timeout, so the parent walk (R2) can
+/// cross it and the next leader proposes; without that every later view is nullified forever (seed 1561).
+#[test]
+fn view_skipped_without_certificate_is_nullified_again() {
+    let null = |view: u64, who: usize| Message::Vote(vote(who, VoteKind::Nullify, view, 0, [0; 32]));
+    // Validator 1 leads view 5. It nullified view 1 before its crash; every copy of that certificate is gone.
+    let mut c = core(1, SafetyState { nullified: View(1), ..SafetyState::default() });
+    c.handle(Duration::ZERO, Input::Start);
+    msg(&mut c, 2, Message::Certificate(certificate(VoteKind::Nullify, 2, 0, [0; 32], &[0, 2, 3])));
+    msg(&mut c, 2, Message::Certificate(certificate(VoteKind::Nullify, 3, 0, [0; 32], &[0, 2, 3])));
+    assert_eq!(c.view(), View(4), "later certificates skip view 1 (R6)");
+    let out = c.handle(Duration::from_secs(9), Input::Timeout(View(4)));
+    let sent = votes_sent(&out);
+    assert!(sent.contains(&vote(1, VoteKind::Nullify, 4, 0, [0; 32])), "{sent:?}");
+    assert!(sent.contains(&vote(1, VoteKind::Nullify, 1, 0, [0; 32])), "the uncertified view 1 again: {sent:?}");
+    assert!(!sent.iter().any(|v| v.kind == VoteKind::Nullify && [2, 3].contains(&v.view.0)), "{sent:?}");
+    assert_eq!(c.safety_state().nullified, View(4), "re-nullifying an older view changes no safety state");
+    msg(&mut c, 2, null(4, 2));
+    let out = msg(&mut c, 3, null(4, 3));
+    assert_eq!(c.view(), View(5));
+    assert!(!out.iter().any(|o| matches!(o, Output::NeedPayload { .. })), "view 1 still blocks the parent: {out:?}");
+    msg(&mut c, 2, null(1, 2));
+    let out = msg(&mut c, 3, null(1, 3));
+    let want = Output::NeedPayload { view: View(5), height: Height(1), parent: GENESIS.digest };
+    assert!(out.contains(&want), "the re-formed nullification unblocks the proposal: {out:?}");
+}
