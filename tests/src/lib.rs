@@ -280,12 +280,12 @@ impl Drop for Namespaces {
 pub const DATA_FS_BYTES: u64 = 256 << 20;
 
 impl Cluster {
-    /// Fills node `i`'s data filesystem (it must be one of `start_in`'s) with a
-    /// ballast file until the disk is full; returns the ballast's path.
+    /// Fills node `i`'s data filesystem (it must be one of `start_in`'s) by
+    /// growing a ballast file until the disk is full; returns the ballast's path.
     pub fn fill_disk(&self, i: usize) -> PathBuf {
         use std::io::Write;
         let ballast = self.dir.join(format!("validator-{i}")).join("data").join("ballast");
-        let mut f = std::fs::File::create(&ballast).expect("creating the ballast");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&ballast).expect("opening the ballast");
         let chunk = vec![0u8; 1 << 20];
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();

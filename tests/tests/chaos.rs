@@ -184,10 +184,16 @@ fn fault_campaign_loses_nothing_acknowledged() {
                 }
                 "disk-full" => {
                     // The node must stop cleanly on its own, and restart with nothing lost.
-                    let ballast = cluster_ref.read().unwrap().fill_disk(victim);
-                    // It stops at its first write that fails: at once if it votes, later if it is
-                    // catching up and RocksDB's preallocated log still has room.
-                    let status = cluster_ref.write().unwrap().wait_exit(victim, Duration::from_secs(120));
+                    // It stops at its first write that fails. RocksDB frees space as it
+                    // compacts, so the disk is topped up until the node has stopped.
+                    let started = Instant::now();
+                    let (ballast, status) = loop {
+                        let ballast = cluster_ref.read().unwrap().fill_disk(victim);
+                        let status = cluster_ref.write().unwrap().wait_exit(victim, Duration::from_millis(500));
+                        if status.is_some() || started.elapsed() > Duration::from_secs(120) {
+                            break (ballast, status);
+                        }
+                    };
                     std::fs::remove_file(&ballast).expect("removing the ballast");
                     let status = status
                         .unwrap_or_else(|| panic!("validator-{victim} kept running on a full disk (seed {seed})"));
