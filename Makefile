@@ -11,7 +11,7 @@ CARGO ?= cargo
 # How many simulator seeds the consensus tests run (CI default; raise for long runs).
 export SIM_SEEDS ?=
 
-.PHONY: test devnet build prereqs fmt clippy bench-ledger
+.PHONY: test devnet build prereqs fmt clippy bench-ledger fuzz
 
 prereqs:
 	@./scripts/prereqs.sh
@@ -35,3 +35,24 @@ fmt:
 # Benchmarks run in the same profile as the tests (see Cargo.toml).
 bench-ledger: prereqs
 	$(CARGO) run -p annal-cli -- bench ledger
+
+# Fuzzing (docs/SECURITY.md): every target for FUZZ_SECONDS, one after another,
+# at the lowest CPU priority; stops at the first finding (saved in
+# fuzz/artifacts/<target>/). Not part of `make test`. Stable Rust:
+# RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags (AddressSanitizer,
+# coverage). The fuzz crate has its own workspace and target folder and never
+# builds RocksDB. New corpus entries go to FUZZ_CORPUS, outside the clone;
+# fuzz/corpus/<target> holds the committed seeds and is only read.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= record_decode consensus_message bundle_verify note_parse
+FUZZ_TARGET_DIR ?= /var/tmp/annal-fuzz-target
+FUZZ_CORPUS ?= /var/tmp/annal-fuzz-corpus
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || nice -n 19 $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_CORPUS)/$$t && \
+	  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) nice -n 19 $(CARGO) fuzz run $$t \
+	    $(FUZZ_CORPUS)/$$t $(CURDIR)/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    $$(test -f dict/$$t.dict && echo -dict=$(CURDIR)/fuzz/dict/$$t.dict) || exit 1; \
+	done
