@@ -390,6 +390,10 @@ impl App {
         write_synced(&path, &Message::BlockResponse(b.clone()).encode())?;
         sync_dir(&self.data_dir.join("blocks"))?;
         self.persisted.insert(digest, b.height.0);
+        if self.pending.contains_key(&digest) {
+            // Validated already: its record ids are known.
+            return Ok(());
+        }
         if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
             let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
             self.pending.insert(digest, Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids });
@@ -570,9 +574,11 @@ impl App {
         };
         let skipped_ids: BTreeMap<RecordId, String> =
             executed.skipped.iter().map(|(id, e)| (*id, e.to_string())).collect();
-        for (k, r) in kept.iter().enumerate() {
-            if let Some(why) = skipped_ids.get(&r.id()) {
-                refused.push((kept_positions[k], why.clone()));
+        if !skipped_ids.is_empty() {
+            for (k, r) in kept.iter().enumerate() {
+                if let Some(why) = skipped_ids.get(&r.id()) {
+                    refused.push((kept_positions[k], why.clone()));
+                }
             }
         }
         refused.sort();
