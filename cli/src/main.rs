@@ -1,7 +1,8 @@
 //! The one binary `annal`: keys, genesis, node, devnet, submit, get, history, prove, verify, audit, bench.
 //!
 //! Each subcommand is a thin shell over a library call; the work happens in
-//! `annal-ledger` (and, later, `annal-node`). `anyhow` is used here only.
+//! `annal-ledger` and `annal-node`; the node API client, genesis and devnet
+//! set-up live in this crate's library half (`src/lib.rs`).
 
 use std::path::PathBuf;
 
