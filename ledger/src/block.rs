@@ -85,6 +85,27 @@ impl ValidatorSet {
         self.validators.iter().map(|v| v.power).sum()
     }
 
+    /// The bounds a genesis set satisfies (checked at genesis load): at least one
+    /// member, every power positive, a total of at most `u64::MAX / 4` so quorum
+    /// arithmetic cannot overflow. A set read from elsewhere (a bundle's change
+    /// chain) must pass this before its powers are summed.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.validators.is_empty() {
+            return Err("the set has no validators".into());
+        }
+        let mut total = 0u64;
+        for v in &self.validators {
+            if v.power == 0 {
+                return Err(format!("validator {:?} has power 0", v.name));
+            }
+            total = match total.checked_add(v.power) {
+                Some(t) if t <= u64::MAX / 4 => t,
+                _ => return Err(format!("the total power overflows the limit {}", u64::MAX / 4)),
+            };
+        }
+        Ok(())
+    }
+
     /// True when `power` is more than 2/3 of the set's total.
     pub fn is_quorum(&self, power: u64) -> bool {
         // Totals are bounded at genesis to u64::MAX / 4, so 3 * power cannot overflow.
@@ -236,3 +257,35 @@ impl ValidatorSet {
 }
 
 const VALIDATORS_BITMAP_MAX: usize = crate::genesis::VALIDATORS_MAX / 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+
+    fn set(powers: &[u64]) -> ValidatorSet {
+        ValidatorSet {
+            validators: powers
+                .iter()
+                .enumerate()
+                .map(|(i, &power)| Validator {
+                    name: format!("v{i}"),
+                    consensus_key: SecretKey::from_seed([i as u8 + 1; 32]).public(),
+                    p2p_key: SecretKey::from_seed([i as u8 + 50; 32]).public(),
+                    power,
+                })
+                .collect(),
+        }
+    }
+
+    /// Goal: a set with no member, a zero power or a total past u64::MAX / 4 is refused before summing.
+    #[test]
+    fn set_bounds_refuse_empty_zero_and_overflowing_sets() {
+        assert_eq!(set(&[1, 2, 3]).check_bounds(), Ok(()));
+        assert_eq!(set(&[u64::MAX / 4]).check_bounds(), Ok(()));
+        assert!(set(&[]).check_bounds().is_err());
+        assert!(set(&[1, 0]).check_bounds().unwrap_err().contains("power 0"));
+        assert!(set(&[u64::MAX / 4, 1]).check_bounds().unwrap_err().contains("overflows"));
+        assert!(set(&[u64::MAX, u64::MAX]).check_bounds().unwrap_err().contains("overflows"));
+    }
+}

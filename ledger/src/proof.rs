@@ -607,6 +607,8 @@ impl<'a> SetWalk<'a> {
             let bytes = decode_b64(&change.next_set, Check::SetChain, "next set bytes")?;
             let next: ValidatorSet =
                 codec::decode(&bytes, 1 << 20).map_err(|e| fail(Check::SetChain, e.to_string()))?;
+            next.check_bounds()
+                .map_err(|e| fail(Check::SetChain, format!("the set announced at height {}: {e}", header.height.0)))?;
             if next.hash() != header.next_validators_hash || header.next_validators_hash == header.validators_hash {
                 return Err(fail(
                     Check::SetChain,
