@@ -701,10 +701,7 @@ mod build {
         let record = SignedRecord::from_bytes(&bytes, &genesis.params)?;
         let height = store.height_of_index(index)?;
         let (header, block) = certified_block(store, genesis, height)?;
-        let first = match height.0 {
-            1 => 0,
-            h => store.header(Height(h - 1))?.map_or(0, |p| p.log_size),
-        };
+        let first = store.first_index(height)?;
         let leaves = (first..header.log_size)
             .map(|i| {
                 store

@@ -463,6 +463,14 @@ impl Store {
         self.get(CF_META, key.as_bytes())
     }
 
+    /// Log index of the first record of the block at `height` (the log size after its parent).
+    pub fn first_index(&self, height: Height) -> Result<u64, Error> {
+        match height.0 {
+            0 | 1 => Ok(0),
+            h => Ok(self.header(Height(h - 1))?.map_or(0, |p| p.log_size)),
+        }
+    }
+
     pub fn certificate(&self, height: Height) -> Result<Option<Certificate>, Error> {
         self.get(CF_CERTS, &height.0.to_be_bytes())?.map(|b| Certificate::from_bytes(&b)).transpose()
     }

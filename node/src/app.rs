@@ -779,7 +779,7 @@ impl App {
             self.limits.message_bytes_max * 2,
         )?;
         let header = store.header(Height(h))?.with_context(|| format!("no header at height {h}"))?;
-        let first = if h == 1 { 0 } else { store.header(Height(h - 1))?.map_or(0, |p| p.log_size) };
+        let first = store.first_index(Height(h))?;
         let mut appended = VecDeque::new();
         for i in first..header.log_size {
             appended.push_back(store.record_bytes(i)?.with_context(|| format!("record {i} is missing"))?);

@@ -516,10 +516,7 @@ impl Shared {
         let header = store.header(Height(height))?.ok_or_else(|| {
             Failure::NotFound(format!("height {height} is above this node's height {}", store.tip().height.0))
         })?;
-        let first = match height {
-            1 => 0,
-            h => store.header(Height(h - 1))?.map_or(0, |p| p.log_size),
-        };
+        let first = store.first_index(Height(height))?;
         let mut records = Vec::with_capacity((header.log_size - first) as usize);
         for i in first..header.log_size {
             let bytes = store.record_bytes(i)?.ok_or_else(|| Failure::Internal(format!("record {i} is missing")))?;
