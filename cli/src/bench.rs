@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use annal_ledger::block::{Certificate, Height, View};
 use annal_ledger::exec::{execute, verify_batch, BlockMeta, Signatures};
 use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
+use annal_ledger::gov::Governance;
 use annal_ledger::keys::SecretKey;
 use annal_ledger::merkle;
 use annal_ledger::record::{Body, Op, Record, SignedRecord};
-use annal_ledger::state::Rules;
 use annal_ledger::store::{Store, StoreOptions};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
@@ -93,7 +93,7 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
         params: Params::default(),
     };
     genesis.validate()?;
-    let rules = Rules::new(&genesis);
+    let gov = Governance::genesis(&genesis);
     let set = genesis.validator_set();
 
     let t = Instant::now();
@@ -117,7 +117,8 @@ pub fn ledger(args: LedgerArgs) -> Result<()> {
         let t0 = Instant::now();
         verify_batch(block).with_context(|| format!("verifying block {}", b + 1))?;
         let t1 = Instant::now();
-        let executed = execute(&rules, &store, store.frontier(), block, Signatures::Verified)
+        let height = Height(store.tip().height.0 + 1);
+        let executed = execute(&gov, height, &store, store.frontier(), block, Signatures::Verified)
             .with_context(|| format!("executing block {}", b + 1))?;
         let t2 = Instant::now();
         let meta = BlockMeta {

@@ -806,6 +806,7 @@ mod tests {
             state_root: [4; 32],
             validators_hash: [5; 32],
             next_validators_hash: [5; 32],
+            charter_hash: [6; 32],
         };
         let key = SecretKey::from_seed([1; 32]);
         let set = annal_ledger::block::ValidatorSet {

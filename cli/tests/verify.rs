@@ -11,7 +11,6 @@ use annal_ledger::genesis::Genesis;
 use annal_ledger::keys::SecretKey;
 use annal_ledger::proof;
 use annal_ledger::record::{Body, DocumentAnchor, Op, Record, RecordId};
-use annal_ledger::state::Rules;
 use annal_ledger::store::{Store, StoreOptions};
 use sha2::Digest;
 
@@ -58,7 +57,7 @@ fn net(name: &str) -> Net {
     let mut store =
         Store::open(&dir.join("data"), genesis.hash(), StoreOptions { sync: false, ..StoreOptions::default() })
             .unwrap();
-    let rules = Rules::new(&genesis);
+    let gov = annal_ledger::gov::Governance::genesis(&genesis);
     let set = genesis.validator_set();
     let namespace = genesis.agencies[0].namespaces[0].clone();
     let mut ids = Vec::new();
@@ -89,7 +88,8 @@ fn net(name: &str) -> Net {
             nonce: nonce as u64 + 1,
         }
         .sign(&officer);
-        let executed = execute(&rules, &store, store.frontier(), &[r], Signatures::Verify).unwrap();
+        let height = Height(store.tip().height.0 + 1);
+        let executed = execute(&gov, height, &store, store.frontier(), &[r], Signatures::Verify).unwrap();
         let tip = store.tip().clone();
         let meta = BlockMeta {
             height: Height(tip.height.0 + 1),

@@ -19,7 +19,7 @@ use annal_ledger::merkle::{self, Frontier, Hash, MemoryNodes};
 use annal_ledger::note::{SignedNote, VerifierKey};
 use annal_ledger::proof::{self, Bundle, CertifiedBlock, Consistency, RecordPart, RecordView, SetChange, StatusPart};
 use annal_ledger::record::{Body, DocumentAnchor, Op, Record, RecordId, SignedRecord};
-use annal_ledger::state::{MemoryState, Rules, StateKey};
+use annal_ledger::state::{MemoryState, StateKey};
 use annal_ledger::state_tree;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -206,10 +206,12 @@ impl Chain {
     /// Executes `records` as the next block, certified by every member of `set` (keys `signers`).
     fn commit(&mut self, set: &ValidatorSet, signers: &[u8], next: Option<ValidatorSet>, records: &[SignedRecord]) {
         let g: &Genesis = &FIXTURE;
-        let mut executed: Executed = execute(&Rules::new(g), &self.state, &self.frontier, records, Signatures::Verify)
-            .expect("seed block executes");
-        executed.next_set = next;
         let height = self.blocks.len() as u64 + 1;
+        let gov = annal_ledger::gov::Governance::genesis(g);
+        let mut executed: Executed =
+            execute(&gov, LedgerHeight(height), &self.state, &self.frontier, records, Signatures::Verify)
+                .expect("seed block executes");
+        executed.next_set = next;
         let meta = BlockMeta {
             height: LedgerHeight(height),
             view: LedgerView(height + 6),

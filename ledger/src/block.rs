@@ -43,6 +43,9 @@ pub struct Header {
     pub validators_hash: Hash,
     /// Hash of the validator set that certifies the next block.
     pub next_validators_hash: Hash,
+    /// Hash of the charter (agencies, their namespaces and keys, parameters)
+    /// this block's records were checked under (`genesis::Charter`).
+    pub charter_hash: Hash,
 }
 
 impl Canonical for Header {

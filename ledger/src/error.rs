@@ -61,6 +61,8 @@ pub enum Error {
     RecordInBlock { position: usize, source: Box<Error> },
     #[error("record {id} appears twice in one block")]
     DuplicateInBlock { id: String },
+    #[error("governance record refused: {detail}")]
+    Governance { detail: String },
 
     // --- proof bundles ---
     #[error("{check}: failed: {detail}")]

@@ -12,6 +12,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::block::{Header, Height, ValidatorSet, View};
 use crate::codec;
 use crate::error::Error;
+use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
 use crate::keys::{signing_message, Domain, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{RecordId, SignedRecord};
@@ -51,8 +52,11 @@ pub struct Executed {
     /// The state tree's change: leaf puts and in-memory level positions, applied at commit.
     pub state: StateUpdate,
     /// The validator set that certifies the next block, when this block changes it.
-    /// (Governance sets it; until then only tests do.)
     pub next_set: Option<ValidatorSet>,
+    /// Hash of the charter this block's records were checked under.
+    pub charter_hash: Hash,
+    /// Governance after this block (`gov`).
+    pub gov: GovUpdate,
     /// Records `execute_ordered` left out, with the rule each broke (always empty from `execute`).
     pub skipped: Vec<(RecordId, Error)>,
 }
@@ -93,21 +97,25 @@ impl Executed {
             state_root: self.state_root,
             validators_hash: meta.validators_hash,
             next_validators_hash: self.next_set.as_ref().map_or(meta.validators_hash, |set| set.hash()),
+            charter_hash: self.charter_hash,
         }
     }
 }
 
-/// Executes `records` in order on top of committed `state` (its heads, nonces
-/// and state tree) and the log `frontier`; reads `state`, never changes it.
+/// Executes block `height`'s `records` in order on top of committed `state`
+/// (its heads, nonces and state tree), the log `frontier` and `gov`, the
+/// governance state after the block before; reads them, never changes them.
 /// The first record that fails any rule fails the whole block, and the error
 /// names it.
 pub fn execute<V: StateView + StateTreeReader>(
-    rules: &Rules,
+    gov: &Governance,
+    height: Height,
     state: &V,
     frontier: &Frontier,
     records: &[SignedRecord],
     signatures: Signatures,
 ) -> Result<Executed, Error> {
+    let rules = gov.rules();
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
     for (i, r) in records.iter().enumerate() {
         rules.check_stateless(r).map_err(at(i))?;
@@ -115,7 +123,7 @@ pub fn execute<V: StateView + StateTreeReader>(
     if signatures == Signatures::Verify {
         verify_batch(records)?;
     }
-    run(state, frontier, records, false)
+    run(&rules, BlockGov::new(gov, height.0), state, frontier, records, false)
 }
 
 /// Executes records that consensus ordered: a record that breaks a rule
@@ -125,11 +133,13 @@ pub fn execute<V: StateView + StateTreeReader>(
 /// `execute`'s. Signatures must have been verified by the caller (the node
 /// verifies each record once, before it votes for the block that carries it).
 pub fn execute_ordered<V: StateView + StateTreeReader>(
-    rules: &Rules,
+    gov: &Governance,
+    height: Height,
     state: &V,
     frontier: &Frontier,
     records: &[SignedRecord],
 ) -> Result<Executed, Error> {
+    let rules = gov.rules();
     let mut kept = Vec::with_capacity(records.len());
     let mut skipped = Vec::new();
     for r in records {
@@ -138,7 +148,7 @@ pub fn execute_ordered<V: StateView + StateTreeReader>(
             Err(e) => skipped.push((r.id(), e)),
         }
     }
-    let mut out = run(state, frontier, &kept, true)?;
+    let mut out = run(&rules, BlockGov::new(gov, height.0), state, frontier, &kept, true)?;
     skipped.append(&mut out.skipped);
     out.skipped = skipped;
     Ok(out)
@@ -147,6 +157,8 @@ pub fn execute_ordered<V: StateView + StateTreeReader>(
 /// Applies stateless-checked, signature-checked records in order; with `skip`
 /// a record that breaks a state rule is left out instead of failing the block.
 fn run<V: StateView + StateTreeReader>(
+    rules: &Rules,
+    mut gov: BlockGov,
     state: &V,
     frontier: &Frontier,
     records: &[SignedRecord],
@@ -156,52 +168,61 @@ fn run<V: StateView + StateTreeReader>(
     let mut overlay = Overlay::new(state);
     let mut frontier = frontier.clone();
     let first_index = frontier.size();
-    let mut out = Executed {
-        first_index,
-        ids: Vec::with_capacity(records.len()),
-        records: Vec::with_capacity(records.len()),
-        heads: BTreeMap::new(),
-        history: Vec::with_capacity(records.len()),
-        nonces: BTreeMap::new(),
-        nodes: Vec::with_capacity(records.len() * 2),
-        frontier: Frontier::new(),
-        records_root: [0; 32],
-        state_root: [0; 32],
-        state: StateUpdate::default(),
-        next_set: None,
-        skipped: Vec::new(),
-    };
+    let mut ids = Vec::with_capacity(records.len());
+    let mut appended = Vec::with_capacity(records.len());
+    let mut history = Vec::with_capacity(records.len());
+    let mut nodes = Vec::with_capacity(records.len() * 2);
+    let mut skipped = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, r) in records.iter().enumerate() {
         let bytes = r.to_bytes();
         let id = SignedRecord::id_of_bytes(&bytes);
-        let index = first_index + out.ids.len() as u64;
-        let applied = if seen.insert(id) {
-            overlay.apply(r, id, index)
-        } else {
+        let index = first_index + ids.len() as u64;
+        let applied = if !seen.insert(id) {
             Err(Error::DuplicateInBlock { id: id.to_hex() })
+        } else {
+            // A governance record must also make sense to governance; checked first, taken in once appended.
+            let action = (r.record.namespace == GOV_NAMESPACE).then(|| gov.check(r)).transpose();
+            action.and_then(|action| Ok((overlay.apply(r, id, index)?, action)))
         };
-        let (key, head) = match applied {
+        let ((key, head), action) = match applied {
             Ok(applied) => applied,
             // A storage failure is this node's, not the record's: never a reason to skip.
             Err(e) if skip && !e.is_storage() => {
-                out.skipped.push((id, e));
+                skipped.push((id, e));
                 continue;
             }
             Err(e) => return Err(at(i)(e)),
         };
-        out.history.push((key, head.version, index));
-        frontier.append(id.0, &mut out.nodes);
-        out.ids.push(id);
-        out.records.push(bytes);
+        if let Some(action) = action {
+            gov.accept(r, id, action);
+        }
+        history.push((key, head.version, index));
+        frontier.append(id.0, &mut nodes);
+        ids.push(id);
+        appended.push(bytes);
     }
-    out.records_root = merkle::root(&out.ids.iter().map(|id| id.0).collect::<Vec<_>>());
-    out.state = state_tree::update(state, &overlay.heads)?;
-    out.state_root = out.state.root;
-    out.heads = overlay.heads;
-    out.nonces = overlay.nonces;
-    out.frontier = frontier;
-    Ok(out)
+    let records_root = merkle::root(&ids.iter().map(|id| id.0).collect::<Vec<_>>());
+    let update = state_tree::update(state, &overlay.heads)?;
+    let gov = gov.finish();
+    let next_set = gov.next_set.clone();
+    Ok(Executed {
+        first_index,
+        ids,
+        records: appended,
+        heads: overlay.heads,
+        history,
+        nonces: overlay.nonces,
+        nodes,
+        frontier,
+        records_root,
+        state_root: update.root,
+        state: update,
+        next_set,
+        charter_hash: rules.charter_hash,
+        gov,
+        skipped,
+    })
 }
 
 /// Verifies every record's signature in one ed25519 batch; on failure, finds

@@ -25,6 +25,10 @@ pub const GENESIS_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// The most validators a set may hold (the certificate bitmap and proof sizes assume it).
 pub const VALIDATORS_MAX: usize = 1024;
 const NAME_BYTES_MAX: usize = 64;
+/// The largest `record_bytes_max` a chain may set.
+pub const RECORD_BYTES_CAP: usize = 16 << 20;
+/// Namespaces the chain keeps for itself (`annal.gov`, governance); no agency may own one.
+pub const RESERVED_PREFIX: &str = "annal.";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +141,11 @@ impl Genesis {
         ValidatorSet { validators: self.validators.clone() }
     }
 
+    /// The agencies and parameters the chain starts with.
+    pub fn charter(&self) -> Charter {
+        Charter { agencies: self.agencies.clone(), params: self.params.clone() }
+    }
+
     /// Checks every rule a genesis must satisfy; the message names the offending entry.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |detail: String| Err(Error::Genesis { detail });
@@ -198,6 +207,11 @@ impl Genesis {
             }
             for ns in &a.namespaces {
                 check_name("namespace", ns, self.params.namespace_bytes_max).or_else(|e| bad(format!("{at}: {e}")))?;
+                if ns == crate::gov::GOV_NAMESPACE || ns.starts_with(RESERVED_PREFIX) {
+                    return bad(format!(
+                        "{at}: namespace {ns:?} is reserved for the chain (names starting {RESERVED_PREFIX:?})"
+                    ));
+                }
                 if let Some(owner) = namespaces.insert(ns.as_str(), a.name.as_str()) {
                     return bad(format!("{at}: namespace {ns:?} is already granted to agency {owner:?}"));
                 }
@@ -236,8 +250,8 @@ impl Params {
                 return bad(format!("{name} is 0"));
             }
         }
-        if self.record_bytes_max > 16 * 1024 * 1024 {
-            return bad(format!("record_bytes_max {} is over 16 MiB", self.record_bytes_max));
+        if self.record_bytes_max > RECORD_BYTES_CAP {
+            return bad(format!("record_bytes_max {} is over {RECORD_BYTES_CAP}", self.record_bytes_max));
         }
         let inline_max = self.body_bytes_max + self.metadata_bytes_max + self.key_bytes_max + self.namespace_bytes_max;
         if inline_max > self.record_bytes_max {
@@ -255,10 +269,43 @@ impl Params {
         if self.namespace_bytes_max > 255 || self.key_bytes_max > 4096 {
             return bad("namespace_bytes_max is at most 255 and key_bytes_max at most 4096".into());
         }
+        if self.namespace_bytes_max < crate::gov::GOV_NAMESPACE.len()
+            || self.key_bytes_max < crate::gov::GOV_KEY_BYTES_MAX
+        {
+            return bad(format!(
+                "namespace_bytes_max is at least {} and key_bytes_max at least {}, so governance records fit",
+                crate::gov::GOV_NAMESPACE.len(),
+                crate::gov::GOV_KEY_BYTES_MAX
+            ));
+        }
         if self.block_interval_ms == 0 || self.view_timeout_ms == 0 {
             return bad("block_interval_ms and view_timeout_ms must be above 0".into());
         }
         Ok(())
+    }
+}
+
+/// The agencies (their namespaces and submitter keys) and the parameters in
+/// force at a height. Genesis sets the first; governance changes it
+/// (`gov`). Each header commits to the charter its records were checked
+/// under (`Header::charter_hash`), so a proof can show which keys were valid
+/// at the record's height.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Charter {
+    pub agencies: Vec<Agency>,
+    pub params: Params,
+}
+
+impl Canonical for Charter {
+    const KIND: &'static str = "charter";
+}
+
+/// The largest charter encoding read (a bundle carries one).
+pub const CHARTER_BYTES_MAX: usize = 4 << 20;
+
+impl Charter {
+    pub fn hash(&self) -> Hash {
+        Sha256::digest(codec::encode(self)).into()
     }
 }
 
@@ -270,14 +317,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(genesis: &Genesis) -> Self {
+    pub fn new(charter: &Charter) -> Self {
         let mut agency_of_submitter = BTreeMap::new();
-        for (i, a) in genesis.agencies.iter().enumerate() {
+        for (i, a) in charter.agencies.iter().enumerate() {
             for key in &a.submitter_keys {
                 agency_of_submitter.insert(*key, i);
             }
         }
-        Registry { agency_of_submitter, agencies: genesis.agencies.clone() }
+        Registry { agency_of_submitter, agencies: charter.agencies.clone() }
     }
 
     /// The agency a submitter key belongs to.

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod error;
 pub mod exec;
 pub mod genesis;
+pub mod gov;
 pub mod keys;
 pub mod merkle;
 pub mod note;

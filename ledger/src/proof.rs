@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Header, ValidatorSet};
 use crate::codec;
 use crate::error::Error;
-use crate::genesis::{Genesis, Registry};
+use crate::genesis::{Charter, Genesis, Registry, CHARTER_BYTES_MAX, RECORD_BYTES_CAP};
+use crate::gov::GOV_NAMESPACE;
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, SignedNote};
 use crate::record::{Body, RecordId, SignedRecord};
@@ -44,6 +45,7 @@ pub enum Check {
     RecordView,
     RecordSignature,
     Submitter,
+    Charter,
     HeaderBytes,
     SetChain,
     ValidatorSet,
@@ -64,7 +66,13 @@ impl Check {
             Check::RecordBytes => "the record bytes are a well-formed record",
             Check::RecordView => "the decoded view shows what the record bytes say",
             Check::RecordSignature => "the record is signed by its submitter",
-            Check::Submitter => "the submitter is an officer of the agency that owns the namespace",
+            Check::Submitter => {
+                "the submitter is an officer of the agency that owns the namespace (or, for governance, a validator) \
+                 at the record's height"
+            }
+            Check::Charter => {
+                "the agencies and keys the bundle carries are the ones the record's certified block names"
+            }
             Check::HeaderBytes => "the block header is well formed",
             Check::SetChain => "each validator-set change was certified by the set before it, starting from genesis",
             Check::ValidatorSet => "the block names the validator set in force at its height",
@@ -109,6 +117,10 @@ pub struct Bundle {
     /// Certified validator-set changes from genesis up to the highest block in the bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set_changes: Vec<SetChange>,
+    /// The charter in force at the record's block (canonical bytes, base64),
+    /// when governance changed it from genesis's; the block's header names its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charter: Option<String>,
     /// Whether the record is still current, as of a later certified block.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusPart>,
@@ -297,8 +309,9 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
 
     // The record itself.
     let bytes = decode_b64(&bundle.record.bytes, Check::RecordBytes, "record bytes")?;
-    let record =
-        SignedRecord::from_bytes(&bytes, &genesis.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
+    // Decoded at the largest size any charter allows; the size rule of the charter in force is checked below.
+    let record: SignedRecord =
+        codec::decode(&bytes, RECORD_BYTES_CAP).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
     let id = SignedRecord::id_of_bytes(&bytes);
     if record.record.chain_id != genesis.chain_id {
         return Err(fail(Check::ChainId, format!("the record is signed for chain {:?}", record.record.chain_id)));
@@ -310,23 +323,34 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
         ));
     }
     record.verify_signature().map_err(|e| fail(Check::RecordSignature, e.to_string()))?;
-    let registry = Registry::new(genesis);
-    let agency = registry.agency(&record.record.submitter).ok_or_else(|| {
-        fail(Check::Submitter, format!("key {} belongs to no agency in genesis", record.record.submitter))
-    })?;
-    if !agency.namespaces.contains(&record.record.namespace) {
-        return Err(fail(
-            Check::Submitter,
-            format!("agency {:?} does not own namespace {:?}", agency.name, record.record.namespace),
-        ));
-    }
-    record.record.check_form(&genesis.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
 
     // The record's block, certified by the set in force at its height.
     let header = decode_header(&bundle.block.header)?;
     let mut sets = SetWalk::new(genesis, &bundle.set_changes)?;
     let set = sets.at(header.height.0)?;
     let (power, signers) = check_certified(&header, &bundle.block.checkpoint, &set, &genesis.chain_id)?;
+
+    // The submitter, judged by the charter (or validator set) in force at that height.
+    let charter = match &bundle.charter {
+        None => genesis.charter(),
+        Some(b64) => {
+            let bytes = decode_b64(b64, Check::Charter, "charter bytes")?;
+            codec::decode(&bytes, CHARTER_BYTES_MAX).map_err(|e| fail(Check::Charter, e.to_string()))?
+        }
+    };
+    if charter.hash() != header.charter_hash {
+        return Err(fail(
+            Check::Charter,
+            format!(
+                "height {} names charter {}; the bundle carries {}",
+                header.height.0,
+                hex::encode(header.charter_hash),
+                hex::encode(charter.hash())
+            ),
+        ));
+    }
+    let agency = check_submitter(&record, &charter, &set, header.height.0)?;
+    record.record.check_form(&charter.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
 
     // Where the record sits.
     check_inclusion(&bundle.block_path, Check::BlockInclusion, |path| {
@@ -366,7 +390,7 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
         return Err(fail(Check::SetChain, "the bundle carries validator-set changes past its highest block"));
     }
     Ok(Verified {
-        agency: agency.name.clone(),
+        agency,
         record,
         id,
         index: bundle.index,
@@ -376,6 +400,33 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
         signers,
         status,
     })
+}
+
+/// Whether the record's submitter could write its namespace at `height`:
+/// an officer of the agency owning it, or for governance records a validator
+/// in force. Returns the agency's name (`annal.gov` for governance).
+fn check_submitter(record: &SignedRecord, charter: &Charter, set: &ValidatorSet, height: u64) -> Result<String, Error> {
+    let r = &record.record;
+    if r.namespace == GOV_NAMESPACE {
+        if !set.validators.iter().any(|v| v.consensus_key == r.submitter) {
+            return Err(fail(
+                Check::Submitter,
+                format!("governance key {} is no validator's at height {height}", r.submitter),
+            ));
+        }
+        return Ok(GOV_NAMESPACE.to_string());
+    }
+    let registry = Registry::new(charter);
+    let agency = registry.agency(&r.submitter).ok_or_else(|| {
+        fail(Check::Submitter, format!("key {} belongs to no agency at height {height}", r.submitter))
+    })?;
+    if !agency.namespaces.contains(&r.namespace) {
+        return Err(fail(
+            Check::Submitter,
+            format!("agency {:?} does not own namespace {:?} at height {height}", agency.name, r.namespace),
+        ));
+    }
+    Ok(agency.name.clone())
 }
 
 /// The first two checks of every proof file: its format line and its chain.
@@ -641,8 +692,7 @@ mod build {
 
     /// The validator set that certifies `height`: the genesis set, changed by every change below it.
     pub fn set_at(store: &Store, genesis: &Genesis, height: Height) -> Result<ValidatorSet, Error> {
-        let changes = store.set_changes(Height(height.0.saturating_sub(1)))?;
-        Ok(changes.into_iter().last().map_or_else(|| genesis.validator_set(), |(_, _, set)| set))
+        Ok(store.set_in_force(height)?.unwrap_or_else(|| genesis.validator_set()))
     }
 
     /// The header of `height` with its certificate as a signed checkpoint.
@@ -698,7 +748,7 @@ mod build {
     pub fn bundle(store: &Store, genesis: &Genesis, id: &RecordId, with_status: bool) -> Result<Bundle, Error> {
         let index = store.index_of(id)?.ok_or_else(|| store_err(store, format!("no record with id {id}")))?;
         let bytes = store.record_bytes(index)?.ok_or_else(|| store_err(store, format!("record {index} is missing")))?;
-        let record = SignedRecord::from_bytes(&bytes, &genesis.params)?;
+        let record: SignedRecord = codec::decode(&bytes, RECORD_BYTES_CAP)?;
         let height = store.height_of_index(index)?;
         let (header, block) = certified_block(store, genesis, height)?;
         let first = store.first_index(height)?;
@@ -726,6 +776,7 @@ mod build {
             None
         };
         let set_changes = set_changes_below(store, genesis, top)?;
+        let charter = store.charter_at(height)?.map(|c| B64.encode(codec::encode(&c)));
         Ok(Bundle {
             format: BUNDLE_FORMAT.into(),
             chain_id: genesis.chain_id.clone(),
@@ -737,6 +788,7 @@ mod build {
             block_path: b64_hashes(&block_path),
             log_path: b64_hashes(&log_path),
             set_changes,
+            charter,
             status,
         })
     }

@@ -5,14 +5,16 @@
 //! against the state as it stands after every earlier record of the block and
 //! returns a typed error for each way the record can be wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 
+use crate::block::ValidatorSet;
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::exec::Executed;
-use crate::genesis::{Genesis, Params, Registry};
+use crate::genesis::{Charter, Genesis, Params, Registry};
+use crate::gov::{GovAction, GOV_NAMESPACE};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
 use crate::record::{Op, RecordId, SignedRecord};
@@ -54,17 +56,33 @@ pub trait StateView {
     fn state_root(&self) -> Hash;
 }
 
-/// The rules of one chain: its id, its limits and who may write where.
+/// The rules of one chain at one height: its id, its limits and who may write where.
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub chain_id: String,
     pub params: Params,
     pub registry: Registry,
+    /// Hash of the charter these rules come from (the header of a block checked under them names it).
+    pub charter_hash: Hash,
+    /// Who may write governance records: the consensus keys of the validators in force.
+    pub governors: BTreeSet<PublicKey>,
 }
 
 impl Rules {
+    /// The rules of the first block.
     pub fn new(genesis: &Genesis) -> Self {
-        Rules { chain_id: genesis.chain_id.clone(), params: genesis.params.clone(), registry: Registry::new(genesis) }
+        Rules::of(&genesis.chain_id, &genesis.charter(), &genesis.validator_set())
+    }
+
+    /// The rules under `charter`, with `validators` governing.
+    pub fn of(chain_id: &str, charter: &Charter, validators: &ValidatorSet) -> Self {
+        Rules {
+            chain_id: chain_id.to_string(),
+            params: charter.params.clone(),
+            registry: Registry::new(charter),
+            charter_hash: charter.hash(),
+            governors: validators.validators.iter().map(|v| v.consensus_key).collect(),
+        }
     }
 
     /// The checks that need no state: chain id, sizes and shape, submitter, namespace grant.
@@ -75,6 +93,14 @@ impl Rules {
             return Err(Error::WrongChainId { expected: self.chain_id.clone(), got: r.chain_id.clone() });
         }
         r.check_form(&self.params)?;
+        if r.namespace == GOV_NAMESPACE {
+            if !self.governors.contains(&r.submitter) {
+                return Err(Error::Governance {
+                    detail: format!("key {} is not the consensus key of a validator in force", r.submitter),
+                });
+            }
+            return GovAction::of_record(signed, &self.params).map(|_| ());
+        }
         let agency = self
             .registry
             .agency(&r.submitter)

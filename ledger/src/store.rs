@@ -45,12 +45,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, Options, WriteBatch, WriteOptions, DB};
 
 use crate::block::{Certificate, Header, Height, ValidatorSet};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::exec::Executed;
+use crate::genesis::{Charter, CHARTER_BYTES_MAX};
+use crate::gov::{Governance, Proposal, GOVERNANCE_BYTES_MAX, PROPOSAL_BYTES_MAX};
 use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::RecordId;
@@ -358,6 +360,9 @@ impl Store {
         if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
             return bad("next_validators_hash disagrees with the executed validator-set change".into());
         }
+        if header.charter_hash != executed.charter_hash {
+            return bad("charter_hash disagrees with the charter the records were executed under".into());
+        }
         // When the keys double, the levels grow one deeper: rebuilt now, from the
         // stored leaves and this block's, so a failure leaves the store untouched.
         let started = Instant::now();
@@ -398,6 +403,16 @@ impl Store {
         }
         if let Some(set) = &executed.next_set {
             batch.put_cf(self.cf(CF_SETS), h, codec::encode(set));
+        }
+        let gov = &executed.gov;
+        if gov.changed {
+            batch.put_cf(self.cf(CF_META), GOV_STATE_KEY, codec::encode(&gov.state));
+        }
+        for p in &gov.touched {
+            batch.put_cf(self.cf(CF_META), proposal_key(&p.id), codec::encode(p));
+        }
+        if let Some(charter) = &gov.next_charter {
+            batch.put_cf(self.cf(CF_META), charter_key(height + 1), codec::encode(charter));
         }
         batch.put_cf(self.cf(CF_META), b"tip", codec::encode(&tip));
         self.write(batch)?;
@@ -495,6 +510,62 @@ impl Store {
             out.push((header, cert, codec::decode(&v, 1 << 20)?));
         }
         Ok(out)
+    }
+
+    /// The validator set that certifies `height` when a block below it changed
+    /// the set; `None` while it is still genesis's. Needs no certificates.
+    pub fn set_in_force(&self, height: Height) -> Result<Option<ValidatorSet>, Error> {
+        let Some(below) = height.0.checked_sub(1) else { return Ok(None) };
+        let from = below.to_be_bytes();
+        let mut it = self.db.iterator_cf(self.cf(CF_SETS), rocksdb::IteratorMode::From(&from, Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| self.store_err(e))?;
+                Ok(Some(codec::decode(&v, 1 << 20)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Governance after the tip; `None` until a block changed it (then it is genesis's).
+    pub fn governance(&self) -> Result<Option<Governance>, Error> {
+        self.get(CF_META, GOV_STATE_KEY)?.map(|b| codec::decode(&b, GOVERNANCE_BYTES_MAX)).transpose()
+    }
+
+    /// The charter in force at `height`; `None` when it is still genesis's.
+    pub fn charter_at(&self, height: Height) -> Result<Option<Charter>, Error> {
+        let from = charter_key(height.0);
+        let mut it = self.db.iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::From(&from, Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.store_err(e))?;
+                if !k.starts_with(CHARTER_PREFIX) {
+                    return Ok(None);
+                }
+                Ok(Some(codec::decode(&v, CHARTER_BYTES_MAX)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every proposal ever made, in id order, as it stands.
+    pub fn proposals(&self) -> Result<Vec<Proposal>, Error> {
+        let mut out = Vec::new();
+        let it =
+            self.db.iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::From(PROPOSAL_PREFIX, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(|e| self.store_err(e))?;
+            if !k.starts_with(PROPOSAL_PREFIX) {
+                break;
+            }
+            out.push(codec::decode(&v, PROPOSAL_BYTES_MAX)?);
+        }
+        Ok(out)
+    }
+
+    /// One proposal, as it stands.
+    pub fn proposal(&self, id: &RecordId) -> Result<Option<Proposal>, Error> {
+        self.get(CF_META, &proposal_key(id))?.map(|b| codec::decode(&b, PROPOSAL_BYTES_MAX)).transpose()
     }
 
     /// The height of the block that committed log entry `index` (binary search over headers).
@@ -788,6 +859,19 @@ fn family_options(name: &str, cache: &Cache) -> Options {
         rocksdb::DBCompressionType::None
     });
     opts
+}
+
+const GOV_STATE_KEY: &[u8] = b"gov";
+const CHARTER_PREFIX: &[u8] = b"charter/";
+const PROPOSAL_PREFIX: &[u8] = b"proposal/";
+
+/// Meta key of the charter in force from `height` on.
+fn charter_key(height: u64) -> Vec<u8> {
+    [CHARTER_PREFIX, &height.to_be_bytes()].concat()
+}
+
+fn proposal_key(id: &RecordId) -> Vec<u8> {
+    [PROPOSAL_PREFIX, &id.0].concat()
 }
 
 fn node_key(level: u8, index: u64) -> [u8; 9] {

@@ -72,8 +72,9 @@ fn commit(
     next: Option<ValidatorSet>,
     records: &[SignedRecord],
 ) -> Vec<RecordId> {
-    let rules = annal_ledger::state::Rules::new(g);
-    let mut executed = execute(&rules, &*store, store.frontier(), records, Signatures::Verify).unwrap();
+    let gov = annal_ledger::gov::Governance::genesis(g);
+    let height = Height(store.tip().height.0 + 1);
+    let mut executed = execute(&gov, height, &*store, store.frontier(), records, Signatures::Verify).unwrap();
     executed.next_set = next;
     let tip = store.tip().clone();
     let meta = BlockMeta {
@@ -453,7 +454,7 @@ fn a_changed_genesis_key_or_chain_is_refused() {
     expect(&b, &g, Check::ChainId, "another chain");
     let mut g = c.genesis.clone();
     g.agencies[0].namespaces = vec!["elsewhere".into()];
-    expect(&b, &g, Check::Submitter, "namespace not granted in this genesis");
+    expect(&b, &g, Check::Charter, "another charter in this genesis");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod common;
 
+use annal_ledger::block::Height;
 use annal_ledger::exec::{execute, Signatures};
 use annal_ledger::merkle::Frontier;
 use annal_ledger::record::{Body, Op, RecordId, SignedRecord};
@@ -12,7 +13,7 @@ use common::*;
 
 /// Runs one block on `state`; on success absorbs it and returns the ids.
 fn run(state: &mut MemoryState, frontier: &mut Frontier, records: &[SignedRecord]) -> Result<Vec<RecordId>, Error> {
-    let executed = execute(&rules(), state, frontier, records, Signatures::Verify)?;
+    let executed = execute(&gov(), Height(1), state, frontier, records, Signatures::Verify)?;
     *frontier = executed.frontier.clone();
     state.absorb(&executed);
     Ok(executed.ids)

@@ -298,7 +298,7 @@ fn ordered_execution_leaves_out_records_that_break_a_rule() {
     let wrong_version = signed(21, "land-titles", "p/c", Op::Publish, None, 2, 7);
     let foreign = signed(21, "companies", "x", Op::Publish, None, 1, 8); // namespace not granted
     let records = vec![a.clone(), replay.clone(), a.clone(), b.clone(), wrong_version.clone(), foreign.clone()];
-    let ordered = annal_ledger::exec::execute_ordered(&rules(), &store, store.frontier(), &records).unwrap();
+    let ordered = annal_ledger::exec::execute_ordered(&gov(), Height(1), &store, store.frontier(), &records).unwrap();
     assert_eq!(ordered.ids, vec![a.id(), b.id()]);
     let skipped: Vec<_> = ordered.skipped.iter().map(|(id, e)| (*id, std::mem::discriminant(e))).collect();
     let d = std::mem::discriminant;
@@ -310,7 +310,8 @@ fn ordered_execution_leaves_out_records_that_break_a_rule() {
     assert!(skipped.contains(&(a.id(), d(&Error::DuplicateInBlock { id: String::new() }))));
     assert_eq!(ordered.skipped.len(), 4, "{:?}", ordered.skipped);
     let strict = annal_ledger::exec::execute(
-        &rules(),
+        &gov(),
+        Height(1),
         &store,
         store.frontier(),
         &[a, b],
@@ -319,7 +320,8 @@ fn ordered_execution_leaves_out_records_that_break_a_rule() {
     .unwrap();
     assert_eq!((ordered.log_root(), ordered.state_root), (strict.log_root(), strict.state_root));
     assert!(annal_ledger::exec::execute(
-        &rules(),
+        &gov(),
+        Height(1),
         &store,
         store.frontier(),
         &records,

@@ -459,7 +459,8 @@ impl App {
     /// entry). Rules that depend on state are applied at execution, which
     /// refuses a record that breaks them (`exec::execute_ordered`).
     fn validate(&mut self, b: &Block) -> std::result::Result<(), String> {
-        let params = &self.shared.genesis.params;
+        let rules = self.shared.rules();
+        let params = &rules.params;
         let body = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max).map_err(|e| e.to_string())?;
         if body.records.len() > params.block_records_max {
             return Err(format!("{} records; the limit is {}", body.records.len(), params.block_records_max));
@@ -489,7 +490,7 @@ impl App {
                     continue;
                 }
                 let r = SignedRecord::from_bytes(bytes, params).map_err(|e| format!("record {i}: {e}"))?;
-                self.shared.rules.check_stateless(&r).map_err(|e| format!("record {i}: {e}"))?;
+                rules.check_stateless(&r).map_err(|e| format!("record {i}: {e}"))?;
                 unchecked.push((bytes.clone(), r));
             }
         }
@@ -528,7 +529,8 @@ impl App {
                 self.tip_height
             );
         }
-        let params = self.shared.genesis.params.clone();
+        let gov = self.shared.governance();
+        let params = gov.charter.params.clone();
         let body = BlockBody::from_bytes(&block.payload, self.limits.payload_bytes_max)
             .with_context(|| format!("the final block at height {h} has an unreadable body"))?;
         let mut records = Vec::with_capacity(body.records.len());
@@ -570,7 +572,7 @@ impl App {
         }
         let executed = {
             let store = self.shared.store();
-            exec::execute_ordered(&self.shared.rules, &*store, store.frontier(), &kept)?
+            exec::execute_ordered(&gov, Height(h), &*store, store.frontier(), &kept)?
         };
         let skipped_ids: BTreeMap<RecordId, String> =
             executed.skipped.iter().map(|(id, e)| (*id, e.to_string())).collect();
@@ -583,7 +585,7 @@ impl App {
         }
         refused.sort();
         refused.dedup_by_key(|(p, _)| *p);
-        let validators_hash = self.shared.genesis.validator_set().hash();
+        let validators_hash = gov.validators.hash();
         let parent_hash = self.shared.store().tip().block_hash;
         let meta = BlockMeta {
             height: Height(h),
@@ -606,6 +608,10 @@ impl App {
         let app_meta =
             vec![(wire::link_key(h), codec::encode(&link)), (wire::digest_key(&digest), h.to_be_bytes().to_vec())];
         self.shared.store.write().expect("store lock").commit_block(&header, None, &executed, &app_meta)?;
+        if executed.gov.changed {
+            // Proposals, approvals or a change that took effect: the next block's rules and set come from here.
+            self.shared.set_governance(executed.gov.state.clone());
+        }
         self.tip = link;
         self.tip_height = h;
         self.uncertified.insert(h);
@@ -668,12 +674,14 @@ impl App {
         let Some(sigs) = self.signatures.get_mut(&h) else { return Ok(()) };
         let header = self.shared.store().header(Height(h))?.context("a committed height has no header")?;
         let checkpoint = header.checkpoint();
-        let validators = &self.shared.genesis.validators;
+        // Signed by the set that certifies height h (governance may have changed it since genesis).
+        let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
+        let validators = &set.validators;
         sigs.retain(|&i, sig| {
             validators.get(i as usize).is_some_and(|v| v.consensus_key.verify_checkpoint(&checkpoint, sig))
         });
         let power: u64 = sigs.keys().map(|&i| validators[i as usize].power).sum();
-        if !self.shared.genesis.validator_set().is_quorum(power) {
+        if !set.is_quorum(power) {
             return Ok(());
         }
         let mut signers = vec![0u8; validators.len().div_ceil(8)];

@@ -9,11 +9,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use annal_ledger::block::Height;
-use annal_ledger::genesis::Genesis;
+use annal_ledger::codec;
+use annal_ledger::genesis::{Genesis, RECORD_BYTES_CAP};
+use annal_ledger::gov::Governance;
 use annal_ledger::merkle::Hash;
 use annal_ledger::proof::{self, Bundle, Consistency};
 use annal_ledger::record::{Body, RecordId, SignedRecord};
@@ -174,7 +176,10 @@ impl Histogram {
 pub struct Shared {
     pub genesis: Genesis,
     pub genesis_hash: Hash,
-    pub rules: Rules,
+    /// The rules the next block's records are checked under, and the
+    /// governance they come from; the loop replaces both when a block changes them.
+    rules: RwLock<Arc<Rules>>,
+    governance: RwLock<Arc<Governance>>,
     pub limits: Limits,
     /// This node's index in the validator set, if it is a validator.
     pub validator: Option<u32>,
@@ -199,9 +204,15 @@ impl Shared {
         gossip: mpsc::Sender<Vec<u8>>,
     ) -> Shared {
         let pool = Mempool::new(limits.mempool_records_max, limits.mempool_bytes_max);
+        let governance = match store.governance() {
+            Ok(Some(g)) => g,
+            Ok(None) => Governance::genesis(&genesis),
+            Err(e) => panic!("the store's governance state is unreadable: {e}"),
+        };
         Shared {
             genesis_hash: genesis.hash(),
-            rules: Rules::new(&genesis),
+            rules: RwLock::new(Arc::new(governance.rules())),
+            governance: RwLock::new(Arc::new(governance)),
             genesis,
             limits,
             validator,
@@ -225,6 +236,22 @@ impl Shared {
         self.admit_many(vec![bytes]).pop().expect("one result per record")
     }
 
+    /// The rules the next block's records are checked under.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().expect("rules lock").clone()
+    }
+
+    /// Governance after the committed tip.
+    pub fn governance(&self) -> Arc<Governance> {
+        self.governance.read().expect("governance lock").clone()
+    }
+
+    /// Takes in governance after a committed block that changed it.
+    pub fn set_governance(&self, governance: Governance) {
+        *self.rules.write().expect("rules lock") = Arc::new(governance.rules());
+        *self.governance.write().expect("governance lock") = Arc::new(governance);
+    }
+
     /// Checks records and adds them to the mempool in order, verifying their
     /// signatures in one ed25519 batch. One result per record; once the
     /// mempool is full, every later record is refused with `MempoolFull` too.
@@ -237,7 +264,7 @@ impl Shared {
                 Ok(Some(done)) => results.push(Some(Ok(done))),
                 Ok(None) => {
                     results.push(None);
-                    let record = SignedRecord::from_bytes(&bytes, &self.genesis.params).expect("prechecked");
+                    let record = codec::decode::<SignedRecord>(&bytes, RECORD_BYTES_CAP).expect("prechecked");
                     candidates.push((slot, record, bytes));
                 }
                 Err(f) => results.push(Some(Err(f))),
@@ -280,7 +307,8 @@ impl Shared {
     /// The checks before the signature: size, decoding, already final or
     /// pending (`Some`), stateless rules and the nonce against committed state.
     fn precheck(&self, bytes: &[u8]) -> Result<Option<Admitted>, Failure> {
-        let params = &self.genesis.params;
+        let rules = self.rules();
+        let params = &rules.params;
         if bytes.len() > params.record_bytes_max {
             return Err(Failure::Refused(format!(
                 "record is {} bytes; the chain's limit is {}",
@@ -296,7 +324,7 @@ impl Shared {
         if self.pool.lock().expect("pool lock").contains(&id) {
             return Ok(Some(Admitted::Pending { id, new: false }));
         }
-        self.rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
+        rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         let r = &record.record;
         if let Some(last) = self.store().last_nonce(&r.submitter)? {
             if r.nonce <= last {
@@ -406,7 +434,7 @@ impl Shared {
                 .store()
                 .record_bytes(placed.index)?
                 .ok_or_else(|| Failure::Internal(format!("record {} is indexed but missing", placed.index)))?;
-            let signed = SignedRecord::from_bytes(&bytes, &self.genesis.params)?;
+            let signed: SignedRecord = codec::decode(&bytes, RECORD_BYTES_CAP)?;
             let r = &signed.record;
             let body = match &r.body {
                 Body::Inline(b) => json!({ "inline": B64.encode(b) }),

@@ -172,8 +172,9 @@ impl Node {
         let s = &self.shared;
         let g = &s.genesis;
         let mut store = s.store.write().unwrap();
-        let executed = execute(&s.rules, &*store, store.frontier(), records, Signatures::Verify).unwrap();
         let height = Height(store.tip().height.0 + 1);
+        let executed =
+            execute(&s.governance(), height, &*store, store.frontier(), records, Signatures::Verify).unwrap();
         let set = g.validator_set();
         let meta = BlockMeta {
             height,

@@ -4,6 +4,7 @@
 use annal_ledger::block::{Certificate, Header, Height, View};
 use annal_ledger::exec::{execute, BlockMeta, Executed, Signatures};
 use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
+use annal_ledger::gov::Governance;
 use annal_ledger::keys::SecretKey;
 use annal_ledger::merkle::Frontier;
 use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
@@ -48,6 +49,11 @@ pub fn genesis() -> Genesis {
 
 pub fn rules() -> Rules {
     Rules::new(&genesis())
+}
+
+/// Governance before the first block (no changes made).
+pub fn gov() -> Governance {
+    Governance::genesis(&genesis())
 }
 
 /// An unsigned record by officer `signer` with an inline body.
@@ -101,6 +107,7 @@ pub fn sample_header() -> Header {
         state_root: [4; 32],
         validators_hash: [5; 32],
         next_validators_hash: [6; 32],
+        charter_hash: [7; 32],
     }
 }
 
@@ -113,7 +120,8 @@ pub fn block<V: StateView + StateTreeReader>(
     records: &[SignedRecord],
 ) -> (Header, Certificate, Executed) {
     let g = genesis();
-    let executed = execute(&rules(), state, frontier, records, Signatures::Verify).expect("block executes");
+    let executed =
+        execute(&gov(), Height(height), state, frontier, records, Signatures::Verify).expect("block executes");
     let set = g.validator_set();
     let meta = BlockMeta {
         height: Height(height),
