@@ -44,7 +44,7 @@ bench-ledger: prereqs
 # builds RocksDB. New corpus entries go to FUZZ_CORPUS, outside the clone;
 # fuzz/corpus/<target> holds the committed seeds and is only read.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= record_decode consensus_message bundle_verify note_parse
+FUZZ_TARGETS ?= record_decode consensus_message bundle_verify note_parse api_body
 FUZZ_TARGET_DIR ?= /var/tmp/annal-fuzz-target
 FUZZ_CORPUS ?= /var/tmp/annal-fuzz-corpus
 

@@ -61,6 +61,14 @@ pub fn fixture_genesis() -> Genesis {
     genesis
 }
 
+/// The `api_body` target's batch limit: small, so the fuzzer meets it from
+/// both sides (the node's default `limits.api_batch_records_max` is 10,000).
+pub const API_BATCH_RECORDS_MAX: usize = 4;
+
+/// The `api_body` target's record size limit: small, so records on both sides
+/// of it fit libFuzzer's default input length (the default `Params` allow 96 KiB).
+pub const API_RECORD_BYTES_MAX: usize = 512;
+
 /// The consensus chain id the seed messages are signed under.
 pub const CONSENSUS_CHAIN: ChainId = ChainId([7; 32]);
 

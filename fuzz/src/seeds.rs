@@ -13,7 +13,7 @@ use annal_ledger::block::{
 };
 use annal_ledger::codec;
 use annal_ledger::exec::{execute, BlockMeta, Executed, Signatures};
-use annal_ledger::genesis::{Genesis, Validator};
+use annal_ledger::genesis::{Genesis, Params, Validator};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::merkle::{self, Frontier, Hash, MemoryNodes};
 use annal_ledger::note::{SignedNote, VerifierKey};
@@ -21,11 +21,15 @@ use annal_ledger::proof::{self, Bundle, CertifiedBlock, Consistency, RecordPart,
 use annal_ledger::record::{Body, DocumentAnchor, Op, Record, RecordId, SignedRecord};
 use annal_ledger::state::{MemoryState, StateKey};
 use annal_ledger::state_tree;
+use annal_ledger::submission::{self, BatchBody, SubmitBody};
+use annal_ledger::Error;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::Signer as _;
 
-use crate::{consensus_key, key, CHAIN, CONSENSUS_CHAIN, CONSENSUS_SET, FIXTURE};
+use crate::{
+    consensus_key, key, API_BATCH_RECORDS_MAX, API_RECORD_BYTES_MAX, CHAIN, CONSENSUS_CHAIN, CONSENSUS_SET, FIXTURE,
+};
 
 /// One seed file: its name in `corpus/<target>/` and its bytes.
 pub type Seed = (String, Vec<u8>);
@@ -351,5 +355,64 @@ pub fn notes() -> Vec<Seed> {
     seeds.push(("fixture-vkey".to_string(), vkey.into_bytes()));
     let note = SignedNote::parse(GO_NOTE).expect("go note parses");
     note.verify(&[VerifierKey::parse(GO_VKEY).expect("go vkey parses")]).expect("go note verifies");
+    seeds
+}
+
+/// Seeds for `api_body`: `POST /v1/records` and `POST /v1/records/batch`
+/// bodies as clients send them (records signed for the fixture genesis), one
+/// with escapes, spacing and an unknown field, a record over the target's size
+/// limit, a batch mixing good and bad base64, an empty batch and one over the
+/// target's batch limit.
+pub fn api_bodies() -> Vec<Seed> {
+    let publish = signed(21, "land-titles", "parcel/7", Op::Publish, None, 1, 1);
+    let amend = signed(22, "land-titles", "parcel/7", Op::Amend, Some(publish.id()), 2, 1);
+    let revoke = signed(31, "companies", "c/1", Op::Revoke, Some(RecordId([0x11; 32])), 3, 4);
+    let mut big = record(21, "land-titles", "parcel/8", Op::Publish, None, 1, 2);
+    big.body = Body::Inline(vec![b'x'; API_RECORD_BYTES_MAX]);
+    let big = big.sign(&key(21));
+    let b64 = |r: &SignedRecord| B64.encode(r.to_bytes());
+    let submit = |r: &SignedRecord| serde_json::to_vec(&SubmitBody { record: b64(r) }).expect("body JSON");
+    let batch = |records: Vec<String>| serde_json::to_vec(&BatchBody { records }).expect("body JSON");
+    // The first character as a JSON \u escape, a '/' as "\/", spacing and a field the node ignores.
+    let text = b64(&publish);
+    assert!(text.contains('/'), "the escaped seed's base64 has a '/' to escape");
+    let escaped = format!("\\u{:04x}{}", u32::from(text.as_bytes()[0]), text[1..].replace('/', "\\/"));
+    let spaced = format!("{{ \"wait\" : \"final\",\n  \"record\" : \"{escaped}\" }}\n");
+    let seeds = vec![
+        ("submit-publish".to_string(), submit(&publish)),
+        ("submit-revoke".to_string(), submit(&revoke)),
+        ("submit-escaped".to_string(), spaced.into_bytes()),
+        ("submit-over-size".to_string(), submit(&big)),
+        ("batch-three".to_string(), batch(vec![b64(&publish), b64(&amend), b64(&revoke)])),
+        ("batch-mixed".to_string(), batch(vec![b64(&publish), "%%".into(), String::new(), b64(&big)])),
+        ("batch-empty".to_string(), batch(Vec::new())),
+        ("batch-over".to_string(), batch(vec!["AQI=".to_string(); API_BATCH_RECORDS_MAX + 1])),
+    ];
+    let params = Params { record_bytes_max: API_RECORD_BYTES_MAX, ..FIXTURE.params.clone() };
+    let decodes = |bytes: &[u8]| match submission::decode_record(bytes, &params) {
+        Ok(r) => r.verify_signature().map(|()| "ok").unwrap_or("bad signature"),
+        Err(Error::RecordTooLarge { .. }) => "too large",
+        Err(_) => "malformed",
+    };
+    for (name, json) in &seeds {
+        let outcomes: Vec<&str> = if name.starts_with("submit") {
+            let body: SubmitBody = submission::from_json(json).unwrap_or_else(|e| panic!("seed {name}: {e}"));
+            vec![decodes(&body.record_bytes().unwrap_or_else(|e| panic!("seed {name}: {e}")))]
+        } else {
+            let body: BatchBody = submission::from_json(json).unwrap_or_else(|e| panic!("seed {name}: {e}"));
+            let over = body.check_count(API_BATCH_RECORDS_MAX).is_err();
+            assert_eq!(over, name == "batch-over", "seed {name}: batch limit");
+            body.record_bytes().iter().map(|d| d.as_ref().map_or("not base64", |b| decodes(b))).collect()
+        };
+        let want: &[&str] = match name.as_str() {
+            "submit-over-size" => &["too large"],
+            "batch-three" => &["ok"; 3],
+            "batch-mixed" => &["ok", "not base64", "malformed", "too large"],
+            "batch-empty" => &[],
+            "batch-over" => &["malformed"; API_BATCH_RECORDS_MAX + 1],
+            _ => &["ok"],
+        };
+        assert_eq!(outcomes, want, "seed {name}");
+    }
     seeds
 }

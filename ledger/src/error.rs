@@ -64,6 +64,16 @@ pub enum Error {
     #[error("governance record refused: {detail}")]
     Governance { detail: String },
 
+    // --- submissions: the HTTP API's request bodies (`submission`) ---
+    #[error("the body is not the JSON this route takes: {detail}")]
+    BodyNotJson { detail: String },
+    #[error("{field} is not standard base64 with padding: {detail}")]
+    RecordNotBase64 { field: String, detail: String },
+    #[error("the batch holds {records} records; this node takes at most {max} (limits.api_batch_records_max)")]
+    BatchTooLarge { records: usize, max: usize },
+    #[error("record is {size} bytes; the chain's limit is {max}")]
+    RecordTooLarge { size: usize, max: usize },
+
     // --- proof bundles ---
     #[error("{check}: failed: {detail}")]
     Proof { check: crate::proof::Check, detail: String },

@@ -20,5 +20,6 @@ pub mod state;
 pub mod state_tree;
 #[cfg(feature = "store")]
 pub mod store;
+pub mod submission;
 
 pub use error::Error;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use annal_ledger::record::{RecordId, SignedRecord};
+use annal_ledger::submission::{self, BatchBody, SubmitBody};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::handler::Handler;
@@ -22,10 +23,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::shared::{Admitted, Failure, Placed, Shared};
@@ -368,7 +366,8 @@ impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
     }
 }
 
-/// A JSON body: over the size limit is `too_large`, anything unreadable is `malformed`.
+/// A JSON body ([`submission::from_json`]): over the size limit is `too_large`,
+/// anything unreadable is `malformed`.
 struct JsonBody<T>(T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
@@ -379,9 +378,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
             StatusCode::PAYLOAD_TOO_LARGE => body_too_large(None, shared.limits.api_body_bytes_max),
             _ => ApiError::malformed(format!("the body could not be read: {}", e.body_text())),
         })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::malformed(format!("the body is not the JSON this route takes: {e}")))
+        submission::from_json(&bytes).map(JsonBody).map_err(|e| ApiError::malformed(e.to_string()))
     }
 }
 
@@ -399,10 +396,6 @@ fn record_id(name: &str, hex: &str) -> Result<RecordId, ApiError> {
     RecordId::from_hex(hex).map_err(|e| ApiError::bad_query(format!("path parameter {name}: {e}")))
 }
 
-fn decode_record(what: &str, text: &str) -> Result<Vec<u8>, Failure> {
-    B64.decode(text).map_err(|e| Failure::Malformed(format!("{what} is not standard base64 with padding: {e}")))
-}
-
 fn final_json(id: &RecordId, placed: Placed) -> Value {
     json!({ "id": id.to_hex(), "status": "final", "index": placed.index, "height": placed.height })
 }
@@ -412,11 +405,6 @@ fn json_text(text: String) -> Response {
 }
 
 // ---------------------------------------------------------------- records
-
-#[derive(Deserialize)]
-struct SubmitBody {
-    record: String,
-}
 
 /// `POST /v1/records[?wait=final&timeout_ms=N]`.
 async fn submit(
@@ -437,7 +425,7 @@ async fn submit(
             _ => return Err(ApiError::bad_query(format!("timeout_ms={v:?} must be a number from 0 to {WAIT_MS_MAX}"))),
         },
     };
-    let bytes = decode_record("record", &body.record)?;
+    let bytes = body.record_bytes().map_err(|e| ApiError::malformed(e.to_string()))?;
     let submitting = shared.clone();
     let admitted = blocking(move || tokio::runtime::Handle::current().block_on(submitting.submit(bytes))).await?;
     match admitted {
@@ -452,27 +440,17 @@ async fn submit(
     }
 }
 
-#[derive(Deserialize)]
-struct BatchBody {
-    records: Vec<String>,
-}
-
 /// `POST /v1/records/batch`.
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
     _: NoQuery,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Response, ApiError> {
-    let max = shared.limits.api_batch_records_max;
-    if body.records.len() > max {
-        return Err(ApiError::too_large(format!(
-            "the batch holds {} records; this node takes at most {max} (limits.api_batch_records_max)",
-            body.records.len()
-        )));
-    }
+    body.check_count(shared.limits.api_batch_records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
+    let decoded = body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect();
     let handle = tokio::runtime::Handle::current();
     let (accepted, results, full) =
-        blocking(move || Ok(admit_batch(&body.records, |batch| handle.block_on(shared.submit_many(batch))))).await?;
+        blocking(move || Ok(admit_batch(decoded, |batch| handle.block_on(shared.submit_many(batch))))).await?;
     let mut response = Json(json!({ "accepted": accepted, "results": results })).into_response();
     if full {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
@@ -484,17 +462,15 @@ async fn submit_batch(
 /// once the mempool is full the rest are not accepted. Returns the number
 /// accepted, one result per record, and whether the mempool filled.
 fn admit_batch(
-    records: &[String],
+    decoded: Vec<Result<Vec<u8>, Failure>>,
     submit: impl FnOnce(Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>>,
 ) -> (usize, Vec<Value>, bool) {
-    let decoded: Vec<Result<Vec<u8>, Failure>> =
-        records.iter().enumerate().map(|(i, text)| decode_record(&format!("records[{i}]"), text)).collect();
     let ids: Vec<Option<RecordId>> =
         decoded.iter().map(|d| d.as_ref().ok().map(|b| SignedRecord::id_of_bytes(b))).collect();
     let mut admitted = submit(decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect()).into_iter();
     let mut accepted = 0;
     let mut full_at: Option<usize> = None;
-    let mut results = Vec::with_capacity(records.len());
+    let mut results = Vec::with_capacity(decoded.len());
     for (i, (d, id)) in decoded.into_iter().zip(ids).enumerate() {
         let outcome = match d {
             Err(f) => Err(f),

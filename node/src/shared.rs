@@ -21,6 +21,7 @@ use annal_ledger::proof::{self, Bundle, Consistency};
 use annal_ledger::record::{Body, RecordId, SignedRecord};
 use annal_ledger::state::{Rules, StateKey, StateView, Status as HeadStatus};
 use annal_ledger::store::Store;
+use annal_ledger::submission;
 use annal_ledger::Error as LedgerError;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -309,14 +310,10 @@ impl Shared {
     fn precheck(&self, bytes: &[u8]) -> Result<Option<Admitted>, Failure> {
         let rules = self.rules();
         let params = &rules.params;
-        if bytes.len() > params.record_bytes_max {
-            return Err(Failure::Refused(format!(
-                "record is {} bytes; the chain's limit is {}",
-                bytes.len(),
-                params.record_bytes_max
-            )));
-        }
-        let record = SignedRecord::from_bytes(bytes, params).map_err(|e| Failure::Malformed(e.to_string()))?;
+        let record = submission::decode_record(bytes, params).map_err(|e| match e {
+            LedgerError::RecordTooLarge { .. } => Failure::Refused(e.to_string()),
+            e => Failure::Malformed(e.to_string()),
+        })?;
         let id = SignedRecord::id_of_bytes(bytes);
         if let Some(placed) = self.placed(&id)? {
             return Ok(Some(Admitted::Final { id, placed }));

@@ -268,6 +268,9 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
     assert!(detail.contains("base64"), "{detail}");
     let junk = json!({ "record": B64.encode(b"not a record") }).to_string();
     node.post("/v1/records", &junk).await.error(400, "malformed");
+    let over = json!({ "record": B64.encode(vec![1; Params::default().record_bytes_max + 1]) }).to_string();
+    let detail = node.post("/v1/records", &over).await.error(422, "refused");
+    assert!(detail.contains("the chain's limit"), "{detail}");
     let detail = node.post("/v1/records", "{\"record\": ").await.error(400, "malformed");
     assert!(detail.contains("JSON"), "{detail}");
     let detail = node.post("/v1/records", r#"{"records": "x"}"#).await.error(400, "malformed");

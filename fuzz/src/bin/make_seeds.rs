@@ -9,6 +9,7 @@ fn main() {
         ("consensus_message", annal_fuzz::seeds::consensus_messages()),
         ("bundle_verify", annal_fuzz::seeds::bundles()),
         ("note_parse", annal_fuzz::seeds::notes()),
+        ("api_body", annal_fuzz::seeds::api_bodies()),
     ];
     for (target, seeds) in targets {
         let out = dir.join(target);

@@ -1,0 +1,89 @@
+//! The HTTP API's submission bodies: what they accept, the exact words of each
+//! refusal (the node sends them as the error detail), and every limit one over.
+
+mod common;
+
+use annal_ledger::genesis::Params;
+use annal_ledger::record::Op;
+use annal_ledger::submission::{self, BatchBody, SubmitBody};
+use annal_ledger::Error;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use common::*;
+
+#[test]
+fn a_submit_body_gives_back_the_signed_record() {
+    // Goal: {"record": base64} decodes to the record's canonical bytes and the record itself; unknown fields are ignored.
+    let r = signed(21, "land-titles", "parcel/1", Op::Publish, None, 1, 1);
+    let json = format!(r#"{{"record": "{}", "note": "ignored"}}"#, B64.encode(r.to_bytes()));
+    let body: SubmitBody = submission::from_json(json.as_bytes()).unwrap();
+    let bytes = body.record_bytes().unwrap();
+    assert_eq!(bytes, r.to_bytes());
+    assert_eq!(submission::decode_record(&bytes, &Params::default()).unwrap(), r);
+}
+
+#[test]
+fn bodies_that_are_not_the_json_name_the_problem() {
+    // Goal: truncated JSON, a missing field and a repeated field are BodyNotJson with serde's reason in the words the API sends.
+    let cases: [(&[u8], &str); 4] = [
+        (b"{\"record\": ", "the body is not the JSON this route takes: EOF while parsing a value at line 1 column 11"),
+        (
+            br#"{"records": "x"}"#,
+            "the body is not the JSON this route takes: missing field `record` at line 1 column 16",
+        ),
+        (br#"{"record": "", "record": ""}"#, "the body is not the JSON this route takes: duplicate field `record`"),
+        (b"\xff", "the body is not the JSON this route takes: expected value at line 1 column 1"),
+    ];
+    for (body, want) in cases {
+        let e = submission::from_json::<SubmitBody>(body).unwrap_err();
+        assert!(matches!(e, Error::BodyNotJson { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(want), "{body:?}: {e}");
+    }
+    let e = submission::from_json::<BatchBody>(br#"{"records": "x"}"#).unwrap_err();
+    assert!(e.to_string().contains("invalid type: string \"x\", expected a sequence"), "{e}");
+}
+
+#[test]
+fn base64_must_be_standard_with_padding_and_is_named_by_position() {
+    // Goal: unpadded, URL-safe and non-canonical base64 are refused, naming `record` or `records[i]`; good entries still decode.
+    let submit = |text: &str| SubmitBody { record: text.into() }.record_bytes();
+    assert_eq!(submit("AQI=").unwrap(), [1, 2]);
+    for bad in ["AQI", "_-8=", "AQJ=", "not base64!"] {
+        let e = submit(bad).unwrap_err();
+        assert!(e.to_string().starts_with("record is not standard base64 with padding: "), "{bad}: {e}");
+    }
+    let batch = BatchBody { records: vec!["AQI=".into(), "%%".into(), String::new()] };
+    let decoded = batch.record_bytes();
+    assert_eq!(decoded.len(), 3);
+    assert_eq!(decoded[0].as_ref().unwrap(), &[1, 2]);
+    let e = decoded[1].as_ref().unwrap_err();
+    assert!(e.to_string().starts_with("records[1] is not standard base64 with padding: "), "{e}");
+    assert_eq!(decoded[2].as_ref().unwrap(), &Vec::<u8>::new(), "empty text is zero bytes, refused later by decoding");
+}
+
+#[test]
+fn a_batch_one_over_its_limit_is_refused() {
+    // Goal: records_max records pass the count check; one more is BatchTooLarge naming the limit's setting.
+    let batch = |n: usize| BatchBody { records: vec!["AQI=".to_string(); n] };
+    batch(3).check_count(3).unwrap();
+    batch(0).check_count(0).unwrap();
+    let e = batch(4).check_count(3).unwrap_err();
+    assert_eq!(e.to_string(), "the batch holds 4 records; this node takes at most 3 (limits.api_batch_records_max)");
+}
+
+#[test]
+fn a_record_one_byte_over_the_chain_limit_is_too_large_before_decoding() {
+    // Goal: record_bytes_max bytes reach the decoder (and fail there as junk); one byte more is RecordTooLarge.
+    let params = Params { record_bytes_max: 64, ..Params::default() };
+    let e = submission::decode_record(&[0; 64], &params).unwrap_err();
+    assert!(matches!(e, Error::UnknownFormat { .. }), "{e:?}");
+    let e = submission::decode_record(&[0; 65], &params).unwrap_err();
+    assert_eq!(e.to_string(), "record is 65 bytes; the chain's limit is 64");
+    let r = signed(21, "land-titles", "parcel/1", Op::Publish, None, 1, 1).to_bytes();
+    let exact = Params { record_bytes_max: r.len(), ..Params::default() };
+    submission::decode_record(&r, &exact).expect("a record of exactly the limit decodes");
+    let under = Params { record_bytes_max: r.len() - 1, ..Params::default() };
+    assert!(matches!(submission::decode_record(&r, &under), Err(Error::RecordTooLarge { .. })));
+    let e = submission::decode_record(b"", &params).unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e:?}");
+}
