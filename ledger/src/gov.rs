@@ -237,6 +237,13 @@ pub struct Governance {
     pub charter: Charter,
     /// Open and scheduled proposals, by id.
     pub proposals: BTreeMap<RecordId, Proposal>,
+    /// Whether proposals may change the validator set. Off on every chain
+    /// `genesis` starts: the node cannot yet hand consensus over to a new set
+    /// at an exact height without risking that the old set's pipelined core
+    /// finalizes a height of the new one (ADR 0006, "Open points"). The ledger
+    /// side (next_set, certified set chains in bundles) is built and tested
+    /// with it on.
+    pub set_changes_enabled: bool,
 }
 
 impl Canonical for Governance {
@@ -269,6 +276,7 @@ impl Governance {
             validators: genesis.validator_set(),
             charter: genesis.charter(),
             proposals: BTreeMap::new(),
+            set_changes_enabled: false,
         }
     }
 
@@ -411,6 +419,17 @@ impl BlockGov {
                 }
                 if self.state.proposals.len() >= OPEN_PROPOSALS_MAX {
                     return bad(format!("{OPEN_PROPOSALS_MAX} proposals are open; wait for some to close"));
+                }
+                let changes_set = matches!(
+                    change,
+                    Change::AddValidator(_) | Change::RemoveValidator { .. } | Change::SetPower { .. }
+                );
+                if changes_set && !self.state.set_changes_enabled {
+                    return bad(format!(
+                        "{}: validator-set changes are not enabled on this chain yet (the consensus hand-over \
+                         to a new set is still being built; agencies, keys, namespaces and parameters can change)",
+                        change.describe()
+                    ));
                 }
                 let (mut set, mut charter) = (self.state.validators.clone(), self.state.charter.clone());
                 let moved = apply(&self.state.chain_id, &mut set, &mut charter, change)
@@ -577,6 +596,11 @@ mod tests {
         gov_record(key, nonce, approval_key(&proposal, &key.public()), &GovAction::Approve { proposal })
     }
 
+    /// Governance before the first block, with validator-set changes on.
+    fn start(g: &Genesis) -> Governance {
+        Governance { set_changes_enabled: true, ..Governance::genesis(g) }
+    }
+
     /// Runs one block of governance records through check and accept.
     fn block(state: &Governance, height: u64, records: &[SignedRecord]) -> GovUpdate {
         let mut gov = BlockGov::new(state, height);
@@ -599,7 +623,7 @@ mod tests {
             power: 1,
         };
         let p = propose(&keys[0], Change::AddValidator(new.clone()), 100);
-        let s1 = block(&Governance::genesis(&g), 1, std::slice::from_ref(&p));
+        let s1 = block(&start(&g), 1, std::slice::from_ref(&p));
         assert_eq!(s1.state.proposals[&p.id()].status, ProposalStatus::Open);
         let s2 = block(&s1.state, 2, &[approve(&keys[1], 1, p.id())]);
         assert_eq!(s2.state.proposals[&p.id()].status, ProposalStatus::Open, "2 of 4 is no quorum");
@@ -619,7 +643,7 @@ mod tests {
         let (g, keys) = genesis(&[1, 1, 1, 1]);
         let key = SecretKey::from_seed([77; 32]).public();
         let p = propose(&keys[0], Change::AddKey { agency: "land".into(), key }, 2);
-        let s1 = block(&Governance::genesis(&g), 1, std::slice::from_ref(&p));
+        let s1 = block(&start(&g), 1, std::slice::from_ref(&p));
         let s2 = block(&s1.state, 2, &[approve(&keys[1], 1, p.id())]);
         assert_eq!(s2.touched[0].status, ProposalStatus::Expired { height: 2 });
         assert!(s2.state.proposals.is_empty());
@@ -636,12 +660,15 @@ mod tests {
     #[test]
     fn a_change_moving_more_than_a_third_of_the_power_is_refused() {
         let (g, keys) = genesis(&[1, 1, 1, 1]);
-        let gov = BlockGov::new(&Governance::genesis(&g), 1);
+        let gov = BlockGov::new(&start(&g), 1);
         let err = gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 3 }, 9)).unwrap_err();
         assert!(err.to_string().contains("at most a third"), "{err}");
         gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9)).unwrap();
         let err = gov.check(&propose(&keys[0], Change::RemoveValidator { name: "v9".into() }, 9)).unwrap_err();
         assert!(err.to_string().contains("no validator named"), "{err}");
+        let off = BlockGov::new(&Governance::genesis(&g), 1);
+        let err = off.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9)).unwrap_err();
+        assert!(err.to_string().contains("not enabled"), "{err}");
     }
 
     #[test]
@@ -655,7 +682,7 @@ mod tests {
         let mut c = propose(&keys[2], Change::SetPower { name: "v3".into(), power: 2 }, 50);
         c.record.key = "proposal/c".into();
         let c = c.record.sign(&keys[2]);
-        let s1 = block(&Governance::genesis(&g), 1, &[a.clone(), b.clone(), c.clone()]);
+        let s1 = block(&start(&g), 1, &[a.clone(), b.clone(), c.clone()]);
         let mut approvals = Vec::new();
         for (n, k) in keys.iter().enumerate().take(5) {
             for p in [&a, &b, &c] {
@@ -686,7 +713,7 @@ mod tests {
         };
         let a = propose(&keys[0], Change::AddAgency(court("court.notices")), 50);
         let b = propose(&keys[1], Change::AddAgency(court("court.orders.x")), 50);
-        let s1 = block(&Governance::genesis(&g), 1, &[a.clone(), b.clone()]);
+        let s1 = block(&start(&g), 1, &[a.clone(), b.clone()]);
         let mut approvals = Vec::new();
         for k in &keys {
             for p in [&a, &b] {

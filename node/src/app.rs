@@ -83,6 +83,8 @@ struct Pending {
 #[derive(Default)]
 pub struct Effects {
     pub publish: Vec<(Topic, Vec<u8>)>,
+    /// The p2p keys the network must admit from now on (a validator-set change).
+    pub allowlist: Option<Vec<annal_ledger::keys::PublicKey>>,
 }
 
 /// The consensus side of a validator: its core, keys and where it persists.
@@ -99,6 +101,10 @@ pub struct App {
     limits: consensus::Limits,
     data_dir: PathBuf,
     validator: Option<Validator>,
+    /// This node's consensus key (it votes while its key is in the set in force).
+    consensus_key: Option<SecretKey>,
+    /// A committed block changed the set: the core must be rebuilt for the new one.
+    core_stale: bool,
     peers_by_id: BTreeMap<PeerId, u32>,
     /// The consensus view of the last committed block.
     tip: Link,
@@ -132,23 +138,13 @@ impl App {
     pub fn new(shared: Arc<Shared>, data_dir: PathBuf, consensus_key: Option<SecretKey>) -> Result<App> {
         let genesis = &shared.genesis;
         let chain = ChainId(shared.genesis_hash);
-        let set = consensus::ValidatorSet::new(
-            genesis
-                .validators
-                .iter()
-                .map(|v| consensus::Validator {
-                    key: ed25519_dalek::VerifyingKey::from_bytes(&v.consensus_key.0).expect("genesis checks keys"),
-                    power: v.power,
-                })
-                .collect(),
-        );
+        // The set that certifies the next block: genesis's, or what governance made it.
+        let in_force = shared.governance().validators.clone();
+        let set = consensus_set(&in_force);
         let params = &genesis.params;
         let payload_max = params.block_bytes_max + 8 * params.block_records_max + 64;
         let limits = consensus::Limits { payload_bytes_max: payload_max, message_bytes_max: payload_max + (128 << 10) };
-        let mut peers_by_id = BTreeMap::new();
-        for (i, v) in genesis.validators.iter().enumerate() {
-            peers_by_id.insert(crate::net::peer_id(&v.p2p_key)?, i as u32);
-        }
+        let peers_by_id = peers_of(&in_force)?;
         let (tip_height, tip) = {
             let store = shared.store();
             let h = store.tip().height.0;
@@ -179,6 +175,8 @@ impl App {
             limits,
             data_dir,
             validator: None,
+            consensus_key: consensus_key.as_ref().map(|k| SecretKey::from_seed(k.seed())),
+            core_stale: false,
             peers_by_id,
             tip,
             tip_height,
@@ -214,10 +212,12 @@ impl App {
                 }
             }
         }
-        if let (Some(key), Some(index)) = (consensus_key, shared.validator) {
-            let safety = app.read_safety()?;
-            let core = app.new_core(&key, index, safety)?;
-            app.validator = Some(Validator { index, key, core });
+        if let Some(key) = consensus_key {
+            if let Some(index) = in_force.validators.iter().position(|v| v.consensus_key == key.public()) {
+                let safety = app.read_safety()?;
+                let core = app.new_core(&key, index as u32, safety)?;
+                app.validator = Some(Validator { index: index as u32, key, core });
+            }
         }
         Ok(app)
     }
@@ -335,13 +335,7 @@ impl App {
                     }
                     Output::Validate(b) => {
                         let digest = b.hash(&self.chain);
-                        let valid = match self.validate(&b) {
-                            Ok(()) => true,
-                            Err(why) => {
-                                warn!(height = b.height.0, view = b.view.0, "refusing a proposed block: {why}");
-                                false
-                            }
-                        };
+                        let valid = self.verdict(&b);
                         inputs.push_back(Input::Validated { digest, valid });
                     }
                     Output::Finalized { block, certificate } => self.commit(&block, &certificate, fx)?,
@@ -355,6 +349,10 @@ impl App {
                     }
                 }
             }
+        }
+        if self.core_stale {
+            self.core_stale = false;
+            self.restart_core(fx)?;
         }
         self.refresh_status();
         Ok(())
@@ -451,6 +449,17 @@ impl App {
         let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
         Some(Input::Payload { view, payload: BlockBody { time_ms, records }.to_bytes() })
+    }
+
+    /// `validate` with the refusal logged: the verdict the core is given.
+    fn verdict(&mut self, b: &Block) -> bool {
+        match self.validate(b) {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(height = b.height.0, view = b.view.0, "refusing a proposed block: {why}");
+                false
+            }
+        }
     }
 
     /// Is a proposed block's payload acceptable? Checks the body's form and
@@ -612,6 +621,18 @@ impl App {
             // Proposals, approvals or a change that took effect: the next block's rules and set come from here.
             self.shared.set_governance(executed.gov.state.clone());
         }
+        if let Some(next) = &executed.next_set {
+            // The next height has another set: new peers, a new allowlist, and a
+            // new core for it once this block is settled (Spec §Validator sets).
+            // Unreachable on a live chain for now: governance refuses set changes
+            // until the epoch boundary keeps a pipelined old core from finalizing
+            // heights of the new set (docs/adr/0006-governance.md, "Open points").
+            info!(height = h + 1, validators = next.validators.len(), "the validator set changes at the next height");
+            self.set = consensus_set(next);
+            self.peers_by_id = peers_of(next)?;
+            fx.allowlist = Some(next.validators.iter().map(|v| v.p2p_key).collect());
+            self.core_stale = true;
+        }
         self.tip = link;
         self.tip_height = h;
         self.uncertified.insert(h);
@@ -733,8 +754,20 @@ impl App {
                 }
             }
             Envelope::Checkpoint { height, signer, signature, .. } => {
-                if signer != from {
-                    return Ok(Verdict::Reject);
+                // The signer index is in the set of that height, which governance may have changed since.
+                if height > self.tip_height {
+                    if signer != from {
+                        return Ok(Verdict::Reject);
+                    }
+                } else {
+                    let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(height))?;
+                    let author_signs = set
+                        .validators
+                        .get(signer as usize)
+                        .is_some_and(|v| crate::net::peer_id(&v.p2p_key).is_ok_and(|p| p == *author));
+                    if !author_signs {
+                        return Ok(Verdict::Reject);
+                    }
                 }
                 self.saw_height(height);
                 if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS
@@ -835,10 +868,14 @@ impl App {
             fx.publish.extend(b.attacks(v.core.view().0, self.tip_height + 1));
         }
         if let Some(v) = &self.validator {
-            let (index, recent): (u32, Vec<u64>) =
-                (v.index, self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect());
+            let (key, recent): (annal_ledger::keys::PublicKey, Vec<u64>) =
+                (v.key.public(), self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect());
             for h in recent {
                 let Some(header) = self.shared.store().header(Height(h))? else { continue };
+                // This validator's index in the set of that height (a set change may have moved it).
+                let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
+                let Some(index) = set.validators.iter().position(|v| v.consensus_key == key) else { continue };
+                let index = index as u32;
                 let signature = self.validator.as_ref().expect("checked").key.sign_checkpoint(&header.checkpoint());
                 let env =
                     Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
@@ -958,7 +995,8 @@ impl App {
             return Ok(());
         }
         let Some(header) = self.shared.store().header(cert.height)? else { return Ok(()) };
-        match cert.verify(&header, &self.shared.genesis.validator_set()) {
+        let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, cert.height)?;
+        match cert.verify(&header, &set) {
             Ok(()) => self.store_certificate(cert),
             Err(e) => {
                 warn!(height = h, "a peer's certificate does not verify: {e}");
@@ -1010,13 +1048,27 @@ impl App {
     }
 
     /// Starts a new core at the (synced) tip with this validator's current safety state.
+    /// Also starts the core of a new validator set, or stops voting when this
+    /// node's key left the set (its signer state carries over either way).
     fn restart_core(&mut self, fx: &mut Effects) -> Result<()> {
-        let Some(v) = self.validator.take() else { return Ok(()) };
-        let safety = v.core.safety_state();
-        let core = self.new_core(&v.key, v.index, safety)?;
-        self.validator = Some(Validator { index: v.index, key: v.key, core });
+        self.core_stale = false;
         self.timers.clear();
         self.owed_payload = None;
+        let safety = match self.validator.take() {
+            Some(v) => v.core.safety_state(),
+            None => self.read_safety()?,
+        };
+        let Some(key) = self.consensus_key.as_ref().map(|k| SecretKey::from_seed(k.seed())) else { return Ok(()) };
+        let in_force = self.shared.governance().validators.clone();
+        let Some(index) = in_force.validators.iter().position(|v| v.consensus_key == key.public()) else {
+            info!(
+                height = self.tip_height + 1,
+                "this node's consensus key is not in the validator set in force: not voting"
+            );
+            return Ok(());
+        };
+        let core = self.new_core(&key, index as u32, safety)?;
+        self.validator = Some(Validator { index: index as u32, key, core });
         self.drive(Input::Start, fx)
     }
 
@@ -1097,6 +1149,28 @@ fn sync_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
+/// The consensus core's view of a ledger validator set.
+fn consensus_set(set: &annal_ledger::block::ValidatorSet) -> consensus::ValidatorSet {
+    consensus::ValidatorSet::new(
+        set.validators
+            .iter()
+            .map(|v| consensus::Validator {
+                key: ed25519_dalek::VerifyingKey::from_bytes(&v.consensus_key.0).expect("sets are checked on entry"),
+                power: v.power,
+            })
+            .collect(),
+    )
+}
+
+/// Peer id → validator index, for a set.
+fn peers_of(set: &annal_ledger::block::ValidatorSet) -> Result<BTreeMap<PeerId, u32>> {
+    let mut out = BTreeMap::new();
+    for (i, v) in set.validators.iter().enumerate() {
+        out.insert(crate::net::peer_id(&v.p2p_key)?, i as u32);
+    }
+    Ok(out)
+}
+
 /// Runs the loop until `shutdown` resolves or a fatal error.
 pub async fn run_loop(
     mut app: App,
@@ -1125,6 +1199,12 @@ pub async fn run_loop(
                 let verdict = admit_gossiped(&shared, &data);
                 let _ = tx.blocking_send((id, verdict));
             });
+        }
+        if let Some(keys) = fx.allowlist.take() {
+            match crate::net::Allowlist::new(&keys) {
+                Ok(list) => net.set_allowlist(list).await?,
+                Err(e) => error!("the new validator set's p2p keys do not make an allowlist: {e}"),
+            }
         }
         for (topic, data) in fx.publish.drain(..).chain(app.drain_gossip()) {
             if let Err(e) = net.publish(topic, data).await {

@@ -38,14 +38,20 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     } else {
         warn!(
             key = %consensus_key.public(),
-            "the consensus key is not in the genesis validator set: this node will not vote, and validators refuse its connections"
+            "the consensus key is not in the genesis validator set: this node follows the chain and votes once \
+             governance adds its key (validators refuse its connections until then)"
         );
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.store_dir(), genesis.hash(), StoreOptions::default())?;
     info!(height = store.tip().height.0, log_size = store.tip().log_size, "store opened");
 
-    let mut net_config = NetConfig::new(genesis.chain_id.clone(), p2p_key, Allowlist::from_genesis(&genesis, &[])?);
+    // The peers admitted are the validators in force: genesis's, or the set governance made.
+    let allowlist = match store.governance()? {
+        Some(gov) => Allowlist::new(gov.validators.validators.iter().map(|v| &v.p2p_key))?,
+        None => Allowlist::from_genesis(&genesis, &[])?,
+    };
+    let mut net_config = NetConfig::new(genesis.chain_id.clone(), p2p_key, allowlist);
     net_config.listen = config.listen_addrs();
     net_config.peers = config.peer_addrs();
     let params = &genesis.params;
@@ -76,7 +82,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         )),
         _ => None,
     };
-    let mut app = App::new(shared.clone(), config.data_dir.clone(), validator.map(|_| consensus_key))?;
+    let mut app = App::new(shared.clone(), config.data_dir.clone(), Some(consensus_key))?;
     app.byzantine = byzantine;
 
     let listener = tokio::net::TcpListener::bind(config.api_listen)
