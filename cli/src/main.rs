@@ -1,4 +1,4 @@
-//! The one binary `annal`: keys, genesis, node, devnet, submit, get, history, prove, verify, audit, bench.
+//! The one binary `annal`: keys, genesis, node, devnet, submit, get, history, prove, verify, audit, gov, bench.
 //!
 //! Each subcommand is a thin shell over a library call; the work happens in
 //! `annal-ledger` and `annal-node`; the node API client, genesis and devnet
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod bench_cluster;
+mod gov_cmd;
 mod node_cmds;
 mod verify;
 
@@ -143,6 +144,13 @@ Then:    annal verify --genesis genesis.json deed.bundle.json --current")]
         #[arg(long)]
         json: bool,
     },
+    /// Propose and approve membership changes (validators, agencies, keys,
+    /// parameters) with a validator's consensus key, and follow them.
+    ///
+    /// A change takes effect once validators holding more than 2/3 of the
+    /// voting power approved it (docs/OPERATIONS.md "Governance").
+    #[command(subcommand, verbatim_doc_comment)]
+    Gov(gov_cmd::GovCommand),
     /// Benchmarks that print measured numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -286,6 +294,7 @@ fn wants_json(command: &Command) -> bool {
         | Command::Status { json, .. } => *json,
         Command::Submit(args) => args.json,
         Command::Prove(args) => args.json,
+        Command::Gov(command) => command.json(),
         _ => false,
     }
 }
@@ -328,6 +337,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prove(args) => node_cmds::prove(args),
         Command::Checkpoint { node, out, json } => node_cmds::checkpoint(&node, out.as_deref(), json),
         Command::Status { node, json } => node_cmds::status(&node, json),
+        Command::Gov(command) => gov_cmd::run(command),
         Command::Verify(_) | Command::VerifyConsistency(_) | Command::Consistency(_) | Command::Audit(_) => {
             unreachable!("handled in main for their exit codes")
         }

@@ -163,7 +163,7 @@ pub fn anchor_document(path: &Path, media_type: &str) -> Result<DocumentAnchor> 
     Ok(DocumentAnchor { sha256: hasher.finalize().into(), size, media_type: media_type.into() })
 }
 
-fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
+pub fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?.len();
     if len > max {
         bail!("{what} {} is {len} bytes; the limit is {max}", path.display());
@@ -178,6 +178,7 @@ fn now_us() -> u64 {
 #[derive(Deserialize)]
 struct StatusAnswer {
     chain_id: String,
+    height: u64,
 }
 
 #[derive(Deserialize)]
@@ -210,7 +211,7 @@ struct SubmitAnswer {
     height: Option<u64>,
 }
 
-fn parse_id(s: &str) -> Result<RecordId> {
+pub fn parse_id(s: &str) -> Result<RecordId> {
     RecordId::from_hex(s.trim()).map_err(|e| anyhow!("{e}"))
 }
 
@@ -251,40 +252,39 @@ fn with_retries<T>(
     }
 }
 
-pub fn submit(args: SubmitArgs) -> Result<()> {
-    let client = Client::new(&args.node)?;
-    let signer = SecretKey::read_file(&args.signer)?;
-    let metadata = parse_metadata(&args.meta)?;
-    let (op, target) = match (&args.amend, &args.revoke) {
-        (Some(id), None) => (Op::Amend, Some(parse_id(id)?)),
-        (None, Some(id)) => (Op::Revoke, Some(parse_id(id)?)),
-        _ => (Op::Publish, None),
-    };
-    let body = match (&args.body_file, &args.document, &args.reason) {
-        (Some(f), _, _) => Body::Inline(read_limited(f, BODY_FILE_BYTES_MAX, "body file")?),
-        (_, Some(d), _) => Body::Document(anchor_document(d, &args.media_type)?),
-        (_, _, Some(reason)) => Body::Inline(reason.as_bytes().to_vec()),
-        (None, None, None) => unreachable!("clap requires --body-file, --document or --revoke with --reason"),
-    };
-    let draft = Draft { namespace: args.namespace.clone(), key: args.key.clone(), op, body, metadata };
+/// What a signer needs from the node before signing: the chain id, the node's tip height,
+/// and the submitter's next nonce.
+pub struct SigningFacts {
+    pub chain_id: String,
+    pub height: u64,
+    pub nonce: u64,
+}
 
+/// Asks the node for the chain id, its height and `submitter`'s next nonce (`next_nonce`).
+pub fn signing_facts(client: &Client, submitter: &PublicKey) -> Result<SigningFacts> {
     let status: StatusAnswer = client.get_json("/v1/status", SMALL_BYTES_MAX)?;
-    let head = match &target {
-        Some(id) => Some(fetch_head(&client, id, &args.namespace, &args.key)?),
-        None => None,
-    };
-    let submitter = signer.public();
     let nonces: NonceAnswer = client.get_json(&format!("/v1/nonces/{submitter}"), SMALL_BYTES_MAX)?;
     let nonce = next_nonce(nonces.last_nonce, now_us())
         .ok_or_else(|| anyhow!("submitter {submitter} has used nonce {}; no higher one exists", u64::MAX))?;
-    let record = build_record(&status.chain_id, draft, head, submitter, nonce)?;
-    let version = record.version;
-    let signed = record.sign(&signer);
-    let id = signed.id();
+    Ok(SigningFacts { chain_id: status.chain_id, height: status.height, nonce })
+}
 
-    let (path, body) = submit_request(&signed, args.wait);
-    let timeout = if args.wait { WAIT_FINAL_TIMEOUT } else { crate::client::RESPONSE_TIMEOUT };
-    let answer: SubmitAnswer = match with_retries(&["mempool_full", "rate_limited"], args.json, || {
+/// The node's answer to a submitted record.
+pub struct Submitted {
+    pub id: RecordId,
+    /// `pending` or `final`.
+    pub status: String,
+    /// The log index and block height, once final.
+    pub placed: Option<(u64, u64)>,
+}
+
+/// Submits a signed record (`POST /v1/records`), retrying while the node is busy; with `wait`,
+/// until it is in a final block. Errors name what to do next.
+pub fn send_signed(client: &Client, signed: &SignedRecord, wait: bool, json: bool) -> Result<Submitted> {
+    let id = signed.id();
+    let (path, body) = submit_request(signed, wait);
+    let timeout = if wait { WAIT_FINAL_TIMEOUT } else { crate::client::RESPONSE_TIMEOUT };
+    let answer: SubmitAnswer = match with_retries(&["mempool_full", "rate_limited"], json, || {
         client.post_json(path, &body, timeout, SMALL_BYTES_MAX)
     }) {
         Ok(a) => a,
@@ -302,19 +302,51 @@ pub fn submit(args: SubmitArgs) -> Result<()> {
     if answer.id != id.to_hex() {
         bail!("the node answered with id {}, but the record sent has id {id}", answer.id);
     }
+    let placed = answer.index.zip(answer.height);
+    Ok(Submitted { id, status: answer.status, placed })
+}
+
+pub fn submit(args: SubmitArgs) -> Result<()> {
+    let client = Client::new(&args.node)?;
+    let signer = SecretKey::read_file(&args.signer)?;
+    let metadata = parse_metadata(&args.meta)?;
+    let (op, target) = match (&args.amend, &args.revoke) {
+        (Some(id), None) => (Op::Amend, Some(parse_id(id)?)),
+        (None, Some(id)) => (Op::Revoke, Some(parse_id(id)?)),
+        _ => (Op::Publish, None),
+    };
+    let body = match (&args.body_file, &args.document, &args.reason) {
+        (Some(f), _, _) => Body::Inline(read_limited(f, BODY_FILE_BYTES_MAX, "body file")?),
+        (_, Some(d), _) => Body::Document(anchor_document(d, &args.media_type)?),
+        (_, _, Some(reason)) => Body::Inline(reason.as_bytes().to_vec()),
+        (None, None, None) => unreachable!("clap requires --body-file, --document or --revoke with --reason"),
+    };
+    let draft = Draft { namespace: args.namespace.clone(), key: args.key.clone(), op, body, metadata };
+
+    let head = match &target {
+        Some(id) => Some(fetch_head(&client, id, &args.namespace, &args.key)?),
+        None => None,
+    };
+    let submitter = signer.public();
+    let facts = signing_facts(&client, &submitter)?;
+    let nonce = facts.nonce;
+    let record = build_record(&facts.chain_id, draft, head, submitter, nonce)?;
+    let version = record.version;
+    let sent = send_signed(&client, &record.sign(&signer), args.wait, args.json)?;
+    let id = sent.id;
     if args.json {
         let mut out =
-            json!({ "id": answer.id, "status": answer.status, "op": op.name(), "version": version, "nonce": nonce });
-        if let (Some(index), Some(height)) = (answer.index, answer.height) {
+            json!({ "id": id.to_hex(), "status": sent.status, "op": op.name(), "version": version, "nonce": nonce });
+        if let Some((index, height)) = sent.placed {
             out["index"] = json!(index);
             out["height"] = json!(height);
         }
         println!("{out}");
     } else {
         println!("{id}");
-        match (answer.index, answer.height) {
-            (Some(index), Some(height)) => println!("{} final at log index {index}, height {height}", op.name()),
-            _ => println!("{} {} (version {version}, nonce {nonce})", op.name(), answer.status),
+        match sent.placed {
+            Some((index, height)) => println!("{} final at log index {index}, height {height}", op.name()),
+            None => println!("{} {} (version {version}, nonce {nonce})", op.name(), sent.status),
         }
     }
     Ok(())

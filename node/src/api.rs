@@ -61,6 +61,9 @@ fn table() -> Routes {
         route(Method::GET, "/v1/checkpoint", checkpoint),
         route(Method::GET, "/v1/consistency", consistency),
         route(Method::GET, "/v1/blocks/{height}", block),
+        route(Method::GET, "/v1/gov", gov),
+        route(Method::GET, "/v1/gov/proposals", proposals),
+        route(Method::GET, "/v1/gov/proposals/{id}", proposal),
         route(Method::GET, "/v1/status", status),
         route(Method::GET, "/metrics", metrics),
         route(Method::GET, "/healthz", healthz),
@@ -578,7 +581,7 @@ async fn consistency(State(shared): State<Arc<Shared>>, query: QueryParams) -> R
     Ok(json_text(proof.to_json()))
 }
 
-// ---------------------------------------------------------------- blocks and status
+// ---------------------------------------------------------------- blocks
 
 /// `GET /v1/blocks/{height}`.
 async fn block(
@@ -591,6 +594,30 @@ async fn block(
         .map_err(|e| ApiError::bad_query(format!("path parameter height {height:?} is not a height: {e}")))?;
     Ok(Json(blocking(move || shared.block(height)).await?).into_response())
 }
+
+// ---------------------------------------------------------------- governance
+
+/// `GET /v1/gov`.
+async fn gov(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || shared.gov_state()).await?).into_response())
+}
+
+/// `GET /v1/gov/proposals`.
+async fn proposals(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
+    Ok(Json(blocking(move || shared.gov_proposals()).await?).into_response())
+}
+
+/// `GET /v1/gov/proposals/{id}`.
+async fn proposal(
+    State(shared): State<Arc<Shared>>,
+    PathParams(id): PathParams<String>,
+    _: NoQuery,
+) -> Result<Response, ApiError> {
+    let id = record_id("id", &id)?;
+    Ok(Json(blocking(move || shared.gov_proposal(&id)).await?).into_response())
+}
+
+// ---------------------------------------------------------------- status
 
 /// `GET /v1/status`.
 async fn status(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {

@@ -656,4 +656,68 @@ impl Shared {
     pub fn healthy(&self) -> bool {
         self.status.lock().expect("status lock").healthy
     }
+
+    /// `GET /v1/gov/proposals`: every proposal the chain has seen, in id order.
+    pub fn gov_proposals(&self) -> Result<Value, Failure> {
+        let proposals = self.store().proposals()?;
+        let gov = self.governance();
+        let out: Vec<Value> = proposals.iter().map(|p| Self::proposal_json(&gov, p)).collect();
+        Ok(json!({ "proposals": out }))
+    }
+
+    /// `GET /v1/gov/proposals/{id}`.
+    pub fn gov_proposal(&self, id: &RecordId) -> Result<Value, Failure> {
+        let proposal = self
+            .store()
+            .proposal(id)?
+            .ok_or_else(|| Failure::NotFound(format!("no proposal with id {id}; GET /v1/gov/proposals lists them")))?;
+        Ok(Self::proposal_json(&self.governance(), &proposal))
+    }
+
+    /// `GET /v1/gov`: the validator set and charter in force for the next block.
+    pub fn gov_state(&self) -> Result<Value, Failure> {
+        let height = self.store().tip().height.0;
+        let gov = self.governance();
+        let agencies: Vec<Value> = gov
+            .charter
+            .agencies
+            .iter()
+            .map(|a| json!({ "name": a.name, "namespaces": a.namespaces, "submitter_keys": a.submitter_keys }))
+            .collect();
+        Ok(json!({
+            "height": height, "next_height": height + 1,
+            "validators": gov.validators.validators, "total_power": gov.validators.total_power(),
+            "agencies": agencies, "params": gov.charter.params,
+            "charter_hash": hex::encode(gov.charter.hash()), "open_proposals": gov.proposals.len(),
+        }))
+    }
+
+    /// A proposal as the API shows it; approvals are weighed by the set in force (`gov`).
+    fn proposal_json(gov: &Governance, p: &annal_ledger::gov::Proposal) -> Value {
+        use annal_ledger::gov::ProposalStatus;
+        let (height, reason) = match &p.status {
+            ProposalStatus::Open => (None, None),
+            ProposalStatus::Scheduled { height }
+            | ProposalStatus::Applied { height }
+            | ProposalStatus::Expired { height } => (Some(*height), None),
+            ProposalStatus::Failed { height, reason } => (Some(*height), Some(reason.as_str())),
+        };
+        let approvals: Vec<Value> = p
+            .approvals
+            .iter()
+            .map(|key| {
+                let v = gov.validators.validators.iter().find(|v| v.consensus_key == *key);
+                json!({ "consensus_key": key, "validator": v.map(|v| &v.name), "power": v.map(|v| v.power) })
+            })
+            .collect();
+        json!({
+            "id": p.id.to_hex(),
+            "status": { "name": p.status.name(), "height": height, "reason": reason },
+            "change": p.change, "description": p.change.describe(),
+            "proposer": p.proposer, "height": p.height,
+            "effective_height": p.effective_height, "expires_height": p.expires_height,
+            "approvals": approvals, "approving_power": gov.approving_power(p),
+            "total_power": gov.validators.total_power(),
+        })
+    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use annal_ledger::block::{Certificate, Height, View};
 use annal_ledger::exec::{execute, BlockMeta, Signatures};
 use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
+use annal_ledger::gov::{approval_key, Change, GovAction, GOV_NAMESPACE};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::proof::{self, Bundle, Consistency};
 use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
@@ -189,6 +190,9 @@ impl Node {
         let cert = Certificate::sign(&header, &set, &[(0, &k1), (1, &k2), (2, &k3)]);
         store.commit_block(&header, certify.then_some(&cert), &executed, &[]).unwrap();
         drop(store);
+        if executed.gov.changed {
+            s.set_governance(executed.gov.state.clone());
+        }
         let mut pool = s.pool.lock().unwrap();
         for id in &executed.ids {
             pool.remove(id);
@@ -638,5 +642,122 @@ async fn a_replayed_nonce_and_a_namespace_not_granted_are_422_naming_the_rule() 
     let detail = node.post("/v1/records", &body_of(&elsewhere.sign(&key(21)))).await.error(422, "refused");
     assert!(detail.contains("companies"), "{detail}");
     assert_eq!(node.shared.pool.lock().unwrap().len(), 0);
+    node.stop().await;
+}
+
+/// A governance record by validator `signer` (key 1..=4) under `record_key`.
+fn gov_record(signer: u8, record_key: String, action: &GovAction, nonce: u64) -> SignedRecord {
+    Record {
+        chain_id: CHAIN.into(),
+        namespace: GOV_NAMESPACE.into(),
+        key: record_key,
+        op: Op::Publish,
+        body: Body::Inline(action.to_bytes()),
+        metadata: Default::default(),
+        supersedes: None,
+        version: 1,
+        submitter: key(signer).public(),
+        nonce,
+    }
+    .sign(&key(signer))
+}
+
+fn approve(signer: u8, proposal: RecordId, nonce: u64) -> SignedRecord {
+    let record_key = approval_key(&proposal, &key(signer).public());
+    gov_record(signer, record_key, &GovAction::Approve { proposal }, nonce)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_proposals_and_the_membership_in_force_are_served() {
+    // Goal: a proposal committed through ordinary records is listed and shown with its change,
+    // status, approvals weighed by the set in force, and moves open → scheduled → applied as
+    // approvals pass 2/3; /v1/gov shows the membership for the next block before and after;
+    // an unknown id is 404, a malformed one 400, and a governance record signed by an officer
+    // (not a validator) is refused at admission naming why.
+    let node = start("gov", Limits::default()).await;
+    let court = Agency {
+        name: "court".into(),
+        submitter_keys: vec![key(31).public()],
+        namespaces: vec!["court-orders".into()],
+    };
+    let propose =
+        GovAction::Propose { change: Change::AddAgency(court.clone()), effective_height: None, expires_height: 100 };
+    let proposal = gov_record(1, "proposal/test-1".into(), &propose, 1);
+    let id = proposal.id();
+
+    let before = node.get("/v1/gov").await.json();
+    assert_eq!(before["height"], 0);
+    assert_eq!(before["next_height"], 1);
+    assert_eq!(before["validators"].as_array().unwrap().len(), 4);
+    assert_eq!(before["validators"][0]["name"], "validator-1");
+    assert_eq!(before["validators"][0]["consensus_key"], key(1).public().to_hex());
+    assert_eq!(before["validators"][0]["p2p_key"], key(11).public().to_hex());
+    assert_eq!(before["validators"][0]["power"], 1);
+    assert_eq!(before["total_power"], 4);
+    assert_eq!(
+        before["agencies"],
+        json!([{ "name": "land", "namespaces": ["land-titles"],
+        "submitter_keys": [key(21).public().to_hex(), key(22).public().to_hex()] }])
+    );
+    assert_eq!(before["params"], serde_json::to_value(Params::default()).unwrap());
+    assert_eq!(node.get("/v1/gov/proposals").await.json(), json!({ "proposals": [] }));
+
+    node.commit(std::slice::from_ref(&proposal), true);
+    let listed = node.get("/v1/gov/proposals").await.json();
+    let p = &listed["proposals"][0];
+    assert_eq!(listed["proposals"].as_array().unwrap().len(), 1);
+    assert_eq!(p["id"], id.to_hex());
+    assert_eq!(p["status"], json!({ "name": "open", "height": null, "reason": null }));
+    assert_eq!(p["change"], json!({ "add_agency": serde_json::to_value(&court).unwrap() }));
+    assert!(p["description"].as_str().unwrap().contains("add agency \"court\""), "{p}");
+    assert_eq!(p["proposer"], key(1).public().to_hex());
+    assert_eq!((p["height"].as_u64(), p["expires_height"].as_u64()), (Some(1), Some(100)));
+    assert_eq!(p["effective_height"], Value::Null);
+    assert_eq!(
+        p["approvals"],
+        json!([{ "consensus_key": key(1).public().to_hex(), "validator": "validator-1", "power": 1 }])
+    );
+    assert_eq!((p["approving_power"].as_u64(), p["total_power"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(node.get(&format!("/v1/gov/proposals/{id}")).await.json(), *p);
+
+    node.commit(&[approve(2, id, 1), approve(3, id, 1)], true);
+    let shown = node.get(&format!("/v1/gov/proposals/{id}")).await.json();
+    assert_eq!(shown["status"], json!({ "name": "scheduled", "height": 4, "reason": null }), "{shown}");
+    assert_eq!(shown["approving_power"], 3);
+    let approvers: Vec<&str> =
+        shown["approvals"].as_array().unwrap().iter().map(|a| a["validator"].as_str().unwrap()).collect();
+    assert_eq!(approvers.len(), 3);
+    for name in ["validator-1", "validator-2", "validator-3"] {
+        assert!(approvers.contains(&name), "{approvers:?}");
+    }
+    assert_eq!(
+        node.get("/v1/gov").await.json()["agencies"].as_array().unwrap().len(),
+        1,
+        "not in force before height 4"
+    );
+
+    node.commit(&[], true);
+    let shown = node.get(&format!("/v1/gov/proposals/{id}")).await.json();
+    assert_eq!(shown["status"], json!({ "name": "applied", "height": 4, "reason": null }), "{shown}");
+    let after = node.get("/v1/gov").await.json();
+    assert_eq!((after["height"].as_u64(), after["next_height"].as_u64()), (Some(3), Some(4)));
+    assert_eq!(
+        after["agencies"][1],
+        json!({ "name": "court", "namespaces": ["court-orders"],
+        "submitter_keys": [key(31).public().to_hex()] })
+    );
+    assert_eq!(after["open_proposals"], 0);
+    assert_ne!(after["charter_hash"], before["charter_hash"]);
+
+    let unknown = RecordId([7; 32]);
+    let detail = node.get(&format!("/v1/gov/proposals/{unknown}")).await.error(404, "not_found");
+    assert!(detail.contains(&unknown.to_hex()), "{detail}");
+    let detail = node.get("/v1/gov/proposals/abc").await.error(400, "bad_query");
+    assert!(detail.contains("id"), "{detail}");
+    node.get("/v1/gov?x=1").await.error(400, "bad_query");
+
+    let by_officer = gov_record(21, "proposal/officer".into(), &propose, 50);
+    let detail = node.post("/v1/records", &body_of(&by_officer)).await.error(422, "refused");
+    assert!(detail.contains("not the consensus key of a validator in force"), "{detail}");
     node.stop().await;
 }
