@@ -110,6 +110,7 @@ mod tests {
     use super::*;
     use crate::signer::{SafetyState, Signer};
     use crate::types::{Height, Validator, View};
+    use crate::wire::VoteKind;
     use ed25519_dalek::SigningKey;
 
     fn setup(powers: &[u64]) -> (ValidatorSet, Vec<Signer>) {
@@ -126,7 +127,15 @@ mod tests {
     }
 
     fn finalize_cert(set: &ValidatorSet, signers: &mut [Signer], who: &[usize]) -> Certificate {
-        let votes: Vec<Vote> = who.iter().map(|&i| signers[i].finalize(View(1), Height(1), [5; 32]).unwrap()).collect();
+        let notarization = Certificate {
+            kind: VoteKind::Notarize,
+            view: View(1),
+            height: Height(1),
+            digest: [5; 32],
+            signers: Vec::new(),
+            signatures: Vec::new(),
+        };
+        let votes: Vec<Vote> = who.iter().map(|&i| signers[i].finalize(&notarization).unwrap()).collect();
         Certificate::assemble(set, votes.iter()).unwrap()
     }
 

@@ -29,4 +29,6 @@ pub enum Error {
     QuorumNotReached { view: View, height: Height, power: u64, total: u64 },
     #[error("safety state has {got} bytes; it needs {want}")]
     SafetyStateLength { got: usize, want: usize },
+    #[error("safety state's justification is a {kind} certificate for view {view:?} height {height:?}; its last finalize is in view {finalized:?}")]
+    SafetyStateJustification { kind: &'static str, view: View, height: Height, finalized: View },
 }

@@ -40,8 +40,9 @@
 //! Each validator is in one view at a time, starting (also after a restart) in
 //! the view after its anchor, the last block it committed; a restarted
 //! validator catches up through R6 and R10, and its signer keeps it from
-//! re-signing anything (R9). Certificates live only in memory; what a crash
-//! loses everywhere is signed again (R5, R10).
+//! re-signing anything (R9). Certificates live only in memory, but for the one
+//! a validator's last finalize rests on, which its safety state keeps (R5);
+//! what a crash loses everywhere is signed again (R5, R10).
 //!
 //! * **R1 (enter).** On entering view `v`, arm a timer for
 //!   `timeout_base · 2^k` (capped at `timeout_max`), `k` being the number of
@@ -64,7 +65,8 @@
 //!   validator broadcasts it. Certificates from peers are verified and count
 //!   the same.
 //! * **R5 (finalize / nullify).** On a notarization of `v`, a validator that
-//!   has not nullified `v` (or any later view) sends `finalize(v)`. On its
+//!   has not nullified `v` (or any later view) sends `finalize(v)`, keeping
+//!   that notarization (its *justification*) in the safety state. On its
 //!   timer in `v` it sends `nullify(v)`, and never sends `finalize(v)`
 //!   afterwards; with it, `nullify(w)` for every view `w < v` that the walk
 //!   to the parent for `v` (R2) crosses with no certificate at all — a view
@@ -85,7 +87,8 @@
 //! * **R8 (evidence).** Two verified messages from one validator that
 //!   [`conflicting`] calls conflicting become an [`Evidence`] output.
 //! * **R9 (persist).** Every signature passes through [`Signer`] (rules
-//!   S1–S4 on its methods), which advances [`SafetyState`] first;
+//!   S1–S4 on its methods), which advances [`SafetyState`] first (for a
+//!   finalize, together with its justification, R5);
 //!   `handle` emits `PersistSafety` — and `PersistBlock` for a block this
 //!   validator proposes or is about to notarize — before the messages
 //!   carrying the signatures. The host makes them durable before sending
@@ -98,7 +101,12 @@
 //!   parent for its current view (R2: the notarization and the
 //!   nullifications after it), and retries block fetches. A peer seen
 //!   nullifying an older view is sent the same certificates directly (at
-//!   most once per `timeout_base`).
+//!   most once per `timeout_base`). A validator restarting with a
+//!   justification (R5) above its anchor takes it as a certificate first
+//!   (R6), so it holds it and re-sends it: S3 forbids it ever to nullify that
+//!   view, and its notarize there is lost once it notarized a later view
+//!   (only the last one can be re-signed), so without the justification no
+//!   certificate for that view might ever form again.
 //!
 //! # §Safety argument
 //! *One notarized block per view.* Two notarizations of view `v` for
@@ -132,7 +140,12 @@
 //! nullification that crashes erased from every memory forms again: R6 can
 //! move every honest validator past a view before its timer, but then each
 //! one's next timeout nullifies that view too (R5), so no parent walk stays
-//! blocked on it. Timeouts
+//! blocked on it. The only views an honest validator can never nullify are
+//! those up to its last finalize (S3); for those it holds, even across
+//! crashes, the justification of that finalize (R5, R10), a certificate for a
+//! view at or above them that moves every peer past them (R6). So in a view
+//! that no certificate ends, every honest validator either nullifies it or
+//! re-sends a certificate that ends it. Timeouts
 //! double across consecutive nullified views (R1), so they eventually exceed
 //! the real delay; round-robin leaders bring an honest leader within `f + 1`
 //! views.
@@ -157,8 +170,10 @@
 //! * On restart it builds a new core from the last committed block and the
 //!   certificate it was committed with (the anchor) and the last persisted
 //!   [`SafetyState`]. The core starts in the view after the anchor — a view
-//!   whose justification it holds — and catches up through R6 and R10; the
-//!   signer refuses anything that could conflict with what was signed before.
+//!   whose justification it holds — or, if the safety state's justification
+//!   (R5) is of a later view, in the view after that; it catches up through R6
+//!   and R10, and the signer refuses anything that could conflict with what
+//!   was signed before. The safety state is 112 bytes plus that certificate.
 //!
 //! # §Validator sets
 //! A core serves one epoch with one [`ValidatorSet`] supplied by the

@@ -10,13 +10,14 @@ use ed25519_dalek::{Signer as _, SigningKey};
 
 use crate::error::Error;
 use crate::types::{ChainId, Digest, Height, ValidatorIndex, View};
-use crate::wire::{signing_bytes, Vote, VoteKind};
+use crate::wire::{signing_bytes, Certificate, Limits, Message, Vote, VoteKind};
 
-/// The highest view in which this validator signed each kind of message, and the
+/// The highest view in which this validator signed each kind of message, the
 /// block of its last notarize and finalize (so a restarted validator can re-send
-/// those votes: re-signing identical bytes conflicts with nothing). View 0 means
-/// "never" (no validator signs in the anchor's view 0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// those votes: re-signing identical bytes conflicts with nothing), and the
+/// certificate its last finalize rests on. View 0 means "never" (no validator
+/// signs in the anchor's view 0).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SafetyState {
     pub proposed: View,
     pub notarized: View,
@@ -24,17 +25,24 @@ pub struct SafetyState {
     pub nullified: View,
     pub finalized: View,
     pub finalized_block: (Height, Digest),
+    /// The notarization (or finalization) of `finalized_block` in view `finalized` that
+    /// this validator saw before it sent `finalize`. It decides nothing about what may be
+    /// signed; it is kept for liveness (Spec R10): S3 forbids this validator to nullify
+    /// that view ever again, so after a crash it must still be able to prove the view
+    /// certified, or no certificate for the view may ever form again.
+    pub finalized_justification: Option<Certificate>,
 }
 
 impl SafetyState {
-    /// Length of [`SafetyState::encode`].
-    pub const BYTES: usize = 112;
+    /// Length of the fixed part of [`SafetyState::encode`]; the justification follows it.
+    pub const FIXED_BYTES: usize = 112;
 
     /// Little-endian u64s and raw digests, in field order: proposed, notarized,
     /// notarized height, notarized digest, nullified, finalized, finalized height,
-    /// finalized digest.
-    pub fn encode(&self) -> [u8; Self::BYTES] {
-        let mut b = Vec::with_capacity(Self::BYTES);
+    /// finalized digest (112 bytes); then, if present, the justification in its wire
+    /// encoding ([`Message::Certificate`], tag included).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::FIXED_BYTES);
         b.extend_from_slice(&self.proposed.0.to_le_bytes());
         b.extend_from_slice(&self.notarized.0.to_le_bytes());
         b.extend_from_slice(&self.notarized_block.0 .0.to_le_bytes());
@@ -43,23 +51,47 @@ impl SafetyState {
         b.extend_from_slice(&self.finalized.0.to_le_bytes());
         b.extend_from_slice(&self.finalized_block.0 .0.to_le_bytes());
         b.extend_from_slice(&self.finalized_block.1);
-        b.try_into().expect("BYTES long")
+        if let Some(c) = &self.finalized_justification {
+            b.extend_from_slice(&Message::Certificate(c.clone()).encode());
+        }
+        b
     }
 
+    /// Decodes [`SafetyState::encode`]; a state of exactly 112 bytes has no justification.
     pub fn decode(bytes: &[u8]) -> Result<SafetyState, Error> {
-        if bytes.len() != Self::BYTES {
-            return Err(Error::SafetyStateLength { got: bytes.len(), want: Self::BYTES });
+        if bytes.len() < Self::FIXED_BYTES {
+            return Err(Error::SafetyStateLength { got: bytes.len(), want: Self::FIXED_BYTES });
         }
         let u = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let d = |at: usize| -> Digest { bytes[at..at + 32].try_into().expect("32 bytes") };
-        Ok(SafetyState {
+        let mut state = SafetyState {
             proposed: View(u(0)),
             notarized: View(u(8)),
             notarized_block: (Height(u(16)), d(24)),
             nullified: View(u(56)),
             finalized: View(u(64)),
             finalized_block: (Height(u(72)), d(80)),
-        })
+            finalized_justification: None,
+        };
+        let rest = &bytes[Self::FIXED_BYTES..];
+        if !rest.is_empty() {
+            let c = match Message::decode(rest, &Limits::default())? {
+                Message::Certificate(c) => c,
+                _ => return Err(Error::NonCanonical { field: "safety state justification" }),
+            };
+            let justifies = matches!(c.kind, VoteKind::Notarize | VoteKind::Finalize)
+                && (c.view, c.height, c.digest) == (state.finalized, state.finalized_block.0, state.finalized_block.1);
+            if !justifies {
+                return Err(Error::SafetyStateJustification {
+                    kind: c.kind.name(),
+                    view: c.view,
+                    height: c.height,
+                    finalized: state.finalized,
+                });
+            }
+            state.finalized_justification = Some(c);
+        }
+        Ok(state)
     }
 
     /// The highest view this validator signed anything in.
@@ -82,8 +114,8 @@ impl Signer {
         Signer { key, index, chain_id, state }
     }
 
-    pub fn state(&self) -> SafetyState {
-        self.state
+    pub fn state(&self) -> &SafetyState {
+        &self.state
     }
 
     pub fn index(&self) -> ValidatorIndex {
@@ -118,10 +150,19 @@ impl Signer {
     }
 
     /// Rule S4: at most one finalize per view, and only in a view above every nullified one.
-    pub(crate) fn finalize(&mut self, view: View, height: Height, digest: Digest) -> Option<Vote> {
+    /// `justification` is the notarization (or finalization) of the block being finalized;
+    /// the state keeps it with the vote (see [`SafetyState::finalized_justification`]).
+    pub(crate) fn finalize(&mut self, justification: &Certificate) -> Option<Vote> {
+        let (view, height, digest) = (justification.view, justification.height, justification.digest);
+        assert!(
+            matches!(justification.kind, VoteKind::Notarize | VoteKind::Finalize),
+            "a finalize rests on a notarization or finalization, not a {} certificate",
+            justification.kind.name()
+        );
         (view > self.state.finalized && view > self.state.nullified).then(|| {
             self.state.finalized = view;
             self.state.finalized_block = (height, digest);
+            self.state.finalized_justification = Some(justification.clone());
             self.sign(VoteKind::Finalize, view, height, digest)
         })
     }
@@ -129,7 +170,7 @@ impl Signer {
     /// The last notarize and finalize again, for re-sending (Spec R10): the same
     /// subjects, so the same bytes and signatures; they conflict with nothing.
     pub(crate) fn last_votes(&self) -> [Option<Vote>; 2] {
-        let st = self.state;
+        let st = &self.state;
         let (nh, nd) = st.notarized_block;
         let (fh, fd) = st.finalized_block;
         [
@@ -170,6 +211,19 @@ mod tests {
         Signer::new(SigningKey::from_bytes(&[1; 32]), ValidatorIndex(0), ChainId([0; 32]), state)
     }
 
+    /// A notarization to finalize on; the signer keeps it and does not check its signatures.
+    fn notarization(view: u64, height: u64, digest: Digest) -> Certificate {
+        let kind = VoteKind::Notarize;
+        Certificate {
+            kind,
+            view: View(view),
+            height: Height(height),
+            digest,
+            signers: vec![1],
+            signatures: vec![[7; 64]],
+        }
+    }
+
     /// Goal: a second notarize in one view is refused, whatever the block.
     #[test]
     fn one_notarize_per_view() {
@@ -184,13 +238,13 @@ mod tests {
     #[test]
     fn nullify_and_finalize_exclude_each_other() {
         let mut s = signer(SafetyState::default());
-        assert!(s.finalize(View(5), Height(1), [1; 32]).is_some());
+        assert!(s.finalize(&notarization(5, 1, [1; 32])).is_some());
         assert!(s.nullify(View(5)).is_none());
         assert!(s.nullify(View(6)).is_some());
         assert!(s.nullify(View(6)).is_some(), "re-signing the same nullify is allowed");
-        assert!(s.finalize(View(6), Height(2), [1; 32]).is_none());
+        assert!(s.finalize(&notarization(6, 2, [1; 32])).is_none());
         assert!(s.nullify(View(9)).is_some() && s.nullify(View(7)).is_some(), "nullifies never conflict");
-        assert!(s.finalize(View(7), Height(3), [1; 32]).is_none(), "finalize stays above every nullified view");
+        assert!(s.finalize(&notarization(7, 3, [1; 32])).is_none(), "finalize stays above every nullified view");
         assert!(s.notarize(View(6), Height(2), [1; 32]).is_none(), "no notarize after nullify");
     }
 
@@ -201,7 +255,7 @@ mod tests {
         let sent = [
             s.propose(View(2), Height(1), [1; 32]).unwrap(),
             s.notarize(View(2), Height(1), [1; 32]).unwrap(),
-            s.finalize(View(2), Height(1), [1; 32]).unwrap(),
+            s.finalize(&notarization(2, 1, [1; 32])).unwrap(),
             s.nullify(View(3)).unwrap(),
         ];
         let bytes = s.state().encode();
@@ -209,8 +263,8 @@ mod tests {
         let attempts = [
             r.propose(View(2), Height(1), [9; 32]),
             r.notarize(View(2), Height(1), [9; 32]),
-            r.finalize(View(2), Height(1), [9; 32]),
-            r.finalize(View(3), Height(2), [9; 32]),
+            r.finalize(&notarization(2, 1, [9; 32])),
+            r.finalize(&notarization(3, 2, [9; 32])),
             r.notarize(View(3), Height(2), [9; 32]),
         ];
         for (a, b) in attempts.iter().flatten().flat_map(|a| sent.iter().map(move |b| (a, b))) {
@@ -225,20 +279,30 @@ mod tests {
         );
     }
 
-    /// Goal: the safety state codec round-trips and rejects one byte more.
+    /// Goal: the safety state codec round-trips with and without a justification, reads a
+    /// 112-byte state as one without, and rejects a byte less, a byte more and a justification
+    /// for another view or block.
     #[test]
     fn safety_state_codec() {
-        let st = SafetyState {
+        let mut st = SafetyState {
             proposed: View(1),
             notarized: View(2),
             notarized_block: (Height(5), [6; 32]),
             nullified: View(3),
             finalized: View(4),
             finalized_block: (Height(7), [8; 32]),
+            finalized_justification: None,
         };
-        assert_eq!(SafetyState::decode(&st.encode()), Ok(st));
-        let mut long = st.encode().to_vec();
+        assert_eq!(st.encode().len(), SafetyState::FIXED_BYTES);
+        assert_eq!(SafetyState::decode(&st.encode()), Ok(st.clone()));
+        assert_eq!(SafetyState::decode(&st.encode()[..111]), Err(Error::SafetyStateLength { got: 111, want: 112 }));
+        st.finalized_justification = Some(notarization(4, 7, [8; 32]));
+        assert_eq!(SafetyState::decode(&st.encode()), Ok(st.clone()));
+        let mut long = st.encode();
         long.push(0);
-        assert_eq!(SafetyState::decode(&long), Err(Error::SafetyStateLength { got: 113, want: 112 }));
+        assert_eq!(SafetyState::decode(&long), Err(Error::TrailingBytes { kind: "certificate", extra: 1 }));
+        let mut other = st.clone();
+        other.finalized_justification = Some(notarization(4, 7, [9; 32]));
+        assert!(matches!(SafetyState::decode(&other.encode()), Err(Error::SafetyStateJustification { .. })));
     }
 }

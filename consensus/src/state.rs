@@ -167,7 +167,7 @@ impl Core {
         // Spec R1: start in the view after the anchor, where this core holds the certificate
         // that justifies being there; the signer's state forbids re-signing anything.
         let view = anchor.view.next();
-        let persisted = signer.state();
+        let persisted = signer.state().clone();
         Core {
             cfg,
             signer,
@@ -238,17 +238,14 @@ impl Core {
     }
 
     pub fn safety_state(&self) -> SafetyState {
-        self.signer.state()
+        self.signer.state().clone()
     }
 
     /// Handles one input at time `now` and returns the effects, `PersistSafety` first.
     pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Output> {
         self.now = now;
         match input {
-            Input::Start => {
-                self.arm_timer(now);
-                self.progress();
-            }
+            Input::Start => self.on_start(now),
             Input::Message { from, message } => self.on_message(now, from, message),
             Input::Timeout(view) => {
                 if view == self.view {
@@ -259,16 +256,33 @@ impl Core {
             Input::Validated { digest, valid } => self.on_validated(now, digest, valid),
         }
         let mut out = Vec::with_capacity(1 + self.sends.len() + self.out.len());
-        let state = self.signer.state();
-        if state != self.persisted {
+        if *self.signer.state() != self.persisted {
             // Spec R9: the state that permits the signatures below is persisted before they leave.
-            out.push(Output::PersistSafety(state));
-            self.persisted = state;
+            self.persisted = self.signer.state().clone();
+            out.push(Output::PersistSafety(self.persisted.clone()));
         }
         out.extend(self.persist_blocks.drain(..).map(Output::PersistBlock));
         out.append(&mut self.sends);
         out.append(&mut self.out);
         out
+    }
+
+    /// Spec R1, R10: arms the starting view's timer. A restarted validator whose last finalize
+    /// is above its anchor first takes back the certificate that finalize rests on, which moves
+    /// it past that view (R6) and which it re-sends on its timeouts: S3 forbids it to nullify
+    /// that view, and its notarize there may be gone (only the last one can be re-signed), so
+    /// without the certificate the view could stay uncertified forever (seed 25951).
+    fn on_start(&mut self, now: Duration) {
+        let justification =
+            self.signer.state().finalized_justification.clone().filter(|c| c.view > self.finalized.view);
+        match justification {
+            // Read back from this validator's own safety state: verified before it was kept.
+            Some(c) => self.on_verified_certificate(now, c),
+            None => {
+                self.arm_timer(now);
+                self.progress();
+            }
+        }
     }
 
     fn on_message(&mut self, now: Duration, from: ValidatorIndex, message: Message) {
@@ -460,14 +474,25 @@ impl Core {
 
     // ---- votes (Spec R4–R6, R8) ----
 
-    /// Signs (if the safety rules allow), broadcasts and counts one's own vote.
+    /// Signs (if the safety rules allow), broadcasts and counts one's own notarize or nullify.
     fn vote(&mut self, now: Duration, kind: VoteKind, view: View, height: Height, digest: Digest) {
         let vote = match kind {
             VoteKind::Notarize => self.signer.notarize(view, height, digest),
             VoteKind::Nullify => self.signer.nullify(view),
-            VoteKind::Finalize => self.signer.finalize(view, height, digest),
+            VoteKind::Finalize => unreachable!("finalize votes are signed on their certificate in finalize"),
             VoteKind::Propose => unreachable!("proposals are signed in on_payload"),
         };
+        self.cast(now, vote);
+    }
+
+    /// Spec R5: finalize the block `c` certifies, unless this validator nullified its view or a
+    /// later one; the safety state keeps `c` with the vote (R10).
+    fn finalize(&mut self, now: Duration, c: &Certificate) {
+        let vote = self.signer.finalize(c);
+        self.cast(now, vote);
+    }
+
+    fn cast(&mut self, now: Duration, vote: Option<Vote>) {
         if let Some(vote) = vote {
             self.broadcast(Message::Vote(vote.clone()));
             self.count(now, vote);
@@ -550,7 +575,7 @@ impl Core {
             VoteKind::Notarize | VoteKind::Finalize => {
                 self.keep_block(v, c.digest);
                 // Spec R5: finalize what is notarized unless this view was nullified by us.
-                self.vote(now, VoteKind::Finalize, v, c.height, c.digest);
+                self.finalize(now, &c);
                 if kind == VoteKind::Finalize {
                     self.on_finalization(c);
                 }

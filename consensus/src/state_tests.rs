@@ -262,7 +262,7 @@ fn restart_from_safety_state_cannot_double_vote() {
     let b = block(1, 1, 0, GENESIS.digest);
     msg(&mut c, 1, proposal(b.clone()));
     let out = c.handle(Duration::ZERO, Input::Validated { digest: b.hash(&CHAIN), valid: true });
-    let Output::PersistSafety(state) = out[0] else { panic!("persist first: {out:?}") };
+    let Output::PersistSafety(state) = out[0].clone() else { panic!("persist first: {out:?}") };
     let mut r = core(0, SafetyState::decode(&state.encode()).unwrap());
     r.handle(Duration::ZERO, Input::Start);
     let other = Block { payload: vec![42], ..b };
@@ -332,8 +332,8 @@ fn lower_finalized_blocks_commit_while_a_higher_body_is_missing() {
     assert_eq!(heights, vec![Height(1), Height(2)], "{out:?}");
 }
 
-/// Goal: a validator restarted after finalizing a view whose certificate it lost re-sends the identical
-/// finalize vote on timeout, so the finalization can still form; it never nullifies that view.
+/// Goal: a validator restarted after finalizing a view re-sends the identical finalize vote on
+/// timeout, so the finalization can still form; it never nullifies that view.
 #[test]
 fn restarted_validator_resends_its_last_votes() {
     let mut c = core(0, SafetyState::default());
@@ -348,15 +348,64 @@ fn restarted_validator_resends_its_last_votes() {
     assert_eq!(state.finalized, View(1));
     let mut r = core(0, state);
     r.handle(Duration::ZERO, Input::Start);
-    assert_eq!(r.view(), View(1), "restart in the view after the anchor");
-    let out = r.handle(Duration::from_secs(1), Input::Timeout(View(1)));
+    assert_eq!(r.view(), View(2), "the notarization its finalize rests on moves it past view 1");
+    let out = r.handle(Duration::from_secs(1), Input::Timeout(View(2)));
     let sent = votes_sent(&out);
     assert!(sent.contains(&vote(0, VoteKind::Finalize, 1, 1, d)), "{sent:?}");
     assert!(sent.contains(&vote(0, VoteKind::Notarize, 1, 1, d)), "{sent:?}");
-    assert!(!sent.iter().any(|v| v.kind == VoteKind::Nullify), "a finalized view is never nullified: {sent:?}");
+    assert!(!sent.iter().any(|v| v.kind == VoteKind::Nullify && v.view == View(1)), "a finalized view: {sent:?}");
     msg(&mut r, 1, Message::Vote(vote(1, VoteKind::Finalize, 1, 1, d)));
-    msg(&mut r, 2, Message::Vote(vote(2, VoteKind::Finalize, 1, 1, d)));
-    assert_eq!(r.view(), View(2), "the re-sent vote completes the finalization");
+    let out = msg(&mut r, 2, Message::Vote(vote(2, VoteKind::Finalize, 1, 1, d)));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(Message::Certificate(c))
+            if c.kind == VoteKind::Finalize && c.view == View(1))),
+        "the re-sent vote completes the finalization: {out:?}"
+    );
+}
+
+/// Goal: a validator that finalized a view and then notarized a later one, and crashed before any
+/// of it left, can still get its peers past that view (seed 25951). S3 forbids it to nullify the
+/// view, its notarize there can no longer be re-signed (only the last one is kept), and a peer
+/// that nullified the view cannot finalize it: only the notarization it kept with its finalize
+/// vote in the safety state (R10) ends the view.
+#[test]
+fn finalized_view_stays_certifiable_after_restart() {
+    let mut c = core(0, SafetyState::default());
+    c.handle(Duration::ZERO, Input::Start);
+    let b1 = block(1, 1, 0, GENESIS.digest);
+    let d1 = b1.hash(&CHAIN);
+    msg(&mut c, 1, proposal(b1));
+    c.handle(Duration::ZERO, Input::Validated { digest: d1, valid: true });
+    msg(&mut c, 1, Message::Vote(vote(1, VoteKind::Notarize, 1, 1, d1)));
+    msg(&mut c, 3, Message::Vote(vote(3, VoteKind::Notarize, 1, 1, d1)));
+    assert_eq!(c.view(), View(2), "notarized (votes 0, 1, 3) and finalized view 1");
+    let b2 = block(2, 2, 1, d1);
+    msg(&mut c, 2, proposal(b2.clone()));
+    c.handle(Duration::ZERO, Input::Validated { digest: b2.hash(&CHAIN), valid: true });
+    let state = c.safety_state();
+    assert_eq!((state.finalized, state.notarized), (View(1), View(2)));
+
+    // Validator 0 crashes before any of that leaves; it restarts from its safety state at genesis.
+    let mut r = core(0, SafetyState::decode(&state.encode()).unwrap());
+    r.handle(Duration::ZERO, Input::Start);
+    let out = r.handle(Duration::from_secs(1), Input::Timeout(r.view()));
+    let sent = votes_sent(&out);
+    assert!(!sent.iter().any(|v| v.view == View(1) && v.kind != VoteKind::Finalize), "S2, S3: {sent:?}");
+    let notarization = out.iter().find_map(|o| match o {
+        Output::Broadcast(Message::Certificate(c)) if c.kind == VoteKind::Notarize && c.view == View(1) => {
+            Some(c.clone())
+        }
+        _ => None,
+    });
+    let notarization = notarization.unwrap_or_else(|| panic!("view 1 can be certified by nothing else: {out:?}"));
+
+    // Validator 2 saw neither the notarization nor any vote for view 1, and nullified it.
+    let mut p = core(2, SafetyState::default());
+    p.handle(Duration::ZERO, Input::Start);
+    p.handle(Duration::from_secs(1), Input::Timeout(View(1)));
+    assert_eq!(p.safety_state().nullified, View(1));
+    msg(&mut p, 0, Message::Certificate(notarization));
+    assert_eq!(p.view(), View(2), "the kept notarization ends view 1 for the peer");
 }
 
 /// Goal: a view skipped (R6) without any certificate — its nullification lost with every memory that

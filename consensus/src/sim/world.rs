@@ -332,7 +332,7 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let node = &self.nodes[i];
         let signer =
-            Signer::new(self.keys[node.validator.0 as usize].clone(), node.validator, self.chain_id, node.disk);
+            Signer::new(self.keys[node.validator.0 as usize].clone(), node.validator, self.chain_id, node.disk.clone());
         let core = Core::new(
             self.core_config(),
             signer,
