@@ -84,6 +84,37 @@ pub struct Params {
     pub block_interval_ms: u64,
     /// The first consensus view timeout; it backs off from there.
     pub view_timeout_ms: u64,
+    /// Heights per consensus epoch. A validator-set change takes effect at
+    /// the first height of an epoch (heights `k * epoch_blocks + 1`); fixed for
+    /// the chain's life (ADR 0006). Absent in a genesis file: 256.
+    #[serde(default = "default_epoch_blocks")]
+    pub epoch_blocks: u64,
+}
+
+fn default_epoch_blocks() -> u64 {
+    256
+}
+
+impl Params {
+    /// The epoch that height `height` (at least 1) belongs to; epoch 0 holds heights 1 to `epoch_blocks`.
+    pub fn epoch_of(&self, height: u64) -> u64 {
+        height.saturating_sub(1) / self.epoch_blocks
+    }
+
+    /// The last height of epoch `epoch`.
+    pub fn epoch_end(&self, epoch: u64) -> u64 {
+        (epoch + 1).saturating_mul(self.epoch_blocks)
+    }
+
+    /// The first epoch start (`k * epoch_blocks + 1`) at or above `height`.
+    pub fn epoch_start_from(&self, height: u64) -> u64 {
+        let height = height.max(1);
+        if (height - 1).is_multiple_of(self.epoch_blocks) {
+            height
+        } else {
+            self.epoch_end(self.epoch_of(height)) + 1
+        }
+    }
 }
 
 impl Default for Params {
@@ -100,6 +131,7 @@ impl Default for Params {
             block_bytes_max: 8 * 1024 * 1024,
             block_interval_ms: 200,
             view_timeout_ms: 1000,
+            epoch_blocks: default_epoch_blocks(),
         }
     }
 }
@@ -280,6 +312,9 @@ impl Params {
         }
         if self.block_interval_ms == 0 || self.view_timeout_ms == 0 {
             return bad("block_interval_ms and view_timeout_ms must be above 0".into());
+        }
+        if self.epoch_blocks == 0 || self.epoch_blocks > 1 << 32 {
+            return bad(format!("epoch_blocks {} is not between 1 and 2^32", self.epoch_blocks));
         }
         Ok(())
     }

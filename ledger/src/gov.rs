@@ -97,6 +97,11 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether the change alters the validator set (and so waits for an epoch start).
+    pub fn changes_set(&self) -> bool {
+        matches!(self, Change::AddValidator(_) | Change::RemoveValidator { .. } | Change::SetPower { .. })
+    }
+
     /// A one-line description for people.
     pub fn describe(&self) -> String {
         match self {
@@ -237,13 +242,6 @@ pub struct Governance {
     pub charter: Charter,
     /// Open and scheduled proposals, by id.
     pub proposals: BTreeMap<RecordId, Proposal>,
-    /// Whether proposals may change the validator set. Off on every chain
-    /// `genesis` starts: the node cannot yet hand consensus over to a new set
-    /// at an exact height without risking that the old set's pipelined core
-    /// finalizes a height of the new one (ADR 0006, "Open points"). The ledger
-    /// side (next_set, certified set chains in bundles) is built and tested
-    /// with it on.
-    pub set_changes_enabled: bool,
 }
 
 impl Canonical for Governance {
@@ -276,7 +274,6 @@ impl Governance {
             validators: genesis.validator_set(),
             charter: genesis.charter(),
             proposals: BTreeMap::new(),
-            set_changes_enabled: false,
         }
     }
 
@@ -420,16 +417,14 @@ impl BlockGov {
                 if self.state.proposals.len() >= OPEN_PROPOSALS_MAX {
                     return bad(format!("{OPEN_PROPOSALS_MAX} proposals are open; wait for some to close"));
                 }
-                let changes_set = matches!(
-                    change,
-                    Change::AddValidator(_) | Change::RemoveValidator { .. } | Change::SetPower { .. }
-                );
-                if changes_set && !self.state.set_changes_enabled {
-                    return bad(format!(
-                        "{}: validator-set changes are not enabled on this chain yet (the consensus hand-over \
-                         to a new set is still being built; agencies, keys, namespaces and parameters can change)",
-                        change.describe()
-                    ));
+                if let Change::SetParams(p) = change {
+                    let epoch_blocks = self.state.charter.params.epoch_blocks;
+                    if p.epoch_blocks != epoch_blocks {
+                        return bad(format!(
+                            "epoch_blocks is fixed for the chain's life ({epoch_blocks}); the proposal says {}",
+                            p.epoch_blocks
+                        ));
+                    }
                 }
                 let (mut set, mut charter) = (self.state.validators.clone(), self.state.charter.clone());
                 let moved = apply(&self.state.chain_id, &mut set, &mut charter, change)
@@ -492,7 +487,10 @@ impl BlockGov {
                 continue;
             }
             let status = if self.state.validators.is_quorum(self.state.approving_power(p)) {
-                ProposalStatus::Scheduled { height: p.effective_height.unwrap_or(0).max(h + 2) }
+                let at = p.effective_height.unwrap_or(0).max(h + 2);
+                // The validator set changes only where a consensus epoch starts (the node hands over there).
+                let at = if p.change.changes_set() { self.state.charter.params.epoch_start_from(at) } else { at };
+                ProposalStatus::Scheduled { height: at }
             } else if h >= p.expires_height {
                 ProposalStatus::Expired { height: h }
             } else {
@@ -518,8 +516,8 @@ impl BlockGov {
                     (set, charter) = (s, c);
                     ProposalStatus::Applied { height: h + 1 }
                 }
-                // Too much power moves at h + 1 already: the next height takes it.
-                Ok(_) => ProposalStatus::Scheduled { height: h + 2 },
+                // Too much power moves at h + 1 already: the next epoch takes it.
+                Ok(_) => ProposalStatus::Scheduled { height: self.state.charter.params.epoch_start_from(h + 2) },
                 Err(reason) => ProposalStatus::Failed { height: h + 1, reason },
             };
             self.state.proposals.get_mut(id).expect("listed").status = status;
@@ -565,7 +563,8 @@ mod tests {
             genesis_time_ms: 0,
             validators,
             agencies,
-            params: Params::default(),
+            // One height per epoch: set changes take effect as soon as other changes do.
+            params: Params { epoch_blocks: 1, ..Params::default() },
         };
         g.validate().unwrap();
         (g, keys)
@@ -596,9 +595,9 @@ mod tests {
         gov_record(key, nonce, approval_key(&proposal, &key.public()), &GovAction::Approve { proposal })
     }
 
-    /// Governance before the first block, with validator-set changes on.
+    /// Governance before the first block.
     fn start(g: &Genesis) -> Governance {
-        Governance { set_changes_enabled: true, ..Governance::genesis(g) }
+        Governance::genesis(g)
     }
 
     /// Runs one block of governance records through check and accept.
@@ -666,9 +665,10 @@ mod tests {
         gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9)).unwrap();
         let err = gov.check(&propose(&keys[0], Change::RemoveValidator { name: "v9".into() }, 9)).unwrap_err();
         assert!(err.to_string().contains("no validator named"), "{err}");
-        let off = BlockGov::new(&Governance::genesis(&g), 1);
-        let err = off.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9)).unwrap_err();
-        assert!(err.to_string().contains("not enabled"), "{err}");
+        let mut params = g.params.clone();
+        params.epoch_blocks += 1;
+        let err = gov.check(&propose(&keys[0], Change::SetParams(params), 9)).unwrap_err();
+        assert!(err.to_string().contains("fixed for the chain's life"), "{err}");
     }
 
     #[test]

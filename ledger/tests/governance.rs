@@ -40,15 +40,15 @@ impl Chain {
     fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("annal-gov-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let genesis = genesis();
+        // Two heights per epoch: set changes wait for odd heights.
+        let mut genesis = genesis();
+        genesis.params.epoch_blocks = 2;
         let store = Store::open(&dir, genesis.hash(), StoreOptions::default()).unwrap();
         Chain { dir, store, genesis, nonces: BTreeMap::new() }
     }
 
     fn gov(&self) -> Governance {
-        // Validator-set changes on: this test covers the ledger's side of them.
-        let start = || Governance { set_changes_enabled: true, ..Governance::genesis(&self.genesis) };
-        self.store.governance().unwrap().unwrap_or_else(start)
+        self.store.governance().unwrap().unwrap_or_else(|| Governance::genesis(&self.genesis))
     }
 
     fn nonce(&mut self, k: &SecretKey) -> u64 {
@@ -150,19 +150,21 @@ fn keys_are_judged_at_their_height_and_proofs_survive_every_change() {
     let (ids, _) = c.block(std::slice::from_ref(&before));
     assert_eq!(ids, vec![before.id()]);
 
-    // Height 2: add validator-5 (power 1 of 4: within a third). Applied at 4.
+    // Height 2: add validator-5 (power 1 of 4: within a third). Due at 4, so at the epoch starting at 5.
     let v5 =
         Validator { name: "validator-5".into(), consensus_key: key(5).public(), p2p_key: key(15).public(), power: 1 };
     let add = enact(&mut c, Change::AddValidator(v5.clone()), &[]);
-    assert_eq!(c.store.proposal(&add).unwrap().unwrap().status, ProposalStatus::Scheduled { height: 4 });
-    c.block(&[]); // height 3 announces the set of height 4
+    assert_eq!(c.store.proposal(&add).unwrap().unwrap().status, ProposalStatus::Scheduled { height: 5 });
+    c.block(&[]); // height 3
+    assert_eq!(c.gov().validators.validators.len(), 4);
+    c.block(&[]); // height 4, the epoch's last, announces the set of height 5
     assert_eq!(c.gov().validators.validators.len(), 5);
-    let h3 = c.store.header(Height(3)).unwrap().unwrap();
-    assert_ne!(h3.next_validators_hash, h3.validators_hash);
+    let h4 = c.store.header(Height(4)).unwrap().unwrap();
+    assert_ne!(h4.next_validators_hash, h4.validators_hash);
     let between = c.publish(21, "land-titles", "t/between");
-    c.block(std::slice::from_ref(&between)); // height 4, certified by five
+    c.block(std::slice::from_ref(&between)); // height 5, certified by five
 
-    // Height 5: remove validator-4 (1 of 5). Needs 4 of 5 approvals now: three are not enough.
+    // Height 6: remove validator-4 (1 of 5). Needs 4 of 5 approvals now: three are not enough.
     let p = c.propose(1, Change::RemoveValidator { name: "validator-4".into() });
     let remove = p.id();
     let a2 = c.approve(2, remove);
@@ -170,12 +172,12 @@ fn keys_are_judged_at_their_height_and_proofs_survive_every_change() {
     c.block(&[p, a2, a3]);
     assert_eq!(c.store.proposal(&remove).unwrap().unwrap().status, ProposalStatus::Open, "3 of 5 is no quorum");
     let a5 = c.approve(5, remove);
-    c.block(&[a5]); // height 6: 4 of 5 → scheduled for 8
-    c.block(&[]); // 7
+    c.block(&[a5]); // height 7: 4 of 5 → due at 9, an epoch start
+    c.block(&[]); // 8
     assert_eq!(c.gov().validators.validators.len(), 4);
     assert!(c.gov().validators.validators.iter().all(|v| v.name != "validator-4"));
 
-    // Height 8: add key 23 to land, rotate 21 → 24, revoke 22 (records by 22 in the same block still count).
+    // Height 9: add key 23 to land, rotate 21 → 24, revoke 22 (records by 22 in the same block still count).
     let in_time = c.publish(22, "land-titles", "t/in-time");
     let change_keys = [
         Change::AddKey { agency: "land".into(), key: key(23).public() },
@@ -194,7 +196,7 @@ fn keys_are_judged_at_their_height_and_proofs_survive_every_change() {
     let (_, skipped) = c.block(&records);
     assert!(skipped.is_empty(), "{skipped:?}");
     let early = c.publish(23, "land-titles", "t/too-early");
-    let (_, skipped) = c.block(std::slice::from_ref(&early)); // height 9 hands over the charter of 10
+    let (_, skipped) = c.block(std::slice::from_ref(&early)); // height 10 hands over the charter of 11
     assert_eq!(skipped, vec![early.id()], "key 23 is not valid before its height");
     let revoked = c.publish(22, "land-titles", "t/revoked");
     let rotated_out = c.publish(21, "land-titles", "t/rotated-out");
@@ -226,8 +228,8 @@ fn keys_are_judged_at_their_height_and_proofs_survive_every_change() {
     ));
     c.store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     assert_eq!(c.gov(), gov);
-    assert_eq!(c.store.charter_at(Height(9)).unwrap(), None);
-    assert_eq!(c.store.charter_at(Height(10)).unwrap().as_ref(), Some(&gov.charter));
+    assert_eq!(c.store.charter_at(Height(10)).unwrap(), None);
+    assert_eq!(c.store.charter_at(Height(11)).unwrap().as_ref(), Some(&gov.charter));
 }
 
 #[test]
@@ -254,7 +256,8 @@ fn forged_charters_and_certificates_of_a_removed_set_are_refused() {
     assert_check(proof::verify(&dropped, &c.genesis, None), Check::Charter);
 
     // Remove validator-4, then forge the next block's certificate with the old set of four.
-    enact(&mut c, Change::RemoveValidator { name: "validator-4".into() }, &[]);
+    enact(&mut c, Change::RemoveValidator { name: "validator-4".into() }, &[]); // height 4: due at 7
+    c.block(&[]);
     c.block(&[]);
     let late = c.publish(31, "companies", "c/after-removal");
     c.block(std::slice::from_ref(&late));

@@ -96,7 +96,12 @@ struct Validator {
 
 pub struct App {
     shared: Arc<Shared>,
+    /// The consensus chain id of the running core's epoch (signatures of one epoch never count in another).
     chain: ChainId,
+    /// The running core's epoch and its last height: above it the core only orders empty blocks,
+    /// which are never executed, so the last height can be finalized through them (ADR 0006).
+    epoch: u64,
+    epoch_end: u64,
     set: consensus::ValidatorSet,
     limits: consensus::Limits,
     data_dir: PathBuf,
@@ -114,7 +119,9 @@ pub struct App {
     persisted: BTreeMap<[u8; 32], u64>,
     timers: BTreeSet<(Duration, u64)>,
     /// A payload this leader owes: (view, parent digest, propose-by instant).
-    owed_payload: Option<(consensus::View, [u8; 32], Instant)>,
+    owed_payload: Option<(consensus::View, u64, [u8; 32], Instant)>,
+    /// The epoch of the running core (its safety state is that epoch's).
+    core_epoch: u64,
     /// Checkpoint signatures per height: signer → signature (verified for committed heights).
     signatures: BTreeMap<u64, BTreeMap<u32, Signature>>,
     /// Committed heights whose ledger certificate is not stored yet.
@@ -137,7 +144,7 @@ impl App {
     /// Builds the loop's state from the store and the persisted consensus files.
     pub fn new(shared: Arc<Shared>, data_dir: PathBuf, consensus_key: Option<SecretKey>) -> Result<App> {
         let genesis = &shared.genesis;
-        let chain = ChainId(shared.genesis_hash);
+        let epoch_blocks = shared.genesis.params.epoch_blocks;
         // The set that certifies the next block: genesis's, or what governance made it.
         let in_force = shared.governance().validators.clone();
         let set = consensus_set(&in_force);
@@ -170,7 +177,9 @@ impl App {
             .with_context(|| format!("creating {}", data_dir.join("blocks").display()))?;
         let mut app = App {
             shared: shared.clone(),
-            chain,
+            chain: ChainId(shared.genesis_hash),
+            epoch: 0,
+            epoch_end: epoch_blocks,
             set,
             limits,
             data_dir,
@@ -184,6 +193,7 @@ impl App {
             persisted: BTreeMap::new(),
             timers: BTreeSet::new(),
             owed_payload: None,
+            core_epoch: 0,
             signatures: BTreeMap::new(),
             uncertified: BTreeSet::new(),
             seen_height: tip_height,
@@ -203,6 +213,7 @@ impl App {
                 .try_into()
                 .expect("8 bytes"),
         ) >> 1;
+        app.enter_epoch_of_next_height();
         app.load_persisted_blocks()?;
         {
             let store = shared.store();
@@ -216,6 +227,7 @@ impl App {
             if let Some(index) = in_force.validators.iter().position(|v| v.consensus_key == key.public()) {
                 let safety = app.read_safety()?;
                 let core = app.new_core(&key, index as u32, safety)?;
+                app.core_epoch = app.epoch;
                 app.validator = Some(Validator { index: index as u32, key, core });
             }
         }
@@ -230,12 +242,15 @@ impl App {
         cfg.limits = self.limits;
         let signer =
             Signer::new(ed25519_dalek::SigningKey::from_bytes(&key.seed()), ValidatorIndex(index), self.chain, safety);
+        // A new epoch starts at view 1 on every node, on the last block of the one before;
+        // that block's finalization is the old epoch's, which this core cannot check.
+        let fresh_epoch = self.tip_height > 0 && self.tip_height == self.epoch_end - self.epoch_blocks();
         let anchor = Anchor {
             height: consensus::Height(self.tip_height),
-            view: consensus::View(self.tip.view),
+            view: consensus::View(if fresh_epoch { 0 } else { self.tip.view }),
             digest: self.tip.digest,
         };
-        let certificate = if self.tip.finalization.is_empty() {
+        let certificate = if self.tip.finalization.is_empty() || fresh_epoch {
             None
         } else {
             match Message::decode(&self.tip.finalization, &self.limits)? {
@@ -246,8 +261,29 @@ impl App {
         Ok(Core::new(cfg, signer, anchor, certificate, Box::new(Ed25519Verifier)))
     }
 
+    /// The safety state of the running epoch: `safety` for epoch 0, `safety-<epoch>` after.
     fn safety_path(&self) -> PathBuf {
-        self.data_dir.join("safety")
+        match self.epoch {
+            0 => self.data_dir.join("safety"),
+            e => self.data_dir.join(format!("safety-{e}")),
+        }
+    }
+
+    fn epoch_blocks(&self) -> u64 {
+        self.shared.genesis.params.epoch_blocks
+    }
+
+    /// Enters the epoch of height `tip_height + 1`.
+    fn enter_epoch_of_next_height(&mut self) {
+        let params = &self.shared.genesis.params;
+        self.epoch = params.epoch_of(self.tip_height + 1);
+        self.epoch_end = params.epoch_end(self.epoch);
+        self.chain = epoch_chain(self.shared.genesis_hash, self.epoch);
+    }
+
+    /// The consensus chain id under which height `h` was ordered.
+    fn chain_of(&self, h: u64) -> ChainId {
+        epoch_chain(self.shared.genesis_hash, self.shared.genesis.params.epoch_of(h))
     }
 
     fn read_safety(&self) -> Result<SafetyState> {
@@ -312,10 +348,18 @@ impl App {
     fn drive(&mut self, input: Input, fx: &mut Effects) -> Result<()> {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
+            if self.core_stale {
+                // The epoch ended mid-call: the old core's remaining inputs and outputs are dropped
+                // (nothing it signs after its last block is persisted, so nothing of it is sent).
+                break;
+            }
             let now = self.now();
             let Some(v) = self.validator.as_mut() else { return Ok(()) };
             let outputs = v.core.handle(now, input);
             for out in outputs {
+                if self.core_stale {
+                    break;
+                }
                 match out {
                     Output::PersistSafety(s) => self.persist_safety(&s)?,
                     Output::PersistBlock(b) => self.persist_block(&b)?,
@@ -326,9 +370,9 @@ impl App {
                     Output::Schedule { view, deadline } => {
                         self.timers.insert((deadline, view.0));
                     }
-                    Output::NeedPayload { view, parent, .. } => {
+                    Output::NeedPayload { view, height, parent } => {
                         let deadline = self.propose_by(&parent);
-                        self.owed_payload = Some((view, parent, deadline));
+                        self.owed_payload = Some((view, height.0, parent, deadline));
                         if let Some(input) = self.payload_if_ready() {
                             inputs.push_back(input);
                         }
@@ -434,7 +478,13 @@ impl App {
 
     /// The owed payload, if records are waiting or the interval has passed.
     fn payload_if_ready(&mut self) -> Option<Input> {
-        let (view, parent, deadline) = self.owed_payload?;
+        let (view, height, parent, deadline) = self.owed_payload?;
+        if height > self.epoch_end {
+            // Past the epoch's last height: an empty block, at once (it only carries finality back).
+            self.owed_payload = None;
+            let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
+            return Some(Input::Payload { view, payload: BlockBody { time_ms, records: Vec::new() }.to_bytes() });
+        }
         let params = &self.shared.genesis.params;
         let exclude = self.in_flight(&parent);
         let records = self.shared.pool.lock().expect("pool lock").select(
@@ -471,6 +521,12 @@ impl App {
         let rules = self.shared.rules();
         let params = &rules.params;
         let body = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max).map_err(|e| e.to_string())?;
+        if b.height.0 > self.epoch_end && !body.records.is_empty() {
+            return Err(format!(
+                "height {} is past the epoch's last height {}: only an empty block may follow it",
+                b.height.0, self.epoch_end
+            ));
+        }
         if body.records.len() > params.block_records_max {
             return Err(format!("{} records; the limit is {}", body.records.len(), params.block_records_max));
         }
@@ -530,6 +586,10 @@ impl App {
             if h > 0 && same != Some(digest) {
                 error!(height = h, "consensus finalized a block that differs from the one committed at this height");
             }
+            return Ok(());
+        }
+        if h > self.epoch_end {
+            // An empty block past the epoch's end: it finalized the last one, and is never executed.
             return Ok(());
         }
         if h != self.tip_height + 1 || block.parent != self.tip.digest {
@@ -621,20 +681,25 @@ impl App {
             // Proposals, approvals or a change that took effect: the next block's rules and set come from here.
             self.shared.set_governance(executed.gov.state.clone());
         }
-        if let Some(next) = &executed.next_set {
-            // The next height has another set: new peers, a new allowlist, and a
-            // new core for it once this block is settled (Spec §Validator sets).
-            // Unreachable on a live chain for now: governance refuses set changes
-            // until the epoch boundary keeps a pipelined old core from finalizing
-            // heights of the new set (docs/adr/0006-governance.md, "Open points").
-            info!(height = h + 1, validators = next.validators.len(), "the validator set changes at the next height");
-            self.set = consensus_set(next);
-            self.peers_by_id = peers_of(next)?;
-            fx.allowlist = Some(next.validators.iter().map(|v| v.p2p_key).collect());
+        if executed.next_set.is_some() && h != self.epoch_end {
+            bail!("block {h} changes the validator set, but only an epoch's last block ({}) may", self.epoch_end);
+        }
+        if h == self.epoch_end {
+            // The epoch's last block: the next height starts a new epoch, with a new core
+            // once this block is settled (Spec §Validator sets) — and new peers when the set changed.
+            if let Some(next) = &executed.next_set {
+                info!(height = h + 1, validators = next.validators.len(), "the validator set changes");
+                self.set = consensus_set(next);
+                self.peers_by_id = peers_of(next)?;
+                fx.allowlist = Some(next.validators.iter().map(|v| v.p2p_key).collect());
+            }
             self.core_stale = true;
         }
         self.tip = link;
         self.tip_height = h;
+        if h == self.epoch_end {
+            self.enter_epoch_of_next_height();
+        }
         self.uncertified.insert(h);
         self.seen_height = self.seen_height.max(h);
 
@@ -841,7 +906,7 @@ impl App {
             parent: link.parent,
             payload: BlockBody { time_ms: link.time_ms, records }.to_bytes(),
         };
-        if block.hash(&self.chain) != link.digest {
+        if block.hash(&self.chain_of(h)) != link.digest {
             bail!("the block rebuilt at height {h} does not hash to its stored digest");
         }
         Ok((block, link))
@@ -1017,12 +1082,17 @@ impl App {
                 warn!(%peer, height = b.height.0, "sync answer does not extend this node's chain");
                 break;
             }
-            expect_parent = b.hash(&self.chain);
+            // Each block hashes under the chain id of its own epoch.
+            expect_parent = b.hash(&self.chain_of(b.height.0));
             blocks.push(b);
         }
         // The last block whose own finalization verifies makes it and every block before it final.
         let mut last_final = None;
         for (i, (b, e)) in blocks.iter().zip(&entries).enumerate().rev() {
+            if b.height.0 > self.epoch_end {
+                // A later epoch's finalization: checked once this node has entered that epoch.
+                continue;
+            }
             let Ok(Message::Certificate(c)) = Message::decode(&e.finalization, &self.limits) else { continue };
             if c.kind == VoteKind::Finalize
                 && c.height == b.height
@@ -1036,7 +1106,11 @@ impl App {
         let Some((last, finalization)) = last_final else { return Ok(0) };
         for (b, e) in blocks.iter().zip(&entries).take(last + 1) {
             let own = match Message::decode(&e.finalization, &self.limits) {
-                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == b.hash(&self.chain) => c,
+                Ok(Message::Certificate(c))
+                    if c.height == b.height && c.digest == b.hash(&self.chain_of(b.height.0)) =>
+                {
+                    c
+                }
                 _ => finalization.clone(),
             };
             self.commit(b, &own, fx)?;
@@ -1054,9 +1128,10 @@ impl App {
         self.core_stale = false;
         self.timers.clear();
         self.owed_payload = None;
+        // The signer state carries over within an epoch; a new epoch signs under a new chain id from its own.
         let safety = match self.validator.take() {
-            Some(v) => v.core.safety_state(),
-            None => self.read_safety()?,
+            Some(v) if self.core_epoch == self.epoch => v.core.safety_state(),
+            _ => self.read_safety()?,
         };
         let Some(key) = self.consensus_key.as_ref().map(|k| SecretKey::from_seed(k.seed())) else { return Ok(()) };
         let in_force = self.shared.governance().validators.clone();
@@ -1068,6 +1143,7 @@ impl App {
             return Ok(());
         };
         let core = self.new_core(&key, index as u32, safety)?;
+        self.core_epoch = self.epoch;
         self.validator = Some(Validator { index: index as u32, key, core });
         self.drive(Input::Start, fx)
     }
@@ -1147,6 +1223,20 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 fn sync_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// The consensus chain id of epoch `epoch`: the genesis hash for epoch 0, then
+/// `SHA-256("annal/epoch/v1" || genesis hash || epoch LE)`, so no vote of one
+/// epoch is a vote in another and each epoch's views start afresh.
+pub fn epoch_chain(genesis_hash: [u8; 32], epoch: u64) -> ChainId {
+    if epoch == 0 {
+        return ChainId(genesis_hash);
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"annal/epoch/v1");
+    h.update(genesis_hash);
+    h.update(epoch.to_le_bytes());
+    ChainId(h.finalize().into())
 }
 
 /// The consensus core's view of a ledger validator set.

@@ -2,9 +2,8 @@
 //! agency's key is rotated and another's revoked through records approved by
 //! more than 2/3 of the power; a proposal without that never applies; every
 //! record, before, between and after the changes, verifies offline with only
-//! the original genesis. (Validator-set changes are refused on live chains
-//! until the consensus hand-over is built; the ledger's side of them is tested
-//! in ledger/tests/governance.rs.)
+//! the original genesis. A fifth validator joins at an epoch start, syncs and
+//! votes; an original one is removed; consensus follows every change.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -121,17 +120,6 @@ fn keys_change_through_the_ledger_and_proofs_survive() {
     c.wait_heights(&[0], h + 4, WAIT);
     publish(&c, &rotated, &ns0, "still-granted", 2);
 
-    // A validator-set change is refused with its reason (the consensus hand-over is not built yet).
-    let k = validator_key(&c, 3);
-    let action = GovAction::Propose {
-        change: Change::RemoveValidator { name: c.genesis.validators[0].name.clone() },
-        effective_height: None,
-        expires_height: c.height(0) + 100,
-    };
-    let r = gov.record(&c, &k, "proposal/set".into(), &action);
-    let err = c.submit(0, &r.to_bytes(), true).expect_err("refused at admission");
-    assert!(err.to_string().contains("validator-set changes are not enabled"), "{err}");
-
     // Every record verifies offline from the original genesis file alone, on every node.
     for i in 0..4 {
         for id in &published {
@@ -139,5 +127,65 @@ fn keys_change_through_the_ledger_and_proofs_survive() {
             let v = proof::verify(&b, &genesis, None).unwrap_or_else(|e| panic!("node {i}, record {id}: {e}"));
             assert_eq!(v.id, *id);
         }
+    }
+}
+
+#[test]
+fn validators_join_and_leave_at_epoch_starts_and_consensus_follows() {
+    // Five validators' keys and configs, but genesis names only the first four; epochs of 8 heights.
+    let mut c = Cluster::prepare("governance-set", 5, 1);
+    let fifth = c.genesis.validators.remove(4);
+    c.genesis.params.epoch_blocks = 8;
+    std::fs::write(&c.genesis_path, c.genesis.to_json()).unwrap();
+    let genesis = annal_ledger::genesis::Genesis::load(&c.genesis_path).unwrap();
+    c.genesis = genesis.clone();
+    for i in 0..4 {
+        c.start_node(i);
+    }
+    c.wait_heights(&[0, 1, 2, 3], 2, WAIT);
+    let mut gov = Gov { nonces: BTreeMap::new() };
+    let (officer, ns) = c.agency(0);
+    let mut published = Vec::new();
+    let mut nonce = 0;
+    let mut publish = |c: &Cluster, name: &str| {
+        nonce += 1;
+        let bytes = c.publish(&officer, &ns, name, nonce, name.as_bytes());
+        submit_final(c, &bytes);
+        published.push(SignedRecord::id_of_bytes(&bytes));
+    };
+    publish(&c, "before");
+
+    // Add the fifth (1 of 5 power): it takes effect at the next epoch start past the approval.
+    let approved = gov.enact(&c, Change::AddValidator(fifth), 0, &[1, 2]);
+    let start = genesis.params.epoch_start_from(approved + 2);
+    c.start_node(4);
+    c.wait_heights(&[0, 4], start + 4, WAIT);
+    // With 5 of power 1, finality needs 4: stop an original validator; the new one's votes carry it.
+    c.kill9(3);
+    let h = c.height(0);
+    c.wait_heights(&[0, 1, 2, 4], h + 10, WAIT);
+    publish(&c, "between");
+
+    // Remove validator-3 (down): 4 of 5 approve; afterwards 4 validators, quorum 3.
+    let name = genesis.validators[3].name.clone();
+    let approved = gov.enact(&c, Change::RemoveValidator { name }, 0, &[1, 2, 4]);
+    let start = genesis.params.epoch_start_from(approved + 2);
+    c.wait_heights(&[0, 1, 2, 4], start + 2, WAIT);
+    // Now one more may stop: 3 of 4 still finalize.
+    c.kill9(2);
+    let h = c.height(0);
+    c.wait_heights(&[0, 1, 4], h + 5, WAIT);
+    publish(&c, "after");
+
+    let members = c.client(0).get_json::<serde_json::Value>("/v1/gov", 1 << 20).unwrap();
+    let names: Vec<&str> =
+        members["validators"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{members}");
+    assert!(names.contains(&"validator-4") && !names.contains(&"validator-3"), "{names:?}");
+
+    // Every record verifies offline from the original genesis, across both set changes.
+    for id in &published {
+        let b = bundle(&mut c, 4, id);
+        proof::verify(&b, &genesis, None).unwrap_or_else(|e| panic!("record {id}: {e}"));
     }
 }
