@@ -418,11 +418,23 @@ impl BlockGov {
                     return bad(format!("{OPEN_PROPOSALS_MAX} proposals are open; wait for some to close"));
                 }
                 if let Change::SetParams(p) = change {
-                    let epoch_blocks = self.state.charter.params.epoch_blocks;
-                    if p.epoch_blocks != epoch_blocks {
+                    let now = &self.state.charter.params;
+                    if p.epoch_blocks != now.epoch_blocks || p.view_timeout_ms != now.view_timeout_ms {
                         return bad(format!(
-                            "epoch_blocks is fixed for the chain's life ({epoch_blocks}); the proposal says {}",
-                            p.epoch_blocks
+                            "epoch_blocks ({}) and view_timeout_ms ({}) are fixed for the chain's life",
+                            now.epoch_blocks, now.view_timeout_ms
+                        ));
+                    }
+                    // Nodes size consensus messages from the genesis limits: these may fall, never rise.
+                    let raised = [
+                        ("record_bytes_max", p.record_bytes_max, now.record_bytes_max),
+                        ("block_bytes_max", p.block_bytes_max, now.block_bytes_max),
+                        ("block_records_max", p.block_records_max, now.block_records_max),
+                    ];
+                    if let Some((name, new, old)) = raised.iter().find(|(_, new, old)| new > old) {
+                        return bad(format!(
+                            "{name} may be lowered but not raised ({old} to {new}): nodes size consensus \
+                             messages from it"
                         ));
                     }
                 }
@@ -669,6 +681,12 @@ mod tests {
         params.epoch_blocks += 1;
         let err = gov.check(&propose(&keys[0], Change::SetParams(params), 9)).unwrap_err();
         assert!(err.to_string().contains("fixed for the chain's life"), "{err}");
+        let mut params = g.params.clone();
+        params.block_bytes_max += 1;
+        let err = gov.check(&propose(&keys[0], Change::SetParams(params.clone()), 9)).unwrap_err();
+        assert!(err.to_string().contains("not raised"), "{err}");
+        params.block_bytes_max -= 2;
+        gov.check(&propose(&keys[0], Change::SetParams(params), 9)).unwrap();
     }
 
     #[test]

@@ -454,7 +454,7 @@ impl App {
     /// When a leader with nothing to propose proposes an empty block anyway:
     /// `block_interval_ms` after its parent.
     fn propose_by(&self, parent: &[u8; 32]) -> Instant {
-        let interval = self.shared.genesis.params.block_interval_ms;
+        let interval = self.shared.rules().params.block_interval_ms;
         let wait = match self.time_of(parent) {
             Some(t) => (t + interval).saturating_sub(wall_ms()),
             None => interval,
@@ -485,7 +485,9 @@ impl App {
             let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
             return Some(Input::Payload { view, payload: BlockBody { time_ms, records: Vec::new() }.to_bytes() });
         }
-        let params = &self.shared.genesis.params;
+        // The limits in force (governance may have lowered them since genesis).
+        let rules = self.shared.rules();
+        let params = &rules.params;
         let exclude = self.in_flight(&parent);
         let records = self.shared.pool.lock().expect("pool lock").select(
             params.block_records_max,
