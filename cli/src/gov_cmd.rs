@@ -479,7 +479,18 @@ fn quorum_text(p: &ProposalView) -> String {
 
 fn list(node: &str, json: bool) -> Result<()> {
     let client = Client::new(node)?;
-    let value: Value = client.get_json("/v1/gov/proposals", PROPOSALS_BYTES_MAX)?;
+    // Page by page (the node answers at most 1,000 at a time).
+    let mut all = Vec::new();
+    let mut path = "/v1/gov/proposals?limit=1000".to_string();
+    loop {
+        let page: Value = client.get_json(&path, PROPOSALS_BYTES_MAX)?;
+        all.extend(page["proposals"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/gov/proposals?limit=1000&after={next}"),
+            None => break,
+        }
+    }
+    let value = serde_json::json!({ "proposals": all });
     if json {
         println!("{value}");
         return Ok(());

@@ -550,13 +550,21 @@ impl Store {
 
     /// Every proposal ever made, in id order, as it stands.
     pub fn proposals(&self) -> Result<Vec<Proposal>, Error> {
+        self.proposals_after(None, usize::MAX)
+    }
+
+    /// At most `limit` proposals with ids above `after` (from the first when `None`), in id order.
+    pub fn proposals_after(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<Proposal>, Error> {
         let mut out = Vec::new();
-        let it =
-            self.db.iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::From(PROPOSAL_PREFIX, Direction::Forward));
+        let from = after.map_or_else(|| PROPOSAL_PREFIX.to_vec(), proposal_key);
+        let it = self.db.iterator_cf(self.cf(CF_META), rocksdb::IteratorMode::From(&from, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(|e| self.store_err(e))?;
-            if !k.starts_with(PROPOSAL_PREFIX) {
+            if !k.starts_with(PROPOSAL_PREFIX) || out.len() >= limit {
                 break;
+            }
+            if after.is_some() && k[..] == from[..] {
+                continue;
             }
             out.push(codec::decode(&v, PROPOSAL_BYTES_MAX)?);
         }

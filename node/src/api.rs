@@ -602,9 +602,26 @@ async fn gov(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, 
     Ok(Json(blocking(move || shared.gov_state()).await?).into_response())
 }
 
-/// `GET /v1/gov/proposals`.
-async fn proposals(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || shared.gov_proposals()).await?).into_response())
+/// Proposals in one page of `GET /v1/gov/proposals`, by default and at most.
+const PROPOSALS_PAGE: u64 = 100;
+const PROPOSALS_PAGE_MAX: u64 = 1000;
+
+/// `GET /v1/gov/proposals[?after=ID][&limit=N]`.
+async fn proposals(State(shared): State<Arc<Shared>>, query: QueryParams) -> Result<Response, ApiError> {
+    query.only(&["after", "limit"])?;
+    let after = query.get("after").map(|a| record_id("after", a)).transpose()?;
+    let limit = match query.get("limit") {
+        None => PROPOSALS_PAGE,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n @ 1..=PROPOSALS_PAGE_MAX) => n,
+            _ => {
+                return Err(ApiError::bad_query(format!(
+                    "limit={v:?} must be a whole number from 1 to {PROPOSALS_PAGE_MAX}"
+                )))
+            }
+        },
+    };
+    Ok(Json(blocking(move || shared.gov_proposals(after, limit as usize)).await?).into_response())
 }
 
 /// `GET /v1/gov/proposals/{id}`.

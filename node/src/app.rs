@@ -263,22 +263,24 @@ impl App {
 
     /// The safety state of the running epoch: `safety` for epoch 0, `safety-<epoch>` after.
     fn safety_path(&self) -> PathBuf {
-        match self.epoch {
-            0 => self.data_dir.join("safety"),
-            e => self.data_dir.join(format!("safety-{e}")),
-        }
+        safety_file(&self.data_dir, self.epoch)
     }
 
     fn epoch_blocks(&self) -> u64 {
         self.shared.genesis.params.epoch_blocks
     }
 
-    /// Enters the epoch of height `tip_height + 1`.
+    /// Enters the epoch of height `tip_height + 1`, and forgets the safety
+    /// state of the epoch before: its last block is committed, so no core of
+    /// that epoch runs again here.
     fn enter_epoch_of_next_height(&mut self) {
         let params = &self.shared.genesis.params;
         self.epoch = params.epoch_of(self.tip_height + 1);
         self.epoch_end = params.epoch_end(self.epoch);
         self.chain = epoch_chain(self.shared.genesis_hash, self.epoch);
+        if let Some(before) = self.epoch.checked_sub(1) {
+            let _ = std::fs::remove_file(safety_file(&self.data_dir, before));
+        }
     }
 
     /// The consensus chain id under which height `h` was ordered.
@@ -1239,6 +1241,14 @@ pub fn epoch_chain(genesis_hash: [u8; 32], epoch: u64) -> ChainId {
     h.update(genesis_hash);
     h.update(epoch.to_le_bytes());
     ChainId(h.finalize().into())
+}
+
+/// Where a validator keeps the safety state of `epoch`.
+fn safety_file(data_dir: &std::path::Path, epoch: u64) -> PathBuf {
+    match epoch {
+        0 => data_dir.join("safety"),
+        e => data_dir.join(format!("safety-{e}")),
+    }
 }
 
 /// The consensus core's view of a ledger validator set.

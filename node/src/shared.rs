@@ -657,12 +657,16 @@ impl Shared {
         self.status.lock().expect("status lock").healthy
     }
 
-    /// `GET /v1/gov/proposals`: every proposal the chain has seen, in id order.
-    pub fn gov_proposals(&self) -> Result<Value, Failure> {
-        let proposals = self.store().proposals()?;
+    /// `GET /v1/gov/proposals[?after=ID][&limit=N]`: the proposals the chain has seen, in id
+    /// order, a page at a time; `next` is the `after` of the following page (null at the end).
+    pub fn gov_proposals(&self, after: Option<RecordId>, limit: usize) -> Result<Value, Failure> {
+        let mut proposals = self.store().proposals_after(after.as_ref(), limit + 1)?;
+        let more = proposals.len() > limit;
+        proposals.truncate(limit);
         let gov = self.governance();
         let out: Vec<Value> = proposals.iter().map(|p| Self::proposal_json(&gov, p)).collect();
-        Ok(json!({ "proposals": out }))
+        let next = more.then(|| proposals.last().map(|p| p.id.to_hex())).flatten();
+        Ok(json!({ "proposals": out, "next": next }))
     }
 
     /// `GET /v1/gov/proposals/{id}`.

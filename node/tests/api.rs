@@ -700,7 +700,7 @@ async fn governance_proposals_and_the_membership_in_force_are_served() {
         "submitter_keys": [key(21).public().to_hex(), key(22).public().to_hex()] }])
     );
     assert_eq!(before["params"], serde_json::to_value(Params::default()).unwrap());
-    assert_eq!(node.get("/v1/gov/proposals").await.json(), json!({ "proposals": [] }));
+    assert_eq!(node.get("/v1/gov/proposals").await.json(), json!({ "proposals": [], "next": null }));
 
     node.commit(std::slice::from_ref(&proposal), true);
     let listed = node.get("/v1/gov/proposals").await.json();
@@ -755,6 +755,29 @@ async fn governance_proposals_and_the_membership_in_force_are_served() {
     let detail = node.get("/v1/gov/proposals/abc").await.error(400, "bad_query");
     assert!(detail.contains("id"), "{detail}");
     node.get("/v1/gov?x=1").await.error(400, "bad_query");
+
+    // The list comes a page at a time: `next` is the `after` of the following page.
+    let grant = GovAction::Propose {
+        change: Change::GrantNamespace { agency: "court".into(), namespace: "court-notices".into() },
+        effective_height: None,
+        expires_height: 100,
+    };
+    let second = gov_record(2, "proposal/test-2".into(), &grant, 2);
+    node.commit(std::slice::from_ref(&second), true);
+    let first_page = node.get("/v1/gov/proposals?limit=1").await.json();
+    assert_eq!(first_page["proposals"].as_array().unwrap().len(), 1);
+    let next = first_page["next"].as_str().expect("a second page").to_string();
+    assert_eq!(first_page["proposals"][0]["id"], next);
+    let second_page = node.get(&format!("/v1/gov/proposals?limit=1&after={next}")).await.json();
+    assert_eq!(second_page["next"], Value::Null, "{second_page}");
+    let mut ids = vec![next, second_page["proposals"][0]["id"].as_str().unwrap().to_string()];
+    ids.sort();
+    let mut want = vec![id.to_hex(), second.id().to_hex()];
+    want.sort();
+    assert_eq!(ids, want);
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=zz", "page=2"] {
+        node.get(&format!("/v1/gov/proposals?{bad}")).await.error(400, "bad_query");
+    }
 
     let by_officer = gov_record(21, "proposal/officer".into(), &propose, 50);
     let detail = node.post("/v1/records", &body_of(&by_officer)).await.error(422, "refused");
