@@ -296,6 +296,8 @@ impl Chain {
             block_path: proof::b64_hashes(&block_path),
             log_path: proof::b64_hashes(&log_path),
             set_changes: if top > 1 { vec![self.change.clone()] } else { Vec::new() },
+            // The seed chain keeps the genesis charter.
+            charter: None,
             status,
         }
     }
