@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cert::{Ed25519Verifier, Verifier};
 
-pub use world::{Sim, SimConfig, Stats};
+pub use world::{epoch_chain, Epochs, Sim, SimConfig, Stats};
 
 /// Payloads starting with these bytes are invalid to the simulated application.
 pub const INVALID_PAYLOAD_PREFIX: &[u8] = b"bad!";
