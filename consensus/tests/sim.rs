@@ -115,13 +115,13 @@ fn chaos_run(seed: u64, equal_power: bool) {
 /// honest node finalizes 10 more blocks.
 #[test]
 fn byzantine_under_chaos_equal_power() {
-    for_each_seed(28, |seed| chaos_run(seed, true));
+    for_each_seed(23, |seed| chaos_run(seed, true));
 }
 
 /// Goal: as above with unequal voting power: Byzantine validators hold as much power as stays below 1/3.
 #[test]
 fn byzantine_under_chaos_unequal_power() {
-    for_each_seed(27, |seed| chaos_run(seed, false));
+    for_each_seed(22, |seed| chaos_run(seed, false));
 }
 
 /// Goal: with validators holding 1/3 or more of the power crashed, nothing finalizes and nothing forks;
@@ -268,7 +268,7 @@ fn set_schedule(rng: &mut Rng, first: &[u64], identities: usize, byzantine: &[us
 /// most boundaries, epochs of 4–8 heights, f Byzantine validators (a behaviour each), two
 /// identities that start outside the set, and the chaos of `chaos_run`; then heal.
 /// Returns the trace digest.
-fn epochs_run(seed: u64, epoch_end_proof: bool) -> [u8; 32] {
+fn epochs_run(seed: u64, epoch_end_sync: bool) -> [u8; 32] {
     let mut rng = Rng::new(seed ^ 0xE90C);
     let n = *rng.pick(&[4, 4, 5, 7]);
     let mut cfg = SimConfig::swarm(seed, n).chaos();
@@ -284,7 +284,7 @@ fn epochs_run(seed: u64, epoch_end_proof: bool) -> [u8; 32] {
         cfg.byzantine,
         &sets[..20]
     );
-    cfg.epochs = Some(Epochs { blocks, identities, sets, epoch_end_proof });
+    cfg.epochs = Some(Epochs { blocks, identities, sets, epoch_end_sync });
     let mut sim = Sim::new(cfg);
     for _ in 0..6 {
         if rng.chance(400_000) {
@@ -292,7 +292,13 @@ fn epochs_run(seed: u64, epoch_end_proof: bool) -> [u8; 32] {
             let cut = rng.range(1, nodes.len() as u64 - 1) as usize;
             sim.partition(&nodes[..cut], &nodes[cut..]);
         }
+        // Besides the random crashes: one node crashes mid-input (a hand-over included), restarting later.
+        let victim = rng.range(0, sim.nodes() as u64 - 1) as usize;
+        if rng.chance(500_000) {
+            sim.crash_during_next_input(victim, *rng.pick(&[0, 1, 2, 3]));
+        }
         sim.run_for(Duration::from_millis(rng.range(500, 1500)));
+        sim.restart(victim);
         sim.clear_partitions();
     }
     // Liveness: every honest node — validators, and followers through sync — commits 10 more
@@ -341,7 +347,10 @@ fn same_seed_same_trace() {
 }
 
 /// Goal: the same scenario with the hand-over as the node does it at the time of writing
-/// (`epoch_end_proof: false`). Ignored: it stalls (see ADR 0002, §Epochs hand-over).
+/// (`epoch_end_sync: false`). Ignored because it stalls in about one seed in ten (ADR 0002,
+/// "Validator sets"): seed 36 (an epoch's last block finalized only through an empty
+/// descendant cannot be synced past) and seed 27 (a validator that missed the last block is
+/// one height behind, under the sync gap, and the new set needs it).
 #[test]
 #[ignore]
 fn validator_set_changes_node_scheme() {

@@ -62,7 +62,7 @@ pub struct Epochs {
     /// keeps the certificate that finalized an epoch's last block together with the empty
     /// blocks up to it, serves them in sync, and syncs as soon as a peer shows a height at or
     /// past its epoch's last one. `false` models the node as of the hand-over commit.
-    pub epoch_end_proof: bool,
+    pub epoch_end_sync: bool,
 }
 
 impl SimConfig {
@@ -169,7 +169,7 @@ struct SyncEntry {
     block: Block,
     /// The certificate it was committed with: its own, or a finalized descendant's.
     finalization: Certificate,
-    /// With [`Epochs::epoch_end_proof`], for an epoch's last block committed through a
+    /// With [`Epochs::epoch_end_sync`], for an epoch's last block committed through a
     /// descendant's finalization: the empty blocks from it up to that descendant, parent first.
     witness: Vec<Block>,
 }
@@ -626,11 +626,9 @@ impl Sim {
 
     /// Node `i` committed its epoch's last block: the next height is the next epoch's, with its own safety state.
     fn advance_epoch(&mut self, i: usize) {
+        let end = self.epoch_end(self.nodes[i].epoch);
         let node = &mut self.nodes[i];
-        assert_eq!(
-            node.committed.height,
-            self.cfg.epochs.as_ref().map_or(Height(u64::MAX), |ep| Height((node.epoch + 1) * ep.blocks))
-        );
+        assert_eq!(node.committed.height, end, "node {i} leaves epoch {} before its last height", node.epoch);
         node.epoch += 1;
         node.disk = SafetyState::default();
         self.stats.epoch_changes += 1;
@@ -858,7 +856,7 @@ impl Sim {
 
     /// Node `i` committed its epoch's last block `B` through its core; `rest` are the outputs after it.
     fn end_epoch(&mut self, i: usize, rest: Vec<Output>) {
-        if self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_proof) {
+        if self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_sync) {
             let head = self.nodes[i].ledger.last().expect("just committed").certificate.height;
             let witness: Vec<Block> = rest
                 .into_iter()
@@ -1083,9 +1081,9 @@ impl Sim {
             return;
         }
         let e = self.nodes[i].epoch;
-        let proof = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_proof);
+        let fix = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_sync);
         let seen = self.nodes[i].seen_height;
-        let behind = seen.0 > tip.0 + SYNC_GAP || (proof && seen >= self.epoch_end(e));
+        let behind = seen.0 > tip.0 + SYNC_GAP || (fix && seen >= self.epoch_end(e));
         let node = &mut self.nodes[i];
         node.behind_ticks = if behind { node.behind_ticks + 1 } else { 0 };
         if node.behind_ticks < 2 {
@@ -1122,7 +1120,7 @@ impl Sim {
     /// least [`SYNC_BATCH`], then up to [`SYNC_EXTRA`] more to reach one with its own finalization.
     fn answer_sync(&self, i: usize, from: Height) -> Vec<SyncEntry> {
         let node = &self.nodes[i];
-        let proof = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_proof);
+        let fix = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_sync);
         let mut out = Vec::new();
         let from = from.0.max(1);
         for h in from..=node.committed.height.0 {
@@ -1130,7 +1128,7 @@ impl Sim {
             out.push(SyncEntry {
                 block: node.store[&c.digest].clone(),
                 finalization: c.certificate.clone(),
-                witness: if proof { c.witness.clone() } else { Vec::new() },
+                witness: if fix { c.witness.clone() } else { Vec::new() },
             });
             let counted = h + 1 - from;
             if counted >= SYNC_BATCH && (c.certificate.height.0 == h || counted >= SYNC_BATCH + SYNC_EXTRA) {
@@ -1143,13 +1141,13 @@ impl Sim {
     /// The node's `apply_blocks`: the entries that extend node `i`'s chain, up to the last one
     /// of its epoch whose own finalization verifies under the epoch's set and chain id, are
     /// committed (the ones before it with that finalization unless they carry their own); then
-    /// the core restarts on the new tip. With [`Epochs::epoch_end_proof`] the epoch's last block
+    /// the core restarts on the new tip. With [`Epochs::epoch_end_sync`] the epoch's last block
     /// also counts when its finalization is a descendant's and the witness links it to that one.
     fn apply_sync(&mut self, i: usize, entries: &[SyncEntry]) {
         self.nodes[i].sync_until = Duration::ZERO;
         let e = self.nodes[i].epoch;
         let (end, chain) = (self.epoch_end(e), self.chain(e));
-        let proof = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_proof);
+        let fix = self.cfg.epochs.as_ref().is_some_and(|ep| ep.epoch_end_sync);
         let mut expect_parent = self.nodes[i].committed.digest;
         let mut linked = 0;
         for (expect_height, entry) in (self.nodes[i].committed.height.0 + 1..).zip(entries) {
@@ -1170,17 +1168,8 @@ impl Sim {
             if c.height == b.height && c.digest == digest {
                 return verifies(c);
             }
-            proof && b.height == end && witness_links(digest, end, &entry.witness, c, &chain) && verifies(c)
+            fix && b.height == end && witness_links(digest, end, &entry.witness, c, &chain) && verifies(c)
         });
-        if std::env::var("SIM_DEBUG").is_ok() {
-            if let Some(entry) = entries[..linked].iter().find(|x| x.block.height == end) {
-                eprintln!(
-                    "{:?} node {i} sync: epoch {e} end {end:?} tip {:?} end block certificate height {:?} view {:?} (block view {:?}) last applied {:?}",
-                    self.now, self.nodes[i].committed.height, entry.finalization.height, entry.finalization.view, entry.block.view,
-                    last.map(|k| entries[k].block.height)
-                );
-            }
-        }
         let Some(last) = last else { return };
         let head = entries[last].finalization.clone();
         for entry in &entries[..=last] {
