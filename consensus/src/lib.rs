@@ -177,10 +177,36 @@
 //!
 //! # §Validator sets
 //! A core serves one epoch with one [`ValidatorSet`] supplied by the
-//! application through [`Config`]. To change the set, the host starts a new
-//! core anchored at the last committed block of the old epoch, with the same
-//! signer state (views keep growing, so no signature repeats). A certificate
-//! for height `h` is verified against the set the application names for `h`.
+//! application through [`Config`]. A certificate for height `h` is verified
+//! against the set, and under the chain id, of `h`'s epoch (§Epochs).
+//!
+//! # §Epochs
+//! The set changes only at fixed epoch boundaries, and the host hands
+//! consensus over; the core knows nothing of it. With `E` heights per epoch,
+//! epoch `e` holds heights `e·E + 1 ..= (e+1)·E`, and the set of epoch `e+1`
+//! is fixed by the time the last block `B` of epoch `e` (height `(e+1)·E`) is
+//! committed. Each epoch's core signs under its own chain id (epoch 0: the
+//! genesis hash; then `SHA-256("annal/epoch/v1" || genesis hash || e LE)`),
+//! so no vote of one epoch counts in another, and keeps its own
+//! [`SafetyState`] (a restart within an epoch resumes that epoch's). Past
+//! height `(e+1)·E` the old core orders only empty payloads, which the
+//! application refuses otherwise and the leader proposes at once; they are
+//! never committed, and exist only so that `B` can be finalized through a
+//! descendant (R7) when its own view is not. When the host commits `B` it
+//! drops the old core — the rest of that `handle` call's outputs with it —
+//! and, if its key is in the new set, starts the next epoch's core with
+//! anchor `{height: B, view: 0, digest: B}`, no anchor certificate, the new
+//! set, chain id and a fresh safety state; every validator starts the epoch
+//! in view 1. A node outside the new set stops voting and follows by sync; a
+//! node entering it syncs the blocks up to `B` first. Governance bounds each
+//! boundary's change (added + removed + changed power) by a third of the old
+//! set's power. Nothing of an epoch's core survives the hand-over, so the
+//! host must let a node that missed `B` catch up without it: sync must carry
+//! the proof that `B` is final even when that proof is a finalization of an
+//! empty descendant (with the empty blocks that link it to `B`), and a node
+//! must sync as soon as peers show a height at or past its epoch's end, not
+//! only when it is several heights behind (the simulator's
+//! `validator_set_changes_under_chaos`; ADR 0002).
 //!
 //! # §Limits
 //! Messages, payloads, bitmaps (at most [`VALIDATORS_MAX`] validators),

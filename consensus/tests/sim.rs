@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use annal_consensus::sim::byzantine::Kind;
 use annal_consensus::sim::rng::Rng;
-use annal_consensus::sim::{seeds, Sim, SimConfig};
+use annal_consensus::sim::{seeds, Epochs, Sim, SimConfig};
+use annal_consensus::Height;
 
 /// Runs `scenario` for each of the scenario's seeds. A failing seed does not stop the
 /// others: every failure is printed with its seed, and the test fails at the end listing them.
@@ -114,13 +115,13 @@ fn chaos_run(seed: u64, equal_power: bool) {
 /// honest node finalizes 10 more blocks.
 #[test]
 fn byzantine_under_chaos_equal_power() {
-    for_each_seed(28, |seed| chaos_run(seed, true));
+    for_each_seed(23, |seed| chaos_run(seed, true));
 }
 
 /// Goal: as above with unequal voting power: Byzantine validators hold as much power as stays below 1/3.
 #[test]
 fn byzantine_under_chaos_unequal_power() {
-    for_each_seed(27, |seed| chaos_run(seed, false));
+    for_each_seed(22, |seed| chaos_run(seed, false));
 }
 
 /// Goal: with validators holding 1/3 or more of the power crashed, nothing finalizes and nothing forks;
@@ -211,6 +212,123 @@ fn restarts_from_safety_state() {
     });
 }
 
+/// Epochs in a set schedule; the last set stays in force after them.
+const SCHEDULED_EPOCHS: usize = 64;
+
+/// A seed-driven set schedule from `first` (identities `0..first.len()`; identities up to
+/// `identities` start outside the set): at most boundaries the set changes by one or two steps —
+/// a member leaves, an identity joins (a fresh one first, else one that left), or a member's
+/// power changes — moving together at most a third of the old set's power, as governance
+/// enforces, and keeping the Byzantine identities below a third of the new set's power.
+fn set_schedule(rng: &mut Rng, first: &[u64], identities: usize, byzantine: &[usize]) -> Vec<Vec<(usize, u64)>> {
+    let total = |set: &[(usize, u64)]| set.iter().map(|(_, p)| p).sum::<u64>();
+    let faulty = |set: &[(usize, u64)]| set.iter().filter(|(i, _)| byzantine.contains(i)).map(|(_, p)| p).sum::<u64>();
+    let mut sets = vec![first.iter().copied().enumerate().collect::<Vec<_>>()];
+    let mut ever: Vec<bool> = (0..identities).map(|i| i < first.len()).collect();
+    for _ in 1..SCHEDULED_EPOCHS {
+        let old = sets.last().expect("epoch 0").clone();
+        let mut new = old.clone();
+        if rng.chance(850_000) {
+            for _ in 0..rng.range(1, 2) {
+                let mut next = new.clone();
+                match rng.range(0, 2) {
+                    0 => {
+                        next.remove(rng.range(0, next.len() as u64 - 1) as usize);
+                    }
+                    1 => {
+                        let out: Vec<usize> = (0..identities).filter(|i| next.iter().all(|(m, _)| m != i)).collect();
+                        let fresh: Vec<usize> = out.iter().copied().filter(|&i| !ever[i]).collect();
+                        let pool = if fresh.is_empty() { &out } else { &fresh };
+                        if pool.is_empty() {
+                            continue;
+                        }
+                        next.push((*rng.pick(pool), rng.range(1, 10)));
+                        next.sort();
+                    }
+                    _ => {
+                        let k = rng.range(0, next.len() as u64 - 1) as usize;
+                        next[k].1 = rng.range(1, 10);
+                    }
+                }
+                let bounded = 3 * Epochs::moved_power(&old, &next) <= total(&old);
+                if bounded && next.len() >= 3 && 3 * faulty(&next) < total(&next) {
+                    new = next;
+                }
+            }
+        }
+        for (i, _) in &new {
+            ever[*i] = true;
+        }
+        sets.push(new);
+    }
+    sets
+}
+
+/// One run of validator-set changes under chaos: a set schedule from the seed with a change at
+/// most boundaries, epochs of 4–8 heights, f Byzantine validators (a behaviour each), two
+/// identities that start outside the set, and the chaos of `chaos_run`; then heal.
+/// Returns the trace digest.
+fn epochs_run(seed: u64, epoch_end_sync: bool) -> [u8; 32] {
+    let mut rng = Rng::new(seed ^ 0xE90C);
+    let n = *rng.pick(&[4, 4, 5, 7]);
+    let mut cfg = SimConfig::swarm(seed, n).chaos();
+    cfg.powers = if rng.chance(500_000) { vec![1; n] } else { (0..n).map(|_| rng.range(1, 10)).collect() };
+    cfg.byzantine = faulty_below_third(&cfg.powers).into_iter().map(|i| (i, *rng.pick(&Kind::ALL))).collect();
+    let byzantine: Vec<usize> = cfg.byzantine.iter().map(|(i, _)| *i).collect();
+    let identities = n + 2;
+    let blocks = rng.range(4, 8);
+    let sets = set_schedule(&mut rng, &cfg.powers, identities, &byzantine);
+    cfg.scenario = format!(
+        "validator-set-changes-under-chaos n={n} powers={:?} byzantine={:?} epoch_blocks={blocks} sets={:?}",
+        cfg.powers,
+        cfg.byzantine,
+        &sets[..20]
+    );
+    cfg.epochs = Some(Epochs { blocks, identities, sets, epoch_end_sync });
+    let mut sim = Sim::new(cfg);
+    for _ in 0..6 {
+        if rng.chance(400_000) {
+            let nodes: Vec<usize> = (0..sim.nodes()).collect();
+            let cut = rng.range(1, nodes.len() as u64 - 1) as usize;
+            sim.partition(&nodes[..cut], &nodes[cut..]);
+        }
+        // Besides the random crashes: one node crashes mid-input (a hand-over included), restarting later.
+        let victim = rng.range(0, sim.nodes() as u64 - 1) as usize;
+        if rng.chance(500_000) {
+            sim.crash_during_next_input(victim, *rng.pick(&[0, 1, 2, 3]));
+        }
+        sim.run_for(Duration::from_millis(rng.range(500, 1500)));
+        sim.restart(victim);
+        sim.clear_partitions();
+    }
+    // Liveness: every honest node — validators, and followers through sync — commits 10 more
+    // heights and passes at least one epoch boundary.
+    sim.heal();
+    let from = sim.max_finalized_height().0;
+    let target = Height((from + 10).max((from / blocks + 1) * blocks + 1));
+    if let Err(e) = sim.run_until(|s| s.min_finalized_height() >= target, LIVENESS_BOUND) {
+        sim.checker.fail(format!("liveness after healing (from height {from} to {target:?}): {e}"));
+    }
+    sim.trace_digest()
+}
+
+/// Goal: with the validator set changing at most epoch boundaries (members leave, fresh and
+/// returning identities join, powers change, each change within a third of the power), f
+/// Byzantine validators, loss, duplication, jitter, skew, crashes and partitions, honest nodes
+/// agree on every committed block across epochs, every finalization verifies under its epoch's
+/// set and chain id, no honest validator signs twice in an epoch; after healing every honest
+/// node commits 10 more heights across an epoch boundary.
+#[test]
+fn validator_set_changes_under_chaos() {
+    for_each_seed(10, |seed| {
+        let trace = epochs_run(seed, true);
+        // Every eighth seed runs twice: the hand-over, sync and schedule must be deterministic too.
+        if seed % 8 == 0 {
+            assert_eq!(trace, epochs_run(seed, true), "seed={seed}: two runs diverged; replay with SIM_SEED={seed}");
+        }
+    });
+}
+
 /// Goal: equal seeds give equal traces (and different seeds different ones): the simulator is deterministic.
 #[test]
 fn same_seed_same_trace() {
@@ -225,5 +343,18 @@ fn same_seed_same_trace() {
         let (a, b) = (run(seed), run(seed));
         assert_eq!(a, b, "seed={seed}: two runs of one seed diverged; replay with SIM_SEED={seed}");
         assert_ne!(a.0, run(seed + 1_000_003).0, "seed={seed}: different seeds gave one trace");
+    });
+}
+
+/// Goal: the same scenario with the hand-over as the node does it at the time of writing
+/// (`epoch_end_sync: false`). Ignored because it stalls in about one seed in ten (ADR 0002,
+/// "Validator sets"): seed 36 (an epoch's last block finalized only through an empty
+/// descendant cannot be synced past) and seed 27 (a validator that missed the last block is
+/// one height behind, under the sync gap, and the new set needs it).
+#[test]
+#[ignore]
+fn validator_set_changes_node_scheme() {
+    for_each_seed(10, |seed| {
+        epochs_run(seed, false);
     });
 }

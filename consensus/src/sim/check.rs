@@ -12,10 +12,14 @@ use crate::{
 pub struct Checker {
     pub seed: u64,
     pub scenario: String,
+    /// Per validator identity (a key; its index may differ from epoch to epoch).
     honest: Vec<bool>,
     /// The block the first honest node finalized at each height.
     finalized: BTreeMap<Height, Digest>,
-    signed: BTreeMap<(ValidatorIndex, View), Vec<Vote>>,
+    /// Blocks past an epoch's last height that a finalization names (never committed), by epoch.
+    finalized_past_end: BTreeMap<(u64, Height), Digest>,
+    /// What each honest identity signed, by epoch and view (each epoch signs under its own chain id).
+    signed: BTreeMap<(u64, usize, View), Vec<Vote>>,
     /// Its own cache: every signature in a finalization certificate is checked with ed25519 once.
     verifier: CachedVerifier,
 }
@@ -23,19 +27,29 @@ pub struct Checker {
 impl Checker {
     pub fn new(seed: u64, scenario: String, honest: Vec<bool>) -> Checker {
         let verifier = CachedVerifier::default();
-        Checker { seed, scenario, honest, finalized: BTreeMap::new(), signed: BTreeMap::new(), verifier }
+        Checker {
+            seed,
+            scenario,
+            honest,
+            finalized: BTreeMap::new(),
+            finalized_past_end: BTreeMap::new(),
+            signed: BTreeMap::new(),
+            verifier,
+        }
     }
 
     pub fn fail(&self, what: String) -> ! {
         panic!("seed={} scenario={}: {what}\nreplay with SIM_SEED={}", self.seed, self.scenario, self.seed)
     }
 
-    pub fn is_honest(&self, v: ValidatorIndex) -> bool {
-        self.honest[v.0 as usize]
+    /// Whether validator identity `identity` is honest.
+    pub fn is_honest(&self, identity: usize) -> bool {
+        self.honest[identity]
     }
 
-    /// Invariant: no honest validator signs two conflicting messages.
-    pub fn on_sent(&mut self, from: ValidatorIndex, m: &Message, chain_id: &ChainId) {
+    /// Invariant: no honest validator signs two conflicting messages within an epoch.
+    /// `from` is the identity that signed, `index` its index in `epoch`'s set.
+    pub fn on_sent(&mut self, epoch: u64, from: usize, index: ValidatorIndex, m: &Message, chain_id: &ChainId) {
         if !self.is_honest(from) {
             return;
         }
@@ -46,30 +60,43 @@ impl Checker {
                 view: p.block.view,
                 height: p.block.height,
                 digest: p.block.hash(chain_id),
-                signer: from,
+                signer: index,
                 signature: p.signature,
             },
             _ => return,
         };
-        let seen = self.signed.entry((from, vote.view)).or_default();
+        let seen = self.signed.entry((epoch, from, vote.view)).or_default();
         if let Some(c) = seen.iter().find(|s| conflicting(s, &vote)) {
             let c = c.clone();
-            self.fail(format!("honest validator {from:?} signed conflicting messages {c:?} and {vote:?}"));
+            self.fail(format!(
+                "honest validator {from} (index {index:?}) signed conflicting messages in epoch {epoch}: {c:?} and {vote:?}"
+            ));
         }
         if !seen.contains(&vote) {
             seen.push(vote);
         }
     }
 
-    /// Invariants: agreement, and every finalized block carries a valid finalization certificate.
+    /// Invariants: agreement across epochs, and every finalized block carries a finalization
+    /// certificate valid under its epoch's set and chain id. `last` is the epoch's last height:
+    /// a certificate above it names an empty block that only carries finality back (Spec §Epochs).
+    #[allow(clippy::too_many_arguments)]
     pub fn on_finalized(
         &mut self,
         node: usize,
         block: &Block,
         cert: &Certificate,
+        epoch: u64,
+        last: Height,
         chain_id: &ChainId,
         set: &ValidatorSet,
     ) {
+        if block.height > last {
+            self.fail(format!(
+                "node {node} committed height {:?}, past its epoch's last height {last:?}",
+                block.height
+            ));
+        }
         let digest = block.hash(chain_id);
         if let Some(first) = self.finalized.get(&block.height) {
             if *first != digest {
@@ -94,21 +121,24 @@ impl Checker {
                 cert.view, cert.height, block.height
             ));
         }
-        if let Some(d) = self.finalized.get(&cert.height) {
-            if *d != cert.digest {
-                self.fail(format!(
-                    "node {node}: certificate for height {:?} names a block other than the finalized one",
-                    cert.height
-                ));
-            }
+        let named = *if cert.height > last {
+            self.finalized_past_end.entry((epoch, cert.height)).or_insert(cert.digest)
+        } else {
+            self.finalized.entry(cert.height).or_insert(cert.digest)
+        };
+        if named != cert.digest {
+            self.fail(format!(
+                "node {node}: certificate for height {:?} names a block other than the finalized one",
+                cert.height
+            ));
         }
     }
 
-    /// Invariant: evidence only ever names faulty validators.
-    pub fn on_evidence(&self, node: usize, first: &Vote, second: &Vote) {
-        if self.is_honest(first.signer) {
+    /// Invariant: evidence only ever names faulty validators (`signer` is the identity of `first.signer`).
+    pub fn on_evidence(&self, node: usize, signer: usize, first: &Vote, second: &Vote) {
+        if self.is_honest(signer) {
             self.fail(format!(
-                "node {node} produced evidence against honest validator {:?}: {first:?} / {second:?}",
+                "node {node} produced evidence against honest validator {signer} (index {:?}): {first:?} / {second:?}",
                 first.signer
             ));
         }
@@ -117,10 +147,10 @@ impl Checker {
         }
     }
 
-    /// Invariant: honest peers never send anything a core rejects.
-    pub fn on_rejected(&self, node: usize, from: ValidatorIndex, error: &crate::Error) {
+    /// Invariant: honest peers never send anything a core of their epoch rejects (`from` is an identity).
+    pub fn on_rejected(&self, node: usize, from: usize, error: &crate::Error) {
         if self.is_honest(from) {
-            self.fail(format!("node {node} rejected a message from honest validator {from:?}: {error}"));
+            self.fail(format!("node {node} rejected a message from honest validator {from}: {error}"));
         }
     }
 

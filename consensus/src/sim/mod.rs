@@ -4,7 +4,9 @@
 //! simulated network (per-link latency and jitter, loss, duplication,
 //! reordering, partitions), crashes and restarts them from their persisted
 //! safety state (optionally between persisting and sending, or losing the
-//! last write), skews their clocks, and checks the invariants in
+//! last write), skews their clocks, optionally changes the validator set
+//! at epoch boundaries with the node's hand-over and sync
+//! ([`SimConfig::epochs`], Spec §Epochs), and checks the invariants in
 //! [`check`] after every step. Everything that varies comes from
 //! [`SimConfig::seed`]; a failure panics with the seed and
 //! `SIM_SEED=<seed>` replays it.
@@ -22,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cert::{Ed25519Verifier, Verifier};
 
-pub use world::{Sim, SimConfig, Stats};
+pub use world::{epoch_chain, Epochs, Sim, SimConfig, Stats};
 
 /// Payloads starting with these bytes are invalid to the simulated application.
 pub const INVALID_PAYLOAD_PREFIX: &[u8] = b"bad!";
