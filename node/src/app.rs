@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
 use crate::shared::{Outcome, Placed, Shared, SyncState};
-use crate::wire::{self, BlockBody, Envelope, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse};
+use crate::wire::{self, BlockBody, Envelope, EpochTail, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse};
 
 /// Heights ahead of the tip for which checkpoint signatures are buffered.
 const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
@@ -358,6 +358,7 @@ impl App {
             let now = self.now();
             let Some(v) = self.validator.as_mut() else { return Ok(()) };
             let outputs = v.core.handle(now, input);
+            let mut tail = self.epoch_tail(&outputs);
             for out in outputs {
                 if self.core_stale {
                     break;
@@ -384,7 +385,10 @@ impl App {
                         let valid = self.verdict(&b);
                         inputs.push_back(Input::Validated { digest, valid });
                     }
-                    Output::Finalized { block, certificate } => self.commit(&block, &certificate, fx)?,
+                    Output::Finalized { block, certificate } => {
+                        let tail = if block.height.0 == self.epoch_end { tail.take() } else { None };
+                        self.commit(&block, &certificate, tail, fx)?
+                    }
                     Output::Evidence(e) => {
                         warn!(signer = e.first.signer.0, view = e.first.view.0, "equivocation: {e:?}");
                         self.shared.status.lock().expect("status lock").evidence += 1;
@@ -581,7 +585,13 @@ impl App {
     /// Commits a final block: executes its records on the tip, writes the
     /// block and its consensus finalization in one batch, settles waiters,
     /// and signs the checkpoint.
-    fn commit(&mut self, block: &Block, finalization: &Finalization, fx: &mut Effects) -> Result<()> {
+    fn commit(
+        &mut self,
+        block: &Block,
+        finalization: &Finalization,
+        tail: Option<EpochTail>,
+        fx: &mut Effects,
+    ) -> Result<()> {
         let h = block.height.0;
         let digest = block.hash(&self.chain);
         if h <= self.tip_height {
@@ -678,8 +688,11 @@ impl App {
             skipped: refused.iter().map(|(p, _)| (*p as u32, body.records[*p].clone())).collect(),
             finalization: Message::Certificate(finalization.clone()).encode(),
         };
-        let app_meta =
+        let mut app_meta =
             vec![(wire::link_key(h), codec::encode(&link)), (wire::digest_key(&digest), h.to_be_bytes().to_vec())];
+        if let Some(tail) = &tail {
+            app_meta.push((wire::tail_key(h), codec::encode(tail)));
+        }
         self.shared.store.write().expect("store lock").commit_block(&header, None, &executed, &app_meta)?;
         if executed.gov.changed {
             // Proposals, approvals or a change that took effect: the next block's rules and set come from here.
@@ -956,7 +969,10 @@ impl App {
             return Ok(None);
         }
         let peer = self.pick_peer();
-        if self.seen_height > self.tip_height + SYNC_GAP {
+        // Also behind when peers are past this epoch's last block and this node has not committed it:
+        // the epoch's cores that could still deliver it are gone, so only sync can.
+        let epoch_passed = self.tip_height < self.epoch_end && self.seen_height >= self.epoch_end;
+        if self.seen_height > self.tip_height + SYNC_GAP || epoch_passed {
             self.behind_ticks += 1;
         } else {
             self.behind_ticks = 0;
@@ -997,10 +1013,15 @@ impl App {
                     let (block, link) = self.rebuild_block(h)?;
                     let own = link_is_own(&link, h, &self.limits);
                     let certificate = self.shared.store().certificate(Height(h))?.map(|c| c.to_bytes());
+                    let tail = match self.shared.store().app_meta(&wire::tail_key(h))? {
+                        Some(bytes) => codec::decode(&bytes, response_max)?,
+                        None => EpochTail::default(),
+                    };
                     let entry = SyncBlock {
                         block: Message::BlockResponse(block).encode(),
                         finalization: link.finalization,
                         certificate,
+                        tail,
                     };
                     bytes += entry.block.len() + entry.finalization.len() + 512;
                     if bytes > response_max / 2 && !out.is_empty() {
@@ -1098,10 +1119,9 @@ impl App {
                 continue;
             }
             let Ok(Message::Certificate(c)) = Message::decode(&e.finalization, &self.limits) else { continue };
-            if c.kind == VoteKind::Finalize
-                && c.height == b.height
-                && c.digest == b.hash(&self.chain)
-                && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
+            let finalizes_b = (c.height == b.height && c.digest == b.hash(&self.chain))
+                || (b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c));
+            if c.kind == VoteKind::Finalize && finalizes_b && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
             {
                 last_final = Some((i, c));
                 break;
@@ -1109,20 +1129,60 @@ impl App {
         }
         let Some((last, finalization)) = last_final else { return Ok(0) };
         for (b, e) in blocks.iter().zip(&entries).take(last + 1) {
-            let own = match Message::decode(&e.finalization, &self.limits) {
+            let (own, tail) = match Message::decode(&e.finalization, &self.limits) {
                 Ok(Message::Certificate(c))
                     if c.height == b.height && c.digest == b.hash(&self.chain_of(b.height.0)) =>
                 {
-                    c
+                    (c, None)
                 }
-                _ => finalization.clone(),
+                Ok(Message::Certificate(c)) if b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c) => {
+                    (c, Some(e.tail.clone()))
+                }
+                _ => (finalization.clone(), None),
             };
-            self.commit(b, &own, fx)?;
+            self.commit(b, &own, tail, fx)?;
             if let Some(cert) = e.certificate.as_ref().and_then(|c| Certificate::from_bytes(c).ok()) {
                 self.verify_and_store_certificate(&cert)?;
             }
         }
         Ok(last + 1)
+    }
+
+    /// When these outputs finalize this epoch's last block through a descendant, the
+    /// empty blocks from it to that descendant (they follow it in the same outputs).
+    fn epoch_tail(&self, outputs: &[Output]) -> Option<EpochTail> {
+        let end = self.epoch_end;
+        let mut upto = None;
+        let mut blocks = Vec::new();
+        for out in outputs {
+            let Output::Finalized { block, certificate } = out else { continue };
+            if block.height.0 == end && certificate.height.0 > end {
+                upto = Some(certificate.height.0);
+            } else if upto.is_some_and(|u| block.height.0 > end && block.height.0 <= u) {
+                blocks.push(Message::BlockResponse(block.clone()).encode());
+            }
+        }
+        let upto = upto?;
+        (blocks.len() as u64 == upto - end).then_some(EpochTail { blocks })
+    }
+
+    /// Whether `tail` links `b`, this epoch's last block, to the block `c` finalizes:
+    /// consecutive empty blocks of this epoch, each the parent of the next.
+    fn tail_reaches(&self, b: &Block, tail: &EpochTail, c: &Finalization) -> bool {
+        if c.height.0 <= b.height.0 || tail.blocks.len() as u64 != c.height.0 - b.height.0 {
+            return false;
+        }
+        let mut parent = b.hash(&self.chain);
+        for (k, bytes) in tail.blocks.iter().enumerate() {
+            let Ok(Message::BlockResponse(t)) = Message::decode(bytes, &self.limits) else { return false };
+            let empty =
+                BlockBody::from_bytes(&t.payload, self.limits.payload_bytes_max).is_ok_and(|x| x.records.is_empty());
+            if t.height.0 != b.height.0 + 1 + k as u64 || t.parent != parent || !empty {
+                return false;
+            }
+            parent = t.hash(&self.chain);
+        }
+        parent == c.digest
     }
 
     /// Starts a new core at the (synced) tip with this validator's current safety state.

@@ -66,6 +66,25 @@ pub fn digest_key(digest: &[u8; 32]) -> String {
     format!("app/digest/{}", hex::encode(digest))
 }
 
+/// Meta key of the epoch tail stored with an epoch's last block.
+pub fn tail_key(height: u64) -> String {
+    format!("app/tail/{height:016x}")
+}
+
+/// The empty blocks past an epoch's last block through which its
+/// finalization came, when that finalization is a descendant's: with them a
+/// node that missed the block can check, during sync, that it is final
+/// (the epoch's cores, which held them, are gone). Each entry is
+/// `annal_consensus::Message::BlockResponse` wire bytes, in height order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct EpochTail {
+    pub blocks: Vec<Vec<u8>>,
+}
+
+impl Canonical for EpochTail {
+    const KIND: &'static str = "epoch tail";
+}
+
 /// A message on the consensus topic. A sequence number makes each publish
 /// unique: gossipsub drops a message whose bytes it has seen, and the
 /// consensus core re-sends identical messages on purpose (Spec R10).
@@ -113,6 +132,8 @@ pub struct SyncBlock {
     pub finalization: Vec<u8>,
     /// The ledger certificate, when collected.
     pub certificate: Option<Vec<u8>>,
+    /// For an epoch's last block finalized through a descendant: the empty blocks up to it.
+    pub tail: EpochTail,
 }
 
 /// A sync answer.

@@ -15,7 +15,7 @@ use annal_node::app::{App, Effects};
 use annal_node::config::Limits;
 use annal_node::net::PeerId;
 use annal_node::shared::Shared;
-use annal_node::wire::{BlockBody, SyncBlock, SyncResponse};
+use annal_node::wire::{BlockBody, EpochTail, SyncBlock, SyncRequest, SyncResponse};
 use ed25519_dalek::{Signer as _, SigningKey};
 
 fn genesis() -> Genesis {
@@ -83,6 +83,7 @@ fn answer(entries: &[(Block, Certificate)]) -> Vec<u8> {
                 block: Message::BlockResponse(b.clone()).encode(),
                 finalization: Message::Certificate(c.clone()).encode(),
                 certificate: None,
+                tail: Default::default(),
             })
             .collect(),
     ))
@@ -130,5 +131,63 @@ fn only_verified_chains_from_the_tip_are_committed() {
     // The real chain: both blocks committed.
     app.apply_sync(peer, &answer(&[(b1, c1), (b2, c2)]), &mut fx).unwrap();
     assert_eq!(height(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal: an epoch's last block finalized only through the empty blocks after it (the old
+/// epoch's cores, which held them, are gone) is committed from a sync answer that carries
+/// those blocks, and only when they are empty, consecutive and end at the finalized block.
+#[test]
+fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
+    let mut g = genesis();
+    g.params.epoch_blocks = 2;
+    let dir = std::env::temp_dir().join(format!("annal-sync-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
+    let mut app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    let peer = PeerId::random();
+    let chain = ChainId(g.hash());
+    let height = || shared.store().tip().height.0;
+    let mut fx = Effects::default();
+
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, _) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    let (b3, _) = final_block(&g, 3, b2.hash(&chain), &[0, 1, 2]);
+    let (b4, c4) = final_block(&g, 4, b3.hash(&chain), &[0, 1, 2]);
+    let tail_of = |blocks: &[&Block]| EpochTail {
+        blocks: blocks.iter().map(|b| Message::BlockResponse((*b).clone()).encode()).collect(),
+    };
+    let entry = |b: &Block, c: &Certificate, tail: EpochTail| SyncBlock {
+        block: Message::BlockResponse(b.clone()).encode(),
+        finalization: Message::Certificate(c.clone()).encode(),
+        certificate: None,
+        tail,
+    };
+    let send = |app: &mut App, fx: &mut Effects, entries: Vec<SyncBlock>| {
+        app.apply_sync(peer, &codec::encode(&SyncResponse::Blocks(entries)), fx).unwrap();
+    };
+
+    // Without the tail, block 2 (the epoch's last) cannot be shown final: only block 1 commits.
+    send(&mut app, &mut fx, vec![entry(&b1, &c1, EpochTail::default()), entry(&b2, &c4, EpochTail::default())]);
+    assert_eq!(height(), 1);
+    // A tail with a gap, or one carrying records, proves nothing.
+    send(&mut app, &mut fx, vec![entry(&b2, &c4, tail_of(&[&b4]))]);
+    assert_eq!(height(), 1);
+    let mut full = b3.clone();
+    full.payload = BlockBody { time_ms: g.genesis_time_ms + 3, records: vec![vec![1, 2, 3]] }.to_bytes();
+    let (b4_on_full, c4_on_full) = final_block(&g, 4, full.hash(&chain), &[0, 1, 2]);
+    send(&mut app, &mut fx, vec![entry(&b2, &c4_on_full, tail_of(&[&full, &b4_on_full]))]);
+    assert_eq!(height(), 1);
+    // The empty blocks 3 and 4, ending at the finalized block: block 2 commits, and its tail is kept to serve.
+    send(&mut app, &mut fx, vec![entry(&b2, &c4, tail_of(&[&b3, &b4]))]);
+    assert_eq!(height(), 2);
+    let served = app.answer_sync(&codec::encode(&SyncRequest::Blocks { from: 2, max: 1 }), 64 << 20).unwrap();
+    let SyncResponse::Blocks(served) = codec::decode::<SyncResponse>(&served, 64 << 20).unwrap() else {
+        panic!("blocks asked, blocks answered")
+    };
+    assert_eq!(served[0].tail, tail_of(&[&b3, &b4]));
     let _ = std::fs::remove_dir_all(&dir);
 }
