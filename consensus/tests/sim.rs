@@ -346,8 +346,8 @@ fn same_seed_same_trace() {
     });
 }
 
-/// Goal: the same scenario with the hand-over as the node does it at the time of writing
-/// (`epoch_end_sync: false`). Ignored because it stalls in about one seed in ten (ADR 0002,
+/// Goal: the same scenario with the node's first hand-over scheme (`epoch_end_sync: false`;
+/// the node has since adopted the fix, `a8b4274`), kept to reproduce what the fix is for. Ignored because it stalls in about one seed in ten (ADR 0002,
 /// "Validator sets"): seed 36 (an epoch's last block finalized only through an empty
 /// descendant cannot be synced past) and seed 27 (a validator that missed the last block is
 /// one height behind, under the sync gap, and the new set needs it).

@@ -61,7 +61,7 @@ pub struct Epochs {
     /// The host fix this simulator proposes for the node's hand-over (see [`Sim`]): a host
     /// keeps the certificate that finalized an epoch's last block together with the empty
     /// blocks up to it, serves them in sync, and syncs as soon as a peer shows a height at or
-    /// past its epoch's last one. `false` models the node as of the hand-over commit.
+    /// past its epoch's last one. `false` models the node's first scheme (3fba368); the node now does what `true` does.
     pub epoch_end_sync: bool,
 }
 
