@@ -38,8 +38,8 @@ use crate::block::ValidatorSet;
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::genesis::{Agency, Charter, Genesis, Params, Validator};
-use crate::keys::PublicKey;
-use crate::record::{Body, Op, RecordId, SignedRecord};
+use crate::keys::{PublicKey, SecretKey};
+use crate::record::{Body, Op, Record, RecordId, SignedRecord};
 use crate::state::Rules;
 
 /// The namespace of governance records.
@@ -141,6 +141,25 @@ impl Canonical for GovAction {
 impl GovAction {
     pub fn to_bytes(&self) -> Vec<u8> {
         codec::encode(self)
+    }
+
+    /// The governance record carrying this action: a Publish in [`GOV_NAMESPACE`]
+    /// under `record_key` (a proposal's `proposal/…`, or [`approval_key`]), signed
+    /// by `signer` with `nonce`.
+    pub fn signed_record(&self, chain_id: &str, record_key: String, signer: &SecretKey, nonce: u64) -> SignedRecord {
+        Record {
+            chain_id: chain_id.to_string(),
+            namespace: GOV_NAMESPACE.into(),
+            key: record_key,
+            op: Op::Publish,
+            body: Body::Inline(self.to_bytes()),
+            metadata: BTreeMap::new(),
+            supersedes: None,
+            version: 1,
+            submitter: signer.public(),
+            nonce,
+        }
+        .sign(signer)
     }
 
     /// The action a governance record carries, with its key checked against it.
@@ -551,7 +570,6 @@ impl BlockGov {
 mod tests {
     use super::*;
     use crate::keys::SecretKey;
-    use crate::record::Record;
 
     fn genesis(powers: &[u64]) -> (Genesis, Vec<SecretKey>) {
         let keys: Vec<SecretKey> = (0..powers.len()).map(|i| SecretKey::from_seed([i as u8 + 1; 32])).collect();
@@ -583,19 +601,7 @@ mod tests {
     }
 
     fn gov_record(key: &SecretKey, nonce: u64, record_key: String, action: &GovAction) -> SignedRecord {
-        Record {
-            chain_id: "gov-test".into(),
-            namespace: GOV_NAMESPACE.into(),
-            key: record_key,
-            op: Op::Publish,
-            body: Body::Inline(action.to_bytes()),
-            metadata: BTreeMap::new(),
-            supersedes: None,
-            version: 1,
-            submitter: key.public(),
-            nonce,
-        }
-        .sign(key)
+        action.signed_record("gov-test", record_key, key, nonce)
     }
 
     fn propose(key: &SecretKey, change: Change, expires_height: u64) -> SignedRecord {

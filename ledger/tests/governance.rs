@@ -13,7 +13,7 @@ use annal_ledger::genesis::{Charter, Genesis, Validator};
 use annal_ledger::gov::{approval_key, Change, GovAction, Governance, ProposalStatus, GOV_NAMESPACE};
 use annal_ledger::keys::{PublicKey, SecretKey};
 use annal_ledger::proof::{self, Check};
-use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
+use annal_ledger::record::{Body, Op, RecordId, SignedRecord};
 use annal_ledger::store::{Store, StoreOptions};
 use annal_ledger::Error;
 use common::*;
@@ -59,19 +59,7 @@ impl Chain {
 
     fn gov_record(&mut self, signer: &SecretKey, record_key: String, action: &GovAction) -> SignedRecord {
         let nonce = self.nonce(signer);
-        Record {
-            chain_id: CHAIN.into(),
-            namespace: GOV_NAMESPACE.into(),
-            key: record_key,
-            op: Op::Publish,
-            body: Body::Inline(action.to_bytes()),
-            metadata: BTreeMap::new(),
-            supersedes: None,
-            version: 1,
-            submitter: signer.public(),
-            nonce,
-        }
-        .sign(signer)
+        action.signed_record(CHAIN, record_key, signer, nonce)
     }
 
     fn propose(&mut self, signer: u8, change: Change) -> SignedRecord {

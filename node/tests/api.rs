@@ -11,7 +11,7 @@ use std::time::Duration;
 use annal_ledger::block::{Certificate, Height, View};
 use annal_ledger::exec::{execute, BlockMeta, Signatures};
 use annal_ledger::genesis::{Agency, Genesis, Params, Validator};
-use annal_ledger::gov::{approval_key, Change, GovAction, GOV_NAMESPACE};
+use annal_ledger::gov::{approval_key, Change, GovAction};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::proof::{self, Bundle, Consistency};
 use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
@@ -647,19 +647,7 @@ async fn a_replayed_nonce_and_a_namespace_not_granted_are_422_naming_the_rule() 
 
 /// A governance record by validator `signer` (key 1..=4) under `record_key`.
 fn gov_record(signer: u8, record_key: String, action: &GovAction, nonce: u64) -> SignedRecord {
-    Record {
-        chain_id: CHAIN.into(),
-        namespace: GOV_NAMESPACE.into(),
-        key: record_key,
-        op: Op::Publish,
-        body: Body::Inline(action.to_bytes()),
-        metadata: Default::default(),
-        supersedes: None,
-        version: 1,
-        submitter: key(signer).public(),
-        nonce,
-    }
-    .sign(&key(signer))
+    action.signed_record(CHAIN, record_key, &key(signer), nonce)
 }
 
 fn approve(signer: u8, proposal: RecordId, nonce: u64) -> SignedRecord {

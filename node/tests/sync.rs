@@ -89,18 +89,24 @@ fn answer(entries: &[(Block, Certificate)]) -> Vec<u8> {
     ))
 }
 
-/// Goal: a chain that does not link to the tip, or whose finalization lacks a quorum or is signed
-/// for another block, commits nothing; a proper one commits every block it covers.
-#[test]
-fn only_verified_chains_from_the_tip_are_committed() {
-    let g = genesis();
-    let dir = std::env::temp_dir().join(format!("annal-sync-{}", std::process::id()));
+/// A non-voting node on a fresh store in its own folder: the folder, its shared state and its loop.
+fn follower(name: &str, g: &Genesis) -> (std::path::PathBuf, Arc<Shared>, App) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
-    let mut app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    let app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    (dir, shared, app)
+}
+
+/// Goal: a chain that does not link to the tip, or whose finalization lacks a quorum or is signed
+/// for another block, commits nothing; a proper one commits every block it covers.
+#[test]
+fn only_verified_chains_from_the_tip_are_committed() {
+    let g = genesis();
+    let (dir, shared, mut app) = follower("annal-sync", &g);
     let peer = PeerId::random();
     let chain = ChainId(g.hash());
     let height = || shared.store().tip().height.0;
@@ -141,13 +147,7 @@ fn only_verified_chains_from_the_tip_are_committed() {
 fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
     let mut g = genesis();
     g.params.epoch_blocks = 2;
-    let dir = std::env::temp_dir().join(format!("annal-sync-tail-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
-    let mut app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    let (dir, shared, mut app) = follower("annal-sync-tail", &g);
     let peer = PeerId::random();
     let chain = ChainId(g.hash());
     let height = || shared.store().tip().height.0;

@@ -32,13 +32,7 @@ fn epochs_hand_over_through_crashes_and_every_node_agrees() {
         for _ in 0..3 {
             nonce += 1;
             let bytes = c.publish(&officer, &ns, &format!("r/{nonce}"), nonce, b"x");
-            let answer = c.client(live).post_json::<Value>(
-                "/v1/records?wait=final",
-                &serde_json::json!({ "record": base64_of(&bytes) }),
-                Duration::from_secs(60),
-                1 << 20,
-            );
-            let answer = answer.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let answer = c.submit(live, &bytes, true).unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert_eq!(answer["status"], "final", "{answer}");
             acked.push(annal_ledger::record::SignedRecord::id_of_bytes(&bytes));
         }
@@ -79,9 +73,4 @@ fn epochs_hand_over_through_crashes_and_every_node_agrees() {
             .filter(|e| e.file_name().to_string_lossy().starts_with("safety"));
         assert!(files.count() <= 2, "validator-{i} keeps old epochs' safety files");
     }
-}
-
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

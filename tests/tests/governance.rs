@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use annal_ledger::gov::{approval_key, Change, GovAction, GOV_NAMESPACE};
+use annal_ledger::gov::{approval_key, Change, GovAction};
 use annal_ledger::keys::{PublicKey, SecretKey};
 use annal_ledger::proof::{self, Bundle};
-use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
+use annal_ledger::record::{RecordId, SignedRecord};
 use annal_tests::Cluster;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -28,19 +28,8 @@ impl Gov {
     }
 
     fn record(&mut self, c: &Cluster, key: &SecretKey, record_key: String, action: &GovAction) -> SignedRecord {
-        Record {
-            chain_id: c.genesis.chain_id.clone(),
-            namespace: GOV_NAMESPACE.into(),
-            key: record_key,
-            op: Op::Publish,
-            body: Body::Inline(action.to_bytes()),
-            metadata: Default::default(),
-            supersedes: None,
-            version: 1,
-            submitter: key.public(),
-            nonce: self.next(key),
-        }
-        .sign(key)
+        let nonce = self.next(key);
+        action.signed_record(&c.genesis.chain_id, record_key, key, nonce)
     }
 
     /// Proposes `change` with validator `by`'s key and approves it with each of `approvers`, waiting
