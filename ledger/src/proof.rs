@@ -21,12 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Header, ValidatorSet};
 use crate::codec;
 use crate::error::Error;
-use crate::genesis::{Charter, Genesis, Registry, CHARTER_BYTES_MAX, RECORD_BYTES_CAP};
-use crate::gov::GOV_NAMESPACE;
+use crate::genesis::{Charter, Genesis, CHARTER_BYTES_MAX, RECORD_BYTES_CAP};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, SignedNote};
 use crate::record::{Body, RecordId, SignedRecord};
-use crate::state::{Head, StateKey, Status};
+use crate::state::{Head, Rules, StateKey, Status};
 use crate::state_tree::StateProof;
 
 /// The format line of a version-1 bundle.
@@ -406,27 +405,11 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
 /// an officer of the agency owning it, or for governance records a validator
 /// in force. Returns the agency's name (`annal.gov` for governance).
 fn check_submitter(record: &SignedRecord, charter: &Charter, set: &ValidatorSet, height: u64) -> Result<String, Error> {
-    let r = &record.record;
-    if r.namespace == GOV_NAMESPACE {
-        if !set.validators.iter().any(|v| v.consensus_key == r.submitter) {
-            return Err(fail(
-                Check::Submitter,
-                format!("governance key {} is no validator's at height {height}", r.submitter),
-            ));
-        }
-        return Ok(GOV_NAMESPACE.to_string());
-    }
-    let registry = Registry::new(charter);
-    let agency = registry.agency(&r.submitter).ok_or_else(|| {
-        fail(Check::Submitter, format!("key {} belongs to no agency at height {height}", r.submitter))
-    })?;
-    if !agency.namespaces.contains(&r.namespace) {
-        return Err(fail(
-            Check::Submitter,
-            format!("agency {:?} does not own namespace {:?} at height {height}", agency.name, r.namespace),
-        ));
-    }
-    Ok(agency.name.clone())
+    let rules = Rules::of(&record.record.chain_id, charter, set);
+    rules
+        .writer(&record.record)
+        .map(str::to_string)
+        .map_err(|e| fail(Check::Submitter, format!("at height {height}: {e}")))
 }
 
 /// The first two checks of every proof file: its format line and its chain.

@@ -17,7 +17,7 @@ use crate::genesis::{Charter, Genesis, Params, Registry};
 use crate::gov::{GovAction, GOV_NAMESPACE};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
-use crate::record::{Op, RecordId, SignedRecord};
+use crate::record::{Op, Record, RecordId, SignedRecord};
 use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, StateTreeReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -93,13 +93,25 @@ impl Rules {
             return Err(Error::WrongChainId { expected: self.chain_id.clone(), got: r.chain_id.clone() });
         }
         r.check_form(&self.params)?;
+        self.writer(r)?;
+        if r.namespace == GOV_NAMESPACE {
+            GovAction::of_record(signed, &self.params)?;
+        }
+        Ok(())
+    }
+
+    /// Who may write the record's namespace under these rules: the name of the
+    /// submitter's agency when it owns the namespace, or [`GOV_NAMESPACE`] for a
+    /// governance record by a validator in force. The offline verifier asks the
+    /// same of the rules in force at a record's height.
+    pub fn writer(&self, r: &Record) -> Result<&str, Error> {
         if r.namespace == GOV_NAMESPACE {
             if !self.governors.contains(&r.submitter) {
                 return Err(Error::Governance {
                     detail: format!("key {} is not the consensus key of a validator in force", r.submitter),
                 });
             }
-            return GovAction::of_record(signed, &self.params).map(|_| ());
+            return Ok(GOV_NAMESPACE);
         }
         let agency = self
             .registry
@@ -108,7 +120,7 @@ impl Rules {
         if !agency.namespaces.contains(&r.namespace) {
             return Err(Error::NamespaceNotGranted { agency: agency.name.clone(), namespace: r.namespace.clone() });
         }
-        Ok(())
+        Ok(&agency.name)
     }
 }
 

@@ -548,11 +548,6 @@ impl Store {
         }
     }
 
-    /// Every proposal ever made, in id order, as it stands.
-    pub fn proposals(&self) -> Result<Vec<Proposal>, Error> {
-        self.proposals_after(None, usize::MAX)
-    }
-
     /// At most `limit` proposals with ids above `after` (from the first when `None`), in id order.
     pub fn proposals_after(&self, after: Option<&RecordId>, limit: usize) -> Result<Vec<Proposal>, Error> {
         let mut out = Vec::new();
