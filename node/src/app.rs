@@ -701,6 +701,8 @@ impl App {
         if executed.next_set.is_some() && h != self.epoch_end {
             bail!("block {h} changes the validator set, but only an epoch's last block ({}) may", self.epoch_end);
         }
+        self.tip = link;
+        self.tip_height = h;
         if h == self.epoch_end {
             // The epoch's last block: the next height starts a new epoch, with a new core
             // once this block is settled (Spec §Validator sets) — and new peers when the set changed.
@@ -711,10 +713,6 @@ impl App {
                 fx.allowlist = Some(next.validators.iter().map(|v| v.p2p_key).collect());
             }
             self.core_stale = true;
-        }
-        self.tip = link;
-        self.tip_height = h;
-        if h == self.epoch_end {
             self.enter_epoch_of_next_height();
         }
         self.uncertified.insert(h);
@@ -1119,27 +1117,24 @@ impl App {
                 continue;
             }
             let Ok(Message::Certificate(c)) = Message::decode(&e.finalization, &self.limits) else { continue };
-            let finalizes_b = (c.height == b.height && c.digest == b.hash(&self.chain))
-                || (b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c));
-            if c.kind == VoteKind::Finalize && finalizes_b && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
+            let own = c.height == b.height && c.digest == b.hash(&self.chain);
+            // The epoch's last block may be final only through the empty blocks after it.
+            let through_tail = !own && b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c);
+            if c.kind == VoteKind::Finalize
+                && (own || through_tail)
+                && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
             {
-                last_final = Some((i, c));
+                last_final = Some((i, c, through_tail));
                 break;
             }
         }
-        let Some((last, finalization)) = last_final else { return Ok(0) };
-        for (b, e) in blocks.iter().zip(&entries).take(last + 1) {
-            let (own, tail) = match Message::decode(&e.finalization, &self.limits) {
-                Ok(Message::Certificate(c))
-                    if c.height == b.height && c.digest == b.hash(&self.chain_of(b.height.0)) =>
-                {
-                    (c, None)
-                }
-                Ok(Message::Certificate(c)) if b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c) => {
-                    (c, Some(e.tail.clone()))
-                }
-                _ => (finalization.clone(), None),
+        let Some((last, finalization, through_tail)) = last_final else { return Ok(0) };
+        for (k, (b, e)) in blocks.iter().zip(&entries).take(last + 1).enumerate() {
+            let own = match Message::decode(&e.finalization, &self.limits) {
+                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == b.hash(&self.chain) => c,
+                _ => finalization.clone(),
             };
+            let tail = (k == last && through_tail).then(|| e.tail.clone());
             self.commit(b, &own, tail, fx)?;
             if let Some(cert) = e.certificate.as_ref().and_then(|c| Certificate::from_bytes(c).ok()) {
                 self.verify_and_store_certificate(&cert)?;
