@@ -34,7 +34,8 @@ pub enum GovCommand {
     ///
     /// The proposal counts as the proposer's approval. It takes effect two
     /// heights after the block in which approvals pass 2/3 of the voting power
-    /// (or at --effective-height, if later), and expires unapproved after
+    /// (or at --effective-height, if later) — a validator change at the next
+    /// epoch start from there (genesis `epoch_blocks`) — and expires unapproved after
     /// --expires-in heights. Prints the proposal id, which the other
     /// validators pass to `annal gov approve`.
     #[command(after_help = "Examples:
@@ -118,7 +119,8 @@ pub struct SigningArgs {
 pub struct ProposeArgs {
     #[command(flatten)]
     signing: SigningArgs,
-    /// The earliest height the change takes effect at (default: two heights after its approval).
+    /// The earliest height the change takes effect at (default: two heights after its approval;
+    /// a validator change waits for the next epoch start).
     #[arg(long, value_name = "H")]
     effective_height: Option<u64>,
     /// Heights after the node's current tip until the proposal expires unless approved.
