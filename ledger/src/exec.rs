@@ -5,6 +5,7 @@
 //! committed state, frontier and records give the same bytes on every machine.
 //! Nothing here writes to disk; the store commits an `Executed` in one batch.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use ed25519_dalek::VerifyingKey;
@@ -15,7 +16,7 @@ use crate::error::Error;
 use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
 use crate::keys::{signing_message, Domain, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
-use crate::record::{RecordId, SignedRecord};
+use crate::record::{Encoded, RecordId, SignedRecord};
 use crate::state::{Head, Overlay, Rules, StateKey, StateView};
 use crate::state_tree::{self, StateTreeReader, StateUpdate};
 
@@ -123,7 +124,9 @@ pub fn execute<V: StateView + StateTreeReader>(
     if signatures == Signatures::Verify {
         verify_batch(records)?;
     }
-    run(&rules, BlockGov::new(gov, height.0), state, frontier, records, false)
+    let encoded: Vec<Encoded> = records.iter().cloned().map(Encoded::from).collect();
+    let refs: Vec<&Encoded> = encoded.iter().collect();
+    run(&rules, BlockGov::new(gov, height.0), state, frontier, &refs, false)
 }
 
 /// Executes records that consensus ordered: a record that breaks a rule
@@ -132,20 +135,23 @@ pub fn execute<V: StateView + StateTreeReader>(
 /// Every node skips the same records, so the result is as deterministic as
 /// `execute`'s. Signatures must have been verified by the caller (the node
 /// verifies each record once, before it votes for the block that carries it).
-pub fn execute_ordered<V: StateView + StateTreeReader>(
+/// Records come decoded with their bytes and ids (`Encoded`), so none is
+/// encoded or hashed again here.
+pub fn execute_ordered<V: StateView + StateTreeReader, E: Borrow<Encoded>>(
     gov: &Governance,
     height: Height,
     state: &V,
     frontier: &Frontier,
-    records: &[SignedRecord],
+    records: &[E],
 ) -> Result<Executed, Error> {
     let rules = gov.rules();
     let mut kept = Vec::with_capacity(records.len());
     let mut skipped = Vec::new();
-    for r in records {
-        match rules.check_stateless(r) {
-            Ok(()) => kept.push(r.clone()),
-            Err(e) => skipped.push((r.id(), e)),
+    for e in records {
+        let e = e.borrow();
+        match rules.check_stateless(&e.record) {
+            Ok(()) => kept.push(e),
+            Err(err) => skipped.push((e.id, err)),
         }
     }
     let mut out = run(&rules, BlockGov::new(gov, height.0), state, frontier, &kept, true)?;
@@ -161,7 +167,7 @@ fn run<V: StateView + StateTreeReader>(
     mut gov: BlockGov,
     state: &V,
     frontier: &Frontier,
-    records: &[SignedRecord],
+    records: &[&Encoded],
     skip: bool,
 ) -> Result<Executed, Error> {
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
@@ -174,9 +180,8 @@ fn run<V: StateView + StateTreeReader>(
     let mut nodes = Vec::with_capacity(records.len() * 2);
     let mut skipped = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for (i, r) in records.iter().enumerate() {
-        let bytes = r.to_bytes();
-        let id = SignedRecord::id_of_bytes(&bytes);
+    for (i, e) in records.iter().enumerate() {
+        let (r, id) = (&e.record, e.id);
         let index = first_index + ids.len() as u64;
         let applied = if !seen.insert(id) {
             Err(Error::DuplicateInBlock { id: id.to_hex() })
@@ -200,7 +205,7 @@ fn run<V: StateView + StateTreeReader>(
         history.push((key, head.version, index));
         frontier.append(id.0, &mut nodes);
         ids.push(id);
-        appended.push(bytes);
+        appended.push(e.bytes.clone());
     }
     let records_root = merkle::root(&ids.iter().map(|id| id.0).collect::<Vec<_>>());
     let update = state_tree::update(state, &overlay.heads)?;
@@ -228,32 +233,50 @@ fn run<V: StateView + StateTreeReader>(
 /// Verifies every record's signature in one ed25519 batch; on failure, finds
 /// and names the first bad one.
 pub fn verify_batch(records: &[SignedRecord]) -> Result<(), Error> {
+    let unsigned: Vec<Vec<u8>> = records.iter().map(|s| codec::encode(&s.record)).collect();
+    let parts: Vec<(&SignedRecord, &[u8])> = records.iter().zip(unsigned.iter().map(Vec::as_slice)).collect();
+    if let Some(&i) = bad_signatures_of(&parts).first() {
+        let source = Box::new(Error::BadSignature { submitter: records[i].record.submitter.to_hex() });
+        return Err(Error::RecordInBlock { position: i, source });
+    }
+    Ok(())
+}
+
+/// The positions of the records whose signature does not verify, in order
+/// (empty when all do): one ed25519 batch, and only if the batch fails each
+/// signature alone (`verify_strict`, the rule a single record is judged by).
+pub fn bad_signatures<E: Borrow<Encoded>>(records: &[E]) -> Vec<usize> {
+    let parts: Vec<(&SignedRecord, &[u8])> = records
+        .iter()
+        .map(|e| {
+            let e = e.borrow();
+            (&e.record, e.signed_part())
+        })
+        .collect();
+    bad_signatures_of(&parts)
+}
+
+/// `bad_signatures` over records with the canonical bytes of their unsigned part.
+fn bad_signatures_of(parts: &[(&SignedRecord, &[u8])]) -> Vec<usize> {
     let mut keys: BTreeMap<PublicKey, Option<VerifyingKey>> = BTreeMap::new();
-    let mut messages = Vec::with_capacity(records.len());
-    let mut sigs = Vec::with_capacity(records.len());
-    let mut vks = Vec::with_capacity(records.len());
-    for (i, signed) in records.iter().enumerate() {
+    let mut messages = Vec::with_capacity(parts.len());
+    let mut sigs = Vec::with_capacity(parts.len());
+    let mut vks = Vec::with_capacity(parts.len());
+    let mut bad = Vec::new();
+    for (i, (signed, unsigned)) in parts.iter().enumerate() {
         let r = &signed.record;
-        let vk = *keys.entry(r.submitter).or_insert_with(|| VerifyingKey::from_bytes(&r.submitter.0).ok());
-        let Some(vk) = vk else {
-            return Err(Error::RecordInBlock {
-                position: i,
-                source: Box::new(Error::BadSignature { submitter: r.submitter.to_hex() }),
-            });
-        };
-        messages.push(signing_message(Domain::Record, &r.chain_id, &codec::encode(r)));
-        sigs.push(ed25519_dalek::Signature::from_bytes(&signed.signature.0));
-        vks.push(vk);
+        match *keys.entry(r.submitter).or_insert_with(|| VerifyingKey::from_bytes(&r.submitter.0).ok()) {
+            Some(vk) => {
+                messages.push(signing_message(Domain::Record, &r.chain_id, unsigned));
+                sigs.push(ed25519_dalek::Signature::from_bytes(&signed.signature.0));
+                vks.push(vk);
+            }
+            None => bad.push(i),
+        }
     }
     let refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
-    if ed25519_dalek::verify_batch(&refs, &sigs, &vks).is_ok() {
-        return Ok(());
+    if bad.is_empty() && ed25519_dalek::verify_batch(&refs, &sigs, &vks).is_ok() {
+        return bad;
     }
-    for (i, signed) in records.iter().enumerate() {
-        signed.verify_signature().map_err(|e| Error::RecordInBlock { position: i, source: Box::new(e) })?;
-    }
-    // The batch equation failed but every single signature verifies: possible
-    // only with non-canonical signature encodings, which verify_strict refuses
-    // one by one; treat as bad.
-    Err(Error::BadSignature { submitter: "batch".into() })
+    parts.iter().enumerate().filter(|(_, (signed, _))| signed.verify_signature().is_err()).map(|(i, _)| i).collect()
 }

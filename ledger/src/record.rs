@@ -179,6 +179,41 @@ impl SignedRecord {
     }
 }
 
+/// A signed record decoded once, kept with its canonical bytes and its id.
+///
+/// What the node passes from mempool entry to commit, so that no record is
+/// decoded, re-encoded or hashed again on the way (each of those costs as
+/// much as a small part of a signature check, per record, per node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    pub record: SignedRecord,
+    pub bytes: Vec<u8>,
+    pub id: RecordId,
+}
+
+impl Encoded {
+    /// Decodes canonical bytes (refusing any over `params.record_bytes_max`).
+    pub fn decode(bytes: Vec<u8>, params: &Params) -> Result<Encoded, Error> {
+        let record = SignedRecord::from_bytes(&bytes, params)?;
+        let id = SignedRecord::id_of_bytes(&bytes);
+        Ok(Encoded { record, bytes, id })
+    }
+
+    /// The canonical bytes of the unsigned record: what the submitter signed
+    /// (the signed encoding is these bytes followed by the 64 signature bytes).
+    pub fn signed_part(&self) -> &[u8] {
+        &self.bytes[..self.bytes.len() - 64]
+    }
+}
+
+impl From<SignedRecord> for Encoded {
+    fn from(record: SignedRecord) -> Encoded {
+        let bytes = record.to_bytes();
+        let id = SignedRecord::id_of_bytes(&bytes);
+        Encoded { record, bytes, id }
+    }
+}
+
 fn check_size(field: &'static str, size: usize, max: usize) -> Result<(), Error> {
     if size > max {
         return Err(Error::RecordLimit { field, size, max });

@@ -13,7 +13,7 @@ use annal_ledger::genesis::{Charter, Genesis, Validator};
 use annal_ledger::gov::{approval_key, Change, GovAction, Governance, ProposalStatus, GOV_NAMESPACE};
 use annal_ledger::keys::{PublicKey, SecretKey};
 use annal_ledger::proof::{self, Check};
-use annal_ledger::record::{Body, Op, RecordId, SignedRecord};
+use annal_ledger::record::{Body, Encoded, Op, RecordId, SignedRecord};
 use annal_ledger::store::{Store, StoreOptions};
 use annal_ledger::Error;
 use common::*;
@@ -88,7 +88,8 @@ impl Chain {
         let gov = self.gov();
         let set = self.store.tip().height.0; // only for the height below
         let height = Height(set + 1);
-        let executed = execute_ordered(&gov, height, &self.store, self.store.frontier(), records).unwrap();
+        let encoded: Vec<Encoded> = records.iter().cloned().map(Encoded::from).collect();
+        let executed = execute_ordered(&gov, height, &self.store, self.store.frontier(), &encoded).unwrap();
         let tip = self.store.tip().clone();
         let meta = BlockMeta {
             height,

@@ -4,7 +4,7 @@ mod common;
 
 use annal_ledger::block::Height;
 use annal_ledger::merkle::{self, Hash};
-use annal_ledger::record::{Op, SignedRecord};
+use annal_ledger::record::{Encoded, Op, SignedRecord};
 use annal_ledger::state::{decode_head, encode_head, StateKey, StateView, Status};
 use annal_ledger::state_tree::{depth_for, ProofLeaf, StateProof};
 use annal_ledger::store::{Store, StoreOptions};
@@ -298,7 +298,8 @@ fn ordered_execution_leaves_out_records_that_break_a_rule() {
     let wrong_version = signed(21, "land-titles", "p/c", Op::Publish, None, 2, 7);
     let foreign = signed(21, "companies", "x", Op::Publish, None, 1, 8); // namespace not granted
     let records = vec![a.clone(), replay.clone(), a.clone(), b.clone(), wrong_version.clone(), foreign.clone()];
-    let ordered = annal_ledger::exec::execute_ordered(&gov(), Height(1), &store, store.frontier(), &records).unwrap();
+    let encoded: Vec<Encoded> = records.iter().cloned().map(Encoded::from).collect();
+    let ordered = annal_ledger::exec::execute_ordered(&gov(), Height(1), &store, store.frontier(), &encoded).unwrap();
     assert_eq!(ordered.ids, vec![a.id(), b.id()]);
     let skipped: Vec<_> = ordered.skipped.iter().map(|(id, e)| (*id, std::mem::discriminant(e))).collect();
     let d = std::mem::discriminant;

@@ -31,7 +31,7 @@ use annal_ledger::block::{Certificate, Height};
 use annal_ledger::codec;
 use annal_ledger::exec::{self, BlockMeta};
 use annal_ledger::keys::{SecretKey, Signature};
-use annal_ledger::record::{RecordId, SignedRecord};
+use annal_ledger::record::{Encoded, RecordId, SignedRecord};
 use anyhow::{bail, Context, Result};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
@@ -77,6 +77,18 @@ struct Pending {
     parent: [u8; 32],
     time_ms: u64,
     ids: Vec<RecordId>,
+    /// The block's records, decoded and signature-checked on this node, when
+    /// it validated or proposed the block (commit then neither decodes,
+    /// hashes nor verifies them again).
+    records: Option<Vec<Arc<Encoded>>>,
+}
+
+/// A block's records as `gather` found them, in block order.
+struct Gathered {
+    /// Each record decoded and signature-checked, or why it is not.
+    records: Vec<Result<Arc<Encoded>, String>>,
+    /// Positions of the records that were not pending here (checked just now).
+    fresh: Vec<usize>,
 }
 
 /// What the loop must send after handling an event.
@@ -136,6 +148,8 @@ pub struct App {
     rejected: u64,
     started: Instant,
     pub gossip_queue: Vec<Vec<u8>>,
+    /// The payload this leader last proposed, its time and its records (see `persist_block`).
+    proposed: Option<(Vec<u8>, u64, Vec<Arc<Encoded>>)>,
     /// Test-only attacks (`[testing] byzantine`), none in production.
     pub byzantine: Option<crate::byzantine::Byzantine>,
 }
@@ -204,6 +218,7 @@ impl App {
             rejected: 0,
             started: Instant::now(),
             gossip_queue: Vec::new(),
+            proposed: None,
             byzantine: None,
         };
         // Validators may publish byte-identical messages (the same certificate):
@@ -311,7 +326,7 @@ impl App {
                         let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
                         self.pending.insert(
                             digest,
-                            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids },
+                            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: None },
                         );
                     }
                 }
@@ -382,7 +397,7 @@ impl App {
                     }
                     Output::Validate(b) => {
                         let digest = b.hash(&self.chain);
-                        let valid = self.verdict(&b);
+                        let valid = self.verdict(&b, digest);
                         inputs.push_back(Input::Validated { digest, valid });
                     }
                     Output::Finalized { block, certificate } => {
@@ -442,9 +457,19 @@ impl App {
             // Validated already: its record ids are known.
             return Ok(());
         }
+        if let Some((payload, time_ms, records)) = self.proposed.take() {
+            if payload == b.payload {
+                // This leader's own block: its records came from the pool, decoded and checked.
+                let ids = records.iter().map(|r| r.id).collect();
+                let pending = Pending { height: b.height.0, parent: b.parent, time_ms, ids, records: Some(records) };
+                self.pending.insert(digest, pending);
+                return Ok(());
+            }
+        }
         if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
             let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
-            self.pending.insert(digest, Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids });
+            let pending = Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: None };
+            self.pending.insert(digest, pending);
         }
         Ok(())
     }
@@ -506,12 +531,14 @@ impl App {
         self.owed_payload = None;
         let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
-        Some(Input::Payload { view, payload: BlockBody { time_ms, records }.to_bytes() })
+        let payload = BlockBody { time_ms, records: records.iter().map(|r| r.bytes.clone()).collect() }.to_bytes();
+        self.proposed = Some((payload.clone(), time_ms, records));
+        Some(Input::Payload { view, payload })
     }
 
     /// `validate` with the refusal logged: the verdict the core is given.
-    fn verdict(&mut self, b: &Block) -> bool {
-        match self.validate(b) {
+    fn verdict(&mut self, b: &Block, digest: [u8; 32]) -> bool {
+        match self.validate(b, digest) {
             Ok(()) => true,
             Err(why) => {
                 warn!(height = b.height.0, view = b.view.0, "refusing a proposed block: {why}");
@@ -525,7 +552,7 @@ impl App {
     /// signature once per node: records already pending were checked on
     /// entry). Rules that depend on state are applied at execution, which
     /// refuses a record that breaks them (`exec::execute_ordered`).
-    fn validate(&mut self, b: &Block) -> std::result::Result<(), String> {
+    fn validate(&mut self, b: &Block, digest: [u8; 32]) -> std::result::Result<(), String> {
         let rules = self.shared.rules();
         let params = &rules.params;
         let body = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max).map_err(|e| e.to_string())?;
@@ -551,35 +578,64 @@ impl App {
             return Err(format!("time {} is more than {FUTURE_TIME_MS} ms ahead of this node's clock", body.time_ms));
         }
         let mut ids = BTreeSet::new();
-        let mut unchecked = Vec::new();
-        {
-            let pool = self.shared.pool.lock().expect("pool lock");
-            for (i, bytes) in body.records.iter().enumerate() {
-                let id = SignedRecord::id_of_bytes(bytes);
-                if !ids.insert(id) {
-                    return Err(format!("record {i} ({id}) appears twice"));
-                }
-                if pool.contains(&id) {
-                    continue;
-                }
-                let r = SignedRecord::from_bytes(bytes, params).map_err(|e| format!("record {i}: {e}"))?;
-                rules.check_stateless(&r).map_err(|e| format!("record {i}: {e}"))?;
-                unchecked.push((bytes.clone(), r));
+        for (i, bytes) in body.records.iter().enumerate() {
+            let id = SignedRecord::id_of_bytes(bytes);
+            if !ids.insert(id) {
+                return Err(format!("record {i} ({id}) appears twice"));
             }
         }
-        let records: Vec<SignedRecord> = unchecked.iter().map(|(_, r)| r.clone()).collect();
-        exec::verify_batch(&records).map_err(|e| e.to_string())?;
-        // Checked now: keep them pending here too, so they are not lost if this block is not final.
-        for (bytes, r) in unchecked {
-            let id = SignedRecord::id_of_bytes(&bytes);
-            let _ = self.shared.pool.lock().expect("pool lock").insert(id, r, bytes);
+        let gathered = self.gather(&body.records, params);
+        let mut records = Vec::with_capacity(gathered.records.len());
+        for (i, r) in gathered.records.into_iter().enumerate() {
+            records.push(r.map_err(|why| format!("record {i}: {why}"))?);
         }
-        let digest = b.hash(&self.chain);
-        self.pending.insert(
-            digest,
-            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids: ids.into_iter().collect() },
-        );
+        for &i in &gathered.fresh {
+            rules.check_stateless(&records[i].record).map_err(|e| format!("record {i}: {e}"))?;
+        }
+        // Checked now: keep them pending here too, so they are not lost if this block is not final.
+        {
+            let mut pool = self.shared.pool.lock().expect("pool lock");
+            for &i in &gathered.fresh {
+                let _ = pool.insert(records[i].clone());
+            }
+        }
+        let pending = Pending {
+            height: b.height.0,
+            parent: b.parent,
+            time_ms: body.time_ms,
+            ids: records.iter().map(|r| r.id).collect(),
+            records: Some(records),
+        };
+        self.pending.insert(digest, pending);
         Ok(())
+    }
+
+    /// A block's records, each decoded and signature-checked once on this
+    /// node: pending ones come from the pool (checked on entry), the others
+    /// are decoded and verified here in one batch.
+    fn gather(&self, payload: &[Vec<u8>], params: &annal_ledger::genesis::Params) -> Gathered {
+        let mut records = Vec::with_capacity(payload.len());
+        let mut fresh = Vec::new();
+        {
+            let pool = self.shared.pool.lock().expect("pool lock");
+            for bytes in payload {
+                let id = SignedRecord::id_of_bytes(bytes);
+                records.push(match pool.get(&id) {
+                    Some(r) => Ok(r.clone()),
+                    None => {
+                        fresh.push(records.len());
+                        Encoded::decode(bytes.clone(), params).map(Arc::new).map_err(|e| e.to_string())
+                    }
+                });
+            }
+        }
+        let unchecked: Vec<usize> = fresh.iter().copied().filter(|&i| records[i].is_ok()).collect();
+        let batch: Vec<Arc<Encoded>> = unchecked.iter().map(|&i| records[i].clone().expect("decoded")).collect();
+        for bad in exec::bad_signatures(&batch) {
+            let submitter = batch[bad].record.record.submitter;
+            records[unchecked[bad]] = Err(format!("signature of submitter {submitter} does not verify"));
+        }
+        Gathered { records, fresh }
     }
 
     /// Commits a final block: executes its records on the tip, writes the
@@ -616,41 +672,30 @@ impl App {
         let params = gov.charter.params.clone();
         let body = BlockBody::from_bytes(&block.payload, self.limits.payload_bytes_max)
             .with_context(|| format!("the final block at height {h} has an unreadable body"))?;
-        let mut records = Vec::with_capacity(body.records.len());
-        let mut positions = Vec::with_capacity(body.records.len());
-        let mut unreadable = Vec::new();
-        let mut to_verify = Vec::new();
-        {
-            let pool = self.shared.pool.lock().expect("pool lock");
-            for (i, bytes) in body.records.iter().enumerate() {
-                match SignedRecord::from_bytes(bytes, &params) {
-                    Ok(r) => {
-                        if !pool.contains(&SignedRecord::id_of_bytes(bytes)) {
-                            to_verify.push(records.len());
-                        }
-                        records.push(r);
-                        positions.push(i);
-                    }
-                    Err(e) => unreadable.push((i, e.to_string())),
+        // Validated or proposed here: every record decoded and checked already.
+        let known = self.pending.get_mut(&digest).and_then(|p| p.records.take());
+        let gathered = match known {
+            Some(records) => records.into_iter().map(Ok).collect(),
+            // A block this node did not validate (synced, or finalized before its proposal arrived).
+            None => self.gather(&body.records, &params).records,
+        };
+        let mut kept = Vec::with_capacity(gathered.len());
+        let mut kept_positions = Vec::with_capacity(gathered.len());
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        for (i, r) in gathered.into_iter().enumerate() {
+            // The record size limit in force now (governance may have lowered it since the record was checked).
+            let r = r.and_then(|r| match r.bytes.len() {
+                n if n > params.record_bytes_max => {
+                    Err(format!("{n} bytes; the record size limit is now {}", params.record_bytes_max))
                 }
-            }
-        }
-        // Records this node never checked (it did not see the proposal): each signature once, here.
-        let mut bad_signature = BTreeSet::new();
-        for &k in &to_verify {
-            if records[k].verify_signature().is_err() {
-                bad_signature.insert(k);
-            }
-        }
-        let mut kept = Vec::with_capacity(records.len());
-        let mut kept_positions = Vec::with_capacity(records.len());
-        let mut refused: Vec<(usize, String)> = unreadable;
-        for (k, r) in records.into_iter().enumerate() {
-            if bad_signature.contains(&k) {
-                refused.push((positions[k], format!("signature of submitter {} does not verify", r.record.submitter)));
-            } else {
-                kept.push(r);
-                kept_positions.push(positions[k]);
+                _ => Ok(r),
+            });
+            match r {
+                Ok(r) => {
+                    kept.push(r);
+                    kept_positions.push(i);
+                }
+                Err(why) => refused.push((i, why)),
             }
         }
         let executed = {
@@ -661,7 +706,7 @@ impl App {
             executed.skipped.iter().map(|(id, e)| (*id, e.to_string())).collect();
         if !skipped_ids.is_empty() {
             for (k, r) in kept.iter().enumerate() {
-                if let Some(why) = skipped_ids.get(&r.id()) {
+                if let Some(why) = skipped_ids.get(&r.id) {
                     refused.push((kept_positions[k], why.clone()));
                 }
             }

@@ -7,8 +7,9 @@
 //! remove anything, so a block that never becomes final loses nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use annal_ledger::record::{RecordId, SignedRecord};
+use annal_ledger::record::{Encoded, RecordId};
 
 pub struct Mempool {
     entries: BTreeMap<RecordId, Entry>,
@@ -22,12 +23,11 @@ pub struct Mempool {
 
 struct Entry {
     seq: u64,
-    bytes: Vec<u8>,
-    record: SignedRecord,
+    record: Arc<Encoded>,
 }
 
 /// Why a record was not added.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Full {
     Records { max: usize },
     Bytes { max: usize },
@@ -48,22 +48,30 @@ impl Mempool {
     }
 
     /// Adds a checked record. `Ok(false)` if it was already pending.
-    pub fn insert(&mut self, id: RecordId, record: SignedRecord, bytes: Vec<u8>) -> Result<bool, Full> {
+    pub fn insert(&mut self, record: Arc<Encoded>) -> Result<bool, Full> {
+        let id = record.id;
         if self.entries.contains_key(&id) {
             return Ok(false);
         }
-        if self.entries.len() >= self.records_max {
-            return Err(Full::Records { max: self.records_max });
-        }
-        if self.bytes + bytes.len() > self.bytes_max {
-            return Err(Full::Bytes { max: self.bytes_max });
-        }
+        self.room_for(1, record.bytes.len())?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += bytes.len();
+        self.bytes += record.bytes.len();
         self.order.insert(seq, id);
-        self.entries.insert(id, Entry { seq, bytes, record });
+        self.entries.insert(id, Entry { seq, record });
         Ok(true)
+    }
+
+    /// Whether `records` more records of `bytes` bytes in all would fit now:
+    /// checked before their signatures, so a full pool costs no verification.
+    pub fn room_for(&self, records: usize, bytes: usize) -> Result<(), Full> {
+        if self.entries.len() + records > self.records_max {
+            return Err(Full::Records { max: self.records_max });
+        }
+        if self.bytes + bytes > self.bytes_max {
+            return Err(Full::Bytes { max: self.bytes_max });
+        }
+        Ok(())
     }
 
     pub fn contains(&self, id: &RecordId) -> bool {
@@ -75,7 +83,7 @@ impl Mempool {
         match self.entries.remove(id) {
             Some(e) => {
                 self.order.remove(&e.seq);
-                self.bytes -= e.bytes.len();
+                self.bytes -= e.record.bytes.len();
                 true
             }
             None => false,
@@ -84,7 +92,7 @@ impl Mempool {
 
     /// The oldest records not in `exclude`, at most `records_max` of them and
     /// `bytes_max` bytes: a block's payload. Nothing is removed.
-    pub fn select(&self, records_max: usize, bytes_max: usize, exclude: &BTreeSet<RecordId>) -> Vec<Vec<u8>> {
+    pub fn select(&self, records_max: usize, bytes_max: usize, exclude: &BTreeSet<RecordId>) -> Vec<Arc<Encoded>> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for id in self.order.values() {
@@ -94,18 +102,18 @@ impl Mempool {
             if exclude.contains(id) {
                 continue;
             }
-            let e = &self.entries[id];
+            let e = &self.entries[id].record;
             if bytes + e.bytes.len() > bytes_max {
                 break;
             }
             bytes += e.bytes.len();
-            out.push(e.bytes.clone());
+            out.push(e.clone());
         }
         out
     }
 
     /// The decoded record, if pending (its signature was checked on entry).
-    pub fn get(&self, id: &RecordId) -> Option<&SignedRecord> {
+    pub fn get(&self, id: &RecordId) -> Option<&Arc<Encoded>> {
         self.entries.get(id).map(|e| &e.record)
     }
 
@@ -136,7 +144,7 @@ mod tests {
     use annal_ledger::keys::SecretKey;
     use annal_ledger::record::{Body, Op, Record};
 
-    fn record(nonce: u64, body: usize) -> (RecordId, SignedRecord, Vec<u8>) {
+    fn record(nonce: u64, body: usize) -> Arc<Encoded> {
         let key = SecretKey::from_seed([3; 32]);
         let r = Record {
             chain_id: "c".into(),
@@ -151,8 +159,7 @@ mod tests {
             nonce,
         }
         .sign(&key);
-        let bytes = r.to_bytes();
-        (SignedRecord::id_of_bytes(&bytes), r, bytes)
+        Arc::new(Encoded::from(r))
     }
 
     /// Goal: the pool refuses past its count and byte limits, dedups, and frees room on removal.
@@ -160,20 +167,24 @@ mod tests {
     fn bounded_by_count_and_bytes() {
         let (a, b, c) = (record(1, 10), record(2, 10), record(3, 10));
         let mut pool = Mempool::new(2, 1 << 20);
-        assert_eq!(pool.insert(a.0, a.1.clone(), a.2.clone()), Ok(true));
-        assert_eq!(pool.insert(a.0, a.1.clone(), a.2.clone()), Ok(false));
-        assert_eq!(pool.insert(b.0, b.1.clone(), b.2.clone()), Ok(true));
-        assert_eq!(pool.insert(c.0, c.1.clone(), c.2.clone()), Err(Full::Records { max: 2 }));
-        assert!(pool.remove(&a.0));
-        assert!(!pool.remove(&a.0));
-        assert_eq!(pool.insert(c.0, c.1.clone(), c.2.clone()), Ok(true));
+        assert_eq!(pool.insert(a.clone()), Ok(true));
+        assert_eq!(pool.insert(a.clone()), Ok(false));
+        assert_eq!(pool.room_for(1, 1), Ok(()));
+        assert_eq!(pool.insert(b.clone()), Ok(true));
+        assert_eq!(pool.room_for(1, 1), Err(Full::Records { max: 2 }));
+        assert_eq!(pool.insert(c.clone()), Err(Full::Records { max: 2 }));
+        assert!(pool.remove(&a.id));
+        assert!(!pool.remove(&a.id));
+        assert_eq!(pool.insert(c.clone()), Ok(true));
         assert_eq!(pool.len(), 2);
 
-        let mut pool = Mempool::new(10, a.2.len() + b.2.len());
-        pool.insert(a.0, a.1, a.2.clone()).unwrap();
-        pool.insert(b.0, b.1, b.2.clone()).unwrap();
-        assert_eq!(pool.insert(c.0, c.1, c.2), Err(Full::Bytes { max: a.2.len() + b.2.len() }));
-        assert_eq!(pool.bytes(), a.2.len() + b.2.len());
+        let max = a.bytes.len() + b.bytes.len();
+        let mut pool = Mempool::new(10, max);
+        pool.insert(a.clone()).unwrap();
+        assert_eq!(pool.room_for(1, b.bytes.len() + 1), Err(Full::Bytes { max }));
+        pool.insert(b.clone()).unwrap();
+        assert_eq!(pool.insert(c), Err(Full::Bytes { max }));
+        assert_eq!(pool.bytes(), max);
     }
 
     /// Goal: a payload takes the oldest records first, skips excluded ones and respects both limits.
@@ -181,13 +192,13 @@ mod tests {
     fn select_in_arrival_order() {
         let rs: Vec<_> = (1..=5).map(|n| record(n, 100)).collect();
         let mut pool = Mempool::new(10, 1 << 20);
-        for (id, r, b) in &rs {
-            pool.insert(*id, r.clone(), b.clone()).unwrap();
+        for r in &rs {
+            pool.insert(r.clone()).unwrap();
         }
-        let exclude = BTreeSet::from([rs[1].0]);
+        let exclude = BTreeSet::from([rs[1].id]);
         let got = pool.select(3, 1 << 20, &exclude);
-        assert_eq!(got, vec![rs[0].2.clone(), rs[2].2.clone(), rs[3].2.clone()]);
-        let got = pool.select(10, rs[0].2.len() * 2, &BTreeSet::new());
+        assert_eq!(got, vec![rs[0].clone(), rs[2].clone(), rs[3].clone()]);
+        let got = pool.select(10, rs[0].bytes.len() * 2, &BTreeSet::new());
         assert_eq!(got.len(), 2);
         assert_eq!(pool.len(), 5, "selecting removes nothing");
     }

@@ -18,7 +18,7 @@ use annal_ledger::genesis::{Genesis, RECORD_BYTES_CAP};
 use annal_ledger::gov::Governance;
 use annal_ledger::merkle::Hash;
 use annal_ledger::proof::{self, Bundle, Consistency};
-use annal_ledger::record::{Body, RecordId, SignedRecord};
+use annal_ledger::record::{Body, Encoded, RecordId, SignedRecord};
 use annal_ledger::state::{Rules, StateKey, StateView, Status as HeadStatus};
 use annal_ledger::store::Store;
 use annal_ledger::submission;
@@ -109,6 +109,12 @@ pub enum Admitted {
     Pending { id: RecordId, new: bool },
     /// Already in a final block.
     Final { id: RecordId, placed: Placed },
+}
+
+/// What `precheck` found: a record already known, or a new one to verify.
+enum Prechecked {
+    Known(Admitted),
+    New(Encoded),
 }
 
 /// How a pending record ended.
@@ -256,39 +262,56 @@ impl Shared {
     /// Checks records and adds them to the mempool in order, verifying their
     /// signatures in one ed25519 batch. One result per record; once the
     /// mempool is full, every later record is refused with `MempoolFull` too.
+    /// Room is checked before the signatures, so a full node spends nothing
+    /// on records it cannot keep; each record is decoded and hashed once.
     pub fn admit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
         let mut results: Vec<Option<Result<Admitted, Failure>>> = Vec::with_capacity(batch.len());
         let mut candidates = Vec::with_capacity(batch.len());
         for bytes in batch {
-            let slot = results.len();
-            match self.precheck(&bytes) {
-                Ok(Some(done)) => results.push(Some(Ok(done))),
-                Ok(None) => {
-                    results.push(None);
-                    let record = codec::decode::<SignedRecord>(&bytes, RECORD_BYTES_CAP).expect("prechecked");
-                    candidates.push((slot, record, bytes));
+            results.push(match self.precheck(bytes) {
+                Ok(Prechecked::Known(done)) => Some(Ok(done)),
+                Ok(Prechecked::New(record)) => {
+                    candidates.push((results.len(), record));
+                    None
                 }
-                Err(f) => results.push(Some(Err(f))),
-            }
+                Err(f) => Some(Err(f)),
+            });
         }
-        let records: Vec<SignedRecord> = candidates.iter().map(|(_, r, _)| r.clone()).collect();
-        let all_valid = annal_ledger::exec::verify_batch(&records).is_ok();
+        let full_message =
+            |e: crate::mempool::Full| format!("{e}; the record was not accepted, retry after the Retry-After delay");
+        let (fit, mut full) = {
+            let pool = self.pool.lock().expect("pool lock");
+            let mut bytes = 0;
+            let mut full = None;
+            let fit = candidates
+                .iter()
+                .enumerate()
+                .take_while(|(n, (_, r))| {
+                    bytes += r.bytes.len();
+                    let room = pool.room_for(n + 1, bytes);
+                    full = room.as_ref().err().map(|e| full_message(e.clone()));
+                    room.is_ok()
+                })
+                .count();
+            (fit, full)
+        };
+        let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| r).collect::<Vec<_>>());
         let mut pool = self.pool.lock().expect("pool lock");
         let mut arrivals = self.arrivals.lock().expect("arrivals lock");
-        let mut full: Option<String> = None;
-        for (slot, record, bytes) in candidates {
-            if !all_valid {
-                if let Err(e) = record.verify_signature() {
-                    results[slot] = Some(Err(Failure::Refused(e.to_string())));
-                    continue;
-                }
-            }
-            let id = SignedRecord::id_of_bytes(&bytes);
-            if let Some(why) = &full {
-                results[slot] = Some(Err(Failure::MempoolFull(why.clone())));
+        let mut bad = bad.into_iter().peekable();
+        for (n, (slot, record)) in candidates.into_iter().enumerate() {
+            if bad.next_if_eq(&n).is_some() {
+                let submitter = record.record.record.submitter.to_hex();
+                results[slot] = Some(Err(Failure::Refused(LedgerError::BadSignature { submitter }.to_string())));
                 continue;
             }
-            results[slot] = Some(match pool.insert(id, record, bytes) {
+            if n >= fit || full.is_some() {
+                let why = full.clone().expect("set by the room check or an earlier insert");
+                results[slot] = Some(Err(Failure::MempoolFull(why)));
+                continue;
+            }
+            let id = record.id;
+            results[slot] = Some(match pool.insert(Arc::new(record)) {
                 Ok(new) => {
                     if new {
                         arrivals.insert(id, Instant::now());
@@ -296,7 +319,7 @@ impl Shared {
                     Ok(Admitted::Pending { id, new })
                 }
                 Err(e) => {
-                    let why = format!("{e}; the record was not accepted, retry after the Retry-After delay");
+                    let why = full_message(e);
                     full = Some(why.clone());
                     Err(Failure::MempoolFull(why))
                 }
@@ -306,20 +329,20 @@ impl Shared {
     }
 
     /// The checks before the signature: size, decoding, already final or
-    /// pending (`Some`), stateless rules and the nonce against committed state.
-    fn precheck(&self, bytes: &[u8]) -> Result<Option<Admitted>, Failure> {
+    /// pending (`Known`), stateless rules and the nonce against committed state.
+    fn precheck(&self, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
         let rules = self.rules();
         let params = &rules.params;
-        let record = submission::decode_record(bytes, params).map_err(|e| match e {
+        let record = submission::decode_record(&bytes, params).map_err(|e| match e {
             LedgerError::RecordTooLarge { .. } => Failure::Refused(e.to_string()),
             e => Failure::Malformed(e.to_string()),
         })?;
-        let id = SignedRecord::id_of_bytes(bytes);
+        let id = SignedRecord::id_of_bytes(&bytes);
         if let Some(placed) = self.placed(&id)? {
-            return Ok(Some(Admitted::Final { id, placed }));
+            return Ok(Prechecked::Known(Admitted::Final { id, placed }));
         }
         if self.pool.lock().expect("pool lock").contains(&id) {
-            return Ok(Some(Admitted::Pending { id, new: false }));
+            return Ok(Prechecked::Known(Admitted::Pending { id, new: false }));
         }
         rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         let r = &record.record;
@@ -332,7 +355,7 @@ impl Shared {
                 )));
             }
         }
-        Ok(None)
+        Ok(Prechecked::New(Encoded { record, bytes, id }))
     }
 
     /// Admits records from the API and hands the new ones to the loop to gossip.
