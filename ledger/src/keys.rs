@@ -59,9 +59,10 @@ impl PublicKey {
         Ok(PublicKey(hex_array(s, "public key")?))
     }
 
-    /// Checks `signature` over `signing_message(domain, chain_id, bytes)`.
+    /// Checks `signature` over `signing_message(domain, chain_id, bytes)` by
+    /// the cofactored rule (`verify_cofactored`), the rule for every record.
     pub fn verify(&self, domain: Domain, chain_id: &str, bytes: &[u8], signature: &Signature) -> bool {
-        self.verify_raw(&signing_message(domain, chain_id, bytes), signature)
+        verify_cofactored(&[(self, &signing_message(domain, chain_id, bytes), signature)])
     }
 
     /// Checks a finality vote: a C2SP note signature over the checkpoint text.
@@ -75,6 +76,96 @@ impl PublicKey {
         };
         key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature.0)).is_ok()
     }
+}
+
+/// Whether every `(key, message, signature)` verifies by the cofactored
+/// ed25519 equation `[8](sB - kA - R) = 0`, with `k = SHA-512(R || A || M)`,
+/// `s` canonical (below the group order) and `A`, `R` any encodings that
+/// decode to curve points (the rule of ZIP 215). Many signatures are checked
+/// in one equation with coefficients drawn from a hash of all of them.
+///
+/// Why this rule and not ed25519-dalek's `verify_strict`: a node checks a
+/// record alone or in a batch with whatever else arrived, and nodes must
+/// never disagree about a record. `verify_strict` and dalek's batch (which is
+/// cofactorless) answer differently for signatures whose `R` has a small-order
+/// part, and a submitter can craft those with its own key. Under the
+/// cofactored equation one signature alone and any batch holding it give the
+/// same answer (up to a 2^-128 chance per batch). Every signature an
+/// ordinary ed25519 signer makes verifies under both rules.
+pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+    use sha2::{Digest, Sha512};
+
+    let mut transcript = Sha512::new();
+    transcript.update(b"annal/ed25519-batch/v1");
+    // Per distinct key, the sum of its coefficients: one point per key, not per signature.
+    let mut keys: std::collections::BTreeMap<[u8; 32], (EdwardsPoint, Scalar)> = std::collections::BTreeMap::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    for (key, message, signature) in items {
+        let (r_bytes, s_bytes): ([u8; 32], [u8; 32]) =
+            (signature.0[..32].try_into().expect("32 bytes"), signature.0[32..].try_into().expect("32 bytes"));
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else { return false };
+        let Some(r) = CompressedEdwardsY(r_bytes).decompress() else { return false };
+        if let std::collections::btree_map::Entry::Vacant(slot) = keys.entry(key.0) {
+            let Some(a) = decompressed_key(&key.0) else { return false };
+            slot.insert((a, Scalar::ZERO));
+        }
+        let k = Scalar::from_hash(Sha512::new().chain_update(r_bytes).chain_update(key.0).chain_update(message));
+        transcript.update(r_bytes);
+        transcript.update(key.0);
+        transcript.update(k.as_bytes());
+        transcript.update(s_bytes);
+        parsed.push((key.0, r, s, k));
+    }
+    let seed = transcript.finalize();
+    let mut b_coefficient = Scalar::ZERO;
+    let mut scalars = Vec::with_capacity(parsed.len() + keys.len() + 1);
+    let mut points = Vec::with_capacity(parsed.len() + keys.len() + 1);
+    for (i, (key, r, s, k)) in parsed.into_iter().enumerate() {
+        // A single signature needs no random coefficient; in a batch each gets a 128-bit one.
+        let z = if items.len() == 1 {
+            Scalar::ONE
+        } else {
+            let h = Sha512::new().chain_update(seed).chain_update((i as u64).to_le_bytes()).finalize();
+            Scalar::from(u128::from_le_bytes(h[..16].try_into().expect("16 bytes")))
+        };
+        b_coefficient += z * s;
+        scalars.push(z);
+        points.push(r);
+        keys.get_mut(&key).expect("inserted above").1 += z * k;
+    }
+    for (a, coefficient) in keys.into_values() {
+        scalars.push(coefficient);
+        points.push(a);
+    }
+    scalars.push(-b_coefficient);
+    points.push(ED25519_BASEPOINT_POINT);
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
+}
+
+/// A submitter key as a curve point, from a process-wide cache: the same
+/// few thousand agency keys sign everything, and decoding one costs about a
+/// tenth of a signature check. Only what is computed is cached, never an
+/// answer, so the cache cannot change any verdict.
+fn decompressed_key(key: &[u8; 32]) -> Option<curve25519_dalek::edwards::EdwardsPoint> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    const KEYS_CACHED_MAX: usize = 1 << 16;
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], curve25519_dalek::edwards::EdwardsPoint>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(point) = cache.lock().expect("key cache lock").get(key) {
+        return Some(*point);
+    }
+    let point = curve25519_dalek::edwards::CompressedEdwardsY(*key).decompress()?;
+    let mut cache = cache.lock().expect("key cache lock");
+    if cache.len() >= KEYS_CACHED_MAX {
+        cache.clear();
+    }
+    cache.insert(*key, point);
+    Some(point)
 }
 
 /// Decodes exactly `N` bytes of hex.
@@ -204,4 +295,100 @@ struct KeyFile {
     kind: String,
     public_key: PublicKey,
     secret_key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::scalar::Scalar;
+    use sha2::{Digest, Sha512};
+
+    fn signed(seed: u8, message: &[u8]) -> Item {
+        let key = SecretKey::from_seed([seed; 32]);
+        let bytes = [&[crate::codec::FORMAT_V1][..], message].concat();
+        let signature = key.sign(Domain::Record, "c", &bytes);
+        (key.public(), signing_message(Domain::Record, "c", &bytes), signature)
+    }
+
+    /// A signature whose R has an order-8 part: s = r + k·a for R = rB + T.
+    /// Only its key's owner can make one; `verify_strict` refuses it, the
+    /// cofactored rule accepts it.
+    fn torsioned(message: &[u8]) -> Item {
+        let a = Scalar::from_bytes_mod_order([7; 32]);
+        let public = PublicKey((a * ED25519_BASEPOINT_POINT).compress().to_bytes());
+        let r = Scalar::from_bytes_mod_order([9; 32]);
+        let big_r = (r * ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]).compress().to_bytes();
+        let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(public.0).chain_update(message));
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&big_r);
+        sig[32..].copy_from_slice(s.as_bytes());
+        (public, message.to_vec(), Signature(sig))
+    }
+
+    type Item = (PublicKey, Vec<u8>, Signature);
+
+    fn as_items(v: &[Item]) -> Vec<(&PublicKey, &[u8], &Signature)> {
+        v.iter().map(|(k, m, s)| (k, m.as_slice(), s)).collect()
+    }
+
+    /// Goal: the batch and each signature alone always agree: ordinary
+    /// signatures pass both ways, a wrong one fails both ways wherever it
+    /// sits in a batch, and a crafted signature with a small-order part in R
+    /// (which ed25519-dalek's strict check and its batch judge differently)
+    /// gets one answer alone and in every batch.
+    #[test]
+    fn one_answer_alone_and_in_any_batch() {
+        let good: Vec<_> = (0..12u8).map(|i| signed(i % 4, &[i; 40])).collect();
+        assert!(verify_cofactored(&as_items(&good)));
+        for item in as_items(&good) {
+            assert!(verify_cofactored(&[item]));
+        }
+
+        let mut wrong = good[5].clone();
+        wrong.2 .0[40] ^= 1;
+        assert!(!verify_cofactored(&as_items(std::slice::from_ref(&wrong))));
+        let crafted = torsioned(b"a record");
+        let key = VerifyingKey::from_bytes(&crafted.0 .0).unwrap();
+        let dalek_sig = ed25519_dalek::Signature::from_bytes(&crafted.2 .0);
+        assert!(key.verify_strict(&crafted.1, &dalek_sig).is_err(), "dalek's strict check refuses it");
+        assert!(verify_cofactored(&as_items(std::slice::from_ref(&crafted))), "the cofactored rule accepts it");
+        for at in 0..=good.len() {
+            let mut batch = good.clone();
+            batch.insert(at, crafted.clone());
+            assert!(verify_cofactored(&as_items(&batch)), "accepted alone, so in a batch (position {at})");
+            batch[at] = wrong.clone();
+            assert!(!verify_cofactored(&as_items(&batch)), "refused alone, so in a batch (position {at})");
+        }
+    }
+
+    /// Goal: a signature is bound to its key, message and domain, and a
+    /// non-canonical s (s + group order) is refused.
+    #[test]
+    fn bound_to_key_message_and_canonical_s() {
+        let (key, message, signature) = signed(1, b"payload");
+        assert!(verify_cofactored(&[(&key, &message, &signature)]));
+        let (other, _, _) = signed(2, b"payload");
+        assert!(!verify_cofactored(&[(&other, &message, &signature)]));
+        assert!(!verify_cofactored(&[(&key, b"annal/record/v1c\x01payloae", &signature)]));
+        let s = Scalar::from_canonical_bytes(signature.0[32..].try_into().unwrap()).unwrap();
+        // s + l as 256-bit little-endian: the same scalar mod l, but not canonical.
+        let l: [u8; 32] = {
+            let mut b = [0u8; 32];
+            b[..16].copy_from_slice(&0x14def9dea2f79cd65812631a5cf5d3edu128.to_le_bytes());
+            b[31] = 0x10;
+            b
+        };
+        let mut sum = [0u8; 32];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = s.as_bytes()[i] as u16 + l[i] as u16 + carry;
+            sum[i] = v as u8;
+            carry = v >> 8;
+        }
+        let mut malleated = signature;
+        malleated.0[32..].copy_from_slice(&sum);
+        assert!(!verify_cofactored(&[(&key, &message, &malleated)]));
+    }
 }

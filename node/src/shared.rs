@@ -114,7 +114,7 @@ pub enum Admitted {
 /// What `precheck` found: a record already known, or a new one to verify.
 enum Prechecked {
     Known(Admitted),
-    New(Encoded),
+    New(Box<Encoded>),
 }
 
 /// How a pending record ended.
@@ -295,7 +295,7 @@ impl Shared {
                 .count();
             (fit, full)
         };
-        let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| r).collect::<Vec<_>>());
+        let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| &**r).collect::<Vec<_>>());
         let mut pool = self.pool.lock().expect("pool lock");
         let mut arrivals = self.arrivals.lock().expect("arrivals lock");
         let mut bad = bad.into_iter().peekable();
@@ -311,7 +311,7 @@ impl Shared {
                 continue;
             }
             let id = record.id;
-            results[slot] = Some(match pool.insert(Arc::new(record)) {
+            results[slot] = Some(match pool.insert(Arc::from(record)) {
                 Ok(new) => {
                     if new {
                         arrivals.insert(id, Instant::now());
@@ -355,7 +355,7 @@ impl Shared {
                 )));
             }
         }
-        Ok(Prechecked::New(Encoded { record, bytes, id }))
+        Ok(Prechecked::New(Box::new(Encoded { record, bytes, id })))
     }
 
     /// Admits records from the API and hands the new ones to the loop to gossip.
