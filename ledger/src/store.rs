@@ -852,7 +852,14 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     match name {
         // Point lookups (by record id, key hash, submitter): a bloom filter saves a disk read per miss.
-        CF_IDS | CF_LEAVES | CF_NONCES => table.set_bloom_filter(10.0, false),
+        CF_IDS | CF_LEAVES | CF_NONCES => {
+            table.set_bloom_filter(10.0, false);
+            // And one over the memtable: admission asks for every new record
+            // whether its id is known yet (it is not), which otherwise walks
+            // the memtable's skip list to the end each time.
+            opts.set_memtable_prefix_bloom_ratio(0.1);
+            opts.set_memtable_whole_key_filtering(true);
+        }
         _ => {}
     }
     opts.set_block_based_table_factory(&table);

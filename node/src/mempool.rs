@@ -6,13 +6,16 @@
 //! carries it (appended or refused at execution): proposing a block does not
 //! remove anything, so a block that never becomes final loses nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use annal_ledger::record::{Encoded, RecordId};
 
 pub struct Mempool {
-    entries: BTreeMap<RecordId, Entry>,
+    /// By id; a hash map, since a full pool holds hundreds of thousands of
+    /// records and admission asks it about every one (it is never iterated:
+    /// `order` gives the order).
+    entries: HashMap<RecordId, Entry>,
     /// Arrival order: sequence number → id.
     order: BTreeMap<u64, RecordId>,
     next_seq: u64,
@@ -44,7 +47,7 @@ impl std::fmt::Display for Full {
 
 impl Mempool {
     pub fn new(records_max: usize, bytes_max: usize) -> Mempool {
-        Mempool { entries: BTreeMap::new(), order: BTreeMap::new(), next_seq: 0, bytes: 0, records_max, bytes_max }
+        Mempool { entries: HashMap::new(), order: BTreeMap::new(), next_seq: 0, bytes: 0, records_max, bytes_max }
     }
 
     /// Adds a checked record. `Ok(false)` if it was already pending.

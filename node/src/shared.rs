@@ -328,8 +328,8 @@ impl Shared {
         results.into_iter().map(|r| r.expect("every record has a result")).collect()
     }
 
-    /// The checks before the signature: size, decoding, already final or
-    /// pending (`Known`), stateless rules and the nonce against committed state.
+    /// The checks before the signature: size, decoding, already pending or
+    /// final (`Known`), the nonce against committed state, stateless rules.
     fn precheck(&self, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
         let rules = self.rules();
         let params = &rules.params;
@@ -338,23 +338,23 @@ impl Shared {
             e => Failure::Malformed(e.to_string()),
         })?;
         let id = SignedRecord::id_of_bytes(&bytes);
-        if let Some(placed) = self.placed(&id)? {
-            return Ok(Prechecked::Known(Admitted::Final { id, placed }));
-        }
         if self.pool.lock().expect("pool lock").contains(&id) {
             return Ok(Prechecked::Known(Admitted::Pending { id, new: false }));
         }
-        rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         let r = &record.record;
-        if let Some(last) = self.store().last_nonce(&r.submitter)? {
-            if r.nonce <= last {
-                return Err(Failure::Refused(format!(
-                    "nonce {} of submitter {} is not above its last final nonce {last}",
-                    r.nonce,
-                    r.submitter.to_hex()
-                )));
+        if let Some(last) = self.store().last_nonce(&r.submitter)?.filter(|&last| r.nonce <= last) {
+            // Only a record at or below its submitter's last final nonce can be final already:
+            // the index is read for those alone, not for every new record.
+            if let Some(placed) = self.placed(&id)? {
+                return Ok(Prechecked::Known(Admitted::Final { id, placed }));
             }
+            return Err(Failure::Refused(format!(
+                "nonce {} of submitter {} is not above its last final nonce {last}",
+                r.nonce,
+                r.submitter.to_hex()
+            )));
         }
+        rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         Ok(Prechecked::New(Box::new(Encoded { record, bytes, id })))
     }
 
