@@ -65,6 +65,14 @@ pub struct ClusterArgs {
     /// Folder of the bench chain (default: a new one under /var/tmp, removed afterwards), or of the devnet with --nodes.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Catch-up: stop the last validator before the load and restart it after;
+    /// report how fast it catches up with the others (records/s).
+    #[arg(long)]
+    catch_up: bool,
+    /// Audit: after the run, replay node 0's whole chain with `annal audit`
+    /// from the genesis file and report its rate (records/s).
+    #[arg(long)]
+    audit: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -139,6 +147,8 @@ struct BenchNode {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// How to start it again (nodes this bench started).
+    entry: Option<crate::devnet::NodeEntry>,
 }
 
 /// `annal bench cluster`.
@@ -179,13 +189,25 @@ pub fn cluster(args: ClusterArgs) -> Result<()> {
         let mut nodes = Vec::new();
         for e in entries {
             let child = crate::devnet::spawn_node(&e)?;
-            nodes.push(BenchNode { api_url: e.api_url, data_dir: e.data_dir, log: e.log, child: Some(child) });
+            nodes.push(BenchNode {
+                api_url: e.api_url.clone(),
+                data_dir: e.data_dir.clone(),
+                log: e.log.clone(),
+                child: Some(child),
+                entry: Some(e),
+            });
         }
         nodes
     } else {
         args.nodes
             .iter()
-            .map(|u| BenchNode { api_url: u.clone(), data_dir: PathBuf::new(), log: PathBuf::new(), child: None })
+            .map(|u| BenchNode {
+                api_url: u.clone(),
+                data_dir: PathBuf::new(),
+                log: PathBuf::new(),
+                child: None,
+                entry: None,
+            })
             .collect()
     };
     let mut result = drive(&args, rate, &dir, &mut nodes, &ceiling);
@@ -240,6 +262,9 @@ fn drive(
         .collect::<Result<_, _>>()?;
     let namespaces: Vec<String> = genesis.agencies.iter().map(|a| a.namespaces[0].clone()).collect();
     let clients: Vec<Client> = nodes.iter().map(|n| Client::new(&n.api_url)).collect::<Result<_, _>>()?;
+    if args.catch_up && (nodes.len() < 4 || nodes[nodes.len() - 1].entry.is_none()) {
+        bail!("--catch-up needs at least 4 validators this bench starts (the rest keep a quorum)");
+    }
 
     // Sign everything first: the load, and the probes (the last agency).
     let load_signers: Vec<(&SecretKey, String)> =
@@ -259,8 +284,13 @@ fn drive(
     }
 
     wait_ready(&clients, nodes)?;
+    if args.catch_up {
+        // The last validator misses the whole load; the others keep a quorum.
+        stop_node(&mut nodes[nodes.len() - 1], libc::SIGKILL);
+    }
+    let clients = &clients[..nodes.len() - usize::from(args.catch_up)];
     // Per node, its signers' records in nonce order.
-    let n = nodes.len();
+    let n = clients.len();
     let mut per_node: Vec<Vec<&SignedRecord>> = vec![Vec::new(); n];
     for (i, r) in load.iter().enumerate() {
         per_node[(i % load_signers.len()) % n].push(r);
@@ -307,6 +337,7 @@ fn drive(
         stop.store(true, Ordering::Relaxed);
         Ok(())
     })?;
+    let caught_up = if args.catch_up { Some(catch_up(&clients[0], nodes)?) } else { None };
     let (t0, size0, cpu0) = window.into_inner().expect("window").context("the window never opened")?;
     let (t1, size1, cpu1) = end_state.context("the window never closed")?;
     let elapsed = (t1 - t0).as_secs_f64();
@@ -324,7 +355,8 @@ fn drive(
     let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
     let rss: Vec<f64> = nodes.iter().map(|n| peak_rss_mb(n).unwrap_or(f64::NAN)).collect();
     let _ = started;
-    Ok(json!({
+    let audited = if args.audit { Some(audit_rate(&nodes[0].api_url, dir)?) } else { None };
+    let mut report = json!({
         "validators": nodes.len(), "record_bytes": args.record_bytes, "signers": load_signers.len(),
         "offered_rate": rate.map_or(json!("max"), |r| json!(r)), "duration_s": elapsed,
         "finalized_records_per_s": finalized.round(), "records_finalized_in_window": size1 - size0,
@@ -334,7 +366,83 @@ fn drive(
         "verify_per_s_per_core": ceiling.per_core.round(), "verify_per_s_all_cores": ceiling.all_cores.round(),
         "signature_ceiling_records_per_s": (ceiling.all_cores / nodes.len() as f64).round(),
         "block_records_max": genesis.params.block_records_max,
-    }))
+    });
+    if let Some((records, seconds)) = caught_up {
+        report["catch_up_records"] = json!(records);
+        report["catch_up_s"] = json!(seconds);
+        report["catch_up_records_per_s"] = json!((records as f64 / seconds).round());
+    }
+    if let Some((records, seconds)) = audited {
+        report["audit_records"] = json!(records);
+        report["audit_s"] = json!(seconds);
+        report["audit_records_per_s"] = json!((records as f64 / seconds).round());
+    }
+    Ok(report)
+}
+
+fn stop_node(node: &mut BenchNode, signal: libc::c_int) {
+    if let Some(mut c) = node.child.take() {
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, signal);
+        }
+        let _ = c.wait();
+    }
+}
+
+/// Once the load has stopped and `leader`'s log has stopped growing (its
+/// mempool drained), restarts the last node, stopped since before the load,
+/// and times it from process start until its log reaches `leader`'s size.
+/// Returns (records it caught up, seconds).
+fn catch_up(leader: &Client, nodes: &mut [BenchNode]) -> Result<(u64, f64)> {
+    let mut target = log_size(leader)?;
+    let quiet_since = Instant::now();
+    let mut last_change = Instant::now();
+    while last_change.elapsed() < Duration::from_secs(3) && quiet_since.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = log_size(leader)?;
+        if now != target {
+            (target, last_change) = (now, Instant::now());
+        }
+    }
+    let node = nodes.last_mut().expect("at least 4 nodes");
+    let entry = node.entry.as_ref().expect("checked before the load");
+    let started = Instant::now();
+    node.child = Some(crate::devnet::spawn_node(entry)?);
+    let client = Client::new(&node.api_url)?;
+    let mut from = None;
+    loop {
+        if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
+            bail!("the catching-up node exited ({status}); see {}", node.log.display());
+        }
+        if let Ok(size) = log_size(&client) {
+            let from = *from.get_or_insert(size);
+            if size >= target {
+                return Ok((target - from, started.elapsed().as_secs_f64()));
+            }
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the restarted node did not catch up within 30 minutes; see {}", node.log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `annal audit` on the node's whole chain from the genesis file; (records replayed, seconds).
+fn audit_rate(api_url: &str, dir: &Path) -> Result<(u64, f64)> {
+    let exe = std::env::current_exe().context("finding the annal binary")?;
+    let started = Instant::now();
+    let out = std::process::Command::new(exe)
+        .args(["audit", "--json", "--node", api_url, "--genesis"])
+        .arg(dir.join("genesis.json"))
+        .output()
+        .context("running annal audit")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let answer: Value = serde_json::from_slice(&out.stdout).context("annal audit printed no JSON")?;
+    if !out.status.success() || answer["consistent"] != json!(true) {
+        bail!("annal audit did not find the chain consistent: {answer}");
+    }
+    let records = answer["records"].as_u64().or_else(|| answer["log_size"].as_u64()).unwrap_or(0);
+    Ok((records, seconds))
 }
 
 /// Sends `records` in order in batches; waits out a full mempool; paces to `rate` if given.
@@ -473,4 +581,20 @@ fn print_report(r: &Value) {
     println!("  peak RSS MB / node {}", r["peak_rss_mb_per_node"]);
     println!("  disk bytes/record  {} (× raw: {})", r["disk_bytes_per_record_per_node"], r["disk_over_raw_per_node"]);
     println!("  refused            {} of {} offered", r["records_refused"], r["records_offered"]);
+    if r.get("catch_up_records_per_s").is_some() {
+        println!(
+            "  catch-up           {} records/s ({} records in {:.1} s, from process start)",
+            r["catch_up_records_per_s"],
+            r["catch_up_records"],
+            r["catch_up_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    if r.get("audit_records_per_s").is_some() {
+        println!(
+            "  audit replay       {} records/s ({} records in {:.1} s)",
+            r["audit_records_per_s"],
+            r["audit_records"],
+            r["audit_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
 }

@@ -342,7 +342,11 @@ impl Shared {
             return Ok(Prechecked::Known(Admitted::Pending { id, new: false }));
         }
         let r = &record.record;
-        if let Some(last) = self.store().last_nonce(&r.submitter)?.filter(|&last| r.nonce <= last) {
+        // Bound first: in an `if let` the store's read guard would live through
+        // the block, and `placed` takes it again (a commit waiting for the write
+        // lock between the two would deadlock).
+        let last = self.store().last_nonce(&r.submitter)?;
+        if let Some(last) = last.filter(|&last| r.nonce <= last) {
             // Only a record at or below its submitter's last final nonce can be final already:
             // the index is read for those alone, not for every new record.
             if let Some(placed) = self.placed(&id)? {
