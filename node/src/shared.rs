@@ -279,7 +279,8 @@ impl Shared {
         }
         let full_message =
             |e: crate::mempool::Full| format!("{e}; the record was not accepted, retry after the Retry-After delay");
-        let (fit, mut full) = {
+        // How many fit in the pool as it is now; past them, the pool is full (`room_full`).
+        let (fit, room_full) = {
             let pool = self.pool.lock().expect("pool lock");
             let mut bytes = 0;
             let mut full = None;
@@ -299,6 +300,7 @@ impl Shared {
         let mut pool = self.pool.lock().expect("pool lock");
         let mut arrivals = self.arrivals.lock().expect("arrivals lock");
         let mut bad = bad.into_iter().peekable();
+        let mut full: Option<String> = None;
         for (n, (slot, record)) in candidates.into_iter().enumerate() {
             if bad.next_if_eq(&n).is_some() {
                 let submitter = record.record.record.submitter.to_hex();
@@ -306,7 +308,7 @@ impl Shared {
                 continue;
             }
             if n >= fit || full.is_some() {
-                let why = full.clone().expect("set by the room check or an earlier insert");
+                let why = full.clone().or_else(|| room_full.clone()).expect("set by an insert or the room check");
                 results[slot] = Some(Err(Failure::MempoolFull(why)));
                 continue;
             }

@@ -340,6 +340,26 @@ async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fills_the_mempool_to_its_limit_first() {
+    // Goal: room is checked before signatures, but a batch larger than the room
+    // left still fills it: the records that fit go in, the rest are mempool_full.
+    let node = start("fill", Limits { mempool_records_max: 3, ..Limits::default() }).await;
+    let (a, b, c, d) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1), publish(22, "d", 2));
+    assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
+    let records = [&b, &c, &d].map(|r| B64.encode(r.to_bytes()));
+    let answer = node.post("/v1/records/batch", &json!({ "records": records }).to_string()).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let v = answer.json();
+    assert_eq!(v["accepted"], 2, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "pending");
+    assert_eq!(results[1]["status"], "pending");
+    assert_eq!(results[2]["error"]["error"], "mempool_full", "{v}");
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 3);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_and_batches_one_over_the_limit_are_413() {
     // Goal: a body of exactly api_body_bytes_max is read; one byte more is 413 too_large JSON,
     // declared or chunked; a batch of api_batch_records_max + 1 records is 413 too.
