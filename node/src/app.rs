@@ -32,6 +32,7 @@ use annal_ledger::codec;
 use annal_ledger::exec::{self, BlockMeta};
 use annal_ledger::keys::{SecretKey, Signature};
 use annal_ledger::record::{Encoded, RecordId, SignedRecord};
+use annal_ledger::state::StateView;
 use anyhow::{bail, Context, Result};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
@@ -47,6 +48,9 @@ const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
 const SYNC_BATCH: u32 = 128;
 /// Heights behind what peers show before this node syncs instead of waiting for consensus.
 const SYNC_GAP: u64 = 3;
+/// How long a pending record whose nonce skips past its submitter's next one
+/// waits for the lower record before a block may carry it (`Mempool::select`).
+const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
 /// How often the loop re-sends its checkpoint signatures and checks whether it is behind.
 const TICK: Duration = Duration::from_millis(500);
 /// A proposal may carry a time at most this far ahead of a validator's clock.
@@ -382,6 +386,13 @@ impl App {
                     Output::PersistSafety(s) => self.persist_safety(&s)?,
                     Output::PersistBlock(b) => self.persist_block(&b)?,
                     Output::Broadcast(m) | Output::Send { message: m, .. } => {
+                        if matches!(m, Message::BlockRequest(_)) && self.behind() {
+                            // Far behind, blocks come by sync (request-response). A block request
+                            // is answered on gossip, to everyone: chasing hundreds of full blocks
+                            // that way floods every node (seen with 2 MB blocks: gigabytes of
+                            // gossip caches, and sync answers starved until they timed out).
+                            continue;
+                        }
                         let e = self.envelope(&m);
                         fx.publish.push(e);
                     }
@@ -423,17 +434,18 @@ impl App {
         Ok(())
     }
 
+    /// Whether peers have shown heights more than `SYNC_GAP` above this node's tip: it syncs.
+    fn behind(&self) -> bool {
+        self.seen_height > self.tip_height + SYNC_GAP
+    }
+
     fn refresh_status(&self) {
         let mut s = self.shared.status.lock().expect("status lock");
         if let Some(v) = &self.validator {
             s.view = v.core.view().0;
         }
         s.peers = self.connected.iter().filter(|p| self.peers_by_id.contains_key(p)).count();
-        s.sync = if self.seen_height > self.tip_height + SYNC_GAP {
-            SyncState::CatchingUp { target: self.seen_height }
-        } else {
-            SyncState::Synced
-        };
+        s.sync = if self.behind() { SyncState::CatchingUp { target: self.seen_height } } else { SyncState::Synced };
     }
 
     /// Writes the safety state durably: a new file, fsynced, renamed over the old one.
@@ -520,11 +532,12 @@ impl App {
         let rules = self.shared.rules();
         let params = &rules.params;
         let exclude = self.in_flight(&parent);
-        let records = self.shared.pool.lock().expect("pool lock").select(
-            params.block_records_max,
-            params.block_bytes_max,
-            &exclude,
-        );
+        let records = {
+            let store = self.shared.store();
+            let last_final = |s: &annal_ledger::keys::PublicKey| store.last_nonce(s).ok().flatten();
+            let pool = self.shared.pool.lock().expect("pool lock");
+            pool.select(params.block_records_max, params.block_bytes_max, &exclude, last_final, NONCE_GAP_WAIT)
+        };
         if records.is_empty() && Instant::now() < deadline {
             return None;
         }
@@ -577,14 +590,12 @@ impl App {
         if body.time_ms > wall_ms() + FUTURE_TIME_MS {
             return Err(format!("time {} is more than {FUTURE_TIME_MS} ms ahead of this node's clock", body.time_ms));
         }
-        let mut ids = BTreeSet::new();
-        for (i, bytes) in body.records.iter().enumerate() {
-            let id = SignedRecord::id_of_bytes(bytes);
-            if !ids.insert(id) {
-                return Err(format!("record {i} ({id}) appears twice"));
-            }
+        let ids: Vec<RecordId> = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+        let mut seen = BTreeSet::new();
+        if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !seen.insert(**id)) {
+            return Err(format!("record {i} ({id}) appears twice"));
         }
-        let gathered = self.gather(&body.records, params);
+        let gathered = self.gather(&body.records, &ids, params);
         let mut records = Vec::with_capacity(gathered.records.len());
         for (i, r) in gathered.records.into_iter().enumerate() {
             records.push(r.map_err(|why| format!("record {i}: {why}"))?);
@@ -613,14 +624,13 @@ impl App {
     /// A block's records, each decoded and signature-checked once on this
     /// node: pending ones come from the pool (checked on entry), the others
     /// are decoded and verified here in one batch.
-    fn gather(&self, payload: &[Vec<u8>], params: &annal_ledger::genesis::Params) -> Gathered {
+    fn gather(&self, payload: &[Vec<u8>], ids: &[RecordId], params: &annal_ledger::genesis::Params) -> Gathered {
         let mut records = Vec::with_capacity(payload.len());
         let mut fresh = Vec::new();
         {
             let pool = self.shared.pool.lock().expect("pool lock");
-            for bytes in payload {
-                let id = SignedRecord::id_of_bytes(bytes);
-                records.push(match pool.get(&id) {
+            for (bytes, id) in payload.iter().zip(ids) {
+                records.push(match pool.get(id) {
                     Some(r) => Ok(r.clone()),
                     None => {
                         fresh.push(records.len());
@@ -677,7 +687,10 @@ impl App {
         let gathered = match known {
             Some(records) => records.into_iter().map(Ok).collect(),
             // A block this node did not validate (synced, or finalized before its proposal arrived).
-            None => self.gather(&body.records, &params).records,
+            None => {
+                let ids: Vec<RecordId> = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+                self.gather(&body.records, &ids, &params).records
+            }
         };
         let mut kept = Vec::with_capacity(gathered.len());
         let mut kept_positions = Vec::with_capacity(gathered.len());
@@ -781,6 +794,10 @@ impl App {
         m.records_finalized.fetch_add(executed.ids.len() as u64, Ordering::Relaxed);
         m.records_refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
         m.blocks_committed.fetch_add(1, Ordering::Relaxed);
+        if let Some((position, why)) = refused.first() {
+            // One reason per block (each refused record's own is kept for `GET /v1/records/{id}`).
+            info!(height = h, refused = refused.len(), first = position, "refused at execution: {why}");
+        }
         self.shared.settle(outcomes);
         info!(
             height = h,
@@ -1015,7 +1032,7 @@ impl App {
         // Also behind when peers are past this epoch's last block and this node has not committed it:
         // the epoch's cores that could still deliver it are gone, so only sync can.
         let epoch_passed = self.tip_height < self.epoch_end && self.seen_height >= self.epoch_end;
-        if self.seen_height > self.tip_height + SYNC_GAP || epoch_passed {
+        if self.behind() || epoch_passed {
             self.behind_ticks += 1;
         } else {
             self.behind_ticks = 0;

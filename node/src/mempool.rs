@@ -6,9 +6,11 @@
 //! carries it (appended or refused at execution): proposing a block does not
 //! remove anything, so a block that never becomes final loses nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use annal_ledger::keys::PublicKey;
 use annal_ledger::record::{Encoded, RecordId};
 
 pub struct Mempool {
@@ -18,6 +20,8 @@ pub struct Mempool {
     entries: HashMap<RecordId, Entry>,
     /// Arrival order: sequence number → id.
     order: BTreeMap<u64, RecordId>,
+    /// Each submitter's records in nonce order.
+    by_submitter: BTreeSet<(PublicKey, u64, RecordId)>,
     next_seq: u64,
     bytes: usize,
     records_max: usize,
@@ -26,6 +30,7 @@ pub struct Mempool {
 
 struct Entry {
     seq: u64,
+    arrived: Instant,
     record: Arc<Encoded>,
 }
 
@@ -47,7 +52,15 @@ impl std::fmt::Display for Full {
 
 impl Mempool {
     pub fn new(records_max: usize, bytes_max: usize) -> Mempool {
-        Mempool { entries: HashMap::new(), order: BTreeMap::new(), next_seq: 0, bytes: 0, records_max, bytes_max }
+        Mempool {
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            by_submitter: BTreeSet::new(),
+            next_seq: 0,
+            bytes: 0,
+            records_max,
+            bytes_max,
+        }
     }
 
     /// Adds a checked record. `Ok(false)` if it was already pending.
@@ -61,7 +74,8 @@ impl Mempool {
         self.next_seq += 1;
         self.bytes += record.bytes.len();
         self.order.insert(seq, id);
-        self.entries.insert(id, Entry { seq, record });
+        self.by_submitter.insert(slot(&record));
+        self.entries.insert(id, Entry { seq, arrived: Instant::now(), record });
         Ok(true)
     }
 
@@ -86,6 +100,7 @@ impl Mempool {
         match self.entries.remove(id) {
             Some(e) => {
                 self.order.remove(&e.seq);
+                self.by_submitter.remove(&slot(&e.record));
                 self.bytes -= e.record.bytes.len();
                 true
             }
@@ -93,24 +108,57 @@ impl Mempool {
         }
     }
 
-    /// The oldest records not in `exclude`, at most `records_max` of them and
-    /// `bytes_max` bytes: a block's payload. Nothing is removed.
-    pub fn select(&self, records_max: usize, bytes_max: usize, exclude: &BTreeSet<RecordId>) -> Vec<Arc<Encoded>> {
+    /// A block's payload: at most `records_max` records and `bytes_max`
+    /// bytes, none in `exclude` (records in blocks not yet final). Submitters
+    /// come in the order of their oldest pending record, and each one's
+    /// records in nonce order. Nonces must rise but may skip; still, a record
+    /// whose nonce skips past the next one expected (after `last_final` and
+    /// after the submitter's records in `exclude`) waits until it has been
+    /// pending for `gap_wait`: the lower record is most likely still on its
+    /// way (a retried request, a gossip batch checked out of order), and a
+    /// block carrying the higher one first would get the lower one refused.
+    /// Nothing is removed.
+    pub fn select(
+        &self,
+        records_max: usize,
+        bytes_max: usize,
+        exclude: &BTreeSet<RecordId>,
+        last_final: impl Fn(&PublicKey) -> Option<u64>,
+        gap_wait: Duration,
+    ) -> Vec<Arc<Encoded>> {
+        let now = Instant::now();
         let mut out = Vec::new();
         let mut bytes = 0;
+        let mut seen = HashSet::new();
         for id in self.order.values() {
-            if out.len() >= records_max {
-                break;
-            }
-            if exclude.contains(id) {
+            let submitter = self.entries[id].record.record.record.submitter;
+            if !seen.insert(submitter) {
                 continue;
             }
-            let e = &self.entries[id].record;
-            if bytes + e.bytes.len() > bytes_max {
-                break;
+            let mine = self
+                .by_submitter
+                .range((submitter, 0, RecordId([0; 32]))..=(submitter, u64::MAX, RecordId([0xff; 32])));
+            let mut next = last_final(&submitter).map(|n| n + 1);
+            for (_, nonce, id) in mine.clone() {
+                if exclude.contains(id) {
+                    next = next.max(Some(nonce + 1));
+                }
             }
-            bytes += e.bytes.len();
-            out.push(e.clone());
+            for (_, nonce, id) in mine {
+                if exclude.contains(id) {
+                    continue;
+                }
+                let e = &self.entries[id];
+                if next.is_some_and(|next| *nonce > next) && now.duration_since(e.arrived) < gap_wait {
+                    break;
+                }
+                if out.len() >= records_max || bytes + e.record.bytes.len() > bytes_max {
+                    return out;
+                }
+                bytes += e.record.bytes.len();
+                out.push(e.record.clone());
+                next = next.max(Some(nonce + 1));
+            }
         }
         out
     }
@@ -141,6 +189,11 @@ impl Mempool {
     }
 }
 
+/// A record's place in `by_submitter`.
+fn slot(record: &Encoded) -> (PublicKey, u64, RecordId) {
+    (record.record.record.submitter, record.record.record.nonce, record.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +201,11 @@ mod tests {
     use annal_ledger::record::{Body, Op, Record};
 
     fn record(nonce: u64, body: usize) -> Arc<Encoded> {
-        let key = SecretKey::from_seed([3; 32]);
+        record_by(3, nonce, body)
+    }
+
+    fn record_by(signer: u8, nonce: u64, body: usize) -> Arc<Encoded> {
+        let key = SecretKey::from_seed([signer; 32]);
         let r = Record {
             chain_id: "c".into(),
             namespace: "ns".into(),
@@ -190,19 +247,58 @@ mod tests {
         assert_eq!(pool.bytes(), max);
     }
 
-    /// Goal: a payload takes the oldest records first, skips excluded ones and respects both limits.
+    const NO_WAIT: Duration = Duration::ZERO;
+    const LONG_WAIT: Duration = Duration::from_secs(3600);
+
+    /// Goal: a payload takes submitters in the order of their oldest record,
+    /// skips excluded records, and respects both limits.
     #[test]
     fn select_in_arrival_order() {
-        let rs: Vec<_> = (1..=5).map(|n| record(n, 100)).collect();
+        let rs: Vec<_> = (1..=5u8).map(|n| record_by(n, 1, 100)).collect();
         let mut pool = Mempool::new(10, 1 << 20);
         for r in &rs {
             pool.insert(r.clone()).unwrap();
         }
         let exclude = BTreeSet::from([rs[1].id]);
-        let got = pool.select(3, 1 << 20, &exclude);
+        let got = pool.select(3, 1 << 20, &exclude, |_| None, LONG_WAIT);
         assert_eq!(got, vec![rs[0].clone(), rs[2].clone(), rs[3].clone()]);
-        let got = pool.select(10, rs[0].bytes.len() * 2, &BTreeSet::new());
+        let got = pool.select(10, rs[0].bytes.len() * 2, &BTreeSet::new(), |_| None, LONG_WAIT);
         assert_eq!(got.len(), 2);
         assert_eq!(pool.len(), 5, "selecting removes nothing");
+    }
+
+    /// Goal: one submitter's records go in nonce order whatever order they
+    /// arrived in; a record past a gap waits (for the lower nonce, or for
+    /// `gap_wait`), counting from the last final nonce and from records in
+    /// blocks not yet final; a stale nonce is not held back.
+    #[test]
+    fn nonce_order_and_gaps() {
+        let (n1, n2, n3, n5) = (record(1, 10), record(2, 10), record(3, 10), record(5, 10));
+        let mut pool = Mempool::new(10, 1 << 20);
+        for r in [&n3, &n1, &n5, &n2] {
+            pool.insert(r.clone()).unwrap();
+        }
+        let none = BTreeSet::new();
+        assert_eq!(pool.select(10, 1 << 20, &none, |_| None, LONG_WAIT), vec![n1.clone(), n2.clone(), n3.clone()]);
+        assert_eq!(
+            pool.select(10, 1 << 20, &none, |_| None, NO_WAIT),
+            vec![n1.clone(), n2.clone(), n3.clone(), n5.clone()],
+            "past gap_wait the skip is taken"
+        );
+        // 1 and 2 in a pending block: 3 is next.
+        let pending = BTreeSet::from([n1.id, n2.id]);
+        assert_eq!(pool.select(10, 1 << 20, &pending, |_| None, LONG_WAIT), vec![n3.clone()]);
+        // 3 final already: 5 must wait for 4 ...
+        pool.remove(&n1.id);
+        pool.remove(&n2.id);
+        pool.remove(&n3.id);
+        assert!(pool.select(10, 1 << 20, &none, |_| Some(3), LONG_WAIT).is_empty());
+        let n4 = record(4, 10);
+        pool.insert(n4.clone()).unwrap();
+        assert_eq!(pool.select(10, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone(), n5.clone()]);
+        // ... and a nonce at or below the last final one goes (execution refuses it, with its reason).
+        let stale = record(2, 20);
+        pool.insert(stale.clone()).unwrap();
+        assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![stale]);
     }
 }
