@@ -505,18 +505,18 @@ impl App {
         Instant::now() + Duration::from_millis(wait.min(interval))
     }
 
-    /// The ids in pending blocks from `parent` back to the tip: a new block must not repeat them.
-    fn in_flight(&self, parent: &[u8; 32]) -> BTreeSet<RecordId> {
+    /// The ids in pending blocks from `parent` back to the tip: a new block
+    /// must not repeat them. `None` if this node does not hold every block in
+    /// between (it lags): it cannot tell which records are taken already.
+    fn in_flight(&self, parent: &[u8; 32]) -> Option<BTreeSet<RecordId>> {
         let mut out = BTreeSet::new();
         let mut at = *parent;
-        while let Some(p) = self.pending.get(&at) {
-            if p.height <= self.tip_height {
-                break;
-            }
+        while at != self.tip.digest {
+            let p = self.pending.get(&at).filter(|p| p.height > self.tip_height)?;
             out.extend(p.ids.iter().copied());
             at = p.parent;
         }
-        out
+        Some(out)
     }
 
     /// The owed payload, if records are waiting or the interval has passed.
@@ -531,7 +531,14 @@ impl App {
         // The limits in force (governance may have lowered them since genesis).
         let rules = self.shared.rules();
         let params = &rules.params;
-        let exclude = self.in_flight(&parent);
+        let Some(exclude) = self.in_flight(&parent) else {
+            // A lagging leader proposes no records: it would repeat ones that are final or in
+            // flight, and each would be refused at execution, a block wasted.
+            self.owed_payload = None;
+            let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
+            debug!(view = view.0, "proposing an empty block: the blocks below this one are not all known here");
+            return Some(Input::Payload { view, payload: BlockBody { time_ms, records: Vec::new() }.to_bytes() });
+        };
         let records = {
             let store = self.shared.store();
             let last_final = |s: &annal_ledger::keys::PublicKey| store.last_nonce(s).ok().flatten();
@@ -778,6 +785,7 @@ impl App {
 
         let first_index = executed.first_index;
         let mut outcomes = Vec::with_capacity(body.records.len());
+        let mut stale = Vec::new();
         {
             let mut pool = self.shared.pool.lock().expect("pool lock");
             for (i, id) in executed.ids.iter().enumerate() {
@@ -788,6 +796,24 @@ impl App {
                 let id = SignedRecord::id_of_bytes(&body.records[*p]);
                 pool.remove(&id);
                 outcomes.push((id, Outcome::Refused(why.clone())));
+            }
+            // Records whose nonce this block overtook can never be taken: refuse them now
+            // rather than carry them in a later block only to be refused there.
+            for (submitter, last) in &executed.nonces {
+                for r in pool.purge_stale(submitter, *last) {
+                    let why = format!(
+                        "nonce {} of submitter {} is not above its last final nonce {last}",
+                        r.record.record.nonce,
+                        submitter.to_hex()
+                    );
+                    stale.push((r.id, why));
+                }
+            }
+        }
+        for (id, why) in stale {
+            // A copy of a record already final (a late gossip batch) has nothing to settle.
+            if self.shared.placed(&id).ok().flatten().is_none() {
+                outcomes.push((id, Outcome::Refused(why)));
             }
         }
         let m = &self.shared.metrics;

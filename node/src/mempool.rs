@@ -117,7 +117,8 @@ impl Mempool {
     /// pending for `gap_wait`: the lower record is most likely still on its
     /// way (a retried request, a gossip batch checked out of order), and a
     /// block carrying the higher one first would get the lower one refused.
-    /// Nothing is removed.
+    /// A record at or below a nonce final or in flight is left out (the next
+    /// commit for its submitter purges it). Nothing is removed.
     pub fn select(
         &self,
         records_max: usize,
@@ -149,6 +150,10 @@ impl Mempool {
                     continue;
                 }
                 let e = &self.entries[id];
+                if next.is_some_and(|next| *nonce < next) {
+                    // At or below a nonce final or in flight: execution would refuse it (a commit purges it).
+                    continue;
+                }
                 if next.is_some_and(|next| *nonce > next) && now.duration_since(e.arrived) < gap_wait {
                     break;
                 }
@@ -158,6 +163,24 @@ impl Mempool {
                 bytes += e.record.bytes.len();
                 out.push(e.record.clone());
                 next = next.max(Some(nonce + 1));
+            }
+        }
+        out
+    }
+
+    /// Removes `submitter`'s records with nonces at or below `last` (its last
+    /// final nonce): no block can take them any more. Returns them.
+    pub fn purge_stale(&mut self, submitter: &PublicKey, last: u64) -> Vec<Arc<Encoded>> {
+        let stale: Vec<RecordId> = self
+            .by_submitter
+            .range((*submitter, 0, RecordId([0; 32]))..=(*submitter, last, RecordId([0xff; 32])))
+            .map(|(_, _, id)| *id)
+            .collect();
+        let mut out = Vec::with_capacity(stale.len());
+        for id in stale {
+            if let Some(r) = self.get(&id).cloned() {
+                self.remove(&id);
+                out.push(r);
             }
         }
         out
@@ -296,9 +319,11 @@ mod tests {
         let n4 = record(4, 10);
         pool.insert(n4.clone()).unwrap();
         assert_eq!(pool.select(10, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone(), n5.clone()]);
-        // ... and a nonce at or below the last final one goes (execution refuses it, with its reason).
+        // ... and a nonce at or below the last final one is left out, for a commit to purge.
         let stale = record(2, 20);
         pool.insert(stale.clone()).unwrap();
-        assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![stale]);
+        assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone()]);
+        assert_eq!(pool.purge_stale(&stale.record.record.submitter, 3), vec![stale]);
+        assert_eq!(pool.len(), 2);
     }
 }
