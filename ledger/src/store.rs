@@ -148,6 +148,9 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
+        // One memtable budget for all ten families (each would otherwise grow to 64 MB, twice):
+        // keeps a node's memory under 1 GiB with a full mempool (docs/BENCHMARKS.md).
+        db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         // One block cache for every family: log nodes and state leaves are the hot reads.
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
@@ -870,6 +873,9 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     });
     opts
 }
+
+/// Memory all memtables together may hold before RocksDB flushes the largest.
+const MEMTABLES_BYTES_MAX: usize = 128 << 20;
 
 const GOV_STATE_KEY: &[u8] = b"gov";
 const CHARTER_PREFIX: &[u8] = b"charter/";
