@@ -348,13 +348,19 @@ pub fn audit(args: AuditArgs) -> Outcome {
     let mut uncertified = Vec::new();
     let now = Instant::now();
     let mut progress = Progress { started: now, shown: now, records: 0, on: !json };
+    // Blocks are fetched (HTTP, JSON) on a second thread, a few ahead, while this one replays.
+    let blocks = prefetch(client, replay.height + 1, top, limit);
     while replay.height < top {
         let h = replay.height + 1;
-        let block: BlockAnswer = match client.get_json(&format!("/v1/blocks/{h}"), limit) {
-            Ok(b) => b,
-            Err(e) => {
+        let block: BlockAnswer = match blocks.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
                 progress.end();
-                return cannot(e.to_string(), replay.height);
+                return cannot(e, replay.height);
+            }
+            Err(_) => {
+                progress.end();
+                return cannot(format!("the block fetcher stopped before height {h}"), replay.height);
             }
         };
         match replay.check(&block, h >= args.from_height) {
@@ -386,6 +392,30 @@ pub fn audit(args: AuditArgs) -> Outcome {
         }
     }
     Outcome::Valid
+}
+
+/// Blocks fetched ahead of the replay.
+const PREFETCH_BLOCKS: usize = 4;
+
+/// Fetches heights `from..=to` in order on a thread of their own; stops at the
+/// first failure (sent as the last item) or when the receiver is gone.
+fn prefetch(
+    client: Client,
+    from: u64,
+    to: u64,
+    limit: u64,
+) -> std::sync::mpsc::Receiver<std::result::Result<BlockAnswer, String>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BLOCKS);
+    std::thread::spawn(move || {
+        for h in from..=to {
+            let answer = client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit).map_err(|e| e.to_string());
+            let failed = answer.is_err();
+            if tx.send(answer).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn report_problem(problem: &Problem, json: bool, checked_to: u64) -> Outcome {
