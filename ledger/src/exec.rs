@@ -119,10 +119,13 @@ pub fn execute<V: StateView + StateTreeReader>(
     for (i, r) in records.iter().enumerate() {
         rules.check_stateless(r).map_err(at(i))?;
     }
-    if signatures == Signatures::Verify {
-        verify_batch(records)?;
-    }
+    // Encoded once: the signatures are checked over the same bytes the log takes.
     let encoded: Vec<Encoded> = records.iter().cloned().map(Encoded::from).collect();
+    if signatures == Signatures::Verify {
+        if let Some(&i) = bad_signatures(&encoded).first() {
+            return Err(bad_signature_at(i, &records[i]));
+        }
+    }
     let refs: Vec<&Encoded> = encoded.iter().collect();
     run(&rules, BlockGov::new(gov, height.0), state, frontier, &refs, false)
 }
@@ -233,16 +236,22 @@ fn run<V: StateView + StateTreeReader>(
 pub fn verify_batch(records: &[SignedRecord]) -> Result<(), Error> {
     let unsigned: Vec<Vec<u8>> = records.iter().map(|s| codec::encode(&s.record)).collect();
     let parts: Vec<(&SignedRecord, &[u8])> = records.iter().zip(unsigned.iter().map(Vec::as_slice)).collect();
-    if let Some(&i) = bad_signatures_of(&parts).first() {
-        let source = Box::new(Error::BadSignature { submitter: records[i].record.submitter.to_hex() });
-        return Err(Error::RecordInBlock { position: i, source });
+    match bad_signatures_of(&parts).first() {
+        Some(&i) => Err(bad_signature_at(i, &records[i])),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The error naming the record at `position` of a block as badly signed.
+fn bad_signature_at(position: usize, record: &SignedRecord) -> Error {
+    let source = Box::new(Error::BadSignature { submitter: record.record.submitter.to_hex() });
+    Error::RecordInBlock { position, source }
 }
 
 /// The positions of the records whose signature does not verify, in order
-/// (empty when all do): one ed25519 batch, and only if the batch fails each
-/// signature alone (`verify_strict`, the rule a single record is judged by).
+/// (empty when all do): one batch, and only if the batch fails each signature
+/// alone, under the same cofactored rule (`keys::verify_cofactored`), so
+/// the batch and the single checks agree.
 pub fn bad_signatures<E: Borrow<Encoded>>(records: &[E]) -> Vec<usize> {
     let parts: Vec<(&SignedRecord, &[u8])> = records
         .iter()

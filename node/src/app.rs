@@ -524,21 +524,17 @@ impl App {
         let (view, height, parent, deadline) = self.owed_payload?;
         if height > self.epoch_end {
             // Past the epoch's last height: an empty block, at once (it only carries finality back).
-            self.owed_payload = None;
-            let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
-            return Some(Input::Payload { view, payload: BlockBody { time_ms, records: Vec::new() }.to_bytes() });
+            return Some(self.propose(view, &parent, Vec::new()));
         }
-        // The limits in force (governance may have lowered them since genesis).
-        let rules = self.shared.rules();
-        let params = &rules.params;
         let Some(exclude) = self.in_flight(&parent) else {
             // A lagging leader proposes no records: it would repeat ones that are final or in
             // flight, and each would be refused at execution, a block wasted.
-            self.owed_payload = None;
-            let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
-            debug!(view = view.0, "proposing an empty block: the blocks below this one are not all known here");
-            return Some(Input::Payload { view, payload: BlockBody { time_ms, records: Vec::new() }.to_bytes() });
+            debug!(view = view.0, "the blocks below this one are not all known here: no records in it");
+            return Some(self.propose(view, &parent, Vec::new()));
         };
+        // The limits in force (governance may have lowered them since genesis).
+        let rules = self.shared.rules();
+        let params = &rules.params;
         let records = {
             let store = self.shared.store();
             let last_final = |s: &annal_ledger::keys::PublicKey| store.last_nonce(s).ok().flatten();
@@ -548,12 +544,17 @@ impl App {
         if records.is_empty() && Instant::now() < deadline {
             return None;
         }
+        Some(self.propose(view, &parent, records))
+    }
+
+    /// Settles the owed payload with `records`, remembering them for `persist_block`.
+    fn propose(&mut self, view: consensus::View, parent: &[u8; 32], records: Vec<Arc<Encoded>>) -> Input {
         self.owed_payload = None;
-        let time_ms = wall_ms().max(self.time_of(&parent).unwrap_or(0));
+        let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
         let payload = BlockBody { time_ms, records: records.iter().map(|r| r.bytes.clone()).collect() }.to_bytes();
         self.proposed = Some((payload.clone(), time_ms, records));
-        Some(Input::Payload { view, payload })
+        Input::Payload { view, payload }
     }
 
     /// `validate` with the refusal logged: the verdict the core is given.
@@ -617,13 +618,8 @@ impl App {
                 let _ = pool.insert(records[i].clone());
             }
         }
-        let pending = Pending {
-            height: b.height.0,
-            parent: b.parent,
-            time_ms: body.time_ms,
-            ids: records.iter().map(|r| r.id).collect(),
-            records: Some(records),
-        };
+        let pending =
+            Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: Some(records) };
         self.pending.insert(digest, pending);
         Ok(())
     }
@@ -801,12 +797,7 @@ impl App {
             // rather than carry them in a later block only to be refused there.
             for (submitter, last) in &executed.nonces {
                 for r in pool.purge_stale(submitter, *last) {
-                    let why = format!(
-                        "nonce {} of submitter {} is not above its last final nonce {last}",
-                        r.record.record.nonce,
-                        submitter.to_hex()
-                    );
-                    stale.push((r.id, why));
+                    stale.push((r.id, crate::shared::nonce_not_above(r.record.record.nonce, submitter, *last)));
                 }
             }
         }

@@ -128,6 +128,13 @@ impl Mempool {
         gap_wait: Duration,
     ) -> Vec<Arc<Encoded>> {
         let now = Instant::now();
+        // Each submitter's highest nonce in blocks not yet final.
+        let mut in_flight: HashMap<PublicKey, u64> = HashMap::new();
+        for e in exclude.iter().filter_map(|id| self.entries.get(id)) {
+            let r = &e.record.record.record;
+            let highest = in_flight.entry(r.submitter).or_insert(r.nonce);
+            *highest = (*highest).max(r.nonce);
+        }
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut seen = HashSet::new();
@@ -136,25 +143,11 @@ impl Mempool {
             if !seen.insert(submitter) {
                 continue;
             }
-            let mine = self
-                .by_submitter
-                .range((submitter, 0, RecordId([0; 32]))..=(submitter, u64::MAX, RecordId([0xff; 32])));
-            let mut next = last_final(&submitter).map(|n| n + 1);
-            for (_, nonce, id) in mine.clone() {
-                if exclude.contains(id) {
-                    next = next.max(Some(nonce + 1));
-                }
-            }
-            for (_, nonce, id) in mine {
-                if exclude.contains(id) {
-                    continue;
-                }
-                let e = &self.entries[id];
-                if next.is_some_and(|next| *nonce < next) {
-                    // At or below a nonce final or in flight: execution would refuse it (a commit purges it).
-                    continue;
-                }
-                if next.is_some_and(|next| *nonce > next) && now.duration_since(e.arrived) < gap_wait {
+            // Below `next` every record is final, in flight or overtaken (a commit purges those).
+            let mut next = last_final(&submitter).max(in_flight.get(&submitter).copied()).map(|n| n.saturating_add(1));
+            for (nonce, id) in self.nonces_of(&submitter, next.unwrap_or(0), u64::MAX) {
+                let e = &self.entries[&id];
+                if next.is_some_and(|next| nonce > next) && now.duration_since(e.arrived) < gap_wait {
                     break;
                 }
                 if out.len() >= records_max || bytes + e.record.bytes.len() > bytes_max {
@@ -162,20 +155,22 @@ impl Mempool {
                 }
                 bytes += e.record.bytes.len();
                 out.push(e.record.clone());
-                next = next.max(Some(nonce + 1));
+                next = Some(nonce.saturating_add(1));
             }
         }
         out
     }
 
+    /// `submitter`'s pending records with nonces from `from` to `to`, in nonce order.
+    fn nonces_of(&self, submitter: &PublicKey, from: u64, to: u64) -> impl Iterator<Item = (u64, RecordId)> + '_ {
+        let (lowest, highest) = (RecordId([0; 32]), RecordId([0xff; 32]));
+        self.by_submitter.range((*submitter, from, lowest)..=(*submitter, to, highest)).map(|(_, n, id)| (*n, *id))
+    }
+
     /// Removes `submitter`'s records with nonces at or below `last` (its last
     /// final nonce): no block can take them any more. Returns them.
     pub fn purge_stale(&mut self, submitter: &PublicKey, last: u64) -> Vec<Arc<Encoded>> {
-        let stale: Vec<RecordId> = self
-            .by_submitter
-            .range((*submitter, 0, RecordId([0; 32]))..=(*submitter, last, RecordId([0xff; 32])))
-            .map(|(_, _, id)| *id)
-            .collect();
+        let stale: Vec<RecordId> = self.nonces_of(submitter, 0, last).map(|(_, id)| id).collect();
         let mut out = Vec::with_capacity(stale.len());
         for id in stale {
             if let Some(r) = self.get(&id).cloned() {

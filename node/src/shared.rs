@@ -111,6 +111,11 @@ pub enum Admitted {
     Final { id: RecordId, placed: Placed },
 }
 
+/// Why a record with `nonce` can no longer be taken: its submitter's last final nonce is `last`.
+pub(crate) fn nonce_not_above(nonce: u64, submitter: &annal_ledger::keys::PublicKey, last: u64) -> String {
+    format!("nonce {nonce} of submitter {} is not above its last final nonce {last}", submitter.to_hex())
+}
+
 /// What `precheck` found: a record already known, or a new one to verify.
 enum Prechecked {
     Known(Admitted),
@@ -354,11 +359,7 @@ impl Shared {
             if let Some(placed) = self.placed(&id)? {
                 return Ok(Prechecked::Known(Admitted::Final { id, placed }));
             }
-            return Err(Failure::Refused(format!(
-                "nonce {} of submitter {} is not above its last final nonce {last}",
-                r.nonce,
-                r.submitter.to_hex()
-            )));
+            return Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last)));
         }
         rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
         Ok(Prechecked::New(Box::new(Encoded { record, bytes, id })))
