@@ -14,15 +14,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use annal_ledger::block::Header;
-use annal_ledger::exec::{execute, Signatures};
-use annal_ledger::genesis::Genesis;
+use annal_ledger::exec::{bad_signatures, execute_encoded, Signatures};
+use annal_ledger::genesis::{Genesis, Params, RECORD_BYTES_CAP};
 use annal_ledger::gov::Governance;
 use annal_ledger::merkle::{Frontier, Hash};
 use annal_ledger::note::SignedNote;
-use annal_ledger::record::SignedRecord;
+use annal_ledger::record::Encoded;
 use annal_ledger::state::MemoryState;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -118,6 +119,67 @@ pub struct Checked {
     pub uncertified: bool,
 }
 
+/// A block answer with its records decoded and their signatures checked:
+/// the part of a block's audit that needs no replayed state, so it runs
+/// ahead of the replay on other threads.
+pub struct Prepared {
+    answer: BlockAnswer,
+    /// The records with their bytes and ids, or why one does not decode.
+    records: Result<Vec<Encoded>, String>,
+    /// Whether signatures are checked at this height (`--from-height`).
+    check_signatures: bool,
+    /// Position of the first record whose signature does not verify.
+    first_bad_signature: Option<usize>,
+}
+
+/// Records per signature-checking thread below which one thread checks a block alone.
+const VERIFY_CHUNK_MIN: usize = 256;
+
+impl Prepared {
+    /// Decodes the answer's records and, with `check_signatures`, verifies their
+    /// signatures on up to `threads` threads. Each record is bounded here by the
+    /// largest limit any charter may set; the replay applies the charter in force.
+    pub fn new(answer: BlockAnswer, check_signatures: bool, threads: usize) -> Prepared {
+        let records = answer
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, b64)| {
+                let bytes = B64.decode(b64).map_err(|e| format!("record {i} is not base64: {e}"))?;
+                decode_record(bytes).map_err(|e| format!("record {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>();
+        let first_bad_signature = match &records {
+            Ok(records) if check_signatures => {
+                first_bad_signature(records, threads.min(records.len() / VERIFY_CHUNK_MIN).max(1))
+            }
+            _ => None,
+        };
+        Prepared { answer, records, check_signatures, first_bad_signature }
+    }
+}
+
+/// Decodes one record's canonical bytes, up to the largest size any charter allows.
+fn decode_record(bytes: Vec<u8>) -> Result<Encoded, annal_ledger::error::Error> {
+    let params = Params { record_bytes_max: RECORD_BYTES_CAP, ..Default::default() };
+    Encoded::decode(bytes, &params)
+}
+
+/// The first record whose signature does not verify, checking `threads` runs
+/// of the records at once (the rule gives each signature the same answer in
+/// any batch, so the split does not change the result).
+fn first_bad_signature(records: &[Encoded], threads: usize) -> Option<usize> {
+    let chunk = records.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = records
+            .chunks(chunk)
+            .enumerate()
+            .map(|(n, run)| scope.spawn(move || bad_signatures(run).first().map(|i| n * chunk + i)))
+            .collect();
+        runs.into_iter().filter_map(|run| run.join().expect("signature check panicked")).min()
+    })
+}
+
 /// The replayed chain: state, log and parent hash after the last block checked.
 pub struct Replay {
     /// Governance after the last block checked: the set and charter of the next.
@@ -144,8 +206,9 @@ impl Replay {
     }
 
     /// Checks the next block; on success, takes its records into the replayed state.
-    /// With `check_signatures` false the records' and checkpoint's signatures are not verified.
-    pub fn check(&mut self, block: &BlockAnswer, check_signatures: bool) -> Result<Checked, Problem> {
+    /// Signatures (records' and checkpoint's) are verified if `prepared` says so.
+    pub fn check(&mut self, prepared: &Prepared) -> Result<Checked, Problem> {
+        let (block, check_signatures) = (&prepared.answer, prepared.check_signatures);
         let height = self.height + 1;
         let bad = |field: Field, detail: String| Problem::Discrepancy { height, field, detail };
         let bytes = B64.decode(&block.header).map_err(|e| bad(Field::Header, format!("not base64: {e}")))?;
@@ -202,7 +265,7 @@ impl Replay {
             }
             None => true,
         };
-        self.execute(&header, block, check_signatures).map_err(|(field, detail)| bad(field, detail))?;
+        self.execute(&header, prepared).map_err(|(field, detail)| bad(field, detail))?;
         self.parent = hash;
         self.height = height;
         Ok(Checked { records: block.records.len(), uncertified })
@@ -219,25 +282,22 @@ impl Replay {
     }
 
     /// Re-executes the block's records and compares the roots; on success absorbs the state.
-    fn execute(&mut self, header: &Header, block: &BlockAnswer, check_signatures: bool) -> Result<(), (Field, String)> {
+    fn execute(&mut self, header: &Header, prepared: &Prepared) -> Result<(), (Field, String)> {
+        let block = &prepared.answer;
         if block.first_index != self.frontier.size() {
             return Err((
                 Field::FirstIndex,
                 format!("{}; the replayed log has {} records", block.first_index, self.frontier.size()),
             ));
         }
-        let records = block
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, b64)| {
-                let bytes = B64.decode(b64).map_err(|e| format!("record {i} is not base64: {e}"))?;
-                SignedRecord::from_bytes(&bytes, &self.gov.charter.params).map_err(|e| format!("record {i}: {e}"))
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|d| (Field::Records, d))?;
-        let signatures = if check_signatures { Signatures::Verify } else { Signatures::Verified };
-        let executed = execute(&self.gov, header.height, &self.state, &self.frontier, &records, signatures)
+        let records = prepared.records.as_ref().map_err(|d| (Field::Records, d.clone()))?;
+        let max = self.gov.charter.params.record_bytes_max;
+        if let Some((i, e)) = records.iter().enumerate().find(|(_, e)| e.bytes.len() > max) {
+            let detail = format!("record {i} is {} bytes; the charter in force allows {max}", e.bytes.len());
+            return Err((Field::Records, detail));
+        }
+        let signatures = Signatures::Checked(prepared.first_bad_signature);
+        let executed = execute_encoded(&self.gov, header.height, &self.state, &self.frontier, records, signatures)
             .map_err(|e| (Field::Records, format!("the appended records do not execute: {e}")))?;
         let hex32 = hex::encode;
         let compare = [
@@ -348,11 +408,12 @@ pub fn audit(args: AuditArgs) -> Outcome {
     let mut uncertified = Vec::new();
     let now = Instant::now();
     let mut progress = Progress { started: now, shown: now, records: 0, on: !json };
-    // Blocks are fetched (HTTP, JSON) on a second thread, a few ahead, while this one replays.
-    let blocks = prefetch(client, replay.height + 1, top, limit);
+    // Blocks are fetched (HTTP, JSON) on one thread and decoded and signature-checked on others,
+    // a few ahead, while this one replays them.
+    let blocks = prepare(prefetch(client, replay.height + 1, top, limit), args.from_height);
     while replay.height < top {
         let h = replay.height + 1;
-        let block: BlockAnswer = match blocks.recv() {
+        let block = match blocks.recv() {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 progress.end();
@@ -363,7 +424,7 @@ pub fn audit(args: AuditArgs) -> Outcome {
                 return cannot(format!("the block fetcher stopped before height {h}"), replay.height);
             }
         };
-        match replay.check(&block, h >= args.from_height) {
+        match replay.check(&block) {
             Ok(checked) => {
                 progress.records += checked.records as u64;
                 if checked.uncertified {
@@ -394,23 +455,43 @@ pub fn audit(args: AuditArgs) -> Outcome {
     Outcome::Valid
 }
 
-/// Blocks fetched ahead of the replay.
+/// Blocks fetched, and blocks decoded and checked, ahead of the replay.
 const PREFETCH_BLOCKS: usize = 4;
+/// Threads checking one block's signatures at most.
+const VERIFY_THREADS_MAX: usize = 8;
 
 /// Fetches heights `from..=to` in order on a thread of their own; stops at the
 /// first failure (sent as the last item) or when the receiver is gone.
-fn prefetch(
-    client: Client,
-    from: u64,
-    to: u64,
-    limit: u64,
-) -> std::sync::mpsc::Receiver<std::result::Result<BlockAnswer, String>> {
+fn prefetch(client: Client, from: u64, to: u64, limit: u64) -> Receiver<std::result::Result<BlockAnswer, String>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BLOCKS);
     std::thread::spawn(move || {
         for h in from..=to {
             let answer = client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit).map_err(|e| e.to_string());
             let failed = answer.is_err();
             if tx.send(answer).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Decodes and signature-checks fetched blocks on a thread of its own (and
+/// helpers per block), in order; passes a fetch failure through and stops after it.
+fn prepare(
+    fetched: Receiver<std::result::Result<BlockAnswer, String>>,
+    from_height: u64,
+) -> Receiver<std::result::Result<Prepared, String>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(VERIFY_THREADS_MAX);
+    let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BLOCKS);
+    std::thread::spawn(move || {
+        for answer in fetched {
+            let prepared = answer.map(|a| {
+                let check = a.height >= from_height;
+                Prepared::new(a, check, threads)
+            });
+            let failed = prepared.is_err();
+            if tx.send(prepared).is_err() || failed {
                 break;
             }
         }
@@ -439,10 +520,11 @@ fn report_problem(problem: &Problem, json: bool, checked_to: u64) -> Outcome {
 pub(crate) mod tests {
     use super::*;
     use annal_ledger::block::{Certificate, Height, View};
+    use annal_ledger::exec::execute;
     use annal_ledger::exec::BlockMeta;
     use annal_ledger::genesis::{Agency, Params, Validator};
     use annal_ledger::keys::SecretKey;
-    use annal_ledger::record::{Body, Op, Record};
+    use annal_ledger::record::{Body, Op, Record, SignedRecord};
 
     pub(crate) fn key(n: u8) -> SecretKey {
         SecretKey::from_seed([n; 32])
@@ -527,9 +609,13 @@ pub(crate) mod tests {
     fn audit_blocks(blocks: &[BlockAnswer], certified_height: u64) -> Result<u64, Problem> {
         let mut replay = Replay::new(&genesis(), certified_height);
         for b in blocks {
-            replay.check(b, true)?;
+            replay.check(&prepared(b))?;
         }
         Ok(replay.height)
+    }
+
+    fn prepared(block: &BlockAnswer) -> Prepared {
+        Prepared::new(block.clone(), true, 1)
     }
 
     /// Re-encodes block `i`'s header after `change`, keeping the node's stated hash consistent.
@@ -602,6 +688,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn signatures_checked_in_runs_name_the_first_bad_record() {
+        // Goal: split across threads, the check still names the first bad record of the block,
+        // whichever run it falls in, and finds none in an honest block.
+        let mut records: Vec<Encoded> = (0..10).map(|n| Encoded::from(publish(n))).collect();
+        for threads in [1, 3, 4, 10, 16] {
+            assert_eq!(first_bad_signature(&records, threads), None, "{threads} threads");
+        }
+        for bad in [8, 4] {
+            let mut r = records[bad].record.clone();
+            r.signature.0[5] ^= 1;
+            records[bad] = Encoded::from(r);
+        }
+        for threads in [1, 3, 4, 10, 16] {
+            assert_eq!(first_bad_signature(&records, threads), Some(4), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn signatures_below_from_height_are_not_checked() {
+        // Goal: a block prepared without signature checks (below `--from-height`) does not fail on
+        // its bad signature; the changed record still fails the roots, since its id changed.
+        let mut blocks = chain(2);
+        let mut r = publish(10);
+        r.signature.0[0] ^= 1;
+        blocks[0].records[0] = B64.encode(r.to_bytes());
+        let field = |check| match Replay::new(&genesis(), 0).check(&Prepared::new(blocks[0].clone(), check, 2)) {
+            Err(Problem::Discrepancy { field, .. }) => field,
+            Ok(_) => panic!("a changed record passed"),
+        };
+        assert_eq!(field(true), Field::Records);
+        assert_eq!(field(false), Field::RecordsRoot);
+    }
+
+    #[test]
     fn broken_links_are_named() {
         // Goal: wrong parent, wrong stated hash, wrong height and wrong first index each name their field.
         let mut blocks = chain(3);
@@ -638,9 +758,9 @@ pub(crate) mod tests {
         blocks[2].checkpoint = None;
         let mut replay = Replay::new(&genesis(), 2);
         for b in &blocks[..2] {
-            assert!(!replay.check(b, true).unwrap().uncertified);
+            assert!(!replay.check(&prepared(b)).unwrap().uncertified);
         }
-        assert_eq!(replay.check(&blocks[2], true), Ok(Checked { records: 3, uncertified: true }));
+        assert_eq!(replay.check(&prepared(&blocks[2])), Ok(Checked { records: 3, uncertified: true }));
         assert_eq!(field_at(audit_blocks(&blocks, 3)), (3, Field::Checkpoint));
     }
 

@@ -69,8 +69,9 @@ pub struct ClusterArgs {
     /// report how fast it catches up with the others (records/s).
     #[arg(long)]
     catch_up: bool,
-    /// Audit: after the run, replay node 0's whole chain with `annal audit`
-    /// from the genesis file and report its rate (records/s).
+    /// Audit: after the run, once the nodes are quiet (at most a minute's wait),
+    /// replay node 0's whole chain with `annal audit` from the genesis file and
+    /// report its rate (records/s).
     #[arg(long)]
     audit: bool,
     /// Print one JSON object instead of text.
@@ -355,7 +356,12 @@ fn drive(
     let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
     let rss: Vec<f64> = nodes.iter().map(|n| peak_rss_mb(n).unwrap_or(f64::NAN)).collect();
     let _ = started;
-    let audited = if args.audit { Some(audit_rate(&nodes[0].api_url, dir)?) } else { None };
+    let audited = if args.audit {
+        let settled = settle(nodes);
+        Some((audit_rate(&nodes[0].api_url, dir)?, settled))
+    } else {
+        None
+    };
     let mut report = json!({
         "validators": nodes.len(), "record_bytes": args.record_bytes, "signers": load_signers.len(),
         "offered_rate": rate.map_or(json!("max"), |r| json!(r)), "duration_s": elapsed,
@@ -372,7 +378,8 @@ fn drive(
         report["catch_up_s"] = json!(seconds);
         report["catch_up_records_per_s"] = json!((records as f64 / seconds).round());
     }
-    if let Some((records, seconds)) = audited {
+    if let Some(((records, seconds), settled)) = audited {
+        report["audit_waited_for_quiet_nodes_s"] = json!(settled);
         report["audit_records"] = json!(records);
         report["audit_s"] = json!(seconds);
         report["audit_records_per_s"] = json!((records as f64 / seconds).round());
@@ -425,6 +432,23 @@ fn catch_up(leader: &Client, nodes: &mut [BenchNode]) -> Result<(u64, f64)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the nodes are quiet (compactions after the load done: together
+/// under 0.15 cores over a second), at most a minute, so that what is measured
+/// next runs on an idle machine; returns the seconds waited.
+fn settle(nodes: &[BenchNode]) -> f64 {
+    let started = Instant::now();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    while started.elapsed() < Duration::from_secs(60) {
+        let before: u64 = cpu_ticks(nodes).iter().sum();
+        std::thread::sleep(Duration::from_secs(1));
+        let used: u64 = cpu_ticks(nodes).iter().sum();
+        if (used.saturating_sub(before)) as f64 / tick < 0.15 {
+            break;
+        }
+    }
+    started.elapsed().as_secs_f64()
 }
 
 /// Runs `annal audit` on the node's whole chain from the genesis file; (records replayed, seconds).

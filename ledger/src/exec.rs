@@ -25,6 +25,9 @@ pub enum Signatures {
     Verify,
     /// The caller verified each signature already (the node does, once, at mempool entry).
     Verified,
+    /// The caller checked them, on a thread of its own (`annal audit` does):
+    /// the position of the first record whose signature does not verify, if any.
+    Checked(Option<usize>),
 }
 
 /// The outcome of executing one block's records.
@@ -114,19 +117,34 @@ pub fn execute<V: StateView + StateTreeReader>(
     records: &[SignedRecord],
     signatures: Signatures,
 ) -> Result<Executed, Error> {
-    let rules = gov.rules();
-    let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
-    for (i, r) in records.iter().enumerate() {
-        rules.check_stateless(r).map_err(at(i))?;
-    }
     // Encoded once: the signatures are checked over the same bytes the log takes.
     let encoded: Vec<Encoded> = records.iter().cloned().map(Encoded::from).collect();
-    if signatures == Signatures::Verify {
-        if let Some(&i) = bad_signatures(&encoded).first() {
-            return Err(bad_signature_at(i, &records[i]));
-        }
+    execute_encoded(gov, height, state, frontier, &encoded, signatures)
+}
+
+/// `execute` for records already decoded with their bytes and ids.
+pub fn execute_encoded<V: StateView + StateTreeReader, E: Borrow<Encoded>>(
+    gov: &Governance,
+    height: Height,
+    state: &V,
+    frontier: &Frontier,
+    records: &[E],
+    signatures: Signatures,
+) -> Result<Executed, Error> {
+    let rules = gov.rules();
+    let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
+    for (i, e) in records.iter().enumerate() {
+        rules.check_stateless(&e.borrow().record).map_err(at(i))?;
     }
-    let refs: Vec<&Encoded> = encoded.iter().collect();
+    let first_bad = match signatures {
+        Signatures::Verify => bad_signatures(records).first().copied(),
+        Signatures::Verified => None,
+        Signatures::Checked(first_bad) => first_bad,
+    };
+    if let Some(i) = first_bad {
+        return Err(bad_signature_at(i, &records[i].borrow().record));
+    }
+    let refs: Vec<&Encoded> = records.iter().map(Borrow::borrow).collect();
     run(&rules, BlockGov::new(gov, height.0), state, frontier, &refs, false)
 }
 
