@@ -34,7 +34,7 @@ pub fn devnet(validators: usize, dir: &Path) -> Result<()> {
     if genesis.exists() {
         println!("reusing the devnet in {}", dir.display());
     } else {
-        crate::genesis_cmd::new("devnet", validators, 2, dir, None)?;
+        println!("{}", crate::genesis_cmd::new("devnet", validators, 2, dir, None)?);
     }
     let count = annal_ledger::genesis::Genesis::load(&genesis)?.validators.len();
     let nodes = write_configs(dir, count)?;

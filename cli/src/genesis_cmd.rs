@@ -12,7 +12,9 @@ use crate::{create_private_dir, ensure_absent};
 /// Namespaces given to the first example agencies; later ones get `namespace-<j>`.
 const EXAMPLE_NAMESPACES: [&str; 5] = ["land-titles", "companies", "certificates", "court-notices", "contracts"];
 
-pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_ms: Option<u64>) -> Result<()> {
+/// Writes a new genesis and its keys under `out`; returns what it wrote, for
+/// the caller to print (on standard output, or standard error under `--json`).
+pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_ms: Option<u64>) -> Result<String> {
     if validators == 0 {
         bail!("--validators must be at least 1");
     }
@@ -64,9 +66,13 @@ pub fn new(chain_id: &str, validators: usize, agencies: usize, out: &Path, time_
         key.write_file(&dir.join("submitter.key"))?;
     }
     std::fs::write(&genesis_path, genesis.to_json()).with_context(|| format!("writing {}", genesis_path.display()))?;
-    println!("wrote {} ({} validators, {} agencies)", genesis_path.display(), validators, agencies);
-    println!("genesis hash {}", hex::encode(genesis.hash()));
-    Ok(())
+    Ok(format!(
+        "wrote {} ({} validators, {} agencies)\ngenesis hash {}",
+        genesis_path.display(),
+        validators,
+        agencies,
+        hex::encode(genesis.hash())
+    ))
 }
 
 pub fn check(file: &Path) -> Result<()> {

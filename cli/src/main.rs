@@ -308,7 +308,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Genesis(GenesisCommand::New { chain_id, validators, agencies, out, time_ms }) => {
-            genesis_cmd::new(&chain_id, validators, agencies, &out, time_ms)
+            println!("{}", genesis_cmd::new(&chain_id, validators, agencies, &out, time_ms)?);
+            Ok(())
         }
         Command::Genesis(GenesisCommand::Hash { file }) => {
             let genesis = annal_ledger::genesis::Genesis::load(&file)?;

@@ -728,6 +728,20 @@ impl Store {
         FAMILIES.iter().map(|cf| prop(cf, "rocksdb.total-sst-files-size")).sum()
     }
 
+    /// Memory RocksDB holds for this store, as it reports it.
+    pub fn memory(&self) -> StoreMemory {
+        let sum = |name: &str| -> u64 {
+            FAMILIES.iter().map(|cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0)).sum()
+        };
+        let cf0 = self.cf(FAMILIES[0]);
+        StoreMemory {
+            // One cache serves every family: read it once.
+            block_cache: self.db.property_int_value_cf(cf0, "rocksdb.block-cache-usage").ok().flatten().unwrap_or(0),
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+        }
+    }
+
     /// Flushes memtables to SST files (benchmarks measure disk use after this).
     pub fn flush(&self) -> Result<(), Error> {
         for cf in FAMILIES {
@@ -742,6 +756,17 @@ impl Store {
             self.db.compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
     }
+}
+
+/// Bytes of memory the store's RocksDB holds, by use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// The block cache (shared by every family; at most `StoreOptions::cache_bytes`).
+    pub block_cache: u64,
+    /// Memtables, active and waiting to flush (at most about `MEMTABLES_BYTES_MAX`).
+    pub memtables: u64,
+    /// Index and filter blocks of open SST files, outside the block cache.
+    pub table_readers: u64,
 }
 
 /// A node reader that either records which nodes a computation reads (`plan`)

@@ -663,8 +663,21 @@ impl Shared {
         gauge("annal_peers", "Connected validator peers.", "gauge", status.peers.to_string());
         gauge("annal_sync_lag_blocks", "Blocks behind the highest height seen from peers.", "gauge", lag.to_string());
         gauge("annal_store_bytes", "Bytes of the store's SST files.", "gauge", store.disk_bytes().to_string());
-        gauge("annal_evidence_total", "Equivocations seen.", "counter", status.evidence.to_string());
+        let memory = store.memory();
         drop(store);
+        let _ = writeln!(s, "# HELP annal_store_memory_bytes Memory the store's RocksDB holds, by use.");
+        let _ = writeln!(s, "# TYPE annal_store_memory_bytes gauge");
+        for (part, bytes) in [
+            ("block_cache", memory.block_cache),
+            ("memtables", memory.memtables),
+            ("table_readers", memory.table_readers),
+        ] {
+            let _ = writeln!(s, "annal_store_memory_bytes{{use=\"{part}\"}} {bytes}");
+        }
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory of this process.");
+            let _ = writeln!(s, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}");
+        }
         let h = m.finality.lock().expect("histogram lock");
         let _ = writeln!(s, "# HELP annal_finality_seconds Time from admission on this node to final.");
         let _ = writeln!(s, "# TYPE annal_finality_seconds histogram");
@@ -754,4 +767,12 @@ impl Shared {
             "total_power": gov.validators.total_power(),
         })
     }
+}
+
+/// This process's resident memory, from `/proc/self/status` (Linux; None elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

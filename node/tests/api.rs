@@ -553,6 +553,14 @@ async fn status_metrics_health_and_routing_errors() {
     assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4"));
     assert!(m.body.contains("\nannal_height 1\n"), "{}", m.body);
     assert!(m.body.contains("annal_api_requests_total{code=\"200\"} 1"), "{}", m.body);
+    let gauge = |line: &str| -> u64 {
+        let value = m.body.lines().find_map(|l| l.strip_prefix(line)).unwrap_or_else(|| panic!("no {line}"));
+        value.trim().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    assert!(gauge("annal_store_memory_bytes{use=\"memtables\"}") > 0, "a memtable holds the genesis block");
+    gauge("annal_store_memory_bytes{use=\"block_cache\"}");
+    gauge("annal_store_memory_bytes{use=\"table_readers\"}");
+    assert!(gauge("process_resident_memory_bytes") > 1 << 20, "{}", m.body);
 
     let h = node.get("/healthz").await;
     assert_eq!((h.status, h.body.as_str()), (200, "ok"));

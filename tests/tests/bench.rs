@@ -1,0 +1,42 @@
+//! Issue 8's harness: `annal bench cluster` starts real validators, drives a
+//! load through the API and reports what it measured as one JSON object on
+//! standard output, with the catch-up and audit measurements when asked.
+
+use std::process::Command;
+
+use annal_tests::{annal_bin, scratch};
+use serde_json::Value;
+
+#[test]
+fn bench_cluster_reports_one_json_object_of_measured_numbers() {
+    // Goal: at a low steady rate every offered record is finalized, the report is the only thing
+    // on standard output, and the catch-up and audit runs cover the whole chain.
+    let dir = scratch("bench").join("chain");
+    let out = Command::new(annal_bin())
+        .args(["bench", "cluster", "--validators", "4", "--duration", "6", "--warmup", "2", "--rate", "200"])
+        .args(["--signers", "2", "--batch", "50", "--catch-up", "--audit", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("running annal bench cluster");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "annal bench cluster failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
+    let number = |name: &str| report[name].as_f64().unwrap_or_else(|| panic!("{name} missing: {report}"));
+    let rate = number("finalized_records_per_s");
+    // A short window at a low rate: one slow block moves it, so only the order of magnitude is checked.
+    assert!((100.0..=300.0).contains(&rate), "finalized {rate}/s at 200/s offered: {report}");
+    assert_eq!(number("records_refused"), 0.0, "{report}");
+    assert!(number("latency_probes") >= 10.0, "{report}");
+    let (p50, p99) = (number("latency_ms_p50"), number("latency_ms_p99"));
+    assert!(0.0 < p50 && p50 <= p99, "{report}");
+    assert!(number("verify_per_s_per_core") > 1000.0, "{report}");
+    let size = number("final_log_size");
+    let caught_up = number("catch_up_records");
+    assert!(0.0 < caught_up && caught_up <= size, "the restarted validator caught up: {report}");
+    assert_eq!(number("audit_records"), size, "the audit replayed the whole log");
+    let rss = report["peak_rss_mb_per_node"].as_array().expect("peak RSS per node");
+    assert_eq!(rss.len(), 4);
+    assert!(rss.iter().all(|r| r.as_f64().is_some_and(|mb| mb > 1.0)), "{report}");
+    let _ = std::fs::remove_dir_all(dir.parent().expect("scratch folder"));
+}
