@@ -11,7 +11,9 @@
 //! percentiles. After `--warmup` seconds the window opens: finalized records
 //! per second is the growth of node 0's log over the window; CPU is each
 //! node's user + system time over the window (from /proc); peak RSS is each
-//! node's VmHWM; disk is each node's data folder at the end over its log size.
+//! node's VmHWM at the very end (after the catch-up and the audit, which the
+//! nodes serve, when asked for); disk is each node's data folder at the end
+//! over its log size.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -355,7 +357,6 @@ fn drive(
     let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
-    let rss: Vec<f64> = nodes.iter().map(|n| peak_rss_mb(n).unwrap_or(f64::NAN)).collect();
     let _ = started;
     let audited = if args.audit {
         let settled = settle(nodes);
@@ -363,6 +364,7 @@ fn drive(
     } else {
         None
     };
+    let rss: Vec<f64> = nodes.iter().map(|n| peak_rss_mb(n).unwrap_or(f64::NAN)).collect();
     let mut report = json!({
         "validators": nodes.len(), "record_bytes": args.record_bytes, "signers": load_signers.len(),
         "offered_rate": rate.map_or(json!("max"), |r| json!(r)), "duration_s": elapsed,

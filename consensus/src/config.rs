@@ -20,6 +20,10 @@ pub struct Config {
     pub views_ahead_max: u64,
     /// Committed blocks kept to answer block requests from peers that fell behind.
     pub blocks_retained: u64,
+    /// Payload bytes those committed blocks may hold together; the oldest go first.
+    /// (256 full blocks of 2 MB would otherwise hold half a gigabyte; the
+    /// application answers requests for older blocks from its store.)
+    pub blocks_retained_bytes: usize,
     /// Blocks being fetched at once.
     pub wanted_max: usize,
     /// Blocks sent back for one block request: the block and its ancestors.
@@ -38,6 +42,7 @@ impl Config {
             limits: Limits::default(),
             views_ahead_max: 256,
             blocks_retained: 256,
+            blocks_retained_bytes: 64 << 20,
             wanted_max: 1024,
             fetch_attempts_max: 32,
             fetch_chain_max: 64,

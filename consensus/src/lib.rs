@@ -166,7 +166,8 @@
 //!   certificate in the order given.
 //! * It answers `BlockRequest`s for blocks in its store (committed or
 //!   persisted; the block and its ancestors, child first); the core answers
-//!   only for blocks it still holds in memory (`Config::blocks_retained`).
+//!   only for blocks it still holds in memory (`Config::blocks_retained`
+//!   heights, at most `Config::blocks_retained_bytes` of payload).
 //! * On restart it builds a new core from the last committed block and the
 //!   certificate it was committed with (the anchor) and the last persisted
 //!   [`SafetyState`]. The core starts in the view after the anchor — a view

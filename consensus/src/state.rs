@@ -757,8 +757,10 @@ impl Core {
             }
         }
         self.finalizations = self.finalizations.split_off(&self.committed.height.next());
-        let keep_from = self.committed.height.0.saturating_sub(self.cfg.blocks_retained);
-        self.blocks.retain(|_, b| b.height.0 > keep_from);
+        let (heights, bytes) = (self.cfg.blocks_retained, self.cfg.blocks_retained_bytes);
+        for d in blocks_to_drop(&self.blocks, self.committed.height, heights, bytes) {
+            self.blocks.remove(&d);
+        }
     }
 
     /// The digests from `d` down to the block above the committed one, child first;
@@ -887,5 +889,58 @@ impl Core {
             self.try_commit();
             self.quiet_wants = false;
         }
+    }
+}
+
+/// The blocks a core stops holding once `committed` is committed: those more
+/// than `heights` below it, then the oldest until the blocks at or below it
+/// hold at most `bytes_max` of payload. Blocks at or above the committed height
+/// always stay.
+fn blocks_to_drop(blocks: &BTreeMap<Digest, Block>, committed: Height, heights: u64, bytes_max: usize) -> Vec<Digest> {
+    let mut below: Vec<(Height, Digest, usize)> =
+        blocks.iter().filter(|(_, b)| b.height < committed).map(|(d, b)| (b.height, *d, b.payload.len())).collect();
+    below.sort_unstable();
+    let mut bytes: usize = blocks.values().filter(|b| b.height <= committed).map(|b| b.payload.len()).sum();
+    let keep_from = committed.0.saturating_sub(heights);
+    let mut drop = Vec::new();
+    for (height, digest, len) in below {
+        if height.0 > keep_from && bytes <= bytes_max {
+            break;
+        }
+        drop.push(digest);
+        bytes -= len;
+    }
+    drop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(heights: std::ops::RangeInclusive<u64>, len: usize) -> BTreeMap<Digest, Block> {
+        heights
+            .map(|h| {
+                let block = Block {
+                    height: Height(h),
+                    view: View(h),
+                    parent_view: View(h - 1),
+                    parent: [0; 32],
+                    payload: vec![0; len],
+                };
+                ([h as u8; 32], block)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retained_blocks_are_bounded_by_heights_and_by_bytes() {
+        // Goal: committed blocks go oldest first, past the height window or the byte budget,
+        // and blocks at or above the committed height stay whatever the budget.
+        let held = blocks(1..=10, 100);
+        let heights = |drop: Vec<Digest>| drop.iter().map(|d| d[0] as u64).collect::<Vec<_>>();
+        assert_eq!(heights(blocks_to_drop(&held, Height(8), 256, 350)), [1, 2, 3, 4, 5], "the budget");
+        assert_eq!(heights(blocks_to_drop(&held, Height(8), 3, 1 << 20)), [1, 2, 3, 4, 5], "the window");
+        assert_eq!(heights(blocks_to_drop(&held, Height(8), 256, 1 << 20)), Vec::<u64>::new());
+        assert_eq!(heights(blocks_to_drop(&held, Height(8), 256, 0)), [1, 2, 3, 4, 5, 6, 7], "the committed one stays");
     }
 }
