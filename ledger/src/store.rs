@@ -45,7 +45,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
 
 use crate::block::{Certificate, Header, Height, ValidatorSet};
 use crate::codec::{self, Canonical};
@@ -602,6 +604,35 @@ impl Store {
     /// Canonical bytes of the signed record at log `index`.
     pub fn record_bytes(&self, index: u64) -> Result<Option<Vec<u8>>, Error> {
         self.get(CF_RECORDS, &index.to_be_bytes())
+    }
+
+    /// Canonical bytes of the records at log indices `from..to`, in order, or
+    /// an error if any is missing. One forward scan that leaves the block cache
+    /// alone: whole blocks are read to serve sync and audits, and would
+    /// otherwise evict the log nodes and state leaves that proofs and
+    /// execution read again.
+    pub fn records_in(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, Error> {
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        opts.set_iterate_upper_bound(to.to_be_bytes());
+        let start = from.to_be_bytes();
+        let mode = rocksdb::IteratorMode::From(&start, Direction::Forward);
+        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+        for item in self.db.iterator_cf_opt(self.cf(CF_RECORDS), opts, mode) {
+            let (key, value) = item.map_err(|e| self.store_err(e))?;
+            let index = from + out.len() as u64;
+            if *key != index.to_be_bytes() {
+                break;
+            }
+            out.push(value.into_vec());
+        }
+        match from + out.len() as u64 {
+            end if end >= to => Ok(out),
+            missing => Err(Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("record {missing} is missing (reading records {from}..{to})"),
+            }),
+        }
     }
 
     pub fn index_of(&self, id: &RecordId) -> Result<Option<u64>, Error> {

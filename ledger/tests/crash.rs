@@ -164,6 +164,10 @@ fn crash_kill_loop() {
             assert_eq!(recomputed, store.header(tip.height).unwrap().unwrap().log_root, "{context}: header log root");
         }
         assert!(store.record_bytes(tip.log_size).unwrap().is_none(), "{context}: a record past the tip");
+        let scanned = store.records_in(0, tip.log_size).unwrap();
+        assert_eq!(scanned.iter().map(|b| merkle::leaf_hash(b)).collect::<Vec<_>>(), leaves, "{context}: one scan");
+        let past = store.records_in(tip.log_size.saturating_sub(1), tip.log_size + 1).unwrap_err().to_string();
+        assert!(past.contains(&format!("record {} is missing", tip.log_size)), "{context}: {past}");
     }
     assert!(acked_max >= kills as u64, "every run acknowledged at least one block");
     let _ = std::fs::remove_dir_all(&dir);

@@ -980,10 +980,7 @@ impl App {
         )?;
         let header = store.header(Height(h))?.with_context(|| format!("no header at height {h}"))?;
         let first = store.first_index(Height(h))?;
-        let mut appended = VecDeque::new();
-        for i in first..header.log_size {
-            appended.push_back(store.record_bytes(i)?.with_context(|| format!("record {i} is missing"))?);
-        }
+        let mut appended = VecDeque::from(store.records_in(first, header.log_size)?);
         let total = appended.len() + link.skipped.len();
         let mut skipped: BTreeMap<u32, Vec<u8>> = link.skipped.iter().cloned().collect();
         let mut records = Vec::with_capacity(total);

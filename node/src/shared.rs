@@ -572,11 +572,7 @@ impl Shared {
             Failure::NotFound(format!("height {height} is above this node's height {}", store.tip().height.0))
         })?;
         let first = store.first_index(Height(height))?;
-        let mut records = Vec::with_capacity((header.log_size - first) as usize);
-        for i in first..header.log_size {
-            let bytes = store.record_bytes(i)?.ok_or_else(|| Failure::Internal(format!("record {i} is missing")))?;
-            records.push(B64.encode(bytes));
-        }
+        let records: Vec<String> = store.records_in(first, header.log_size)?.iter().map(|b| B64.encode(b)).collect();
         let checkpoint = match store.certificate(Height(height))? {
             Some(cert) => {
                 let set = proof::set_at(&store, &self.genesis, Height(height))?;
