@@ -559,6 +559,7 @@ async fn status_metrics_health_and_routing_errors() {
     };
     assert!(gauge("annal_store_memory_bytes{use=\"memtables\"}") > 0, "a memtable holds the genesis block");
     gauge("annal_store_memory_bytes{use=\"block_cache\"}");
+    assert_eq!(gauge("annal_evidence_total "), 0);
     gauge("annal_store_memory_bytes{use=\"table_readers\"}");
     assert!(gauge("process_resident_memory_bytes") > 1 << 20, "{}", m.body);
 
