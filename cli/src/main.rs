@@ -260,26 +260,11 @@ enum BenchCommand {
     Verify(bench_cluster::VerifyArgs),
 }
 
-/// Allocations of 256 KiB and more are mapped on their own and unmapped when
-/// freed. glibc's default threshold starts there but rises with each large
-/// block freed, up to 32 MiB; past that a node's multi-megabyte buffers
-/// (proposals, block answers) come from the per-thread arenas, and the pages
-/// they free stay resident: a loaded node's peak RSS was 872–1,019 MB with
-/// the default and 710–808 MB with the threshold fixed, at the same
-/// throughput (docs/BENCHMARKS.md).
-fn fix_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
 fn main() {
     // Die quietly on a closed pipe (`annal get … | head`), as command-line tools do.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    fix_mmap_threshold();
     let cli = Cli::parse();
     let cli = match cli.command {
         Command::Verify(args) => std::process::exit(verify::verify(args).code()),

@@ -45,7 +45,7 @@ pub struct Config {
 
 /// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
 const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
-const LIMIT_KEYS: [&str; 7] = [
+const LIMIT_KEYS: [&str; 8] = [
     "mempool_records_max",
     "mempool_bytes_max",
     "api_body_bytes_max",
@@ -53,6 +53,7 @@ const LIMIT_KEYS: [&str; 7] = [
     "api_request_timeout_ms",
     "api_batch_records_max",
     "refusals_retained",
+    "store_cache_bytes",
 ];
 
 /// Bounds on what the node holds and accepts.
@@ -73,6 +74,9 @@ pub struct Limits {
     pub api_batch_records_max: usize,
     /// Records refused at execution remembered for `GET /v1/records/{id}`.
     pub refusals_retained: usize,
+    /// RocksDB's block cache: recently read state leaves, log nodes and index
+    /// entries (docs/BENCHMARKS.md has what a node holds besides).
+    pub store_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +89,7 @@ impl Default for Limits {
             api_request_timeout_ms: 130_000,
             api_batch_records_max: 10_000,
             refusals_retained: 100_000,
+            store_cache_bytes: 128 << 20,
         }
     }
 }
@@ -164,12 +169,13 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 5] = [
+        let positive: [(&'static str, u64); 6] = [
             ("limits.mempool_records_max", l.mempool_records_max as u64),
             ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
             ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
             ("limits.api_request_timeout_ms", l.api_request_timeout_ms),
             ("limits.api_batch_records_max", l.api_batch_records_max as u64),
+            ("limits.store_cache_bytes", l.store_cache_bytes as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err((key, "must be positive".into()));
@@ -272,6 +278,7 @@ api_listen = "127.0.0.1:8100"
         let env = [
             ("ANNAL_API_LISTEN", "127.0.0.1:9999"),
             ("ANNAL_LIMITS_MEMPOOL_RECORDS_MAX", "7"),
+            ("ANNAL_LIMITS_STORE_CACHE_BYTES", "1048576"),
             ("ANNAL_PEERS", "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2"),
             ("OTHER", "x"),
             ("ANNAL_BIN", "/usr/bin/annal"),
@@ -280,6 +287,7 @@ api_listen = "127.0.0.1:8100"
         let c = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap();
         assert_eq!(c.api_listen.port(), 9999);
         assert_eq!(c.limits.mempool_records_max, 7);
+        assert_eq!(c.limits.store_cache_bytes, 1 << 20);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.ignored_env, vec!["ANNAL_BIN".to_string()], "a variable naming no key is set aside, not fatal");
     }

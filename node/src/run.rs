@@ -43,7 +43,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         );
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.store_dir(), genesis.hash(), StoreOptions::default())?;
+    let options = StoreOptions { cache_bytes: config.limits.store_cache_bytes, ..StoreOptions::default() };
+    let store = Store::open(&config.store_dir(), genesis.hash(), options)?;
     info!(height = store.tip().height.0, log_size = store.tip().log_size, "store opened");
 
     // The peers admitted are the validators in force: genesis's, or the set governance made.
