@@ -106,11 +106,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if tokio::time::timeout(std::time::Duration::from_secs(2), api).await.is_err() {
         info!("API requests still open at shutdown were cut");
     }
-    shared.store().flush()?;
-    info!("stopped");
+    // The loop's error first: a flush on a full disk fails too, and must not hide why the node stopped.
     if let Err(e) = &result {
         tracing::error!("the node stopped on an error: {e:#}");
     }
+    // Nothing is lost if the flush fails: every commit was written to the WAL, synced.
+    if let Err(e) = shared.store().flush() {
+        tracing::error!("flushing the store at shutdown failed (its WAL keeps every commit): {e}");
+        result?;
+        return Err(e.into());
+    }
+    info!("stopped");
     result
 }
 
