@@ -124,8 +124,10 @@ pub struct Checked {
 /// ahead of the replay on other threads.
 pub struct Prepared {
     answer: BlockAnswer,
-    /// The records with their bytes and ids, or why one does not decode.
-    records: Result<Vec<Encoded>, String>,
+    /// The records with their bytes and ids, up to the first that does not decode.
+    records: Vec<Encoded>,
+    /// Why the record after them does not decode, if one does not.
+    undecodable: Option<String>,
     /// Whether signatures are checked at this height (`--from-height`).
     check_signatures: bool,
     /// Position of the first record whose signature does not verify.
@@ -140,22 +142,27 @@ impl Prepared {
     /// signatures on up to `threads` threads. Each record is bounded here by the
     /// largest limit any charter may set; the replay applies the charter in force.
     pub fn new(answer: BlockAnswer, check_signatures: bool, threads: usize) -> Prepared {
-        let records = answer
-            .records
-            .iter()
-            .enumerate()
-            .map(|(i, b64)| {
-                let bytes = B64.decode(b64).map_err(|e| format!("record {i} is not base64: {e}"))?;
-                decode_record(bytes).map_err(|e| format!("record {i}: {e}"))
-            })
-            .collect::<Result<Vec<_>, String>>();
-        let first_bad_signature = match &records {
-            Ok(records) if check_signatures => {
-                first_bad_signature(records, threads.min(records.len() / VERIFY_CHUNK_MIN).max(1))
+        let mut records = Vec::with_capacity(answer.records.len());
+        let mut undecodable = None;
+        for (i, b64) in answer.records.iter().enumerate() {
+            let decoded = B64
+                .decode(b64)
+                .map_err(|e| format!("record {i} is not base64: {e}"))
+                .and_then(|bytes| decode_record(bytes).map_err(|e| format!("record {i}: {e}")));
+            match decoded {
+                Ok(e) => records.push(e),
+                Err(why) => {
+                    undecodable = Some(why);
+                    break;
+                }
             }
-            _ => None,
+        }
+        let first_bad_signature = if check_signatures && undecodable.is_none() {
+            first_bad_signature(&records, threads.min(records.len() / VERIFY_CHUNK_MIN).max(1))
+        } else {
+            None
         };
-        Prepared { answer, records, check_signatures, first_bad_signature }
+        Prepared { answer, records, undecodable, check_signatures, first_bad_signature }
     }
 }
 
@@ -290,11 +297,15 @@ impl Replay {
                 format!("{}; the replayed log has {} records", block.first_index, self.frontier.size()),
             ));
         }
-        let records = prepared.records.as_ref().map_err(|d| (Field::Records, d.clone()))?;
+        // In block order: a record over the charter's limit before the first undecodable one is named first.
+        let records = &prepared.records;
         let max = self.gov.charter.params.record_bytes_max;
         if let Some((i, e)) = records.iter().enumerate().find(|(_, e)| e.bytes.len() > max) {
             let detail = format!("record {i} is {} bytes; the charter in force allows {max}", e.bytes.len());
             return Err((Field::Records, detail));
+        }
+        if let Some(why) = &prepared.undecodable {
+            return Err((Field::Records, why.clone()));
         }
         let signatures = Signatures::Checked(prepared.first_bad_signature);
         let executed = execute_encoded(&self.gov, header.height, &self.state, &self.frontier, records, signatures)
@@ -421,7 +432,7 @@ pub fn audit(args: AuditArgs) -> Outcome {
             }
             Err(_) => {
                 progress.end();
-                return cannot(format!("the block fetcher stopped before height {h}"), replay.height);
+                return cannot(format!("the block fetcher or checker stopped before height {h}"), replay.height);
             }
         };
         match replay.check(&block) {
@@ -702,6 +713,21 @@ pub(crate) mod tests {
         }
         for threads in [1, 3, 4, 10, 16] {
             assert_eq!(first_bad_signature(&records, threads), Some(4), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn an_undecodable_record_is_named() {
+        // Goal: a record that is not base64, or not a canonical record, fails its block on `records`.
+        for bad in ["not base64!".to_string(), B64.encode([1u8, 2, 3])] {
+            let mut blocks = chain(2);
+            blocks[1].records[1] = bad;
+            match audit_blocks(&blocks, 2) {
+                Err(Problem::Discrepancy { height: 2, field: Field::Records, detail }) => {
+                    assert!(detail.starts_with("record 1"), "{detail}")
+                }
+                other => panic!("expected record 1 named, got {other:?}"),
+            }
         }
     }
 

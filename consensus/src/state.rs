@@ -199,6 +199,13 @@ impl Core {
         self.committed
     }
 
+    /// Whether this core answers a block request for `d` itself: it holds the
+    /// block (retained, or proposed in a view it knows). The host answers for
+    /// the committed blocks it does not hold, from its store.
+    pub fn holds_block(&self, d: &Digest) -> bool {
+        self.blocks.contains_key(d) || self.rounds.values().any(|r| r.proposal.as_ref().is_some_and(|(pd, _)| pd == d))
+    }
+
     /// One line for logs: view, finalized and committed heights, pending fetches.
     pub fn status(&self) -> String {
         format!(

@@ -142,6 +142,7 @@ pub fn execute_encoded<V: StateView + StateTreeReader, E: Borrow<Encoded>>(
         Signatures::Checked(first_bad) => first_bad,
     };
     if let Some(i) = first_bad {
+        assert!(i < records.len(), "the first bad signature is at {i}, past the block's {} records", records.len());
         return Err(bad_signature_at(i, &records[i].borrow().record));
     }
     let refs: Vec<&Encoded> = records.iter().map(Borrow::borrow).collect();

@@ -948,7 +948,7 @@ impl App {
     }
 
     /// Answers a block request from blocks this node persisted or committed
-    /// (the core answers only from memory).
+    /// and its core no longer holds (the core answers from memory).
     fn answer_block_request(&mut self, digest: &[u8; 32], fx: &mut Effects) -> Result<()> {
         let path = self.data_dir.join("blocks").join(hex::encode(digest));
         if self.persisted.contains_key(digest) {
@@ -962,7 +962,8 @@ impl App {
         }
         let height = self.shared.store().app_meta(&wire::digest_key(digest))?;
         if let Some(h) = height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-            if h + 200 < self.tip_height {
+            let held = self.validator.as_ref().is_some_and(|v| v.core.holds_block(digest));
+            if h <= self.tip_height && !held {
                 let (block, _) = self.rebuild_block(h)?;
                 let e = self.envelope(&Message::BlockResponse(block));
                 fx.publish.push(e);

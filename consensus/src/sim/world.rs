@@ -190,9 +190,6 @@ const SYNC_BATCH: u64 = 128;
 const SYNC_EXTRA: u64 = 64;
 /// A sync request with no answer by then is given up.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
-/// A host answers block requests for committed blocks this many heights below its tip (the core
-/// serves newer ones from memory), as the node does.
-const STORE_SERVES_BELOW: u64 = 200;
 
 struct Node {
     /// The validator key this node runs (twins share one).
@@ -995,7 +992,7 @@ impl Sim {
 
     /// Whether node `i`'s host answers a block request for `d` from its store. Without epochs:
     /// anything it stored. With epochs, as the node does: blocks persisted above its committed
-    /// height, and committed blocks more than [`STORE_SERVES_BELOW`] heights down.
+    /// height, and committed blocks its core no longer holds (`Core::holds_block`).
     fn servable(&self, i: usize, d: &Digest) -> bool {
         let node = &self.nodes[i];
         let Some(b) = node.store.get(d) else { return false };
@@ -1005,7 +1002,7 @@ impl Sim {
         let tip = node.committed.height.0;
         let committed = node.ledger.get((b.height.0 as usize).wrapping_sub(1)).is_some_and(|c| c.digest == *d);
         if committed {
-            b.height.0 + STORE_SERVES_BELOW < tip
+            !node.core.as_ref().is_some_and(|c| c.holds_block(d))
         } else {
             b.height.0 > tip
         }
