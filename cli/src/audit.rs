@@ -471,38 +471,37 @@ const PREFETCH_BLOCKS: usize = 4;
 /// Threads checking one block's signatures at most.
 const VERIFY_THREADS_MAX: usize = 8;
 
-/// Fetches heights `from..=to` in order on a thread of their own; stops at the
-/// first failure (sent as the last item) or when the receiver is gone.
-fn prefetch(client: Client, from: u64, to: u64, limit: u64) -> Receiver<std::result::Result<BlockAnswer, String>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BLOCKS);
-    std::thread::spawn(move || {
-        for h in from..=to {
-            let answer = client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit).map_err(|e| e.to_string());
-            let failed = answer.is_err();
-            if tx.send(answer).is_err() || failed {
-                break;
-            }
-        }
-    });
-    rx
+type Ahead<T> = Receiver<std::result::Result<T, String>>;
+
+/// Fetches heights `from..=to` in order, ahead of the reader (`ahead`).
+fn prefetch(client: Client, from: u64, to: u64, limit: u64) -> Ahead<BlockAnswer> {
+    ahead(
+        (from..=to)
+            .map(move |h| client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit).map_err(|e| e.to_string())),
+    )
 }
 
-/// Decodes and signature-checks fetched blocks on a thread of its own (and
-/// helpers per block), in order; passes a fetch failure through and stops after it.
-fn prepare(
-    fetched: Receiver<std::result::Result<BlockAnswer, String>>,
-    from_height: u64,
-) -> Receiver<std::result::Result<Prepared, String>> {
+/// Decodes and signature-checks fetched blocks in order, ahead of the reader
+/// (`ahead`, with helper threads per block); passes a fetch failure through.
+fn prepare(fetched: Ahead<BlockAnswer>, from_height: u64) -> Ahead<Prepared> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(VERIFY_THREADS_MAX);
+    ahead(fetched.into_iter().map(move |answer| {
+        answer.map(|a| {
+            let check = a.height >= from_height;
+            Prepared::new(a, check, threads)
+        })
+    }))
+}
+
+/// Runs `items` on a thread of its own, at most `PREFETCH_BLOCKS` ahead of the
+/// receiver; stops after the first failure (sent as the last item) or when the
+/// receiver is gone.
+fn ahead<T: Send + 'static>(items: impl Iterator<Item = std::result::Result<T, String>> + Send + 'static) -> Ahead<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH_BLOCKS);
     std::thread::spawn(move || {
-        for answer in fetched {
-            let prepared = answer.map(|a| {
-                let check = a.height >= from_height;
-                Prepared::new(a, check, threads)
-            });
-            let failed = prepared.is_err();
-            if tx.send(prepared).is_err() || failed {
+        for item in items {
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
                 break;
             }
         }
@@ -637,6 +636,13 @@ pub(crate) mod tests {
         blocks[i].hash = hex::encode(header.hash());
     }
 
+    /// Replaces the first record of the first block with a copy whose signature does not verify.
+    fn spoil_first_signature(blocks: &mut [BlockAnswer]) {
+        let mut r = publish(10);
+        r.signature.0[0] ^= 1;
+        blocks[0].records[0] = B64.encode(r.to_bytes());
+    }
+
     fn field_at(result: Result<u64, Problem>) -> (u64, Field) {
         match result {
             Err(Problem::Discrepancy { height, field, .. }) => (height, field),
@@ -692,9 +698,7 @@ pub(crate) mod tests {
     fn a_bad_signature_on_a_record_is_caught() {
         // Goal: the replay verifies record signatures; a record whose signature was changed is refused.
         let mut blocks = chain(2);
-        let mut r = publish(10);
-        r.signature.0[0] ^= 1;
-        blocks[0].records[0] = B64.encode(r.to_bytes());
+        spoil_first_signature(&mut blocks);
         assert_eq!(field_at(audit_blocks(&blocks, 2)), (1, Field::Records));
     }
 
@@ -736,9 +740,7 @@ pub(crate) mod tests {
         // Goal: a block prepared without signature checks (below `--from-height`) does not fail on
         // its bad signature; the changed record still fails the roots, since its id changed.
         let mut blocks = chain(2);
-        let mut r = publish(10);
-        r.signature.0[0] ^= 1;
-        blocks[0].records[0] = B64.encode(r.to_bytes());
+        spoil_first_signature(&mut blocks);
         let field = |check| match Replay::new(&genesis(), 0).check(&Prepared::new(blocks[0].clone(), check, 2)) {
             Err(Problem::Discrepancy { field, .. }) => field,
             Ok(_) => panic!("a changed record passed"),

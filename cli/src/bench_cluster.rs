@@ -355,7 +355,7 @@ fn drive(
         .collect();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = clock_ticks_per_s();
     let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
     let _ = started;
     let audited = if args.audit {
@@ -442,7 +442,7 @@ fn catch_up(leader: &Client, nodes: &mut [BenchNode]) -> Result<(u64, f64)> {
 /// next runs on an idle machine; returns the seconds waited.
 fn settle(nodes: &[BenchNode]) -> f64 {
     let started = Instant::now();
-    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tick = clock_ticks_per_s();
     while started.elapsed() < Duration::from_secs(60) {
         let before: u64 = cpu_ticks(nodes).iter().sum();
         std::thread::sleep(Duration::from_secs(1));
@@ -549,6 +549,11 @@ fn log_size(client: &Client) -> Result<u64> {
 }
 
 /// utime + stime of each node process, in clock ticks (0 for nodes this bench did not start).
+/// The unit of `cpu_ticks`: clock ticks per second.
+fn clock_ticks_per_s() -> f64 {
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 fn cpu_ticks(nodes: &[BenchNode]) -> Vec<u64> {
     nodes
         .iter()

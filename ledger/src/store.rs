@@ -755,22 +755,27 @@ impl Store {
 
     /// Bytes of live SST and WAL files, as RocksDB reports them.
     pub fn disk_bytes(&self) -> u64 {
-        let prop = |cf: &str, name: &str| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0);
-        FAMILIES.iter().map(|cf| prop(cf, "rocksdb.total-sst-files-size")).sum()
+        self.property_sum("rocksdb.total-sst-files-size")
     }
 
     /// Memory RocksDB holds for this store, as it reports it.
     pub fn memory(&self) -> StoreMemory {
-        let sum = |name: &str| -> u64 {
-            FAMILIES.iter().map(|cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0)).sum()
-        };
-        let cf0 = self.cf(FAMILIES[0]);
         StoreMemory {
             // One cache serves every family: read it once.
-            block_cache: self.db.property_int_value_cf(cf0, "rocksdb.block-cache-usage").ok().flatten().unwrap_or(0),
-            memtables: sum("rocksdb.cur-size-all-mem-tables"),
-            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            block_cache: self.property(FAMILIES[0], "rocksdb.block-cache-usage"),
+            memtables: self.property_sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: self.property_sum("rocksdb.estimate-table-readers-mem"),
         }
+    }
+
+    /// An integer property RocksDB reports for one column family (0 if it reports none).
+    fn property(&self, family: &str, name: &str) -> u64 {
+        self.db.property_int_value_cf(self.cf(family), name).ok().flatten().unwrap_or(0)
+    }
+
+    /// `property` summed over every column family.
+    fn property_sum(&self, name: &str) -> u64 {
+        FAMILIES.iter().map(|cf| self.property(cf, name)).sum()
     }
 
     /// Flushes memtables to SST files (benchmarks measure disk use after this).

@@ -327,7 +327,7 @@ impl App {
                     let digest = b.hash(&self.chain);
                     self.persisted.insert(digest, b.height.0);
                     if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
-                        let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+                        let ids = body.ids();
                         self.pending.insert(
                             digest,
                             Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: None },
@@ -479,8 +479,8 @@ impl App {
             }
         }
         if let Ok(body) = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max) {
-            let ids = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
-            let pending = Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: None };
+            let pending =
+                Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids: body.ids(), records: None };
             self.pending.insert(digest, pending);
         }
         Ok(())
@@ -598,7 +598,7 @@ impl App {
         if body.time_ms > wall_ms() + FUTURE_TIME_MS {
             return Err(format!("time {} is more than {FUTURE_TIME_MS} ms ahead of this node's clock", body.time_ms));
         }
-        let ids: Vec<RecordId> = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
+        let ids = body.ids();
         let mut seen = BTreeSet::new();
         if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !seen.insert(**id)) {
             return Err(format!("record {i} ({id}) appears twice"));
@@ -690,10 +690,7 @@ impl App {
         let gathered = match known {
             Some(records) => records.into_iter().map(Ok).collect(),
             // A block this node did not validate (synced, or finalized before its proposal arrived).
-            None => {
-                let ids: Vec<RecordId> = body.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect();
-                self.gather(&body.records, &ids, &params).records
-            }
+            None => self.gather(&body.records, &body.ids(), &params).records,
         };
         let mut kept = Vec::with_capacity(gathered.len());
         let mut kept_positions = Vec::with_capacity(gathered.len());

@@ -5,6 +5,7 @@
 //! integers, round-trip checked), all bounded when decoded.
 
 use annal_ledger::codec::{self, Canonical};
+use annal_ledger::record::{RecordId, SignedRecord};
 use annal_ledger::Error as LedgerError;
 use bincode::{Decode, Encode};
 
@@ -28,6 +29,11 @@ impl BlockBody {
 
     pub fn from_bytes(bytes: &[u8], max: usize) -> Result<Self, LedgerError> {
         codec::decode(bytes, max)
+    }
+
+    /// The id of each record, in order (each one hashed here).
+    pub fn ids(&self) -> Vec<RecordId> {
+        self.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect()
     }
 }
 
