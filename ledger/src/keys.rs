@@ -113,7 +113,7 @@ pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
             let Some(a) = decompressed_key(&key.0) else { return false };
             slot.insert((a, Scalar::ZERO));
         }
-        let k = Scalar::from_hash(Sha512::new().chain_update(r_bytes).chain_update(key.0).chain_update(message));
+        let k = challenge(&r_bytes, &key.0, message);
         transcript.update(r_bytes);
         transcript.update(key.0);
         transcript.update(k.as_bytes());
@@ -144,6 +144,13 @@ pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
     scalars.push(-b_coefficient);
     points.push(ED25519_BASEPOINT_POINT);
     EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
+}
+
+/// Ed25519's challenge k = SHA-512(R ‖ A ‖ M) mod ℓ.
+fn challenge(r: &[u8; 32], key: &[u8; 32], message: &[u8]) -> curve25519_dalek::scalar::Scalar {
+    use sha2::{Digest, Sha512};
+    let wide: [u8; 64] = Sha512::new().chain_update(r).chain_update(key).chain_update(message).finalize().into();
+    curve25519_dalek::scalar::Scalar::from_bytes_mod_order_wide(&wide)
 }
 
 /// A submitter key as a curve point, from a process-wide cache: the same
@@ -302,7 +309,6 @@ mod tests {
     use super::*;
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
     use curve25519_dalek::scalar::Scalar;
-    use sha2::{Digest, Sha512};
 
     fn signed(seed: u8, message: &[u8]) -> Item {
         let key = SecretKey::from_seed([seed; 32]);
@@ -319,7 +325,7 @@ mod tests {
         let public = PublicKey((a * ED25519_BASEPOINT_POINT).compress().to_bytes());
         let r = Scalar::from_bytes_mod_order([9; 32]);
         let big_r = (r * ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]).compress().to_bytes();
-        let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(public.0).chain_update(message));
+        let k = challenge(&big_r, &public.0, message);
         let s = r + k * a;
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&big_r);
