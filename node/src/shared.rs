@@ -269,13 +269,27 @@ impl Shared {
     /// mempool is full, every later record is refused with `MempoolFull` too.
     /// Room is checked before the signatures, so a full node spends nothing
     /// on records it cannot keep; each record is decoded and hashed once.
+    /// Past the first new record that does not fit, the rest are refused
+    /// unread: a full node answers a batch without decoding it (under
+    /// overload importers resend whole batches many times a second).
     pub fn admit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
         let mut results: Vec<Option<Result<Admitted, Failure>>> = Vec::with_capacity(batch.len());
-        let mut candidates = Vec::with_capacity(batch.len());
+        let mut candidates: Vec<(usize, Box<Encoded>)> = Vec::with_capacity(batch.len());
+        let mut candidate_bytes = 0;
+        let mut filled = false;
         for bytes in batch {
+            if filled {
+                results.push(Some(Err(Failure::MempoolFull(
+                    "the mempool is full; this record was not read, retry after the Retry-After delay".into(),
+                ))));
+                continue;
+            }
             results.push(match self.precheck(bytes) {
                 Ok(Prechecked::Known(done)) => Some(Ok(done)),
                 Ok(Prechecked::New(record)) => {
+                    candidate_bytes += record.bytes.len();
+                    filled =
+                        self.pool.lock().expect("pool lock").room_for(candidates.len() + 1, candidate_bytes).is_err();
                     candidates.push((results.len(), record));
                     None
                 }

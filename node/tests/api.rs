@@ -360,6 +360,29 @@ async fn a_batch_fills_the_mempool_to_its_limit_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mempool_does_not_read_the_rest_of_a_batch() {
+    // Goal: once a new record does not fit, the records after it are refused
+    // unread (mempool_full, not decoded: the garbage is not even named
+    // malformed), while a pending record is still answered pending.
+    use annal_node::shared::{Admitted, Failure};
+    let node = start("unread", Limits { mempool_records_max: 1, ..Limits::default() }).await;
+    let (a, b, c) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1));
+    let results = node.shared.admit_many(vec![a.to_bytes(), b.to_bytes(), b"garbage".to_vec(), c.to_bytes()]);
+    assert_eq!(results[0], Ok(Admitted::Pending { id: a.id(), new: true }));
+    for (i, r) in results.iter().enumerate().skip(1) {
+        assert!(matches!(r, Err(Failure::MempoolFull(_))), "record {i}: {r:?}");
+    }
+    let Err(Failure::MempoolFull(why)) = &results[2] else { unreachable!() };
+    assert!(why.contains("not read"), "{why}");
+    // A pending record first: still pending, and it takes no room.
+    let results = node.shared.admit_many(vec![a.to_bytes(), b"garbage".to_vec()]);
+    assert_eq!(results[0], Ok(Admitted::Pending { id: a.id(), new: false }));
+    assert!(matches!(results[1], Err(Failure::Malformed(_))), "{:?}", results[1]);
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_and_batches_one_over_the_limit_are_413() {
     // Goal: a body of exactly api_body_bytes_max is read; one byte more is 413 too_large JSON,
     // declared or chunked; a batch of api_batch_records_max + 1 records is 413 too.
