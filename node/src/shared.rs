@@ -275,10 +275,14 @@ impl Shared {
     pub fn admit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
         let mut results: Vec<Option<Result<Admitted, Failure>>> = Vec::with_capacity(batch.len());
         let mut candidates: Vec<(usize, Box<Encoded>)> = Vec::with_capacity(batch.len());
+        let full_message =
+            |e: crate::mempool::Full| format!("{e}; the record was not accepted, retry after the Retry-After delay");
+        // The room for the new records, checked as each is read: past the
+        // first that does not fit (`room_full`), the rest are not read.
         let mut candidate_bytes = 0;
-        let mut filled = false;
+        let mut room_full: Option<String> = None;
         for bytes in batch {
-            if filled {
+            if room_full.is_some() {
                 results.push(Some(Err(Failure::MempoolFull(
                     "the mempool is full; this record was not read, retry after the Retry-After delay".into(),
                 ))));
@@ -288,33 +292,16 @@ impl Shared {
                 Ok(Prechecked::Known(done)) => Some(Ok(done)),
                 Ok(Prechecked::New(record)) => {
                     candidate_bytes += record.bytes.len();
-                    filled =
-                        self.pool.lock().expect("pool lock").room_for(candidates.len() + 1, candidate_bytes).is_err();
+                    let room = self.pool.lock().expect("pool lock").room_for(candidates.len() + 1, candidate_bytes);
+                    room_full = room.err().map(full_message);
                     candidates.push((results.len(), record));
                     None
                 }
                 Err(f) => Some(Err(f)),
             });
         }
-        let full_message =
-            |e: crate::mempool::Full| format!("{e}; the record was not accepted, retry after the Retry-After delay");
-        // How many fit in the pool as it is now; past them, the pool is full (`room_full`).
-        let (fit, room_full) = {
-            let pool = self.pool.lock().expect("pool lock");
-            let mut bytes = 0;
-            let mut full = None;
-            let fit = candidates
-                .iter()
-                .enumerate()
-                .take_while(|(n, (_, r))| {
-                    bytes += r.bytes.len();
-                    let room = pool.room_for(n + 1, bytes);
-                    full = room.as_ref().err().map(|e| full_message(e.clone()));
-                    room.is_ok()
-                })
-                .count();
-            (fit, full)
-        };
+        // The candidates that fit: all but the last when it did not.
+        let fit = candidates.len() - usize::from(room_full.is_some());
         let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| &**r).collect::<Vec<_>>());
         let mut pool = self.pool.lock().expect("pool lock");
         let mut arrivals = self.arrivals.lock().expect("arrivals lock");
