@@ -155,7 +155,7 @@ fn key_files_are_private_and_checked() {
 #[test]
 fn the_documented_example_loads() {
     // Goal: genesis/example.json, which genesis/README.md documents, stays a valid genesis.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../genesis/example.json");
+    let path = manifest_dir().join("../genesis/example.json");
     let g = Genesis::load(&path).unwrap();
     assert_eq!(g.chain_id, "land-registry-example");
     assert_eq!(g.validators.len(), 4);

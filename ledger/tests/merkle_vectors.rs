@@ -68,8 +68,12 @@ impl From<MerkleError> for Rejection {
     }
 }
 
+/// Read when the test runs, not compiled in: build output is shared between
+/// clones (the Makefile's fixed `CARGO_TARGET_DIR`), and a binary another
+/// clone compiled would look in that clone.
 fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/merkle")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    crate_dir.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()).join("tests/data/merkle")
 }
 
 /// Every `.json` file under `dir`, recursively, sorted.

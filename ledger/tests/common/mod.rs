@@ -13,6 +13,13 @@ use annal_ledger::state_tree::StateTreeReader;
 
 pub const CHAIN: &str = "annal-test";
 
+/// This crate's folder, read when the test runs: `env!("CARGO_MANIFEST_DIR")`
+/// would be the folder of whichever clone last compiled the test, and build
+/// output is shared between clones (the Makefile's fixed `CARGO_TARGET_DIR`).
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(Into::into).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
 }
