@@ -206,6 +206,13 @@ impl Core {
         self.blocks.contains_key(d) || self.rounds.values().any(|r| r.proposal.as_ref().is_some_and(|(pd, _)| pd == d))
     }
 
+    /// The block `d`, if this core holds it (see [`holds_block`](Self::holds_block)).
+    pub fn block(&self, d: &Digest) -> Option<&Block> {
+        self.blocks.get(d).or_else(|| {
+            self.rounds.values().filter_map(|r| r.proposal.as_ref()).find(|(pd, _)| pd == d).map(|(_, p)| &p.block)
+        })
+    }
+
     /// One line for logs: view, finalized and committed heights, pending fetches.
     pub fn status(&self) -> String {
         format!(

@@ -40,7 +40,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
 use crate::shared::{Outcome, Placed, Shared, SyncState};
-use crate::wire::{self, BlockBody, Envelope, EpochTail, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse};
+use crate::wire::{
+    self, BlockBody, CompactProposal, Envelope, EpochTail, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse,
+};
 
 /// Heights ahead of the tip for which checkpoint signatures are buffered.
 const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
@@ -59,6 +61,16 @@ const FUTURE_TIME_MS: u64 = 10_000;
 const GOSSIP_BATCH_RECORDS: usize = 512;
 /// Record bytes in one gossiped batch (a single record may exceed it and travels alone).
 const GOSSIP_BATCH_BYTES: usize = 4 << 20;
+/// This leader's latest whole proposals kept to answer [`SyncRequest::Proposal`].
+const OWN_PROPOSALS_KEPT: usize = 4;
+/// Whole proposals asked for at once, and compact proposals waiting for their records; past
+/// it a compact proposal this node cannot rebuild is dropped (the block still reaches this node
+/// through its notarization and the block request path).
+const FETCHES_MAX: usize = 8;
+/// How long a compact proposal naming records this node lacks waits for them (they are usually
+/// in flight: gossiped with the proposal, or queued for their signature check) before the whole
+/// proposal is asked of its leader.
+const RECORDS_WAIT: Duration = Duration::from_millis(100);
 
 /// The largest record batch a node gossips or accepts: a full batch, or one record at the chain's limit.
 pub fn record_batch_bytes_max(params: &annal_ledger::genesis::Params) -> usize {
@@ -99,8 +111,21 @@ struct Gathered {
 #[derive(Default)]
 pub struct Effects {
     pub publish: Vec<(Topic, Vec<u8>)>,
+    /// Whole proposals to ask their leaders for: compact ones named records this node lacks.
+    pub fetch: Vec<(PeerId, SyncRequest)>,
     /// The p2p keys the network must admit from now on (a validator-set change).
     pub allowlist: Option<Vec<annal_ledger::keys::PublicKey>>,
+}
+
+/// A compact proposal that named records this node did not hold.
+struct Waiting {
+    /// When the whole proposal is asked for instead.
+    until: Duration,
+    author: PeerId,
+    from: u32,
+    proposal: CompactProposal,
+    /// The ids not in the pool when last looked (only these are looked up again).
+    missing: Vec<RecordId>,
 }
 
 /// The consensus side of a validator: its core, keys and where it persists.
@@ -154,6 +179,14 @@ pub struct App {
     pub gossip_queue: Vec<Vec<u8>>,
     /// The payload this leader last proposed, its time and its records (see `persist_block`).
     proposed: Option<(Vec<u8>, u64, Vec<Arc<Encoded>>)>,
+    /// The view, time and record ids of the payload this leader last proposed (see `compact`).
+    proposed_ids: Option<(u64, u64, Vec<RecordId>)>,
+    /// This leader's latest proposals, whole: `(height, view)` → `Message::Propose` bytes.
+    own_proposals: VecDeque<((u64, u64), Vec<u8>)>,
+    /// Requests to peers (proposals, blocks) sent and not yet answered: to whom, as encoded.
+    fetching: BTreeSet<(PeerId, Vec<u8>)>,
+    /// Compact proposals waiting for records (ADR 0008).
+    waiting: Vec<Waiting>,
     /// Test-only attacks (`[testing] byzantine`), none in production.
     pub byzantine: Option<crate::byzantine::Byzantine>,
 }
@@ -223,6 +256,10 @@ impl App {
             started: Instant::now(),
             gossip_queue: Vec::new(),
             proposed: None,
+            proposed_ids: None,
+            own_proposals: VecDeque::new(),
+            fetching: BTreeSet::new(),
+            waiting: Vec::new(),
             byzantine: None,
         };
         // Validators may publish byte-identical messages (the same certificate):
@@ -385,15 +422,18 @@ impl App {
                 match out {
                     Output::PersistSafety(s) => self.persist_safety(&s)?,
                     Output::PersistBlock(b) => self.persist_block(&b)?,
+                    Output::Send { to, message: Message::BlockRequest(digest) } => {
+                        self.request_block(to, digest, fx);
+                    }
+                    // Block requests go to one peer by request-response (`request_block`), and
+                    // are answered there (`block_bytes`): the core's own answers are not sent.
+                    Output::Broadcast(Message::BlockRequest(_) | Message::BlockResponse(_))
+                    | Output::Send { message: Message::BlockResponse(_), .. } => {}
                     Output::Broadcast(m) | Output::Send { message: m, .. } => {
-                        if matches!(m, Message::BlockRequest(_)) && self.behind() {
-                            // Far behind, blocks come by sync (request-response). A block request
-                            // is answered on gossip, to everyone: chasing hundreds of full blocks
-                            // that way floods every node (seen with 2 MB blocks: gigabytes of
-                            // gossip caches, and sync answers starved until they timed out).
-                            continue;
-                        }
-                        let e = self.envelope(&m);
+                        let e = match &m {
+                            Message::Propose(p) => self.compact(p),
+                            _ => self.envelope(&m),
+                        };
                         fx.publish.push(e);
                     }
                     Output::Schedule { view, deadline } => {
@@ -553,8 +593,80 @@ impl App {
         let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
         let payload = BlockBody { time_ms, records: records.iter().map(|r| r.bytes.clone()).collect() }.to_bytes();
+        self.proposed_ids = Some((view.0, time_ms, records.iter().map(|r| r.id).collect()));
         self.proposed = Some((payload.clone(), time_ms, records));
         Input::Payload { view, payload }
+    }
+
+    /// The gossip envelope of this leader's proposal `p`: its records named by
+    /// id (ADR 0008). The whole proposal is kept to answer a receiver that
+    /// lacks some of them.
+    fn compact(&mut self, p: &consensus::Proposal) -> (Topic, Vec<u8>) {
+        let b = &p.block;
+        let named = match self.proposed_ids.take() {
+            Some((view, time_ms, ids)) if view == b.view.0 => Some((time_ms, ids)),
+            _ => BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max)
+                .ok()
+                .map(|body| (body.time_ms, body.ids())),
+        };
+        let Some((time_ms, ids)) = named else {
+            // Not a body this node can name by ids (it never proposes one): sent whole.
+            return self.envelope(&Message::Propose(p.clone()));
+        };
+        let key = (b.height.0, b.view.0);
+        if !self.own_proposals.iter().any(|(k, _)| *k == key) {
+            if self.own_proposals.len() == OWN_PROPOSALS_KEPT {
+                self.own_proposals.pop_front();
+            }
+            self.own_proposals.push_back((key, Message::Propose(p.clone()).encode()));
+        }
+        let proposal = CompactProposal {
+            height: b.height.0,
+            view: b.view.0,
+            parent_view: b.parent_view.0,
+            parent: b.parent,
+            digest: b.hash(&self.chain),
+            time_ms,
+            ids,
+            signature: p.signature,
+        };
+        (Topic::Consensus, codec::encode(&Envelope::Proposal { seq: self.next_seq(), proposal }))
+    }
+
+    /// The whole proposal `p` stands for, rebuilt from this node's pool, or the
+    /// ids the pool lacks. `Err` names why no honest leader
+    /// sent it (more records or bytes than a block may hold).
+    fn rebuild(&self, p: &CompactProposal) -> std::result::Result<std::result::Result<Message, Vec<RecordId>>, String> {
+        let rules = self.shared.rules();
+        let params = &rules.params;
+        if p.ids.len() > params.block_records_max {
+            return Err(format!("{} records; the limit is {}", p.ids.len(), params.block_records_max));
+        }
+        let mut records = Vec::with_capacity(p.ids.len());
+        let mut bytes = 0usize;
+        {
+            let pool = self.shared.pool.lock().expect("pool lock");
+            let missing: Vec<RecordId> = p.ids.iter().filter(|id| pool.get(id).is_none()).copied().collect();
+            if !missing.is_empty() {
+                return Ok(Err(missing));
+            }
+            for id in &p.ids {
+                let r = pool.get(id).expect("looked up above, under the same lock");
+                bytes += r.bytes.len();
+                if bytes > params.block_bytes_max {
+                    return Err(format!("more than {} record bytes", params.block_bytes_max));
+                }
+                records.push(r.bytes.clone());
+            }
+        }
+        let block = Block {
+            height: consensus::Height(p.height),
+            view: consensus::View(p.view),
+            parent_view: consensus::View(p.parent_view),
+            parent: p.parent,
+            payload: BlockBody { time_ms: p.time_ms, records }.to_bytes(),
+        };
+        Ok(Ok(Message::Propose(consensus::Proposal { block, signature: p.signature })))
     }
 
     /// `validate` with the refusal logged: the verdict the core is given.
@@ -896,17 +1008,39 @@ impl App {
         match env {
             Envelope::Consensus { message, .. } => {
                 let Ok(m) = Message::decode(&message, &self.limits) else { return Ok(Verdict::Reject) };
-                match &m {
-                    Message::Vote(v) => self.saw_height(v.height.0.saturating_sub(1)),
-                    Message::Certificate(c) if c.kind == VoteKind::Finalize => self.saw_height(c.height.0),
-                    Message::BlockRequest(d) => self.answer_block_request(d, fx)?,
-                    _ => {}
-                }
-                let before = self.rejected;
-                self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
-                if self.rejected > before {
-                    // Bad signature, wrong signer, malformed certificate: not relayed.
+                return self.on_consensus_message(from, m, fx);
+            }
+            Envelope::Proposal { proposal, .. } => {
+                if self.set.leader(consensus::View(proposal.view)).0 != from {
+                    // Only a view's leader proposes in it (its signature is checked once rebuilt).
                     return Ok(Verdict::Reject);
+                }
+                match self.rebuild(&proposal) {
+                    Ok(Ok(m)) => {
+                        self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
+                        return self.on_whole_proposal(from, m, fx);
+                    }
+                    Ok(Err(missing)) => {
+                        if self.validator.is_some()
+                            && !self.behind()
+                            && self.waiting.len() < FETCHES_MAX
+                            && !self.waiting.iter().any(|w| w.proposal.digest == proposal.digest)
+                        {
+                            let until = self.now() + RECORDS_WAIT;
+                            self.waiting.push(Waiting { until, author: *author, from, proposal, missing });
+                        }
+                        // Not relayed: this node cannot tell yet whether it is sound.
+                        return Ok(Verdict::Ignore);
+                    }
+                    Err(why) => {
+                        warn!(
+                            from,
+                            height = proposal.height,
+                            view = proposal.view,
+                            "refusing a compact proposal: {why}"
+                        );
+                        return Ok(Verdict::Reject);
+                    }
                 }
             }
             Envelope::Checkpoint { height, signer, signature, .. } => {
@@ -940,33 +1074,162 @@ impl App {
         Ok(Verdict::Accept)
     }
 
+    /// Hands a consensus message from validator `from` to the core; the
+    /// gossip verdict says whether the core took it.
+    fn on_consensus_message(&mut self, from: u32, m: Message, fx: &mut Effects) -> Result<Verdict> {
+        match &m {
+            Message::Vote(v) => self.saw_height(v.height.0.saturating_sub(1)),
+            Message::Certificate(c) if c.kind == VoteKind::Finalize => self.saw_height(c.height.0),
+            // Old gossip-borne block requests are not answered: an answer on gossip reaches
+            // everyone (request_block asks one peer instead).
+            Message::BlockRequest(_) | Message::BlockResponse(_) => return Ok(Verdict::Ignore),
+            _ => {}
+        }
+        let before = self.rejected;
+        self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
+        if self.rejected > before {
+            // Bad signature, wrong signer, malformed certificate: not relayed.
+            return Ok(Verdict::Reject);
+        }
+        Ok(Verdict::Accept)
+    }
+
+    /// Hands the core each waiting compact proposal whose records have all
+    /// arrived; asks the leader for the whole proposal of those that waited
+    /// [`RECORDS_WAIT`] in vain.
+    fn settle_waiting(&mut self, fx: &mut Effects) -> Result<()> {
+        let now = self.now();
+        for mut w in std::mem::take(&mut self.waiting) {
+            {
+                let pool = self.shared.pool.lock().expect("pool lock");
+                w.missing.retain(|id| pool.get(id).is_none());
+            }
+            if !w.missing.is_empty() && w.until > now {
+                self.waiting.push(w);
+                continue;
+            }
+            let (height, view) = (w.proposal.height, w.proposal.view);
+            match self.rebuild(&w.proposal) {
+                Ok(Ok(m)) => {
+                    self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
+                    self.on_whole_proposal(w.from, m, fx)?;
+                }
+                Ok(Err(missing)) if w.until > now => self.waiting.push(Waiting { missing, ..w }),
+                Ok(Err(_)) => self.fetch(w.author, SyncRequest::Proposal { height, view }, fx),
+                // The rules changed while it waited (governance): refused as on arrival.
+                Err(why) => warn!(from = w.from, height, view, "refusing a compact proposal: {why}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the core a proposal rebuilt from a compact one or fetched whole.
+    /// One that comes after its view ended (it waited for records while the
+    /// others notarized it) is also offered as the block itself, which the core
+    /// takes if it wants that block (a certificate names it) instead of asking
+    /// a peer.
+    fn on_whole_proposal(&mut self, from: u32, m: Message, fx: &mut Effects) -> Result<Verdict> {
+        let late = match (&m, &self.validator) {
+            (Message::Propose(p), Some(v)) if v.core.view() > p.block.view => Some(p.block.clone()),
+            _ => None,
+        };
+        let verdict = self.on_consensus_message(from, m, fx)?;
+        if let Some(block) = late {
+            self.drive(Input::Message { from: ValidatorIndex(from), message: Message::BlockResponse(block) }, fx)?;
+        }
+        Ok(verdict)
+    }
+
+    /// A request to a peer was answered or failed: it may be sent again.
+    pub fn fetch_done(&mut self, peer: PeerId, request: &SyncRequest) {
+        self.fetching.remove(&(peer, codec::encode(request)));
+    }
+
+    /// A peer's answer to [`SyncRequest::Proposal`] or [`SyncRequest::Block`]:
+    /// handed to the core as the message it carries.
+    pub fn apply_fetched(
+        &mut self,
+        peer: PeerId,
+        request: &SyncRequest,
+        answer: &[u8],
+        fx: &mut Effects,
+    ) -> Result<()> {
+        self.fetch_done(peer, request);
+        let Some(&from) = self.peers_by_id.get(&peer) else { return Ok(()) };
+        let bytes = match codec::decode::<SyncResponse>(answer, self.limits.message_bytes_max + 64) {
+            Ok(SyncResponse::Proposal(Some(bytes)) | SyncResponse::Block(Some(bytes))) => bytes,
+            Ok(SyncResponse::Proposal(None) | SyncResponse::Block(None)) => {
+                debug!(%peer, ?request, "the peer does not hold what was asked");
+                return Ok(());
+            }
+            Ok(_) | Err(_) => {
+                warn!(%peer, ?request, "unreadable answer");
+                return Ok(());
+            }
+        };
+        match (request, Message::decode(&bytes, &self.limits)) {
+            (SyncRequest::Proposal { .. }, Ok(m @ Message::Propose(_))) => {
+                self.shared.metrics.proposals_fetched.fetch_add(1, Ordering::Relaxed);
+                self.on_whole_proposal(from, m, fx)?;
+                Ok(())
+            }
+            // The core takes a block only if it wants it: one a certificate names.
+            (SyncRequest::Block { .. }, Ok(message @ Message::BlockResponse(_))) => {
+                self.drive(Input::Message { from: ValidatorIndex(from), message }, fx)
+            }
+            _ => {
+                warn!(%peer, ?request, "the answer is not what was asked");
+                Ok(())
+            }
+        }
+    }
+
     fn saw_height(&mut self, h: u64) {
         self.seen_height = self.seen_height.max(h);
     }
 
-    /// Answers a block request from blocks this node persisted or committed
-    /// and its core no longer holds (the core answers from memory).
-    fn answer_block_request(&mut self, digest: &[u8; 32], fx: &mut Effects) -> Result<()> {
-        let path = self.data_dir.join("blocks").join(hex::encode(digest));
+    /// Asks validator `to` for the block `digest` its core lacks, by
+    /// request-response: the answer comes from that one peer. Not asked when
+    /// this node is far behind (sync brings the blocks) or when a compact
+    /// proposal waiting for its records stands for that block.
+    fn request_block(&mut self, to: ValidatorIndex, digest: [u8; 32], fx: &mut Effects) {
+        if self.behind() || self.waiting.iter().any(|w| w.proposal.digest == digest) {
+            return;
+        }
+        let Some(peer) = self.peers_by_id.iter().find(|(_, &i)| i == to.0).map(|(p, _)| *p) else { return };
+        self.fetch(peer, SyncRequest::Block { digest }, fx);
+    }
+
+    /// Sends `request` to `peer` unless it is in flight to that peer already
+    /// or [`FETCHES_MAX`] requests are.
+    fn fetch(&mut self, peer: PeerId, request: SyncRequest, fx: &mut Effects) {
+        let key = (peer, codec::encode(&request));
+        if self.fetching.len() < FETCHES_MAX && self.fetching.insert(key) {
+            debug!(%peer, ?request, "asking a peer");
+            fx.fetch.push((peer, request));
+        }
+    }
+
+    /// The block `digest` as `Message::BlockResponse` wire bytes, if this node
+    /// holds it: in its core, among the blocks it voted for (persisted), or
+    /// committed.
+    fn block_bytes(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
+            return Ok(Some(Message::BlockResponse(b.clone()).encode()));
+        }
         if self.persisted.contains_key(digest) {
+            let path = self.data_dir.join("blocks").join(hex::encode(digest));
             if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(m @ Message::BlockResponse(_)) = Message::decode(&bytes, &self.limits) {
-                    let e = self.envelope(&m);
-                    fx.publish.push(e);
+                if let Ok(Message::BlockResponse(_)) = Message::decode(&bytes, &self.limits) {
+                    return Ok(Some(bytes));
                 }
             }
-            return Ok(());
         }
         let height = self.shared.store().app_meta(&wire::digest_key(digest))?;
-        if let Some(h) = height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-            let held = self.validator.as_ref().is_some_and(|v| v.core.holds_block(digest));
-            if h <= self.tip_height && !held {
-                let (block, _) = self.rebuild_block(h)?;
-                let e = self.envelope(&Message::BlockResponse(block));
-                fx.publish.push(e);
-            }
+        match height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+            Some(h) if h <= self.tip_height => Ok(Some(Message::BlockResponse(self.rebuild_block(h)?.0).encode())),
+            _ => Ok(None),
         }
-        Ok(())
     }
 
     /// Rebuilds the consensus block committed at `h` from the store, with its link.
@@ -1011,6 +1274,9 @@ impl App {
         }
         if let Some(input) = self.payload_if_ready() {
             self.drive(input, fx)?;
+        }
+        if !self.waiting.is_empty() {
+            self.settle_waiting(fx)?;
         }
         Ok(())
     }
@@ -1118,6 +1384,10 @@ impl App {
                 }
                 SyncResponse::Certificates(out)
             }
+            SyncRequest::Proposal { height, view } => SyncResponse::Proposal(
+                self.own_proposals.iter().find(|(k, _)| *k == (height, view)).map(|(_, bytes)| bytes.clone()),
+            ),
+            SyncRequest::Block { digest } => SyncResponse::Block(self.block_bytes(&digest)?),
         };
         Ok(codec::encode(&response))
     }
@@ -1146,6 +1416,9 @@ impl App {
                     info!(%peer, applied, height = self.tip_height, "synced blocks");
                     self.restart_core(fx)?;
                 }
+            }
+            SyncResponse::Proposal(_) | SyncResponse::Block(_) => {
+                warn!(%peer, "a proposal or block where blocks or certificates were asked for")
             }
         }
         Ok(())
@@ -1300,6 +1573,9 @@ impl App {
         if self.owed_payload.is_some() {
             next = next.min(self.now() + Duration::from_millis(5));
         }
+        if let Some(first) = self.waiting.iter().map(|w| w.until).min() {
+            next = next.min(first);
+        }
         next
     }
 
@@ -1412,6 +1688,8 @@ pub async fn run_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let (sync_tx, mut sync_rx) = mpsc::channel::<(PeerId, std::result::Result<Vec<u8>, String>)>(4);
+    type Fetched = (PeerId, SyncRequest, std::result::Result<Vec<u8>, String>);
+    let (fetch_tx, mut fetch_rx) = mpsc::channel::<Fetched>(FETCHES_MAX);
     // Record batches are checked off the loop (signatures cost milliseconds
     // per batch), a few at a time; past that they wait in a bounded queue, and
     // past the queue they are dropped unjudged (their origin node still holds
@@ -1437,10 +1715,18 @@ pub async fn run_loop(
                 Err(e) => error!("the new validator set's p2p keys do not make an allowlist: {e}"),
             }
         }
-        for (topic, data) in fx.publish.drain(..).chain(app.drain_gossip()) {
+        // Records first: a proposal that names them by id should not overtake them.
+        for (topic, data) in app.drain_gossip().into_iter().chain(fx.publish.drain(..)) {
             if let Err(e) = net.publish(topic, data).await {
                 debug!("publish failed: {e}");
             }
+        }
+        for (peer, request) in fx.fetch.drain(..) {
+            let (net, tx) = (net.clone(), fetch_tx.clone());
+            tokio::spawn(async move {
+                let result = net.request(peer, codec::encode(&request)).await.map_err(|e| e.to_string());
+                let _ = tx.send((peer, request, result)).await;
+            });
         }
         let wake = tokio::time::Instant::from_std(app.started + app.next_wake());
         tokio::select! {
@@ -1477,6 +1763,13 @@ pub async fn run_loop(
                 report(&net, id, verdict).await;
                 app.on_time(&mut fx)?;
             }
+            Some((peer, request, result)) = fetch_rx.recv() => match result {
+                Ok(data) => app.apply_fetched(peer, &request, &data, &mut fx)?,
+                Err(e) => {
+                    app.fetch_done(peer, &request);
+                    debug!(%peer, ?request, "proposal request failed: {e}");
+                }
+            },
             Some((peer, result)) = sync_rx.recv() => match result {
                 Ok(data) => app.apply_sync(peer, &data, &mut fx)?,
                 Err(e) => {

@@ -154,6 +154,9 @@ pub struct Metrics {
     pub records_finalized: AtomicU64,
     pub records_refused: AtomicU64,
     pub blocks_committed: AtomicU64,
+    /// Compact proposals (ADR 0008) rebuilt from the pool, and whole proposals fetched from their leaders.
+    pub proposals_rebuilt: AtomicU64,
+    pub proposals_fetched: AtomicU64,
     pub api_requests: Mutex<BTreeMap<u16, u64>>,
     pub finality: Mutex<Histogram>,
 }
@@ -654,6 +657,18 @@ impl Shared {
             "Blocks committed since start.",
             "counter",
             m.blocks_committed.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "annal_proposals_rebuilt_total",
+            "Compact proposals rebuilt from records this node held.",
+            "counter",
+            m.proposals_rebuilt.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "annal_proposals_fetched_total",
+            "Whole proposals fetched from their leader (a compact one named records not held here).",
+            "counter",
+            m.proposals_fetched.load(Ordering::Relaxed).to_string(),
         );
         gauge("annal_mempool_records", "Pending records.", "gauge", pool_records.to_string());
         gauge("annal_mempool_bytes", "Pending record bytes.", "gauge", pool_bytes.to_string());

@@ -100,6 +100,31 @@ pub enum Envelope {
     Consensus { seq: u64, message: Vec<u8> },
     /// A validator's C2SP note signature on the checkpoint of a committed block.
     Checkpoint { seq: u64, height: u64, signer: u32, signature: [u8; 64] },
+    /// A leader's proposal with its records named by id (ADR 0008).
+    Proposal { seq: u64, proposal: CompactProposal },
+}
+
+/// A consensus proposal whose body names its records by id instead of
+/// carrying them: every validator already holds the records the leader took
+/// from its pool, gossiped when they were admitted. A receiver that holds them
+/// all rebuilds the block byte for byte (the body is [`BlockBody`] of
+/// `time_ms` and the records' bytes, in `ids` order) and hands the core the
+/// proposal it stands for; the leader's signature covers the rebuilt block's
+/// digest, so a wrong id or order fails there like a forged block. A receiver
+/// missing any record asks the leader for the whole proposal
+/// ([`SyncRequest::Proposal`]).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct CompactProposal {
+    pub height: u64,
+    pub view: u64,
+    pub parent_view: u64,
+    pub parent: [u8; 32],
+    /// The digest of the block it stands for (checked: the rebuilt block must hash to it).
+    pub digest: [u8; 32],
+    pub time_ms: u64,
+    pub ids: Vec<RecordId>,
+    /// The leader's proposal signature (`annal_consensus::Proposal::signature`).
+    pub signature: [u8; 64],
 }
 
 impl Canonical for Envelope {
@@ -123,6 +148,13 @@ pub enum SyncRequest {
     Blocks { from: u64, max: u32 },
     /// Ledger certificates of heights `from..=to` (those the peer has).
     Certificates { from: u64, to: u64 },
+    /// The whole proposal this node made for `height` in `view`, if it still
+    /// holds it: for a receiver of its [`CompactProposal`] that lacks some of
+    /// the records.
+    Proposal { height: u64, view: u64 },
+    /// The consensus block `digest` (a core asking for a block it lacks):
+    /// asked of one peer, never gossiped.
+    Block { digest: [u8; 32] },
 }
 
 impl Canonical for SyncRequest {
@@ -147,6 +179,12 @@ pub struct SyncBlock {
 pub enum SyncResponse {
     Blocks(Vec<SyncBlock>),
     Certificates(Vec<Vec<u8>>),
+    /// `annal_consensus::Message::Propose` wire bytes, or nothing when the
+    /// node made no proposal in that view or no longer holds it.
+    Proposal(Option<Vec<u8>>),
+    /// `annal_consensus::Message::BlockResponse` wire bytes, or nothing when
+    /// the node holds no block with that digest.
+    Block(Option<Vec<u8>>),
 }
 
 impl Canonical for SyncResponse {
@@ -171,6 +209,22 @@ mod tests {
         assert_eq!(codec::decode::<Envelope>(&codec::encode(&e), 256).unwrap(), e);
         let r = SyncRequest::Blocks { from: 5, max: 64 };
         assert_eq!(codec::decode::<SyncRequest>(&codec::encode(&r), 64).unwrap(), r);
+        let r = SyncRequest::Proposal { height: 8, view: 9 };
+        assert_eq!(codec::decode::<SyncRequest>(&codec::encode(&r), 64).unwrap(), r);
+        let proposal = CompactProposal {
+            height: 3,
+            view: 4,
+            parent_view: 2,
+            parent: [1; 32],
+            digest: [2; 32],
+            time_ms: 5,
+            ids: vec![RecordId([7; 32])],
+            signature: [8; 64],
+        };
+        let e = Envelope::Proposal { seq: 6, proposal };
+        let bytes = codec::encode(&e);
+        assert_eq!(codec::decode::<Envelope>(&bytes, 512).unwrap(), e);
+        assert!(codec::decode::<Envelope>(&bytes, bytes.len() - 1).is_err());
         assert_eq!(link_key(255), "app/link/00000000000000ff");
     }
 }

@@ -10,12 +10,13 @@ use annal_consensus::{
 use annal_ledger::codec;
 use annal_ledger::genesis::{Genesis, Params, Validator};
 use annal_ledger::keys::SecretKey;
+use annal_ledger::record::RecordId;
 use annal_ledger::store::{Store, StoreOptions};
 use annal_node::app::{App, Effects};
 use annal_node::config::Limits;
-use annal_node::net::PeerId;
+use annal_node::net::{PeerId, Verdict};
 use annal_node::shared::Shared;
-use annal_node::wire::{BlockBody, EpochTail, SyncBlock, SyncRequest, SyncResponse};
+use annal_node::wire::{BlockBody, CompactProposal, Envelope, EpochTail, SyncBlock, SyncRequest, SyncResponse};
 use ed25519_dalek::{Signer as _, SigningKey};
 
 fn genesis() -> Genesis {
@@ -189,5 +190,73 @@ fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
         panic!("blocks asked, blocks answered")
     };
     assert_eq!(served[0].tail, tail_of(&[&b3, &b4]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal (ADR 0008): a block request is answered by the one peer asked, from
+/// its store for committed blocks, byte for byte; an unknown digest or a
+/// proposal this node never made gets an empty answer, not an error.
+#[test]
+fn block_and_proposal_requests_are_answered_from_the_store() {
+    let g = genesis();
+    let (dir, _shared, mut app) = follower("annal-block-request", &g);
+    let chain = ChainId(g.hash());
+    let mut fx = Effects::default();
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    app.apply_sync(PeerId::random(), &answer(&[(b1.clone(), c1), (b2.clone(), c2)]), &mut fx).unwrap();
+
+    let ask = |app: &App, request: SyncRequest| -> SyncResponse {
+        codec::decode(&app.answer_sync(&codec::encode(&request), 16 << 20).unwrap(), 16 << 20).unwrap()
+    };
+    for b in [&b1, &b2] {
+        let SyncResponse::Block(Some(bytes)) = ask(&app, SyncRequest::Block { digest: b.hash(&chain) }) else {
+            panic!("block {} not served", b.height.0)
+        };
+        assert_eq!(bytes, Message::BlockResponse(b.clone()).encode(), "block {} as committed", b.height.0);
+    }
+    assert_eq!(ask(&app, SyncRequest::Block { digest: [7; 32] }), SyncResponse::Block(None));
+    assert_eq!(ask(&app, SyncRequest::Proposal { height: 3, view: 3 }), SyncResponse::Proposal(None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal (ADR 0008): a compact proposal is refused before any lookup when its
+/// author does not lead its view or it names more records than a block may
+/// hold; a block request or answer arriving on gossip is dropped unanswered.
+#[test]
+fn compact_proposals_from_a_non_leader_or_too_large_are_refused() {
+    let g = genesis();
+    let (dir, _shared, mut app) = follower("annal-compact-refused", &g);
+    let mut fx = Effects::default();
+    // The p2p key of the validator at `index` (genesis() gives it the seed 11 + index).
+    let author = |index: u8| annal_node::net::peer_id(&SecretKey::from_seed([11 + index; 32]).public()).unwrap();
+    let proposal = |view: u64, ids: usize| {
+        let proposal = CompactProposal {
+            height: 1,
+            view,
+            parent_view: 0,
+            parent: g.hash(),
+            digest: [1; 32],
+            time_ms: g.genesis_time_ms + 1,
+            ids: vec![RecordId([2; 32]); ids],
+            signature: [3; 64],
+        };
+        codec::encode(&Envelope::Proposal { seq: view, proposal })
+    };
+    // Validator 1 leads view 1 (round-robin).
+    let verdict = app.on_consensus_gossip(&author(2), &proposal(1, 1), &mut fx).unwrap();
+    assert_eq!(verdict, Verdict::Reject, "a proposal from validator 2 in view 1, which validator 1 leads");
+    let too_many = Params::default().block_records_max + 1;
+    let verdict = app.on_consensus_gossip(&author(1), &proposal(1, too_many), &mut fx).unwrap();
+    assert_eq!(verdict, Verdict::Reject, "{too_many} ids");
+    // The leader's own, naming a record this node does not hold: not relayed, not blamed.
+    let verdict = app.on_consensus_gossip(&author(1), &proposal(1, 1), &mut fx).unwrap();
+    assert_eq!(verdict, Verdict::Ignore);
+    assert!(fx.fetch.is_empty(), "a node that does not vote asks for no proposal");
+    for message in [Message::BlockRequest([4; 32]), Message::BlockResponse(final_block(&g, 1, g.hash(), &[0]).0)] {
+        let data = codec::encode(&Envelope::Consensus { seq: 9, message: message.encode() });
+        assert_eq!(app.on_consensus_gossip(&author(1), &data, &mut fx).unwrap(), Verdict::Ignore);
+    }
+    assert!(fx.publish.is_empty(), "nothing answered on gossip");
     let _ = std::fs::remove_dir_all(&dir);
 }

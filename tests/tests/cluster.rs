@@ -204,3 +204,35 @@ fn node_outside_the_validator_set_cannot_join() {
 fn annal_node_config(path: &std::path::Path) -> annal_node::config::Config {
     annal_node::config::Config::load_with_env(path, std::iter::empty()).unwrap()
 }
+
+/// Goal (ADR 0008): proposals travel as record ids. Validators that hold the
+/// records rebuild each proposal from their pools; a validator whose pool
+/// cannot hold them asks the leader for the whole proposal; every node commits
+/// the same blocks and every record.
+#[test]
+fn proposals_travel_as_ids_and_a_node_without_the_records_fetches_them() {
+    let mut cluster = Cluster::prepare("compact", 4, SUBMITTERS);
+    // Node 3 keeps one pending record at most: the records gossiped to it do not
+    // fit, so the others' proposals name records it lacks.
+    let mut config = std::fs::read_to_string(&cluster.nodes[3].config).unwrap();
+    config.push_str("\n[limits]\nmempool_records_max = 1\n");
+    std::fs::write(&cluster.nodes[3].config, config).unwrap();
+    for i in 0..4 {
+        cluster.start_node(i);
+    }
+    cluster.wait_heights(&[0, 1, 2, 3], 1, LONG);
+    let acks = submit_all(&cluster, 25, "a", &[0, 1, 2]);
+    let top = acks.values().map(|(_, h)| *h).max().expect("records");
+    assert_agree(&mut cluster, &[0, 1, 2, 3], top);
+    assert_all_final(&cluster, 3, &acks);
+
+    let counter = |i: usize, name: &str| -> u64 {
+        let metrics = cluster.client(i).get_text("/metrics", 1 << 20).unwrap();
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    for i in 0..3 {
+        assert!(counter(i, "annal_proposals_rebuilt_total") > 0, "node {i} rebuilt no proposal from its pool");
+    }
+    assert!(counter(3, "annal_proposals_fetched_total") > 0, "node 3 never asked a leader for a whole proposal");
+}
