@@ -24,6 +24,9 @@ test: prereqs
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 	$(CARGO) test --all-features --workspace -- --test-threads=2
+	# The offline verifier's build: the ledger without RocksDB (no C++ toolchain needed).
+	$(CARGO) clippy -p annal-ledger --no-default-features --all-targets -- -D warnings
+	$(CARGO) test -p annal-ledger --no-default-features
 
 # Four validators on 127.0.0.1 in ./devnet (kept between runs; delete it to start over).
 devnet: build
