@@ -1338,7 +1338,9 @@ impl App {
         Some(*validators[(self.seq as usize) % validators.len()])
     }
 
-    /// Answers a peer's sync request from the store.
+    /// Answers a peer's request: committed blocks and certificates from the
+    /// store; a block by digest from the core, the persisted votes or the
+    /// store; this leader's recent proposals whole (ADR 0008).
     pub fn answer_sync(&self, data: &[u8], response_max: usize) -> Result<Vec<u8>> {
         let request: SyncRequest = codec::decode(data, 64).context("unreadable sync request")?;
         let response = match request {

@@ -1,6 +1,7 @@
 //! The node's own byte formats: the block body consensus orders, what the
 //! node stores per committed height to rebuild a consensus block, the gossip
-//! envelope on the consensus topic, record batches, and sync requests and
+//! envelope on the consensus topic (with compact proposals, ADR 0008), record
+//! batches, and requests to one peer (sync, whole proposals, blocks) and their
 //! answers. All canonical (the ledger's codec: version byte, fixed-width
 //! integers, round-trip checked), all bounded when decoded.
 
