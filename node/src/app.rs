@@ -634,8 +634,8 @@ impl App {
     }
 
     /// The whole proposal `p` stands for, rebuilt from this node's pool, or the
-    /// ids the pool lacks. `Err` names why no honest leader
-    /// sent it (more records or bytes than a block may hold).
+    /// ids the pool lacks. `Err` names why no honest leader sent it (more
+    /// records or bytes than a block may hold).
     fn rebuild(&self, p: &CompactProposal) -> std::result::Result<std::result::Result<Message, Vec<RecordId>>, String> {
         let rules = self.shared.rules();
         let params = &rules.params;
