@@ -203,7 +203,7 @@ impl Core {
     /// block (retained, or proposed in a view it knows). The host answers for
     /// the committed blocks it does not hold, from its store.
     pub fn holds_block(&self, d: &Digest) -> bool {
-        self.blocks.contains_key(d) || self.rounds.values().any(|r| r.proposal.as_ref().is_some_and(|(pd, _)| pd == d))
+        self.block(d).is_some()
     }
 
     /// The block `d`, if this core holds it (see [`holds_block`](Self::holds_block)).

@@ -111,7 +111,8 @@ struct Gathered {
 #[derive(Default)]
 pub struct Effects {
     pub publish: Vec<(Topic, Vec<u8>)>,
-    /// Whole proposals to ask their leaders for: compact ones named records this node lacks.
+    /// Requests for one peer: whole proposals (a compact one named records this node
+    /// lacks) and blocks its core asked for (ADR 0008).
     pub fetch: Vec<(PeerId, SyncRequest)>,
     /// The p2p keys the network must admit from now on (a validator-set change).
     pub allowlist: Option<Vec<annal_ledger::keys::PublicKey>>,
@@ -642,23 +643,25 @@ impl App {
         if p.ids.len() > params.block_records_max {
             return Err(format!("{} records; the limit is {}", p.ids.len(), params.block_records_max));
         }
-        let mut records = Vec::with_capacity(p.ids.len());
-        let mut bytes = 0usize;
-        {
+        let records = {
             let pool = self.shared.pool.lock().expect("pool lock");
-            let missing: Vec<RecordId> = p.ids.iter().filter(|id| pool.get(id).is_none()).copied().collect();
+            // One lookup per id; the bytes are copied only once all are held.
+            let (mut held, mut missing) = (Vec::with_capacity(p.ids.len()), Vec::new());
+            for id in &p.ids {
+                match pool.get(id) {
+                    Some(r) => held.push(r),
+                    None => missing.push(*id),
+                }
+            }
             if !missing.is_empty() {
                 return Ok(Err(missing));
             }
-            for id in &p.ids {
-                let r = pool.get(id).expect("looked up above, under the same lock");
-                bytes += r.bytes.len();
-                if bytes > params.block_bytes_max {
-                    return Err(format!("more than {} record bytes", params.block_bytes_max));
-                }
-                records.push(r.bytes.clone());
+            let bytes: usize = held.iter().map(|r| r.bytes.len()).sum();
+            if bytes > params.block_bytes_max {
+                return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
             }
-        }
+            held.iter().map(|r| r.bytes.clone()).collect()
+        };
         let block = Block {
             height: consensus::Height(p.height),
             view: consensus::View(p.view),
@@ -1769,7 +1772,7 @@ pub async fn run_loop(
                 Ok(data) => app.apply_fetched(peer, &request, &data, &mut fx)?,
                 Err(e) => {
                     app.fetch_done(peer, &request);
-                    debug!(%peer, ?request, "proposal request failed: {e}");
+                    debug!(%peer, ?request, "request to a peer failed: {e}");
                 }
             },
             Some((peer, result)) = sync_rx.recv() => match result {

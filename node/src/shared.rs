@@ -640,36 +640,23 @@ impl Shared {
             store.certified_height().0.to_string(),
         );
         gauge("annal_view", "Current consensus view.", "gauge", status.view.to_string());
-        gauge(
-            "annal_records_finalized_total",
-            "Records appended by final blocks.",
-            "counter",
-            m.records_finalized.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "annal_records_refused_total",
-            "Records in final blocks refused at execution.",
-            "counter",
-            m.records_refused.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "annal_blocks_committed_total",
-            "Blocks committed since start.",
-            "counter",
-            m.blocks_committed.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "annal_proposals_rebuilt_total",
-            "Compact proposals rebuilt from records this node held.",
-            "counter",
-            m.proposals_rebuilt.load(Ordering::Relaxed).to_string(),
-        );
-        gauge(
-            "annal_proposals_fetched_total",
-            "Whole proposals fetched from their leader (a compact one named records not held here).",
-            "counter",
-            m.proposals_fetched.load(Ordering::Relaxed).to_string(),
-        );
+        for (name, help, counter) in [
+            ("annal_records_finalized_total", "Records appended by final blocks.", &m.records_finalized),
+            ("annal_records_refused_total", "Records in final blocks refused at execution.", &m.records_refused),
+            ("annal_blocks_committed_total", "Blocks committed since start.", &m.blocks_committed),
+            (
+                "annal_proposals_rebuilt_total",
+                "Compact proposals rebuilt from records this node held.",
+                &m.proposals_rebuilt,
+            ),
+            (
+                "annal_proposals_fetched_total",
+                "Whole proposals fetched from their leader (a compact one named records not held here).",
+                &m.proposals_fetched,
+            ),
+        ] {
+            gauge(name, help, "counter", counter.load(Ordering::Relaxed).to_string());
+        }
         gauge("annal_mempool_records", "Pending records.", "gauge", pool_records.to_string());
         gauge("annal_mempool_bytes", "Pending record bytes.", "gauge", pool_bytes.to_string());
         gauge("annal_peers", "Connected validator peers.", "gauge", status.peers.to_string());

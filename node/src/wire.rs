@@ -120,7 +120,10 @@ pub struct CompactProposal {
     pub view: u64,
     pub parent_view: u64,
     pub parent: [u8; 32],
-    /// The digest of the block it stands for (checked: the rebuilt block must hash to it).
+    /// The digest of the block it stands for, as the leader says: it matches a
+    /// core's block request to a proposal still waiting for records. Trusted for
+    /// nothing else: the core checks the leader's signature on the rebuilt
+    /// block's own hash.
     pub digest: [u8; 32],
     pub time_ms: u64,
     pub ids: Vec<RecordId>,
