@@ -122,7 +122,7 @@ pub struct Effects {
 struct Waiting {
     /// When the whole proposal is asked for instead.
     until: Duration,
-    author: PeerId,
+    /// The leader that signed it, asked for the whole proposal.
     from: u32,
     proposal: CompactProposal,
     /// The ids not in the pool when last looked (only these are looked up again).
@@ -999,25 +999,45 @@ impl App {
         Ok(())
     }
 
-    /// Handles a message from the consensus topic.
-    pub fn on_consensus_gossip(&mut self, author: &PeerId, data: &[u8], fx: &mut Effects) -> Result<Verdict> {
+    /// Handles a message from the consensus topic, relayed by `relay` (an
+    /// admitted peer). Gossip names no author (ADR 0004): each message is
+    /// judged by the signatures it carries, never by who passed it on.
+    pub fn on_consensus_gossip(&mut self, relay: &PeerId, data: &[u8], fx: &mut Effects) -> Result<Verdict> {
         if let Some(b) = self.byzantine.as_mut() {
             b.heard(data);
         }
-        let Some(&from) = self.peers_by_id.get(author) else { return Ok(Verdict::Ignore) };
         let Ok(env) = codec::decode::<Envelope>(data, self.limits.message_bytes_max + 64) else {
             return Ok(Verdict::Reject);
         };
         match env {
             Envelope::Consensus { message, .. } => {
                 let Ok(m) = Message::decode(&message, &self.limits) else { return Ok(Verdict::Reject) };
+                if let Message::BlockRequest(_) | Message::BlockResponse(_) = m {
+                    // Old gossip-borne block requests are not answered: an answer on gossip reaches
+                    // everyone (request_block asks one peer instead).
+                    return Ok(Verdict::Ignore);
+                }
+                let Some(from) = attribute(&self.set, &m) else { return Ok(Verdict::Reject) };
                 return self.on_consensus_message(from, m, fx);
             }
             Envelope::Proposal { proposal, .. } => {
-                if self.set.leader(consensus::View(proposal.view)).0 != from {
-                    // Only a view's leader proposes in it (its signature is checked once rebuilt).
+                // Only a view's leader proposes in it: its signature over the digest the
+                // proposal names is checked before any lookup. The core checks it again
+                // over the rebuilt block, so records that make another block are refused there.
+                let leader = self.set.leader(consensus::View(proposal.view));
+                let vote = consensus::Vote {
+                    kind: VoteKind::Propose,
+                    view: consensus::View(proposal.view),
+                    height: consensus::Height(proposal.height),
+                    digest: proposal.digest,
+                    signer: leader,
+                    signature: proposal.signature,
+                };
+                if let Err(why) = consensus::verify_vote(&vote, &self.chain, &self.set, &Ed25519Verifier) {
+                    warn!(height = proposal.height, view = proposal.view, "refusing a compact proposal: {why}");
                     return Ok(Verdict::Reject);
                 }
+                let from = leader.0;
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
                         self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
@@ -1030,7 +1050,7 @@ impl App {
                             && !self.waiting.iter().any(|w| w.proposal.digest == proposal.digest)
                         {
                             let until = self.now() + RECORDS_WAIT;
-                            self.waiting.push(Waiting { until, author: *author, from, proposal, missing });
+                            self.waiting.push(Waiting { until, from, proposal, missing });
                         }
                         // Not relayed: this node cannot tell yet whether it is sound.
                         return Ok(Verdict::Ignore);
@@ -1047,31 +1067,39 @@ impl App {
                 }
             }
             Envelope::Checkpoint { height, signer, signature, .. } => {
-                // The signer index is in the set of that height, which governance may have changed since.
+                let signature = Signature(signature);
                 if height > self.tip_height {
-                    if signer != from {
-                        return Ok(Verdict::Reject);
+                    // Not checkable before this node has the header: taken only from the
+                    // signer itself (the relay is the peer Noise authenticated). A copy
+                    // relayed by others is left alone; the signer sends it again
+                    // (`on_tick`) until the height is certified.
+                    if self.peers_by_id.get(relay) != Some(&signer) {
+                        return Ok(Verdict::Ignore);
                     }
-                } else {
-                    let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(height))?;
-                    let author_signs = set
-                        .validators
-                        .get(signer as usize)
-                        .is_some_and(|v| crate::net::peer_id(&v.p2p_key).is_ok_and(|p| p == *author));
-                    if !author_signs {
-                        return Ok(Verdict::Reject);
+                    // A signer this far ahead shows this node is behind (sync), its signature is not kept.
+                    self.saw_height(height);
+                    if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS {
+                        return Ok(Verdict::Ignore);
                     }
+                    self.signatures.entry(height).or_default().insert(signer, signature);
+                    return Ok(Verdict::Accept);
                 }
-                self.saw_height(height);
-                if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS
-                    || !self.uncertified.contains(&height) && height <= self.tip_height
-                {
+                if !self.uncertified.contains(&height) {
                     return Ok(Verdict::Ignore);
                 }
-                self.signatures.entry(height).or_default().insert(signer, Signature(signature));
-                if height <= self.tip_height {
-                    self.try_certify(height)?;
+                // Checked on arrival, so a bad copy from anyone never displaces a good one.
+                let header = self.shared.store().header(Height(height))?.context("a committed height has no header")?;
+                // The signer index is in the set of that height, which governance may have changed since.
+                let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(height))?;
+                let valid = set
+                    .validators
+                    .get(signer as usize)
+                    .is_some_and(|v| v.consensus_key.verify_checkpoint(&header.checkpoint(), &signature));
+                if !valid {
+                    return Ok(Verdict::Reject);
                 }
+                self.signatures.entry(height).or_default().insert(signer, signature);
+                self.try_certify(height)?;
             }
         }
         Ok(Verdict::Accept)
@@ -1083,9 +1111,6 @@ impl App {
         match &m {
             Message::Vote(v) => self.saw_height(v.height.0.saturating_sub(1)),
             Message::Certificate(c) if c.kind == VoteKind::Finalize => self.saw_height(c.height.0),
-            // Old gossip-borne block requests are not answered: an answer on gossip reaches
-            // everyone (request_block asks one peer instead).
-            Message::BlockRequest(_) | Message::BlockResponse(_) => return Ok(Verdict::Ignore),
             _ => {}
         }
         let before = self.rejected;
@@ -1118,7 +1143,11 @@ impl App {
                     self.on_whole_proposal(w.from, m, fx)?;
                 }
                 Ok(Err(missing)) if w.until > now => self.waiting.push(Waiting { missing, ..w }),
-                Ok(Err(_)) => self.fetch(w.author, SyncRequest::Proposal { height, view }, fx),
+                Ok(Err(_)) => {
+                    if let Some(leader) = self.peer_of(w.from) {
+                        self.fetch(leader, SyncRequest::Proposal { height, view }, fx);
+                    }
+                }
                 // The rules changed while it waited (governance): refused as on arrival.
                 Err(why) => warn!(from = w.from, height, view, "refusing a compact proposal: {why}"),
             }
@@ -1199,8 +1228,13 @@ impl App {
         if self.behind() || self.waiting.iter().any(|w| w.proposal.digest == digest) {
             return;
         }
-        let Some(peer) = self.peers_by_id.iter().find(|(_, &i)| i == to.0).map(|(p, _)| *p) else { return };
+        let Some(peer) = self.peer_of(to.0) else { return };
         self.fetch(peer, SyncRequest::Block { digest }, fx);
+    }
+
+    /// The peer of validator `index` in the set in force.
+    fn peer_of(&self, index: u32) -> Option<PeerId> {
+        self.peers_by_id.iter().find(|(_, &i)| i == index).map(|(p, _)| *p)
     }
 
     /// Sends `request` to `peer` unless it is in flight to that peer already
@@ -1675,6 +1709,27 @@ fn consensus_set(set: &annal_ledger::block::ValidatorSet) -> consensus::Validato
 }
 
 /// Peer id → validator index, for a set.
+/// The validator a consensus message from gossip is attributed to, which
+/// names no author: a vote's signer, the leader of a proposal's view, one of
+/// a certificate's signers (chosen by view, spreading the block requests a
+/// certificate may cause over the validators that voted for the block).
+/// The core checks every signature itself and uses `from` only to name the
+/// sender of a rejected message, to help a lagging voter and to ask for a
+/// block it lacks; `None` when the message names no validator of `set`.
+fn attribute(set: &consensus::ValidatorSet, m: &Message) -> Option<u32> {
+    let index = match m {
+        Message::Vote(v) => v.signer.0,
+        Message::Propose(p) => set.leader(p.block.view).0,
+        Message::Certificate(c) => {
+            let signers: Vec<u32> =
+                (0..c.signers.len() as u32 * 8).filter(|&i| c.signers[i as usize / 8] & (1 << (i % 8)) != 0).collect();
+            *signers.get((c.view.0 % signers.len().max(1) as u64) as usize)?
+        }
+        Message::BlockRequest(_) | Message::BlockResponse(_) => return None,
+    };
+    (index < set.len() as u32).then_some(index)
+}
+
 fn peers_of(set: &annal_ledger::block::ValidatorSet) -> Result<BTreeMap<PeerId, u32>> {
     let mut out = BTreeMap::new();
     for (i, v) in set.validators.iter().enumerate() {
@@ -1739,8 +1794,8 @@ pub async fn run_loop(
             event = events.recv() => {
                 let Some(event) = event else { bail!("the network task stopped") };
                 match event {
-                    NetEvent::Gossip { topic: Topic::Consensus, author, id, data, .. } => {
-                        let verdict = app.on_consensus_gossip(&author, &data, &mut fx)?;
+                    NetEvent::Gossip { topic: Topic::Consensus, from, id, data } => {
+                        let verdict = app.on_consensus_gossip(&from, &data, &mut fx)?;
                         report(&net, id, verdict).await;
                     }
                     NetEvent::Gossip { topic: Topic::Records, id, data, .. } => {

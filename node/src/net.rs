@@ -1,9 +1,13 @@
 //! The validator's network: libp2p over TCP with Noise and Yamux, on tokio.
 //!
 //! * Gossip on two topics, `/annal/<chain_id>/records/1` and
-//!   `/annal/<chain_id>/consensus/1` ([`Topic`]). Messages are signed by their
-//!   author (gossipsub's strict mode), identified by the SHA-256 of their data
-//!   (a duplicate is dropped), and held until the application reports a
+//!   `/annal/<chain_id>/consensus/1` ([`Topic`]). Messages carry no author,
+//!   sequence number or gossip signature (gossipsub's anonymous mode): what
+//!   they say is signed inside them (records by their submitters, consensus
+//!   messages and checkpoint signatures by validators), and the peer that
+//!   relays one was admitted when it connected (ADR 0004). A message is
+//!   identified by the SHA-256 of its data (a duplicate is dropped), and held
+//!   until the application reports a
 //!   [`Verdict`] with [`NetworkHandle::report`]: only accepted messages are
 //!   relayed.
 //! * Request-response on `/annal/<chain_id>/sync/1`, opaque bytes each way
@@ -109,10 +113,9 @@ pub enum NetEvent {
     /// A gossip message awaiting a [`Verdict`]; until one is reported it is not relayed.
     Gossip {
         topic: Topic,
-        /// The connected peer that relayed it to us.
+        /// The connected (so admitted) peer that relayed it to us; not
+        /// necessarily the one that published it.
         from: PeerId,
-        /// The peer that signed it (always an admitted peer).
-        author: PeerId,
         id: GossipId,
         data: Vec<u8>,
     },
@@ -149,7 +152,7 @@ pub struct Limits {
     pub connections_per_peer_max: u32,
 }
 
-/// Room for gossipsub's framing, signature, author key, sequence number and topic.
+/// Room for gossipsub's framing and topic (messages carry no signature, key or sequence number).
 pub const GOSSIP_FRAME_OVERHEAD_BYTES: usize = 1024;
 
 impl Default for Limits {

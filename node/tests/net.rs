@@ -103,12 +103,10 @@ impl Node {
         .await;
     }
 
-    /// The next gossip message whose data is `data`; returns its sender, author and id.
-    async fn gossip(&mut self, data: &[u8]) -> (PeerId, PeerId, annal_node::net::GossipId) {
+    /// The next gossip message whose data is `data`; returns the peer that relayed it and its id.
+    async fn gossip(&mut self, data: &[u8]) -> (PeerId, annal_node::net::GossipId) {
         self.expect("gossip", |e| match e {
-            NetEvent::Gossip { topic: Topic::Records, from, author, id, data: d } if d == data => {
-                Ok((from, author, id))
-            }
+            NetEvent::Gossip { topic: Topic::Records, from, id, data: d } if d == data => Ok((from, id)),
             other => Err(other),
         })
         .await
@@ -127,7 +125,7 @@ fn gossip_data(events: &[NetEvent]) -> Vec<&[u8]> {
 
 fn mentions(event: &NetEvent, peer: PeerId) -> bool {
     match event {
-        NetEvent::Gossip { from, author, .. } => *from == peer || *author == peer,
+        NetEvent::Gossip { from, .. } => *from == peer,
         NetEvent::Request { from, .. } => *from == peer,
         NetEvent::PeerConnected { peer: p } | NetEvent::PeerDisconnected { peer: p } => *p == peer,
         NetEvent::PeerSubscribed { peer: p, .. } => *p == peer,
@@ -148,19 +146,19 @@ async fn gossip_is_relayed_only_after_accept() {
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     a.handle.publish(Topic::Records, b"first".to_vec()).await.unwrap();
-    let (from, author, id) = b.gossip(b"first").await;
-    assert_eq!((from, author), (a.peer, a.peer));
+    let (from, id) = b.gossip(b"first").await;
+    assert_eq!(from, a.peer);
     let held = c.events_for(Duration::from_millis(800)).await;
     assert!(gossip_data(&held).is_empty(), "C got gossip before B validated it: {held:?}");
     b.handle.report(id, Verdict::Accept).await.unwrap();
-    let (from, author, _) = c.gossip(b"first").await;
-    assert_eq!((from, author), (b.peer, a.peer), "C hears A's message through B");
+    let (from, _) = c.gossip(b"first").await;
+    assert_eq!(from, b.peer, "C hears A's message through B");
 
     a.handle.publish(Topic::Records, b"second".to_vec()).await.unwrap();
-    let (_, _, id) = b.gossip(b"second").await;
+    let (_, id) = b.gossip(b"second").await;
     b.handle.report(id, Verdict::Reject).await.unwrap();
     a.handle.publish(Topic::Records, b"third".to_vec()).await.unwrap();
-    let (_, _, id) = b.gossip(b"third").await;
+    let (_, id) = b.gossip(b"third").await;
     b.handle.report(id, Verdict::Accept).await.unwrap();
     let next = c.expect("next gossip", |e| match e {
         NetEvent::Gossip { data, .. } => Ok(data),
@@ -251,7 +249,7 @@ async fn node_outside_the_allowlist_cannot_join() {
     for round in 0..5u8 {
         let data = vec![round; 8];
         a.handle.publish(Topic::Records, data.clone()).await.unwrap();
-        let (_, _, id) = b.gossip(&data).await;
+        let (_, id) = b.gossip(&data).await;
         b.handle.report(id, Verdict::Accept).await.unwrap();
         let more = a.events_for(Duration::from_millis(300)).await;
         a.skipped.extend(more);
@@ -315,7 +313,7 @@ async fn gossip_is_bounded() {
 
     a.handle.publish(Topic::Records, vec![1; 1001]).await.unwrap();
     a.handle.publish(Topic::Records, vec![2; 1000]).await.unwrap();
-    let (_, _, _) = b.gossip(&[2; 1000]).await;
+    let (_, _) = b.gossip(&[2; 1000]).await;
     let sizes: Vec<usize> = gossip_data(&b.skipped).iter().map(|d| d.len()).collect();
     assert!(sizes.is_empty(), "B's application saw gossip over its limit of 1000 bytes: sizes {sizes:?}");
 }

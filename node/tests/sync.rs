@@ -220,17 +220,23 @@ fn block_and_proposal_requests_are_answered_from_the_store() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Goal (ADR 0008): a compact proposal is refused before any lookup when its
-/// author does not lead its view or it names more records than a block may
-/// hold; a block request or answer arriving on gossip is dropped unanswered.
+/// Goal (ADR 0004, ADR 0008): gossip names no author, so a compact proposal
+/// is judged by its own signature, whoever relays it: one not signed by its
+/// view's leader over the digest it names, or naming more records than a
+/// block may hold, is refused before any lookup; the leader's own, relayed by
+/// a peer that is no validator, is taken (it waits for its records). A block
+/// request or answer arriving on gossip is dropped unanswered.
 #[test]
-fn compact_proposals_from_a_non_leader_or_too_large_are_refused() {
+fn compact_proposals_are_judged_by_the_leaders_signature_not_the_relay() {
     let g = genesis();
+    let chain = ChainId(g.hash());
     let (dir, _shared, mut app) = follower("annal-compact-refused", &g);
     let mut fx = Effects::default();
-    // The p2p key of the validator at `index` (genesis() gives it the seed 11 + index).
-    let author = |index: u8| annal_node::net::peer_id(&SecretKey::from_seed([11 + index; 32]).public()).unwrap();
-    let proposal = |view: u64, ids: usize| {
+    // Any admitted peer may relay: this one is no validator.
+    let relay = PeerId::random();
+    // `signer` (0-based; genesis() gives it the seed index + 1) signs `signed` as the proposal's digest.
+    let proposal = |view: u64, ids: usize, signer: u8, signed: [u8; 32]| {
+        let bytes = signing_bytes(VoteKind::Propose, &chain, View(view), Height(1), &signed);
         let proposal = CompactProposal {
             height: 1,
             view,
@@ -239,24 +245,71 @@ fn compact_proposals_from_a_non_leader_or_too_large_are_refused() {
             digest: [1; 32],
             time_ms: g.genesis_time_ms + 1,
             ids: vec![RecordId([2; 32]); ids],
-            signature: [3; 64],
+            signature: SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes(),
         };
         codec::encode(&Envelope::Proposal { seq: view, proposal })
     };
     // Validator 1 leads view 1 (round-robin).
-    let verdict = app.on_consensus_gossip(&author(2), &proposal(1, 1), &mut fx).unwrap();
-    assert_eq!(verdict, Verdict::Reject, "a proposal from validator 2 in view 1, which validator 1 leads");
+    let verdict = app.on_consensus_gossip(&relay, &proposal(1, 1, 2, [1; 32]), &mut fx).unwrap();
+    assert_eq!(verdict, Verdict::Reject, "signed by validator 2 in view 1, which validator 1 leads");
+    let verdict = app.on_consensus_gossip(&relay, &proposal(1, 1, 1, [9; 32]), &mut fx).unwrap();
+    assert_eq!(verdict, Verdict::Reject, "the leader's signature over another digest");
     let too_many = Params::default().block_records_max + 1;
-    let verdict = app.on_consensus_gossip(&author(1), &proposal(1, too_many), &mut fx).unwrap();
+    let verdict = app.on_consensus_gossip(&relay, &proposal(1, too_many, 1, [1; 32]), &mut fx).unwrap();
     assert_eq!(verdict, Verdict::Reject, "{too_many} ids");
     // The leader's own, naming a record this node does not hold: not relayed, not blamed.
-    let verdict = app.on_consensus_gossip(&author(1), &proposal(1, 1), &mut fx).unwrap();
+    let verdict = app.on_consensus_gossip(&relay, &proposal(1, 1, 1, [1; 32]), &mut fx).unwrap();
     assert_eq!(verdict, Verdict::Ignore);
     assert!(fx.fetch.is_empty(), "a node that does not vote asks for no proposal");
     for message in [Message::BlockRequest([4; 32]), Message::BlockResponse(final_block(&g, 1, g.hash(), &[0]).0)] {
         let data = codec::encode(&Envelope::Consensus { seq: 9, message: message.encode() });
-        assert_eq!(app.on_consensus_gossip(&author(1), &data, &mut fx).unwrap(), Verdict::Ignore);
+        assert_eq!(app.on_consensus_gossip(&relay, &data, &mut fx).unwrap(), Verdict::Ignore);
     }
     assert!(fx.publish.is_empty(), "nothing answered on gossip");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal (ADR 0004): checkpoint signatures are judged by their signature, not
+/// by the peer that relays them. For a committed height each is verified on
+/// arrival, so a forged one is refused and cannot displace a good one from
+/// the same signer; a quorum of good ones, relayed by a peer that is no
+/// validator, certifies the height. Above the tip (no header to check
+/// against yet) a signature is kept only when it comes from its signer.
+#[test]
+fn checkpoint_signatures_are_checked_on_arrival_whoever_relays_them() {
+    let g = genesis();
+    let chain = ChainId(g.hash());
+    let (dir, shared, mut app) = follower("annal-checkpoints", &g);
+    let mut fx = Effects::default();
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    app.apply_sync(PeerId::random(), &answer(&[(b1, c1), (b2, c2)]), &mut fx).unwrap();
+    assert_eq!(shared.store().tip().height.0, 2);
+    let certified = || shared.store().certified_height().0;
+    assert_eq!(certified(), 0);
+
+    let checkpoint = shared.store().header(annal_ledger::block::Height(1)).unwrap().unwrap().checkpoint();
+    // Validator `signer` (0-based) signs with the consensus key genesis() gave it.
+    let signed = |signer: u32, height: u64| {
+        let signature = SecretKey::from_seed([signer as u8 + 1; 32]).sign_checkpoint(&checkpoint).0;
+        codec::encode(&Envelope::Checkpoint { seq: u64::from(signer), height, signer, signature })
+    };
+    let forged = |signer: u32| {
+        let signature = SecretKey::from_seed([99; 32]).sign_checkpoint(&checkpoint).0;
+        codec::encode(&Envelope::Checkpoint { seq: 100 + u64::from(signer), height: 1, signer, signature })
+    };
+    let relay = PeerId::random();
+    assert_eq!(app.on_consensus_gossip(&relay, &forged(0), &mut fx).unwrap(), Verdict::Reject);
+    assert_eq!(app.on_consensus_gossip(&relay, &signed(0, 1), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(app.on_consensus_gossip(&relay, &forged(0), &mut fx).unwrap(), Verdict::Reject, "after the good one");
+    assert_eq!(app.on_consensus_gossip(&relay, &signed(1, 1), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(certified(), 0, "two of four");
+    assert_eq!(app.on_consensus_gossip(&relay, &signed(2, 1), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(certified(), 1, "three of four, validator 0's good signature still among them");
+
+    // Height 3 is above the tip: only its signer's own copy is kept.
+    let signer_3 = annal_node::net::peer_id(&SecretKey::from_seed([14; 32]).public()).unwrap();
+    assert_eq!(app.on_consensus_gossip(&relay, &signed(3, 3), &mut fx).unwrap(), Verdict::Ignore);
+    assert_eq!(app.on_consensus_gossip(&signer_3, &signed(3, 3), &mut fx).unwrap(), Verdict::Accept);
     let _ = std::fs::remove_dir_all(&dir);
 }

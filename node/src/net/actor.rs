@@ -12,7 +12,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
-use libp2p::{identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -54,7 +54,7 @@ impl Actor {
     pub async fn new(config: NetConfig, events: mpsc::Sender<NetEvent>) -> Result<Self, NetError> {
         let keypair = keypair(&config.identity);
         let transport_err = |detail: String| NetError::Transport { detail };
-        let behaviour = behaviour(&keypair, &config)?;
+        let behaviour = behaviour(&config)?;
         let idle = duration_ms(config.timing.idle_timeout_ms);
         let swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -200,16 +200,15 @@ impl Actor {
         match event {
             gossipsub::Event::Message { propagation_source, message_id, message } => {
                 let id = GossipId { message: message_id, source: propagation_source };
-                let (topic, author) = match self.precheck(&message) {
+                let topic = match self.precheck(&message) {
                     Ok(checked) => checked,
                     Err(reason) => {
                         info!(from = %propagation_source, ?id, reason, "gossip rejected before the application");
                         return self.apply_verdict(&id, Verdict::Reject);
                     }
                 };
-                debug!(?id, ?topic, %author, bytes = message.data.len(), "gossip received");
-                let event =
-                    NetEvent::Gossip { topic, from: propagation_source, author, id: id.clone(), data: message.data };
+                debug!(?id, ?topic, bytes = message.data.len(), "gossip received");
+                let event = NetEvent::Gossip { topic, from: propagation_source, id: id.clone(), data: message.data };
                 if !self.emit(event) {
                     self.apply_verdict(&id, Verdict::Ignore);
                 }
@@ -226,17 +225,15 @@ impl Actor {
     }
 
     /// Checks the network can make without the application: a known topic, an
-    /// admitted author, data within `gossip_bytes_max`.
-    fn precheck(&self, message: &gossipsub::Message) -> Result<(Topic, PeerId), &'static str> {
+    /// data within `gossip_bytes_max`. Messages name no author (gossipsub's
+    /// anonymous mode): the peer that relayed one was admitted when it
+    /// connected, and what the data says is signed inside it (ADR 0004).
+    fn precheck(&self, message: &gossipsub::Message) -> Result<Topic, &'static str> {
         let topic = self.topic_of(&message.topic).ok_or("unknown topic")?;
-        let author = message.source.ok_or("no author")?;
-        if !self.allowlist.contains(&author) {
-            return Err("author not admitted");
-        }
         if message.data.len() > self.limits.gossip_bytes_max {
             return Err("data exceeds gossip_bytes_max");
         }
-        Ok((topic, author))
+        Ok(topic)
     }
 
     fn apply_verdict(&mut self, id: &GossipId, verdict: Verdict) {
@@ -358,7 +355,7 @@ impl Actor {
     }
 }
 
-fn behaviour(keypair: &identity::Keypair, config: &NetConfig) -> Result<Behaviour, NetError> {
+fn behaviour(config: &NetConfig) -> Result<Behaviour, NetError> {
     let transport_err = |detail: String| NetError::Transport { detail };
     let limits = &config.limits;
 
@@ -374,14 +371,14 @@ fn behaviour(keypair: &identity::Keypair, config: &NetConfig) -> Result<Behaviou
     );
 
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec()))
         .max_transmit_size(limits.gossip_bytes_max + GOSSIP_FRAME_OVERHEAD_BYTES)
         .heartbeat_interval(duration_ms(config.timing.gossip_heartbeat_ms))
         .build()
         .map_err(|e| transport_err(e.to_string()))?;
-    let mut gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), gossip_config)
+    let mut gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
         .map_err(|e| transport_err(e.to_string()))?;
     for topic in Topic::ALL {
         gossip.subscribe(&IdentTopic::new(topic.name(&config.chain_id))).map_err(|e| transport_err(e.to_string()))?;
