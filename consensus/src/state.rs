@@ -40,7 +40,11 @@ pub enum Output {
     PersistSafety(SafetyState),
     /// Store this block body durably, with the safety state and before any later send:
     /// this validator is about to vote for it, so it must be able to serve it after a crash.
-    PersistBlock(Block),
+    /// `digest` is the block's hash (`Block::hash`), computed once by the core.
+    PersistBlock {
+        block: Block,
+        digest: Digest,
+    },
     Broadcast(Message),
     Send {
         to: ValidatorIndex,
@@ -57,13 +61,19 @@ pub enum Output {
         height: Height,
         parent: Digest,
     },
-    /// Is this block's payload valid on top of its parent? Answer with `Input::Validated`.
-    Validate(Block),
+    /// Is this block's payload valid on top of its parent? Answer with
+    /// `Input::Validated` for `digest`, the block's hash.
+    Validate {
+        block: Block,
+        digest: Digest,
+    },
     /// Final, in height order, exactly once per height. `certificate` is the
     /// block's own finalization, or (for an ancestor finalized implicitly) that
     /// of the nearest finalized descendant (`certificate.height > block.height`).
     Finalized {
         block: Block,
+        /// The block's hash (the certificate's digest only when it is the block's own).
+        digest: Digest,
         certificate: Certificate,
     },
     Evidence(Evidence),
@@ -138,7 +148,7 @@ pub struct Core {
     helped: BTreeMap<ValidatorIndex, Duration>,
     persisted: SafetyState,
     /// Block bodies to persist before this input's sends (Spec R9).
-    persist_blocks: Vec<Block>,
+    persist_blocks: Vec<(Block, Digest)>,
     /// While handling a block response: record wants without sending requests.
     quiet_wants: bool,
     /// The `now` of the input being handled.
@@ -275,7 +285,7 @@ impl Core {
             self.persisted = self.signer.state().clone();
             out.push(Output::PersistSafety(self.persisted.clone()));
         }
-        out.extend(self.persist_blocks.drain(..).map(Output::PersistBlock));
+        out.extend(self.persist_blocks.drain(..).map(|(block, digest)| Output::PersistBlock { block, digest }));
         out.append(&mut self.sends);
         out.append(&mut self.out);
         out
@@ -396,11 +406,11 @@ impl Core {
         if round.timed_out || !matches!(round.step, Step::Idle | Step::WaitingParent) {
             return;
         }
-        let Some((_, p)) = &round.proposal else { return };
-        let block = p.block.clone();
+        let Some((digest, p)) = &round.proposal else { return };
+        let (block, digest) = (p.block.clone(), *digest);
         let step = match self.check_parent(&block) {
             Ok(()) => {
-                self.out.push(Output::Validate(block));
+                self.out.push(Output::Validate { block, digest });
                 Step::Validating
             }
             Err(false) => Step::WaitingParent,
@@ -422,7 +432,7 @@ impl Core {
         let height = p.block.height;
         if valid {
             round.step = Step::Voted;
-            self.persist_blocks.push(p.block.clone());
+            self.persist_blocks.push((p.block.clone(), digest));
             self.vote(now, VoteKind::Notarize, v, height, digest);
         } else {
             round.step = Step::Rejected;
@@ -477,7 +487,7 @@ impl Core {
         let digest = block.hash(&self.cfg.chain_id);
         let Some(vote) = self.signer.propose(view, block.height, digest) else { return };
         let height = block.height;
-        self.persist_blocks.push(block.clone());
+        self.persist_blocks.push((block.clone(), digest));
         let proposal = Proposal { block, signature: vote.signature };
         self.broadcast(Message::Propose(proposal.clone()));
         let round = self.round(view);
@@ -810,7 +820,7 @@ impl Core {
                 _ => head_cert.clone(),
             };
             self.committed = Anchor { height: block.height, view: block.view, digest: d };
-            self.out.push(Output::Finalized { block, certificate });
+            self.out.push(Output::Finalized { block, digest: d, certificate });
         }
     }
 

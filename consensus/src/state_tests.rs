@@ -70,10 +70,14 @@ fn good_case_finalizes_with_persist_first() {
     assert_eq!(out, vec![Output::Schedule { view: View(1), deadline: Duration::from_millis(1000) }]);
     let b = block(1, 1, 0, GENESIS.digest);
     let d = b.hash(&CHAIN);
-    assert_eq!(msg(&mut c, 1, proposal(b.clone())), vec![Output::Validate(b.clone())]);
+    assert_eq!(msg(&mut c, 1, proposal(b.clone())), vec![Output::Validate { block: b.clone(), digest: d }]);
     let out = c.handle(Duration::from_millis(10), Input::Validated { digest: d, valid: true });
     assert!(matches!(out[0], Output::PersistSafety(SafetyState { notarized: View(1), .. })));
-    assert_eq!(out[1], Output::PersistBlock(b.clone()), "a block is persisted before voting for it");
+    assert_eq!(
+        out[1],
+        Output::PersistBlock { block: b.clone(), digest: d },
+        "a block is persisted before voting for it"
+    );
     assert_eq!(votes_sent(&out), vec![vote(0, VoteKind::Notarize, 1, 1, d)]);
     msg(&mut c, 1, Message::Vote(vote(1, VoteKind::Notarize, 1, 1, d)));
     let out = msg(&mut c, 2, Message::Vote(vote(2, VoteKind::Notarize, 1, 1, d)));
@@ -87,12 +91,17 @@ fn good_case_finalizes_with_persist_first() {
     let out = msg(&mut c, 3, Message::Vote(vote(3, VoteKind::Finalize, 1, 1, d)));
     let fin: Vec<_> = out
         .iter()
-        .filter_map(
-            |o| if let Output::Finalized { block, certificate } = o { Some((block, certificate)) } else { None },
-        )
+        .filter_map(|o| {
+            if let Output::Finalized { block, digest, certificate } = o {
+                Some((block, certificate, digest))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(fin.len(), 1);
     assert_eq!(fin[0].0, &b);
+    assert_eq!(fin[0].2, &d, "the block's own hash comes with it");
     assert_eq!(fin[0].1.digest, d);
     assert_eq!(fin[0].1.verify(&CHAIN, &set(4), &Ed25519Verifier), Ok(()));
 }
@@ -105,7 +114,9 @@ fn leader_proposes_on_start() {
     assert!(out.contains(&Output::NeedPayload { view: View(1), height: Height(1), parent: GENESIS.digest }));
     let out = c.handle(Duration::ZERO, Input::Payload { view: View(1), payload: vec![1] });
     assert!(matches!(out[0], Output::PersistSafety(SafetyState { proposed: View(1), notarized: View(1), .. })));
-    assert_eq!(out[1], Output::PersistBlock(block(1, 1, 0, GENESIS.digest)), "the body is persisted before it leaves");
+    let b = block(1, 1, 0, GENESIS.digest);
+    let digest = b.hash(&CHAIN);
+    assert_eq!(out[1], Output::PersistBlock { block: b, digest }, "the body is persisted before it leaves");
     assert_eq!(out[2], proposal(block(1, 1, 0, GENESIS.digest)).into_broadcast());
     assert_eq!(votes_sent(&out).len(), 1);
 }
@@ -152,7 +163,8 @@ fn proposal_waits_for_nullification_of_skipped_views() {
     let b = block(3, 1, 0, GENESIS.digest);
     msg(&mut c, 3, proposal(b.clone()));
     let out = msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 2, 0, [0; 32], &[1, 2, 3])));
-    assert!(out.contains(&Output::Validate(b)), "{out:?}");
+    let digest = b.hash(&CHAIN);
+    assert!(out.contains(&Output::Validate { block: b, digest }), "{out:?}");
 }
 
 /// Goal: a proposal whose parent contradicts the notarization of its parent view is refused and nullified at once.

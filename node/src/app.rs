@@ -422,7 +422,7 @@ impl App {
                 }
                 match out {
                     Output::PersistSafety(s) => self.persist_safety(&s)?,
-                    Output::PersistBlock(b) => self.persist_block(&b)?,
+                    Output::PersistBlock { block, digest } => self.persist_block(&block, digest)?,
                     Output::Send { to, message: Message::BlockRequest(digest) } => {
                         self.request_block(to, digest, fx);
                     }
@@ -447,14 +447,13 @@ impl App {
                             inputs.push_back(input);
                         }
                     }
-                    Output::Validate(b) => {
-                        let digest = b.hash(&self.chain);
-                        let valid = self.verdict(&b, digest);
+                    Output::Validate { block, digest } => {
+                        let valid = self.verdict(&block, digest);
                         inputs.push_back(Input::Validated { digest, valid });
                     }
-                    Output::Finalized { block, certificate } => {
+                    Output::Finalized { block, digest, certificate } => {
                         let tail = if block.height.0 == self.epoch_end { tail.take() } else { None };
-                        self.commit(&block, &certificate, tail, fx)?
+                        self.commit(&block, digest, &certificate, tail, fx)?
                     }
                     Output::Evidence(e) => {
                         warn!(signer = e.first.signer.0, view = e.first.view.0, "equivocation: {e:?}");
@@ -497,8 +496,9 @@ impl App {
         sync_dir(&self.data_dir)
     }
 
-    fn persist_block(&mut self, b: &Block) -> Result<()> {
-        let digest = b.hash(&self.chain);
+    /// Writes a block this validator is about to vote for (or proposed) to
+    /// its own file, synced: `digest` is its hash, from the core.
+    fn persist_block(&mut self, b: &Block, digest: [u8; 32]) -> Result<()> {
         if self.persisted.contains_key(&digest) {
             return Ok(());
         }
@@ -769,15 +769,16 @@ impl App {
     /// Commits a final block: executes its records on the tip, writes the
     /// block and its consensus finalization in one batch, settles waiters,
     /// and signs the checkpoint.
+    /// `digest` is the block's hash under its epoch's chain id (the caller has it).
     fn commit(
         &mut self,
         block: &Block,
+        digest: [u8; 32],
         finalization: &Finalization,
         tail: Option<EpochTail>,
         fx: &mut Effects,
     ) -> Result<()> {
         let h = block.height.0;
-        let digest = block.hash(&self.chain);
         if h <= self.tip_height {
             let stored = self.shared.store().app_meta(&wire::link_key(h))?;
             let same = stored.and_then(|b| codec::decode::<Link>(&b, usize::MAX >> 1).ok()).map(|l| l.digest);
@@ -1481,6 +1482,7 @@ impl App {
 
     fn apply_blocks(&mut self, peer: PeerId, entries: Vec<SyncBlock>, fx: &mut Effects) -> Result<usize> {
         let mut blocks = Vec::with_capacity(entries.len());
+        let mut digests = Vec::with_capacity(entries.len());
         let mut expect_parent = self.tip.digest;
         for (expect_height, e) in (self.tip_height + 1..).zip(&entries) {
             let Ok(Message::BlockResponse(b)) = Message::decode(&e.block, &self.limits) else {
@@ -1493,6 +1495,7 @@ impl App {
             }
             // Each block hashes under the chain id of its own epoch.
             expect_parent = b.hash(&self.chain_of(b.height.0));
+            digests.push(expect_parent);
             blocks.push(b);
         }
         // The last block whose own finalization verifies makes it and every block before it final.
@@ -1503,7 +1506,7 @@ impl App {
                 continue;
             }
             let Ok(Message::Certificate(c)) = Message::decode(&e.finalization, &self.limits) else { continue };
-            let own = c.height == b.height && c.digest == b.hash(&self.chain);
+            let own = c.height == b.height && c.digest == digests[i];
             // The epoch's last block may be final only through the empty blocks after it.
             let through_tail = !own && b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c);
             if c.kind == VoteKind::Finalize
@@ -1515,13 +1518,13 @@ impl App {
             }
         }
         let Some((last, finalization, through_tail)) = last_final else { return Ok(0) };
-        for (k, (b, e)) in blocks.iter().zip(&entries).take(last + 1).enumerate() {
+        for (k, ((b, e), &digest)) in blocks.iter().zip(&entries).zip(&digests).take(last + 1).enumerate() {
             let own = match Message::decode(&e.finalization, &self.limits) {
-                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == b.hash(&self.chain) => c,
+                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == digest => c,
                 _ => finalization.clone(),
             };
             let tail = (k == last && through_tail).then(|| e.tail.clone());
-            self.commit(b, &own, tail, fx)?;
+            self.commit(b, digest, &own, tail, fx)?;
             if let Some(cert) = e.certificate.as_ref().and_then(|c| Certificate::from_bytes(c).ok()) {
                 self.verify_and_store_certificate(&cert)?;
             }
@@ -1536,7 +1539,7 @@ impl App {
         let mut upto = None;
         let mut blocks = Vec::new();
         for out in outputs {
-            let Output::Finalized { block, certificate } = out else { continue };
+            let Output::Finalized { block, certificate, .. } = out else { continue };
             if block.height.0 == end && certificate.height.0 > end {
                 upto = Some(certificate.height.0);
             } else if upto.is_some_and(|u| block.height.0 > end && block.height.0 <= u) {
@@ -1721,9 +1724,8 @@ fn attribute(set: &consensus::ValidatorSet, m: &Message) -> Option<u32> {
         Message::Vote(v) => v.signer.0,
         Message::Propose(p) => set.leader(p.block.view).0,
         Message::Certificate(c) => {
-            let signers: Vec<u32> =
-                (0..c.signers.len() as u32 * 8).filter(|&i| c.signers[i as usize / 8] & (1 << (i % 8)) != 0).collect();
-            *signers.get((c.view.0 % signers.len().max(1) as u64) as usize)?
+            let signers = c.signer_indices();
+            signers.get((c.view.0 % signers.len().max(1) as u64) as usize)?.0
         }
         Message::BlockRequest(_) | Message::BlockResponse(_) => return None,
     };

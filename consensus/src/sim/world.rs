@@ -875,9 +875,9 @@ impl Sim {
         let chain = self.chain(e);
         match o {
             Output::PersistSafety(s) => self.nodes[i].disk = s,
-            Output::PersistBlock(b) => {
-                let digest = b.hash(&chain);
-                self.nodes[i].store.insert(digest, b);
+            Output::PersistBlock { block, digest } => {
+                assert_eq!(digest, block.hash(&chain), "node {i}'s core gave a block to persist with a wrong digest");
+                self.nodes[i].store.insert(digest, block);
             }
             Output::Broadcast(m) => {
                 self.checker.on_sent(e, identity, me, &m, &chain);
@@ -916,14 +916,17 @@ impl Sim {
                 let incarnation = self.nodes[i].incarnation;
                 self.push(self.now, Event::App { node: i, incarnation, input: Input::Payload { view, payload } });
             }
-            Output::Validate(block) => {
+            Output::Validate { block, digest } => {
+                assert_eq!(digest, block.hash(&chain), "node {i}'s core asked to validate a block with a wrong digest");
                 let valid = !block.payload.starts_with(INVALID_PAYLOAD_PREFIX)
                     && (block.height <= self.epoch_end(e) || block.payload.is_empty());
-                let digest = block.hash(&chain);
                 let incarnation = self.nodes[i].incarnation;
                 self.push(self.now, Event::App { node: i, incarnation, input: Input::Validated { digest, valid } });
             }
-            Output::Finalized { block, certificate } => return self.commit(i, block, certificate),
+            Output::Finalized { block, digest, certificate } => {
+                assert_eq!(digest, block.hash(&chain), "node {i}'s core finalized a block with a wrong digest");
+                return self.commit(i, block, certificate);
+            }
             Output::Evidence(ev) => {
                 self.stats.evidence += 1;
                 let signer = self.identity_of(e, ev.first.signer);
