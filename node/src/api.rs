@@ -454,7 +454,12 @@ async fn submit_batch(
     let handle = tokio::runtime::Handle::current();
     let (accepted, results, full) =
         blocking(move || Ok(admit_batch(decoded, |batch| handle.block_on(shared.submit_many(batch))))).await?;
-    let mut response = Json(json!({ "accepted": accepted, "results": results })).into_response();
+    // Built by moving `results` in: `json!` would copy every result into a new value.
+    let body: serde_json::Map<String, Value> =
+        [("accepted".to_string(), Value::from(accepted)), ("results".to_string(), Value::Array(results))]
+            .into_iter()
+            .collect();
+    let mut response = Json(Value::Object(body)).into_response();
     if full {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
     }
