@@ -82,7 +82,10 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            mempool_records_max: 100_000,
+            // Five full blocks: enough for every validator to rebuild proposals from its pool,
+            // small enough that overload turns into 503s, not a minute of queueing
+            // (docs/BENCHMARKS.md, session 8).
+            mempool_records_max: 20_000,
             mempool_bytes_max: 256 << 20,
             api_body_bytes_max: 16 << 20,
             api_requests_per_s: 0,
