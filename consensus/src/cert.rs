@@ -4,8 +4,8 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::error::Error;
-use crate::types::{ChainId, ValidatorIndex, ValidatorSet};
-use crate::wire::{signing_bytes, Certificate, Vote};
+use crate::types::{ChainId, Digest, Height, ValidatorIndex, ValidatorSet, View};
+use crate::wire::{signing_bytes, Certificate, Vote, VoteKind};
 
 /// Checks one ed25519 signature. The core calls nothing else to verify, so a
 /// host may cache results; the simulator shares one cache across nodes.
@@ -21,6 +21,12 @@ impl Verifier for Ed25519Verifier {
     fn verify(&self, key: &VerifyingKey, message: &[u8], signature: &[u8; 64]) -> bool {
         key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
     }
+}
+
+/// The vote a proposal's signature is (Spec R2): `view`'s leader proposing
+/// `digest` at `height`. [`verify_vote`] checks it like any other.
+pub fn proposal_vote(set: &ValidatorSet, view: View, height: Height, digest: Digest, signature: [u8; 64]) -> Vote {
+    Vote { kind: VoteKind::Propose, view, height, digest, signer: set.leader(view), signature }
 }
 
 /// Checks a vote's signer and signature.

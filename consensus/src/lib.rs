@@ -228,7 +228,7 @@ pub mod wire;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use cert::{verify_vote, Ed25519Verifier, Verifier};
+pub use cert::{proposal_vote, verify_vote, Ed25519Verifier, Verifier};
 pub use config::Config;
 pub use error::Error;
 pub use signer::{conflicting, SafetyState, Signer};

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::cert::{verify_vote, Verifier};
+use crate::cert::{proposal_vote, verify_vote, Verifier};
 use crate::config::Config;
 use crate::error::Error;
 use crate::signer::{conflicting, SafetyState, Signer};
@@ -347,15 +347,7 @@ impl Core {
             return self.reject(from, error);
         }
         let digest = p.block.hash(&self.cfg.chain_id);
-        let leader = self.cfg.validators.leader(v);
-        let vote = Vote {
-            kind: VoteKind::Propose,
-            view: v,
-            height: p.block.height,
-            digest,
-            signer: leader,
-            signature: p.signature,
-        };
+        let vote = proposal_vote(&self.cfg.validators, v, p.block.height, digest, p.signature);
         let existing = self.rounds.get(&v).and_then(|r| r.proposal.as_ref()).map(|(d, q)| (*d, q.clone()));
         if existing.as_ref().is_some_and(|(d, _)| *d == digest) {
             return;

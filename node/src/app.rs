@@ -1025,20 +1025,13 @@ impl App {
                 // Only a view's leader proposes in it: its signature over the digest the
                 // proposal names is checked before any lookup. The core checks it again
                 // over the rebuilt block, so records that make another block are refused there.
-                let leader = self.set.leader(consensus::View(proposal.view));
-                let vote = consensus::Vote {
-                    kind: VoteKind::Propose,
-                    view: consensus::View(proposal.view),
-                    height: consensus::Height(proposal.height),
-                    digest: proposal.digest,
-                    signer: leader,
-                    signature: proposal.signature,
-                };
+                let (view, height) = (consensus::View(proposal.view), consensus::Height(proposal.height));
+                let vote = consensus::proposal_vote(&self.set, view, height, proposal.digest, proposal.signature);
                 if let Err(why) = consensus::verify_vote(&vote, &self.chain, &self.set, &Ed25519Verifier) {
                     warn!(height = proposal.height, view = proposal.view, "refusing a compact proposal: {why}");
                     return Ok(Verdict::Reject);
                 }
-                let from = leader.0;
+                let from = vote.signer.0;
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
                         self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
@@ -1711,7 +1704,6 @@ fn consensus_set(set: &annal_ledger::block::ValidatorSet) -> consensus::Validato
     )
 }
 
-/// Peer id → validator index, for a set.
 /// The validator a consensus message from gossip is attributed to, which
 /// names no author: a vote's signer, the leader of a proposal's view, one of
 /// a certificate's signers (chosen by view, spreading the block requests a
@@ -1732,6 +1724,7 @@ fn attribute(set: &consensus::ValidatorSet, m: &Message) -> Option<u32> {
     (index < set.len() as u32).then_some(index)
 }
 
+/// Peer id → validator index, for a set.
 fn peers_of(set: &annal_ledger::block::ValidatorSet) -> Result<BTreeMap<PeerId, u32>> {
     let mut out = BTreeMap::new();
     for (i, v) in set.validators.iter().enumerate() {

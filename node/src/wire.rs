@@ -120,10 +120,11 @@ pub struct CompactProposal {
     pub view: u64,
     pub parent_view: u64,
     pub parent: [u8; 32],
-    /// The digest of the block it stands for, as the leader says: it matches a
-    /// core's block request to a proposal still waiting for records. Trusted for
-    /// nothing else: the core checks the leader's signature on the rebuilt
-    /// block's own hash.
+    /// The digest of the block it stands for, as the leader signed it: a
+    /// receiver checks `signature` over it before any pool lookup, and it
+    /// matches a core's block request to a proposal still waiting for records.
+    /// The core checks the signature again over the rebuilt block's own hash,
+    /// so ids that make another block are refused there.
     pub digest: [u8; 32],
     pub time_ms: u64,
     pub ids: Vec<RecordId>,

@@ -224,7 +224,7 @@ impl Actor {
         }
     }
 
-    /// Checks the network can make without the application: a known topic, an
+    /// Checks the network can make without the application: a known topic,
     /// data within `gossip_bytes_max`. Messages name no author (gossipsub's
     /// anonymous mode): the peer that relayed one was admitted when it
     /// connected, and what the data says is signed inside it (ADR 0004).
