@@ -6,6 +6,12 @@
 
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc's malloc: a validator allocates and frees every
+/// record several times on its way to the log, and glibc's bin handling was
+/// ~12 % of a validator's CPU at rate max (docs/BENCHMARKS.md, session 9).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
