@@ -135,7 +135,12 @@ const VOTE_KINDS: [VoteKind; 3] = [VoteKind::Notarize, VoteKind::Nullify, VoteKi
 impl Message {
     /// The canonical bytes of this message.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::new();
+        // Room for a whole block at once: a 2 MB payload would otherwise be copied as the vector grows.
+        let mut w = Vec::with_capacity(match self {
+            Message::Propose(p) => 1 + BLOCK_HEADER_BYTES + p.block.payload.len() + 64,
+            Message::BlockResponse(b) => return Message::encode_block_response(b),
+            _ => 256,
+        });
         match self {
             Message::Propose(p) => {
                 w.push(TAG_PROPOSE);
@@ -161,11 +166,16 @@ impl Message {
                 w.push(TAG_REQUEST);
                 w.extend_from_slice(d);
             }
-            Message::BlockResponse(b) => {
-                w.push(TAG_RESPONSE);
-                put_block(&mut w, b);
-            }
+            Message::BlockResponse(_) => unreachable!("encoded above"),
         }
+        w
+    }
+
+    /// `Message::BlockResponse(block.clone()).encode()` without the copy of the block.
+    pub fn encode_block_response(block: &Block) -> Vec<u8> {
+        let mut w = Vec::with_capacity(1 + BLOCK_HEADER_BYTES + block.payload.len());
+        w.push(TAG_RESPONSE);
+        put_block(&mut w, block);
         w
     }
 
@@ -225,6 +235,9 @@ fn put_subject(w: &mut Vec<u8>, view: View, height: Height, digest: &Digest) {
     w.extend_from_slice(&height.0.to_le_bytes());
     w.extend_from_slice(digest);
 }
+
+/// A block's fixed fields: height, view, parent view, parent digest, payload length.
+const BLOCK_HEADER_BYTES: usize = 8 + 8 + 8 + 32 + 4;
 
 fn put_block(w: &mut Vec<u8>, b: &Block) {
     w.extend_from_slice(&b.height.0.to_le_bytes());

@@ -377,11 +377,22 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, shared).await.map_err(|e| match e.status() {
+        let RawBody(bytes) = RawBody::from_request(request, shared).await?;
+        submission::from_json(&bytes).map(JsonBody).map_err(|e| ApiError::malformed(e.to_string()))
+    }
+}
+
+/// The request body, read within `api.body_bytes_max` but not parsed yet.
+struct RawBody(Bytes);
+
+impl FromRequest<Arc<Shared>> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        Bytes::from_request(request, shared).await.map(RawBody).map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => body_too_large(None, shared.limits.api_body_bytes_max),
             _ => ApiError::malformed(format!("the body could not be read: {}", e.body_text())),
-        })?;
-        submission::from_json(&bytes).map(JsonBody).map_err(|e| ApiError::malformed(e.to_string()))
+        })
     }
 }
 
@@ -447,8 +458,18 @@ async fn submit(
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
     _: NoQuery,
-    JsonBody(body): JsonBody<BatchBody>,
+    RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
+    // A full mempool takes nothing: the batch is answered before it is parsed
+    // (an importer resending a batch of 500 records several times a second
+    // would otherwise cost a JSON parse and 500 base64 decodes each time).
+    if let Err(full) = shared.pool.lock().expect("pool lock").room_for(1, 0) {
+        return Err(Failure::MempoolFull(format!(
+            "{full}; no record of this batch was read: resend it after the Retry-After delay"
+        ))
+        .into());
+    }
+    let body: BatchBody = submission::from_json(&bytes).map_err(|e| ApiError::malformed(e.to_string()))?;
     body.check_count(shared.limits.api_batch_records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
     let decoded = body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect();
     let handle = tokio::runtime::Handle::current();

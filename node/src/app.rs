@@ -503,7 +503,7 @@ impl App {
             return Ok(());
         }
         let path = self.data_dir.join("blocks").join(hex::encode(digest));
-        write_synced(&path, &Message::BlockResponse(b.clone()).encode())?;
+        write_synced(&path, &Message::encode_block_response(b))?;
         sync_dir(&self.data_dir.join("blocks"))?;
         self.persisted.insert(digest, b.height.0);
         if self.pending.contains_key(&digest) {
@@ -1246,7 +1246,7 @@ impl App {
     /// committed.
     fn block_bytes(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
-            return Ok(Some(Message::BlockResponse(b.clone()).encode()));
+            return Ok(Some(Message::encode_block_response(b)));
         }
         if self.persisted.contains_key(digest) {
             let path = self.data_dir.join("blocks").join(hex::encode(digest));
@@ -1536,7 +1536,7 @@ impl App {
             if block.height.0 == end && certificate.height.0 > end {
                 upto = Some(certificate.height.0);
             } else if upto.is_some_and(|u| block.height.0 > end && block.height.0 <= u) {
-                blocks.push(Message::BlockResponse(block.clone()).encode());
+                blocks.push(Message::encode_block_response(block));
             }
         }
         let upto = upto?;

@@ -310,32 +310,43 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
     // Goal: past mempool_records_max a record is 503 mempool_full with Retry-After and not accepted;
-    // in a batch, the records after the first mempool_full are not tried.
-    let node = start("full", Limits { mempool_records_max: 1, ..Limits::default() }).await;
-    let (a, b, c) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1));
+    // a batch sent to a full node is 503 before it is read; in a batch that fills the
+    // node, the records after the first mempool_full are not tried.
+    let node = start("full", Limits { mempool_records_max: 2, ..Limits::default() }).await;
+    let (a, b, c, d) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1), publish(22, "d", 2));
+    let e = publish(21, "e", 3);
     assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
+    assert_eq!(node.post("/v1/records", &body_of(&e)).await.status, 202);
     let full = node.post("/v1/records", &body_of(&b)).await;
     full.error(503, "mempool_full");
     assert_eq!(full.header("retry-after"), Some("1"));
     assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202, "a pending record is still pending");
+    // Full: the batch is not read at all, not even the garbage in it.
+    let unread = node.post("/v1/records/batch", "{\"records\": [\"%%\"], \"garbage").await;
+    unread.error(503, "mempool_full");
+    assert_eq!(unread.header("retry-after"), Some("1"));
+    assert!(unread.json()["detail"].as_str().unwrap().contains("no record of this batch was read"), "{unread:?}");
 
-    let records = [&a, &b, &c].map(|r| B64.encode(r.to_bytes()));
-    let batch = json!({ "records": [records[0], records[1], "%%", records[2]] }).to_string();
+    // Room for one more: the batch fills the node and stops there.
+    node.shared.pool.lock().unwrap().remove(&e.id());
+    let records = [&a, &b, &c, &d].map(|r| B64.encode(r.to_bytes()));
+    let batch = json!({ "records": [records[0], records[1], records[2], "%%", records[3]] }).to_string();
     let answer = node.post("/v1/records/batch", &batch).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("retry-after"), Some("1"));
     let v = answer.json();
-    assert_eq!(v["accepted"], 1);
+    assert_eq!(v["accepted"], 2);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results[0], json!({ "id": a.id().to_hex(), "status": "pending", "error": null }));
-    assert_eq!(results[1]["id"], b.id().to_hex());
-    for r in &results[1..] {
+    assert_eq!(results[1], json!({ "id": b.id().to_hex(), "status": "pending", "error": null }));
+    assert_eq!(results[2]["id"], c.id().to_hex());
+    for r in &results[2..] {
         assert_eq!(r["status"], Value::Null);
         assert_eq!(r["error"]["error"], "mempool_full", "{r}");
     }
-    assert!(results[2]["id"].is_null(), "undecodable base64 has no id");
-    assert!(results[3]["error"]["detail"].as_str().unwrap().contains("not tried"));
-    assert_eq!(node.shared.pool.lock().unwrap().len(), 1);
+    assert!(results[3]["id"].is_null(), "undecodable base64 has no id");
+    assert!(results[4]["error"]["detail"].as_str().unwrap().contains("not tried"));
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
     node.stop().await;
 }
 
