@@ -191,10 +191,6 @@ fn run<V: StateView + StateTreeReader>(
     skip: bool,
 ) -> Result<Executed, Error> {
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
-    // The stored leaves around every key the block names, read in one pass:
-    // the heads below and the state-tree update come from them.
-    let keys = records.iter().map(|e| state_tree::key_hash_of(&e.record.record.namespace, &e.record.record.key));
-    let state = &state_tree::Prefetched::new(state, keys)?;
     let mut overlay = Overlay::new(state);
     let mut frontier = frontier.clone();
     let first_index = frontier.size();

@@ -55,7 +55,7 @@ use sha2::{Digest, Sha256};
 use crate::codec::{self, Canonical};
 use crate::error::Error;
 use crate::merkle::Hash;
-use crate::state::{head_bytes, Head, StateKey, StateView};
+use crate::state::{head_bytes, Head, StateKey};
 
 /// The root of the empty map (and the hash of any empty subtree).
 pub const EMPTY_ROOT: Hash = *b"SPARSE_MERKLE_PLACEHOLDER_HASH__";
@@ -110,15 +110,10 @@ impl LeafReader for BTreeMap<Hash, Head> {
 /// `SHA-256("annal/state-key/v1" ‖ 0x01 ‖ u64 LE len ‖ namespace ‖ u64 LE len ‖ key)`:
 /// the tree key of `(namespace, key)` (after the domain, the canonical encoding of the pair).
 pub fn key_hash(key: &StateKey) -> Hash {
-    key_hash_of(&key.namespace, &key.key)
-}
-
-/// [`key_hash`] of `(namespace, key)` without building a [`StateKey`].
-pub fn key_hash_of(namespace: &str, key: &str) -> Hash {
     let mut h = Sha256::new();
     h.update(KEY_DOMAIN);
     h.update([codec::FORMAT_V1]);
-    for part in [namespace, key] {
+    for part in [&key.namespace, &key.key] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -556,88 +551,6 @@ fn rehash_upward(levels: &Levels, mut changed: Vec<(usize, (Hash, Fill))>) -> (V
         changed = parents;
     }
     (slots, changed.first().map(|&(_, (root, _))| root))
-}
-
-/// The stored leaves of the bottom subtrees some keys fall in, read in one
-/// pass ([`LeafReader::leaves_in_each`]) before a block is executed: the
-/// keys' heads during execution and the rescan of their subtrees in
-/// [`update`] are then answered from memory, so a key costs one range scan
-/// instead of a point read and a range scan. Anything else is asked of the
-/// tree underneath.
-pub struct Prefetched<'a, R> {
-    tree: &'a R,
-    depth: usize,
-    /// Bottom subtree position → its stored leaves, sorted (empty for an empty subtree).
-    subtrees: BTreeMap<usize, Vec<(Hash, Head)>>,
-}
-
-impl<'a, R: StateTreeReader> Prefetched<'a, R> {
-    /// Reads the bottom subtrees of `key_hashes` from `tree`.
-    pub fn new(tree: &'a R, key_hashes: impl IntoIterator<Item = Hash>) -> Result<Self, Error> {
-        let levels = tree.levels();
-        let depth = levels.depth;
-        let positions: std::collections::BTreeSet<usize> =
-            key_hashes.into_iter().map(|k| position(&k, depth)).collect();
-        let mut subtrees = BTreeMap::new();
-        // Levels that record an empty subtree hold no stored leaf under it (`update` relies on it too).
-        let (empty, stored): (Vec<usize>, Vec<usize>) =
-            positions.into_iter().partition(|&p| levels.fills[depth][p] == Fill::Empty);
-        subtrees.extend(empty.into_iter().map(|p| (p, Vec::new())));
-        let spans: Vec<(Hash, Hash)> = stored.iter().map(|&p| span(depth, p)).collect();
-        for (p, leaves) in stored.into_iter().zip(tree.leaves_in_each(&spans)?) {
-            subtrees.insert(p, checked(leaves, depth, p, Some(levels.fills[depth][p]))?);
-        }
-        Ok(Prefetched { tree, depth, subtrees })
-    }
-
-    /// The prefetched leaves of the bottom subtree `(from, to_inclusive)` spans, if it is one.
-    fn subtree(&self, from: &Hash, to_inclusive: &Hash) -> Option<&Vec<(Hash, Head)>> {
-        let p = position(from, self.depth);
-        self.subtrees.get(&p).filter(|_| span(self.depth, p) == (*from, *to_inclusive))
-    }
-}
-
-impl<R: StateTreeReader> LeafReader for Prefetched<'_, R> {
-    fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
-        match self.subtree(from, to_inclusive) {
-            Some(leaves) => Ok(leaves.clone()),
-            None => self.tree.leaves_in(from, to_inclusive),
-        }
-    }
-
-    fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
-        match self.subtrees.get(&position(key_hash, self.depth)) {
-            Some(leaves) => Ok(leaves.binary_search_by(|l| l.0.cmp(key_hash)).ok().map(|i| leaves[i].1)),
-            None => self.tree.leaf(key_hash),
-        }
-    }
-
-    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<Vec<Vec<(Hash, Head)>>, Error> {
-        if let Some(all) = spans.iter().map(|(from, to)| self.subtree(from, to).cloned()).collect() {
-            return Ok(all);
-        }
-        self.tree.leaves_in_each(spans)
-    }
-}
-
-impl<R: StateTreeReader> StateTreeReader for Prefetched<'_, R> {
-    fn levels(&self) -> &Levels {
-        self.tree.levels()
-    }
-}
-
-impl<R: StateTreeReader + StateView> StateView for Prefetched<'_, R> {
-    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
-        self.leaf(&key_hash(key))
-    }
-
-    fn last_nonce(&self, submitter: &crate::keys::PublicKey) -> Result<Option<u64>, Error> {
-        self.tree.last_nonce(submitter)
-    }
-
-    fn state_root(&self) -> Hash {
-        self.tree.state_root()
-    }
 }
 
 /// A whole tree in memory (leaves and levels): tests, benchmarks, the auditor's replay.

@@ -7,7 +7,7 @@ use annal_ledger::merkle::Hash;
 use annal_ledger::record::RecordId;
 use annal_ledger::state::{encode_head, Head, StateKey, Status};
 use annal_ledger::state_tree::{
-    depth_for, key_hash, prove, root_of, update, LeafReader, Levels, MemoryTree, Prefetched, ProofLeaf, StateProof,
+    depth_for, key_hash, prove, root_of, update, LeafReader, Levels, MemoryTree, ProofLeaf, StateProof,
     StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX, PROOF_SIBLINGS_MAX,
 };
 use annal_ledger::Error;
@@ -360,7 +360,6 @@ struct Counting<'a> {
     tree: &'a MemoryTree,
     scans: Cell<usize>,
     leaves_read: Cell<usize>,
-    points: Cell<usize>,
 }
 
 impl LeafReader for Counting<'_> {
@@ -371,7 +370,6 @@ impl LeafReader for Counting<'_> {
         Ok(leaves)
     }
     fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
-        self.points.set(self.points.get() + 1);
         self.tree.leaf(key_hash)
     }
 }
@@ -388,7 +386,7 @@ fn an_update_reads_only_the_bottom_subtrees_it_changes() {
     // average (one range read each), not the tree; a proof scans one.
     let (tree, _, _) = tree(4096);
     assert_eq!(tree.levels().depth(), 10, "4096 keys: 1024 bottom subtrees of 4 on average");
-    let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0), points: Cell::new(0) };
+    let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0) };
     let one = BTreeMap::from([(key("land", "parcel/7"), head(7, 2, Status::Active))]);
     update(&reader, &one).unwrap();
     assert_eq!(reader.scans.get(), 1);
@@ -402,36 +400,6 @@ fn an_update_reads_only_the_bottom_subtrees_it_changes() {
     reader.scans.set(0);
     prove(&reader, &key("land", "parcel/9")).unwrap();
     assert_eq!(reader.scans.get(), 1, "a proof scans one subtree");
-}
-
-#[test]
-fn prefetched_subtrees_answer_heads_and_the_update_without_reading_again() {
-    // Goal: a block's keys cost one pass over their bottom subtrees: their heads and the
-    // state-tree update then come from memory, and equal what the tree itself gives.
-    let (tree, _, _) = tree(4096);
-    let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0), points: Cell::new(0) };
-    let changes: BTreeMap<_, _> = (0..64)
-        .map(|i| (key("land", &format!("parcel/{}", i * 61)), head(i * 61, 2, Status::Active)))
-        .chain((0..64).map(|i| (key("land", &format!("new/{i}")), head(5000 + i, 1, Status::Active))))
-        .collect();
-    let fetched = Prefetched::new(&reader, changes.keys().map(key_hash)).unwrap();
-    assert!(reader.scans.get() <= changes.len(), "{} scans for {} keys", reader.scans.get(), changes.len());
-    let scans = reader.scans.get();
-    for k in changes.keys() {
-        assert_eq!(fetched.leaf(&key_hash(k)).unwrap(), tree.leaf(&key_hash(k)).unwrap(), "{k:?}");
-    }
-    assert_eq!((reader.points.get(), reader.scans.get()), (0, scans), "the block's heads came from memory");
-    let via = update(&fetched, &changes).unwrap();
-    assert_eq!(reader.scans.get(), scans, "the update read no subtree again");
-    assert_eq!(via, update(&tree, &changes).unwrap());
-    // Any other key is asked of the tree underneath, with the same answer.
-    for i in 0..4096 {
-        let k = key_hash(&key("land", &format!("parcel/{i}")));
-        assert_eq!(fetched.leaf(&k).unwrap(), tree.leaf(&k).unwrap());
-    }
-    assert!(reader.points.get() > 0, "keys outside the prefetched subtrees were read from the tree");
-    let (from, to) = ([0u8; 32], [0xff; 32]);
-    assert_eq!(fetched.leaves_in(&from, &to).unwrap(), tree.leaves_in(&from, &to).unwrap());
 }
 
 #[test]
