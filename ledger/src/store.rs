@@ -397,8 +397,12 @@ impl Store {
         for (id, index) in ids {
             batch.put_cf(self.cf(CF_IDS), id.0, index.to_be_bytes());
         }
-        let mut nodes: Vec<([u8; 9], &Hash)> =
-            executed.nodes.iter().filter(|n| n.0 > 0).map(|(level, index, hash)| (node_key(*level, *index), hash)).collect();
+        let mut nodes: Vec<([u8; 9], &Hash)> = executed
+            .nodes
+            .iter()
+            .filter(|n| n.0 > 0)
+            .map(|(level, index, hash)| (node_key(*level, *index), hash))
+            .collect();
         nodes.sort_unstable();
         for (key, hash) in nodes {
             batch.put_cf(self.cf(CF_NODES), key, hash);
