@@ -41,6 +41,7 @@
 //! signatures on the resulting checkpoint, docs/adr/0005): `put_certificate`
 //! adds it later, and proofs of the block's records wait for it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,9 @@ pub struct Store {
     rebuilds: Vec<LevelsRebuild>,
     /// The highest height whose certificate is stored (0 before any).
     certified: Height,
+    /// Every submitter's last committed nonce, as in the `nonces` family: admission
+    /// asks for one per record. Submitters are registered agencies, so it stays small.
+    nonces: BTreeMap<PublicKey, u64>,
     options: StoreOptions,
 }
 
@@ -166,6 +170,7 @@ impl Store {
             levels: Levels::default(),
             rebuilds: Vec::new(),
             certified: Height(0),
+            nonces: BTreeMap::new(),
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -193,10 +198,26 @@ impl Store {
                     store.certified = Height(be_u64(&c, "meta")?);
                 }
                 store.load_upper()?;
+                store.load_nonces()?;
                 store.check_tip()?;
             }
         }
         Ok(store)
+    }
+
+    /// Loads every submitter's last committed nonce into memory.
+    fn load_nonces(&mut self) -> Result<(), Error> {
+        let mut nonces = BTreeMap::new();
+        for item in self.db.iterator_cf(self.cf(CF_NONCES), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.store_err(e))?;
+            let submitter: [u8; 32] = k.as_ref().try_into().map_err(|_| Error::Malformed {
+                kind: "nonces",
+                detail: format!("a {}-byte key where a 32-byte submitter key was expected", k.len()),
+            })?;
+            nonces.insert(PublicKey(submitter), be_u64(&v, "nonces")?);
+        }
+        self.nonces = nonces;
+        Ok(())
     }
 
     /// Loads the upper log nodes into memory, checking that each level is contiguous.
@@ -448,6 +469,7 @@ impl Store {
             self.certified = header.height;
         }
         self.frontier = executed.frontier.clone();
+        self.nonces.extend(executed.nonces.iter().map(|(submitter, nonce)| (*submitter, *nonce)));
         match regrown {
             Some(levels) => {
                 let (depth, leaf_count) = (levels.depth(), levels.leaf_count());
@@ -877,7 +899,7 @@ impl StateView for Store {
     }
 
     fn last_nonce(&self, submitter: &PublicKey) -> Result<Option<u64>, Error> {
-        self.get(CF_NONCES, &submitter.0)?.map(|b| be_u64(&b, "nonces")).transpose()
+        Ok(self.nonces.get(submitter).copied())
     }
 
     fn state_root(&self) -> Hash {

@@ -102,6 +102,11 @@ fn key_history_and_head_status_are_queryable() {
     }
     let other = StateKey { namespace: "land-titles".into(), key: "p/70".into() };
     assert!(store.history(&other).unwrap().is_empty(), "a key that shares a prefix is not mixed in");
+    // The committed nonces are held in memory: a reopened store loads them again.
+    drop(store);
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(4));
+    assert_eq!(store.last_nonce(&key_pub(22)).unwrap(), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
