@@ -138,7 +138,6 @@ impl Message {
         // Room for a whole block at once: a 2 MB payload would otherwise be copied as the vector grows.
         let mut w = Vec::with_capacity(match self {
             Message::Propose(p) => 1 + BLOCK_HEADER_BYTES + p.block.payload.len() + 64,
-            Message::BlockResponse(b) => return Message::encode_block_response(b),
             _ => 256,
         });
         match self {
@@ -166,7 +165,7 @@ impl Message {
                 w.push(TAG_REQUEST);
                 w.extend_from_slice(d);
             }
-            Message::BlockResponse(_) => unreachable!("encoded above"),
+            Message::BlockResponse(b) => return Message::encode_block_response(b),
         }
         w
     }

@@ -21,7 +21,8 @@
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
 //! Nodes of level `UPPER_LEVEL` and above (one per 256 leaves or fewer) are
 //! also kept in memory, since complete nodes never change: a proof then reads
-//! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size.
+//! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size. So are the
+//! `nonces` (one per submitter, loaded at open): admission asks for one per record.
 //!
 //! Record state is stored as the state tree's leaves only, sorted by key hash
 //! (a head is looked up by the hash of its key): one put per changed key per
@@ -959,8 +960,9 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     match name {
-        // Point lookups (by record id, key hash, submitter): a bloom filter saves a disk read per miss.
-        CF_IDS | CF_LEAVES | CF_NONCES => {
+        // Point lookups (by record id, key hash): a bloom filter saves a disk read per miss.
+        // (Nonces are read once, at open, and then held in memory.)
+        CF_IDS | CF_LEAVES => {
             table.set_bloom_filter(10.0, false);
             // And one over the memtable: admission asks for every new record
             // whether its id is known yet (it is not), which otherwise walks
