@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::mempool::Source;
 use crate::shared::{Admitted, Failure, Placed, Shared};
 
 /// The OpenAPI 3.0 description served at `GET /openapi.json`.
@@ -463,7 +464,7 @@ async fn submit_batch(
     // A full mempool takes nothing: the batch is answered before it is parsed
     // (an importer resending a batch of 500 records several times a second
     // would otherwise cost a JSON parse and 500 base64 decodes each time).
-    if let Err(full) = shared.pool.lock().expect("pool lock").room_for(1, 0) {
+    if let Err(full) = shared.pool.lock().expect("pool lock").room_for(1, 0, Source::Api) {
         return Err(Failure::MempoolFull(format!(
             "{full}; no record of this batch was read: resend it after the Retry-After delay"
         ))

@@ -38,6 +38,7 @@ use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::mempool::Source;
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
 use crate::shared::{Outcome, Placed, Shared, SyncState};
 use crate::wire::{
@@ -730,7 +731,7 @@ impl App {
         {
             let mut pool = self.shared.pool.lock().expect("pool lock");
             for &i in &gathered.fresh {
-                let _ = pool.insert(records[i].clone());
+                let _ = pool.insert(records[i].clone(), Source::Peer);
             }
         }
         let pending =
@@ -1644,7 +1645,7 @@ fn admit_gossiped(shared: &Shared, data: &[u8]) -> Verdict {
         return Verdict::Reject;
     }
     let mut verdict = Verdict::Accept;
-    for result in shared.admit_many(batch.records) {
+    for result in shared.admit_many(batch.records, Source::Peer) {
         match result {
             Ok(_) => {}
             Err(crate::shared::Failure::Malformed(_)) => verdict = Verdict::Reject,

@@ -34,18 +34,44 @@ struct Entry {
     record: Arc<Encoded>,
 }
 
-/// Why a record was not added.
+/// Where a record came from, which decides how much of the pool it may fill.
+///
+/// Records from this node's API fill at most half the pool (by count and by
+/// bytes); the other half is kept for the records the other validators
+/// gossip. A validator that refused a peer's records for want of room cannot
+/// rebuild a proposal naming them from its pool and must fetch the whole
+/// proposal from the leader (ADR 0008): under sustained load, with every pool
+/// full of its own API's records, about a quarter of proposals were fetched
+/// (docs/BENCHMARKS.md, session 10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// This node's API: up to half the limits (rounded up).
+    Api,
+    /// Another validator's gossip: up to the limits.
+    Peer,
+}
+
+/// Why a record was not added: the pool holds `max` records or bytes, as
+/// many as it takes from `source`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Full {
-    Records { max: usize },
-    Bytes { max: usize },
+    Records { max: usize, source: Source },
+    Bytes { max: usize, source: Source },
 }
 
 impl std::fmt::Display for Full {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Full::Records { max } => write!(f, "the node holds its limit of {max} pending records"),
-            Full::Bytes { max } => write!(f, "the node holds its limit of {max} bytes of pending records"),
+        let (max, unit, source) = match self {
+            Full::Records { max, source } => (max, "pending records", source),
+            Full::Bytes { max, source } => (max, "bytes of pending records", source),
+        };
+        match source {
+            Source::Api => write!(
+                f,
+                "the node holds {max} {unit}, as many as it takes from its API (half its limit: \
+                 the other half is kept for records gossiped by the other validators)"
+            ),
+            Source::Peer => write!(f, "the node holds its limit of {max} {unit}"),
         }
     }
 }
@@ -64,12 +90,12 @@ impl Mempool {
     }
 
     /// Adds a checked record. `Ok(false)` if it was already pending.
-    pub fn insert(&mut self, record: Arc<Encoded>) -> Result<bool, Full> {
+    pub fn insert(&mut self, record: Arc<Encoded>, source: Source) -> Result<bool, Full> {
         let id = record.id;
         if self.entries.contains_key(&id) {
             return Ok(false);
         }
-        self.room_for(1, record.bytes.len())?;
+        self.room_for(1, record.bytes.len(), source)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += record.bytes.len();
@@ -81,12 +107,17 @@ impl Mempool {
 
     /// Whether `records` more records of `bytes` bytes in all would fit now:
     /// checked before their signatures, so a full pool costs no verification.
-    pub fn room_for(&self, records: usize, bytes: usize) -> Result<(), Full> {
-        if self.entries.len() + records > self.records_max {
-            return Err(Full::Records { max: self.records_max });
+    /// Whether `records` more records of `bytes` in all fit in the share of the pool `source` may fill.
+    pub fn room_for(&self, records: usize, bytes: usize, source: Source) -> Result<(), Full> {
+        let (records_max, bytes_max) = match source {
+            Source::Api => (self.records_max.div_ceil(2), self.bytes_max.div_ceil(2)),
+            Source::Peer => (self.records_max, self.bytes_max),
+        };
+        if self.entries.len() + records > records_max {
+            return Err(Full::Records { max: records_max, source });
         }
-        if self.bytes + bytes > self.bytes_max {
-            return Err(Full::Bytes { max: self.bytes_max });
+        if self.bytes + bytes > bytes_max {
+            return Err(Full::Bytes { max: bytes_max, source });
         }
         Ok(())
     }
@@ -245,24 +276,50 @@ mod tests {
     fn bounded_by_count_and_bytes() {
         let (a, b, c) = (record(1, 10), record(2, 10), record(3, 10));
         let mut pool = Mempool::new(2, 1 << 20);
-        assert_eq!(pool.insert(a.clone()), Ok(true));
-        assert_eq!(pool.insert(a.clone()), Ok(false));
-        assert_eq!(pool.room_for(1, 1), Ok(()));
-        assert_eq!(pool.insert(b.clone()), Ok(true));
-        assert_eq!(pool.room_for(1, 1), Err(Full::Records { max: 2 }));
-        assert_eq!(pool.insert(c.clone()), Err(Full::Records { max: 2 }));
+        assert_eq!(pool.insert(a.clone(), Source::Peer), Ok(true));
+        assert_eq!(pool.insert(a.clone(), Source::Peer), Ok(false));
+        assert_eq!(pool.room_for(1, 1, Source::Peer), Ok(()));
+        assert_eq!(pool.insert(b.clone(), Source::Peer), Ok(true));
+        assert_eq!(pool.room_for(1, 1, Source::Peer), Err(Full::Records { max: 2, source: Source::Peer }));
+        assert_eq!(pool.insert(c.clone(), Source::Peer), Err(Full::Records { max: 2, source: Source::Peer }));
         assert!(pool.remove(&a.id));
         assert!(!pool.remove(&a.id));
-        assert_eq!(pool.insert(c.clone()), Ok(true));
+        assert_eq!(pool.insert(c.clone(), Source::Peer), Ok(true));
         assert_eq!(pool.len(), 2);
 
         let max = a.bytes.len() + b.bytes.len();
         let mut pool = Mempool::new(10, max);
-        pool.insert(a.clone()).unwrap();
-        assert_eq!(pool.room_for(1, b.bytes.len() + 1), Err(Full::Bytes { max }));
-        pool.insert(b.clone()).unwrap();
-        assert_eq!(pool.insert(c), Err(Full::Bytes { max }));
+        pool.insert(a.clone(), Source::Peer).unwrap();
+        assert_eq!(pool.room_for(1, b.bytes.len() + 1, Source::Peer), Err(Full::Bytes { max, source: Source::Peer }));
+        pool.insert(b.clone(), Source::Peer).unwrap();
+        assert_eq!(pool.insert(c, Source::Peer), Err(Full::Bytes { max, source: Source::Peer }));
         assert_eq!(pool.bytes(), max);
+    }
+
+    /// Goal: records from the API fill at most half the pool (count and bytes,
+    /// rounded up); gossiped records fill the rest, and the API's share counts them.
+    #[test]
+    fn the_api_fills_half_and_peers_the_rest() {
+        let rs: Vec<_> = (1..=6).map(|n| record(n, 10)).collect();
+        let mut pool = Mempool::new(5, 1 << 20);
+        assert_eq!(pool.insert(rs[0].clone(), Source::Api), Ok(true));
+        assert_eq!(pool.insert(rs[1].clone(), Source::Peer), Ok(true));
+        assert_eq!(pool.insert(rs[2].clone(), Source::Api), Ok(true));
+        let api_full = Full::Records { max: 3, source: Source::Api };
+        assert_eq!(pool.insert(rs[3].clone(), Source::Api), Err(api_full.clone()));
+        assert_eq!(pool.room_for(1, 0, Source::Api), Err(api_full));
+        assert!(pool.insert(rs[2].clone(), Source::Api) == Ok(false), "a pending record is pending");
+        assert_eq!(pool.insert(rs[3].clone(), Source::Peer), Ok(true));
+        assert_eq!(pool.insert(rs[4].clone(), Source::Peer), Ok(true));
+        assert_eq!(pool.insert(rs[5].clone(), Source::Peer), Err(Full::Records { max: 5, source: Source::Peer }));
+        assert!(Full::Records { max: 3, source: Source::Api }.to_string().contains("half its limit"));
+
+        let one = rs[0].bytes.len();
+        let mut pool = Mempool::new(10, 4 * one);
+        assert_eq!(pool.insert(rs[0].clone(), Source::Api), Ok(true));
+        assert_eq!(pool.room_for(1, one, Source::Api), Ok(()));
+        assert_eq!(pool.room_for(1, one + 1, Source::Api), Err(Full::Bytes { max: 2 * one, source: Source::Api }));
+        assert_eq!(pool.room_for(2, 2 * one, Source::Peer), Ok(()));
     }
 
     const NO_WAIT: Duration = Duration::ZERO;
@@ -275,7 +332,7 @@ mod tests {
         let rs: Vec<_> = (1..=5u8).map(|n| record_by(n, 1, 100)).collect();
         let mut pool = Mempool::new(10, 1 << 20);
         for r in &rs {
-            pool.insert(r.clone()).unwrap();
+            pool.insert(r.clone(), Source::Peer).unwrap();
         }
         let exclude = BTreeSet::from([rs[1].id]);
         let got = pool.select(3, 1 << 20, &exclude, |_| None, LONG_WAIT);
@@ -294,7 +351,7 @@ mod tests {
         let (n1, n2, n3, n5) = (record(1, 10), record(2, 10), record(3, 10), record(5, 10));
         let mut pool = Mempool::new(10, 1 << 20);
         for r in [&n3, &n1, &n5, &n2] {
-            pool.insert(r.clone()).unwrap();
+            pool.insert(r.clone(), Source::Peer).unwrap();
         }
         let none = BTreeSet::new();
         assert_eq!(pool.select(10, 1 << 20, &none, |_| None, LONG_WAIT), vec![n1.clone(), n2.clone(), n3.clone()]);
@@ -312,11 +369,11 @@ mod tests {
         pool.remove(&n3.id);
         assert!(pool.select(10, 1 << 20, &none, |_| Some(3), LONG_WAIT).is_empty());
         let n4 = record(4, 10);
-        pool.insert(n4.clone()).unwrap();
+        pool.insert(n4.clone(), Source::Peer).unwrap();
         assert_eq!(pool.select(10, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone(), n5.clone()]);
         // ... and a nonce at or below the last final one is left out, for a commit to purge.
         let stale = record(2, 20);
-        pool.insert(stale.clone()).unwrap();
+        pool.insert(stale.clone(), Source::Peer).unwrap();
         assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone()]);
         assert_eq!(pool.purge_stale(&stale.record.record.submitter, 3), vec![stale]);
         assert_eq!(pool.len(), 2);

@@ -309,10 +309,11 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
-    // Goal: past mempool_records_max a record is 503 mempool_full with Retry-After and not accepted;
-    // a batch sent to a full node is 503 before it is read; in a batch that fills the
-    // node, the records after the first mempool_full are not tried.
-    let node = start("full", Limits { mempool_records_max: 2, ..Limits::default() }).await;
+    // Goal: past its API's share of the pool (half of mempool_records_max) a record is
+    // 503 mempool_full with Retry-After and not accepted; a batch sent to a full node is
+    // 503 before it is read; in a batch that fills the node, the records after the first
+    // mempool_full are not tried. Records gossiped by peers still fill the other half.
+    let node = start("full", Limits { mempool_records_max: 4, ..Limits::default() }).await;
     let (a, b, c, d) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1), publish(22, "d", 2));
     let e = publish(21, "e", 3);
     assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
@@ -346,7 +347,18 @@ async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
     }
     assert!(results[3]["id"].is_null(), "undecodable base64 has no id");
     assert!(results[4]["error"]["detail"].as_str().unwrap().contains("not tried"));
+    assert!(results[2]["error"]["detail"].as_str().unwrap().contains("half its limit"), "{v}");
     assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
+
+    // The other half is for records gossiped by the other validators.
+    use annal_node::mempool::Source;
+    use annal_node::shared::{Admitted, Failure};
+    let f = publish(21, "f", 4);
+    let gossiped = node.shared.admit_many(vec![c.to_bytes(), d.to_bytes(), f.to_bytes()], Source::Peer);
+    assert_eq!(gossiped[0], Ok(Admitted::Pending { id: c.id(), new: true }));
+    assert_eq!(gossiped[1], Ok(Admitted::Pending { id: d.id(), new: true }));
+    assert!(matches!(&gossiped[2], Err(Failure::MempoolFull(why)) if why.contains("its limit of 4")), "{gossiped:?}");
+    assert_eq!(node.shared.pool.lock().unwrap().len(), 4);
     node.stop().await;
 }
 
@@ -354,7 +366,7 @@ async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
 async fn a_batch_fills_the_mempool_to_its_limit_first() {
     // Goal: room is checked before signatures, but a batch larger than the room
     // left still fills it: the records that fit go in, the rest are mempool_full.
-    let node = start("fill", Limits { mempool_records_max: 3, ..Limits::default() }).await;
+    let node = start("fill", Limits { mempool_records_max: 6, ..Limits::default() }).await;
     let (a, b, c, d) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1), publish(22, "d", 2));
     assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
     let records = [&b, &c, &d].map(|r| B64.encode(r.to_bytes()));
@@ -375,10 +387,12 @@ async fn a_full_mempool_does_not_read_the_rest_of_a_batch() {
     // Goal: once a new record does not fit, the records after it are refused
     // unread (mempool_full, not decoded: the garbage is not even named
     // malformed), while a pending record is still answered pending.
+    use annal_node::mempool::Source;
     use annal_node::shared::{Admitted, Failure};
-    let node = start("unread", Limits { mempool_records_max: 1, ..Limits::default() }).await;
+    let node = start("unread", Limits { mempool_records_max: 2, ..Limits::default() }).await;
     let (a, b, c) = (publish(21, "a", 1), publish(21, "b", 2), publish(22, "c", 1));
-    let results = node.shared.admit_many(vec![a.to_bytes(), b.to_bytes(), b"garbage".to_vec(), c.to_bytes()]);
+    let results =
+        node.shared.admit_many(vec![a.to_bytes(), b.to_bytes(), b"garbage".to_vec(), c.to_bytes()], Source::Api);
     assert_eq!(results[0], Ok(Admitted::Pending { id: a.id(), new: true }));
     for (i, r) in results.iter().enumerate().skip(1) {
         assert!(matches!(r, Err(Failure::MempoolFull(_))), "record {i}: {r:?}");
@@ -386,7 +400,7 @@ async fn a_full_mempool_does_not_read_the_rest_of_a_batch() {
     let Err(Failure::MempoolFull(why)) = &results[2] else { unreachable!() };
     assert!(why.contains("not read"), "{why}");
     // A pending record first: still pending, and it takes no room.
-    let results = node.shared.admit_many(vec![a.to_bytes(), b"garbage".to_vec()]);
+    let results = node.shared.admit_many(vec![a.to_bytes(), b"garbage".to_vec()], Source::Api);
     assert_eq!(results[0], Ok(Admitted::Pending { id: a.id(), new: false }));
     assert!(matches!(results[1], Err(Failure::Malformed(_))), "{:?}", results[1]);
     assert_eq!(node.shared.pool.lock().unwrap().len(), 1);
