@@ -73,6 +73,9 @@ const FETCHES_MAX: usize = 8;
 /// proposal is asked of its leader.
 const RECORDS_WAIT: Duration = Duration::from_millis(100);
 
+/// Proposals rebuilt from the pool whose records are kept until the core asks to validate them.
+const REBUILT_MAX: usize = 8;
+
 /// The largest record batch a node gossips or accepts: a full batch, or one record at the chain's limit.
 pub fn record_batch_bytes_max(params: &annal_ledger::genesis::Params) -> usize {
     GOSSIP_BATCH_BYTES.max(params.record_bytes_max) + 8 * GOSSIP_BATCH_RECORDS + 1024
@@ -98,6 +101,15 @@ struct Pending {
     /// it validated or proposed the block (commit then neither decodes,
     /// hashes nor verifies them again).
     records: Option<Vec<Arc<Encoded>>>,
+}
+
+/// A proposal rebuilt from the pool (see `App::rebuilt`).
+struct Rebuilt {
+    /// The digest its leader signed.
+    digest: [u8; 32],
+    height: u64,
+    time_ms: u64,
+    records: Vec<Arc<Encoded>>,
 }
 
 /// A block's records as `gather` found them, in block order.
@@ -181,6 +193,11 @@ pub struct App {
     pub gossip_queue: Vec<Vec<u8>>,
     /// The payload this leader last proposed, its time and its records (see `persist_block`).
     proposed: Option<(Vec<u8>, u64, Vec<Arc<Encoded>>)>,
+    /// Proposals rebuilt from the pool, by the digest their leader signed: the
+    /// time and the records (decoded and checked when they entered the pool),
+    /// so `validate` neither decodes, hashes nor looks them up again. At most
+    /// [`REBUILT_MAX`], oldest dropped first.
+    rebuilt: VecDeque<Rebuilt>,
     /// The view, time and record ids of the payload this leader last proposed (see `compact`).
     proposed_ids: Option<(u64, u64, Vec<RecordId>)>,
     /// This leader's latest proposals, whole: `(height, view)` → `Message::Propose` bytes.
@@ -258,6 +275,7 @@ impl App {
             started: Instant::now(),
             gossip_queue: Vec::new(),
             proposed: None,
+            rebuilt: VecDeque::new(),
             proposed_ids: None,
             own_proposals: VecDeque::new(),
             fetching: BTreeSet::new(),
@@ -638,7 +656,10 @@ impl App {
     /// The whole proposal `p` stands for, rebuilt from this node's pool, or the
     /// ids the pool lacks. `Err` names why no honest leader sent it (more
     /// records or bytes than a block may hold).
-    fn rebuild(&self, p: &CompactProposal) -> std::result::Result<std::result::Result<Message, Vec<RecordId>>, String> {
+    fn rebuild(
+        &mut self,
+        p: &CompactProposal,
+    ) -> std::result::Result<std::result::Result<Message, Vec<RecordId>>, String> {
         let rules = self.shared.rules();
         let params = &rules.params;
         if p.ids.len() > params.block_records_max {
@@ -661,15 +682,20 @@ impl App {
             if bytes > params.block_bytes_max {
                 return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
             }
-            held.iter().map(|r| r.bytes.clone()).collect()
+            held.into_iter().cloned().collect::<Vec<_>>()
         };
         let block = Block {
             height: consensus::Height(p.height),
             view: consensus::View(p.view),
             parent_view: consensus::View(p.parent_view),
             parent: p.parent,
-            payload: BlockBody { time_ms: p.time_ms, records }.to_bytes(),
+            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| &r.bytes[..])),
         };
+        // If the block hashes to the digest the leader signed, `validate` takes these records.
+        if self.rebuilt.len() >= REBUILT_MAX {
+            self.rebuilt.pop_front();
+        }
+        self.rebuilt.push_back(Rebuilt { digest: p.digest, height: p.height, time_ms: p.time_ms, records });
         Ok(Ok(Message::Propose(consensus::Proposal { block, signature: p.signature })))
     }
 
@@ -692,33 +718,24 @@ impl App {
     fn validate(&mut self, b: &Block, digest: [u8; 32]) -> std::result::Result<(), String> {
         let rules = self.shared.rules();
         let params = &rules.params;
+        // Rebuilt here from the pool under the digest the leader signed, and the
+        // block hashes to it: the payload is those records, each decoded and
+        // checked when it entered the pool. Nothing to decode, hash or look up.
+        if let Some(at) = self.rebuilt.iter().position(|r| r.digest == digest) {
+            let Rebuilt { time_ms, records, .. } = self.rebuilt.remove(at).expect("found");
+            let bytes = records.iter().map(|r| r.bytes.len()).sum();
+            self.check_form(b, records.len(), bytes, time_ms, params)?;
+            let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
+            check_distinct(&ids)?;
+            let pending = Pending { height: b.height.0, parent: b.parent, time_ms, ids, records: Some(records) };
+            self.pending.insert(digest, pending);
+            return Ok(());
+        }
         let body = BlockBody::from_bytes(&b.payload, self.limits.payload_bytes_max).map_err(|e| e.to_string())?;
-        if b.height.0 > self.epoch_end && !body.records.is_empty() {
-            return Err(format!(
-                "height {} is past the epoch's last height {}: only an empty block may follow it",
-                b.height.0, self.epoch_end
-            ));
-        }
-        if body.records.len() > params.block_records_max {
-            return Err(format!("{} records; the limit is {}", body.records.len(), params.block_records_max));
-        }
-        let bytes: usize = body.records.iter().map(Vec::len).sum();
-        if bytes > params.block_bytes_max {
-            return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
-        }
-        if let Some(parent_time) = self.time_of(&b.parent) {
-            if body.time_ms < parent_time {
-                return Err(format!("time {} is before its parent's {parent_time}", body.time_ms));
-            }
-        }
-        if body.time_ms > wall_ms() + FUTURE_TIME_MS {
-            return Err(format!("time {} is more than {FUTURE_TIME_MS} ms ahead of this node's clock", body.time_ms));
-        }
+        let bytes = body.records.iter().map(Vec::len).sum();
+        self.check_form(b, body.records.len(), bytes, body.time_ms, params)?;
         let ids = body.ids();
-        let mut seen = BTreeSet::new();
-        if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !seen.insert(**id)) {
-            return Err(format!("record {i} ({id}) appears twice"));
-        }
+        check_distinct(&ids)?;
         let gathered = self.gather(&body.records, &ids, params);
         let mut records = Vec::with_capacity(gathered.records.len());
         for (i, r) in gathered.records.into_iter().enumerate() {
@@ -737,6 +754,40 @@ impl App {
         let pending =
             Pending { height: b.height.0, parent: b.parent, time_ms: body.time_ms, ids, records: Some(records) };
         self.pending.insert(digest, pending);
+        Ok(())
+    }
+
+    /// A proposed body's form: nothing past the epoch's end, the record count
+    /// and bytes within the limits, its time not before its parent's nor too
+    /// far ahead of this node's clock.
+    fn check_form(
+        &self,
+        b: &Block,
+        records: usize,
+        bytes: usize,
+        time_ms: u64,
+        params: &annal_ledger::genesis::Params,
+    ) -> std::result::Result<(), String> {
+        if b.height.0 > self.epoch_end && records > 0 {
+            return Err(format!(
+                "height {} is past the epoch's last height {}: only an empty block may follow it",
+                b.height.0, self.epoch_end
+            ));
+        }
+        if records > params.block_records_max {
+            return Err(format!("{records} records; the limit is {}", params.block_records_max));
+        }
+        if bytes > params.block_bytes_max {
+            return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
+        }
+        if let Some(parent_time) = self.time_of(&b.parent) {
+            if time_ms < parent_time {
+                return Err(format!("time {time_ms} is before its parent's {parent_time}"));
+            }
+        }
+        if time_ms > wall_ms() + FUTURE_TIME_MS {
+            return Err(format!("time {time_ms} is more than {FUTURE_TIME_MS} ms ahead of this node's clock"));
+        }
         Ok(())
     }
 
@@ -800,32 +851,39 @@ impl App {
         }
         let gov = self.shared.governance();
         let params = gov.charter.params.clone();
-        let body = BlockBody::from_bytes(&block.payload, self.limits.payload_bytes_max)
-            .with_context(|| format!("the final block at height {h} has an unreadable body"))?;
-        // Validated or proposed here: every record decoded and checked already.
-        let known = self.pending.get_mut(&digest).and_then(|p| p.records.take());
-        let gathered = match known {
-            Some(records) => records.into_iter().map(Ok).collect(),
+        // Validated or proposed here: every record decoded and checked already,
+        // and the body's time known; the payload is not decoded again.
+        let known = self.pending.get_mut(&digest).and_then(|p| Some((p.time_ms, p.records.take()?)));
+        let (time_ms, gathered, payload) = match known {
+            Some((time_ms, records)) => (time_ms, records.into_iter().map(Ok).collect::<Vec<_>>(), None),
             // A block this node did not validate (synced, or finalized before its proposal arrived).
-            None => self.gather(&body.records, &body.ids(), &params).records,
+            None => {
+                let body = BlockBody::from_bytes(&block.payload, self.limits.payload_bytes_max)
+                    .with_context(|| format!("the final block at height {h} has an unreadable body"))?;
+                let gathered = self.gather(&body.records, &body.ids(), &params).records;
+                (body.time_ms, gathered, Some(body.records))
+            }
         };
         let mut kept = Vec::with_capacity(gathered.len());
         let mut kept_positions = Vec::with_capacity(gathered.len());
-        let mut refused: Vec<(usize, String)> = Vec::new();
+        // Each refused record's position in the body, why, and its bytes.
+        let mut refused: Vec<(usize, String, Vec<u8>)> = Vec::new();
         for (i, r) in gathered.into_iter().enumerate() {
-            // The record size limit in force now (governance may have lowered it since the record was checked).
-            let r = r.and_then(|r| match r.bytes.len() {
-                n if n > params.record_bytes_max => {
-                    Err(format!("{n} bytes; the record size limit is now {}", params.record_bytes_max))
-                }
-                _ => Ok(r),
-            });
             match r {
+                // The record size limit in force now (governance may have lowered it since the record was checked).
+                Ok(r) if r.bytes.len() > params.record_bytes_max => {
+                    let why =
+                        format!("{} bytes; the record size limit is now {}", r.bytes.len(), params.record_bytes_max);
+                    refused.push((i, why, r.bytes.clone()));
+                }
                 Ok(r) => {
                     kept.push(r);
                     kept_positions.push(i);
                 }
-                Err(why) => refused.push((i, why)),
+                Err(why) => {
+                    let bytes = payload.as_ref().expect("only records gathered from the decoded body fail")[i].clone();
+                    refused.push((i, why, bytes));
+                }
             }
         }
         let executed = {
@@ -837,19 +895,18 @@ impl App {
         if !skipped_ids.is_empty() {
             for (k, r) in kept.iter().enumerate() {
                 if let Some(why) = skipped_ids.get(&r.id) {
-                    refused.push((kept_positions[k], why.clone()));
+                    refused.push((kept_positions[k], why.clone(), r.bytes.clone()));
                 }
             }
         }
-        refused.sort();
-        refused.dedup_by_key(|(p, _)| *p);
+        refused.sort_by_key(|(p, _, _)| *p);
         let validators_hash = gov.validators.hash();
         let parent_hash = self.shared.store().tip().block_hash;
         let meta = BlockMeta {
             height: Height(h),
             view: annal_ledger::block::View(block.view.0),
             parent: parent_hash,
-            time_ms: body.time_ms,
+            time_ms,
             proposer: self.set.leader(block.view).0,
             validators_hash,
         };
@@ -859,8 +916,8 @@ impl App {
             parent_view: block.parent_view.0,
             parent: block.parent,
             digest,
-            time_ms: body.time_ms,
-            skipped: refused.iter().map(|(p, _)| (*p as u32, body.records[*p].clone())).collect(),
+            time_ms,
+            skipped: refused.iter().map(|(p, _, bytes)| (*p as u32, bytes.clone())).collect(),
             finalization: Message::Certificate(finalization.clone()).encode(),
         };
         let mut app_meta =
@@ -894,7 +951,7 @@ impl App {
         self.seen_height = self.seen_height.max(h);
 
         let first_index = executed.first_index;
-        let mut outcomes = Vec::with_capacity(body.records.len());
+        let mut outcomes = Vec::with_capacity(executed.ids.len() + refused.len());
         let mut stale = Vec::new();
         {
             let mut pool = self.shared.pool.lock().expect("pool lock");
@@ -902,8 +959,8 @@ impl App {
                 pool.remove(id);
                 outcomes.push((*id, Outcome::Final(Placed { index: first_index + i as u64, height: h })));
             }
-            for (p, why) in &refused {
-                let id = SignedRecord::id_of_bytes(&body.records[*p]);
+            for (_, why, bytes) in &refused {
+                let id = SignedRecord::id_of_bytes(bytes);
                 pool.remove(&id);
                 outcomes.push((id, Outcome::Refused(why.clone())));
             }
@@ -925,7 +982,7 @@ impl App {
         m.records_finalized.fetch_add(executed.ids.len() as u64, Ordering::Relaxed);
         m.records_refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
         m.blocks_committed.fetch_add(1, Ordering::Relaxed);
-        if let Some((position, why)) = refused.first() {
+        if let Some((position, why, _)) = refused.first() {
             // One reason per block (each refused record's own is kept for `GET /v1/records/{id}`).
             info!(height = h, refused = refused.len(), first = position, "refused at execution: {why}");
         }
@@ -941,6 +998,7 @@ impl App {
 
         // Blocks at or below the tip are settled: forget them and their files.
         self.pending.retain(|_, p| p.height > h);
+        self.rebuilt.retain(|r| r.height > h);
         let done: Vec<[u8; 32]> = self.persisted.iter().filter(|(_, &ph)| ph <= h).map(|(d, _)| *d).collect();
         for d in done {
             self.persisted.remove(&d);
@@ -1658,6 +1716,15 @@ fn admit_gossiped(shared: &Shared, data: &[u8]) -> Verdict {
 /// Whether the link's finalization is the block's own (not a descendant's).
 fn link_is_own(link: &Link, h: u64, limits: &consensus::Limits) -> bool {
     matches!(Message::decode(&link.finalization, limits), Ok(Message::Certificate(c)) if c.height.0 == h)
+}
+
+/// A block names each record once.
+fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
+    let mut seen = BTreeSet::new();
+    match ids.iter().enumerate().find(|(_, id)| !seen.insert(**id)) {
+        Some((i, id)) => Err(format!("record {i} ({id}) appears twice")),
+        None => Ok(()),
+    }
 }
 
 fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<()> {

@@ -32,6 +32,22 @@ impl BlockBody {
         codec::decode(bytes, max)
     }
 
+    /// The bytes of `BlockBody { time_ms, records }` (the canonical encoding:
+    /// the format byte, then fixed-width little-endian integers and lengths),
+    /// written from borrowed records without copying each into a `Vec` first.
+    pub fn encode_of<'a>(time_ms: u64, records: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+        let len = 17 + records.clone().map(|r| 8 + r.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(len);
+        out.push(codec::FORMAT_V1);
+        out.extend_from_slice(&time_ms.to_le_bytes());
+        out.extend_from_slice(&(records.len() as u64).to_le_bytes());
+        for r in records {
+            out.extend_from_slice(&(r.len() as u64).to_le_bytes());
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
     /// The id of each record, in order (each one hashed here).
     pub fn ids(&self) -> Vec<RecordId> {
         self.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect()
@@ -206,6 +222,13 @@ mod tests {
         let body = BlockBody { time_ms: 7, records: vec![vec![1, 2], vec![]] };
         let bytes = body.to_bytes();
         assert_eq!(BlockBody::from_bytes(&bytes, 1024).unwrap(), body);
+        for body in [
+            body.clone(),
+            BlockBody { time_ms: u64::MAX, records: vec![] },
+            BlockBody { time_ms: 1, records: vec![vec![9; 300]; 3] },
+        ] {
+            assert_eq!(BlockBody::encode_of(body.time_ms, body.records.iter().map(|r| &r[..])), body.to_bytes());
+        }
         let mut long = bytes.clone();
         long.push(0);
         assert!(BlockBody::from_bytes(&long, 1024).is_err());
