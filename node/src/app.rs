@@ -691,7 +691,18 @@ impl App {
             parent: p.parent,
             payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| &r.bytes[..])),
         };
-        // If the block hashes to the digest the leader signed, `validate` takes these records.
+        // The core would refuse a block that does not hash to the digest the
+        // leader signed without saying why; a leader that named the wrong
+        // records or time (or a bug in rebuilding) is named here instead.
+        let digest = block.hash(&self.chain);
+        if digest != p.digest {
+            return Err(format!(
+                "its records and time rebuild a block with digest {}, not the {} its leader signed",
+                hex::encode(digest),
+                hex::encode(p.digest)
+            ));
+        }
+        // The core will hash it to this digest: `validate` takes these records.
         if self.rebuilt.len() >= REBUILT_MAX {
             self.rebuilt.pop_front();
         }
