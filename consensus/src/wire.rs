@@ -136,8 +136,10 @@ impl Message {
     /// The canonical bytes of this message.
     pub fn encode(&self) -> Vec<u8> {
         // Room for a whole block at once: a 2 MB payload would otherwise be copied as the vector grows.
+        // (A block response is written by `encode_block_response`, into its own vector.)
         let mut w = Vec::with_capacity(match self {
             Message::Propose(p) => 1 + BLOCK_HEADER_BYTES + p.block.payload.len() + 64,
+            Message::BlockResponse(_) => 0,
             _ => 256,
         });
         match self {

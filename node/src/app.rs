@@ -612,7 +612,7 @@ impl App {
         self.owed_payload = None;
         let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
-        let payload = BlockBody { time_ms, records: records.iter().map(|r| r.bytes.clone()).collect() }.to_bytes();
+        let payload = BlockBody::encode_of(time_ms, records.iter().map(|r| &r.bytes[..]));
         self.proposed_ids = Some((view.0, time_ms, records.iter().map(|r| r.id).collect()));
         self.proposed = Some((payload.clone(), time_ms, records));
         Input::Payload { view, payload }

@@ -105,9 +105,9 @@ impl Mempool {
         Ok(true)
     }
 
-    /// Whether `records` more records of `bytes` bytes in all would fit now:
-    /// checked before their signatures, so a full pool costs no verification.
-    /// Whether `records` more records of `bytes` in all fit in the share of the pool `source` may fill.
+    /// Whether `records` more records of `bytes` bytes in all would fit now in
+    /// the share of the pool `source` may fill: checked before their
+    /// signatures, so a full pool costs no verification.
     pub fn room_for(&self, records: usize, bytes: usize, source: Source) -> Result<(), Full> {
         let (records_max, bytes_max) = match source {
             Source::Api => (self.records_max.div_ceil(2), self.bytes_max.div_ceil(2)),
