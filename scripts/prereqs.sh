@@ -8,8 +8,10 @@ missing=()
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust from rustup (https://rustup.rs)" >&2; exit 1; }
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
-# libclang: bindgen looks for libclang.so under the usual LLVM folders.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# libclang: bindgen looks for libclang.so (or libclang-N.so) under the usual LLVM
+# folders. libclang-cpp.so, which some machines carry without it, does not do.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+	/usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
 	missing+=(libclang-dev)
 fi
 
