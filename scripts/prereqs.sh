@@ -10,10 +10,12 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 # libclang: bindgen looks for libclang.so (or libclang-N.so) under the usual LLVM
 # folders. libclang-cpp.so, which some machines carry without it, does not do.
-if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
-	/usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* >/dev/null 2>&1; then
-	missing+=(libclang-dev)
-fi
+libclang=no
+for pattern in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+	/usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+	compgen -G "$pattern" >/dev/null && libclang=yes
+done
+[ "$libclang" = yes ] || missing+=(libclang-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
