@@ -15,8 +15,8 @@ use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
 use crate::keys::{signing_message, verify_cofactored, Domain, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{Encoded, RecordId, SignedRecord};
-use crate::state::{Head, Overlay, Rules, StateKey, StateView};
-use crate::state_tree::{self, StateTreeReader, StateUpdate};
+use crate::state::{Overlay, Rules, StateKey, StateView};
+use crate::state_tree::{self, key_hash_of, Prefetch, StateTreeReader, StateUpdate};
 
 /// Whether `execute` checks the records' signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +38,6 @@ pub struct Executed {
     pub ids: Vec<RecordId>,
     /// Canonical bytes of each signed record, in block order.
     pub records: Vec<Vec<u8>>,
-    /// New head of every key the block touched.
-    pub heads: BTreeMap<StateKey, Head>,
     /// `(key, version, log index)` for every record, in block order.
     pub history: Vec<(StateKey, u64, u64)>,
     /// Last nonce of every submitter the block touched.
@@ -191,7 +189,11 @@ fn run<V: StateView + StateTreeReader>(
     skip: bool,
 ) -> Result<Executed, Error> {
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
-    let mut overlay = Overlay::new(state);
+    // Every record's key hash, and the stored leaves around them, read at once in key-hash order.
+    let key_hashes: Vec<Hash> =
+        records.iter().map(|e| key_hash_of(&e.record.record.namespace, &e.record.record.key)).collect();
+    let prefetch = Prefetch::read(state, &key_hashes)?;
+    let mut overlay = Overlay::new(state, Some(&prefetch));
     let mut frontier = frontier.clone();
     let first_index = frontier.size();
     let mut ids = Vec::with_capacity(records.len());
@@ -208,9 +210,9 @@ fn run<V: StateView + StateTreeReader>(
         } else {
             // A governance record must also make sense to governance; checked first, taken in once appended.
             let action = (r.record.namespace == GOV_NAMESPACE).then(|| gov.check(r)).transpose();
-            action.and_then(|action| Ok((overlay.apply(r, id, index)?, action)))
+            action.and_then(|action| Ok((overlay.apply(r, id, index, &key_hashes[i])?, action)))
         };
-        let ((key, head), action) = match applied {
+        let (head, action) = match applied {
             Ok(applied) => applied,
             // A storage failure is this node's, not the record's: never a reason to skip.
             Err(e) if skip && !e.is_storage() => {
@@ -222,20 +224,20 @@ fn run<V: StateView + StateTreeReader>(
         if let Some(action) = action {
             gov.accept(r, id, action);
         }
+        let key = StateKey { namespace: r.record.namespace.clone(), key: r.record.key.clone() };
         history.push((key, head.version, index));
         frontier.append(id.0, &mut nodes);
         ids.push(id);
         appended.push(e.bytes.clone());
     }
     let records_root = merkle::root(&ids.iter().map(|id| id.0).collect::<Vec<_>>());
-    let update = state_tree::update(state, &overlay.heads)?;
+    let update = state_tree::update_prefetched(state, &prefetch, overlay.heads.into_iter().collect())?;
     let gov = gov.finish();
     let next_set = gov.next_set.clone();
     Ok(Executed {
         first_index,
         ids,
         records: appended,
-        heads: overlay.heads,
         history,
         nonces: overlay.nonces,
         nodes,

@@ -18,7 +18,7 @@ use crate::gov::{GovAction, GOV_NAMESPACE};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
 use crate::record::{Op, Record, RecordId, SignedRecord};
-use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, StateTreeReader};
+use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, Prefetch, StateTreeReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Status {
@@ -125,21 +125,27 @@ impl Rules {
 }
 
 /// State changes made by the records of one block, on top of committed state.
-pub struct Overlay<'a, V: StateView> {
+pub struct Overlay<'a, V: StateView + LeafReader> {
     base: &'a V,
-    pub heads: BTreeMap<StateKey, Head>,
+    /// The stored leaves of the block's keys, read at once (else one read per key).
+    prefetch: Option<&'a Prefetch>,
+    /// The keys' new heads, by key hash: the state tree's changed leaves.
+    pub heads: BTreeMap<Hash, Head>,
     pub nonces: BTreeMap<PublicKey, u64>,
 }
 
-impl<'a, V: StateView> Overlay<'a, V> {
-    pub fn new(base: &'a V) -> Self {
-        Overlay { base, heads: BTreeMap::new(), nonces: BTreeMap::new() }
+impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
+    pub fn new(base: &'a V, prefetch: Option<&'a Prefetch>) -> Self {
+        Overlay { base, prefetch, heads: BTreeMap::new(), nonces: BTreeMap::new() }
     }
 
-    fn head(&self, key: &StateKey) -> Result<Option<Head>, Error> {
-        match self.heads.get(key) {
-            Some(h) => Ok(Some(*h)),
-            None => self.base.head(key),
+    fn head(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        if let Some(h) = self.heads.get(key_hash) {
+            return Ok(Some(*h));
+        }
+        match self.prefetch.and_then(|p| p.head(key_hash)) {
+            Some(stored) => Ok(stored),
+            None => self.base.leaf(key_hash),
         }
     }
 
@@ -151,33 +157,35 @@ impl<'a, V: StateView> Overlay<'a, V> {
     }
 
     /// Applies a record whose signature has been verified and whose stateless
-    /// checks passed, as log entry `index`. Returns the key's new head.
-    pub fn apply(&mut self, signed: &SignedRecord, id: RecordId, index: u64) -> Result<(StateKey, Head), Error> {
+    /// checks passed, as log entry `index`; `key_hash` is its key's
+    /// ([`key_hash_of`](crate::state_tree::key_hash_of), computed once by the caller, which reads the block's
+    /// leaves by it). Returns the key's new head.
+    pub fn apply(&mut self, signed: &SignedRecord, id: RecordId, index: u64, key_hash: &Hash) -> Result<Head, Error> {
         let r = &signed.record;
         if let Some(last) = self.last_nonce(&r.submitter)? {
             if r.nonce <= last {
                 return Err(Error::NonceNotIncreasing { submitter: r.submitter.to_hex(), last, got: r.nonce });
             }
         }
-        let key = StateKey { namespace: r.namespace.clone(), key: r.key.clone() };
-        let current = self.head(&key)?;
+        let (namespace, key) = (|| r.namespace.clone(), || r.key.clone());
+        let current = self.head(key_hash)?;
         let version = match (r.op, current) {
             (Op::Publish, None) => 1,
             (Op::Publish, Some(_)) => {
-                return Err(Error::KeyExists { namespace: key.namespace, key: key.key });
+                return Err(Error::KeyExists { namespace: namespace(), key: key() });
             }
             (Op::Amend | Op::Revoke, None) => {
-                return Err(Error::KeyNotFound { namespace: key.namespace, key: key.key, op: r.op.name() });
+                return Err(Error::KeyNotFound { namespace: namespace(), key: key(), op: r.op.name() });
             }
             (Op::Amend | Op::Revoke, Some(head)) => {
                 if head.status == Status::Revoked {
-                    return Err(Error::KeyRevoked { namespace: key.namespace, key: key.key, head: head.id.to_hex() });
+                    return Err(Error::KeyRevoked { namespace: namespace(), key: key(), head: head.id.to_hex() });
                 }
                 let supersedes = r.supersedes.expect("check_form requires supersedes on Amend and Revoke");
                 if supersedes != head.id {
                     return Err(Error::SupersedesNotHead {
-                        namespace: key.namespace,
-                        key: key.key,
+                        namespace: namespace(),
+                        key: key(),
                         got: supersedes.to_hex(),
                         head: head.id.to_hex(),
                     });
@@ -186,18 +194,13 @@ impl<'a, V: StateView> Overlay<'a, V> {
             }
         };
         if r.version != version {
-            return Err(Error::VersionMismatch {
-                namespace: key.namespace,
-                key: key.key,
-                got: r.version,
-                want: version,
-            });
+            return Err(Error::VersionMismatch { namespace: namespace(), key: key(), got: r.version, want: version });
         }
         let status = if r.op == Op::Revoke { Status::Revoked } else { Status::Active };
         let head = Head { id, version, index, status };
         self.nonces.insert(r.submitter, r.nonce);
-        self.heads.insert(key.clone(), head);
-        Ok((key, head))
+        self.heads.insert(*key_hash, head);
+        Ok(head)
     }
 }
 

@@ -32,8 +32,8 @@
 //! No internal node is stored. The hash of every position of depths `0..=D`
 //! is held in memory ([`Levels`], dense, with whether the subtree there is
 //! empty, one leaf or more), `D` chosen from the number of keys so that a
-//! subtree at depth `D` (a *bottom subtree*) holds 4 to 8 leaves on average
-//! ([`depth_for`]): about 8 to 16 bytes of memory per key.
+//! subtree at depth `D` (a *bottom subtree*) holds 2 to 4 leaves on average
+//! ([`depth_for`]): about 16 to 33 bytes of memory per key.
 //!
 //! An [`update`] reads the leaves of each bottom subtree a changed key falls
 //! in (one range scan each), merges the changes in, rehashes those subtrees,
@@ -70,13 +70,14 @@ pub const PROOF_SIBLINGS_MAX: usize = 256;
 /// The longest canonical `StateProof`: format, tag, the larger leaf, the list length, 256 siblings.
 pub const PROOF_BYTES_MAX: usize = 1 + 4 + 64 + 8 + 32 * PROOF_SIBLINGS_MAX;
 
-/// The deepest in-memory level: 2^25 positions of 33 bytes (1.1 GB), reached at 2^27 keys.
+/// The deepest in-memory level: 2^25 positions of 33 bytes (1.1 GB), reached at 2^25 keys.
 pub const LEVELS_DEPTH_MAX: usize = 24;
 /// A bottom subtree holds `2^BOTTOM_LEAVES_LOG2` to twice that many leaves on average.
-/// 4–8 rather than 8–16: an update rehashes every leaf of each bottom subtree it
-/// touches, and halving them cut `execute` by ~20% in `annal bench ledger`, for
-/// 8–16 bytes of memory per key instead of 4–8 (ADR 0003, Update).
-const BOTTOM_LEAVES_LOG2: usize = 2;
+/// An update rehashes every leaf of each bottom subtree it touches: 4–8 leaves
+/// rather than 8–16 cut `execute` by ~20 % in `annal bench ledger`, and 2–4
+/// rather than 4–8 by another ~14 % (session 11), for 16–33 bytes of memory per
+/// key instead of 8–16 (33 MB at a million keys; ADR 0003, Update).
+const BOTTOM_LEAVES_LOG2: usize = 1;
 
 /// Read access to the stored leaves, by key hash.
 pub trait LeafReader {
@@ -110,10 +111,15 @@ impl LeafReader for BTreeMap<Hash, Head> {
 /// `SHA-256("annal/state-key/v1" ‖ 0x01 ‖ u64 LE len ‖ namespace ‖ u64 LE len ‖ key)`:
 /// the tree key of `(namespace, key)` (after the domain, the canonical encoding of the pair).
 pub fn key_hash(key: &StateKey) -> Hash {
+    key_hash_of(&key.namespace, &key.key)
+}
+
+/// [`key_hash`] of `(namespace, key)` without building a [`StateKey`].
+pub fn key_hash_of(namespace: &str, key: &str) -> Hash {
     let mut h = Sha256::new();
     h.update(KEY_DOMAIN);
     h.update([codec::FORMAT_V1]);
-    for part in [&key.namespace, &key.key] {
+    for part in [namespace, key] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
@@ -233,7 +239,7 @@ fn merge(stored: &[(Hash, Head)], changes: &[(Hash, Head)]) -> Vec<(Hash, Head)>
 }
 
 /// The depth of the in-memory levels for a tree of `leaves` keys: bottom
-/// subtrees then hold 4 to 8 leaves on average (`floor(log2 n) − 2`, at most
+/// subtrees then hold 2 to 4 leaves on average (`floor(log2 n) − 1`, at most
 /// [`LEVELS_DEPTH_MAX`]).
 pub fn depth_for(leaves: u64) -> usize {
     let log2 = leaves.checked_ilog2().unwrap_or(0) as usize;
@@ -474,13 +480,83 @@ pub struct StateUpdate {
     pub slots: Vec<Slot>,
 }
 
+/// The stored leaves of the bottom subtrees some keys fall in, read once for a
+/// block (one seek each, in key-hash order). Execution takes the keys' current
+/// heads from here rather than one point read each, and [`update_prefetched`]
+/// rehashes the same subtrees without reading them again: the point reads and
+/// the second scan were 3.8 % and 6.7 % of a validator at rate max
+/// (docs/BENCHMARKS.md, session 11).
+#[derive(Debug)]
+pub struct Prefetch {
+    /// The levels the leaves were read against: their root and depth.
+    base_root: Hash,
+    depth: usize,
+    /// Each bottom subtree a key falls in, by position, with its stored leaves
+    /// (checked against the levels; none read for a subtree the levels record empty).
+    subtrees: Vec<(usize, Vec<(Hash, Head)>)>,
+}
+
+impl Prefetch {
+    /// Reads the bottom subtrees `key_hashes` fall in (in any order, repeats allowed).
+    pub fn read<R: StateTreeReader + ?Sized>(tree: &R, key_hashes: &[Hash]) -> Result<Prefetch, Error> {
+        let levels = tree.levels();
+        let depth = levels.depth;
+        let mut positions: Vec<usize> = key_hashes.iter().map(|k| position(k, depth)).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let fill = |index: usize| levels.fills[depth][index];
+        let spans: Vec<_> = positions.iter().filter(|&&i| fill(i) != Fill::Empty).map(|&i| span(depth, i)).collect();
+        let mut scanned = tree.leaves_in_each(&spans)?.into_iter();
+        let mut subtrees = Vec::with_capacity(positions.len());
+        for index in positions {
+            let stored = match fill(index) {
+                Fill::Empty => Vec::new(),
+                recorded => {
+                    let leaves = scanned.next().expect("one scan per subtree not empty");
+                    checked(leaves, depth, index, Some(recorded))?
+                }
+            };
+            subtrees.push((index, stored));
+        }
+        Ok(Prefetch { base_root: levels.root(), depth, subtrees })
+    }
+
+    /// The stored head of `key_hash`: `None` if its bottom subtree was not read.
+    pub fn head(&self, key_hash: &Hash) -> Option<Option<Head>> {
+        let leaves = self.subtree(position(key_hash, self.depth))?;
+        Some(leaves.binary_search_by(|l| l.0.cmp(key_hash)).ok().map(|at| leaves[at].1))
+    }
+
+    fn subtree(&self, index: usize) -> Option<&[(Hash, Head)]> {
+        let at = self.subtrees.binary_search_by_key(&index, |s| s.0).ok()?;
+        Some(&self.subtrees[at].1)
+    }
+}
+
 /// Applies a block's new heads to the tree: reads the leaves of the bottom
 /// subtrees the changed keys fall in (one range scan each) and rehashes those
 /// subtrees and the positions above them. Writes nothing.
 pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey, Head>) -> Result<StateUpdate, Error> {
+    let leaves = sorted_leaves(changes);
+    let hashes: Vec<Hash> = leaves.iter().map(|l| l.0).collect();
+    update_prefetched(tree, &Prefetch::read(tree, &hashes)?, leaves)
+}
+
+/// [`update`] with the changed keys' bottom subtrees read already: `leaves`
+/// are the new heads by key hash (sorted, distinct), `prefetch` was read from
+/// `tree` as it stands (a subtree it lacks is read now).
+pub fn update_prefetched<R: StateTreeReader + ?Sized>(
+    tree: &R,
+    prefetch: &Prefetch,
+    leaves: Vec<(Hash, Head)>,
+) -> Result<StateUpdate, Error> {
     let levels = tree.levels();
     let depth = levels.depth;
-    let leaves = sorted_leaves(changes);
+    assert!(
+        prefetch.base_root == levels.root() && prefetch.depth == depth,
+        "the prefetched leaves were read from other levels"
+    );
+    assert!(leaves.windows(2).all(|w| w[0].0 < w[1].0), "the changed leaves come sorted and distinct");
     let mut out = StateUpdate {
         base_root: levels.root(),
         depth,
@@ -489,29 +565,23 @@ pub fn update<R: StateTreeReader + ?Sized>(tree: &R, changes: &BTreeMap<StateKey
         leaves: Vec::new(),
         slots: Vec::new(),
     };
-    // The bottom subtrees the changes fall in, and the stored leaves of those not empty (one pass).
-    let mut groups: Vec<(usize, &[(Hash, Head)])> = Vec::new();
+    // Each bottom subtree from its stored leaves and the changes under it.
+    let mut changed: Vec<(usize, (Hash, Fill))> = Vec::new();
     let mut rest = &leaves[..];
     while let Some(first) = rest.first() {
         let index = position(&first.0, depth);
         let n = rest.partition_point(|l| position(&l.0, depth) == index);
-        groups.push((index, &rest[..n]));
-        rest = &rest[n..];
-    }
-    let fill = |index: usize| levels.fills[depth][index];
-    let spans: Vec<_> = groups.iter().filter(|g| fill(g.0) != Fill::Empty).map(|g| span(depth, g.0)).collect();
-    let mut scanned = tree.leaves_in_each(&spans)?.into_iter();
-    // Each bottom subtree from its stored leaves and the changes under it.
-    let mut changed: Vec<(usize, (Hash, Fill))> = Vec::with_capacity(groups.len());
-    for (index, changes) in groups {
-        let stored = match fill(index) {
-            Fill::Empty => Vec::new(),
-            recorded => {
-                let leaves = scanned.next().expect("one scan per subtree not empty");
-                checked(leaves, depth, index, Some(recorded))?
+        let (changes, after) = rest.split_at(n);
+        rest = after;
+        let read_now;
+        let stored = match prefetch.subtree(index) {
+            Some(stored) => stored,
+            None => {
+                read_now = leaves_under(tree, depth, index)?;
+                &read_now[..]
             }
         };
-        let merged = merge(&stored, changes);
+        let merged = merge(stored, changes);
         out.leaf_count += (merged.len() - stored.len()) as u64;
         changed.push((index, (subtree_hash(depth, &merged), Fill::of(merged.len()))));
     }
@@ -754,15 +824,15 @@ mod tests {
     }
 
     #[test]
-    fn depth_keeps_bottom_subtrees_at_4_to_8_leaves() {
-        // Goal: the levels' depth grows by one each time the number of keys doubles, from 8 keys,
+    fn depth_keeps_bottom_subtrees_at_2_to_4_leaves() {
+        // Goal: the levels' depth grows by one each time the number of keys doubles, from 4 keys,
         // and stops at the bound.
-        for (keys, depth) in [(0, 0), (7, 0), (8, 1), (15, 1), (16, 2), (1 << 20, 18), (u64::MAX, LEVELS_DEPTH_MAX)] {
+        for (keys, depth) in [(0, 0), (3, 0), (4, 1), (7, 1), (8, 2), (1 << 20, 19), (u64::MAX, LEVELS_DEPTH_MAX)] {
             assert_eq!(depth_for(keys), depth, "{keys} keys");
         }
-        for keys in [16u64, 100, 4096, 1_000_000, 50_000_000] {
+        for keys in [16u64, 100, 4096, 1_000_000, 30_000_000] {
             let per_bottom = keys as f64 / (1u64 << depth_for(keys)) as f64;
-            assert!((4.0..8.0).contains(&per_bottom), "{keys} keys: {per_bottom} per bottom subtree");
+            assert!((2.0..4.0).contains(&per_bottom), "{keys} keys: {per_bottom} per bottom subtree");
         }
     }
 }

@@ -929,7 +929,7 @@ impl LeafReader for Store {
         let mut out = Vec::with_capacity(spans.len());
         for (from, to_inclusive) in spans {
             iter.seek(from);
-            // A bottom subtree holds 4 to 8 leaves on average: one allocation, no regrowth.
+            // A bottom subtree holds 2 to 4 leaves on average: one allocation, no regrowth.
             let mut leaves = Vec::with_capacity(16);
             while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
                 if k > &to_inclusive[..] {

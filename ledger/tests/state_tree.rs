@@ -7,8 +7,8 @@ use annal_ledger::merkle::Hash;
 use annal_ledger::record::RecordId;
 use annal_ledger::state::{encode_head, Head, StateKey, Status};
 use annal_ledger::state_tree::{
-    depth_for, key_hash, prove, root_of, update, LeafReader, Levels, MemoryTree, ProofLeaf, StateProof,
-    StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX, PROOF_SIBLINGS_MAX,
+    depth_for, key_hash, prove, root_of, update, update_prefetched, LeafReader, Levels, MemoryTree, Prefetch,
+    ProofLeaf, StateProof, StateTreeReader, EMPTY_ROOT, PROOF_BYTES_MAX, PROOF_SIBLINGS_MAX,
 };
 use annal_ledger::Error;
 use rand::seq::SliceRandom;
@@ -382,10 +382,10 @@ impl StateTreeReader for Counting<'_> {
 
 #[test]
 fn an_update_reads_only_the_bottom_subtrees_it_changes() {
-    // Goal: changing k keys in a tree of n scans at most k bottom subtrees of 4–8 leaves on
+    // Goal: changing k keys in a tree of n scans at most k bottom subtrees of 2–4 leaves on
     // average (one range read each), not the tree; a proof scans one.
     let (tree, _, _) = tree(4096);
-    assert_eq!(tree.levels().depth(), 10, "4096 keys: 1024 bottom subtrees of 4 on average");
+    assert_eq!(tree.levels().depth(), 11, "4096 keys: 2048 bottom subtrees of 2 on average");
     let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0) };
     let one = BTreeMap::from([(key("land", "parcel/7"), head(7, 2, Status::Active))]);
     update(&reader, &one).unwrap();
@@ -400,6 +400,46 @@ fn an_update_reads_only_the_bottom_subtrees_it_changes() {
     reader.scans.set(0);
     prove(&reader, &key("land", "parcel/9")).unwrap();
     assert_eq!(reader.scans.get(), 1, "a proof scans one subtree");
+}
+
+#[test]
+fn a_prefetch_answers_heads_and_the_update_without_reading_again() {
+    // Goal: a block's keys are read once, one scan per bottom subtree they fall in; the
+    // heads come from that read, and the update made from it reads nothing more and
+    // gives the root a plain update gives. A subtree the prefetch lacks is read then.
+    let (tree, _, map) = tree(4096);
+    let reader = Counting { tree: &tree, scans: Cell::new(0), leaves_read: Cell::new(0) };
+    let mut block: BTreeMap<StateKey, Head> =
+        (0..200).map(|i| (key("land", &format!("new/{i}")), head(10_000 + i, 1, Status::Active))).collect();
+    for i in (0..4096).step_by(37) {
+        block.insert(key("land", &format!("parcel/{i}")), head(i, 2, Status::Active));
+    }
+    let hashes: Vec<Hash> = block.keys().map(key_hash).collect();
+    let prefetch = Prefetch::read(&reader, &hashes).unwrap();
+    let position = |h: &Hash| (u32::from_be_bytes(h[..4].try_into().unwrap()) >> (32 - tree.levels().depth())) as usize;
+    let mut subtrees: Vec<usize> = hashes.iter().map(position).collect();
+    subtrees.sort_unstable();
+    subtrees.dedup();
+    assert!(reader.scans.get() <= subtrees.len(), "{} scans for {} subtrees", reader.scans.get(), subtrees.len());
+    for (k, h) in block.keys().zip(&hashes) {
+        assert_eq!(prefetch.head(h), Some(map.get(k).copied()), "{k:?}");
+    }
+    let elsewhere = (0..).map(|i| key_hash(&key("land", &format!("elsewhere/{i}"))));
+    let outside = elsewhere.clone().find(|h| subtrees.binary_search(&position(h)).is_err()).unwrap();
+    assert_eq!(prefetch.head(&outside), None, "a subtree not read is not taken for empty");
+    let inside_absent = elsewhere.clone().find(|h| subtrees.binary_search(&position(h)).is_ok()).unwrap();
+    assert_eq!(prefetch.head(&inside_absent), Some(None), "an absent key of a subtree read is known absent");
+    let scans = reader.scans.get();
+    let mut leaves: Vec<(Hash, Head)> = block.iter().map(|(k, h)| (key_hash(k), *h)).collect();
+    leaves.sort_unstable_by_key(|l| l.0);
+    let plain = update(&tree, &block).unwrap();
+    let prefetched = update_prefetched(&reader, &prefetch, leaves.clone()).unwrap();
+    assert_eq!(reader.scans.get(), scans, "the update read again");
+    assert_eq!(prefetched, plain);
+    // A prefetch of half the keys: the other half's subtrees are read by the update.
+    let half = Prefetch::read(&tree, &hashes[..100]).unwrap();
+    assert_eq!(update_prefetched(&reader, &half, leaves).unwrap(), plain);
+    assert!(reader.scans.get() > scans, "the missing subtrees were read");
 }
 
 #[test]
@@ -422,9 +462,9 @@ fn levels_grow_as_keys_double_and_rebuild_to_the_same_root() {
     assert_eq!(depths.first(), Some(&depth_for(50)));
     assert_eq!(depths.last(), Some(&depth_for(2000)));
     assert!(depths.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "depths {depths:?}");
-    // 2^(D+1) positions of 33 bytes with 4 to 8 keys under each of the 2^D deepest: at most 16.5 bytes a key.
+    // 2^(D+1) positions of 33 bytes with 2 to 4 keys under each of the 2^D deepest: at most 33 bytes a key.
     let bytes = tree.levels().memory_bytes();
-    assert!(bytes <= 2000 * 33 / 2, "{bytes} bytes of levels for 2000 keys");
+    assert!(bytes <= 2000 * 33, "{bytes} bytes of levels for 2000 keys");
     // Overwrites never deepen the levels.
     let depth = tree.levels().depth();
     let amend: BTreeMap<_, _> = all.keys().take(500).map(|k| (k.clone(), head(9, 2, Status::Revoked))).collect();

@@ -204,8 +204,8 @@ fn state_proofs_verify_across_growth_and_reopen() {
     let mut store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
     fill(&mut store, 12, 100, &mut nonce);
     let depths: Vec<usize> = store.levels_rebuilds().iter().map(|r| r.depth).collect();
-    // Blocks of 100 keys: 100 keys want depth 4, 200 depth 5, 300 (past 256) 6, 600 7, 1100 8.
-    assert_eq!(depths, vec![4, 5, 6, 7, 8], "one rebuild per doubling");
+    // Blocks of 100 keys: 100 keys want depth 5, 200 depth 6, 300 (past 256) 7, 600 8, 1100 9.
+    assert_eq!(depths, vec![5, 6, 7, 8, 9], "one rebuild per doubling");
     assert_eq!(store.state_levels().depth(), depth_for(1200));
     let keys: Vec<StateKey> = [1, 2, 600, 1200, 1201, 99_999]
         .iter()
