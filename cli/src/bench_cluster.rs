@@ -484,15 +484,21 @@ fn feed(
 ) {
     let started = Instant::now();
     let mut sent = 0usize;
+    // The body of the batch starting at `sent`, kept while a full mempool refuses
+    // it whole: encoding 500 records again each time cost the cores the nodes share.
+    let mut body: Option<(usize, Value)> = None;
     while sent < records.len() && !stop.load(Ordering::Relaxed) {
         if let Some(r) = rate {
             let due = started + Duration::from_secs_f64(sent as f64 / r);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-        let chunk = &records[sent..(sent + batch).min(records.len())];
-        let body = json!({ "records": chunk.iter().map(|r| B64.encode(r.to_bytes())).collect::<Vec<_>>() });
-        let Ok(answer) = client.post_json::<Value>("/v1/records/batch", &body, Duration::from_secs(30), 16 << 20)
-        else {
+        if body.as_ref().is_none_or(|(from, _)| *from != sent) {
+            let chunk = &records[sent..(sent + batch).min(records.len())];
+            let encoded: Vec<String> = chunk.iter().map(|r| B64.encode(r.to_bytes())).collect();
+            body = Some((sent, json!({ "records": encoded })));
+        }
+        let (_, body) = body.as_ref().expect("encoded above");
+        let Ok(answer) = client.post_json::<Value>("/v1/records/batch", body, Duration::from_secs(30), 16 << 20) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };

@@ -495,16 +495,15 @@ fn admit_batch(
     decoded: Vec<Result<Vec<u8>, Failure>>,
     submit: impl FnOnce(Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>>,
 ) -> (usize, Vec<Value>, bool) {
-    let ids: Vec<Option<RecordId>> =
-        decoded.iter().map(|d| d.as_ref().ok().map(|b| SignedRecord::id_of_bytes(b))).collect();
     let mut admitted = submit(decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect()).into_iter();
     let mut accepted = 0;
     let mut full_at: Option<usize> = None;
     let mut results = Vec::with_capacity(decoded.len());
-    for (i, (d, id)) in decoded.into_iter().zip(ids).enumerate() {
-        let outcome = match d {
-            Err(f) => Err(f),
-            Ok(_) => admitted.next().expect("one result per decodable record"),
+    for (i, d) in decoded.into_iter().enumerate() {
+        // An admitted record's id comes with it; a refused one's is hashed here, only then.
+        let (outcome, bytes) = match d {
+            Err(f) => (Err(f), None),
+            Ok(bytes) => (admitted.next().expect("one result per decodable record"), Some(bytes)),
         };
         let outcome = match full_at {
             Some(at) => Err(Failure::MempoolFull(format!(
@@ -525,7 +524,9 @@ fn admit_batch(
                 if matches!(f, Failure::MempoolFull(_)) && full_at.is_none() {
                     full_at = Some(i);
                 }
-                let id = if matches!(f, Failure::Malformed(_)) { None } else { id.map(|id| id.to_hex()) };
+                let id = bytes
+                    .filter(|_| !matches!(f, Failure::Malformed(_)))
+                    .map(|b| SignedRecord::id_of_bytes(&b).to_hex());
                 json!({ "id": id, "status": null, "error": f.to_json() })
             }
         });
