@@ -93,17 +93,59 @@ impl PublicKey {
 /// same answer (up to a 2^-128 chance per batch). Every signature an
 /// ordinary ed25519 signer makes verifies under both rules.
 pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let ok = verify_cofactored_in(items, scratch);
+        scratch.clear_and_bound();
+        ok
+    })
+}
+
+thread_local! {
+    /// The batch check's working vectors, kept between calls on each thread: a
+    /// batch of 500 needs ~220 KB, and allocated afresh each time those pages
+    /// were handed back to the kernel and faulted in again, zeroed, on the
+    /// next batch (docs/BENCHMARKS.md, session 11).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+#[derive(Default)]
+struct Scratch {
+    parsed: Vec<(
+        [u8; 32],
+        curve25519_dalek::edwards::EdwardsPoint,
+        curve25519_dalek::scalar::Scalar,
+        curve25519_dalek::scalar::Scalar,
+    )>,
+    scalars: Vec<curve25519_dalek::scalar::Scalar>,
+    points: Vec<curve25519_dalek::edwards::EdwardsPoint>,
+}
+
+impl Scratch {
+    /// Empties the vectors; keeps their room unless an unusually large batch grew them.
+    fn clear_and_bound(&mut self) {
+        const KEPT_MAX: usize = 4096;
+        self.parsed.clear();
+        self.scalars.clear();
+        self.points.clear();
+        self.parsed.shrink_to(KEPT_MAX);
+        self.scalars.shrink_to(KEPT_MAX);
+        self.points.shrink_to(KEPT_MAX);
+    }
+}
+
+fn verify_cofactored_in(items: &[(&PublicKey, &[u8], &Signature)], scratch: &mut Scratch) -> bool {
     use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
     use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
     use curve25519_dalek::scalar::Scalar;
     use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
     use sha2::{Digest, Sha512};
 
+    let Scratch { parsed, scalars, points } = scratch;
     let mut transcript = Sha512::new();
     transcript.update(b"annal/ed25519-batch/v1");
     // Per distinct key, the sum of its coefficients: one point per key, not per signature.
     let mut keys: std::collections::BTreeMap<[u8; 32], (EdwardsPoint, Scalar)> = std::collections::BTreeMap::new();
-    let mut parsed = Vec::with_capacity(items.len());
+    parsed.reserve(items.len());
     for (key, message, signature) in items {
         let (r_bytes, s_bytes): ([u8; 32], [u8; 32]) =
             (signature.0[..32].try_into().expect("32 bytes"), signature.0[32..].try_into().expect("32 bytes"));
@@ -122,9 +164,9 @@ pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
     }
     let seed = transcript.finalize();
     let mut b_coefficient = Scalar::ZERO;
-    let mut scalars = Vec::with_capacity(parsed.len() + keys.len() + 1);
-    let mut points = Vec::with_capacity(parsed.len() + keys.len() + 1);
-    for (i, (key, r, s, k)) in parsed.into_iter().enumerate() {
+    scalars.reserve(parsed.len() + keys.len() + 1);
+    points.reserve(parsed.len() + keys.len() + 1);
+    for (i, (key, r, s, k)) in parsed.iter().enumerate() {
         // A single signature needs no random coefficient; in a batch each gets a 128-bit one.
         let z = if items.len() == 1 {
             Scalar::ONE
@@ -134,8 +176,8 @@ pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
         };
         b_coefficient += z * s;
         scalars.push(z);
-        points.push(r);
-        keys.get_mut(&key).expect("inserted above").1 += z * k;
+        points.push(*r);
+        keys.get_mut(key).expect("inserted above").1 += z * k;
     }
     for (a, coefficient) in keys.into_values() {
         scalars.push(coefficient);
@@ -143,7 +185,7 @@ pub fn verify_cofactored(items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
     }
     scalars.push(-b_coefficient);
     points.push(ED25519_BASEPOINT_POINT);
-    EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
+    EdwardsPoint::vartime_multiscalar_mul(scalars.iter(), points.iter()).mul_by_cofactor().is_identity()
 }
 
 /// Ed25519's challenge k = SHA-512(R ‖ A ‖ M) mod ℓ.
