@@ -11,8 +11,8 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 # libclang: bindgen looks for libclang.so (or libclang-N.so) under the usual LLVM
 # folders. libclang-cpp.so, which some machines carry without it, does not do.
 libclang=no
-for pattern in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
-	/usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+for pattern in '/usr/lib/llvm-*/lib/libclang.so*' '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' \
+	'/usr/lib/*-linux-gnu/libclang.so*' '/usr/lib/*-linux-gnu/libclang-[0-9]*.so*'; do
 	compgen -G "$pattern" >/dev/null && libclang=yes
 done
 [ "$libclang" = yes ] || missing+=(libclang-dev)
