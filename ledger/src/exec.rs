@@ -193,7 +193,7 @@ fn run<V: StateView + StateTreeReader>(
     let key_hashes: Vec<Hash> =
         records.iter().map(|e| key_hash_of(&e.record.record.namespace, &e.record.record.key)).collect();
     let prefetch = Prefetch::read(state, &key_hashes)?;
-    let mut overlay = Overlay::new(state, Some(&prefetch));
+    let mut overlay = Overlay::new(state, &prefetch);
     let mut frontier = frontier.clone();
     let first_index = frontier.size();
     let mut ids = Vec::with_capacity(records.len());

@@ -127,15 +127,15 @@ impl Rules {
 /// State changes made by the records of one block, on top of committed state.
 pub struct Overlay<'a, V: StateView + LeafReader> {
     base: &'a V,
-    /// The stored leaves of the block's keys, read at once (else one read per key).
-    prefetch: Option<&'a Prefetch>,
+    /// The stored leaves of the block's keys, read at once (a key outside them is read alone).
+    prefetch: &'a Prefetch,
     /// The keys' new heads, by key hash: the state tree's changed leaves.
     pub heads: BTreeMap<Hash, Head>,
     pub nonces: BTreeMap<PublicKey, u64>,
 }
 
 impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
-    pub fn new(base: &'a V, prefetch: Option<&'a Prefetch>) -> Self {
+    pub fn new(base: &'a V, prefetch: &'a Prefetch) -> Self {
         Overlay { base, prefetch, heads: BTreeMap::new(), nonces: BTreeMap::new() }
     }
 
@@ -143,7 +143,7 @@ impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
         if let Some(h) = self.heads.get(key_hash) {
             return Ok(Some(*h));
         }
-        match self.prefetch.and_then(|p| p.head(key_hash)) {
+        match self.prefetch.head(key_hash) {
             Some(stored) => Ok(stored),
             None => self.base.leaf(key_hash),
         }

@@ -76,7 +76,7 @@ pub const LEVELS_DEPTH_MAX: usize = 24;
 /// An update rehashes every leaf of each bottom subtree it touches: 4–8 leaves
 /// rather than 8–16 cut `execute` by ~20 % in `annal bench ledger`, and 2–4
 /// rather than 4–8 by another ~14 % (session 11), for 16–33 bytes of memory per
-/// key instead of 8–16 (33 MB at a million keys; ADR 0003, Update).
+/// key instead of 8–16 (35 MB at a million keys; ADR 0003, Update).
 const BOTTOM_LEAVES_LOG2: usize = 1;
 
 /// Read access to the stored leaves, by key hash.
@@ -485,7 +485,7 @@ pub struct StateUpdate {
 /// heads from here rather than one point read each, and [`update_prefetched`]
 /// rehashes the same subtrees without reading them again: the point reads and
 /// the second scan were 3.8 % and 6.7 % of a validator at rate max
-/// (docs/BENCHMARKS.md, session 11).
+/// (docs/BENCHMARKS.md, session 10's profile; session 11 for the change).
 #[derive(Debug)]
 pub struct Prefetch {
     /// The levels the leaves were read against: their root and depth.
