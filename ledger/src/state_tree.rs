@@ -76,7 +76,7 @@ pub const LEVELS_DEPTH_MAX: usize = 24;
 /// An update rehashes every leaf of each bottom subtree it touches: 4–8 leaves
 /// rather than 8–16 cut `execute` by ~20 % in `annal bench ledger`, and 2–4
 /// rather than 4–8 by another ~14 % (session 11), for 16–33 bytes of memory per
-/// key instead of 8–16 (35 MB at a million keys; ADR 0003, Update).
+/// key instead of 8–16 (17 MB at a million keys; ADR 0003, Update).
 const BOTTOM_LEAVES_LOG2: usize = 1;
 
 /// Read access to the stored leaves, by key hash.
