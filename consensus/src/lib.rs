@@ -234,6 +234,6 @@ pub use error::Error;
 pub use signer::{conflicting, SafetyState, Signer};
 pub use state::{Core, Evidence, Input, Output};
 pub use types::{
-    Anchor, Block, ChainId, Digest, Height, Validator, ValidatorIndex, ValidatorSet, View, VALIDATORS_MAX,
+    Anchor, Block, ChainId, Digest, Height, Payload, Validator, ValidatorIndex, ValidatorSet, View, VALIDATORS_MAX,
 };
 pub use wire::{signing_bytes, Certificate, Limits, Message, Proposal, Vote, VoteKind};

@@ -474,8 +474,13 @@ impl Core {
             return;
         }
         let Some(parent) = self.round(view).proposing_on else { return };
-        let block =
-            Block { height: parent.height.next(), view, parent_view: parent.view, parent: parent.digest, payload };
+        let block = Block {
+            height: parent.height.next(),
+            view,
+            parent_view: parent.view,
+            parent: parent.digest,
+            payload: payload.into(),
+        };
         let digest = block.hash(&self.cfg.chain_id);
         let Some(vote) = self.signer.propose(view, block.height, digest) else { return };
         let height = block.height;
@@ -941,7 +946,7 @@ mod tests {
                     view: View(h),
                     parent_view: View(h - 1),
                     parent: [0; 32],
-                    payload: vec![0; len],
+                    payload: vec![0; len].into(),
                 };
                 ([h as u8; 32], block)
             })

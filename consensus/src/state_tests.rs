@@ -34,7 +34,7 @@ fn block(view: u64, height: u64, parent_view: u64, parent: Digest) -> Block {
         view: View(view),
         parent_view: View(parent_view),
         parent,
-        payload: vec![view as u8],
+        payload: vec![view as u8].into(),
     }
 }
 
@@ -277,7 +277,7 @@ fn restart_from_safety_state_cannot_double_vote() {
     let Output::PersistSafety(state) = out[0].clone() else { panic!("persist first: {out:?}") };
     let mut r = core(0, SafetyState::decode(&state.encode()).unwrap());
     r.handle(Duration::ZERO, Input::Start);
-    let other = Block { payload: vec![42], ..b };
+    let other = Block { payload: vec![42].into(), ..b };
     msg(&mut r, 1, proposal(other.clone()));
     let out = r.handle(Duration::ZERO, Input::Validated { digest: other.hash(&CHAIN), valid: true });
     assert!(votes_sent(&out).is_empty(), "{out:?}");

@@ -510,7 +510,7 @@ impl App {
     /// Writes the safety state durably: a new file, fsynced, renamed over the old one.
     fn persist_safety(&self, s: &SafetyState) -> Result<()> {
         let tmp = self.data_dir.join("safety.tmp");
-        write_synced(&tmp, &s.encode())?;
+        write_synced(&tmp, &[&s.encode()])?;
         std::fs::rename(&tmp, self.safety_path()).context("replacing the safety state")?;
         sync_dir(&self.data_dir)
     }
@@ -522,7 +522,7 @@ impl App {
             return Ok(());
         }
         let path = self.data_dir.join("blocks").join(hex::encode(digest));
-        write_synced(&path, &Message::encode_block_response(b))?;
+        write_synced(&path, &[&Message::block_response_head(b), &b.payload])?;
         sync_dir(&self.data_dir.join("blocks"))?;
         self.persisted.insert(digest, b.height.0);
         if self.pending.contains_key(&digest) {
@@ -530,7 +530,7 @@ impl App {
             return Ok(());
         }
         if let Some((payload, time_ms, records)) = self.proposed.take() {
-            if payload == b.payload {
+            if payload[..] == b.payload[..] {
                 // This leader's own block: its records came from the pool, decoded and checked.
                 let ids = records.iter().map(|r| r.id).collect();
                 let pending = Pending { height: b.height.0, parent: b.parent, time_ms, ids, records: Some(records) };
@@ -689,7 +689,7 @@ impl App {
             view: consensus::View(p.view),
             parent_view: consensus::View(p.parent_view),
             parent: p.parent,
-            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| &r.bytes[..])),
+            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| &r.bytes[..])).into(),
         };
         // The core would refuse a block that does not hash to the digest the
         // leader signed without saying why; a leader that named the wrong
@@ -1357,7 +1357,7 @@ impl App {
             view: consensus::View(link.view),
             parent_view: consensus::View(link.parent_view),
             parent: link.parent,
-            payload: BlockBody { time_ms: link.time_ms, records }.to_bytes(),
+            payload: BlockBody { time_ms: link.time_ms, records }.to_bytes().into(),
         };
         if block.hash(&self.chain_of(h)) != link.digest {
             bail!("the block rebuilt at height {h} does not hash to its stored digest");
@@ -1738,10 +1738,15 @@ fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
     }
 }
 
-fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+/// Writes `parts` one after another to a new file at `path` and syncs it.
+fn write_synced(path: &std::path::Path, parts: &[&[u8]]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))
+    parts
+        .iter()
+        .try_for_each(|part| f.write_all(part))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn sync_dir(dir: &std::path::Path) -> Result<()> {

@@ -56,7 +56,7 @@ fn final_block(g: &Genesis, height: u64, parent: [u8; 32], signers: &[u8]) -> (B
         view: View(height),
         parent_view: View(height - 1),
         parent,
-        payload: BlockBody { time_ms: g.genesis_time_ms + height, records: vec![] }.to_bytes(),
+        payload: BlockBody { time_ms: g.genesis_time_ms + height, records: vec![] }.to_bytes().into(),
     };
     let digest = block.hash(&chain);
     let votes: Vec<Vote> = signers
@@ -178,7 +178,7 @@ fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
     send(&mut app, &mut fx, vec![entry(&b2, &c4, tail_of(&[&b4]))]);
     assert_eq!(height(), 1);
     let mut full = b3.clone();
-    full.payload = BlockBody { time_ms: g.genesis_time_ms + 3, records: vec![vec![1, 2, 3]] }.to_bytes();
+    full.payload = BlockBody { time_ms: g.genesis_time_ms + 3, records: vec![vec![1, 2, 3]] }.to_bytes().into();
     let (b4_on_full, c4_on_full) = final_block(&g, 4, full.hash(&chain), &[0, 1, 2]);
     send(&mut app, &mut fx, vec![entry(&b2, &c4_on_full, tail_of(&[&full, &b4_on_full]))]);
     assert_eq!(height(), 1);

@@ -18,7 +18,7 @@ impl Behaviour for Equivocator {
                 kept.push(o);
                 continue;
             };
-            let twin = Block { payload: ctx.rng.bytes(8), ..p.block.clone() };
+            let twin = Block { payload: ctx.rng.bytes(8).into(), ..p.block.clone() };
             let digest = twin.hash(&ctx.chain_id);
             let signature = ctx.sign(VoteKind::Propose, twin.view, twin.height, digest).signature;
             let other = Message::Propose(Proposal { block: twin.clone(), signature });

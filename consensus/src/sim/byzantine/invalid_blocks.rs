@@ -19,7 +19,7 @@ impl Behaviour for InvalidBlocks {
                 Output::Broadcast(Message::Propose(p)) => {
                     let mut bad = p.block.clone();
                     match ctx.rng.range(0, 2) {
-                        0 => bad.payload = [INVALID_PAYLOAD_PREFIX, &ctx.rng.bytes(4)].concat(),
+                        0 => bad.payload = [INVALID_PAYLOAD_PREFIX, &ctx.rng.bytes(4)].concat().into(),
                         1 => bad.height = Height(bad.height.0 + 1),
                         _ => bad = Block { parent: ctx.rng.bytes(32).try_into().expect("32 bytes"), ..bad },
                     }
