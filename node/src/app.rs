@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::safety_file::SafetyFile;
 use annal_consensus as consensus;
 use annal_consensus::{
     Anchor, Block, Certificate as Finalization, ChainId, Config as CoreConfig, Core, Ed25519Verifier, Input, Message,
@@ -160,6 +161,8 @@ pub struct App {
     set: consensus::ValidatorSet,
     limits: consensus::Limits,
     data_dir: PathBuf,
+    /// The safety state file of the running core's epoch.
+    safety: SafetyFile,
     validator: Option<Validator>,
     /// This node's consensus key (it votes while its key is in the set in force).
     consensus_key: Option<SecretKey>,
@@ -252,6 +255,7 @@ impl App {
             epoch_end: epoch_blocks,
             set,
             limits,
+            safety: SafetyFile::new(safety_file(&data_dir, 0)),
             data_dir,
             validator: None,
             consensus_key: consensus_key.as_ref().map(|k| SecretKey::from_seed(k.seed())),
@@ -364,14 +368,17 @@ impl App {
         epoch_chain(self.shared.genesis_hash, self.shared.genesis.params.epoch_of(h))
     }
 
-    fn read_safety(&self) -> Result<SafetyState> {
-        match std::fs::read(self.safety_path()) {
-            Ok(bytes) => {
-                SafetyState::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", self.safety_path().display()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SafetyState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.safety_path().display())),
+    /// The running epoch's safety file (a new one when the epoch changed).
+    fn safety(&mut self) -> &mut SafetyFile {
+        let path = self.safety_path();
+        if self.safety.path() != path {
+            self.safety = SafetyFile::new(path);
         }
+        &mut self.safety
+    }
+
+    fn read_safety(&mut self) -> Result<SafetyState> {
+        self.safety().read()
     }
 
     fn load_persisted_blocks(&mut self) -> Result<()> {
@@ -507,12 +514,9 @@ impl App {
         s.sync = if self.behind() { SyncState::CatchingUp { target: self.seen_height } } else { SyncState::Synced };
     }
 
-    /// Writes the safety state durably: a new file, fsynced, renamed over the old one.
-    fn persist_safety(&self, s: &SafetyState) -> Result<()> {
-        let tmp = self.data_dir.join("safety.tmp");
-        write_synced(&tmp, &[&s.encode()])?;
-        std::fs::rename(&tmp, self.safety_path()).context("replacing the safety state")?;
-        sync_dir(&self.data_dir)
+    /// Writes the safety state durably (`safety_file`: in place, one of two slots).
+    fn persist_safety(&mut self, s: &SafetyState) -> Result<()> {
+        self.safety().write(s)
     }
 
     /// Writes a block this validator is about to vote for (or proposed) to
@@ -1739,7 +1743,7 @@ fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
 }
 
 /// Writes `parts` one after another to a new file at `path` and syncs it.
-fn write_synced(path: &std::path::Path, parts: &[&[u8]]) -> Result<()> {
+pub(crate) fn write_synced(path: &std::path::Path, parts: &[&[u8]]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     parts
@@ -1749,7 +1753,7 @@ fn write_synced(path: &std::path::Path, parts: &[&[u8]]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn sync_dir(dir: &std::path::Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 

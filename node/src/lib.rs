@@ -12,5 +12,6 @@ pub mod config;
 pub mod mempool;
 pub mod net;
 pub mod run;
+pub mod safety_file;
 pub mod shared;
 pub mod wire;
