@@ -1871,6 +1871,10 @@ pub async fn run_loop(
                 let _ = tx.send((peer, request, result)).await;
             });
         }
+        let m = &app.shared.metrics;
+        m.net_events_queued.store(events.len() as u64, Ordering::Relaxed);
+        m.net_commands_queued.store(net.commands_queued() as u64, Ordering::Relaxed);
+        m.record_batches_queued.store(record_queue.len() as u64, Ordering::Relaxed);
         let wake = tokio::time::Instant::from_std(app.started + app.next_wake());
         tokio::select! {
             _ = shutdown.changed() => break,

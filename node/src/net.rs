@@ -374,6 +374,11 @@ pub struct NetworkHandle {
 }
 
 impl NetworkHandle {
+    /// Commands waiting for the network task (publishes, requests, answers).
+    pub fn commands_queued(&self) -> usize {
+        self.commands.max_capacity() - self.commands.capacity()
+    }
+
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
     }

@@ -159,6 +159,14 @@ pub struct Metrics {
     pub proposals_fetched: AtomicU64,
     pub api_requests: Mutex<BTreeMap<u16, u64>>,
     pub finality: Mutex<Histogram>,
+    /// Items waiting in the loop's queues, set by the loop each turn: network
+    /// events for the loop, commands for the network task, gossiped record
+    /// batches waiting for their signature check. Each is bounded by a count of
+    /// items of up to a gossip message's size, so a node that falls behind holds
+    /// its memory there.
+    pub net_events_queued: AtomicU64,
+    pub net_commands_queued: AtomicU64,
+    pub record_batches_queued: AtomicU64,
 }
 
 /// A cumulative histogram of seconds (Prometheus buckets).
@@ -672,6 +680,21 @@ impl Shared {
             ("table_readers", memory.table_readers),
         ] {
             let _ = writeln!(s, "annal_store_memory_bytes{{use=\"{part}\"}} {bytes}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP annal_queue_items Items waiting in the node's internal queues: network events for \
+             the loop, commands for the network, gossiped record batches awaiting their signature \
+             check, records the API admitted awaiting gossip."
+        );
+        let _ = writeln!(s, "# TYPE annal_queue_items gauge");
+        for (queue, items) in [
+            ("net_events", m.net_events_queued.load(Ordering::Relaxed)),
+            ("net_commands", m.net_commands_queued.load(Ordering::Relaxed)),
+            ("record_batches", m.record_batches_queued.load(Ordering::Relaxed)),
+            ("api_gossip", (self.gossip.max_capacity() - self.gossip.capacity()) as u64),
+        ] {
+            let _ = writeln!(s, "annal_queue_items{{queue=\"{queue}\"}} {items}");
         }
         if let Some(rss) = resident_bytes() {
             let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory of this process.");

@@ -610,6 +610,15 @@ async fn status_metrics_health_and_routing_errors() {
     assert_eq!(gauge("annal_evidence_total "), 0);
     gauge("annal_store_memory_bytes{use=\"table_readers\"}");
     assert!(gauge("process_resident_memory_bytes") > 1 << 20, "{}", m.body);
+    // No loop runs here: its queues read 0, and the record the API admitted waits for gossip.
+    for queue in ["net_events", "net_commands", "record_batches"] {
+        assert_eq!(gauge(&format!("annal_queue_items{{queue=\"{queue}\"}}")), 0, "{}", m.body);
+    }
+    assert_eq!(gauge("annal_queue_items{queue=\"api_gossip\"}"), 0, "{}", m.body);
+    node.post("/v1/records", &body_of(&publish(21, "a", 2))).await.json();
+    let m = node.get("/metrics").await;
+    let queued = m.body.lines().find_map(|l| l.strip_prefix("annal_queue_items{queue=\"api_gossip\"}"));
+    assert_eq!(queued.map(str::trim), Some("1"), "{}", m.body);
 
     let h = node.get("/healthz").await;
     assert_eq!((h.status, h.body.as_str()), (200, "ok"));
