@@ -7,7 +7,7 @@ use crate::cert::{proposal_vote, verify_vote, Verifier};
 use crate::config::Config;
 use crate::error::Error;
 use crate::signer::{conflicting, SafetyState, Signer};
-use crate::types::{Anchor, Block, Digest, Height, ValidatorIndex, View};
+use crate::types::{Anchor, Block, Digest, Height, Payload, ValidatorIndex, View};
 use crate::wire::{Certificate, Message, Proposal, Vote, VoteKind};
 
 /// Everything that can happen to a core.
@@ -20,7 +20,7 @@ pub enum Input {
     /// The deadline of `Output::Schedule { view, .. }` passed.
     Timeout(View),
     /// The application's payload for `Output::NeedPayload { view, .. }`.
-    Payload { view: View, payload: Vec<u8> },
+    Payload { view: View, payload: Payload },
     /// The application's verdict on `Output::Validate(block)` for the block with this hash.
     Validated { digest: Digest, valid: bool },
 }
@@ -465,7 +465,7 @@ impl Core {
         Some(f)
     }
 
-    fn on_payload(&mut self, view: View, payload: Vec<u8>) {
+    fn on_payload(&mut self, view: View, payload: Payload) {
         assert!(
             payload.len() <= self.cfg.limits.payload_bytes_max,
             "the application's payload exceeds payload_bytes_max"
@@ -474,13 +474,8 @@ impl Core {
             return;
         }
         let Some(parent) = self.round(view).proposing_on else { return };
-        let block = Block {
-            height: parent.height.next(),
-            view,
-            parent_view: parent.view,
-            parent: parent.digest,
-            payload: payload.into(),
-        };
+        let block =
+            Block { height: parent.height.next(), view, parent_view: parent.view, parent: parent.digest, payload };
         let digest = block.hash(&self.cfg.chain_id);
         let Some(vote) = self.signer.propose(view, block.height, digest) else { return };
         let height = block.height;

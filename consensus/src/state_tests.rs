@@ -112,7 +112,7 @@ fn leader_proposes_on_start() {
     let mut c = core(1, SafetyState::default());
     let out = c.handle(Duration::ZERO, Input::Start);
     assert!(out.contains(&Output::NeedPayload { view: View(1), height: Height(1), parent: GENESIS.digest }));
-    let out = c.handle(Duration::ZERO, Input::Payload { view: View(1), payload: vec![1] });
+    let out = c.handle(Duration::ZERO, Input::Payload { view: View(1), payload: vec![1].into() });
     assert!(matches!(out[0], Output::PersistSafety(SafetyState { proposed: View(1), notarized: View(1), .. })));
     let b = block(1, 1, 0, GENESIS.digest);
     let digest = b.hash(&CHAIN);

@@ -195,7 +195,7 @@ pub struct App {
     started: Instant,
     pub gossip_queue: Vec<Vec<u8>>,
     /// The payload this leader last proposed, its time and its records (see `persist_block`).
-    proposed: Option<(Vec<u8>, u64, Vec<Arc<Encoded>>)>,
+    proposed: Option<(consensus::Payload, u64, Vec<Arc<Encoded>>)>,
     /// Proposals rebuilt from the pool, by the digest their leader signed: the
     /// time and the records (decoded and checked when they entered the pool),
     /// so `validate` neither decodes, hashes nor looks them up again. At most
@@ -534,7 +534,7 @@ impl App {
             return Ok(());
         }
         if let Some((payload, time_ms, records)) = self.proposed.take() {
-            if payload[..] == b.payload[..] {
+            if payload == b.payload {
                 // This leader's own block: its records came from the pool, decoded and checked.
                 let ids = records.iter().map(|r| r.id).collect();
                 let pending = Pending { height: b.height.0, parent: b.parent, time_ms, ids, records: Some(records) };
@@ -616,7 +616,7 @@ impl App {
         self.owed_payload = None;
         let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
-        let payload = BlockBody::encode_of(time_ms, records.iter().map(|r| &r.bytes[..]));
+        let payload: consensus::Payload = BlockBody::encode_of(time_ms, records.iter().map(|r| &r.bytes[..])).into();
         self.proposed_ids = Some((view.0, time_ms, records.iter().map(|r| r.id).collect()));
         self.proposed = Some((payload.clone(), time_ms, records));
         Input::Payload { view, payload }

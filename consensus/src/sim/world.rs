@@ -914,7 +914,10 @@ impl Sim {
                     payload
                 };
                 let incarnation = self.nodes[i].incarnation;
-                self.push(self.now, Event::App { node: i, incarnation, input: Input::Payload { view, payload } });
+                self.push(
+                    self.now,
+                    Event::App { node: i, incarnation, input: Input::Payload { view, payload: payload.into() } },
+                );
             }
             Output::Validate { block, digest } => {
                 assert_eq!(digest, block.hash(&chain), "node {i}'s core asked to validate a block with a wrong digest");
