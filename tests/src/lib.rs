@@ -110,6 +110,11 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// The process id of node `i`, while this harness runs it.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

@@ -101,6 +101,14 @@ fn four_validators_take_records_survive_kills_and_agree() {
     let all = [0, 1, 2, 3];
     cluster.wait_heights(&all, 2, LONG);
 
+    // The nodes run without transparent huge pages (their memory is counted
+    // in 4 KB pages, not whole 2 MB regions; cli/src/main.rs).
+    for i in all {
+        let pid = cluster.pid(i).expect("the harness runs every node");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the node's /proc status");
+        assert!(status.contains("THP_enabled:\t0"), "node {i} runs with transparent huge pages:\n{status}");
+    }
+
     // 1,000 records across all nodes, each acknowledged final.
     let mut acks = submit_all(&cluster, RECORDS / SUBMITTERS, "a", &all);
     assert_eq!(acks.len(), RECORDS);
