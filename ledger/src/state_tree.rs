@@ -322,9 +322,14 @@ impl Levels {
 
     /// Computes the levels from every leaf `reader` holds, `leaf_count` of
     /// them, at the depth [`depth_for`] chooses: one pass over the leaves.
+    /// Memory: the levels themselves and nothing of their size beside them
+    /// (while the tree regrows the old levels are still held; building
+    /// (hash, fill) pairs first and splitting them after took half as much
+    /// again at the peak).
     pub fn build<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64) -> Result<Levels, Error> {
         let depth = depth_for(leaf_count);
-        let mut bottom = vec![(EMPTY_ROOT, Fill::Empty); 1 << depth];
+        let mut bottom_hashes = vec![EMPTY_ROOT; 1 << depth];
+        let mut bottom_fills = vec![Fill::Empty; 1 << depth];
         // Scan in ranges of 64 bottom subtrees (about 1,000 leaves) at a time.
         let chunk_depth = depth.saturating_sub(6);
         let mut counted = 0u64;
@@ -335,7 +340,8 @@ impl Levels {
             while let Some(first) = rest.first() {
                 let index = position(&first.0, depth);
                 let n = rest.partition_point(|l| position(&l.0, depth) == index);
-                bottom[index] = (subtree_hash(depth, &rest[..n]), Fill::of(n));
+                bottom_hashes[index] = subtree_hash(depth, &rest[..n]);
+                bottom_fills[index] = Fill::of(n);
                 rest = &rest[n..];
             }
         }
@@ -343,14 +349,19 @@ impl Levels {
             let detail = format!("{counted} leaves are stored where {leaf_count} were expected");
             return Err(Error::StateLeavesDisagree { depth: 0, index: 0, detail });
         }
-        let mut levels = vec![bottom];
+        let mut hashes = vec![bottom_hashes];
+        let mut fills = vec![bottom_fills];
         for d in (0..depth).rev() {
-            let below = levels.last().expect("the bottom level is there");
-            let level: Vec<_> = (0..1usize << d).map(|i| combine(below[2 * i], below[2 * i + 1])).collect();
-            levels.push(level);
+            let (below_hashes, below_fills) =
+                (hashes.last().expect("the bottom level"), fills.last().expect("the bottom level"));
+            let below = |i: usize| (below_hashes[i], below_fills[i]);
+            let (level_hashes, level_fills): (Vec<Hash>, Vec<Fill>) =
+                (0..1usize << d).map(|i| combine(below(2 * i), below(2 * i + 1))).unzip();
+            hashes.push(level_hashes);
+            fills.push(level_fills);
         }
-        levels.reverse();
-        let (hashes, fills) = levels.into_iter().map(|level| level.into_iter().unzip()).unzip();
+        hashes.reverse();
+        fills.reverse();
         Ok(Levels { depth, leaf_count, hashes, fills })
     }
 
