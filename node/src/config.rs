@@ -256,17 +256,10 @@ listen = ["/ip4/127.0.0.1/tcp/7100"]
 api_listen = "127.0.0.1:8100"
 "#;
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("annal-config-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     /// Goal: relative paths resolve against the config's folder, and limits default.
     #[test]
     fn minimal_config_resolves_paths() {
-        let d = tempdir("minimal");
+        let d = crate::test_dir("config-minimal");
         let c = Config::load_with_env(&write(&d, MINIMAL), std::iter::empty()).unwrap();
         assert_eq!(c.data_dir, d.join("data"));
         assert_eq!(c.genesis, d.join("genesis.json"));
@@ -277,7 +270,7 @@ api_listen = "127.0.0.1:8100"
     /// Goal: environment overrides replace top-level and section keys with the right types.
     #[test]
     fn environment_overrides() {
-        let d = tempdir("env");
+        let d = crate::test_dir("config-env");
         let env = [
             ("ANNAL_API_LISTEN", "127.0.0.1:9999"),
             ("ANNAL_LIMITS_MEMPOOL_RECORDS_MAX", "7"),
@@ -298,7 +291,7 @@ api_listen = "127.0.0.1:8100"
     /// Goal: unknown keys, bad addresses and zero limits are refused with the key named.
     #[test]
     fn bad_configs_name_the_key() {
-        let d = tempdir("bad");
+        let d = crate::test_dir("config-bad");
         let err = Config::load_with_env(&write(&d, &format!("{MINIMAL}\nmystery = 1\n")), std::iter::empty());
         assert!(err.unwrap_err().to_string().contains("mystery"));
         let err = Config::load_with_env(

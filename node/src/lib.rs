@@ -15,3 +15,12 @@ pub mod run;
 pub mod safety_file;
 pub mod shared;
 pub mod wire;
+
+/// A fresh folder for one unit test: `annal-<name>-<pid>` under the system's temp dir.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("annal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -139,13 +139,6 @@ mod tests {
     use super::*;
     use annal_consensus::{Height, View};
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("annal-safety-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     fn state(view: u64) -> SafetyState {
         SafetyState {
             proposed: View(view),
@@ -158,7 +151,7 @@ mod tests {
     /// Goal: each write reads back, across reopening, alternating slots in place.
     #[test]
     fn writes_read_back_in_order() {
-        let path = tempdir("order").join("safety");
+        let path = crate::test_dir("safety-order").join("safety");
         let mut f = SafetyFile::new(path.clone());
         assert_eq!(f.read().unwrap(), SafetyState::default());
         for view in 1..=5 {
@@ -177,7 +170,7 @@ mod tests {
     /// and a file with both slots damaged is an error naming the damage.
     #[test]
     fn a_torn_write_falls_back_to_the_write_before() {
-        let path = tempdir("torn").join("safety");
+        let path = crate::test_dir("safety-torn").join("safety");
         let mut f = SafetyFile::new(path.clone());
         for view in 1..=3 {
             f.write(&state(view)).unwrap();
