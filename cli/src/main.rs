@@ -12,23 +12,6 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// No transparent huge pages for this process unless `MIMALLOC_ALLOW_THP` is
-/// set (then mimalloc's own setting rules). mimalloc asks the kernel for huge
-/// pages over its whole arena, so every touch of a fresh 2 MB region makes
-/// the kernel zero and map all of it: in the million-record run the peak RSS
-/// of a validator was 787–1,008 MB with huge pages and 655–687 MB without, at
-/// the same throughput within run-to-run noise (docs/BENCHMARKS.md, session 13).
-/// The kernel applies the flag to every later fault, including in memory
-/// mapped before `main`. Where `prctl` is refused the system default stays.
-fn no_transparent_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
-}
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -281,6 +264,23 @@ enum BenchCommand {
     ///
     /// Example: annal bench verify
     Verify(bench_cluster::VerifyArgs),
+}
+
+/// No transparent huge pages for this process unless `MIMALLOC_ALLOW_THP` is
+/// set (then mimalloc's own setting rules). mimalloc asks the kernel for huge
+/// pages over its whole arena, so every touch of a fresh 2 MB region makes
+/// the kernel zero and map all of it: in the million-record runs the peak RSS
+/// of a validator was up to 1,008 MB with huge pages and up to 772 MB without,
+/// at the same throughput within run-to-run noise (docs/BENCHMARKS.md, session 13).
+/// The kernel applies the flag to every later fault, including in memory
+/// mapped before `main`. Where `prctl` is refused the system default stays.
+fn no_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
 }
 
 fn main() {
