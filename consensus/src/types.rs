@@ -1,7 +1,7 @@
 //! Protocol numbers and the consensus view of a block: plain, fixed-width, hashable.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest as _, Sha256};
@@ -119,25 +119,91 @@ pub struct Block {
 /// its block store, in the queue to persist and in the proposal it broadcasts, and hands
 /// it to the application to validate — at load each copy was a fresh ~600 KB buffer.
 /// Compares, orders and hashes as its bytes; it never changes once made.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Payload(Arc<Vec<u8>>);
+///
+/// It also remembers the digest of the last block hashed with it, with every
+/// other input of that hash ([`Block::hash`]): a node hashed each block three
+/// to five times (rebuilding it, the core on proposal and on payload, the
+/// leader's compact proposal), each a SHA-256 over the whole payload — ~1 %
+/// of a validator at rate max (docs/BENCHMARKS.md, session 14).
+#[derive(Clone, Debug, Default)]
+pub struct Payload(Arc<PayloadBytes>);
+
+#[derive(Debug, Default)]
+struct PayloadBytes {
+    bytes: Vec<u8>,
+    /// `(everything else Block::hash reads, the digest)` of the first block hashed with these bytes.
+    digest: OnceLock<(HashedWith, Digest)>,
+}
+
+/// The inputs of [`Block::hash`] besides the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HashedWith {
+    chain_id: ChainId,
+    height: Height,
+    view: View,
+    parent_view: View,
+    parent: Digest,
+}
 
 impl From<Vec<u8>> for Payload {
     fn from(bytes: Vec<u8>) -> Payload {
-        Payload(Arc::new(bytes))
+        Payload(Arc::new(PayloadBytes { bytes, digest: OnceLock::new() }))
     }
 }
 
 impl Deref for Payload {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.0.bytes == other.0.bytes
+    }
+}
+
+impl Eq for Payload {}
+
+impl PartialOrd for Payload {
+    fn partial_cmp(&self, other: &Payload) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Payload {
+    fn cmp(&self, other: &Payload) -> std::cmp::Ordering {
+        self.0.bytes.cmp(&other.0.bytes)
+    }
+}
+
+impl std::hash::Hash for Payload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.bytes.hash(state)
     }
 }
 
 impl Block {
-    /// `SHA-256(b"annal/block/v1" || chain_id || canonical bytes)`.
+    /// `SHA-256(b"annal/block/v1" || chain_id || canonical bytes)`, computed
+    /// once per payload and header (see [`Payload`]).
     pub fn hash(&self, chain_id: &ChainId) -> Digest {
+        let with = HashedWith {
+            chain_id: *chain_id,
+            height: self.height,
+            view: self.view,
+            parent_view: self.parent_view,
+            parent: self.parent,
+        };
+        let (first, digest) = self.payload.0.digest.get_or_init(|| (with, self.hash_uncached(chain_id)));
+        if *first == with {
+            *digest
+        } else {
+            self.hash_uncached(chain_id)
+        }
+    }
+
+    fn hash_uncached(&self, chain_id: &ChainId) -> Digest {
         let mut h = Sha256::new();
         h.update(b"annal/block/v1");
         h.update(chain_id.0);
@@ -157,4 +223,37 @@ pub struct Anchor {
     pub height: Height,
     pub view: View,
     pub digest: Digest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(view: u64, payload: &Payload) -> Block {
+        Block { height: Height(3), view: View(view), parent_view: View(2), parent: [1; 32], payload: payload.clone() }
+    }
+
+    #[test]
+    fn a_payload_remembers_the_digest_of_its_first_header_only() {
+        let payload: Payload = (0..5_000u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+        let (chain, other_chain) = (ChainId([9; 32]), ChainId([8; 32]));
+        let a = block(5, &payload);
+        assert!(payload.0.digest.get().is_none());
+        let digest = a.hash(&chain);
+        assert_eq!(digest, a.hash_uncached(&chain));
+        // Remembered, and shared by every clone of the payload.
+        assert_eq!(payload.0.digest.get().map(|(_, d)| *d), Some(digest));
+        assert_eq!(block(5, &payload).hash(&chain), digest);
+        // The same bytes under another header or chain hash afresh, never to the remembered digest.
+        for (b, c) in
+            [(block(6, &payload), chain), (Block { parent: [2; 32], ..a.clone() }, chain), (a.clone(), other_chain)]
+        {
+            assert_eq!(b.hash(&c), b.hash_uncached(&c));
+            assert_ne!(b.hash(&c), digest);
+        }
+        // Equal bytes in another allocation: equal payloads, the same digest.
+        let copy: Payload = payload.to_vec().into();
+        assert_eq!(copy, payload);
+        assert_eq!(block(5, &copy).hash(&chain), digest);
+    }
 }
