@@ -120,8 +120,13 @@ fn vote(i: u8, kind: VoteKind, view: u64, height: u64, digest: [u8; 32]) -> Vote
 
 /// Seeds for `consensus_message`: one message of every tag, signed by the fixture set.
 pub fn consensus_messages() -> Vec<Seed> {
-    let block =
-        Block { height: Height(1), view: View(1), parent_view: View(0), parent: [0; 32], payload: b"records".to_vec() };
+    let block = Block {
+        height: Height(1),
+        view: View(1),
+        parent_view: View(0),
+        parent: [0; 32],
+        payload: b"records".to_vec().into(),
+    };
     let digest = block.hash(&CONSENSUS_CHAIN);
     let leader = CONSENSUS_SET.leader(View(1));
     let proposal = {
@@ -239,7 +244,12 @@ impl Chain {
         self.state.absorb(&executed);
         self.nodes.extend(executed.nodes.iter().copied());
         self.frontier = executed.frontier.clone();
-        self.blocks.push(Committed { header, block, ids: executed.ids.clone(), records: executed.records.clone() });
+        self.blocks.push(Committed {
+            header,
+            block,
+            ids: executed.ids.clone(),
+            records: executed.records.iter().map(|r| r.to_vec()).collect(),
+        });
     }
 
     fn build() -> Self {

@@ -125,7 +125,7 @@ pub fn block<V: StateView + StateTreeReader>(
     parent: [u8; 32],
     height: u64,
     records: &[SignedRecord],
-) -> (Header, Certificate, Executed) {
+) -> (Header, Certificate, Executed<'static>) {
     let g = genesis();
     let executed =
         execute(&gov(), Height(height), state, frontier, records, Signatures::Verify).expect("block executes");
