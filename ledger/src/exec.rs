@@ -12,7 +12,7 @@ use crate::block::{Header, Height, ValidatorSet, View};
 use crate::codec;
 use crate::error::Error;
 use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
-use crate::keys::{signing_message, verify_cofactored, Domain, PublicKey};
+use crate::keys::{verify_cofactored, Domain, Message, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{Encoded, RecordId, SignedRecord};
 use crate::state::{Overlay, Rules, StateKey, StateView};
@@ -308,10 +308,12 @@ pub fn bad_signatures<E: Borrow<Encoded>>(records: &[E]) -> Vec<usize> {
 
 /// `bad_signatures` over records with the canonical bytes of their unsigned part.
 fn bad_signatures_of(parts: &[(&SignedRecord, &[u8])]) -> Vec<usize> {
-    let messages: Vec<Vec<u8>> =
-        parts.iter().map(|(s, unsigned)| signing_message(Domain::Record, &s.record.chain_id, unsigned)).collect();
-    let items: Vec<_> =
-        parts.iter().zip(&messages).map(|((s, _), m)| (&s.record.submitter, m.as_slice(), &s.signature)).collect();
+    let items: Vec<_> = parts
+        .iter()
+        .map(|(s, unsigned)| {
+            (&s.record.submitter, Message::signing(Domain::Record, &s.record.chain_id, unsigned), &s.signature)
+        })
+        .collect();
     if verify_cofactored(&items) {
         return Vec::new();
     }
