@@ -27,6 +27,8 @@ test: prereqs
 	# The offline verifier's build: the ledger without RocksDB (no C++ toolchain needed).
 	$(CARGO) clippy -p annal-ledger --no-default-features --all-targets -- -D warnings
 	$(CARGO) test -p annal-ledger --no-default-features
+	# The fuzz crate (its own workspace, no RocksDB) must keep compiling against the crates it fuzzes.
+	cd fuzz && $(CARGO) fmt -- --check && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) check --locked --bins
 
 # Four validators on 127.0.0.1 in ./devnet (kept between runs; delete it to start over).
 devnet: build
