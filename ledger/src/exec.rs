@@ -223,7 +223,8 @@ fn run<'a, V: StateView + StateTreeReader>(
     let mut history = Vec::with_capacity(records.len());
     let mut nodes = Vec::with_capacity(records.len() * 2);
     let mut skipped = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
+    // Ids applied so far, only asked for membership (a B-tree grown per record was 0.7 % of a validator).
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
     for (i, e) in records.iter().enumerate() {
         let (r, id) = (&e.record, e.id);
         let index = first_index + ids.len() as u64;
@@ -253,7 +254,8 @@ fn run<'a, V: StateView + StateTreeReader>(
         appended.push(Cow::Borrowed(&e.bytes[..]));
     }
     let records_root = merkle::root(&ids.iter().map(|id| id.0).collect::<Vec<_>>());
-    let update = state_tree::update_prefetched(state, &prefetch, overlay.heads.into_iter().collect())?;
+    let (heads, nonces) = overlay.finish();
+    let update = state_tree::update_prefetched(state, &prefetch, heads)?;
     let gov = gov.finish();
     let next_set = gov.next_set.clone();
     Ok(Executed {
@@ -261,7 +263,7 @@ fn run<'a, V: StateView + StateTreeReader>(
         ids,
         records: appended,
         history,
-        nonces: overlay.nonces,
+        nonces,
         nodes,
         frontier,
         records_root,

@@ -5,7 +5,8 @@
 //! against the state as it stands after every earlier record of the block and
 //! returns a typed error for each way the record can be wrong.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bincode::{Decode, Encode};
 
@@ -129,19 +130,31 @@ pub struct Overlay<'a, V: StateView + LeafReader> {
     base: &'a V,
     /// The stored leaves of the block's keys, read at once (a key outside them is read alone).
     prefetch: &'a Prefetch,
-    /// The keys' new heads, by key hash: the state tree's changed leaves.
-    pub heads: BTreeMap<Hash, Head>,
-    pub nonces: BTreeMap<PublicKey, u64>,
+    /// The keys' new heads, in the order each key was first changed: the state
+    /// tree's changed leaves (sorted once, by [`Overlay::finish`]).
+    heads: Vec<(Hash, Head)>,
+    /// Where each changed key's head is in `heads`. Only looked up, never
+    /// iterated: a B-tree over a block's ~4,000 keys, searched and grown once
+    /// per record, was ~2 % of a validator at rate max (docs/BENCHMARKS.md, session 14).
+    changed: HashMap<Hash, usize>,
+    nonces: BTreeMap<PublicKey, u64>,
 }
 
 impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
     pub fn new(base: &'a V, prefetch: &'a Prefetch) -> Self {
-        Overlay { base, prefetch, heads: BTreeMap::new(), nonces: BTreeMap::new() }
+        Overlay { base, prefetch, heads: Vec::new(), changed: HashMap::new(), nonces: BTreeMap::new() }
+    }
+
+    /// The new heads sorted by key hash (each key once), and every submitter's last nonce.
+    pub fn finish(self) -> (Vec<(Hash, Head)>, BTreeMap<PublicKey, u64>) {
+        let mut heads = self.heads;
+        heads.sort_unstable_by_key(|h| h.0);
+        (heads, self.nonces)
     }
 
     fn head(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
-        if let Some(h) = self.heads.get(key_hash) {
-            return Ok(Some(*h));
+        if let Some(&at) = self.changed.get(key_hash) {
+            return Ok(Some(self.heads[at].1));
         }
         match self.prefetch.head(key_hash) {
             Some(stored) => Ok(stored),
@@ -199,7 +212,13 @@ impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
         let status = if r.op == Op::Revoke { Status::Revoked } else { Status::Active };
         let head = Head { id, version, index, status };
         self.nonces.insert(r.submitter, r.nonce);
-        self.heads.insert(*key_hash, head);
+        match self.changed.entry(*key_hash) {
+            Entry::Occupied(at) => self.heads[*at.get()].1 = head,
+            Entry::Vacant(at) => {
+                at.insert(self.heads.len());
+                self.heads.push((*key_hash, head));
+            }
+        }
         Ok(head)
     }
 }

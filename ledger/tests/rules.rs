@@ -44,6 +44,35 @@ fn valid_chain_of_versions_is_accepted_and_tracked() {
 }
 
 #[test]
+fn a_chain_of_versions_within_one_block_is_the_same_state() {
+    // Goal: a key published, amended and revoked inside one block (each record
+    // reading the head the one before it left), among other keys, ends in the
+    // same head, state root and log as the same records one block each.
+    let p1 = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
+    let other = signed(22, "land-titles", "p/2", Op::Publish, None, 1, 1);
+    let v2 = signed(21, "land-titles", "p/1", Op::Amend, Some(p1.id()), 2, 2);
+    let v3 = signed(22, "land-titles", "p/1", Op::Revoke, Some(v2.id()), 3, 2);
+    let records = [p1, other, v2, v3];
+    let (mut one, mut one_log) = fresh();
+    let ids = run(&mut one, &mut one_log, &records).unwrap();
+    let (mut each, mut each_log) = fresh();
+    for r in &records {
+        run(&mut each, &mut each_log, std::slice::from_ref(r)).unwrap();
+    }
+    let key = StateKey { namespace: "land-titles".into(), key: "p/1".into() };
+    let head = one.head(&key).unwrap().unwrap();
+    assert_eq!((head.id, head.version, head.index, head.status), (ids[3], 3, 3, Status::Revoked));
+    assert_eq!(each.head(&key).unwrap(), Some(head));
+    assert_eq!(one.state_root(), each.state_root());
+    assert_eq!(one_log.root(), each_log.root());
+    // A fourth version of the revoked key in the same block is refused by the head the block left.
+    let (mut s, mut f) = fresh();
+    let after = signed(21, "land-titles", "p/1", Op::Amend, Some(records[3].id()), 4, 3);
+    let err = refused(run(&mut s, &mut f, &[records[0].clone(), records[2].clone(), records[3].clone(), after]), 3);
+    assert!(matches!(err, Error::KeyRevoked { .. }), "{err:?}");
+}
+
+#[test]
 fn bad_signature_is_refused() {
     // Goal: a record altered after signing fails with BadSignature, naming its position.
     let good = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
