@@ -48,6 +48,7 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use bincode::{Decode, Encode};
 use sha2::{Digest, Sha256};
@@ -85,11 +86,34 @@ pub trait LeafReader {
     fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error>;
     /// The head stored under `key_hash`, if any.
     fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error>;
-    /// The leaves of each of `spans` (disjoint, in key-hash order): one
-    /// [`leaves_in`](Self::leaves_in) each, unless the reader does better (the
-    /// store moves one iterator forward through them).
-    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<Vec<Vec<(Hash, Head)>>, Error> {
-        spans.iter().map(|(from, to)| self.leaves_in(from, to)).collect()
+    /// The leaves of each of `spans` (disjoint, in key-hash order), one after
+    /// another in one list: one [`leaves_in`](Self::leaves_in) each, unless
+    /// the reader does better (the store moves one iterator forward through them).
+    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<SpanLeaves, Error> {
+        let mut out = SpanLeaves::with_capacity(spans.len());
+        for (from, to) in spans {
+            out.leaves.extend(self.leaves_in(from, to)?);
+            out.ends.push(out.leaves.len());
+        }
+        Ok(out)
+    }
+}
+
+/// The leaves of several spans in one list (a block touches ~4,000 bottom
+/// subtrees of 2–4 leaves each: a list per subtree was an allocation each,
+/// ~1 % of a validator at rate max; docs/BENCHMARKS.md, session 14).
+#[derive(Debug, Default)]
+pub struct SpanLeaves {
+    /// Every span's leaves, span after span.
+    pub leaves: Vec<(Hash, Head)>,
+    /// `ends[i]`: where the leaves of span `i` end in `leaves` (they start where span `i − 1`'s end).
+    pub ends: Vec<usize>,
+}
+
+impl SpanLeaves {
+    /// Room for `spans` spans of up to four leaves each.
+    pub fn with_capacity(spans: usize) -> SpanLeaves {
+        SpanLeaves { leaves: Vec::with_capacity(4 * spans), ends: Vec::with_capacity(spans) }
     }
 }
 
@@ -410,17 +434,14 @@ impl Levels {
 /// The leaves under position `index` at `depth`, checked to be sorted, in range.
 fn scan<R: LeafReader + ?Sized>(reader: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
     let (from, to) = span(depth, index);
-    checked(reader.leaves_in(&from, &to)?, depth, index, None)
+    let leaves = reader.leaves_in(&from, &to)?;
+    check(&leaves, depth, index, None)?;
+    Ok(leaves)
 }
 
-/// `leaves`, read for position `index` at `depth`, if they are sorted, in its
+/// Whether `leaves`, read for position `index` at `depth`, are sorted, in its
 /// span and (when the levels record one) of the recorded fill.
-fn checked(
-    leaves: Vec<(Hash, Head)>,
-    depth: usize,
-    index: usize,
-    fill: Option<Fill>,
-) -> Result<Vec<(Hash, Head)>, Error> {
+fn check(leaves: &[(Hash, Head)], depth: usize, index: usize, fill: Option<Fill>) -> Result<(), Error> {
     let (from, to) = span(depth, index);
     let in_order = leaves.windows(2).all(|w| w[0].0 < w[1].0);
     let detail = if !in_order || leaves.first().is_some_and(|l| l.0 < from) || leaves.last().is_some_and(|l| l.0 > to) {
@@ -428,7 +449,7 @@ fn checked(
     } else if fill.is_some_and(|fill| Fill::of(leaves.len()) != fill) {
         format!("{} leaves are stored where the levels record {:?}", leaves.len(), fill.expect("checked"))
     } else {
-        return Ok(leaves);
+        return Ok(());
     };
     Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
 }
@@ -440,7 +461,9 @@ fn leaves_under<R: StateTreeReader + ?Sized>(tree: &R, depth: usize, index: usiz
         return Ok(Vec::new());
     }
     let (from, to) = span(depth, index);
-    checked(tree.leaves_in(&from, &to)?, depth, index, Some(fill))
+    let leaves = tree.leaves_in(&from, &to)?;
+    check(&leaves, depth, index, Some(fill))?;
+    Ok(leaves)
 }
 
 /// A reader's leaves with a not yet written update's leaves merged in.
@@ -502,9 +525,12 @@ pub struct Prefetch {
     /// The levels the leaves were read against: their root and depth.
     base_root: Hash,
     depth: usize,
-    /// Each bottom subtree a key falls in, by position, with its stored leaves
-    /// (checked against the levels; none read for a subtree the levels record empty).
-    subtrees: Vec<(usize, Vec<(Hash, Head)>)>,
+    /// The stored leaves of every subtree in `subtrees`, one after another.
+    leaves: Vec<(Hash, Head)>,
+    /// Each bottom subtree a key falls in, by position, with where its stored
+    /// leaves are in `leaves` (checked against the levels; none read for a
+    /// subtree the levels record empty).
+    subtrees: Vec<(usize, Range<usize>)>,
 }
 
 impl Prefetch {
@@ -517,19 +543,36 @@ impl Prefetch {
         positions.dedup();
         let fill = |index: usize| levels.fills[depth][index];
         let spans: Vec<_> = positions.iter().filter(|&&i| fill(i) != Fill::Empty).map(|&i| span(depth, i)).collect();
-        let mut scanned = tree.leaves_in_each(&spans)?.into_iter();
+        let scanned = tree.leaves_in_each(&spans)?;
+        if scanned.ends.len() != spans.len() || scanned.ends.last().is_some_and(|&end| end != scanned.leaves.len()) {
+            return Err(Error::StateLeavesDisagree {
+                depth,
+                index: 0,
+                detail: format!("the leaf reader answered {} spans of {} asked", scanned.ends.len(), spans.len()),
+            });
+        }
+        let mut ends = scanned.ends.iter();
+        let mut start = 0;
         let mut subtrees = Vec::with_capacity(positions.len());
         for index in positions {
-            let stored = match fill(index) {
-                Fill::Empty => Vec::new(),
+            let range = match fill(index) {
+                Fill::Empty => 0..0,
                 recorded => {
-                    let leaves = scanned.next().expect("one scan per subtree not empty");
-                    checked(leaves, depth, index, Some(recorded))?
+                    let end = *ends.next().expect("one span per subtree not empty");
+                    if end < start {
+                        return Err(Error::StateLeavesDisagree {
+                            depth,
+                            index: index as u64,
+                            detail: "the leaf reader's spans end out of order".into(),
+                        });
+                    }
+                    check(&scanned.leaves[start..end], depth, index, Some(recorded))?;
+                    std::mem::replace(&mut start, end)..end
                 }
             };
-            subtrees.push((index, stored));
+            subtrees.push((index, range));
         }
-        Ok(Prefetch { base_root: levels.root(), depth, subtrees })
+        Ok(Prefetch { base_root: levels.root(), depth, leaves: scanned.leaves, subtrees })
     }
 
     /// The stored head of `key_hash`: `None` if its bottom subtree was not read.
@@ -540,7 +583,7 @@ impl Prefetch {
 
     fn subtree(&self, index: usize) -> Option<&[(Hash, Head)]> {
         let at = self.subtrees.binary_search_by_key(&index, |s| s.0).ok()?;
-        Some(&self.subtrees[at].1)
+        Some(&self.leaves[self.subtrees[at].1.clone()])
     }
 }
 

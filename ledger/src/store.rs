@@ -61,7 +61,7 @@ use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::RecordId;
 use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
-use crate::state_tree::{self, key_hash, LeafReader, Levels, StateProof, StateTreeReader};
+use crate::state_tree::{self, key_hash, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
 const CF_CERTS: &str = "certs";
@@ -920,17 +920,16 @@ impl StateView for Store {
 
 impl LeafReader for Store {
     fn leaves_in(&self, from: &Hash, to_inclusive: &Hash) -> Result<Vec<(Hash, Head)>, Error> {
-        Ok(self.leaves_in_each(&[(*from, *to_inclusive)])?.pop().expect("one span, one list"))
+        Ok(self.leaves_in_each(&[(*from, *to_inclusive)])?.leaves)
     }
 
     /// One RocksDB iterator for all the spans: a seek each, no iterator set-up each.
-    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<Vec<Vec<(Hash, Head)>>, Error> {
+    fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<SpanLeaves, Error> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_LEAVES));
-        let mut out = Vec::with_capacity(spans.len());
+        // A bottom subtree holds 2 to 4 leaves on average.
+        let mut out = SpanLeaves::with_capacity(spans.len());
         for (from, to_inclusive) in spans {
             iter.seek(from);
-            // A bottom subtree holds 2 to 4 leaves on average: one allocation, no regrowth.
-            let mut leaves = Vec::with_capacity(16);
             while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
                 if k > &to_inclusive[..] {
                     break;
@@ -939,11 +938,11 @@ impl LeafReader for Store {
                     kind: "leaves",
                     detail: format!("a {}-byte key where a 32-byte key hash was expected", k.len()),
                 })?;
-                leaves.push((key_hash, decode_head(v)?));
+                out.leaves.push((key_hash, decode_head(v)?));
                 iter.next();
             }
             iter.status().map_err(|e| self.store_err(e))?;
-            out.push(leaves);
+            out.ends.push(out.leaves.len());
         }
         Ok(out)
     }
