@@ -433,9 +433,19 @@ impl Levels {
 
 /// The leaves under position `index` at `depth`, checked to be sorted, in range.
 fn scan<R: LeafReader + ?Sized>(reader: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
+    read_checked(reader, depth, index, None)
+}
+
+/// The leaves `reader` holds under position `index` at `depth`, [`check`]ed.
+fn read_checked<R: LeafReader + ?Sized>(
+    reader: &R,
+    depth: usize,
+    index: usize,
+    fill: Option<Fill>,
+) -> Result<Vec<(Hash, Head)>, Error> {
     let (from, to) = span(depth, index);
     let leaves = reader.leaves_in(&from, &to)?;
-    check(&leaves, depth, index, None)?;
+    check(&leaves, depth, index, fill)?;
     Ok(leaves)
 }
 
@@ -460,10 +470,7 @@ fn leaves_under<R: StateTreeReader + ?Sized>(tree: &R, depth: usize, index: usiz
     if fill == Fill::Empty {
         return Ok(Vec::new());
     }
-    let (from, to) = span(depth, index);
-    let leaves = tree.leaves_in(&from, &to)?;
-    check(&leaves, depth, index, Some(fill))?;
-    Ok(leaves)
+    read_checked(tree, depth, index, Some(fill))
 }
 
 /// A reader's leaves with a not yet written update's leaves merged in.
@@ -544,12 +551,19 @@ impl Prefetch {
         let fill = |index: usize| levels.fills[depth][index];
         let spans: Vec<_> = positions.iter().filter(|&&i| fill(i) != Fill::Empty).map(|&i| span(depth, i)).collect();
         let scanned = tree.leaves_in_each(&spans)?;
-        if scanned.ends.len() != spans.len() || scanned.ends.last().is_some_and(|&end| end != scanned.leaves.len()) {
-            return Err(Error::StateLeavesDisagree {
-                depth,
-                index: 0,
-                detail: format!("the leaf reader answered {} spans of {} asked", scanned.ends.len(), spans.len()),
-            });
+        // One end per span asked, in order, the last at the end of the list.
+        let well_formed = scanned.ends.len() == spans.len()
+            && scanned.ends.windows(2).all(|w| w[0] <= w[1])
+            && scanned.ends.last().map_or(scanned.leaves.is_empty(), |&end| end == scanned.leaves.len());
+        if !well_formed {
+            let detail = format!(
+                "the leaf reader's span ends are not one per span, in order, up to its leaves \
+                 ({} ends for {} spans, {} leaves)",
+                scanned.ends.len(),
+                spans.len(),
+                scanned.leaves.len()
+            );
+            return Err(Error::StateLeavesDisagree { depth, index: 0, detail });
         }
         let mut ends = scanned.ends.iter();
         let mut start = 0;
@@ -559,13 +573,6 @@ impl Prefetch {
                 Fill::Empty => 0..0,
                 recorded => {
                     let end = *ends.next().expect("one span per subtree not empty");
-                    if end < start {
-                        return Err(Error::StateLeavesDisagree {
-                            depth,
-                            index: index as u64,
-                            detail: "the leaf reader's spans end out of order".into(),
-                        });
-                    }
                     check(&scanned.leaves[start..end], depth, index, Some(recorded))?;
                     std::mem::replace(&mut start, end)..end
                 }
