@@ -39,6 +39,7 @@ use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::gather;
 use crate::mempool::Source;
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
 use crate::shared::{Outcome, Placed, Shared, SyncState};
@@ -132,6 +133,20 @@ pub struct Effects {
     pub allowlist: Option<Vec<annal_ledger::keys::PublicKey>>,
 }
 
+/// A block this leader owes consensus (`Output::NeedPayload`).
+#[derive(Clone, Copy)]
+struct Owed {
+    view: consensus::View,
+    height: u64,
+    parent: [u8; 32],
+    /// An empty block goes out then (a quiet chain still makes blocks).
+    deadline: Instant,
+    /// When consensus asked: a leader waits for more records at most a while after ([`gather`]).
+    asked: Instant,
+    /// The pool's arrival count when the leader last selected records, and how many it found.
+    looked: Option<(u64, usize)>,
+}
+
 /// A compact proposal that named records this node did not hold.
 struct Waiting {
     /// When the whole proposal is asked for instead.
@@ -176,8 +191,10 @@ pub struct App {
     /// Persisted voted blocks: digest → height (files in `data_dir/blocks`).
     persisted: BTreeMap<[u8; 32], u64>,
     timers: BTreeSet<(Duration, u64)>,
-    /// A payload this leader owes: (view, parent digest, propose-by instant).
-    owed_payload: Option<(consensus::View, u64, [u8; 32], Instant)>,
+    /// A payload this leader owes.
+    owed_payload: Option<Owed>,
+    /// Records committed in recent blocks: how long a leader waits to fill a block ([`gather`]).
+    load: gather::Load,
     /// The epoch of the running core (its safety state is that epoch's).
     core_epoch: u64,
     /// Checkpoint signatures per height: signer → signature (verified for committed heights).
@@ -267,6 +284,7 @@ impl App {
             persisted: BTreeMap::new(),
             timers: BTreeSet::new(),
             owed_payload: None,
+            load: gather::Load::default(),
             core_epoch: 0,
             signatures: BTreeMap::new(),
             uncertified: BTreeSet::new(),
@@ -468,7 +486,9 @@ impl App {
                     }
                     Output::NeedPayload { view, height, parent } => {
                         let deadline = self.propose_by(&parent);
-                        self.owed_payload = Some((view, height.0, parent, deadline));
+                        let asked = Instant::now();
+                        self.owed_payload =
+                            Some(Owed { view, height: height.0, parent, deadline, asked, looked: None });
                         if let Some(input) = self.payload_if_ready() {
                             inputs.push_back(input);
                         }
@@ -585,7 +605,21 @@ impl App {
 
     /// The owed payload, if records are waiting or the interval has passed.
     fn payload_if_ready(&mut self) -> Option<Input> {
-        let (view, height, parent, deadline) = self.owed_payload?;
+        let Owed { view, height, parent, deadline, asked, looked } = self.owed_payload?;
+        // The limits in force (governance may have lowered them since genesis).
+        let rules = self.shared.rules();
+        let params = &rules.params;
+        let now = Instant::now();
+        let interval = Duration::from_millis(params.block_interval_ms);
+        let rate = self.load.rate(now);
+        let wait = |selected: usize| {
+            selected > 0 && gather::wait_for_more(selected, params.block_records_max, interval, rate, asked, now)
+        };
+        // While it waits for more, the leader looks through its pool again only once records arrived.
+        let arrivals = self.shared.pool.lock().expect("pool lock").arrivals();
+        if looked.is_some_and(|(seen, selected)| seen == arrivals && wait(selected)) {
+            return None;
+        }
         if height > self.epoch_end {
             // Past the epoch's last height: an empty block, at once (it only carries finality back).
             return Some(self.propose(view, &parent, Vec::new()));
@@ -596,16 +630,18 @@ impl App {
             debug!(view = view.0, "the blocks below this one are not all known here: no records in it");
             return Some(self.propose(view, &parent, Vec::new()));
         };
-        // The limits in force (governance may have lowered them since genesis).
-        let rules = self.shared.rules();
-        let params = &rules.params;
-        let records = {
+        let (records, arrivals) = {
             let store = self.shared.store();
             let last_final = |s: &annal_ledger::keys::PublicKey| store.last_nonce(s).ok().flatten();
             let pool = self.shared.pool.lock().expect("pool lock");
-            pool.select(params.block_records_max, params.block_bytes_max, &exclude, last_final, NONCE_GAP_WAIT)
+            let records =
+                pool.select(params.block_records_max, params.block_bytes_max, &exclude, last_final, NONCE_GAP_WAIT);
+            (records, pool.arrivals())
         };
-        if records.is_empty() && Instant::now() < deadline {
+        if (records.is_empty() && now < deadline) || wait(records.len()) {
+            if let Some(owed) = self.owed_payload.as_mut() {
+                owed.looked = Some((arrivals, records.len()));
+            }
             return None;
         }
         Some(self.propose(view, &parent, records))
@@ -997,6 +1033,7 @@ impl App {
         m.records_finalized.fetch_add(executed.ids.len() as u64, Ordering::Relaxed);
         m.records_refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
         m.blocks_committed.fetch_add(1, Ordering::Relaxed);
+        self.load.committed(Instant::now(), executed.ids.len());
         if let Some((position, why, _)) = refused.first() {
             // One reason per block (each refused record's own is kept for `GET /v1/records/{id}`).
             info!(height = h, refused = refused.len(), first = position, "refused at execution: {why}");

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod byzantine;
 pub mod config;
+pub mod gather;
 pub mod mempool;
 pub mod net;
 pub mod run;

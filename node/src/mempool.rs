@@ -105,6 +105,12 @@ impl Mempool {
         Ok(true)
     }
 
+    /// How many records have entered the pool since it was made: it changes
+    /// only when one does.
+    pub fn arrivals(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Whether `records` more records of `bytes` bytes in all would fit now in
     /// the share of the pool `source` may fill: checked before their
     /// signatures, so a full pool costs no verification.
