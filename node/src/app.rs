@@ -75,6 +75,9 @@ const FETCHES_MAX: usize = 8;
 /// proposal is asked of its leader.
 const RECORDS_WAIT: Duration = Duration::from_millis(100);
 
+/// Compact proposals whose named records are remembered for [`App::in_flight`]
+/// (a few views' worth; each holds up to `block_records_max` ids).
+const NAMED_KEPT: usize = 16;
 /// Proposals rebuilt from the pool whose records are kept until the core asks to validate them.
 const REBUILT_MAX: usize = 8;
 
@@ -145,6 +148,15 @@ struct Owed {
     asked: Instant,
     /// The pool's arrival count when the leader last selected records, and how many it found.
     looked: Option<(u64, usize)>,
+}
+
+/// What a compact proposal whose leader's signature checked says of its
+/// block: enough to know which records are in flight before it is rebuilt.
+struct Named {
+    digest: [u8; 32],
+    height: u64,
+    parent: [u8; 32],
+    ids: Vec<RecordId>,
 }
 
 /// A compact proposal that named records this node did not hold.
@@ -226,6 +238,8 @@ pub struct App {
     fetching: BTreeSet<(PeerId, Vec<u8>)>,
     /// Compact proposals waiting for records (ADR 0008).
     waiting: Vec<Waiting>,
+    /// The latest compact proposals received, at most [`NAMED_KEPT`] ([`App::in_flight`]).
+    named: VecDeque<Named>,
     /// Test-only attacks (`[testing] byzantine`), none in production.
     pub byzantine: Option<crate::byzantine::Byzantine>,
 }
@@ -302,6 +316,7 @@ impl App {
             own_proposals: VecDeque::new(),
             fetching: BTreeSet::new(),
             waiting: Vec::new(),
+            named: VecDeque::new(),
             byzantine: None,
         };
         // Validators may publish byte-identical messages (the same certificate):
@@ -379,6 +394,24 @@ impl App {
         if let Some(before) = self.epoch.checked_sub(1) {
             let _ = std::fs::remove_file(safety_file(&self.data_dir, before));
         }
+    }
+
+    /// Whether `p` is signed by its leader in the epoch before this one: the
+    /// empty blocks that carry the last block's finality back, which that
+    /// epoch's leaders keep proposing until they too commit it. Honest, and no
+    /// use to a node that has moved on; not to be reported as a forgery.
+    fn of_the_epoch_before(&self, p: &CompactProposal) -> Result<bool> {
+        let Some(before) = self.epoch.checked_sub(1) else { return Ok(false) };
+        let last = self.epoch_end - self.epoch_blocks();
+        if p.height <= last {
+            return Ok(false);
+        }
+        let set =
+            consensus_set(&annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(last))?);
+        let (view, height) = (consensus::View(p.view), consensus::Height(p.height));
+        let vote = consensus::proposal_vote(&set, view, height, p.digest, p.signature);
+        let chain = epoch_chain(self.shared.genesis_hash, before);
+        Ok(consensus::verify_vote(&vote, &chain, &set, &Ed25519Verifier).is_ok())
     }
 
     /// The consensus chain id under which height `h` was ordered.
@@ -592,15 +625,17 @@ impl App {
     /// The ids in pending blocks from `parent` back to the tip: a new block
     /// must not repeat them. `None` if this node does not hold every block in
     /// between (it lags): it cannot tell which records are taken already.
-    fn in_flight(&self, parent: &[u8; 32]) -> Option<BTreeSet<RecordId>> {
-        let mut out = BTreeSet::new();
-        let mut at = *parent;
-        while at != self.tip.digest {
-            let p = self.pending.get(&at).filter(|p| p.height > self.tip_height)?;
-            out.extend(p.ids.iter().copied());
-            at = p.parent;
-        }
-        Some(out)
+    fn in_flight(&self, parent: &[u8; 32], parent_height: u64) -> Option<BTreeSet<RecordId>> {
+        // A block this node holds, or a compact proposal it has not rebuilt yet
+        // (its records are still arriving or being fetched): it names its
+        // records all the same.
+        let block = |digest: &[u8; 32], height: u64| {
+            if let Some(p) = self.pending.get(digest).filter(|p| p.height == height) {
+                return Some((&p.ids[..], p.parent));
+            }
+            self.named.iter().find(|n| n.digest == *digest && n.height == height).map(|n| (&n.ids[..], n.parent))
+        };
+        records_down_to((self.tip.digest, self.tip_height), (*parent, parent_height), block)
     }
 
     /// The owed payload, if records are waiting or the interval has passed.
@@ -624,7 +659,7 @@ impl App {
             // Past the epoch's last height: an empty block, at once (it only carries finality back).
             return Some(self.propose(view, &parent, Vec::new()));
         }
-        let Some(exclude) = self.in_flight(&parent) else {
+        let Some(exclude) = self.in_flight(&parent, height - 1) else {
             // A lagging leader proposes no records: it would repeat ones that are final or in
             // flight, and each would be refused at execution, a block wasted.
             debug!(view = view.0, "the blocks below this one are not all known here: no records in it");
@@ -1139,10 +1174,22 @@ impl App {
                 let (view, height) = (consensus::View(proposal.view), consensus::Height(proposal.height));
                 let vote = consensus::proposal_vote(&self.set, view, height, proposal.digest, proposal.signature);
                 if let Err(why) = consensus::verify_vote(&vote, &self.chain, &self.set, &Ed25519Verifier) {
+                    if self.of_the_epoch_before(&proposal)? {
+                        debug!(height = proposal.height, view = proposal.view, "a proposal of the epoch before");
+                        return Ok(Verdict::Ignore);
+                    }
                     warn!(height = proposal.height, view = proposal.view, "refusing a compact proposal: {why}");
                     return Ok(Verdict::Reject);
                 }
                 let from = vote.signer.0;
+                if !self.named.iter().any(|n| n.digest == proposal.digest) {
+                    if self.named.len() == NAMED_KEPT {
+                        self.named.pop_front();
+                    }
+                    let ids = proposal.ids.clone();
+                    let (digest, height, parent) = (proposal.digest, proposal.height, proposal.parent);
+                    self.named.push_back(Named { digest, height, parent, ids });
+                }
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
                         self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
@@ -1779,6 +1826,30 @@ fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
     }
 }
 
+/// The records of the blocks from `from` (digest, height) down to `tip`,
+/// each block found by `block(digest, height)` as its record ids and its
+/// parent. `None` if a block in between is unknown or the walk passes the tip's
+/// height without meeting it. One height per step, so claimed parents cannot
+/// make it loop.
+fn records_down_to<'a>(
+    tip: ([u8; 32], u64),
+    from: ([u8; 32], u64),
+    block: impl Fn(&[u8; 32], u64) -> Option<(&'a [RecordId], [u8; 32])>,
+) -> Option<BTreeSet<RecordId>> {
+    let mut out = BTreeSet::new();
+    let (mut at, mut height) = from;
+    while at != tip.0 {
+        if height <= tip.1 {
+            return None;
+        }
+        let (ids, parent) = block(&at, height)?;
+        out.extend(ids.iter().copied());
+        at = parent;
+        height -= 1;
+    }
+    Some(out)
+}
+
 /// Writes `parts` one after another to a new file at `path` and syncs it.
 pub(crate) fn write_synced(path: &std::path::Path, parts: &[&[u8]]) -> Result<()> {
     use std::io::Write;
@@ -1999,5 +2070,45 @@ async fn answer(app: &App, net: &NetworkHandle, from: PeerId, data: &[u8], chann
             }
         }
         Err(e) => warn!(%from, "cannot answer a sync request: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> RecordId {
+        RecordId([n; 32])
+    }
+
+    #[test]
+    fn records_in_flight_are_found_down_to_the_tip() {
+        // tip [0] at 10 ← [1] at 11 (held) ← [2] at 12 (only named by its proposal).
+        let blocks = [
+            Named { digest: [1; 32], height: 11, parent: [0; 32], ids: vec![id(1), id(2)] },
+            Named { digest: [2; 32], height: 12, parent: [1; 32], ids: vec![id(3)] },
+        ];
+        let lookup = |d: &[u8; 32], h: u64| {
+            blocks.iter().find(|b| b.digest == *d && b.height == h).map(|b| (&b.ids[..], b.parent))
+        };
+        let found = records_down_to(([0; 32], 10), ([2; 32], 12), lookup).unwrap();
+        assert_eq!(found, [id(1), id(2), id(3)].into_iter().collect());
+        assert_eq!(records_down_to(([0; 32], 10), ([0; 32], 10), lookup).unwrap(), BTreeSet::new());
+        // A block in between unknown, or claimed at another height: not known.
+        assert_eq!(records_down_to(([0; 32], 10), ([3; 32], 13), lookup), None);
+        assert_eq!(records_down_to(([0; 32], 10), ([2; 32], 13), lookup), None);
+    }
+
+    #[test]
+    fn a_proposal_naming_itself_as_parent_ends_the_walk() {
+        // A block is looked up at one height (as `App::in_flight` does): the
+        // claimed parent is asked for one height lower, and is not there.
+        let looped = [id(7)];
+        let lookup = |d: &[u8; 32], h: u64| (*d == [5; 32] && h == 12).then_some((&looped[..], [5; 32]));
+        assert_eq!(records_down_to(([0; 32], 10), ([5; 32], 12), lookup), None);
+        // Whatever the lookup says, the walk stops at the tip's height.
+        let always = |_: &[u8; 32], _: u64| Some((&looped[..], [5; 32]));
+        assert_eq!(records_down_to(([0; 32], 10), ([5; 32], 12), always), None);
+        assert_eq!(records_down_to(([0; 32], 10), ([5; 32], 10), always), None);
     }
 }

@@ -190,6 +190,26 @@ fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
         panic!("blocks asked, blocks answered")
     };
     assert_eq!(served[0].tail, tail_of(&[&b3, &b4]));
+
+    // Now in epoch 1, the old epoch's leaders may still propose its empty tail
+    // (here block 3, view 3, led by validator 3 under epoch 0's chain id): honest,
+    // ignored without blame. The same block signed by another validator is a forgery.
+    let tail_proposal = |signer: u8| {
+        let bytes = signing_bytes(VoteKind::Propose, &chain, View(3), Height(3), &b3.hash(&chain));
+        let proposal = CompactProposal {
+            height: 3,
+            view: 3,
+            parent_view: 2,
+            parent: b2.hash(&chain),
+            digest: b3.hash(&chain),
+            time_ms: g.genesis_time_ms + 3,
+            ids: vec![],
+            signature: SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes(),
+        };
+        codec::encode(&Envelope::Proposal { seq: 3, proposal })
+    };
+    assert_eq!(app.on_consensus_gossip(&peer, &tail_proposal(3), &mut fx).unwrap(), Verdict::Ignore);
+    assert_eq!(app.on_consensus_gossip(&peer, &tail_proposal(2), &mut fx).unwrap(), Verdict::Reject);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
