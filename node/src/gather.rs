@@ -7,8 +7,8 @@
 //! checkpoint signatures. A leader that proposes as soon as it holds any record
 //! makes, at a steady 10,000 records/s, blocks of a few hundred records, a
 //! third of them carrying one (docs/BENCHMARKS.md, session 15). Under load it
-//! now waits, at most a quarter of the block interval after consensus asked it
-//! for a block, or until it holds half a block, when records are arriving
+//! now waits, at most a quarter of the block interval (and 50 ms) after
+//! consensus asked it for a block, or until it holds half a block, when records are arriving
 //! fast enough that such a wait brings in more than a sixteenth of a block
 //! ([`FLOOR_DIVISOR`]); a quieter chain sees no wait, since there a wait
 //! would add latency and save little.
@@ -19,8 +19,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// The longest wait is the block interval divided by this.
+/// The longest wait is the block interval divided by this, and at most [`WAIT_MAX`].
 pub const WAIT_DIVISOR: u32 = 4;
+/// However long the block interval a chain chose (an empty block every ten
+/// seconds, say), a leader holding records never waits longer than this.
+pub const WAIT_MAX: Duration = Duration::from_millis(50);
 /// A leader holding at least `block_records_max / FULL_DIVISOR` records proposes at once.
 pub const FULL_DIVISOR: usize = 2;
 /// A leader waits only if the longest wait, at the recent rate, brings at least
@@ -73,7 +76,7 @@ pub fn wait_for_more(
     asked: Instant,
     now: Instant,
 ) -> bool {
-    let longest = block_interval / WAIT_DIVISOR;
+    let longest = (block_interval / WAIT_DIVISOR).min(WAIT_MAX);
     let waited = now.saturating_duration_since(asked);
     if selected >= block_records_max / FULL_DIVISOR || waited >= longest {
         return false;
@@ -115,6 +118,19 @@ mod tests {
         assert!(wait_at(1999, 100_000.0, 0));
         assert!(!wait_at(10, 100_000.0, 50));
         assert!(!wait_at(10, 100_000.0, 70));
+    }
+
+    #[test]
+    fn a_long_block_interval_does_not_make_a_long_wait() {
+        let asked = Instant::now();
+        let at = |ms: u64| asked + Duration::from_millis(ms);
+        let ten_s = Duration::from_secs(10);
+        assert!(wait_for_more(1, 4000, ten_s, 10_000.0, asked, at(49)));
+        assert!(!wait_for_more(1, 4000, ten_s, 10_000.0, asked, at(50)));
+        // A short interval waits a quarter of it.
+        let short = Duration::from_millis(40);
+        assert!(wait_for_more(1, 4000, short, 100_000.0, asked, at(9)));
+        assert!(!wait_for_more(1, 4000, short, 100_000.0, asked, at(10)));
     }
 
     #[test]
