@@ -146,8 +146,9 @@ struct Owed {
     deadline: Instant,
     /// When consensus asked: a leader waits for more records at most a while after ([`gather`]).
     asked: Instant,
-    /// The pool's arrival count when the leader last selected records, and how many it found.
-    looked: Option<(u64, usize)>,
+    /// The pool's arrival count when the leader last selected records, and
+    /// what it found (records, bytes).
+    looked: Option<(u64, (usize, usize))>,
 }
 
 /// What a compact proposal whose leader's signature checked says of its
@@ -394,6 +395,25 @@ impl App {
         if let Some(before) = self.epoch.checked_sub(1) {
             let _ = std::fs::remove_file(safety_file(&self.data_dir, before));
         }
+    }
+
+    /// Remembers what `p` names for [`App::in_flight`], if it came straight
+    /// from its leader `from`. The leader signs only the digest: ids or a
+    /// parent changed by whoever relays a copy would still pass the signature
+    /// check and would show only when the records arrive and the block is
+    /// rebuilt. Taken from the leader itself (the peer Noise authenticated),
+    /// they are the leader's word, and a lying leader can spoil its own block
+    /// anyway.
+    fn remember_named(&mut self, relay: &PeerId, from: u32, p: &CompactProposal) {
+        let from_leader = self.peers_by_id.get(relay) == Some(&from);
+        let fits = p.ids.len() <= self.shared.rules().params.block_records_max;
+        if !from_leader || !fits || self.named.iter().any(|n| n.digest == p.digest) {
+            return;
+        }
+        if self.named.len() == NAMED_KEPT {
+            self.named.pop_front();
+        }
+        self.named.push_back(Named { digest: p.digest, height: p.height, parent: p.parent, ids: p.ids.clone() });
     }
 
     /// Whether `p` is signed by its leader in the epoch before this one: the
@@ -645,14 +665,13 @@ impl App {
         let rules = self.shared.rules();
         let params = &rules.params;
         let now = Instant::now();
-        let interval = Duration::from_millis(params.block_interval_ms);
         let rate = self.load.rate(now);
-        let wait = |selected: usize| {
-            selected > 0 && gather::wait_for_more(selected, params.block_records_max, interval, rate, asked, now)
-        };
-        // While it waits for more, the leader looks through its pool again only once records arrived.
+        let wait = |held: (usize, usize)| held.0 > 0 && gather::wait_for_more(held, params, rate, asked, now);
+        // While it waits for more, the leader looks through its pool again only
+        // once records arrived (a record past a nonce gap's wait may also become
+        // selectable meanwhile; it is taken at the latest when the wait ends).
         let arrivals = self.shared.pool.lock().expect("pool lock").arrivals();
-        if looked.is_some_and(|(seen, selected)| seen == arrivals && wait(selected)) {
+        if looked.is_some_and(|(seen, held)| seen == arrivals && wait(held)) {
             return None;
         }
         if height > self.epoch_end {
@@ -673,9 +692,10 @@ impl App {
                 pool.select(params.block_records_max, params.block_bytes_max, &exclude, last_final, NONCE_GAP_WAIT);
             (records, pool.arrivals())
         };
-        if (records.is_empty() && now < deadline) || wait(records.len()) {
+        let held = (records.len(), records.iter().map(|r| r.bytes.len()).sum());
+        if (records.is_empty() && now < deadline) || wait(held) {
             if let Some(owed) = self.owed_payload.as_mut() {
-                owed.looked = Some((arrivals, records.len()));
+                owed.looked = Some((arrivals, held));
             }
             return None;
         }
@@ -1182,14 +1202,7 @@ impl App {
                     return Ok(Verdict::Reject);
                 }
                 let from = vote.signer.0;
-                if !self.named.iter().any(|n| n.digest == proposal.digest) {
-                    if self.named.len() == NAMED_KEPT {
-                        self.named.pop_front();
-                    }
-                    let ids = proposal.ids.clone();
-                    let (digest, height, parent) = (proposal.digest, proposal.height, proposal.parent);
-                    self.named.push_back(Named { digest, height, parent, ids });
-                }
+                self.remember_named(relay, from, &proposal);
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
                         self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
@@ -1214,6 +1227,7 @@ impl App {
                             view = proposal.view,
                             "refusing a compact proposal: {why}"
                         );
+                        self.named.retain(|n| n.digest != proposal.digest);
                         return Ok(Verdict::Reject);
                     }
                 }

@@ -8,8 +8,9 @@
 //! makes, at a steady 10,000 records/s, blocks of a few hundred records, a
 //! third of them carrying one (docs/BENCHMARKS.md, session 15). Under load it
 //! now waits, at most a quarter of the block interval (and 50 ms) after
-//! consensus asked it for a block, or until it holds half a block, when records are arriving
-//! fast enough that such a wait brings in more than a sixteenth of a block
+//! consensus asked it for a block, or until it holds half a block (by records
+//! or bytes), when the records committed over the last second came fast
+//! enough that such a wait brings in at least a sixteenth of a block
 //! ([`FLOOR_DIVISOR`]); a quieter chain sees no wait, since there a wait
 //! would add latency and save little.
 //!
@@ -19,12 +20,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use annal_ledger::genesis::Params;
+
 /// The longest wait is the block interval divided by this, and at most [`WAIT_MAX`].
 pub const WAIT_DIVISOR: u32 = 4;
 /// However long the block interval a chain chose (an empty block every ten
 /// seconds, say), a leader holding records never waits longer than this.
 pub const WAIT_MAX: Duration = Duration::from_millis(50);
-/// A leader holding at least `block_records_max / FULL_DIVISOR` records proposes at once.
+/// A leader holding at least `block_records_max / FULL_DIVISOR` records, or
+/// `block_bytes_max / FULL_DIVISOR` bytes, proposes at once.
 pub const FULL_DIVISOR: usize = 2;
 /// A leader waits only if the longest wait, at the recent rate, brings at least
 /// `block_records_max / FLOOR_DIVISOR` records.
@@ -65,34 +69,33 @@ impl Load {
     }
 }
 
-/// Whether a leader asked for a block at `asked`, holding `selected` records
-/// (at least one), waits at `now` for more. `rate` is records per second
-/// ([`Load::rate`]).
-pub fn wait_for_more(
-    selected: usize,
-    block_records_max: usize,
-    block_interval: Duration,
-    rate: f64,
-    asked: Instant,
-    now: Instant,
-) -> bool {
-    let longest = (block_interval / WAIT_DIVISOR).min(WAIT_MAX);
+/// Whether a leader asked for a block at `asked`, holding `held` (records,
+/// bytes; at least one record), waits at `now` for more, under the chain's
+/// `params`. `rate` is records per second ([`Load::rate`]).
+pub fn wait_for_more(held: (usize, usize), params: &Params, rate: f64, asked: Instant, now: Instant) -> bool {
+    let longest = (Duration::from_millis(params.block_interval_ms) / WAIT_DIVISOR).min(WAIT_MAX);
     let waited = now.saturating_duration_since(asked);
-    if selected >= block_records_max / FULL_DIVISOR || waited >= longest {
+    let (records, bytes) = held;
+    let half_full =
+        records >= params.block_records_max / FULL_DIVISOR || bytes >= params.block_bytes_max / FULL_DIVISOR;
+    if half_full || waited >= longest {
         return false;
     }
-    rate * longest.as_secs_f64() >= (block_records_max / FLOOR_DIVISOR) as f64
+    rate * longest.as_secs_f64() >= (params.block_records_max / FLOOR_DIVISOR).max(1) as f64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const INTERVAL: Duration = Duration::from_millis(200);
+    /// Blocks of 4,000 records or 8 MiB, an empty block every 200 ms.
+    fn params() -> Params {
+        Params { block_records_max: 4000, block_bytes_max: 8 << 20, block_interval_ms: 200, ..Params::default() }
+    }
 
-    fn wait_at(selected: usize, rate: f64, waited_ms: u64) -> bool {
+    fn wait_at(records: usize, rate: f64, waited_ms: u64) -> bool {
         let asked = Instant::now();
-        wait_for_more(selected, 4000, INTERVAL, rate, asked, asked + Duration::from_millis(waited_ms))
+        wait_for_more((records, records * 512), &params(), rate, asked, asked + Duration::from_millis(waited_ms))
     }
 
     #[test]
@@ -110,6 +113,11 @@ mod tests {
         // 4,000/s brings 200 in 50 ms, under the floor of 4000 / 16 = 250.
         assert!(!wait_at(1, 4_000.0, 0));
         assert!(wait_at(1, 5_000.0, 0));
+        // Blocks of fewer than 16 records: the floor is one record, not none.
+        let tiny = Params { block_records_max: 8, ..params() };
+        let asked = Instant::now();
+        assert!(!wait_for_more((1, 512), &tiny, 0.0, asked, asked));
+        assert!(wait_for_more((1, 512), &tiny, 100.0, asked, asked));
     }
 
     #[test]
@@ -118,19 +126,23 @@ mod tests {
         assert!(wait_at(1999, 100_000.0, 0));
         assert!(!wait_at(10, 100_000.0, 50));
         assert!(!wait_at(10, 100_000.0, 70));
+        // Half full by bytes: 100 records of 50 KB.
+        let asked = Instant::now();
+        assert!(!wait_for_more((100, 100 * 50_000), &params(), 100_000.0, asked, asked));
+        assert!(wait_for_more((100, 100 * 40_000), &params(), 100_000.0, asked, asked));
     }
 
     #[test]
     fn a_long_block_interval_does_not_make_a_long_wait() {
         let asked = Instant::now();
         let at = |ms: u64| asked + Duration::from_millis(ms);
-        let ten_s = Duration::from_secs(10);
-        assert!(wait_for_more(1, 4000, ten_s, 10_000.0, asked, at(49)));
-        assert!(!wait_for_more(1, 4000, ten_s, 10_000.0, asked, at(50)));
+        let ten_s = Params { block_interval_ms: 10_000, ..params() };
+        assert!(wait_for_more((1, 512), &ten_s, 10_000.0, asked, at(49)));
+        assert!(!wait_for_more((1, 512), &ten_s, 10_000.0, asked, at(50)));
         // A short interval waits a quarter of it.
-        let short = Duration::from_millis(40);
-        assert!(wait_for_more(1, 4000, short, 100_000.0, asked, at(9)));
-        assert!(!wait_for_more(1, 4000, short, 100_000.0, asked, at(10)));
+        let short = Params { block_interval_ms: 40, ..params() };
+        assert!(wait_for_more((1, 512), &short, 100_000.0, asked, at(9)));
+        assert!(!wait_for_more((1, 512), &short, 100_000.0, asked, at(10)));
     }
 
     #[test]
