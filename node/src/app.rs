@@ -428,10 +428,7 @@ impl App {
         }
         let set =
             consensus_set(&annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(last))?);
-        let (view, height) = (consensus::View(p.view), consensus::Height(p.height));
-        let vote = consensus::proposal_vote(&set, view, height, p.digest, p.signature);
-        let chain = epoch_chain(self.shared.genesis_hash, before);
-        Ok(consensus::verify_vote(&vote, &chain, &set, &Ed25519Verifier).is_ok())
+        Ok(leader_signed(p, &epoch_chain(self.shared.genesis_hash, before), &set).is_ok())
     }
 
     /// The consensus chain id under which height `h` was ordered.
@@ -670,8 +667,8 @@ impl App {
         // While it waits for more, the leader looks through its pool again only
         // once records arrived (a record past a nonce gap's wait may also become
         // selectable meanwhile; it is taken at the latest when the wait ends).
-        let arrivals = self.shared.pool.lock().expect("pool lock").arrivals();
-        if looked.is_some_and(|(seen, held)| seen == arrivals && wait(held)) {
+        let nothing_new = |seen: u64| seen == self.shared.pool.lock().expect("pool lock").arrivals();
+        if looked.is_some_and(|(seen, held)| wait(held) && nothing_new(seen)) {
             return None;
         }
         if height > self.epoch_end {
@@ -1191,17 +1188,17 @@ impl App {
                 // Only a view's leader proposes in it: its signature over the digest the
                 // proposal names is checked before any lookup. The core checks it again
                 // over the rebuilt block, so records that make another block are refused there.
-                let (view, height) = (consensus::View(proposal.view), consensus::Height(proposal.height));
-                let vote = consensus::proposal_vote(&self.set, view, height, proposal.digest, proposal.signature);
-                if let Err(why) = consensus::verify_vote(&vote, &self.chain, &self.set, &Ed25519Verifier) {
-                    if self.of_the_epoch_before(&proposal)? {
-                        debug!(height = proposal.height, view = proposal.view, "a proposal of the epoch before");
-                        return Ok(Verdict::Ignore);
+                let from = match leader_signed(&proposal, &self.chain, &self.set) {
+                    Ok(leader) => leader,
+                    Err(why) => {
+                        if self.of_the_epoch_before(&proposal)? {
+                            debug!(height = proposal.height, view = proposal.view, "a proposal of the epoch before");
+                            return Ok(Verdict::Ignore);
+                        }
+                        warn!(height = proposal.height, view = proposal.view, "refusing a compact proposal: {why}");
+                        return Ok(Verdict::Reject);
                     }
-                    warn!(height = proposal.height, view = proposal.view, "refusing a compact proposal: {why}");
-                    return Ok(Verdict::Reject);
-                }
-                let from = vote.signer.0;
+                };
                 self.remember_named(relay, from, &proposal);
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
@@ -1838,6 +1835,18 @@ fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
         Some((i, id)) => Err(format!("record {i} ({id}) appears twice")),
         None => Ok(()),
     }
+}
+
+/// The validator that leads `p`'s view under `chain` and `set`, if its
+/// signature over the digest `p` names checks (ids and parent are not signed).
+fn leader_signed(
+    p: &CompactProposal,
+    chain: &ChainId,
+    set: &consensus::ValidatorSet,
+) -> std::result::Result<u32, consensus::Error> {
+    let vote =
+        consensus::proposal_vote(set, consensus::View(p.view), consensus::Height(p.height), p.digest, p.signature);
+    consensus::verify_vote(&vote, chain, set, &Ed25519Verifier).map(|()| vote.signer.0)
 }
 
 /// The records of the blocks from `from` (digest, height) down to `tip`,
