@@ -74,6 +74,12 @@ const FETCHES_MAX: usize = 8;
 /// in flight: gossiped with the proposal, or queued for their signature check) before the whole
 /// proposal is asked of its leader.
 const RECORDS_WAIT: Duration = Duration::from_millis(100);
+/// How long it waits at most while this node still holds gossiped record batches waiting for
+/// their signature check: the missing records are most likely among them, and checking them
+/// costs less than fetching the whole proposal, which carries the block's records once more (at
+/// rate max 9–17 % of compact proposals were fetched whole with 100 ms alone, 2.4 MB each;
+/// docs/BENCHMARKS.md, session 16).
+const RECORDS_WAIT_CHECKING: Duration = Duration::from_millis(400);
 
 /// Compact proposals whose named records are remembered for [`App::in_flight`]
 /// (a few views' worth; each holds up to `block_records_max` ids).
@@ -162,8 +168,11 @@ struct Named {
 
 /// A compact proposal that named records this node did not hold.
 struct Waiting {
-    /// When the whole proposal is asked for instead.
+    /// When the whole proposal is asked for instead ([`RECORDS_WAIT`] after it came)...
     until: Duration,
+    /// ... or, while this node still has gossiped records to check, at the latest
+    /// ([`RECORDS_WAIT_CHECKING`] after it came).
+    latest: Duration,
     /// The leader that signed it, asked for the whole proposal.
     from: u32,
     proposal: CompactProposal,
@@ -224,6 +233,8 @@ pub struct App {
     rejected: u64,
     started: Instant,
     pub gossip_queue: Vec<Vec<u8>>,
+    /// Gossiped record batches queued for their signature check or being checked (set by the loop).
+    pub records_unchecked: usize,
     /// The payload this leader last proposed, its time and its records (see `persist_block`).
     proposed: Option<(consensus::Payload, u64, Vec<Arc<Encoded>>)>,
     /// Proposals rebuilt from the pool, by the digest their leader signed: the
@@ -311,6 +322,7 @@ impl App {
             rejected: 0,
             started: Instant::now(),
             gossip_queue: Vec::new(),
+            records_unchecked: 0,
             proposed: None,
             rebuilt: VecDeque::new(),
             proposed_ids: None,
@@ -1211,8 +1223,9 @@ impl App {
                             && self.waiting.len() < FETCHES_MAX
                             && !self.waiting.iter().any(|w| w.proposal.digest == proposal.digest)
                         {
-                            let until = self.now() + RECORDS_WAIT;
-                            self.waiting.push(Waiting { until, from, proposal, missing });
+                            let now = self.now();
+                            let (until, latest) = (now + RECORDS_WAIT, now + RECORDS_WAIT_CHECKING);
+                            self.waiting.push(Waiting { until, latest, from, proposal, missing });
                         }
                         // Not relayed: this node cannot tell yet whether it is sound.
                         return Ok(Verdict::Ignore);
@@ -1285,9 +1298,20 @@ impl App {
         Ok(Verdict::Accept)
     }
 
+    /// When a compact proposal stops waiting for its records and its whole
+    /// proposal is asked for: [`RECORDS_WAIT`] after it came, or up to
+    /// [`RECORDS_WAIT_CHECKING`] while gossiped records wait for their check here.
+    fn gives_up_at(&self, w: &Waiting) -> Duration {
+        if self.records_unchecked > 0 {
+            w.latest
+        } else {
+            w.until
+        }
+    }
+
     /// Hands the core each waiting compact proposal whose records have all
     /// arrived; asks the leader for the whole proposal of those that waited
-    /// [`RECORDS_WAIT`] in vain.
+    /// in vain ([`App::gives_up_at`]).
     fn settle_waiting(&mut self, fx: &mut Effects) -> Result<()> {
         let now = self.now();
         for mut w in std::mem::take(&mut self.waiting) {
@@ -1295,7 +1319,7 @@ impl App {
                 let pool = self.shared.pool.lock().expect("pool lock");
                 w.missing.retain(|id| pool.get(id).is_none());
             }
-            if !w.missing.is_empty() && w.until > now {
+            if !w.missing.is_empty() && self.gives_up_at(&w) > now {
                 self.waiting.push(w);
                 continue;
             }
@@ -1305,7 +1329,7 @@ impl App {
                     self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
                     self.on_whole_proposal(w.from, m, fx)?;
                 }
-                Ok(Err(missing)) if w.until > now => self.waiting.push(Waiting { missing, ..w }),
+                Ok(Err(missing)) if self.gives_up_at(&w) > now => self.waiting.push(Waiting { missing, ..w }),
                 Ok(Err(_)) => {
                     if let Some(leader) = self.peer_of(w.from) {
                         self.fetch(leader, SyncRequest::Proposal { height, view }, fx);
@@ -1777,7 +1801,7 @@ impl App {
         if self.owed_payload.is_some() {
             next = next.min(self.now() + Duration::from_millis(5));
         }
-        if let Some(first) = self.waiting.iter().map(|w| w.until).min() {
+        if let Some(first) = self.waiting.iter().map(|w| self.gives_up_at(w)).min() {
             next = next.min(first);
         }
         next
@@ -2006,6 +2030,7 @@ pub async fn run_loop(
         m.net_events_queued.store(events.len() as u64, Ordering::Relaxed);
         m.net_commands_queued.store(net.commands_queued() as u64, Ordering::Relaxed);
         m.record_batches_queued.store(record_queue.len() as u64, Ordering::Relaxed);
+        app.records_unchecked = record_queue.len() + record_checks;
         let wake = tokio::time::Instant::from_std(app.started + app.next_wake());
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -2018,6 +2043,7 @@ pub async fn run_loop(
                     }
                     NetEvent::Gossip { topic: Topic::Records, id, data, .. } => {
                         if record_queue.len() >= RECORD_QUEUE_MAX {
+                            app.shared.metrics.record_batches_dropped.fetch_add(1, Ordering::Relaxed);
                             report(&net, id, Verdict::Ignore).await;
                         } else {
                             record_queue.push_back((id, data));

@@ -157,6 +157,8 @@ pub struct Metrics {
     /// Compact proposals (ADR 0008) rebuilt from the pool, and whole proposals fetched from their leaders.
     pub proposals_rebuilt: AtomicU64,
     pub proposals_fetched: AtomicU64,
+    /// Gossiped record batches dropped unchecked because the check queue was full.
+    pub record_batches_dropped: AtomicU64,
     pub api_requests: Mutex<BTreeMap<u16, u64>>,
     pub finality: Mutex<Histogram>,
     /// Items waiting in the loop's queues, set by the loop each turn: network
@@ -660,6 +662,11 @@ impl Shared {
                 "annal_proposals_fetched_total",
                 "Whole proposals fetched from their leader (a compact one named records not held here).",
                 &m.proposals_fetched,
+            ),
+            (
+                "annal_record_batches_dropped_total",
+                "Gossiped record batches dropped unchecked: the queue for their signature check was full.",
+                &m.record_batches_dropped,
             ),
         ] {
             gauge(name, help, "counter", counter.load(Ordering::Relaxed).to_string());
