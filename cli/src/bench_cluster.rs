@@ -55,8 +55,10 @@ pub struct ClusterArgs {
     /// Records per batch request.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Most records per block (a genesis parameter of the bench chain).
-    #[arg(long, default_value_t = 4000)]
+    /// Most records per block (a genesis parameter of the bench chain). Under
+    /// load leaders fill blocks to it; 8,000 rather than 4,000 gave ~5 % more
+    /// at rate max (docs/BENCHMARKS.md, session 16); a steady rate's blocks stay smaller.
+    #[arg(long, default_value_t = 8000)]
     block_records: usize,
     /// With `--rate max`, records signed in advance per second of the run (the most it can offer).
     #[arg(long, default_value_t = 30_000)]
