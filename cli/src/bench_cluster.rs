@@ -13,7 +13,9 @@
 //! node's user + system time over the window (from /proc); peak RSS is each
 //! node's VmHWM at the very end (after the catch-up and the audit, which the
 //! nodes serve, when asked for); disk is each node's data folder at the end
-//! over its log size.
+//! over its log size. Each node's blocks committed, compact proposals rebuilt
+//! and fetched whole, and gossiped record batches dropped unchecked are the
+//! growth of its `/metrics` counters over the window.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -294,6 +296,7 @@ fn drive(
         // The last validator misses the whole load; the others keep a quorum.
         stop_node(&mut nodes[nodes.len() - 1], libc::SIGKILL);
     }
+    let every_client = &clients[..];
     let clients = &clients[..nodes.len() - usize::from(args.catch_up)];
     // Per node, its signers' records in nonce order.
     let n = clients.len();
@@ -306,7 +309,7 @@ fn drive(
     let latencies: Mutex<Vec<(Instant, f64)>> = Mutex::new(Vec::new());
     let refused = AtomicU64::new(0);
     let started = Instant::now();
-    let window = Mutex::new(None::<(Instant, u64, Vec<u64>)>);
+    let window = Mutex::new(None::<(Instant, u64, Vec<u64>, Vec<Option<Counters>>)>);
     let mut end_state = None;
     std::thread::scope(|s| -> Result<()> {
         for (i, records) in per_node.iter().enumerate() {
@@ -337,15 +340,16 @@ fn drive(
             });
         }
         std::thread::sleep(Duration::from_secs(args.warmup));
-        *window.lock().expect("window") = Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes)));
+        *window.lock().expect("window") =
+            Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes), counters(every_client)));
         std::thread::sleep(Duration::from_secs(args.duration));
-        end_state = Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes)));
+        end_state = Some((Instant::now(), log_size(&clients[0])?, cpu_ticks(nodes), counters(every_client)));
         stop.store(true, Ordering::Relaxed);
         Ok(())
     })?;
     let caught_up = if args.catch_up { Some(catch_up(&clients[0], nodes)?) } else { None };
-    let (t0, size0, cpu0) = window.into_inner().expect("window").context("the window never opened")?;
-    let (t1, size1, cpu1) = end_state.context("the window never closed")?;
+    let (t0, size0, cpu0, counted0) = window.into_inner().expect("window").context("the window never opened")?;
+    let (t1, size1, cpu1, counted1) = end_state.context("the window never closed")?;
     let elapsed = (t1 - t0).as_secs_f64();
     let finalized = (size1 - size0) as f64 / elapsed;
     let mut lat: Vec<f64> = latencies
@@ -378,6 +382,12 @@ fn drive(
         "signature_ceiling_records_per_s": (ceiling.all_cores / nodes.len() as f64).round(),
         "block_records_max": genesis.params.block_records_max,
     });
+    // Each node's counters over the window (null for a node that did not answer).
+    for (k, (key, _)) in COUNTERS.iter().enumerate() {
+        let per_node: Vec<Option<u64>> =
+            counted0.iter().zip(&counted1).map(|(a, b)| Some(b.as_ref()?[k].saturating_sub(a.as_ref()?[k]))).collect();
+        report[*key] = json!(per_node);
+    }
     if let Some((records, seconds)) = caught_up {
         report["catch_up_records"] = json!(records);
         report["catch_up_s"] = json!(seconds);
@@ -549,6 +559,32 @@ fn wait_ready(clients: &[Client], nodes: &mut [BenchNode]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The node counters a report gives per node over the window: its key, and the `/metrics` name.
+/// Refetched proposals and dropped record batches show a node that falls behind on records.
+const COUNTERS: [(&str, &str); 4] = [
+    ("blocks_committed_per_node", "annal_blocks_committed_total"),
+    ("proposals_rebuilt_per_node", "annal_proposals_rebuilt_total"),
+    ("proposals_fetched_per_node", "annal_proposals_fetched_total"),
+    ("record_batches_dropped_per_node", "annal_record_batches_dropped_total"),
+];
+
+type Counters = [u64; COUNTERS.len()];
+
+/// Each node's [`COUNTERS`], `None` for a node that does not answer (one the bench stopped).
+fn counters(clients: &[Client]) -> Vec<Option<Counters>> {
+    clients
+        .iter()
+        .map(|client| {
+            let text = client.get_text("/metrics", 1 << 20).ok()?;
+            let mut out = [0; COUNTERS.len()];
+            for (slot, (_, name)) in out.iter_mut().zip(COUNTERS) {
+                *slot = text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())?;
+            }
+            Some(out)
+        })
+        .collect()
 }
 
 fn log_size(client: &Client) -> Result<u64> {

@@ -77,7 +77,7 @@ const RECORDS_WAIT: Duration = Duration::from_millis(100);
 /// How long it waits at most while this node still holds gossiped record batches waiting for
 /// their signature check: the missing records are most likely among them, and checking them
 /// costs less than fetching the whole proposal, which carries the block's records once more (at
-/// rate max 9–17 % of compact proposals were fetched whole with 100 ms alone, 2.4 MB each;
+/// rate max 6–17 % of compact proposals were fetched whole with 100 ms alone, 2.4 MB each;
 /// docs/BENCHMARKS.md, session 16).
 const RECORDS_WAIT_CHECKING: Duration = Duration::from_millis(400);
 

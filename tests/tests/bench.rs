@@ -38,5 +38,14 @@ fn bench_cluster_reports_one_json_object_of_measured_numbers() {
     let rss = report["peak_rss_mb_per_node"].as_array().expect("peak RSS per node");
     assert_eq!(rss.len(), 4);
     assert!(rss.iter().all(|r| r.as_f64().is_some_and(|mb| mb > 1.0)), "{report}");
+    // Node counters over the window: every loaded validator committed blocks; the one stopped for
+    // the catch-up answered nothing.
+    let committed = report["blocks_committed_per_node"].as_array().expect("blocks committed per node");
+    assert_eq!(committed.len(), 4, "{report}");
+    assert!(committed[..3].iter().all(|b| b.as_u64().is_some_and(|n| n > 0)), "{report}");
+    assert!(committed[3].is_null(), "{report}");
+    for key in ["proposals_rebuilt_per_node", "proposals_fetched_per_node", "record_batches_dropped_per_node"] {
+        assert!(report[key].as_array().is_some_and(|a| a.len() == 4 && a[0].is_u64()), "{key}: {report}");
+    }
     let _ = std::fs::remove_dir_all(dir.parent().expect("scratch folder"));
 }
