@@ -94,8 +94,50 @@ pub fn record_batch_bytes_max(params: &annal_ledger::genesis::Params) -> usize {
 
 /// Gossiped record batches being checked at once, off the loop.
 const RECORD_CHECKS_MAX: usize = 2;
-/// Gossiped record batches waiting for a check; past it they are dropped unjudged.
-const RECORD_QUEUE_MAX: usize = 64;
+/// Gossiped record batches waiting for a check, and their bytes; past either they are dropped
+/// unjudged. The bytes bound the memory (a batch may be up to a few MB); 64 MB holds ~200 batches
+/// of 512 records of 512 bytes. At rate max a queue of 64 batches overflowed (up to 160 dropped
+/// per node in 30 s, their records then fetched in whole proposals); ~200 dropped none and gave
+/// ~4 % more throughput (docs/BENCHMARKS.md, session 16).
+const RECORD_QUEUE_MAX: usize = 256;
+const RECORD_QUEUE_BYTES_MAX: usize = 64 << 20;
+// The largest batch any chain allows (`record_batch_bytes_max`) fits the queue, twice.
+const _: () =
+    assert!(RECORD_QUEUE_BYTES_MAX >= 2 * (annal_ledger::genesis::RECORD_BYTES_CAP + 8 * GOSSIP_BATCH_RECORDS + 1024));
+
+/// Gossiped record batches waiting for their signature check, bounded by
+/// [`RECORD_QUEUE_MAX`] batches and [`RECORD_QUEUE_BYTES_MAX`] bytes.
+/// (`I` names a batch: the gossip message it came in.)
+struct RecordQueue<I> {
+    batches: VecDeque<(I, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl<I> RecordQueue<I> {
+    fn new() -> Self {
+        RecordQueue { batches: VecDeque::new(), bytes: 0 }
+    }
+
+    /// Queues a batch, or gives its name back when the queue is full.
+    fn push(&mut self, id: I, data: Vec<u8>) -> std::result::Result<(), I> {
+        if self.batches.len() >= RECORD_QUEUE_MAX || self.bytes + data.len() > RECORD_QUEUE_BYTES_MAX {
+            return Err(id);
+        }
+        self.bytes += data.len();
+        self.batches.push_back((id, data));
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<(I, Vec<u8>)> {
+        let (id, data) = self.batches.pop_front()?;
+        self.bytes -= data.len();
+        Some((id, data))
+    }
+
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+}
 
 /// Wall-clock milliseconds since the Unix epoch (block times only: never hashed by the core's rules).
 pub fn wall_ms() -> u64 {
@@ -1993,13 +2035,13 @@ pub async fn run_loop(
     // past the queue they are dropped unjudged (their origin node still holds
     // them and proposes them when it leads). Consensus never waits for records.
     let (admitted_tx, mut admitted_rx) = mpsc::channel::<(GossipId, Verdict)>(RECORD_CHECKS_MAX);
-    let mut record_queue: VecDeque<(GossipId, Vec<u8>)> = VecDeque::new();
+    let mut record_queue = RecordQueue::<GossipId>::new();
     let mut record_checks = 0usize;
     let mut fx = app.start()?;
     let mut tick = tokio::time::interval(TICK);
     loop {
         while record_checks < RECORD_CHECKS_MAX {
-            let Some((id, data)) = record_queue.pop_front() else { break };
+            let Some((id, data)) = record_queue.pop() else { break };
             record_checks += 1;
             let (shared, tx) = (app.shared.clone(), admitted_tx.clone());
             tokio::task::spawn_blocking(move || {
@@ -2042,11 +2084,9 @@ pub async fn run_loop(
                         report(&net, id, verdict).await;
                     }
                     NetEvent::Gossip { topic: Topic::Records, id, data, .. } => {
-                        if record_queue.len() >= RECORD_QUEUE_MAX {
+                        if let Err(id) = record_queue.push(id, data) {
                             app.shared.metrics.record_batches_dropped.fetch_add(1, Ordering::Relaxed);
                             report(&net, id, Verdict::Ignore).await;
-                        } else {
-                            record_queue.push_back((id, data));
                         }
                     }
                     NetEvent::Request { from, data, channel } => answer(&app, &net, from, &data, channel, response_max).await,
@@ -2146,6 +2186,29 @@ mod tests {
         // A block in between unknown, or claimed at another height: not known.
         assert_eq!(records_down_to(([0; 32], 10), ([3; 32], 13), lookup), None);
         assert_eq!(records_down_to(([0; 32], 10), ([2; 32], 13), lookup), None);
+    }
+
+    #[test]
+    fn the_record_queue_is_bounded_by_batches_and_by_bytes() {
+        let gid = |i: usize| i;
+        let mut q = RecordQueue::new();
+        // By bytes: two batches of half the bound fit, a third byte does not.
+        let half = RECORD_QUEUE_BYTES_MAX / 2;
+        assert!(q.push(gid(1), vec![0; half]).is_ok());
+        assert!(q.push(gid(2), vec![0; half]).is_ok());
+        assert_eq!(q.push(gid(3), vec![0; 1]), Err(gid(3)));
+        // Checked batches free their bytes, in arrival order.
+        assert_eq!(q.pop().map(|(id, d)| (id, d.len())), Some((gid(1), half)));
+        assert!(q.push(gid(3), vec![0; 1]).is_ok());
+        assert_eq!(q.len(), 2);
+        // By batches: small ones stop at the count.
+        let mut q = RecordQueue::new();
+        for i in 0..RECORD_QUEUE_MAX {
+            assert!(q.push(gid(i), vec![0; 10]).is_ok());
+        }
+        assert!(q.push(gid(0), vec![0; 10]).is_err());
+        while q.pop().is_some() {}
+        assert_eq!((q.len(), q.bytes), (0, 0));
     }
 
     #[test]
