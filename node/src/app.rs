@@ -89,7 +89,13 @@ const REBUILT_MAX: usize = 8;
 
 /// The largest record batch a node gossips or accepts: a full batch, or one record at the chain's limit.
 pub fn record_batch_bytes_max(params: &annal_ledger::genesis::Params) -> usize {
-    GOSSIP_BATCH_BYTES.max(params.record_bytes_max) + 8 * GOSSIP_BATCH_RECORDS + 1024
+    batch_bytes_max_for(params.record_bytes_max)
+}
+
+/// [`record_batch_bytes_max`] for a chain whose records are at most `record_bytes_max` bytes.
+const fn batch_bytes_max_for(record_bytes_max: usize) -> usize {
+    let full = if record_bytes_max > GOSSIP_BATCH_BYTES { record_bytes_max } else { GOSSIP_BATCH_BYTES };
+    full + 8 * GOSSIP_BATCH_RECORDS + 1024
 }
 
 /// Gossiped record batches being checked at once, off the loop.
@@ -101,9 +107,8 @@ const RECORD_CHECKS_MAX: usize = 2;
 /// ~4 % more throughput (docs/BENCHMARKS.md, session 16).
 const RECORD_QUEUE_MAX: usize = 256;
 const RECORD_QUEUE_BYTES_MAX: usize = 64 << 20;
-// The largest batch any chain allows (`record_batch_bytes_max`) fits the queue, twice.
-const _: () =
-    assert!(RECORD_QUEUE_BYTES_MAX >= 2 * (annal_ledger::genesis::RECORD_BYTES_CAP + 8 * GOSSIP_BATCH_RECORDS + 1024));
+// The largest batch any chain allows fits the queue, twice.
+const _: () = assert!(RECORD_QUEUE_BYTES_MAX >= 2 * batch_bytes_max_for(annal_ledger::genesis::RECORD_BYTES_CAP));
 
 /// Gossiped record batches waiting for their signature check, bounded by
 /// [`RECORD_QUEUE_MAX`] batches and [`RECORD_QUEUE_BYTES_MAX`] bytes.
@@ -210,11 +215,8 @@ struct Named {
 
 /// A compact proposal that named records this node did not hold.
 struct Waiting {
-    /// When the whole proposal is asked for instead ([`RECORDS_WAIT`] after it came)...
-    until: Duration,
-    /// ... or, while this node still has gossiped records to check, at the latest
-    /// ([`RECORDS_WAIT_CHECKING`] after it came).
-    latest: Duration,
+    /// When it came (the whole proposal is asked for a while after: [`App::gives_up_at`]).
+    came: Duration,
     /// The leader that signed it, asked for the whole proposal.
     from: u32,
     proposal: CompactProposal,
@@ -1265,9 +1267,8 @@ impl App {
                             && self.waiting.len() < FETCHES_MAX
                             && !self.waiting.iter().any(|w| w.proposal.digest == proposal.digest)
                         {
-                            let now = self.now();
-                            let (until, latest) = (now + RECORDS_WAIT, now + RECORDS_WAIT_CHECKING);
-                            self.waiting.push(Waiting { until, latest, from, proposal, missing });
+                            let came = self.now();
+                            self.waiting.push(Waiting { came, from, proposal, missing });
                         }
                         // Not relayed: this node cannot tell yet whether it is sound.
                         return Ok(Verdict::Ignore);
@@ -1344,11 +1345,7 @@ impl App {
     /// proposal is asked for: [`RECORDS_WAIT`] after it came, or up to
     /// [`RECORDS_WAIT_CHECKING`] while gossiped records wait for their check here.
     fn gives_up_at(&self, w: &Waiting) -> Duration {
-        if self.records_unchecked > 0 {
-            w.latest
-        } else {
-            w.until
-        }
+        w.came + if self.records_unchecked > 0 { RECORDS_WAIT_CHECKING } else { RECORDS_WAIT }
     }
 
     /// Hands the core each waiting compact proposal whose records have all

@@ -92,14 +92,37 @@ fn answer(entries: &[(Block, Certificate)]) -> Vec<u8> {
 
 /// A non-voting node on a fresh store in its own folder: the folder, its shared state and its loop.
 fn follower(name: &str, g: &Genesis) -> (std::path::PathBuf, Arc<Shared>, App) {
+    node(name, g, None)
+}
+
+/// A node on a fresh store in its own folder, voting with `consensus_key` if given.
+fn node(name: &str, g: &Genesis, consensus_key: Option<SecretKey>) -> (std::path::PathBuf, Arc<Shared>, App) {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
-    let app = App::new(shared.clone(), dir.clone(), None).unwrap();
+    let app = App::new(shared.clone(), dir.clone(), consensus_key).unwrap();
     (dir, shared, app)
+}
+
+/// A compact proposal at height 1 for `view`, naming `digest` and `ids` record ids, with
+/// validator `signer`'s (0-based) signature over `signed` as its digest, as gossip bytes.
+fn compact(g: &Genesis, view: u64, ids: usize, signer: u8, digest: [u8; 32], signed: [u8; 32]) -> Vec<u8> {
+    let chain = ChainId(g.hash());
+    let bytes = signing_bytes(VoteKind::Propose, &chain, View(view), Height(1), &signed);
+    let proposal = CompactProposal {
+        height: 1,
+        view,
+        parent_view: 0,
+        parent: g.hash(),
+        digest,
+        time_ms: g.genesis_time_ms + 1,
+        ids: vec![RecordId([2; 32]); ids],
+        signature: SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes(),
+    };
+    codec::encode(&Envelope::Proposal { seq: view, proposal })
 }
 
 /// Goal: a chain that does not link to the tip, or whose finalization lacks a quorum or is signed
@@ -249,26 +272,13 @@ fn block_and_proposal_requests_are_answered_from_the_store() {
 #[test]
 fn compact_proposals_are_judged_by_the_leaders_signature_not_the_relay() {
     let g = genesis();
-    let chain = ChainId(g.hash());
     let (dir, _shared, mut app) = follower("annal-compact-refused", &g);
     let mut fx = Effects::default();
     // Any admitted peer may relay: this one is no validator.
     let relay = PeerId::random();
     // `signer` (0-based; genesis() gives it the seed index + 1) signs `signed` as the proposal's digest.
-    let proposal = |view: u64, ids: usize, signer: u8, signed: [u8; 32]| {
-        let bytes = signing_bytes(VoteKind::Propose, &chain, View(view), Height(1), &signed);
-        let proposal = CompactProposal {
-            height: 1,
-            view,
-            parent_view: 0,
-            parent: g.hash(),
-            digest: [1; 32],
-            time_ms: g.genesis_time_ms + 1,
-            ids: vec![RecordId([2; 32]); ids],
-            signature: SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes(),
-        };
-        codec::encode(&Envelope::Proposal { seq: view, proposal })
-    };
+    let proposal =
+        |view: u64, ids: usize, signer: u8, signed: [u8; 32]| compact(&g, view, ids, signer, [1; 32], signed);
     // Validator 1 leads view 1 (round-robin).
     let verdict = app.on_consensus_gossip(&relay, &proposal(1, 1, 2, [1; 32]), &mut fx).unwrap();
     assert_eq!(verdict, Verdict::Reject, "signed by validator 2 in view 1, which validator 1 leads");
@@ -298,32 +308,11 @@ fn compact_proposals_are_judged_by_the_leaders_signature_not_the_relay() {
 fn a_proposal_waits_longer_for_its_records_while_gossiped_records_are_checked() {
     use std::time::Duration;
     let g = genesis();
-    let chain = ChainId(g.hash());
-    let dir = std::env::temp_dir().join(format!("annal-records-wait-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&dir.join("store"), g.hash(), StoreOptions::default()).unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let shared = Arc::new(Shared::new(g.clone(), Limits::default(), None, store, tx));
     // Validator 0 (its consensus key is seed 1).
-    let mut app = App::new(shared, dir.clone(), Some(SecretKey::from_seed([1; 32]))).unwrap();
+    let (dir, _shared, mut app) = node("annal-records-wait", &g, Some(SecretKey::from_seed([1; 32])));
     let mut fx = app.start().unwrap();
     // Validator `leader` (0-based) leads view `view` (round-robin) and names one record.
-    let proposal = |view: u64, leader: u8| {
-        let digest = [view as u8; 32];
-        let bytes = signing_bytes(VoteKind::Propose, &chain, View(view), Height(1), &digest);
-        let proposal = CompactProposal {
-            height: 1,
-            view,
-            parent_view: 0,
-            parent: g.hash(),
-            digest,
-            time_ms: g.genesis_time_ms + 1,
-            ids: vec![RecordId([2; 32])],
-            signature: SigningKey::from_bytes(&[leader + 1; 32]).sign(&bytes).to_bytes(),
-        };
-        codec::encode(&Envelope::Proposal { seq: view, proposal })
-    };
+    let proposal = |view: u64, leader: u8| compact(&g, view, 1, leader, [view as u8; 32], [view as u8; 32]);
     let leader_peer = |i: usize| annal_node::net::peer_id(&g.validators[i].p2p_key).unwrap();
     let asked = |fx: &mut Effects| std::mem::take(&mut fx.fetch);
 
