@@ -15,7 +15,7 @@ use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
 use crate::keys::{verify_cofactored, Domain, Message, PublicKey};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{Encoded, RecordId, SignedRecord};
-use crate::state::{Overlay, Rules, StateKey, StateView};
+use crate::state::{Overlay, Rules, StateView};
 use crate::state_tree::{self, key_hash_of, Prefetch, StateTreeReader, StateUpdate};
 
 /// Whether `execute` checks the records' signatures.
@@ -40,8 +40,6 @@ pub struct Executed<'a> {
     /// the records executed when they outlive this (copying them was ~1 % of
     /// a validator at rate max: an allocation and a copy per record, then a free).
     pub records: Vec<Cow<'a, [u8]>>,
-    /// `(key, version, log index)` for every record, in block order.
-    pub history: Vec<(StateKey, u64, u64)>,
     /// Last nonce of every submitter the block touched.
     pub nonces: BTreeMap<PublicKey, u64>,
     /// Newly completed log nodes `(level, index, hash)`.
@@ -82,7 +80,6 @@ impl Executed<'_> {
             first_index: self.first_index,
             ids: self.ids,
             records: self.records.into_iter().map(|r| Cow::Owned(r.into_owned())).collect(),
-            history: self.history,
             nonces: self.nonces,
             nodes: self.nodes,
             frontier: self.frontier,
@@ -220,7 +217,6 @@ fn run<'a, V: StateView + StateTreeReader>(
     let first_index = frontier.size();
     let mut ids = Vec::with_capacity(records.len());
     let mut appended = Vec::with_capacity(records.len());
-    let mut history = Vec::with_capacity(records.len());
     let mut nodes = Vec::with_capacity(records.len() * 2);
     let mut skipped = Vec::new();
     // Ids applied so far, only asked for membership (a B-tree grown per record was 0.7 % of a validator).
@@ -233,9 +229,9 @@ fn run<'a, V: StateView + StateTreeReader>(
         } else {
             // A governance record must also make sense to governance; checked first, taken in once appended.
             let action = (r.record.namespace == GOV_NAMESPACE).then(|| gov.check(r)).transpose();
-            action.and_then(|action| Ok((overlay.apply(r, id, index, &key_hashes[i])?, action)))
+            action.and_then(|action| overlay.apply(r, id, index, &key_hashes[i]).map(|_| action))
         };
-        let (head, action) = match applied {
+        let action = match applied {
             Ok(applied) => applied,
             // A storage failure is this node's, not the record's: never a reason to skip.
             Err(e) if skip && !e.is_storage() => {
@@ -247,8 +243,6 @@ fn run<'a, V: StateView + StateTreeReader>(
         if let Some(action) = action {
             gov.accept(r, id, action);
         }
-        let key = StateKey { namespace: r.record.namespace.clone(), key: r.record.key.clone() };
-        history.push((key, head.version, index));
         frontier.append(id.0, &mut nodes);
         ids.push(id);
         appended.push(Cow::Borrowed(&e.bytes[..]));
@@ -262,7 +256,6 @@ fn run<'a, V: StateView + StateTreeReader>(
         first_index,
         ids,
         records: appended,
-        history,
         nonces,
         nodes,
         frontier,

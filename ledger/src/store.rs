@@ -10,14 +10,16 @@
 //! | `records`  | log index                    | canonical signed record        |
 //! | `ids`      | record id                    | log index                      |
 //! | `nodes`    | level (u8) ‖ index           | hash of a complete subtree     |
-//! | `history`  | state key ‖ version          | log index                      |
 //! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
 //! | `meta`     | `genesis`, `tip`, `leaves`, `certified` | genesis hash, canonical tip, number of leaves, highest certified height |
 //! | `meta`     | `app/…`                      | the caller's own entries, written in the block's batch |
 //!
-//! A state key is `len(namespace) as u8 ‖ namespace ‖ len(key) as u16 BE ‖ key`.
+//! A key's history is not indexed: [`Store::history`] walks back from its head
+//! through each record's `supersedes` (a store made before session 17 had a
+//! `history` family, state key ‖ version → log index, dropped when it opens).
+//!
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
 //! Nodes of level `UPPER_LEVEL` and above (one per 256 leaves or fewer) are
 //! also kept in memory, since complete nodes never change: a proof then reads
@@ -59,7 +61,7 @@ use crate::genesis::{Charter, CHARTER_BYTES_MAX};
 use crate::gov::{Governance, Proposal, GOVERNANCE_BYTES_MAX, PROPOSAL_BYTES_MAX};
 use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
-use crate::record::RecordId;
+use crate::record::{RecordId, SignedRecord};
 use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
 use crate::state_tree::{self, key_hash, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
 
@@ -68,15 +70,18 @@ const CF_CERTS: &str = "certs";
 const CF_RECORDS: &str = "records";
 const CF_IDS: &str = "ids";
 const CF_NODES: &str = "nodes";
-const CF_HISTORY: &str = "history";
 const CF_LEAVES: &str = "leaves";
 const CF_NONCES: &str = "nonces";
 const CF_SETS: &str = "sets";
 const CF_META: &str = "meta";
 /// Log nodes at this level and above are also held in memory (see the module docs).
 const UPPER_LEVEL: u8 = 8;
-const FAMILIES: [&str; 10] =
-    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_HISTORY, CF_LEAVES, CF_NONCES, CF_SETS, CF_META];
+const FAMILIES: [&str; 9] =
+    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_LEAVES, CF_NONCES, CF_SETS, CF_META];
+/// Families a store may still have from an earlier layout that this one drops
+/// when it opens: `history` (state key ‖ version → log index), now walked
+/// through the records' `supersedes` instead ([`Store::history`]).
+const FAMILIES_DROPPED: [&str; 1] = ["history"];
 /// Families of the layout before ADR 0003's update (state-tree nodes and heads by state key).
 const FAMILIES_RETIRED: [&str; 2] = ["state", "heads"];
 
@@ -143,7 +148,9 @@ impl Store {
     /// Opens (or creates) the store for the chain whose genesis hashes to `genesis_hash`.
     pub fn open(path: &Path, genesis_hash: Hash, options: StoreOptions) -> Result<Self, Error> {
         let err = |detail: String| Error::Store { path: path.display().to_string(), detail };
+        let mut dropped = Vec::new();
         if let Ok(existing) = DB::list_cf(&Options::default(), path) {
+            dropped.extend(existing.iter().filter(|f| FAMILIES_DROPPED.contains(&f.as_str())).cloned());
             if let Some(old) = existing.iter().find(|f| FAMILIES_RETIRED.contains(&f.as_str())) {
                 return Err(err(format!(
                     "has the column family {old:?} of the state layout before leaves-only storage (ADR 0003, Update); \
@@ -155,13 +162,18 @@ impl Store {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
-        // One memtable budget for all ten families (each would otherwise grow to 64 MB, twice):
+        // One memtable budget for all nine families (each would otherwise grow to 64 MB, twice):
         // keeps a node's memory under 1 GiB with a full mempool (docs/BENCHMARKS.md).
         db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         // One block cache for every family: log nodes and state leaves are the hot reads.
         let cache = Cache::new_lru_cache(options.cache_bytes);
-        let descriptors = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
+        let names: Vec<&str> = FAMILIES.iter().copied().chain(dropped.iter().map(String::as_str)).collect();
+        let descriptors = names.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
+        let mut db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
+        // RocksDB opens a store only with every family it has; a dropped one is then removed.
+        for name in &dropped {
+            db.drop_cf(name).map_err(|e| err(format!("dropping the retired column family {name:?}: {e}")))?;
+        }
         let mut store = Store {
             db,
             path: path.to_path_buf(),
@@ -437,20 +449,6 @@ impl Store {
         for (key, hash) in nodes {
             batch.put_cf(nodes_cf, key, hash);
         }
-        let mut history: Vec<(Vec<u8>, u64)> = executed
-            .history
-            .iter()
-            .map(|(key, version, index)| {
-                let mut k = state_key(key);
-                k.extend_from_slice(&version.to_be_bytes());
-                (k, *index)
-            })
-            .collect();
-        history.sort_unstable();
-        let history_cf = self.cf(CF_HISTORY);
-        for (key, index) in history {
-            batch.put_cf(history_cf, key, index.to_be_bytes());
-        }
         debug_assert!(executed.state.leaves.is_sorted_by(|a, b| a.0 < b.0), "leaves come sorted by key hash");
         let leaves_cf = self.cf(CF_LEAVES);
         for (key_hash, head) in &executed.state.leaves {
@@ -694,19 +692,38 @@ impl Store {
         self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
     }
 
-    /// Every version of a key, in order: `(version, log index)`.
+    /// Every version of a key, oldest first: `(version, log index)`. Walked
+    /// back from the key's head through each record's `supersedes` (looked up
+    /// in `ids`): execution takes an amend or a revoke only if it supersedes
+    /// the head, so a key's versions are exactly that chain. No index of its
+    /// own is kept: one was a put per record on every commit (ADR 0001,
+    /// "Update"; docs/BENCHMARKS.md, session 17).
     pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64)>, Error> {
-        let prefix = state_key(key);
-        let mut out = Vec::new();
-        let iter =
-            self.db.iterator_cf(self.cf(CF_HISTORY), rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
-        for item in iter {
-            let (k, v) = item.map_err(|e| self.store_err(e))?;
-            if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
-                break;
+        let Some(head) = self.head(key)? else { return Ok(Vec::new()) };
+        let broken = |detail: String| Error::Store {
+            path: self.path.display().to_string(),
+            detail: format!("history of {:?} in {:?}: {detail}", key.key, key.namespace),
+        };
+        let mut out = Vec::with_capacity(head.version.min(1024) as usize);
+        let (mut version, mut index) = (head.version, head.index);
+        loop {
+            out.push((version, index));
+            let bytes = self.record_bytes(index)?.ok_or_else(|| broken(format!("record {index} is missing")))?;
+            let record = codec::decode::<SignedRecord>(&bytes, bytes.len())?.record;
+            if record.version != version || record.namespace != key.namespace || record.key != key.key {
+                return Err(broken(format!("record {index} is not version {version} of this key")));
             }
-            out.push((be_u64(&k[prefix.len()..], "history")?, be_u64(&v, "history")?));
+            let Some(previous) = record.supersedes else { break };
+            if version == 1 {
+                return Err(broken(format!("record {index} is version 1 but supersedes {previous}")));
+            }
+            index = self.index_of(&previous)?.ok_or_else(|| broken(format!("record {previous} is not in the log")))?;
+            version -= 1;
         }
+        if version != 1 {
+            return Err(broken(format!("the oldest version found is {version}, not 1")));
+        }
+        out.reverse();
         Ok(out)
     }
 
@@ -992,9 +1009,9 @@ fn family_options(name: &str, cache: &Cache) -> Options {
 }
 
 /// A block's write batch is reserved as its records' bytes plus this much per
-/// record: the keys and values of its id, log node, history entry and leaf,
-/// with RocksDB's framing (about 250 bytes; a little over is cheaper than a regrowth).
-const BATCH_BYTES_PER_RECORD: usize = 320;
+/// record: the keys and values of its id, log node and leaf, and the record's
+/// key, with RocksDB's framing (about 190 bytes; a little over is cheaper than a regrowth).
+const BATCH_BYTES_PER_RECORD: usize = 256;
 
 /// Memory all memtables together may hold before RocksDB flushes the largest.
 const MEMTABLES_BYTES_MAX: usize = 128 << 20;
@@ -1016,15 +1033,6 @@ fn node_key(level: u8, index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = level;
     k[1..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-fn state_key(key: &StateKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(3 + key.namespace.len() + key.key.len());
-    k.push(key.namespace.len() as u8);
-    k.extend_from_slice(key.namespace.as_bytes());
-    k.extend_from_slice(&(key.key.len() as u16).to_be_bytes());
-    k.extend_from_slice(key.key.as_bytes());
     k
 }
 

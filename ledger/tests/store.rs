@@ -102,11 +102,23 @@ fn key_history_and_head_status_are_queryable() {
     }
     let other = StateKey { namespace: "land-titles".into(), key: "p/70".into() };
     assert!(store.history(&other).unwrap().is_empty(), "a key that shares a prefix is not mixed in");
+    // Two versions of a key in one block, with another key between them.
+    let first = signed(21, "land-titles", "p/8", Op::Publish, None, 1, 5);
+    let between = signed(21, "land-titles", "p/9", Op::Publish, None, 1, 6);
+    let second = signed(21, "land-titles", "p/8", Op::Amend, Some(first.id()), 2, 7);
+    let tip = store.tip().clone();
+    let (header, cert, executed) =
+        block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[first, between, second]);
+    store.commit(&header, &cert, &executed).unwrap();
+    let p8 = StateKey { namespace: "land-titles".into(), key: "p/8".into() };
+    assert_eq!(store.history(&p8).unwrap(), vec![(1, 4), (2, 6)]);
+    assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     // The committed nonces are held in memory: a reopened store loads them again.
     drop(store);
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
-    assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(4));
+    assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     assert_eq!(store.last_nonce(&key_pub(22)).unwrap(), None);
+    assert_eq!(store.history(&key).unwrap(), vec![(1, 0), (2, 1), (3, 2), (4, 3)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -375,5 +387,37 @@ fn a_block_committed_before_its_certificate_gets_it_later() {
     assert_eq!(store.app_meta("app/note").unwrap(), Some(b"kept".to_vec()));
     let bundle = annal_ledger::proof::bundle(&store, &g, &r.id(), false).unwrap();
     annal_ledger::proof::verify(&bundle, &g, None).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_store_with_the_old_history_family_drops_it_when_it_opens() {
+    // Goal: a store made when keys' histories had a family of their own opens,
+    // loses that family, and still lists a key's versions (now walked).
+    let dir = temp_dir("history-family");
+    let g = genesis();
+    let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    let r = signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1);
+    let tip = store.tip().clone();
+    let (header, cert, executed) = block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[r]);
+    store.commit(&header, &cert, &executed).unwrap();
+    drop(store);
+    {
+        let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+        let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir, &names).unwrap();
+        db.create_cf("history", &rocksdb::Options::default()).unwrap();
+        db.put_cf(
+            db.cf_handle("history").unwrap(),
+            b"\x0bland-titles\x00\x03p/1\0\0\0\0\0\0\0\x01",
+            0u64.to_be_bytes(),
+        )
+        .unwrap();
+    }
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    let key = StateKey { namespace: "land-titles".into(), key: "p/1".into() };
+    assert_eq!(store.history(&key).unwrap(), vec![(1, 0)]);
+    drop(store);
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+    assert!(!names.iter().any(|n| n == "history"), "the old family is gone: {names:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
