@@ -19,8 +19,20 @@ use crate::keys::{Domain, PublicKey, SecretKey, Signature};
 use crate::merkle::{self, Hash};
 
 /// A record id: the RFC 6962 leaf hash of the signed record's canonical bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
 pub struct RecordId(pub Hash);
+
+/// Hash maps (a node's pool, arrival times, a block's ids) hash an id by its
+/// first 8 bytes only: an id is a SHA-256 output, so those are as good a key
+/// as all 32, and the keyed SipHash of std's maps does one round instead of
+/// five (admission, proposals and commits hash each id several times;
+/// docs/BENCHMARKS.md, session 17). Ids that share 8 bytes would have to be
+/// found by grinding SHA-256, and still only collide with each other.
+impl std::hash::Hash for RecordId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")));
+    }
+}
 
 impl RecordId {
     pub fn to_hex(&self) -> String {

@@ -20,8 +20,11 @@ pub struct Mempool {
     entries: HashMap<RecordId, Entry>,
     /// Arrival order: sequence number → id.
     order: BTreeMap<u64, RecordId>,
-    /// Each submitter's records in nonce order.
-    by_submitter: BTreeSet<(PublicKey, u64, RecordId)>,
+    /// Each submitter's records in nonce order (a set per submitter: one
+    /// set of every `(submitter, nonce, id)` compared 72-byte keys on each
+    /// insert and removal; docs/BENCHMARKS.md, session 17). A submitter is
+    /// here only while it has a record pending.
+    by_submitter: HashMap<PublicKey, BTreeSet<(u64, RecordId)>>,
     next_seq: u64,
     bytes: usize,
     records_max: usize,
@@ -81,7 +84,7 @@ impl Mempool {
         Mempool {
             entries: HashMap::new(),
             order: BTreeMap::new(),
-            by_submitter: BTreeSet::new(),
+            by_submitter: HashMap::new(),
             next_seq: 0,
             bytes: 0,
             records_max,
@@ -100,7 +103,8 @@ impl Mempool {
         self.next_seq += 1;
         self.bytes += record.bytes.len();
         self.order.insert(seq, id);
-        self.by_submitter.insert(slot(&record));
+        let r = &record.record.record;
+        self.by_submitter.entry(r.submitter).or_default().insert((r.nonce, id));
         self.entries.insert(id, Entry { seq, arrived: Instant::now(), record });
         Ok(true)
     }
@@ -137,7 +141,13 @@ impl Mempool {
         match self.entries.remove(id) {
             Some(e) => {
                 self.order.remove(&e.seq);
-                self.by_submitter.remove(&slot(&e.record));
+                let r = &e.record.record.record;
+                if let Some(nonces) = self.by_submitter.get_mut(&r.submitter) {
+                    nonces.remove(&(r.nonce, *id));
+                    if nonces.is_empty() {
+                        self.by_submitter.remove(&r.submitter);
+                    }
+                }
                 self.bytes -= e.record.bytes.len();
                 true
             }
@@ -176,6 +186,10 @@ impl Mempool {
         let mut bytes = 0;
         let mut seen = HashSet::new();
         for id in self.order.values() {
+            if seen.len() == self.by_submitter.len() {
+                // Every submitter's records were looked at: the rest of `order` repeats them.
+                break;
+            }
             let submitter = self.entries[id].record.record.record.submitter;
             if !seen.insert(submitter) {
                 continue;
@@ -201,7 +215,10 @@ impl Mempool {
     /// `submitter`'s pending records with nonces from `from` to `to`, in nonce order.
     fn nonces_of(&self, submitter: &PublicKey, from: u64, to: u64) -> impl Iterator<Item = (u64, RecordId)> + '_ {
         let (lowest, highest) = (RecordId([0; 32]), RecordId([0xff; 32]));
-        self.by_submitter.range((*submitter, from, lowest)..=(*submitter, to, highest)).map(|(_, n, id)| (*n, *id))
+        self.by_submitter
+            .get(submitter)
+            .into_iter()
+            .flat_map(move |nonces| nonces.range((from, lowest)..=(to, highest)).copied())
     }
 
     /// Removes `submitter`'s records with nonces at or below `last` (its last
@@ -242,11 +259,6 @@ impl Mempool {
     pub fn bytes_max(&self) -> usize {
         self.bytes_max
     }
-}
-
-/// A record's place in `by_submitter`.
-fn slot(record: &Encoded) -> (PublicKey, u64, RecordId) {
-    (record.record.record.submitter, record.record.record.nonce, record.id)
 }
 
 #[cfg(test)]
@@ -383,5 +395,27 @@ mod tests {
         assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone()]);
         assert_eq!(pool.purge_stale(&stale.record.record.submitter, 3), vec![stale]);
         assert_eq!(pool.len(), 2);
+    }
+
+    /// Goal: a submitter whose records all left holds no room in the pool,
+    /// and a submitter whose oldest record arrived after many of another's is
+    /// still taken.
+    #[test]
+    fn submitters_leave_with_their_last_record() {
+        let mut pool = Mempool::new(100, 1 << 20);
+        let a: Vec<_> = (1..=20).map(|n| record_by(1, n, 10)).collect();
+        let b = record_by(2, 1, 10);
+        for r in a.iter().chain([&b]) {
+            pool.insert(r.clone(), Source::Peer).unwrap();
+        }
+        let none = BTreeSet::new();
+        let got = pool.select(100, 1 << 20, &none, |_| None, LONG_WAIT);
+        assert_eq!(got.len(), 21);
+        assert_eq!(got.last(), Some(&b));
+        assert_eq!(pool.by_submitter.len(), 2);
+        assert!(pool.remove(&b.id));
+        assert_eq!(pool.by_submitter.len(), 1, "a submitter with nothing pending is gone");
+        assert_eq!(pool.purge_stale(&a[0].record.record.submitter, 20).len(), 20);
+        assert!(pool.by_submitter.is_empty() && pool.is_empty());
     }
 }
