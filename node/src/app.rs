@@ -42,7 +42,7 @@ use tracing::{debug, error, info, warn};
 use crate::gather;
 use crate::mempool::Source;
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
-use crate::shared::{Outcome, Placed, Shared, SyncState};
+use crate::shared::{Outcome, Placed, Settled, Shared, SyncState};
 use crate::wire::{
     self, BlockBody, CompactProposal, Envelope, EpochTail, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse,
 };
@@ -1115,13 +1115,14 @@ impl App {
         {
             let mut pool = self.shared.pool.lock().expect("pool lock");
             for (i, id) in executed.ids.iter().enumerate() {
-                pool.remove(id);
-                outcomes.push((*id, Outcome::Final(Placed { index: first_index + i as u64, height: h })));
+                let arrived = pool.remove(id);
+                let outcome = Outcome::Final(Placed { index: first_index + i as u64, height: h });
+                outcomes.push(Settled { id: *id, outcome, arrived });
             }
             for (_, why, bytes) in &refused {
                 let id = SignedRecord::id_of_bytes(bytes);
-                pool.remove(&id);
-                outcomes.push((id, Outcome::Refused(why.clone())));
+                let arrived = pool.remove(&id);
+                outcomes.push(Settled { id, outcome: Outcome::Refused(why.clone()), arrived });
             }
             // Records whose nonce this block overtook can never be taken: refuse them now
             // rather than carry them in a later block only to be refused there.
@@ -1134,7 +1135,7 @@ impl App {
         for (id, why) in stale {
             // A copy of a record already final (a late gossip batch) has nothing to settle.
             if self.shared.placed(&id).ok().flatten().is_none() {
-                outcomes.push((id, Outcome::Refused(why)));
+                outcomes.push(Settled { id, outcome: Outcome::Refused(why), arrived: None });
             }
         }
         let m = &self.shared.metrics;

@@ -136,8 +136,9 @@ impl Mempool {
         self.entries.contains_key(id)
     }
 
-    /// Removes a record that a final block carried; true if it was pending.
-    pub fn remove(&mut self, id: &RecordId) -> bool {
+    /// Removes a record that a final block carried; when it was pending, the
+    /// time it entered the pool (from which the node measures its finality).
+    pub fn remove(&mut self, id: &RecordId) -> Option<Instant> {
         match self.entries.remove(id) {
             Some(e) => {
                 self.order.remove(&e.seq);
@@ -149,9 +150,9 @@ impl Mempool {
                     }
                 }
                 self.bytes -= e.record.bytes.len();
-                true
+                Some(e.arrived)
             }
-            None => false,
+            None => None,
         }
     }
 
@@ -300,8 +301,8 @@ mod tests {
         assert_eq!(pool.insert(b.clone(), Source::Peer), Ok(true));
         assert_eq!(pool.room_for(1, 1, Source::Peer), Err(Full::Records { max: 2, source: Source::Peer }));
         assert_eq!(pool.insert(c.clone(), Source::Peer), Err(Full::Records { max: 2, source: Source::Peer }));
-        assert!(pool.remove(&a.id));
-        assert!(!pool.remove(&a.id));
+        assert!(pool.remove(&a.id).is_some());
+        assert!(pool.remove(&a.id).is_none());
         assert_eq!(pool.insert(c.clone(), Source::Peer), Ok(true));
         assert_eq!(pool.len(), 2);
 
@@ -413,7 +414,7 @@ mod tests {
         assert_eq!(got.len(), 21);
         assert_eq!(got.last(), Some(&b));
         assert_eq!(pool.by_submitter.len(), 2);
-        assert!(pool.remove(&b.id));
+        assert!(pool.remove(&b.id).is_some());
         assert_eq!(pool.by_submitter.len(), 1, "a submitter with nothing pending is gone");
         assert_eq!(pool.purge_stale(&a[0].record.record.submitter, 20).len(), 20);
         assert!(pool.by_submitter.is_empty() && pool.is_empty());

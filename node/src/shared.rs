@@ -7,7 +7,7 @@
 //! committed state, signature, then the bounded mempool. A record that passes
 //! is never dropped until a final block carries it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -130,6 +130,16 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// A record a commit settled, for [`Shared::settle`].
+#[derive(Debug)]
+pub struct Settled {
+    pub id: RecordId,
+    pub outcome: Outcome,
+    /// When it entered this node's pool (`Mempool::remove`), if it did: the
+    /// start of the finality time the metrics observe.
+    pub arrived: Option<Instant>,
+}
+
 /// The sync state shown in `/v1/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncState {
@@ -212,10 +222,6 @@ pub struct Shared {
     pub pool: Mutex<Mempool>,
     pub status: Mutex<Status>,
     pub metrics: Metrics,
-    /// When each pending record arrived (finality latency). A hash map: it holds
-    /// every pending record, is asked once per admission and once per final
-    /// record, and is never iterated (a B-tree's insert was 1.2 % of a validator).
-    arrivals: Mutex<HashMap<RecordId, Instant>>,
     waiters: Mutex<BTreeMap<RecordId, Vec<oneshot::Sender<Outcome>>>>,
     refusals: Mutex<(BTreeMap<RecordId, String>, VecDeque<RecordId>)>,
     /// Records the API admitted, for the loop to gossip.
@@ -247,7 +253,6 @@ impl Shared {
             pool: Mutex::new(pool),
             status: Mutex::new(Status { view: 0, peers: 0, sync: SyncState::Synced, evidence: 0, healthy: true }),
             metrics: Metrics::default(),
-            arrivals: Mutex::new(HashMap::new()),
             waiters: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new((BTreeMap::new(), VecDeque::new())),
             gossip,
@@ -316,7 +321,6 @@ impl Shared {
         let fit = candidates.len() - usize::from(room_full.is_some());
         let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| &**r).collect::<Vec<_>>());
         let mut pool = self.pool.lock().expect("pool lock");
-        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
         let mut bad = bad.into_iter().peekable();
         let mut full: Option<String> = None;
         for (n, (slot, record)) in candidates.into_iter().enumerate() {
@@ -332,12 +336,7 @@ impl Shared {
             }
             let id = record.id;
             results[slot] = Some(match pool.insert(Arc::from(record), source) {
-                Ok(new) => {
-                    if new {
-                        arrivals.insert(id, Instant::now());
-                    }
-                    Ok(Admitted::Pending { id, new })
-                }
+                Ok(new) => Ok(Admitted::Pending { id, new }),
                 Err(e) => {
                     let why = full_message(e);
                     full = Some(why.clone());
@@ -421,17 +420,15 @@ impl Shared {
         }
     }
 
-    /// Called by the loop after a commit: wakes waiters and records refusals.
-    pub fn settle(&self, outcomes: Vec<(RecordId, Outcome)>) {
+    /// Called by the loop after a commit: wakes waiters, records refusals and
+    /// observes each final record's time since it entered the pool.
+    pub fn settle(&self, outcomes: Vec<Settled>) {
         let now = Instant::now();
-        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
         let mut waiters = self.waiters.lock().expect("waiters lock");
         let mut histogram = self.metrics.finality.lock().expect("histogram lock");
-        for (id, outcome) in outcomes {
-            if let Some(t) = arrivals.remove(&id) {
-                if matches!(outcome, Outcome::Final(_)) {
-                    histogram.observe(now.duration_since(t).as_secs_f64());
-                }
+        for Settled { id, outcome, arrived } in outcomes {
+            if let (Outcome::Final(_), Some(t)) = (&outcome, arrived) {
+                histogram.observe(now.duration_since(t).as_secs_f64());
             }
             if let Outcome::Refused(why) = &outcome {
                 let mut r = self.refusals.lock().expect("refusals lock");

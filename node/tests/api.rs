@@ -18,7 +18,7 @@ use annal_ledger::record::{Body, Op, Record, RecordId, SignedRecord};
 use annal_ledger::store::{Store, StoreOptions};
 use annal_node::api;
 use annal_node::config::Limits;
-use annal_node::shared::{Outcome, Placed, Shared};
+use annal_node::shared::{Outcome, Placed, Settled, Shared};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -194,12 +194,18 @@ impl Node {
             s.set_governance(executed.gov.state.clone());
         }
         let mut pool = s.pool.lock().unwrap();
-        for id in &executed.ids {
-            pool.remove(id);
-        }
+        let arrived: Vec<_> = executed.ids.iter().map(|id| pool.remove(id)).collect();
         drop(pool);
         let placed = |i: usize| Placed { index: executed.first_index + i as u64, height: height.0 };
-        s.settle(executed.ids.iter().enumerate().map(|(i, id)| (*id, Outcome::Final(placed(i)))).collect());
+        s.settle(
+            executed
+                .ids
+                .iter()
+                .zip(arrived)
+                .enumerate()
+                .map(|(i, (id, arrived))| Settled { id: *id, outcome: Outcome::Final(placed(i)), arrived })
+                .collect(),
+        );
         (executed.ids.clone(), cert)
     }
 
@@ -557,6 +563,13 @@ async fn wait_final_answers_when_final_and_times_out_otherwise() {
     let (answer, ()) = tokio::join!(waiting, committing);
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({ "id": r.id().to_hex(), "status": "final", "index": 0, "height": 1 }));
+    // Its time from entering the pool to final is observed, and only that record's.
+    let (count, seconds) = {
+        let h = node.shared.metrics.finality.lock().unwrap();
+        (h.count, h.sum)
+    };
+    assert_eq!(count, 1, "one record went from the pool to final");
+    assert!(seconds >= 0.5, "timed from its first admission, 200 + 300 ms before its block: {seconds} s");
 
     let detail = node.post("/v1/records?wait=final&timeout_ms=120001", &body_of(&r)).await.error(400, "bad_query");
     assert!(detail.contains("timeout_ms"), "{detail}");
