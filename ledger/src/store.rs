@@ -697,7 +697,7 @@ impl Store {
     /// in `ids`): execution takes an amend or a revoke only if it supersedes
     /// the head, so a key's versions are exactly that chain. No index of its
     /// own is kept: one was a put per record on every commit (ADR 0001,
-    /// "Update"; docs/BENCHMARKS.md, session 17).
+    /// "Store layout"; docs/BENCHMARKS.md, session 17).
     pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64)>, Error> {
         let Some(head) = self.head(key)? else { return Ok(Vec::new()) };
         let broken = |detail: String| Error::Store {
