@@ -692,22 +692,22 @@ impl Store {
         self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
     }
 
-    /// Every version of a key, oldest first: `(version, log index)`. Walked
+    /// Every version of a key, oldest first: `(version, log index, record id)`. Walked
     /// back from the key's head through each record's `supersedes` (looked up
     /// in `ids`): execution takes an amend or a revoke only if it supersedes
     /// the head, so a key's versions are exactly that chain. No index of its
     /// own is kept: one was a put per record on every commit (ADR 0001,
     /// "Store layout"; docs/BENCHMARKS.md, session 17).
-    pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64)>, Error> {
+    pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64, RecordId)>, Error> {
         let Some(head) = self.head(key)? else { return Ok(Vec::new()) };
         let broken = |detail: String| Error::Store {
             path: self.path.display().to_string(),
             detail: format!("history of {:?} in {:?}: {detail}", key.key, key.namespace),
         };
         let mut out = Vec::with_capacity(head.version.min(1024) as usize);
-        let (mut version, mut index) = (head.version, head.index);
+        let (mut version, mut index, mut id) = (head.version, head.index, head.id);
         loop {
-            out.push((version, index));
+            out.push((version, index, id));
             let bytes = self.record_bytes(index)?.ok_or_else(|| broken(format!("record {index} is missing")))?;
             let record = codec::decode::<SignedRecord>(&bytes, bytes.len())?.record;
             if record.version != version || record.namespace != key.namespace || record.key != key.key {
@@ -718,7 +718,7 @@ impl Store {
                 return Err(broken(format!("record {index} is version 1 but supersedes {previous}")));
             }
             index = self.index_of(&previous)?.ok_or_else(|| broken(format!("record {previous} is not in the log")))?;
-            version -= 1;
+            (version, id) = (version - 1, previous);
         }
         if version != 1 {
             return Err(broken(format!("the oldest version found is {version}, not 1")));

@@ -4,7 +4,7 @@ mod common;
 
 use annal_ledger::block::Height;
 use annal_ledger::merkle::{self, Hash};
-use annal_ledger::record::{Encoded, Op, SignedRecord};
+use annal_ledger::record::{Encoded, Op, RecordId, SignedRecord};
 use annal_ledger::state::{decode_head, encode_head, StateKey, StateView, Status};
 use annal_ledger::state_tree::{depth_for, ProofLeaf, StateProof};
 use annal_ledger::store::{Store, StoreOptions};
@@ -93,7 +93,9 @@ fn key_history_and_head_status_are_queryable() {
         store.commit(&header, &cert, &executed).unwrap();
     }
     let key = StateKey { namespace: "land-titles".into(), key: "p/7".into() };
-    assert_eq!(store.history(&key).unwrap(), vec![(1, 0), (2, 1), (3, 2), (4, 3)]);
+    let versions =
+        |ids: &[RecordId]| ids.iter().enumerate().map(|(i, id)| (i as u64 + 1, i as u64, *id)).collect::<Vec<_>>();
+    assert_eq!(store.history(&key).unwrap(), versions(&ids));
     let head = store.head(&key).unwrap().unwrap();
     assert_eq!((head.id, head.version, head.status), (ids[3], 4, Status::Revoked));
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(4));
@@ -111,14 +113,14 @@ fn key_history_and_head_status_are_queryable() {
         block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[first, between, second]);
     store.commit(&header, &cert, &executed).unwrap();
     let p8 = StateKey { namespace: "land-titles".into(), key: "p/8".into() };
-    assert_eq!(store.history(&p8).unwrap(), vec![(1, 4), (2, 6)]);
+    assert_eq!(store.history(&p8).unwrap(), vec![(1, 4, executed.ids[0]), (2, 6, executed.ids[2])]);
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     // The committed nonces are held in memory: a reopened store loads them again.
     drop(store);
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     assert_eq!(store.last_nonce(&key_pub(22)).unwrap(), None);
-    assert_eq!(store.history(&key).unwrap(), vec![(1, 0), (2, 1), (3, 2), (4, 3)]);
+    assert_eq!(store.history(&key).unwrap(), versions(&ids));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -415,7 +417,7 @@ fn a_store_with_the_old_history_family_drops_it_when_it_opens() {
     }
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     let key = StateKey { namespace: "land-titles".into(), key: "p/1".into() };
-    assert_eq!(store.history(&key).unwrap(), vec![(1, 0)]);
+    assert_eq!(store.history(&key).unwrap(), vec![(1, 0, executed.ids[0])]);
     drop(store);
     let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
     assert!(!names.iter().any(|n| n == "history"), "the old family is gone: {names:?}");

@@ -503,13 +503,9 @@ impl Shared {
             return Err(Failure::NotFound(format!("key {key:?} in namespace {namespace:?} was never written")));
         };
         let mut out = Vec::with_capacity(versions.len());
-        for (version, index) in versions {
-            let bytes = store
-                .record_bytes(index)?
-                .ok_or_else(|| Failure::Internal(format!("record {index} is in the history but missing")))?;
+        for (version, index, id) in versions {
             out.push(json!({
-                "version": version, "index": index, "id": SignedRecord::id_of_bytes(&bytes).to_hex(),
-                "height": store.height_of_index(index)?.0,
+                "version": version, "index": index, "id": id.to_hex(), "height": store.height_of_index(index)?.0,
             }));
         }
         let status = if head.status == HeadStatus::Revoked { "revoked" } else { "active" };
