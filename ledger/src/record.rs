@@ -22,7 +22,7 @@ use crate::merkle::{self, Hash};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
 pub struct RecordId(pub Hash);
 
-/// Hash maps (a node's pool, arrival times, a block's ids) hash an id by its
+/// Hash maps (a node's pool, a block's ids at execution) hash an id by its
 /// first 8 bytes only: an id is a SHA-256 output, so those are as good a key
 /// as all 32, and the keyed SipHash of std's maps does one round instead of
 /// five (admission, proposals and commits hash each id several times;
