@@ -3,7 +3,7 @@
 //! Read in this order: `record` (what is signed), `codec` (how it is encoded),
 //! `merkle` (the global log), `state` (the rules a record must pass), `exec`
 //! (a block's records in, state changes and log nodes out), `store` (one
-//! RocksDB write batch per block).
+//! RocksDB write batch per block) and `segments` (the records' own files).
 
 pub mod block;
 pub mod codec;
@@ -16,6 +16,8 @@ pub mod merkle;
 pub mod note;
 pub mod proof;
 pub mod record;
+#[cfg(feature = "store")]
+pub mod segments;
 pub mod state;
 pub mod state_tree;
 #[cfg(feature = "store")]

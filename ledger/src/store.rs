@@ -7,7 +7,7 @@
 //! |------------|------------------------------|--------------------------------|
 //! | `headers`  | height                       | canonical header               |
 //! | `certs`    | height                       | canonical certificate          |
-//! | `records`  | log index                    | canonical signed record        |
+//! | `spans`    | log index of a block's first record | where its records lie in the segments (`segments::Span`) |
 //! | `ids`      | record id                    | log index                      |
 //! | `nodes`    | level (u8) ‖ index           | hash of a complete subtree     |
 //! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
@@ -15,6 +15,12 @@
 //! | `sets`     | height                       | validator set from height + 1  |
 //! | `meta`     | `genesis`, `tip`, `leaves`, `certified` | genesis hash, canonical tip, number of leaves, highest certified height |
 //! | `meta`     | `app/…`                      | the caller's own entries, written in the block's batch |
+//!
+//! The records themselves are not in RocksDB: they are appended to segment
+//! files in `<store>/segments/` (`segments`, docs/adr/0009), synced before the
+//! block's batch, so their bytes reach the disk once, not three times (WAL,
+//! memtable flush, compaction). A store made before session 18 kept them in a
+//! `records` family; this build refuses it (sync the chain into a new folder).
 //!
 //! A key's history is not indexed: [`Store::history`] walks back from its head
 //! through each record's `supersedes` (a store made before session 17 had a
@@ -33,9 +39,10 @@
 //! checked against the tip header's `state_root`; status proofs are served as
 //! of the tip (docs/adr/0003, "Update").
 //!
-//! A block commit is one write batch (fsynced unless the store was opened
-//! without sync), so a crash at any instant leaves the previous state or the
-//! new one. Opening checks the stored tip against the header, the records and
+//! A block commit is one segment append, then one write batch (each fsynced
+//! unless the store was opened without sync), so a crash at any instant leaves
+//! the previous state or the new one: on open, segment bytes past the last
+//! span are cut off. Opening checks the stored tip against the header, the records and
 //! the log nodes it names. The store does not judge certificates: callers
 //! verify them before `commit` or `put_certificate`.
 //!
@@ -62,12 +69,13 @@ use crate::gov::{Governance, Proposal, GOVERNANCE_BYTES_MAX, PROPOSAL_BYTES_MAX}
 use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::{RecordId, SignedRecord};
+use crate::segments::{Segments, Span};
 use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
 use crate::state_tree::{self, key_hash, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
 const CF_CERTS: &str = "certs";
-const CF_RECORDS: &str = "records";
+const CF_SPANS: &str = "spans";
 const CF_IDS: &str = "ids";
 const CF_NODES: &str = "nodes";
 const CF_LEAVES: &str = "leaves";
@@ -76,14 +84,15 @@ const CF_SETS: &str = "sets";
 const CF_META: &str = "meta";
 /// Log nodes at this level and above are also held in memory (see the module docs).
 const UPPER_LEVEL: u8 = 8;
-const FAMILIES: [&str; 9] =
-    [CF_HEADERS, CF_CERTS, CF_RECORDS, CF_IDS, CF_NODES, CF_LEAVES, CF_NONCES, CF_SETS, CF_META];
+const FAMILIES: [&str; 9] = [CF_HEADERS, CF_CERTS, CF_SPANS, CF_IDS, CF_NODES, CF_LEAVES, CF_NONCES, CF_SETS, CF_META];
 /// Families a store may still have from an earlier layout that this one drops
 /// when it opens: `history` (state key ‖ version → log index), now walked
 /// through the records' `supersedes` instead ([`Store::history`]).
 const FAMILIES_DROPPED: [&str; 1] = ["history"];
 /// Families of the layout before ADR 0003's update (state-tree nodes and heads by state key).
 const FAMILIES_RETIRED: [&str; 2] = ["state", "heads"];
+/// The family that held every record before segments (ADR 0009): a store that has it is refused.
+const FAMILY_RECORDS_RETIRED: &str = "records";
 
 /// The last committed block.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -104,11 +113,13 @@ pub struct StoreOptions {
     pub sync: bool,
     /// RocksDB block cache shared by every column family, in bytes.
     pub cache_bytes: usize,
+    /// A new record segment begins once the open one would grow past this.
+    pub segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: true, cache_bytes: 256 << 20 }
+        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20 }
     }
 }
 
@@ -138,6 +149,8 @@ pub struct Store {
     /// Every submitter's last committed nonce, as in the `nonces` family: admission
     /// asks for one per record. Submitters are registered agencies, so it stays small.
     nonces: BTreeMap<PublicKey, u64>,
+    /// The committed records' bytes (`spans` says where each block's lie).
+    segments: Segments,
     options: StoreOptions,
 }
 
@@ -157,6 +170,12 @@ impl Store {
                      this build cannot read it: sync the chain into a new folder"
                 )));
             }
+            if existing.iter().any(|f| f == FAMILY_RECORDS_RETIRED) {
+                return Err(err(format!(
+                    "keeps its records in the column family {FAMILY_RECORDS_RETIRED:?}, the layout before record \
+                     segments (ADR 0009); this build cannot read it: sync the chain into a new folder"
+                )));
+            }
         }
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -174,6 +193,13 @@ impl Store {
         for name in &dropped {
             db.drop_cf(name).map_err(|e| err(format!("dropping the retired column family {name:?}: {e}")))?;
         }
+        let last = last_span(&db, path)?;
+        let segments = Segments::open(
+            &path.join("segments"),
+            last.as_ref().map(|(first, span)| (*first, span)),
+            options.segment_bytes,
+            options.sync,
+        )?;
         let mut store = Store {
             db,
             path: path.to_path_buf(),
@@ -184,6 +210,7 @@ impl Store {
             rebuilds: Vec::new(),
             certified: Height(0),
             nonces: BTreeMap::new(),
+            segments,
             options,
         };
         match store.get(CF_META, b"genesis")? {
@@ -209,6 +236,13 @@ impl Store {
                 store.tip = codec::decode(&bytes, 128)?;
                 if let Some(c) = store.get(CF_META, b"certified")? {
                     store.certified = Height(be_u64(&c, "meta")?);
+                }
+                let spanned = last.map_or(0, |(first, span)| first + span.lengths.len() as u64);
+                if spanned != store.tip.log_size {
+                    return Err(err(format!(
+                        "its spans end at log index {spanned}; the tip's log size is {}",
+                        store.tip.log_size
+                    )));
                 }
                 store.load_upper()?;
                 store.load_nonces()?;
@@ -290,9 +324,6 @@ impl Store {
         }
         if self.header(Height(tip.height.0 + 1))?.is_some() {
             return Err(err(format!("a header is stored above the tip height {}", tip.height.0)));
-        }
-        if self.get(CF_RECORDS, &tip.log_size.to_be_bytes())?.is_some() {
-            return Err(err(format!("a record is stored at index {}, past the log size", tip.log_size)));
         }
         self.frontier = frontier;
         self.load_levels(tip.height, state_root)
@@ -408,12 +439,16 @@ impl Store {
         let regrown = self.levels.regrown(&*self, &executed.state)?;
         let regrow_took = started.elapsed();
         let tip = Tip { height: header.height, block_hash: header.hash(), log_size: executed.log_size() };
+        // The records first, synced: the batch below names their span, so a
+        // crash in between leaves only bytes past the last span (cut on open).
+        let span = match executed.records.is_empty() {
+            true => None,
+            false => Some(self.segments.append(executed.first_index, &executed.records)?),
+        };
         // Sized once for the whole block: grown from empty by doubling, the
-        // batch (about 1 MB for 1,100 records) was reallocated and copied some
-        // twenty times; building it was 4.4 % of a validator (session 10 profile).
-        let record_bytes: usize = executed.records.iter().map(|r| r.len()).sum();
-        let mut batch =
-            WriteBatch::with_capacity_bytes(record_bytes + executed.records.len() * BATCH_BYTES_PER_RECORD + 4096);
+        // batch was reallocated and copied some twenty times; building it was
+        // 4.4 % of a validator when it held the records (session 10 profile).
+        let mut batch = WriteBatch::with_capacity_bytes(executed.records.len() * BATCH_BYTES_PER_RECORD + 4096);
         let h = height.to_be_bytes();
         batch.put_cf(self.cf(CF_HEADERS), h, header.to_bytes());
         if let Some(c) = certificate {
@@ -427,9 +462,8 @@ impl Store {
         // insert landed, so an insert after a smaller key skips most of the skip
         // list's search (random ids in block order cost a full search each;
         // docs/BENCHMARKS.md, session 9). Records and leaves come sorted already.
-        let records_cf = self.cf(CF_RECORDS);
-        for (i, bytes) in executed.records.iter().enumerate() {
-            batch.put_cf(records_cf, (executed.first_index + i as u64).to_be_bytes(), bytes);
+        if let Some(span) = &span {
+            batch.put_cf(self.cf(CF_SPANS), executed.first_index.to_be_bytes(), span.encode());
         }
         let mut ids: Vec<(&RecordId, u64)> =
             executed.ids.iter().enumerate().map(|(i, id)| (id, executed.first_index + i as u64)).collect();
@@ -473,6 +507,9 @@ impl Store {
         }
         batch.put_cf(self.cf(CF_META), b"tip", codec::encode(&tip));
         self.write(batch)?;
+        if let Some(span) = &span {
+            self.segments.committed(span);
+        }
         self.tip = tip;
         if certificate.is_some() {
             self.certified = header.height;
@@ -656,28 +693,40 @@ impl Store {
 
     /// Canonical bytes of the signed record at log `index`.
     pub fn record_bytes(&self, index: u64) -> Result<Option<Vec<u8>>, Error> {
-        self.get(CF_RECORDS, &index.to_be_bytes())
+        if index >= self.tip.log_size {
+            return Ok(None);
+        }
+        let mut iter = self.db.raw_iterator_cf(self.cf(CF_SPANS));
+        iter.seek_for_prev(index.to_be_bytes());
+        let Some((first, span)) = self.span(&iter)? else { return Ok(None) };
+        match index - first {
+            at if at < span.lengths.len() as u64 => Ok(self.segments.read(&span, at as usize..at as usize + 1)?.pop()),
+            _ => Ok(None),
+        }
     }
 
     /// Canonical bytes of the records at log indices `from..to`, in order, or
-    /// an error if any is missing. One forward scan that leaves the block cache
-    /// alone: whole blocks are read to serve sync and audits, and would
-    /// otherwise evict the log nodes and state leaves that proofs and
-    /// execution read again.
+    /// an error if any is missing. One read per block, after one forward scan
+    /// of the spans that leaves the block cache alone: sync and audits read
+    /// whole blocks, and would otherwise evict the log nodes and state leaves
+    /// that proofs and execution read again.
     pub fn records_in(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, Error> {
-        let mut opts = ReadOptions::default();
-        opts.fill_cache(false);
-        opts.set_iterate_upper_bound(to.to_be_bytes());
-        let start = from.to_be_bytes();
-        let mode = rocksdb::IteratorMode::From(&start, Direction::Forward);
-        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
-        for item in self.db.iterator_cf_opt(self.cf(CF_RECORDS), opts, mode) {
-            let (key, value) = item.map_err(|e| self.store_err(e))?;
-            let index = from + out.len() as u64;
-            if *key != index.to_be_bytes() {
-                break;
+        let mut out = Vec::with_capacity(to.saturating_sub(from).min(1 << 20) as usize);
+        if from < to && from < self.tip.log_size {
+            let mut opts = ReadOptions::default();
+            opts.fill_cache(false);
+            let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_SPANS), opts);
+            iter.seek_for_prev(from.to_be_bytes());
+            while let Some((first, span)) = self.span(&iter)? {
+                let next = from + out.len() as u64;
+                let end = first + span.lengths.len() as u64;
+                if next >= to || first > next || end <= next {
+                    break;
+                }
+                let range = (next - first) as usize..(to.min(end) - first) as usize;
+                out.extend(self.segments.read(&span, range)?);
+                iter.next();
             }
-            out.push(value.into_vec());
         }
         match from + out.len() as u64 {
             end if end >= to => Ok(out),
@@ -685,6 +734,14 @@ impl Store {
                 path: self.path.display().to_string(),
                 detail: format!("record {missing} is missing (reading records {from}..{to})"),
             }),
+        }
+    }
+
+    /// The span under a `spans` iterator: its block's first log index and where its records lie.
+    fn span(&self, iter: &rocksdb::DBRawIterator<'_>) -> Result<Option<(u64, Span)>, Error> {
+        match (iter.key(), iter.value()) {
+            (Some(k), Some(v)) => Ok(Some((be_u64(k, "spans")?, Span::decode(v)?))),
+            _ => iter.status().map(|()| None).map_err(|e| self.store_err(e)),
         }
     }
 
@@ -753,7 +810,7 @@ impl Store {
         run(&reader).map_err(|e| self.proof_err(e))
     }
 
-    /// The log nodes at `keys`, records and stored nodes each in one multi-get.
+    /// The log nodes at `keys`: records read one by one, stored nodes in one multi-get.
     fn fetch_nodes(&self, keys: &[(u8, u64)]) -> Result<std::collections::BTreeMap<(u8, u64), Hash>, Error> {
         let mut out = std::collections::BTreeMap::new();
         let (mut leaves, mut stored) = (Vec::new(), Vec::new());
@@ -770,10 +827,9 @@ impl Store {
         leaves.dedup();
         stored.sort_unstable();
         stored.dedup();
-        let leaf_keys: Vec<[u8; 8]> = leaves.iter().map(|(_, i)| i.to_be_bytes()).collect();
-        for (key, value) in leaves.iter().zip(self.db.batched_multi_get_cf(self.cf(CF_RECORDS), &leaf_keys, true)) {
-            if let Some(bytes) = value.map_err(|e| self.store_err(e))? {
-                out.insert(*key, merkle::leaf_hash(&bytes));
+        for key in leaves {
+            if let Some(bytes) = self.record_bytes(key.1)? {
+                out.insert(key, merkle::leaf_hash(&bytes));
             }
         }
         let node_keys: Vec<[u8; 9]> = stored.iter().map(|&(l, i)| node_key(l, i)).collect();
@@ -825,9 +881,9 @@ impl Store {
         Error::Store { path: self.path.display().to_string(), detail: e.to_string() }
     }
 
-    /// Bytes of live SST and WAL files, as RocksDB reports them.
+    /// Bytes of the record segments and of live SST files, as RocksDB reports them.
     pub fn disk_bytes(&self) -> u64 {
-        self.property_sum("rocksdb.total-sst-files-size")
+        self.segments.bytes() + self.property_sum("rocksdb.total-sst-files-size")
     }
 
     /// Memory RocksDB holds for this store, as it reports it.
@@ -982,6 +1038,20 @@ impl Store {
     }
 }
 
+/// The last block's span and the log index of its first record (`None` before any record).
+fn last_span(db: &DB, path: &Path) -> Result<Option<(u64, Span)>, Error> {
+    let cf = db.cf_handle(CF_SPANS).expect("every column family is opened");
+    let mut iter = db.raw_iterator_cf(cf);
+    iter.seek_to_last();
+    match (iter.key(), iter.value()) {
+        (Some(k), Some(v)) => Ok(Some((be_u64(k, "spans")?, Span::decode(v)?))),
+        _ => iter
+            .status()
+            .map(|()| None)
+            .map_err(|e| Error::Store { path: path.display().to_string(), detail: e.to_string() }),
+    }
+}
+
 fn family_options(name: &str, cache: &Cache) -> Options {
     let mut opts = Options::default();
     let mut table = BlockBasedOptions::default();
@@ -1000,17 +1070,14 @@ fn family_options(name: &str, cache: &Cache) -> Options {
         _ => {}
     }
     opts.set_block_based_table_factory(&table);
-    opts.set_compression_type(if name == CF_RECORDS {
-        rocksdb::DBCompressionType::Lz4
-    } else {
-        rocksdb::DBCompressionType::None
-    });
+    // Hashes, ids and small heads: nothing that compresses.
+    opts.set_compression_type(rocksdb::DBCompressionType::None);
     opts
 }
 
-/// A block's write batch is reserved as its records' bytes plus this much per
-/// record: the keys and values of its id, log node and leaf, and the record's
-/// key, with RocksDB's framing (about 190 bytes; a little over is cheaper than a regrowth).
+/// A block's write batch is reserved as this much per record: its length in
+/// the span, the keys and values of its id, log node and leaf, with RocksDB's
+/// framing (about 150 bytes; a little over is cheaper than a regrowth).
 const BATCH_BYTES_PER_RECORD: usize = 256;
 
 /// Memory all memtables together may hold before RocksDB flushes the largest.

@@ -1,7 +1,8 @@
 //! Crash safety: a child process commits blocks in a loop and is killed with
 //! SIGKILL at random moments; after each kill the store must open, hold every
 //! block the child acknowledged, hold only blocks of the one true chain, and its
-//! log root must equal a recomputation from the stored records.
+//! log root must equal a recomputation from the stored records, and the record
+//! segments must hold those records' bytes and nothing else.
 //!
 //! `CRASH_KILLS` sets the number of kills (default 25); `CRASH_SEED` the seed
 //! that picks the kill moments (default: fixed, printed on failure).
@@ -57,13 +58,18 @@ fn block_records<V: StateView>(height: u64, state: &V) -> Vec<SignedRecord> {
     out
 }
 
+/// Segments of 16 KB: a new one every few blocks, so kills land in every
+/// step of a commit, segment creation included.
+fn options() -> StoreOptions {
+    StoreOptions { segment_bytes: 16 << 10, ..StoreOptions::default() }
+}
+
 /// The child: commit blocks forever (or for a minute), printing each height once it is committed.
 #[test]
 #[ignore = "run by crash_kill_loop as a child process"]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else { return };
-    let mut store =
-        Store::open(dir.as_ref(), genesis().hash(), StoreOptions::default()).expect("child opens the store");
+    let mut store = Store::open(dir.as_ref(), genesis().hash(), options()).expect("child opens the store");
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
         let tip = store.tip().clone();
@@ -138,7 +144,7 @@ fn crash_kill_loop() {
         reader.join().unwrap();
         acked_max = rx.try_iter().fold(acked_max, u64::max);
 
-        let store = Store::open(&dir, genesis().hash(), StoreOptions::default())
+        let store = Store::open(&dir, genesis().hash(), options())
             .unwrap_or_else(|e| panic!("{context}: store does not open after SIGKILL: {e}"));
         let tip = store.tip().clone();
         assert!(tip.height.0 >= acked_max, "{context}: tip {} lost acknowledged height {acked_max}", tip.height.0);
@@ -168,6 +174,10 @@ fn crash_kill_loop() {
         assert_eq!(scanned.iter().map(|b| merkle::leaf_hash(b)).collect::<Vec<_>>(), leaves, "{context}: one scan");
         let past = store.records_in(tip.log_size.saturating_sub(1), tip.log_size + 1).unwrap_err().to_string();
         assert!(past.contains(&format!("record {} is missing", tip.log_size)), "{context}: {past}");
+        // Bytes appended for a block whose batch never landed are cut off: the segments hold the records, no more.
+        let on_disk: u64 =
+            std::fs::read_dir(dir.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert_eq!(on_disk, scanned.iter().map(|r| r.len() as u64).sum::<u64>(), "{context}: segment bytes");
     }
     assert!(acked_max >= kills as u64, "every run acknowledged at least one block");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,248 @@
+//! Committed records, stored once: appended to segment files beside RocksDB
+//! (docs/adr/0009).
+//!
+//! A segment is a file `<store>/segments/<first log index, 20 digits>.seg`
+//! holding the canonical bytes of consecutive records back to back, nothing
+//! else. The store's `spans` family says where each block's records lie (a
+//! [`Span`]: segment, byte offset, each record's length), written in the
+//! block's RocksDB batch. A block's records are appended and synced *before*
+//! that batch, so a crash between the two leaves bytes past the last span's
+//! end (or a segment no span names), never a span without its bytes;
+//! [`Segments::open`] truncates and deletes what no span covers.
+//!
+//! A block never straddles two segments: a new segment begins when the open
+//! one would grow past `StoreOptions::segment_bytes` (a block larger than
+//! that gets a segment of its own).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// Where one block's records lie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// The segment: the log index of its first record.
+    pub segment: u64,
+    /// Byte offset of the block's first record in the segment.
+    pub offset: u64,
+    /// Each record's length, in log order.
+    pub lengths: Vec<u32>,
+}
+
+impl Span {
+    /// Byte offset just past the block's last record.
+    pub fn end(&self) -> u64 {
+        self.offset + self.lengths.iter().map(|&l| u64::from(l)).sum::<u64>()
+    }
+
+    /// Big-endian segment, offset, then each length: 16 + 4 bytes per record.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 4 * self.lengths.len());
+        out.extend_from_slice(&self.segment.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        for l in &self.lengths {
+            out.extend_from_slice(&l.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Span, Error> {
+        if bytes.len() < 20 || !(bytes.len() - 16).is_multiple_of(4) {
+            return Err(Error::Malformed {
+                kind: "spans",
+                detail: format!("a {}-byte span; one is 16 bytes and 4 per record, at least one record", bytes.len()),
+            });
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let lengths = bytes[16..].chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
+        Ok(Span { segment: u64_at(0), offset: u64_at(8), lengths })
+    }
+}
+
+struct Segment {
+    /// Log index of its first record (its name).
+    first: u64,
+    file: File,
+    /// Bytes of committed records in it (for the open segment, where the next block goes).
+    len: u64,
+}
+
+pub struct Segments {
+    dir: PathBuf,
+    /// Ordered by `first`; the last is the open one.
+    files: Vec<Segment>,
+    bytes_max: u64,
+    sync: bool,
+    /// Reused for each block's append.
+    buffer: Vec<u8>,
+}
+
+impl Segments {
+    /// Opens `dir` (creating it) given the last committed block's span and the
+    /// log index of its first record (`None` before any record): deletes the
+    /// segments created after it and truncates its segment at its end.
+    pub fn open(dir: &Path, last: Option<(u64, &Span)>, bytes_max: u64, sync: bool) -> Result<Segments, Error> {
+        let err = |detail: String| Error::Store { path: dir.display().to_string(), detail };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating the segments folder: {e}")))?;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| err(format!("listing: {e}")))? {
+            let name = entry.map_err(|e| err(format!("listing: {e}")))?.file_name();
+            let first = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| err(format!("{name:?} is not a segment (<first index, 20 digits>.seg)")))?;
+            names.push(first);
+        }
+        names.sort_unstable();
+        let keep_through = last.map(|(_, span)| span.segment);
+        let mut files = Vec::new();
+        let mut removed = false;
+        for first in names {
+            let path = segment_path(dir, first);
+            if keep_through.is_none_or(|k| first > k) {
+                // Created for a block whose batch never landed.
+                std::fs::remove_file(&path).map_err(|e| err(format!("removing {}: {e}", path.display())))?;
+                removed = true;
+                continue;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| err(format!("opening {}: {e}", path.display())))?;
+            let len = file.metadata().map_err(|e| err(format!("reading {}: {e}", path.display())))?.len();
+            files.push(Segment { first, file, len });
+        }
+        if let Some((first_index, span)) = last {
+            let seg = files.last_mut().filter(|s| s.first == span.segment).ok_or_else(|| {
+                err(format!(
+                    "segment {} holding the records from index {first_index} on is missing",
+                    segment_path(dir, span.segment).display()
+                ))
+            })?;
+            let end = span.end();
+            if seg.len < end {
+                return Err(err(format!(
+                    "segment {} holds {} bytes; the committed records end at byte {end}",
+                    segment_path(dir, seg.first).display(),
+                    seg.len
+                )));
+            }
+            if seg.len > end {
+                // Appended for a block whose batch never landed.
+                seg.file
+                    .set_len(end)
+                    .map_err(|e| err(format!("truncating {}: {e}", segment_path(dir, seg.first).display())))?;
+                seg.file
+                    .sync_all()
+                    .map_err(|e| err(format!("syncing {}: {e}", segment_path(dir, seg.first).display())))?;
+                seg.len = end;
+            }
+        }
+        let segments = Segments { dir: dir.to_path_buf(), files, bytes_max, sync, buffer: Vec::new() };
+        if removed {
+            segments.sync_dir()?;
+        }
+        Ok(segments)
+    }
+
+    /// Appends a block's records (the first at log index `first_index`) after
+    /// the committed ones, synced when the store syncs, and returns their span.
+    /// Nothing counts as committed until [`Segments::committed`]: a second
+    /// append before it overwrites the first.
+    pub fn append<R: AsRef<[u8]>>(&mut self, first_index: u64, records: &[R]) -> Result<Span, Error> {
+        let block_bytes: u64 = records.iter().map(|r| r.as_ref().len() as u64).sum();
+        let fits = self.files.last().is_some_and(|s| s.len == 0 || s.len + block_bytes <= self.bytes_max);
+        if !fits {
+            let path = segment_path(&self.dir, first_index);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| self.err(format!("creating {}: {e}", path.display())))?;
+            if self.sync {
+                self.sync_dir()?;
+            }
+            self.files.push(Segment { first: first_index, file, len: 0 });
+        }
+        let seg = self.files.last().expect("a segment is open");
+        self.buffer.clear();
+        self.buffer.reserve(block_bytes as usize);
+        let mut lengths = Vec::with_capacity(records.len());
+        for r in records {
+            let r = r.as_ref();
+            let len = u32::try_from(r.len()).map_err(|_| self.err(format!("a record of {} bytes", r.len())))?;
+            lengths.push(len);
+            self.buffer.extend_from_slice(r);
+        }
+        let path = || segment_path(&self.dir, seg.first);
+        seg.file
+            .write_all_at(&self.buffer, seg.len)
+            .map_err(|e| self.err(format!("writing {}: {e}", path().display())))?;
+        if self.sync {
+            seg.file.sync_data().map_err(|e| self.err(format!("syncing {}: {e}", path().display())))?;
+        }
+        Ok(Span { segment: seg.first, offset: seg.len, lengths })
+    }
+
+    /// Records that the batch naming `span` (the last append's) is written.
+    pub fn committed(&mut self, span: &Span) {
+        let seg = self.files.last_mut().expect("a segment is open");
+        assert!(seg.first == span.segment && seg.len == span.offset, "the span of the last append");
+        seg.len = span.end();
+    }
+
+    /// The records `range` of a span, each as its own buffer, read with one `pread`.
+    pub fn read(&self, span: &Span, range: std::ops::Range<usize>) -> Result<Vec<Vec<u8>>, Error> {
+        let lengths = span
+            .lengths
+            .get(range.clone())
+            .ok_or_else(|| self.err(format!("records {range:?} of a span of {} records", span.lengths.len())))?;
+        let seg =
+            self.files.binary_search_by_key(&span.segment, |s| s.first).map(|i| &self.files[i]).map_err(|_| {
+                self.err(format!("segment {} is missing", segment_path(&self.dir, span.segment).display()))
+            })?;
+        let skip: u64 = span.lengths[..range.start].iter().map(|&l| u64::from(l)).sum();
+        let total: usize = lengths.iter().map(|&l| l as usize).sum();
+        let mut bytes = vec![0u8; total];
+        seg.file.read_exact_at(&mut bytes, span.offset + skip).map_err(|e| {
+            self.err(format!(
+                "reading {total} bytes at {} of {}: {e}",
+                span.offset + skip,
+                segment_path(&self.dir, seg.first).display()
+            ))
+        })?;
+        let mut out = Vec::with_capacity(lengths.len());
+        let mut at = 0;
+        for &l in lengths {
+            out.push(bytes[at..at + l as usize].to_vec());
+            at += l as usize;
+        }
+        Ok(out)
+    }
+
+    /// Bytes of committed records in every segment.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|s| s.len).sum()
+    }
+
+    fn sync_dir(&self) -> Result<(), Error> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(format!("syncing the segments folder: {e}")))
+    }
+
+    fn err(&self, detail: String) -> Error {
+        Error::Store { path: self.dir.display().to_string(), detail }
+    }
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
