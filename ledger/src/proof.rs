@@ -735,14 +735,9 @@ mod build {
         let height = store.height_of_index(index)?;
         let (header, block) = certified_block(store, genesis, height)?;
         let first = store.first_index(height)?;
-        let leaves = (first..header.log_size)
-            .map(|i| {
-                store
-                    .record_bytes(i)?
-                    .map(|b| merkle::leaf_hash(&b))
-                    .ok_or_else(|| store_err(store, format!("record {i} is missing")))
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        // The block's records in one read (the block's span in its segment).
+        let leaves: Vec<Hash> =
+            store.records_in(first, header.log_size)?.iter().map(|b| merkle::leaf_hash(b)).collect();
         let position = index - first;
         let block_path = merkle::inclusion_proof(&MemoryNodes::from_leaves(&leaves), position, leaves.len() as u64)
             .map_err(|e| store_err(store, e.to_string()))?;

@@ -239,10 +239,21 @@ fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), Error> {
     if s.is_empty() {
         return Err(Error::RecordField { field, detail: "is empty".into() });
     }
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
+    if has_control(s) {
+        let c = s.chars().find(|c| c.is_control()).expect("has_control found one");
         return Err(Error::RecordField { field, detail: format!("contains control character {c:?}") });
     }
     Ok(())
+}
+
+/// Whether `s` holds a control character (`char::is_control`: U+0000–U+001F
+/// and U+007F–U+009F), read as bytes: in UTF-8 those are the bytes below 0x20,
+/// 0x7F, and the lead byte 0xC2 followed by 0x80–0x9F. Decoding every
+/// character instead was most of the record's form check, which runs at
+/// admission and again at execution (docs/BENCHMARKS.md, session 18).
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|n| *n < 0xa0)))
 }
 
 /// Names (namespaces, chain ids): lowercase ASCII letters, digits, `.`, `_`, `-`.
@@ -259,4 +270,19 @@ pub fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), Error>
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_control;
+
+    #[test]
+    fn control_characters_are_found_by_bytes_as_by_chars() {
+        // Goal: the byte scan agrees with `char::is_control` on every character, alone and between others.
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("a{c}"), format!("{c}\u{a0}"), format!("é{c}ü")] {
+                assert_eq!(has_control(&s), s.chars().any(|c| c.is_control()), "{s:?}");
+            }
+        }
+    }
 }

@@ -27,9 +27,13 @@
 //! `history` family, state key ‖ version → log index, dropped when it opens).
 //!
 //! Log nodes of level 0 are not stored: a leaf is the hash of its record.
+//! Nor are those of odd levels below `UPPER_LEVEL`: such a node is the hash
+//! of its two children, which a proof reads instead (for level 1, two
+//! records next to the one it reads anyway), which cuts the log nodes
+//! written per record from about one to about a third.
 //! Nodes of level `UPPER_LEVEL` and above (one per 256 leaves or fewer) are
 //! also kept in memory, since complete nodes never change: a proof then reads
-//! at most `UPPER_LEVEL` nodes from RocksDB, whatever the log size. So are the
+//! at most nine nodes and three records from disk, whatever the log size. So are the
 //! `nonces` (one per submitter, loaded at open): admission asks for one per record.
 //!
 //! Record state is stored as the state tree's leaves only, sorted by key hash
@@ -475,7 +479,7 @@ impl Store {
         let mut nodes: Vec<([u8; 9], &Hash)> = executed
             .nodes
             .iter()
-            .filter(|n| n.0 > 0)
+            .filter(|n| level_stored(n.0))
             .map(|(level, index, hash)| (node_key(*level, *index), hash))
             .collect();
         nodes.sort_unstable();
@@ -810,13 +814,18 @@ impl Store {
         run(&reader).map_err(|e| self.proof_err(e))
     }
 
-    /// The log nodes at `keys`: records read one by one, stored nodes in one multi-get.
+    /// The log nodes at `keys`, or for a node not stored, its children:
+    /// records read in runs of consecutive indices, stored nodes in one multi-get.
     fn fetch_nodes(&self, keys: &[(u8, u64)]) -> Result<std::collections::BTreeMap<(u8, u64), Hash>, Error> {
         let mut out = std::collections::BTreeMap::new();
         let (mut leaves, mut stored) = (Vec::new(), Vec::new());
-        for &(level, index) in keys {
+        let children = keys.iter().flat_map(|&(level, index)| match level_derived(level) {
+            true => [Some((level - 1, 2 * index)), Some((level - 1, 2 * index + 1))],
+            false => [Some((level, index)), None],
+        });
+        for (level, index) in children.flatten() {
             match level {
-                0 => leaves.push((level, index)),
+                0 => leaves.push(index),
                 l if l >= UPPER_LEVEL => {
                     out.insert((level, index), self.node(level, index)?);
                 }
@@ -827,9 +836,14 @@ impl Store {
         leaves.dedup();
         stored.sort_unstable();
         stored.dedup();
-        for key in leaves {
-            if let Some(bytes) = self.record_bytes(key.1)? {
-                out.insert(key, merkle::leaf_hash(&bytes));
+        for run in leaves.chunk_by(|a, b| a + 1 == *b) {
+            let (from, to) = (run[0], run[run.len() - 1] + 1);
+            // A run past the log (a planning run given bad sizes) is left to the
+            // proof's own reads, which say what is wrong.
+            if let Ok(records) = self.records_in(from, to) {
+                for (index, bytes) in (from..).zip(&records) {
+                    out.insert((0, index), merkle::leaf_hash(bytes));
+                }
             }
         }
         let node_keys: Vec<[u8; 9]> = stored.iter().map(|&(l, i)| node_key(l, i)).collect();
@@ -951,6 +965,9 @@ impl NodeReader for Prefetch<'_> {
         }
         match self.fetched.get(&(level, index)) {
             Some(hash) => Ok(*hash),
+            None if level_derived(level) => {
+                Ok(merkle::node_hash(&self.node(level - 1, 2 * index)?, &self.node(level - 1, 2 * index + 1)?))
+            }
             None => self.store.node(level, index),
         }
     }
@@ -971,6 +988,9 @@ impl NodeReader for Store {
         if level >= UPPER_LEVEL {
             let l = (level - UPPER_LEVEL) as usize;
             return self.upper.get(l).and_then(|nodes| nodes.get(index as usize)).copied().ok_or_else(missing);
+        }
+        if level_derived(level) {
+            return Ok(merkle::node_hash(&self.node(level - 1, 2 * index)?, &self.node(level - 1, 2 * index + 1)?));
         }
         let bytes = self.get(CF_NODES, &node_key(level, index))?.ok_or_else(missing)?;
         bytes.as_slice().try_into().map_err(|_| missing())
@@ -1094,6 +1114,18 @@ fn charter_key(height: u64) -> Vec<u8> {
 
 fn proposal_key(id: &RecordId) -> Vec<u8> {
     [PROPOSAL_PREFIX, &id.0].concat()
+}
+
+/// Whether complete log nodes of `level` are kept in the `nodes` family: the
+/// even levels from 2 on (those from `UPPER_LEVEL` on also in memory).
+fn level_stored(level: u8) -> bool {
+    level >= UPPER_LEVEL || (level > 0 && level.is_multiple_of(2))
+}
+
+/// Whether a log node of `level` is computed from its two children, not stored:
+/// the odd levels below `UPPER_LEVEL` (level 0 is the record's own hash).
+fn level_derived(level: u8) -> bool {
+    level > 0 && !level_stored(level)
 }
 
 fn node_key(level: u8, index: u64) -> [u8; 9] {

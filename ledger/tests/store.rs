@@ -522,3 +522,40 @@ fn a_store_that_lost_committed_record_bytes_or_keeps_records_in_rocksdb_refuses_
     assert_eq!(store.records_in(0, 8).unwrap().len(), 8);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn odd_log_levels_are_not_stored_and_every_proof_still_verifies() {
+    // Goal: the nodes family holds only even levels (an odd level's node is hashed from its
+    // children when read), and inclusion and consistency proofs at every index and many sizes
+    // verify, before and after reopening.
+    let dir = temp_dir("levels");
+    let g = genesis();
+    let mut nonce = 0;
+    let leaves = {
+        let mut store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+        fill(&mut store, 5, 211, &mut nonce)
+    };
+    {
+        let db = raw_db(&dir);
+        let levels: std::collections::BTreeSet<u8> = db
+            .iterator_cf(db.cf_handle("nodes").unwrap(), rocksdb::IteratorMode::Start)
+            .map(|item| item.unwrap().0[0])
+            .collect();
+        assert_eq!(levels, [2, 4, 6, 8, 9, 10].into(), "1,055 leaves: nodes up to level 10; below 8, even ones only");
+    }
+    let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
+    assert_eq!(store.log_root(), merkle::root(&leaves));
+    for size in [1, 2, 3, 127, 128, 129, 255, 256, 700, 1024, 1055] {
+        let root = merkle::root(&leaves[..size as usize]);
+        assert_eq!(store.root_at(size).unwrap(), root);
+        for index in (0..size).step_by(7).chain([size - 1]) {
+            let proof = store.inclusion_proof(index, size).unwrap();
+            merkle::verify_inclusion(&leaves[index as usize], index, size, &proof, &root).unwrap();
+        }
+        for old in [1, 2, 3, 5, 64, 129, 512].into_iter().filter(|&old| old <= size) {
+            let proof = store.consistency_proof(old, size).unwrap();
+            merkle::verify_consistency(old, size, &proof, &merkle::root(&leaves[..old as usize]), &root).unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
