@@ -92,9 +92,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List every version of a key, oldest first, and its current head.
+    /// List a key's versions, oldest first (the newest 100 unless told otherwise), and its current head.
     #[command(
-        after_help = "Example: annal history --node http://127.0.0.1:8080 --namespace land-titles --key parcel/0042"
+        after_help = "Example: annal history --node http://127.0.0.1:8080 --namespace land-titles --key parcel/0042
+Older versions, when there are more: the same with --before <the id it prints>."
     )]
     History {
         /// The node's API address, e.g. http://127.0.0.1:8080.
@@ -106,6 +107,12 @@ enum Command {
         /// The record key within it, e.g. parcel/0042.
         #[arg(long)]
         key: String,
+        /// List the versions older than this one (a record id of the key; 64 hex characters).
+        #[arg(long)]
+        before: Option<String>,
+        /// How many versions to list, 1 to 1000 (the node's default: 100).
+        #[arg(long)]
+        limit: Option<u32>,
         /// Print the node's JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -358,7 +365,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devnet { validators, dir } => devnet::devnet(validators, &dir),
         Command::Submit(args) => node_cmds::submit(args),
         Command::Get { node, id, json } => node_cmds::get(&node, &id, json),
-        Command::History { node, namespace, key, json } => node_cmds::history(&node, &namespace, &key, json),
+        Command::History { node, namespace, key, before, limit, json } => {
+            node_cmds::history(&node, &namespace, &key, before.as_deref(), limit, json)
+        }
         Command::Prove(args) => node_cmds::prove(args),
         Command::Checkpoint { node, out, json } => node_cmds::checkpoint(&node, out.as_deref(), json),
         Command::Status { node, json } => node_cmds::status(&node, json),

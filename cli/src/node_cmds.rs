@@ -436,9 +436,24 @@ fn describe_record(v: &Value) -> Vec<String> {
     lines
 }
 
-pub fn history(node: &str, namespace: &str, key: &str, json: bool) -> Result<()> {
+pub fn history(
+    node: &str,
+    namespace: &str,
+    key: &str,
+    before: Option<&str>,
+    limit: Option<u32>,
+    json: bool,
+) -> Result<()> {
     let client = Client::new(node)?;
-    let path = format!("/v1/history/{}/{}", path_segment(namespace), path_segment(key));
+    let mut path = format!("/v1/history/{}/{}", path_segment(namespace), path_segment(key));
+    let query: Vec<String> =
+        [before.map(|b| format!("before={}", path_segment(b))), limit.map(|n| format!("limit={n}"))]
+            .into_iter()
+            .flatten()
+            .collect();
+    if !query.is_empty() {
+        path = format!("{path}?{}", query.join("&"));
+    }
     let value: Value = client.get_json(&path, HISTORY_BYTES_MAX)?;
     if json {
         println!("{value}");
@@ -460,6 +475,9 @@ pub fn history(node: &str, namespace: &str, key: &str, json: bool) -> Result<()>
             n("height"),
             v["id"].as_str().unwrap_or("?")
         );
+    }
+    if let Some(earlier) = value["earlier"].as_str() {
+        println!("older versions: the same command with --before {earlier}");
     }
     Ok(())
 }

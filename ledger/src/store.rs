@@ -158,6 +158,9 @@ pub struct Store {
     options: StoreOptions,
 }
 
+/// One version of a key: its version number, log index and record id.
+pub type KeyVersion = (u64, u64, RecordId);
+
 /// Prefix of the meta keys the store's caller owns (`Store::commit_block`'s `app_meta`).
 pub const APP_META_PREFIX: &str = "app/";
 
@@ -753,21 +756,34 @@ impl Store {
         self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
     }
 
-    /// Every version of a key, oldest first: `(version, log index, record id)`. Walked
-    /// back from the key's head through each record's `supersedes` (looked up
-    /// in `ids`): execution takes an amend or a revoke only if it supersedes
-    /// the head, so a key's versions are exactly that chain. No index of its
-    /// own is kept: one was a put per record on every commit (ADR 0001,
-    /// "Store layout"; docs/BENCHMARKS.md, session 17).
-    pub fn history(&self, key: &StateKey) -> Result<Vec<(u64, u64, RecordId)>, Error> {
-        let Some(head) = self.head(key)? else { return Ok(Vec::new()) };
+    /// Up to `limit` versions of a key, oldest first, `(version, log index,
+    /// record id)`, the newest of them `newest` (the key's head when `None`),
+    /// and whether older ones exist. Walked back through each record's
+    /// `supersedes` (looked up in `ids`): execution takes an amend or a revoke
+    /// only if it supersedes the head, so a key's versions are exactly that
+    /// chain. No index of its own is kept: one was a put per record on every
+    /// commit (ADR 0001, "Store layout"; docs/BENCHMARKS.md, session 17).
+    pub fn history(
+        &self,
+        key: &StateKey,
+        newest: Option<KeyVersion>,
+        limit: usize,
+    ) -> Result<(Vec<KeyVersion>, bool), Error> {
+        let newest = match newest {
+            Some(n) => n,
+            None => match self.head(key)? {
+                Some(head) => (head.version, head.index, head.id),
+                None => return Ok((Vec::new(), false)),
+            },
+        };
         let broken = |detail: String| Error::Store {
             path: self.path.display().to_string(),
             detail: format!("history of {:?} in {:?}: {detail}", key.key, key.namespace),
         };
-        let mut out = Vec::with_capacity(head.version.min(1024) as usize);
-        let (mut version, mut index, mut id) = (head.version, head.index, head.id);
-        loop {
+        let mut out = Vec::with_capacity(limit.min(newest.0 as usize));
+        let (mut version, mut index, mut id) = newest;
+        let mut older = false;
+        while out.len() < limit {
             out.push((version, index, id));
             let bytes = self.record_bytes(index)?.ok_or_else(|| broken(format!("record {index} is missing")))?;
             let record = codec::decode::<SignedRecord>(&bytes, bytes.len())?.record;
@@ -778,14 +794,18 @@ impl Store {
             if version == 1 {
                 return Err(broken(format!("record {index} is version 1 but supersedes {previous}")));
             }
+            if out.len() == limit {
+                older = true;
+                break;
+            }
             index = self.index_of(&previous)?.ok_or_else(|| broken(format!("record {previous} is not in the log")))?;
             (version, id) = (version - 1, previous);
         }
-        if version != 1 {
+        if !older && version != 1 && limit > 0 {
             return Err(broken(format!("the oldest version found is {version}, not 1")));
         }
         out.reverse();
-        Ok(out)
+        Ok((out, older))
     }
 
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, Error> {

@@ -95,7 +95,11 @@ fn key_history_and_head_status_are_queryable() {
     let key = StateKey { namespace: "land-titles".into(), key: "p/7".into() };
     let versions =
         |ids: &[RecordId]| ids.iter().enumerate().map(|(i, id)| (i as u64 + 1, i as u64, *id)).collect::<Vec<_>>();
-    assert_eq!(store.history(&key).unwrap(), versions(&ids));
+    assert_eq!(store.history(&key, None, 10).unwrap(), (versions(&ids), false));
+    // Paged: the newest two, then the two before them, named by the oldest listed.
+    assert_eq!(store.history(&key, None, 2).unwrap(), (versions(&ids)[2..].to_vec(), true));
+    assert_eq!(store.history(&key, Some((2, 1, ids[1])), 2).unwrap(), (versions(&ids)[..2].to_vec(), false));
+    assert_eq!(store.history(&key, Some((3, 2, ids[2])), 1).unwrap(), (versions(&ids)[2..3].to_vec(), true));
     let head = store.head(&key).unwrap().unwrap();
     assert_eq!((head.id, head.version, head.status), (ids[3], 4, Status::Revoked));
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(4));
@@ -103,7 +107,7 @@ fn key_history_and_head_status_are_queryable() {
         assert_eq!(store.index_of(id).unwrap(), Some(i as u64));
     }
     let other = StateKey { namespace: "land-titles".into(), key: "p/70".into() };
-    assert!(store.history(&other).unwrap().is_empty(), "a key that shares a prefix is not mixed in");
+    assert!(store.history(&other, None, 10).unwrap().0.is_empty(), "a key that shares a prefix is not mixed in");
     // Two versions of a key in one block, with another key between them.
     let first = signed(21, "land-titles", "p/8", Op::Publish, None, 1, 5);
     let between = signed(21, "land-titles", "p/9", Op::Publish, None, 1, 6);
@@ -113,14 +117,14 @@ fn key_history_and_head_status_are_queryable() {
         block(&store, store.frontier(), tip.block_hash, tip.height.0 + 1, &[first, between, second]);
     store.commit(&header, &cert, &executed).unwrap();
     let p8 = StateKey { namespace: "land-titles".into(), key: "p/8".into() };
-    assert_eq!(store.history(&p8).unwrap(), vec![(1, 4, executed.ids[0]), (2, 6, executed.ids[2])]);
+    assert_eq!(store.history(&p8, None, 10).unwrap().0, vec![(1, 4, executed.ids[0]), (2, 6, executed.ids[2])]);
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     // The committed nonces are held in memory: a reopened store loads them again.
     drop(store);
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     assert_eq!(store.last_nonce(&key_pub(21)).unwrap(), Some(7));
     assert_eq!(store.last_nonce(&key_pub(22)).unwrap(), None);
-    assert_eq!(store.history(&key).unwrap(), versions(&ids));
+    assert_eq!(store.history(&key, None, 10).unwrap().0, versions(&ids));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -417,7 +421,7 @@ fn a_store_with_the_old_history_family_drops_it_when_it_opens() {
     }
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
     let key = StateKey { namespace: "land-titles".into(), key: "p/1".into() };
-    assert_eq!(store.history(&key).unwrap(), vec![(1, 0, executed.ids[0])]);
+    assert_eq!(store.history(&key, None, 10).unwrap(), (vec![(1, 0, executed.ids[0])], false));
     drop(store);
     let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
     assert!(!names.iter().any(|n| n == "history"), "the old family is gone: {names:?}");

@@ -352,6 +352,17 @@ impl QueryParams {
         self.0.get(name).map(String::as_str)
     }
 
+    /// `limit`: `default` when absent, else a whole number from 1 to `max`.
+    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_query(format!("limit={v:?} must be a whole number from 1 to {max}"))),
+            },
+        }
+    }
+
     fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)
             .map(|v| v.parse::<u64>().map_err(|e| ApiError::bad_query(format!("{name}={v:?} is not a height: {e}"))))
@@ -548,10 +559,18 @@ async fn record(
 async fn history(
     State(shared): State<Arc<Shared>>,
     PathParams((namespace, key)): PathParams<(String, String)>,
-    _: NoQuery,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
-    Ok(Json(blocking(move || shared.history(&namespace, &key)).await?).into_response())
+    query.only(&["before", "limit"])?;
+    let before = query.get("before").map(|b| record_id("before", b)).transpose()?;
+    let limit = query.limit(HISTORY_PAGE, HISTORY_PAGE_MAX)?;
+    Ok(Json(blocking(move || shared.history(&namespace, &key, before, limit)).await?).into_response())
 }
+
+/// Versions listed by one `GET /v1/history` answer, unless `limit` says otherwise, and at most.
+/// Each costs a record read and a binary search over the headers for its height.
+const HISTORY_PAGE: usize = 100;
+const HISTORY_PAGE_MAX: usize = 1000;
 
 /// `GET /v1/nonces/{submitter}`.
 async fn nonce(
@@ -631,25 +650,15 @@ async fn gov(State(shared): State<Arc<Shared>>, _: NoQuery) -> Result<Response, 
 }
 
 /// Proposals in one page of `GET /v1/gov/proposals`, by default and at most.
-const PROPOSALS_PAGE: u64 = 100;
-const PROPOSALS_PAGE_MAX: u64 = 1000;
+const PROPOSALS_PAGE: usize = 100;
+const PROPOSALS_PAGE_MAX: usize = 1000;
 
 /// `GET /v1/gov/proposals[?after=ID][&limit=N]`.
 async fn proposals(State(shared): State<Arc<Shared>>, query: QueryParams) -> Result<Response, ApiError> {
     query.only(&["after", "limit"])?;
     let after = query.get("after").map(|a| record_id("after", a)).transpose()?;
-    let limit = match query.get("limit") {
-        None => PROPOSALS_PAGE,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n @ 1..=PROPOSALS_PAGE_MAX) => n,
-            _ => {
-                return Err(ApiError::bad_query(format!(
-                    "limit={v:?} must be a whole number from 1 to {PROPOSALS_PAGE_MAX}"
-                )))
-            }
-        },
-    };
-    Ok(Json(blocking(move || shared.gov_proposals(after, limit as usize)).await?).into_response())
+    let limit = query.limit(PROPOSALS_PAGE, PROPOSALS_PAGE_MAX)?;
+    Ok(Json(blocking(move || shared.gov_proposals(after, limit)).await?).into_response())
 }
 
 /// `GET /v1/gov/proposals/{id}`.

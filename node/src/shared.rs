@@ -495,13 +495,53 @@ impl Shared {
     }
 
     /// `GET /v1/history/{namespace}/{key}`.
-    pub fn history(&self, namespace: &str, key: &str) -> Result<Value, Failure> {
+    /// `GET /v1/history/{namespace}/{key}`: up to `limit` versions, oldest
+    /// first, the newest of them the head, or the version just older than
+    /// `before` (a version of this key); `earlier` names the oldest listed
+    /// when older versions exist (the next page's `before`).
+    pub fn history(
+        &self,
+        namespace: &str,
+        key: &str,
+        before: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Value, Failure> {
         let k = StateKey { namespace: namespace.into(), key: key.into() };
         let store = self.store();
-        let versions = store.history(&k)?;
         let Some(head) = store.head(&k)? else {
             return Err(Failure::NotFound(format!("key {key:?} in namespace {namespace:?} was never written")));
         };
+        let newest = match before {
+            None => Some((head.version, head.index, head.id)),
+            Some(b) => {
+                let not_this =
+                    |what: String| Failure::BadQuery(format!("before={b} {what}, not a version of this key"));
+                let index = store.index_of(&b)?.ok_or_else(|| not_this("is not a final record".into()))?;
+                let bytes = store.record_bytes(index)?.ok_or_else(|| LedgerError::Store {
+                    path: store.path().display().to_string(),
+                    detail: format!("record {index} is missing"),
+                })?;
+                let r = codec::decode::<SignedRecord>(&bytes, RECORD_BYTES_CAP)?.record;
+                if r.namespace != namespace || r.key != key {
+                    return Err(not_this(format!("is version {} of {:?} in {:?}", r.version, r.key, r.namespace)));
+                }
+                match r.supersedes {
+                    Some(previous) => {
+                        let index = store.index_of(&previous)?.ok_or_else(|| LedgerError::Store {
+                            path: store.path().display().to_string(),
+                            detail: format!("record {previous}, superseded by {b}, is not in the log"),
+                        })?;
+                        Some((r.version - 1, index, previous))
+                    }
+                    None => None,
+                }
+            }
+        };
+        let (versions, older) = match newest {
+            Some(newest) => store.history(&k, Some(newest), limit)?,
+            None => (Vec::new(), false),
+        };
+        let earlier = older.then(|| versions[0].2.to_hex());
         let mut out = Vec::with_capacity(versions.len());
         for (version, index, id) in versions {
             out.push(json!({
@@ -510,7 +550,7 @@ impl Shared {
         }
         let status = if head.status == HeadStatus::Revoked { "revoked" } else { "active" };
         Ok(json!({
-            "namespace": namespace, "key": key, "versions": out,
+            "namespace": namespace, "key": key, "versions": out, "earlier": earlier,
             "head": { "id": head.id.to_hex(), "version": head.version, "status": status },
         }))
     }

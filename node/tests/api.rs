@@ -479,6 +479,26 @@ async fn final_records_read_back_with_history_proofs_checkpoint_consistency_and_
         assert_eq!(versions, [json!(1), json!(2)]);
         assert_eq!(h["versions"][1]["height"], 2);
         assert_eq!(h["head"], json!({ "id": amendment.id().to_hex(), "version": 2, "status": "active" }));
+        assert_eq!(h["earlier"], Value::Null, "{path}: every version listed");
+    }
+    // Paged back from the head: one version, then the one before it, named by `earlier`.
+    let h = node.get("/v1/history/land-titles/parcel%2F42?limit=1").await.json();
+    assert_eq!(
+        (h["versions"][0]["version"].as_u64(), h["earlier"].as_str()),
+        (Some(2), Some(&*amendment.id().to_hex()))
+    );
+    let h = node.get(&format!("/v1/history/land-titles/parcel%2F42?limit=1&before={}", amendment.id().to_hex())).await;
+    let h = h.json();
+    assert_eq!(h["versions"], json!([{ "version": 1, "index": 1, "id": ids[1].to_hex(), "height": 1 }]));
+    assert_eq!(h["earlier"], Value::Null);
+    let h = node.get(&format!("/v1/history/land-titles/parcel%2F42?before={}", ids[1].to_hex())).await.json();
+    assert_eq!((h["versions"].as_array().map(Vec::len), &h["earlier"]), (Some(0), &Value::Null), "before version 1");
+    let other = node.get(&format!("/v1/history/land-titles/parcel%2F42?before={}", ids[0].to_hex())).await;
+    assert!(other.error(400, "bad_query").contains("is version 1 of \"parcel/7\""));
+    let stranger = node.get(&format!("/v1/history/land-titles/parcel%2F42?before={}", "ab".repeat(32))).await;
+    assert!(stranger.error(400, "bad_query").contains("is not a final record"));
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=1"] {
+        node.get(&format!("/v1/history/land-titles/parcel%2F42?{bad}")).await.error(400, "bad_query");
     }
     node.get("/v1/history/land-titles/nowhere").await.error(404, "not_found");
     let n = node.get(&format!("/v1/nonces/{}", key(21).public().to_hex())).await.json();
