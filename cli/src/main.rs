@@ -290,8 +290,25 @@ fn no_transparent_huge_pages() {
     }
 }
 
+/// The open-file limit raised to its hard maximum. A node keeps every RocksDB
+/// table file open (`max_open_files` is left unbounded) and every record
+/// segment: at the common soft default of 1,024, a store of a few hundred GB
+/// would start failing to open files while running. Where the call is refused
+/// the limit stays as it was.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() {
     no_transparent_huge_pages();
+    raise_open_files_limit();
     // Die quietly on a closed pipe (`annal get … | head`), as command-line tools do.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

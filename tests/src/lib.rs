@@ -7,6 +7,7 @@
 //! folder is removed when it passes and kept, with the nodes' logs, when it
 //! fails.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +100,19 @@ impl Cluster {
             }
             None => Command::new(annal_bin()),
         };
+        // Started with the common soft limit of 1,024 open files, as a login
+        // shell gives (the node raises it to the hard limit itself).
+        // SAFETY: the closure only calls getrlimit/setrlimit, which are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_max > 1024 {
+                    limit.rlim_cur = 1024;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
+                Ok(())
+            });
+        }
         let child = command
             .args(["node", "run", "--config"])
             .arg(&node.config)

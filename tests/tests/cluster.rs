@@ -107,6 +107,15 @@ fn four_validators_take_records_survive_kills_and_agree() {
         let pid = cluster.pid(i).expect("the harness runs every node");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the node's /proc status");
         assert!(status.contains("THP_enabled:\t0"), "node {i} runs with transparent huge pages:\n{status}");
+        // Started with a soft limit of 1,024 open files, it raised it to the hard limit.
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("the node's /proc limits");
+        let files: Vec<&str> = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a line for open files")
+            .split_whitespace()
+            .collect();
+        assert_eq!(files[3], files[4], "node {i}'s soft open-file limit is its hard one:\n{limits}");
     }
 
     // 1,000 records across all nodes, each acknowledged final.
