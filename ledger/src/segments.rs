@@ -85,7 +85,13 @@ impl Segments {
     /// segments created after it and truncates its segment at its end.
     pub fn open(dir: &Path, last: Option<(u64, &Span)>, bytes_max: u64, sync: bool) -> Result<Segments, Error> {
         let err = |detail: String| Error::Store { path: dir.display().to_string(), detail };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("creating the segments folder: {e}")))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("creating the segments folder: {e}")))?;
+            // The folder's own entry, so a commit's span never outlives it.
+            if let Some(parent) = dir.parent().filter(|_| sync) {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(|e| err(format!("syncing its parent: {e}")))?;
+            }
+        }
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| err(format!("listing: {e}")))? {
             let name = entry.map_err(|e| err(format!("listing: {e}")))?.file_name();

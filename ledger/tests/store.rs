@@ -524,6 +524,26 @@ fn a_store_that_lost_committed_record_bytes_or_keeps_records_in_rocksdb_refuses_
     }
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).expect("restored, the store opens again");
     assert_eq!(store.records_in(0, 8).unwrap().len(), 8);
+    drop(store);
+    // Spans that end short of the tip are refused before the segments are cut to them.
+    let files = segment_files(&dir);
+    let (key, span) = {
+        let db = raw_db(&dir);
+        let spans = db.cf_handle("spans").unwrap();
+        let (k, v) = db.iterator_cf(spans, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+        db.delete_cf(spans, &k).unwrap();
+        (k.to_vec(), v.to_vec())
+    };
+    match Store::open(&dir, g.hash(), StoreOptions::default()) {
+        Err(Error::Store { detail, .. }) => assert!(detail.contains("spans end at log index 4"), "{detail}"),
+        other => panic!("a lost span: expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(segment_files(&dir), files, "no record bytes were cut");
+    {
+        let db = raw_db(&dir);
+        db.put_cf(db.cf_handle("spans").unwrap(), key, span).unwrap();
+    }
+    assert_eq!(Store::open(&dir, g.hash(), StoreOptions::default()).unwrap().records_in(0, 8).unwrap().len(), 8);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
