@@ -233,6 +233,20 @@ impl Segments {
         Ok(out)
     }
 
+    /// Whether appends sync from now on; returns whether they did.
+    pub fn set_sync(&mut self, sync: bool) -> bool {
+        std::mem::replace(&mut self.sync, sync)
+    }
+
+    /// Syncs every segment's data and the folder (after appends made without sync).
+    pub fn sync_all(&self) -> Result<(), Error> {
+        for seg in &self.files {
+            let path = segment_path(&self.dir, seg.first);
+            seg.file.sync_data().map_err(|e| self.err(format!("syncing {}: {e}", path.display())))?;
+        }
+        self.sync_dir()
+    }
+
     /// Bytes of committed records in every segment.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|s| s.len).sum()

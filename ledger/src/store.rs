@@ -20,7 +20,7 @@
 //! files in `<store>/segments/` (`segments`, docs/adr/0009), synced before the
 //! block's batch, so their bytes reach the disk once, not three times (WAL,
 //! memtable flush, compaction). A store made before session 18 kept them in a
-//! `records` family; this build refuses it (sync the chain into a new folder).
+//! `records` family; opening it moves them to segments and drops the family.
 //!
 //! A key's history is not indexed: [`Store::history`] walks back from its head
 //! through each record's `supersedes` (a store made before session 17 had a
@@ -95,7 +95,8 @@ const FAMILIES: [&str; 9] = [CF_HEADERS, CF_CERTS, CF_SPANS, CF_IDS, CF_NODES, C
 const FAMILIES_DROPPED: [&str; 1] = ["history"];
 /// Families of the layout before ADR 0003's update (state-tree nodes and heads by state key).
 const FAMILIES_RETIRED: [&str; 2] = ["state", "heads"];
-/// The family that held every record before segments (ADR 0009): a store that has it is refused.
+/// The family that held every record before segments (ADR 0009): a store that
+/// has it is migrated when it opens (`Store::migrate_records`).
 const FAMILY_RECORDS_RETIRED: &str = "records";
 
 /// The last committed block.
@@ -171,6 +172,7 @@ impl Store {
     pub fn open(path: &Path, genesis_hash: Hash, options: StoreOptions) -> Result<Self, Error> {
         let err = |detail: String| Error::Store { path: path.display().to_string(), detail };
         let mut dropped = Vec::new();
+        let mut migrate = false;
         if let Ok(existing) = DB::list_cf(&Options::default(), path) {
             dropped.extend(existing.iter().filter(|f| FAMILIES_DROPPED.contains(&f.as_str())).cloned());
             if let Some(old) = existing.iter().find(|f| FAMILIES_RETIRED.contains(&f.as_str())) {
@@ -179,12 +181,7 @@ impl Store {
                      this build cannot read it: sync the chain into a new folder"
                 )));
             }
-            if existing.iter().any(|f| f == FAMILY_RECORDS_RETIRED) {
-                return Err(err(format!(
-                    "keeps its records in the column family {FAMILY_RECORDS_RETIRED:?}, the layout before record \
-                     segments (ADR 0009); this build cannot read it: sync the chain into a new folder"
-                )));
-            }
+            migrate = existing.iter().any(|f| f == FAMILY_RECORDS_RETIRED);
         }
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -195,18 +192,28 @@ impl Store {
         db_opts.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         // One block cache for every family: log nodes and state leaves are the hot reads.
         let cache = Cache::new_lru_cache(options.cache_bytes);
-        let names: Vec<&str> = FAMILIES.iter().copied().chain(dropped.iter().map(String::as_str)).collect();
+        let names: Vec<&str> = FAMILIES
+            .iter()
+            .copied()
+            .chain(dropped.iter().map(String::as_str))
+            .chain(migrate.then_some(FAMILY_RECORDS_RETIRED))
+            .collect();
         let descriptors = names.iter().map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
         let mut db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| err(e.to_string()))?;
         // RocksDB opens a store only with every family it has; a dropped one is then removed.
         for name in &dropped {
             db.drop_cf(name).map_err(|e| err(format!("dropping the retired column family {name:?}: {e}")))?;
         }
-        let last = last_span(&db, path)?;
         // Checked before the segments open, since opening cuts off what no span
         // covers: spans that disagree with the tip must cost no record bytes.
         let meta = db.cf_handle(CF_META).expect("every column family is opened");
-        if let Some(bytes) = db.get_cf(meta, b"tip").map_err(|e| err(e.to_string()))? {
+        let stored_tip = db.get_cf(meta, b"tip").map_err(|e| err(e.to_string()))?;
+        if migrate {
+            let tip: Option<Tip> = stored_tip.as_ref().map(|b| codec::decode(b, 128)).transpose()?;
+            prepare_migration(&db, path, tip.map_or(0, |t| t.log_size))?;
+        }
+        let last = if migrate { None } else { last_span(&db, path)? };
+        if let Some(bytes) = stored_tip.filter(|_| !migrate) {
             let tip: Tip = codec::decode(&bytes, 128)?;
             let spanned = last.as_ref().map_or(0, |(first, span)| first + span.lengths.len() as u64);
             if spanned != tip.log_size {
@@ -245,6 +252,9 @@ impl Store {
                 batch.put_cf(store.cf(CF_META), b"tip", codec::encode(&store.tip));
                 batch.put_cf(store.cf(CF_META), b"leaves", 0u64.to_be_bytes());
                 store.write(batch)?;
+                if migrate {
+                    store.migrate_records()?;
+                }
             }
             Some(stored) if stored != genesis_hash => {
                 return Err(err(format!(
@@ -259,12 +269,70 @@ impl Store {
                 if let Some(c) = store.get(CF_META, b"certified")? {
                     store.certified = Height(be_u64(&c, "meta")?);
                 }
+                if migrate {
+                    store.migrate_records()?;
+                }
                 store.load_upper()?;
                 store.load_nonces()?;
                 store.check_tip()?;
             }
         }
         Ok(store)
+    }
+
+    /// Moves the records of a store made before segments (ADR 0009) out of its
+    /// `records` family (`prepare_migration` checked it holds them all and
+    /// cleared what a migration cut short left): appended block by block
+    /// unsynced, then the segments synced, then every block's span written in
+    /// one batch, then the family dropped. A crash before the drop leaves the
+    /// family, and the next open starts over.
+    fn migrate_records(&mut self) -> Result<(), Error> {
+        let err = |detail: String| Error::Store { path: self.path.display().to_string(), detail };
+        let sync = self.segments.set_sync(false);
+        let mut batch = WriteBatch::default();
+        let mut first = 0;
+        for h in 1..=self.tip.height.0 {
+            let header = self.header(Height(h))?.ok_or_else(|| err(format!("migrating: header {h} is missing")))?;
+            if header.log_size == first {
+                continue;
+            }
+            let cf = self.db.cf_handle(FAMILY_RECORDS_RETIRED).expect("opened to migrate");
+            let mut opts = ReadOptions::default();
+            opts.fill_cache(false);
+            opts.set_iterate_upper_bound(header.log_size.to_be_bytes());
+            let start = first.to_be_bytes();
+            let mut records = Vec::with_capacity((header.log_size - first) as usize);
+            let mode = rocksdb::IteratorMode::From(&start, Direction::Forward);
+            for item in self.db.iterator_cf_opt(cf, opts, mode) {
+                let (key, value) = item.map_err(|e| err(format!("migrating: {e}")))?;
+                if *key != (first + records.len() as u64).to_be_bytes() {
+                    break;
+                }
+                records.push(value);
+            }
+            if first + records.len() as u64 != header.log_size {
+                return Err(err(format!("migrating: record {} is missing", first + records.len() as u64)));
+            }
+            let span = self.segments.append(first, &records)?;
+            self.segments.committed(&span);
+            batch.put_cf(self.cf(CF_SPANS), first.to_be_bytes(), span.encode());
+            first = header.log_size;
+        }
+        if first != self.tip.log_size {
+            return Err(Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!(
+                    "migrating: the headers' records end at {first}; the tip's log size is {}",
+                    self.tip.log_size
+                ),
+            });
+        }
+        self.segments.set_sync(sync);
+        if sync {
+            self.segments.sync_all()?;
+        }
+        self.write(batch)?;
+        self.db.drop_cf(FAMILY_RECORDS_RETIRED).map_err(|e| err(format!("dropping the records family: {e}")))
     }
 
     /// Loads every submitter's last committed nonce into memory.
@@ -1084,6 +1152,35 @@ impl Store {
     pub fn state_proof(&self, key: &StateKey) -> Result<StateProof, Error> {
         state_tree::prove(self, key)
     }
+}
+
+/// Before a store made before segments is migrated: checks that its `records`
+/// family holds exactly the log's `log_size` records (or refuses, touching
+/// nothing), then clears the spans a migration cut short wrote (its segments
+/// go when they open with no span).
+fn prepare_migration(db: &DB, path: &Path, log_size: u64) -> Result<(), Error> {
+    let err = |detail: String| Error::Store { path: path.display().to_string(), detail };
+    let records = db.cf_handle(FAMILY_RECORDS_RETIRED).expect("opened to migrate");
+    let mut iter = db.raw_iterator_cf(records);
+    iter.seek_to_first();
+    let first = iter.key().map(|k| be_u64(k, "records")).transpose()?;
+    iter.seek_to_last();
+    let last = iter.key().map(|k| be_u64(k, "records")).transpose()?;
+    iter.status().map_err(|e| err(e.to_string()))?;
+    let held = match (first, last) {
+        (Some(0), Some(last)) => last + 1,
+        (None, None) => 0,
+        _ => u64::MAX,
+    };
+    if held != log_size {
+        return Err(err(format!(
+            "keeps its records in the column family {FAMILY_RECORDS_RETIRED:?} (the layout before record segments, \
+             ADR 0009), which holds records {first:?} to {last:?} where the log has {log_size}: this store cannot \
+             be migrated; sync the chain into a new folder"
+        )));
+    }
+    let spans = db.cf_handle(CF_SPANS).expect("every column family is opened");
+    db.delete_range_cf(spans, &[0u8; 8][..], &[0xffu8; 9][..]).map_err(|e| err(format!("clearing spans: {e}")))
 }
 
 /// The last block's span and the log index of its first record (`None` before any record).

@@ -512,12 +512,14 @@ fn a_store_that_lost_committed_record_bytes_or_keeps_records_in_rocksdb_refuses_
         let mut db = raw_db(&dir);
         db.create_cf("records", &rocksdb::Options::default()).unwrap();
     }
+    let files = segment_files(&dir);
     match Store::open(&dir, g.hash(), StoreOptions::default()) {
         Err(Error::Store { detail, .. }) => {
-            assert!(detail.contains("\"records\"") && detail.contains("ADR 0009"), "{detail}")
+            assert!(detail.contains("\"records\"") && detail.contains("cannot be migrated"), "{detail}")
         }
-        other => panic!("records in RocksDB: expected a refusal, got {:?}", other.map(|_| ())),
+        other => panic!("an old records family short of the log: expected a refusal, got {:?}", other.map(|_| ())),
     }
+    assert_eq!(segment_files(&dir), files, "the refusal cut no record bytes");
     {
         let mut db = raw_db(&dir);
         db.drop_cf("records").unwrap();
@@ -581,5 +583,49 @@ fn odd_log_levels_are_not_stored_and_every_proof_still_verifies() {
             merkle::verify_consistency(old, size, &proof, &merkle::root(&leaves[..old as usize]), &root).unwrap();
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_store_with_its_records_in_rocksdb_moves_them_to_segments_when_it_opens() {
+    // Goal: a store of the layout before segments (records in a `records` family, no spans)
+    // opens with every record moved to segments and the family gone, even after a migration
+    // was cut short, and serves the same records, roots and proofs.
+    let dir = temp_dir("migrate");
+    let g = genesis();
+    let mut nonce = 0;
+    let small = StoreOptions { segment_bytes: 8192, ..StoreOptions::default() };
+    let leaves = {
+        let mut store = Store::open(&dir, g.hash(), small.clone()).unwrap();
+        fill(&mut store, 9, 11, &mut nonce)
+    };
+    let records = Store::open(&dir, g.hash(), small.clone()).unwrap().records_in(0, 99).unwrap();
+    // Back to the old layout: the records in their family, a migration's leftovers beside them
+    // (the spans and segments of a run that never dropped the family, one segment cut short).
+    {
+        let mut db = raw_db(&dir);
+        db.create_cf("records", &rocksdb::Options::default()).unwrap();
+        let family = db.cf_handle("records").unwrap();
+        for (i, r) in records.iter().enumerate() {
+            db.put_cf(family, (i as u64).to_be_bytes(), r).unwrap();
+        }
+    }
+    let (name, len) = segment_files(&dir).pop_last().unwrap();
+    let torn = std::fs::OpenOptions::new().write(true).open(dir.join("segments").join(name)).unwrap();
+    torn.set_len(len / 2).unwrap();
+
+    let store = Store::open(&dir, g.hash(), small.clone()).expect("the old layout is migrated");
+    assert_eq!(store.records_in(0, 99).unwrap(), records);
+    assert_eq!(store.log_root(), merkle::root(&leaves));
+    let proof = store.inclusion_proof(40, 99).unwrap();
+    merkle::verify_inclusion(&leaves[40], 40, 99, &proof, &merkle::root(&leaves)).unwrap();
+    drop(store);
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).unwrap();
+    assert!(!names.iter().any(|n| n == "records"), "the old family is gone: {names:?}");
+    let on_disk: u64 = segment_files(&dir).values().sum();
+    assert_eq!(on_disk, records.iter().map(|r| r.len() as u64).sum::<u64>(), "segments hold the records, once");
+    let mut store = Store::open(&dir, g.hash(), small).expect("and opens again as a store of segments");
+    fill(&mut store, 1, 3, &mut nonce);
+    assert_eq!(store.records_in(0, 102).unwrap()[..99], records[..]);
     let _ = std::fs::remove_dir_all(&dir);
 }
