@@ -708,7 +708,12 @@ impl Shared {
         gauge("annal_mempool_bytes", "Pending record bytes.", "gauge", pool_bytes.to_string());
         gauge("annal_peers", "Connected validator peers.", "gauge", status.peers.to_string());
         gauge("annal_sync_lag_blocks", "Blocks behind the highest height seen from peers.", "gauge", lag.to_string());
-        gauge("annal_store_bytes", "Bytes of the store's SST files.", "gauge", store.disk_bytes().to_string());
+        gauge(
+            "annal_store_bytes",
+            "Bytes of the store's record segments and SST files.",
+            "gauge",
+            store.disk_bytes().to_string(),
+        );
         gauge("annal_evidence_total", "Equivocations seen.", "counter", status.evidence.to_string());
         let memory = store.memory();
         drop(store);
