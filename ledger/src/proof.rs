@@ -730,15 +730,15 @@ mod build {
     /// The proof bundle of record `id`, with a status proof as of the tip when `with_status`.
     pub fn bundle(store: &Store, genesis: &Genesis, id: &RecordId, with_status: bool) -> Result<Bundle, Error> {
         let index = store.index_of(id)?.ok_or_else(|| store_err(store, format!("no record with id {id}")))?;
-        let bytes = store.record_bytes(index)?.ok_or_else(|| store_err(store, format!("record {index} is missing")))?;
-        let record: SignedRecord = codec::decode(&bytes, RECORD_BYTES_CAP)?;
         let height = store.height_of_index(index)?;
         let (header, block) = certified_block(store, genesis, height)?;
         let first = store.first_index(height)?;
-        // The block's records in one read (the block's span in its segment).
-        let leaves: Vec<Hash> =
-            store.records_in(first, header.log_size)?.iter().map(|b| merkle::leaf_hash(b)).collect();
+        // The block's records in one read (its span in a segment), the proven one among them.
+        let records = store.records_in(first, header.log_size)?;
         let position = index - first;
+        let bytes = &records[position as usize];
+        let record: SignedRecord = codec::decode(bytes, RECORD_BYTES_CAP)?;
+        let leaves: Vec<Hash> = records.iter().map(|b| merkle::leaf_hash(b)).collect();
         let block_path = merkle::inclusion_proof(&MemoryNodes::from_leaves(&leaves), position, leaves.len() as u64)
             .map_err(|e| store_err(store, e.to_string()))?;
         let log_path = store.inclusion_proof(index, header.log_size)?;
@@ -758,7 +758,7 @@ mod build {
         Ok(Bundle {
             format: BUNDLE_FORMAT.into(),
             chain_id: genesis.chain_id.clone(),
-            record: RecordPart { bytes: B64.encode(&bytes), decoded: RecordView::of(&record, id) },
+            record: RecordPart { bytes: B64.encode(bytes), decoded: RecordView::of(&record, id) },
             index,
             block,
             block_position: position,

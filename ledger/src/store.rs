@@ -207,14 +207,13 @@ impl Store {
         // Checked before the segments open, since opening cuts off what no span
         // covers: spans that disagree with the tip must cost no record bytes.
         let meta = db.cf_handle(CF_META).expect("every column family is opened");
-        let stored_tip = db.get_cf(meta, b"tip").map_err(|e| err(e.to_string()))?;
+        let stored_tip: Option<Tip> =
+            db.get_cf(meta, b"tip").map_err(|e| err(e.to_string()))?.map(|b| codec::decode(&b, 128)).transpose()?;
         if migrate {
-            let tip: Option<Tip> = stored_tip.as_ref().map(|b| codec::decode(b, 128)).transpose()?;
-            prepare_migration(&db, path, tip.map_or(0, |t| t.log_size))?;
+            prepare_migration(&db, path, stored_tip.as_ref().map_or(0, |t| t.log_size))?;
         }
         let last = if migrate { None } else { last_span(&db, path)? };
-        if let Some(bytes) = stored_tip.filter(|_| !migrate) {
-            let tip: Tip = codec::decode(&bytes, 128)?;
+        if let Some(tip) = stored_tip.as_ref().filter(|_| !migrate) {
             let spanned = last.as_ref().map_or(0, |(first, span)| first + span.lengths.len() as u64);
             if spanned != tip.log_size {
                 return Err(err(format!(
@@ -244,7 +243,7 @@ impl Store {
         };
         match store.get(CF_META, b"genesis")? {
             None => {
-                if store.get(CF_META, b"tip")?.is_some() {
+                if stored_tip.is_some() {
                     return Err(err("has a tip but no genesis hash".into()));
                 }
                 let mut batch = WriteBatch::default();
@@ -264,8 +263,7 @@ impl Store {
                 )));
             }
             Some(_) => {
-                let bytes = store.get(CF_META, b"tip")?.ok_or_else(|| err("has a genesis hash but no tip".into()))?;
-                store.tip = codec::decode(&bytes, 128)?;
+                store.tip = stored_tip.ok_or_else(|| err("has a genesis hash but no tip".into()))?;
                 if let Some(c) = store.get(CF_META, b"certified")? {
                     store.certified = Height(be_u64(&c, "meta")?);
                 }
@@ -291,12 +289,12 @@ impl Store {
         let sync = self.segments.set_sync(false);
         let mut batch = WriteBatch::default();
         let mut first = 0;
+        let cf = self.db.cf_handle(FAMILY_RECORDS_RETIRED).expect("opened to migrate");
         for h in 1..=self.tip.height.0 {
             let header = self.header(Height(h))?.ok_or_else(|| err(format!("migrating: header {h} is missing")))?;
             if header.log_size == first {
                 continue;
             }
-            let cf = self.db.cf_handle(FAMILY_RECORDS_RETIRED).expect("opened to migrate");
             let mut opts = ReadOptions::default();
             opts.fill_cache(false);
             opts.set_iterate_upper_bound(header.log_size.to_be_bytes());
@@ -319,13 +317,10 @@ impl Store {
             first = header.log_size;
         }
         if first != self.tip.log_size {
-            return Err(Error::Store {
-                path: self.path.display().to_string(),
-                detail: format!(
-                    "migrating: the headers' records end at {first}; the tip's log size is {}",
-                    self.tip.log_size
-                ),
-            });
+            return Err(err(format!(
+                "migrating: the headers' records end at {first}; the tip's log size is {}",
+                self.tip.log_size
+            )));
         }
         self.segments.set_sync(sync);
         if sync {
@@ -822,10 +817,7 @@ impl Store {
 
     /// The span under a `spans` iterator: its block's first log index and where its records lie.
     fn span(&self, iter: &rocksdb::DBRawIterator<'_>) -> Result<Option<(u64, Span)>, Error> {
-        match (iter.key(), iter.value()) {
-            (Some(k), Some(v)) => Ok(Some((be_u64(k, "spans")?, Span::decode(v)?))),
-            _ => iter.status().map(|()| None).map_err(|e| self.store_err(e)),
-        }
+        span_under(iter, &self.path)
     }
 
     pub fn index_of(&self, id: &RecordId) -> Result<Option<u64>, Error> {
@@ -1188,6 +1180,11 @@ fn last_span(db: &DB, path: &Path) -> Result<Option<(u64, Span)>, Error> {
     let cf = db.cf_handle(CF_SPANS).expect("every column family is opened");
     let mut iter = db.raw_iterator_cf(cf);
     iter.seek_to_last();
+    span_under(&iter, path)
+}
+
+/// The span under a `spans` iterator: its block's first log index and where its records lie.
+fn span_under(iter: &rocksdb::DBRawIterator<'_>, path: &Path) -> Result<Option<(u64, Span)>, Error> {
     match (iter.key(), iter.value()) {
         (Some(k), Some(v)) => Ok(Some((be_u64(k, "spans")?, Span::decode(v)?))),
         _ => iter
