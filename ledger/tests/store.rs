@@ -11,6 +11,15 @@ use annal_ledger::store::{Store, StoreOptions};
 use annal_ledger::Error;
 use common::*;
 
+/// The detail of the `Error::Store` with which the store at `dir` refuses to
+/// open for `genesis_hash`; `what` names the case when it opens instead.
+fn refused(dir: &std::path::Path, genesis_hash: Hash, what: &str) -> String {
+    match Store::open(dir, genesis_hash, StoreOptions::default()) {
+        Err(Error::Store { detail, .. }) => detail,
+        other => panic!("{what}: expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("annal-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -137,10 +146,8 @@ fn another_chains_store_is_refused() {
     // Goal: a store opened with a different genesis hash is refused, naming both hashes.
     let dir = temp_dir("chain");
     drop(Store::open(&dir, genesis().hash(), StoreOptions::default()).unwrap());
-    match Store::open(&dir, [9; 32], StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains("belongs to the chain"), "{detail}"),
-        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, [9; 32], "another chain");
+    assert!(detail.contains("belongs to the chain"), "{detail}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -295,10 +302,8 @@ fn a_store_whose_leaves_disagree_with_the_tip_refuses_to_open() {
         db.put_cf(db.cf_handle("leaves").unwrap(), &key_hash, head).unwrap();
         db.create_cf("state", &rocksdb::Options::default()).unwrap();
     }
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains("\"state\""), "{detail}"),
-        other => panic!("the retired layout: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "the retired layout");
+    assert!(detail.contains("\"state\""), "{detail}");
     {
         let mut db = raw_db(&dir);
         db.drop_cf("state").unwrap();
@@ -492,33 +497,23 @@ fn a_store_that_lost_committed_record_bytes_or_keeps_records_in_rocksdb_refuses_
     let path = dir.join("segments").join(&name);
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..len as usize - 1]).unwrap();
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains(&format!("holds {} bytes", len - 1)), "{detail}"),
-        other => panic!("a short segment: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "a short segment");
+    assert!(detail.contains(&format!("holds {} bytes", len - 1)), "{detail}");
     std::fs::remove_file(&path).unwrap();
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains("is missing"), "{detail}"),
-        other => panic!("a missing segment: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "a missing segment");
+    assert!(detail.contains("is missing"), "{detail}");
     std::fs::write(&path, &bytes).unwrap();
     std::fs::write(dir.join("segments").join("notes.txt"), b"x").unwrap();
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains("\"notes.txt\" is not a segment"), "{detail}"),
-        other => panic!("a stranger in the folder: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "a stranger in the folder");
+    assert!(detail.contains("\"notes.txt\" is not a segment"), "{detail}");
     std::fs::remove_file(dir.join("segments").join("notes.txt")).unwrap();
     {
         let mut db = raw_db(&dir);
         db.create_cf("records", &rocksdb::Options::default()).unwrap();
     }
     let files = segment_files(&dir);
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => {
-            assert!(detail.contains("\"records\"") && detail.contains("cannot be migrated"), "{detail}")
-        }
-        other => panic!("an old records family short of the log: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "an old records family short of the log");
+    assert!(detail.contains("\"records\"") && detail.contains("cannot be migrated"), "{detail}");
     assert_eq!(segment_files(&dir), files, "the refusal cut no record bytes");
     {
         let mut db = raw_db(&dir);
@@ -536,10 +531,8 @@ fn a_store_that_lost_committed_record_bytes_or_keeps_records_in_rocksdb_refuses_
         db.delete_cf(spans, &k).unwrap();
         (k.to_vec(), v.to_vec())
     };
-    match Store::open(&dir, g.hash(), StoreOptions::default()) {
-        Err(Error::Store { detail, .. }) => assert!(detail.contains("spans end at log index 4"), "{detail}"),
-        other => panic!("a lost span: expected a refusal, got {:?}", other.map(|_| ())),
-    }
+    let detail = refused(&dir, g.hash(), "a lost span");
+    assert!(detail.contains("spans end at log index 4"), "{detail}");
     assert_eq!(segment_files(&dir), files, "no record bytes were cut");
     {
         let db = raw_db(&dir);
