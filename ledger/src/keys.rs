@@ -182,13 +182,21 @@ fn verify_cofactored_in(items: &[(&PublicKey, Message<'_>, &Signature)], scratch
     let mut b_coefficient = Scalar::ZERO;
     scalars.reserve(parsed.len() + keys.len() + 1);
     points.reserve(parsed.len() + keys.len() + 1);
+    // Coefficients four at a time: one SHA-512 of the seed and a counter gives
+    // 64 bytes, four 128-bit coefficients (one hash per signature was one
+    // SHA-512 block in seven of a record's check; docs/BENCHMARKS.md, session 19).
+    let mut coefficients = [0u8; 64];
     for (i, (key, r, s, k)) in parsed.iter().enumerate() {
         // A single signature needs no random coefficient; in a batch each gets a 128-bit one.
         let z = if items.len() == 1 {
             Scalar::ONE
         } else {
-            let h = Sha512::new().chain_update(seed).chain_update((i as u64).to_le_bytes()).finalize();
-            Scalar::from(u128::from_le_bytes(h[..16].try_into().expect("16 bytes")))
+            if i % 4 == 0 {
+                let counter = (i as u64 / 4).to_le_bytes();
+                coefficients = Sha512::new().chain_update(seed).chain_update(counter).finalize().into();
+            }
+            let at = (i % 4) * 16;
+            Scalar::from(u128::from_le_bytes(coefficients[at..at + 16].try_into().expect("16 bytes")))
         };
         b_coefficient += z * s;
         scalars.push(z);
@@ -432,6 +440,34 @@ mod tests {
             assert!(verify_cofactored(&as_items(&batch)), "accepted alone, so in a batch (position {at})");
             batch[at] = wrong.clone();
             assert!(!verify_cofactored(&as_items(&batch)), "refused alone, so in a batch (position {at})");
+        }
+    }
+
+    /// Goal: each signature in a batch gets its own coefficient. Two wrong
+    /// signatures whose errors cancel (s + d in one, s - d in the other, same
+    /// key) would pass if any two coefficients were equal; wherever the pair
+    /// sits, the batch is refused.
+    #[test]
+    fn cancelling_errors_are_caught_at_every_pair_of_positions() {
+        let good: Vec<_> = (0..9u8).map(|i| signed(0, &[i; 40])).collect();
+        assert!(verify_cofactored(&as_items(&good)));
+        let d = Scalar::from(7u64);
+        let shifted = |item: &Item, by: Scalar| {
+            let mut item = item.clone();
+            let s = Scalar::from_canonical_bytes(item.2 .0[32..].try_into().unwrap()).unwrap();
+            item.2 .0[32..].copy_from_slice((s + by).as_bytes());
+            item
+        };
+        for i in 0..good.len() {
+            for j in i + 1..good.len() {
+                let mut batch = good.clone();
+                batch[i] = shifted(&good[i], d);
+                batch[j] = shifted(&good[j], -d);
+                assert!(
+                    !verify_cofactored(&as_items(&batch)),
+                    "errors at {i} and {j} cancel only with equal coefficients"
+                );
+            }
         }
     }
 
