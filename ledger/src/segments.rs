@@ -164,6 +164,16 @@ impl Segments {
         let block_bytes: u64 = records.iter().map(|r| r.as_ref().len() as u64).sum();
         let fits = self.files.last().is_some_and(|s| s.len == 0 || s.len + block_bytes <= self.bytes_max);
         if !fits {
+            // An append whose batch failed may have left bytes past the
+            // committed end; the open segment's next append would overwrite
+            // them, but a closed one keeps them, so cut them first.
+            if let Some(last) = self.files.last() {
+                let cut = last.file.set_len(last.len).and_then(|()| match self.sync {
+                    true => last.file.sync_all(),
+                    false => Ok(()),
+                });
+                cut.map_err(|e| self.err(format!("cutting {}: {e}", segment_path(&self.dir, last.first).display())))?;
+            }
             let path = segment_path(&self.dir, first_index);
             let file = OpenOptions::new()
                 .read(true)
@@ -265,4 +275,37 @@ impl Segments {
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_len(dir: &Path, first: u64) -> u64 {
+        std::fs::metadata(segment_path(dir, first)).unwrap().len()
+    }
+
+    /// Goal: bytes of an append whose batch never landed do not stay in a
+    /// segment that is closed by the next block's rollover.
+    #[test]
+    fn a_rollover_cuts_an_uncommitted_append_from_the_closed_segment() {
+        let dir = std::env::temp_dir().join(format!("annal-segments-rollover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut segments = Segments::open(&dir, None, 250, false).unwrap();
+        let a = segments.append(0, &[[1u8; 100]]).unwrap();
+        segments.committed(&a);
+        // Block 2's append lands in the file, its batch does not.
+        let lost = segments.append(1, &[[2u8; 100]]).unwrap();
+        assert_eq!((lost.segment, lost.offset), (0, 100));
+        assert_eq!(file_len(&dir, 0), 200);
+        // Block 2 again, larger this time: it no longer fits and opens segment 1.
+        let b = segments.append(1, &[[3u8; 200]]).unwrap();
+        segments.committed(&b);
+        assert_eq!((b.segment, b.offset), (1, 0));
+        assert_eq!(file_len(&dir, 0), 100, "the closed segment holds only its committed bytes");
+        assert_eq!(segments.bytes(), 300);
+        assert_eq!(segments.read(&a, 0..1).unwrap(), vec![vec![1u8; 100]]);
+        assert_eq!(segments.read(&b, 0..1).unwrap(), vec![vec![3u8; 200]]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
