@@ -1,0 +1,119 @@
+//! The newcomer's walkthrough, command by command, as `make devnet` prints
+//! it and the README tells it: real `annal` CLI processes against a real
+//! 4-validator cluster. Submit, amend, get, page through a key's history,
+//! prove, verify offline with only the genesis file, save a checkpoint and
+//! check that the log still extends it, audit the chain, and ask for status.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use annal_tests::{annal_bin, Cluster};
+use serde_json::Value;
+
+fn annal(args: &[&str]) -> Output {
+    Command::new(annal_bin()).args(args).output().expect("annal runs")
+}
+
+/// Runs `annal args`, asserts it exited 0 and returns its standard output.
+fn ok(args: &[&str]) -> String {
+    let out = annal(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "annal {args:?} failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn json(args: &[&str]) -> Value {
+    let stdout = ok(args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("annal {args:?} printed no JSON ({e}):\n{stdout}"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+#[test]
+fn the_readme_walkthrough_works_from_the_cli() {
+    let mut cluster = Cluster::start("walkthrough", 4, 2);
+    cluster.wait_heights(&[0, 1, 2, 3], 1, std::time::Duration::from_secs(60));
+    let dir = cluster.dir.clone();
+    let url = cluster.nodes[0].api_url.clone();
+    let signer = dir.join("agency-0/submitter.key");
+    let genesis = dir.join("genesis.json");
+    let deed = dir.join("deed.txt");
+    let key = ["--namespace", "land-titles", "--key", "parcel-12-345"];
+
+    // A record and two new versions of it, each waited for until final.
+    let mut ids = Vec::new();
+    for (i, line) in ["owner Jane Doe", "owner Jane Doe, area corrected", "owner John Roe"].iter().enumerate() {
+        std::fs::write(&deed, format!("Parcel 12-345: {line}\n")).unwrap();
+        let previous: Option<String> = ids.last().cloned();
+        let mut args = vec!["submit", "--node", &url, "--signer", path(&signer), "--body-file", path(&deed)];
+        args.extend(key);
+        if let Some(head) = &previous {
+            args.extend(["--amend", head]);
+        }
+        args.extend(["--wait", "--json"]);
+        let sent = json(&args);
+        assert_eq!(sent["version"], i as u64 + 1, "{sent}");
+        assert!(sent["height"].as_u64().is_some(), "--wait prints where the record is final: {sent}");
+        ids.push(sent["id"].as_str().expect("an id").to_string());
+    }
+
+    let got = json(&["get", "--node", &url, &ids[0], "--json"]);
+    assert_eq!(got["status"], "final", "{got}");
+
+    // History, two versions a page: the newest two, then the one before them.
+    let mut args = vec!["history", "--node", &url];
+    args.extend(key);
+    let first_page = ok(&[args.as_slice(), &["--limit", "2"]].concat());
+    assert!(first_page.contains(&format!("head {} version 3", ids[2])), "{first_page}");
+    assert!(
+        first_page.contains(&ids[2]) && first_page.contains(&ids[1]) && !first_page.contains(&ids[0]),
+        "{first_page}"
+    );
+    assert!(first_page.contains(&format!("--before {}", ids[1])), "names the next page: {first_page}");
+    let second_page = json(&[args.as_slice(), &["--limit", "2", "--before", &ids[1], "--json"]].concat());
+    let versions = second_page["versions"].as_array().expect("versions");
+    assert_eq!(versions.len(), 1, "{second_page}");
+    assert_eq!(versions[0]["id"], ids[0].as_str());
+    assert!(second_page["earlier"].is_null(), "nothing older: {second_page}");
+    let bad = annal(&[args.as_slice(), &["--limit", "1001"]].concat());
+    assert!(!bad.status.success(), "a limit over 1000 is refused");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("limit"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // The proof, checked offline with only the genesis file (and the current head's status).
+    let bundle = dir.join("bundle.json");
+    ok(&["prove", "--node", &url, &ids[0], "--out", path(&bundle), "--status"]);
+    let verified = ok(&["verify", path(&bundle), "--genesis", path(&genesis), "--current"]);
+    assert!(verified.to_lowercase().contains("valid"), "{verified}");
+    let current = annal(&["verify", path(&bundle), "--genesis", path(&genesis), "--current", "--json"]);
+    let current: Value = serde_json::from_slice(&current.stdout).expect("verify --json prints JSON");
+    assert_eq!(current["status"]["head"], ids[2].as_str(), "the bundle says who superseded it: {current}");
+
+    // A checkpoint saved now is extended by the log after one more record.
+    let checkpoint = dir.join("checkpoint.txt");
+    ok(&["checkpoint", "--node", &url, "--out", path(&checkpoint)]);
+    std::fs::write(&deed, "Parcel 12-346: owner Ann Poe\n").unwrap();
+    ok(&[
+        "submit",
+        "--node",
+        &url,
+        "--signer",
+        path(&signer),
+        "--namespace",
+        "land-titles",
+        "--key",
+        "parcel-12-346",
+        "--body-file",
+        path(&deed),
+        "--wait",
+    ]);
+    let consistent =
+        json(&["consistency", "--node", &url, "--genesis", path(&genesis), "--from", path(&checkpoint), "--json"]);
+    assert_eq!(consistent["consistent"], true, "{consistent}");
+
+    let audited = annal(&["audit", "--node", &url, "--genesis", path(&genesis)]);
+    assert!(audited.status.success(), "audit: {}", String::from_utf8_lossy(&audited.stderr));
+    let status = json(&["status", "--node", &url, "--json"]);
+    assert!(status["log_size"].as_u64().is_some_and(|n| n >= 4), "{status}");
+}
