@@ -151,7 +151,7 @@ pub fn execute_encoded<'a, V: StateView + StateTreeReader, E: Borrow<Encoded>>(
     let rules = gov.rules();
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
     for (i, e) in records.iter().enumerate() {
-        rules.check_stateless(&e.borrow().record).map_err(at(i))?;
+        rules.check_encoded(e.borrow()).map_err(at(i))?;
     }
     let first_bad = match signatures {
         Signatures::Verify => bad_signatures(records).first().copied(),
@@ -186,7 +186,7 @@ pub fn execute_ordered<'a, V: StateView + StateTreeReader, E: Borrow<Encoded>>(
     let mut skipped = Vec::new();
     for e in records {
         let e = e.borrow();
-        match rules.check_stateless(&e.record) {
+        match rules.check_encoded(e) {
             Ok(()) => kept.push(e),
             Err(err) => skipped.push((e.id, err)),
         }

@@ -196,19 +196,39 @@ impl SignedRecord {
 /// What the node passes from mempool entry to commit, so that no record is
 /// decoded, re-encoded or hashed again on the way (each of those costs as
 /// much as a small part of a signature check, per record, per node).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Encoded {
     pub record: SignedRecord,
     pub bytes: Vec<u8>,
     pub id: RecordId,
+    /// The fingerprint of the rules this node saw the record pass
+    /// `check_stateless` under (`Rules::check_and_mark`); `None` until then.
+    /// The record's fields must not change once it is set.
+    pub(crate) checked_under: Option<crate::merkle::Hash>,
 }
+
+/// The same record: the same canonical bytes (whatever this node checked of it).
+impl PartialEq for Encoded {
+    fn eq(&self, other: &Encoded) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Encoded {}
 
 impl Encoded {
     /// Decodes canonical bytes (refusing any over `params.record_bytes_max`).
     pub fn decode(bytes: Vec<u8>, params: &Params) -> Result<Encoded, Error> {
         let record = SignedRecord::from_bytes(&bytes, params)?;
         let id = SignedRecord::id_of_bytes(&bytes);
-        Ok(Encoded { record, bytes, id })
+        Ok(Encoded { record, bytes, id, checked_under: None })
+    }
+
+    /// A record decoded by the caller from `bytes`, whose id is `id`
+    /// (`SignedRecord::id_of_bytes(&bytes)`).
+    pub fn from_parts(record: SignedRecord, bytes: Vec<u8>, id: RecordId) -> Encoded {
+        debug_assert!(id == SignedRecord::id_of_bytes(&bytes), "the id of these bytes");
+        Encoded { record, bytes, id, checked_under: None }
     }
 
     /// The canonical bytes of the unsigned record: what the submitter signed
@@ -222,7 +242,7 @@ impl From<SignedRecord> for Encoded {
     fn from(record: SignedRecord) -> Encoded {
         let bytes = record.to_bytes();
         let id = SignedRecord::id_of_bytes(&bytes);
-        Encoded { record, bytes, id }
+        Encoded { record, bytes, id, checked_under: None }
     }
 }
 

@@ -18,7 +18,7 @@ use crate::genesis::{Charter, Genesis, Params, Registry};
 use crate::gov::{GovAction, GOV_NAMESPACE};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
-use crate::record::{Op, Record, RecordId, SignedRecord};
+use crate::record::{Encoded, Op, Record, RecordId, SignedRecord};
 use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, Prefetch, StateTreeReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -67,6 +67,11 @@ pub struct Rules {
     pub charter_hash: Hash,
     /// Who may write governance records: the consensus keys of the validators in force.
     pub governors: BTreeSet<PublicKey>,
+    /// These rules as one hash, of everything they are made from (chain id,
+    /// charter hash, validator set hash): equal fingerprints, equal rules. Only
+    /// compared on this node ([`Rules::check_encoded`]); never sent, stored or
+    /// signed.
+    pub fingerprint: Hash,
 }
 
 impl Rules {
@@ -77,13 +82,47 @@ impl Rules {
 
     /// The rules under `charter`, with `validators` governing.
     pub fn of(chain_id: &str, charter: &Charter, validators: &ValidatorSet) -> Self {
+        use sha2::{Digest, Sha256};
+        let charter_hash = charter.hash();
+        let fingerprint = Sha256::new()
+            .chain_update(b"annal/rules/v1")
+            .chain_update((chain_id.len() as u64).to_be_bytes())
+            .chain_update(chain_id)
+            .chain_update(charter_hash)
+            .chain_update(validators.hash())
+            .finalize()
+            .into();
         Rules {
             chain_id: chain_id.to_string(),
             params: charter.params.clone(),
             registry: Registry::new(charter),
-            charter_hash: charter.hash(),
+            charter_hash,
             governors: validators.validators.iter().map(|v| v.consensus_key).collect(),
+            fingerprint,
         }
+    }
+
+    /// [`Rules::check_stateless`] for a record about to enter this node's
+    /// pool; a record that passes is marked with these rules' fingerprint, so
+    /// that executing it under the same rules need not check it again.
+    pub fn check_and_mark(&self, e: &mut Encoded) -> Result<(), Error> {
+        self.check_stateless(&e.record)?;
+        e.checked_under = Some(self.fingerprint);
+        Ok(())
+    }
+
+    /// [`Rules::check_stateless`], unless this node already saw `e` pass it
+    /// under rules with the same fingerprint. The check is a function of the
+    /// record and the rules alone, and the rules of their chain id, charter
+    /// and validator set, which the fingerprint hashes: the answer is the one
+    /// given then. Under any other rules (governance changed them since) the
+    /// record is checked again. Checking at entry and again at execution was
+    /// ~2 % of a validator (docs/BENCHMARKS.md, session 19).
+    pub fn check_encoded(&self, e: &Encoded) -> Result<(), Error> {
+        if e.checked_under == Some(self.fingerprint) {
+            return Ok(());
+        }
+        self.check_stateless(&e.record)
     }
 
     /// The checks that need no state: chain id, sizes and shape, submitter, namespace grant.

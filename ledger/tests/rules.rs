@@ -236,3 +236,45 @@ fn a_refused_block_changes_nothing() {
     assert!(s.tree.leaves.is_empty() && s.nonces.is_empty() && s.state_root() == EMPTY_ROOT);
     assert_eq!(f.size(), 0);
 }
+
+#[test]
+fn a_record_checked_on_entry_is_checked_again_when_the_rules_changed() {
+    // Goal: a pool record marked as passing the stateless rules is taken as
+    // passing only under rules with the same fingerprint: after a change that
+    // makes it invalid (its agency lost the namespace), execution refuses it.
+    use annal_ledger::exec::execute_ordered;
+    use annal_ledger::gov::Governance;
+    use annal_ledger::record::Encoded;
+    use annal_ledger::state::Rules;
+
+    let before = genesis();
+    let mut after = genesis();
+    after.agencies[0].namespaces = vec!["deeds".into()];
+    let mut other_validators = genesis();
+    other_validators.validators[3].power = 2;
+    let (r1, r2) = (Rules::new(&before), Rules::new(&after));
+    assert_eq!(r1.fingerprint, rules().fingerprint, "the same inputs, the same fingerprint");
+    assert_ne!(r1.fingerprint, r2.fingerprint, "another charter");
+    assert_ne!(r1.fingerprint, Rules::new(&other_validators).fingerprint, "another validator set");
+
+    let mut marked = Encoded::from(signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1));
+    r1.check_and_mark(&mut marked).unwrap();
+    r1.check_encoded(&marked).unwrap();
+    let err = r2.check_encoded(&marked).unwrap_err();
+    assert!(matches!(err, Error::NamespaceNotGranted { .. }), "{err:?}");
+
+    // And through execution: under the new rules the block leaves it out.
+    let (state, frontier) = fresh();
+    let block = [&marked];
+    let kept = execute_ordered(&Governance::genesis(&before), Height(1), &state, &frontier, &block).unwrap();
+    assert_eq!(kept.ids, vec![marked.id]);
+    let changed = execute_ordered(&Governance::genesis(&after), Height(1), &state, &frontier, &block).unwrap();
+    assert!(changed.ids.is_empty(), "refused under the rules in force at execution");
+    assert!(matches!(changed.skipped[..], [(id, Error::NamespaceNotGranted { .. })] if id == marked.id));
+
+    // A mark is a claim of this node's own check, not a property of the bytes:
+    // a record that fails the rules is refused however it was decoded.
+    let mut foreign = Encoded::from(signed(31, "land-titles", "p/2", Op::Publish, None, 1, 1));
+    assert!(r1.check_and_mark(&mut foreign).is_err(), "the companies officer cannot write land titles");
+    assert!(r1.check_encoded(&foreign).is_err(), "a failed check leaves no mark");
+}

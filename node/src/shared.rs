@@ -373,8 +373,9 @@ impl Shared {
             }
             return Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last)));
         }
-        rules.check_stateless(&record).map_err(|e| Failure::Refused(e.to_string()))?;
-        Ok(Prechecked::New(Box::new(Encoded { record, bytes, id })))
+        let mut encoded = Encoded::from_parts(record, bytes, id);
+        rules.check_and_mark(&mut encoded).map_err(|e| Failure::Refused(e.to_string()))?;
+        Ok(Prechecked::New(Box::new(encoded)))
     }
 
     /// Admits records from the API and hands the new ones to the loop to gossip.
