@@ -485,18 +485,33 @@ async fn submit_batch(
     body.check_count(shared.limits.api_batch_records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
     let decoded = body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect();
     let handle = tokio::runtime::Handle::current();
-    let (accepted, results, full) =
-        blocking(move || Ok(admit_batch(decoded, |batch| handle.block_on(shared.submit_many(batch))))).await?;
-    // Built by moving `results` in: `json!` would copy every result into a new value.
-    let body: serde_json::Map<String, Value> =
-        [("accepted".to_string(), Value::from(accepted)), ("results".to_string(), Value::Array(results))]
-            .into_iter()
-            .collect();
-    let mut response = Json(Value::Object(body)).into_response();
+    let answer = blocking(move || Ok(admit_batch(decoded, |batch| handle.block_on(shared.submit_many(batch))))).await?;
+    let full = answer.full;
+    let mut response = Json(answer).into_response();
     if full {
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
     }
     Ok(response)
+}
+
+/// The answer to `POST /v1/records/batch`. Typed rather than built as JSON
+/// maps: a map of three owned keys per record was ~1 % of a validator at
+/// rate max (docs/BENCHMARKS.md, session 19). Fields in the order a JSON map
+/// would sort them, so the bytes are the same.
+#[derive(serde::Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    results: Vec<BatchResult>,
+    /// Whether the mempool filled (the response then says when to retry).
+    #[serde(skip)]
+    full: bool,
+}
+
+#[derive(serde::Serialize)]
+struct BatchResult {
+    error: Option<Value>,
+    id: Option<String>,
+    status: Option<&'static str>,
 }
 
 /// Admits the decodable records together (one signature batch), in order;
@@ -505,7 +520,7 @@ async fn submit_batch(
 fn admit_batch(
     decoded: Vec<Result<Vec<u8>, Failure>>,
     submit: impl FnOnce(Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>>,
-) -> (usize, Vec<Value>, bool) {
+) -> BatchAnswer {
     let mut admitted = submit(decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect()).into_iter();
     let mut accepted = 0;
     let mut full_at: Option<usize> = None;
@@ -525,11 +540,11 @@ fn admit_batch(
         results.push(match outcome {
             Ok(Admitted::Pending { id, .. }) => {
                 accepted += 1;
-                json!({ "id": id.to_hex(), "status": "pending", "error": null })
+                BatchResult { error: None, id: Some(id.to_hex()), status: Some("pending") }
             }
             Ok(Admitted::Final { id, .. }) => {
                 accepted += 1;
-                json!({ "id": id.to_hex(), "status": "final", "error": null })
+                BatchResult { error: None, id: Some(id.to_hex()), status: Some("final") }
             }
             Err(f) => {
                 if matches!(f, Failure::MempoolFull(_)) && full_at.is_none() {
@@ -538,11 +553,11 @@ fn admit_batch(
                 let id = bytes
                     .filter(|_| !matches!(f, Failure::Malformed(_)))
                     .map(|b| SignedRecord::id_of_bytes(&b).to_hex());
-                json!({ "id": id, "status": null, "error": f.to_json() })
+                BatchResult { error: Some(f.to_json()), id, status: None }
             }
         });
     }
-    (accepted, results, full_at.is_some())
+    BatchAnswer { accepted, results, full: full_at.is_some() }
 }
 
 /// `GET /v1/records/{id}`.

@@ -309,6 +309,14 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
     assert_eq!(results[1]["error"]["error"], "refused");
     assert!(results[1]["error"]["detail"].as_str().unwrap().contains("signature"), "{v}");
     assert_eq!(results[2]["status"], "pending");
+    // Every result has the same three fields; the ones that do not apply are null.
+    for r in results {
+        let mut fields: Vec<&String> = r.as_object().unwrap().keys().collect();
+        fields.sort();
+        assert_eq!(fields, ["error", "id", "status"], "{r}");
+    }
+    assert_eq!((&results[0]["error"], &results[0]["id"]), (&Value::Null, &json!(good1.id().to_hex())));
+    assert_eq!((&results[1]["status"], &results[1]["id"]), (&Value::Null, &json!(forged.id().to_hex())));
     assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
     node.stop().await;
 }
