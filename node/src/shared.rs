@@ -297,6 +297,9 @@ impl Shared {
         // first that does not fit (`room_full`), the rest are not read.
         let mut candidate_bytes = 0;
         let mut room_full: Option<String> = None;
+        // The rules once for the batch: taken per record, the lock and the
+        // shared count's increment were 0.5 % of a validator (session 19).
+        let rules = self.rules();
         for bytes in batch {
             if room_full.is_some() {
                 results.push(Some(Err(Failure::MempoolFull(
@@ -304,7 +307,7 @@ impl Shared {
                 ))));
                 continue;
             }
-            results.push(match self.precheck(bytes) {
+            results.push(match self.precheck(&rules, bytes) {
                 Ok(Prechecked::Known(done)) => Some(Ok(done)),
                 Ok(Prechecked::New(record)) => {
                     candidate_bytes += record.bytes.len();
@@ -349,8 +352,7 @@ impl Shared {
 
     /// The checks before the signature: size, decoding, already pending or
     /// final (`Known`), the nonce against committed state, stateless rules.
-    fn precheck(&self, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
-        let rules = self.rules();
+    fn precheck(&self, rules: &Rules, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
         let params = &rules.params;
         let record = submission::decode_record(&bytes, params).map_err(|e| match e {
             LedgerError::RecordTooLarge { .. } => Failure::Refused(e.to_string()),
