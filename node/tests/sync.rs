@@ -383,3 +383,45 @@ fn checkpoint_signatures_are_checked_on_arrival_whoever_relays_them() {
     assert_eq!(app.on_consensus_gossip(&signer_3, &signed(3, 3), &mut fx).unwrap(), Verdict::Accept);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Goal: a checkpoint signature kept before its block committed (from its
+/// signer, unchecked: no header yet) is checked when the block commits, and
+/// a forged one never counts towards the certificate; one checked on
+/// arrival is not checked again.
+#[test]
+fn early_checkpoint_signatures_are_checked_when_their_block_commits() {
+    let g = genesis();
+    let chain = ChainId(g.hash());
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    let (b3, c3) = final_block(&g, 3, b2.hash(&chain), &[0, 1, 2]);
+    // Height 3's checkpoint, from a node that has it.
+    let (ahead_dir, ahead, mut ahead_app) = follower("annal-early-sigs-ahead", &g);
+    let all = answer(&[(b1.clone(), c1.clone()), (b2.clone(), c2.clone()), (b3.clone(), c3.clone())]);
+    ahead_app.apply_sync(PeerId::random(), &all, &mut Effects::default()).unwrap();
+    let checkpoint = ahead.store().header(annal_ledger::block::Height(3)).unwrap().unwrap().checkpoint();
+    let envelope = |signer: u32, seed: u8| {
+        let signature = SecretKey::from_seed([seed; 32]).sign_checkpoint(&checkpoint).0;
+        codec::encode(&Envelope::Checkpoint { seq: u64::from(seed), height: 3, signer, signature })
+    };
+    let peer_of = |signer: u8| annal_node::net::peer_id(&SecretKey::from_seed([11 + signer; 32]).public()).unwrap();
+
+    let (dir, shared, mut app) = follower("annal-early-sigs", &g);
+    let mut fx = Effects::default();
+    app.apply_sync(PeerId::random(), &answer(&[(b1, c1), (b2, c2)]), &mut fx).unwrap();
+    // Validator 0's peer sends a signature its key did not make; 1 and 2 send good ones.
+    assert_eq!(app.on_consensus_gossip(&peer_of(0), &envelope(0, 99), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(app.on_consensus_gossip(&peer_of(1), &envelope(1, 2), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(app.on_consensus_gossip(&peer_of(2), &envelope(2, 3), &mut fx).unwrap(), Verdict::Accept);
+    app.apply_sync(PeerId::random(), &answer(&[(b3, c3)]), &mut fx).unwrap();
+    assert_eq!(shared.store().tip().height.0, 3);
+    let certified = || shared.store().certified_height().0;
+    assert!(certified() < 3, "the forged signature was dropped when checked: two good of four");
+    // Validator 0's real signature, now checkable on arrival, completes the quorum.
+    assert_eq!(app.on_consensus_gossip(&PeerId::random(), &envelope(0, 1), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(certified(), 3);
+    let certificate = shared.store().certificate(annal_ledger::block::Height(3)).unwrap().unwrap();
+    assert_eq!(certificate.signatures.len(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ahead_dir);
+}
