@@ -235,7 +235,6 @@ struct Waiting {
 
 /// The consensus side of a validator: its core, keys and where it persists.
 struct Validator {
-    index: u32,
     key: SecretKey,
     core: Core,
 }
@@ -408,7 +407,7 @@ impl App {
                 let safety = app.read_safety()?;
                 let core = app.new_core(&key, index as u32, safety)?;
                 app.core_epoch = app.epoch;
-                app.validator = Some(Validator { index: index as u32, key, core });
+                app.validator = Some(Validator { key, core });
             }
         }
         Ok(app)
@@ -1177,12 +1176,18 @@ impl App {
         }
 
         if let Some(v) = &self.validator {
-            let signature = v.key.sign_checkpoint(&header.checkpoint());
-            let index = v.index;
-            // Made here by this validator's own key: nothing to check.
-            self.signatures.entry(h).or_default().insert(index, HeldSignature { signature, checked: true });
-            let env = Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
-            fx.publish.push((Topic::Consensus, codec::encode(&env)));
+            let (key, signature) = (v.key.public(), v.key.sign_checkpoint(&header.checkpoint()));
+            // This validator's index in the set that certifies h, as `on_tick` finds
+            // it: the signature is held as checked, so its index must be the one
+            // `try_certify` would have checked it under.
+            let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
+            if let Some(index) = set.validators.iter().position(|s| s.consensus_key == key) {
+                let index = index as u32;
+                self.signatures.entry(h).or_default().insert(index, HeldSignature { signature, checked: true });
+                let env =
+                    Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
+                fx.publish.push((Topic::Consensus, codec::encode(&env)));
+            }
         }
         self.try_certify(h)?;
         Ok(())
@@ -1837,7 +1842,7 @@ impl App {
         };
         let core = self.new_core(&key, index as u32, safety)?;
         self.core_epoch = self.epoch;
-        self.validator = Some(Validator { index: index as u32, key, core });
+        self.validator = Some(Validator { key, core });
         self.drive(Input::Start, fx)
     }
 
