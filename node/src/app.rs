@@ -1175,22 +1175,29 @@ impl App {
             let _ = std::fs::remove_file(self.data_dir.join("blocks").join(hex::encode(d)));
         }
 
-        if let Some(v) = &self.validator {
-            let (key, signature) = (v.key.public(), v.key.sign_checkpoint(&header.checkpoint()));
-            // This validator's index in the set that certifies h, as `on_tick` finds
-            // it: the signature is held as checked, so its index must be the one
-            // `try_certify` would have checked it under.
-            let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
-            if let Some(index) = set.validators.iter().position(|s| s.consensus_key == key) {
-                let index = index as u32;
-                self.signatures.entry(h).or_default().insert(index, HeldSignature { signature, checked: true });
-                let env =
-                    Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
-                fx.publish.push((Topic::Consensus, codec::encode(&env)));
-            }
+        if let Some((index, signature)) = self.own_checkpoint_signature(h, &header)? {
+            // Held as checked: made by this key under the index `try_certify` checks it under.
+            self.signatures.entry(h).or_default().insert(index, HeldSignature { signature, checked: true });
+            let env = Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
+            fx.publish.push((Topic::Consensus, codec::encode(&env)));
         }
         self.try_certify(h)?;
         Ok(())
+    }
+
+    /// This validator's signature of committed height `h`'s checkpoint, with
+    /// its index in the set that certifies `h` (a set change may have moved
+    /// it); `None` when this node is no validator or not in that set.
+    fn own_checkpoint_signature(
+        &self,
+        h: u64,
+        header: &annal_ledger::block::Header,
+    ) -> Result<Option<(u32, Signature)>> {
+        let Some(v) = &self.validator else { return Ok(None) };
+        let key = v.key.public();
+        let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
+        let Some(index) = set.validators.iter().position(|s| s.consensus_key == key) else { return Ok(None) };
+        Ok(Some((index as u32, v.key.sign_checkpoint(&header.checkpoint()))))
     }
 
     /// Verifies the buffered signatures of committed height `h` and stores the
@@ -1575,16 +1582,11 @@ impl App {
         if let (Some(b), Some(v)) = (self.byzantine.as_mut(), self.validator.as_ref()) {
             fx.publish.extend(b.attacks(v.core.view().0, self.tip_height + 1));
         }
-        if let Some(v) = &self.validator {
-            let (key, recent): (annal_ledger::keys::PublicKey, Vec<u64>) =
-                (v.key.public(), self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect());
+        if self.validator.is_some() {
+            let recent: Vec<u64> = self.uncertified.range(self.tip_height.saturating_sub(16)..).copied().collect();
             for h in recent {
                 let Some(header) = self.shared.store().header(Height(h))? else { continue };
-                // This validator's index in the set of that height (a set change may have moved it).
-                let set = annal_ledger::proof::set_at(&self.shared.store(), &self.shared.genesis, Height(h))?;
-                let Some(index) = set.validators.iter().position(|v| v.consensus_key == key) else { continue };
-                let index = index as u32;
-                let signature = self.validator.as_ref().expect("checked").key.sign_checkpoint(&header.checkpoint());
+                let Some((index, signature)) = self.own_checkpoint_signature(h, &header)? else { continue };
                 let env =
                     Envelope::Checkpoint { seq: self.next_seq(), height: h, signer: index, signature: signature.0 };
                 fx.publish.push((Topic::Consensus, codec::encode(&env)));

@@ -497,7 +497,6 @@ impl Shared {
         Err(Failure::NotFound(format!("no record with id {id} is final, pending or recently refused on this node")))
     }
 
-    /// `GET /v1/history/{namespace}/{key}`.
     /// `GET /v1/history/{namespace}/{key}`: up to `limit` versions, oldest
     /// first, the newest of them the head, or the version just older than
     /// `before` (a version of this key); `earlier` names the oldest listed
