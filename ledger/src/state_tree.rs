@@ -33,16 +33,20 @@
 //! is held in memory ([`Levels`], dense, with whether the subtree there is
 //! empty, one leaf or more), `D` chosen from the number of keys so that a
 //! subtree at depth `D` (a *bottom subtree*) holds 2 to 4 leaves on average
-//! ([`depth_for`]): about 16 to 33 bytes of memory per key.
+//! ([`depth_for`]), and as much of depth `D + 1` as has grown (below): 33 to
+//! 66 bytes of memory per key at most.
 //!
 //! An [`update`] reads the leaves of each bottom subtree a changed key falls
 //! in (one range scan each), merges the changes in, rehashes those subtrees,
 //! then the upper positions above them. It writes nothing: it returns the new
 //! root, the leaf puts and the changed positions ([`StateUpdate`]), which the
 //! caller applies once its write succeeded. When the number of keys doubles,
-//! `D` grows by one and the levels are recomputed from a scan of every leaf
-//! ([`Levels::regrown`], O(n), so O(1) per insert amortised); a store does the
-//! same scan when it opens. A [`prove`] takes its siblings from the levels down
+//! `D` grows by one. The level `D + 1` is built ahead, a few positions per
+//! block, from the leaves under them ([`Levels::grow`]: about one position
+//! per new key, so O(1) per insert and no block pays for the whole tree), and
+//! is complete by the time the keys have grown half way to the doubling. A
+//! store builds the levels, `D + 1` included, from a scan of every leaf when it
+//! opens ([`Levels::build`]). A [`prove`] takes its siblings from the levels down
 //! to depth `D`, then from the rehashed bottom subtree: proofs are made as of
 //! the latest state only.
 
@@ -303,21 +307,67 @@ fn combine(left: (Hash, Fill), right: (Hash, Fill)) -> (Hash, Fill) {
 }
 
 /// The upper levels of the tree, in memory: the hash and [`Fill`] of every
-/// position of depths `0..=depth`, for the latest state.
+/// position of depths `0..=depth`, for the latest state, and the next level
+/// as far as it has grown.
+///
+/// When the number of keys doubles, `depth` grows by one. Computing the new
+/// level at that moment meant hashing every leaf on the committing thread
+/// (a stall of ~1 s per 10^7 keys, on every validator at the same block), so
+/// the level below `depth` is built ahead, a few positions per block
+/// ([`Levels::grow`]): by the time the keys have grown half way to the next
+/// doubling it is complete, and the switch is free.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Levels {
     depth: usize,
     leaf_count: u64,
-    /// `hashes[d][i]`: the hash of the subtree at position `i` of depth `d`.
+    /// `hashes[d][i]`: the hash of the subtree at position `i` of depth `d`,
+    /// for every `d` in `0..=depth`; below `LEVELS_DEPTH_MAX`, also
+    /// `hashes[depth + 1]`, holding positions `0..2 * grown`.
     hashes: Vec<Vec<Hash>>,
     fills: Vec<Vec<Fill>>,
+    /// The positions `0..grown` of `depth` have their children at `depth + 1` held.
+    grown: usize,
 }
 
 impl Default for Levels {
     /// The empty tree.
     fn default() -> Self {
-        Levels { depth: 0, leaf_count: 0, hashes: vec![vec![EMPTY_ROOT]], fills: vec![vec![Fill::Empty]] }
+        Levels {
+            depth: 0,
+            leaf_count: 0,
+            hashes: vec![vec![EMPTY_ROOT], Vec::new()],
+            fills: vec![vec![Fill::Empty], Vec::new()],
+            grown: 0,
+        }
     }
+}
+
+/// How many positions of `depth` should have their children held once the
+/// tree has `leaves` keys: none when `depth` was reached (at `2^(depth + B)`
+/// keys, `B` = [`BOTTOM_LEAVES_LOG2`]), all `2^depth` half way to the next
+/// doubling, linearly between. So a block that adds `k` keys grows the next
+/// level by about `k × 2^(1 − B)` positions, reading their leaves once.
+fn growth_due(leaves: u64, depth: usize) -> usize {
+    let past = leaves.saturating_sub(1 << (depth + BOTTOM_LEAVES_LOG2));
+    usize::try_from(past >> (BOTTOM_LEAVES_LOG2 - 1)).unwrap_or(usize::MAX).min(1 << depth)
+}
+
+/// The next level's part of the state after one update: the children, at
+/// `depth + 1`, of the positions `first..` of `depth` ([`Levels::grow`]), or
+/// levels built from every leaf when the update more than doubles the tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Growth {
+    first: usize,
+    /// Two per position, left child first.
+    hashes: Vec<Hash>,
+    fills: Vec<Fill>,
+    rebuilt: Option<Levels>,
+}
+
+/// The two children, at `depth + 1`, of the subtree at `depth` holding `leaves`.
+fn children(depth: usize, leaves: &[(Hash, Head)]) -> [(Hash, Fill); 2] {
+    let (left, right) = leaves.split_at(leaves.partition_point(|l| !bit(&l.0, depth)));
+    [(subtree_hash(depth + 1, left), Fill::of(left.len())), (subtree_hash(depth + 1, right), Fill::of(right.len()))]
 }
 
 impl Levels {
@@ -335,7 +385,12 @@ impl Levels {
         self.leaf_count
     }
 
-    /// Bytes held by the hashes and fills.
+    /// How many positions of depth `D` have their children held, ready for `D + 1`.
+    pub fn grown(&self) -> usize {
+        self.grown
+    }
+
+    /// Bytes held by the hashes and fills (the growing level's as far as it has grown).
     pub fn memory_bytes(&self) -> usize {
         self.hashes.iter().map(|level| level.len() * 33).sum()
     }
@@ -345,26 +400,27 @@ impl Levels {
     }
 
     /// Computes the levels from every leaf `reader` holds, `leaf_count` of
-    /// them, at the depth [`depth_for`] chooses: one pass over the leaves.
-    /// Memory: the levels themselves and nothing of their size beside them
-    /// (while the tree regrows the old levels are still held; building
+    /// them, at the depth [`depth_for`] chooses, with the next level complete
+    /// (as a store does on open): one pass over the leaves. Memory: the
+    /// levels themselves and nothing of their size beside them (building
     /// (hash, fill) pairs first and splitting them after took half as much
     /// again at the peak).
     pub fn build<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64) -> Result<Levels, Error> {
         let depth = depth_for(leaf_count);
-        let mut bottom_hashes = vec![EMPTY_ROOT; 1 << depth];
-        let mut bottom_fills = vec![Fill::Empty; 1 << depth];
-        // Scan in ranges of 64 bottom subtrees (about 1,000 leaves) at a time.
-        let chunk_depth = depth.saturating_sub(6);
+        let bottom = (depth + 1).min(LEVELS_DEPTH_MAX);
+        let mut bottom_hashes = vec![EMPTY_ROOT; 1 << bottom];
+        let mut bottom_fills = vec![Fill::Empty; 1 << bottom];
+        // Scan in ranges of 64 bottom subtrees (a few hundred leaves) at a time.
+        let chunk_depth = bottom.saturating_sub(6);
         let mut counted = 0u64;
         for chunk in 0..1usize << chunk_depth {
             let leaves = scan(reader, chunk_depth, chunk)?;
             counted += leaves.len() as u64;
             let mut rest = &leaves[..];
             while let Some(first) = rest.first() {
-                let index = position(&first.0, depth);
-                let n = rest.partition_point(|l| position(&l.0, depth) == index);
-                bottom_hashes[index] = subtree_hash(depth, &rest[..n]);
+                let index = position(&first.0, bottom);
+                let n = rest.partition_point(|l| position(&l.0, bottom) == index);
+                bottom_hashes[index] = subtree_hash(bottom, &rest[..n]);
                 bottom_fills[index] = Fill::of(n);
                 rest = &rest[n..];
             }
@@ -375,7 +431,7 @@ impl Levels {
         }
         let mut hashes = vec![bottom_hashes];
         let mut fills = vec![bottom_fills];
-        for d in (0..depth).rev() {
+        for d in (0..bottom).rev() {
             let (below_hashes, below_fills) =
                 (hashes.last().expect("the bottom level"), fills.last().expect("the bottom level"));
             let below = |i: usize| (below_hashes[i], below_fills[i]);
@@ -386,40 +442,107 @@ impl Levels {
         }
         hashes.reverse();
         fills.reverse();
-        Ok(Levels { depth, leaf_count, hashes, fills })
+        let grown = if bottom > depth { 1 << depth } else { 0 };
+        Ok(Levels { depth, leaf_count, hashes, fills, grown })
     }
 
-    /// The levels after `update` when the tree outgrows this depth with it
-    /// (its number of keys doubled): rebuilt one level deeper from `reader`
-    /// (which does not yet hold the update's leaves) and the update's leaves.
-    /// `None` when applying the update in place is enough.
-    pub fn regrown<R: LeafReader + ?Sized>(&self, reader: &R, update: &StateUpdate) -> Result<Option<Levels>, Error> {
-        if depth_for(update.leaf_count) <= self.depth {
-            return Ok(None);
+    /// The next positions of the growing level after `update` (computed on
+    /// these levels, not yet applied): as many as [`growth_due`] asks for the
+    /// update's number of keys, or all that remain when the update makes the
+    /// tree outgrow this depth. Reads their leaves from `reader` (which does
+    /// not yet hold the update's) merged with the update's, and checks that
+    /// each position's children combine to the hash the levels will hold for
+    /// it: stored leaves that disagree with the levels are an error here,
+    /// before anything is written.
+    ///
+    /// An update that more than doubles the tree (a young chain's first large
+    /// blocks) outgrows two depths at once: the levels are then built from
+    /// every leaf, at most a few times the update's own size, and checked
+    /// against its root.
+    pub fn grow<R: LeafReader + ?Sized>(&self, reader: &R, update: &StateUpdate) -> Result<Growth, Error> {
+        assert!(
+            update.base_root == self.root() && update.depth == self.depth && update.grown == self.grown,
+            "a state update computed on other levels"
+        );
+        let depth = self.depth;
+        let mut growth = Growth { first: self.grown, ..Growth::default() };
+        let reader = WithChanges { base: reader, changes: &update.leaves };
+        if depth_for(update.leaf_count) > depth + 1 {
+            let levels = Levels::build(&reader, update.leaf_count)?;
+            if levels.root() != update.root {
+                let detail = format!(
+                    "built at depth {} from the leaves, the root is {}; the update says {}",
+                    levels.depth,
+                    hex::encode(levels.root()),
+                    hex::encode(update.root)
+                );
+                return Err(Error::StateLeavesDisagree { depth: 0, index: 0, detail });
+            }
+            growth.rebuilt = Some(levels);
+            return Ok(growth);
         }
-        let levels = Levels::build(&WithChanges { base: reader, changes: &update.leaves }, update.leaf_count)?;
-        if levels.root() != update.root {
-            let detail = format!(
-                "rebuilt at depth {} from the leaves, the root is {}; the update says {}",
-                levels.depth,
-                hex::encode(levels.root()),
-                hex::encode(update.root)
-            );
-            return Err(Error::StateLeavesDisagree { depth: 0, index: 0, detail });
+        if depth == LEVELS_DEPTH_MAX {
+            return Ok(growth);
         }
-        Ok(Some(levels))
+        let target = match depth_for(update.leaf_count) > depth {
+            true => 1 << depth,
+            false => growth_due(update.leaf_count, depth),
+        };
+        if target <= self.grown {
+            return Ok(growth);
+        }
+        // The update's new positions at this depth (one run, by index).
+        let start = update.slots.partition_point(|s| s.depth as usize > depth);
+        let updated =
+            &update.slots[start..start + update.slots[start..].partition_point(|s| s.depth as usize == depth)];
+        let after = |index: usize| match updated.binary_search_by_key(&(index as u32), |s| s.index) {
+            Ok(at) => (updated[at].hash, updated[at].fill),
+            Err(_) => self.slot(depth, index),
+        };
+        growth.hashes.reserve(2 * (target - self.grown));
+        growth.fills.reserve(2 * (target - self.grown));
+        // 64 positions (a few hundred leaves) per range scan.
+        for first in (self.grown..target).step_by(64) {
+            let end = (first + 64).min(target);
+            let (from, to) = (span(depth, first).0, span(depth, end - 1).1);
+            let leaves = reader.leaves_in(&from, &to)?;
+            check_span(&leaves, &from, &to, depth, first)?;
+            let mut rest = &leaves[..];
+            for index in first..end {
+                let (under, later) = rest.split_at(rest.partition_point(|l| position(&l.0, depth) == index));
+                rest = later;
+                let [left, right] = children(depth, under);
+                let held = after(index);
+                if combine(left, right) != held {
+                    let detail = format!(
+                        "the {} leaves stored under it hash to {} ({:?}); the levels hold {} ({:?})",
+                        under.len(),
+                        hex::encode(combine(left, right).0),
+                        combine(left, right).1,
+                        hex::encode(held.0),
+                        held.1
+                    );
+                    return Err(Error::StateLeavesDisagree { depth, index: index as u64, detail });
+                }
+                growth.hashes.extend([left.0, right.0]);
+                growth.fills.extend([left.1, right.1]);
+            }
+        }
+        Ok(growth)
     }
 
     /// Writes `update`'s positions. The update must have been computed on
     /// exactly these levels (a broken invariant otherwise: this panics).
     pub fn apply(&mut self, update: &StateUpdate) {
         assert!(
-            update.base_root == self.root() && update.depth == self.depth,
-            "a state update computed on root {} at depth {} applied to root {} at depth {}",
+            update.base_root == self.root() && update.depth == self.depth && update.grown == self.grown,
+            "a state update computed on root {} at depth {} ({} grown) applied to root {} at depth {} ({} grown)",
             hex::encode(update.base_root),
             update.depth,
+            update.grown,
             hex::encode(self.root()),
-            self.depth
+            self.depth,
+            self.grown
         );
         for slot in &update.slots {
             let (d, i) = (slot.depth as usize, slot.index as usize);
@@ -429,6 +552,49 @@ impl Levels {
         self.leaf_count = update.leaf_count;
         assert_eq!(self.root(), update.root, "a state update's positions lead to its root");
     }
+
+    /// Adds `growth` (computed by [`grow`](Self::grow) for the update just
+    /// [`apply`](Self::apply)'d) to the growing level. When that level is
+    /// complete and the keys have outgrown this depth, it becomes the bottom
+    /// level and the next one starts, empty. Afterwards the depth is
+    /// [`depth_for`] the number of keys. Returns whether the depth grew.
+    pub fn extend(&mut self, growth: Growth) -> bool {
+        assert_eq!(growth.first, self.grown, "growth computed for other levels");
+        if let Some(levels) = growth.rebuilt {
+            assert_eq!(levels.root(), self.root(), "levels rebuilt for another state");
+            *self = levels;
+            return true;
+        }
+        if self.depth == LEVELS_DEPTH_MAX {
+            assert!(growth.hashes.is_empty(), "no level grows below the deepest");
+            return false;
+        }
+        let next = self.depth + 1;
+        self.hashes[next].extend(growth.hashes);
+        self.fills[next].extend(growth.fills);
+        self.grown = self.hashes[next].len() / 2;
+        if self.grown < 1 << self.depth || depth_for(self.leaf_count) == self.depth {
+            return false;
+        }
+        self.depth = next;
+        self.grown = 0;
+        if next < LEVELS_DEPTH_MAX {
+            // Reserved, not filled: the pages are touched as the level grows.
+            self.hashes.push(Vec::with_capacity(2 << next));
+            self.fills.push(Vec::with_capacity(2 << next));
+        }
+        true
+    }
+}
+
+/// Whether `leaves`, read for `from..=to` (starting at position `index` of `depth`), are sorted and in it.
+fn check_span(leaves: &[(Hash, Head)], from: &Hash, to: &Hash, depth: usize, index: usize) -> Result<(), Error> {
+    let in_order = leaves.windows(2).all(|w| w[0].0 < w[1].0);
+    if in_order && leaves.first().is_none_or(|l| l.0 >= *from) && leaves.last().is_none_or(|l| l.0 <= *to) {
+        return Ok(());
+    }
+    let detail = "the leaf reader returned leaves out of order or out of range".to_string();
+    Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
 }
 
 /// The leaves under position `index` at `depth`, checked to be sorted, in range.
@@ -453,15 +619,14 @@ fn read_checked<R: LeafReader + ?Sized>(
 /// span and (when the levels record one) of the recorded fill.
 fn check(leaves: &[(Hash, Head)], depth: usize, index: usize, fill: Option<Fill>) -> Result<(), Error> {
     let (from, to) = span(depth, index);
-    let in_order = leaves.windows(2).all(|w| w[0].0 < w[1].0);
-    let detail = if !in_order || leaves.first().is_some_and(|l| l.0 < from) || leaves.last().is_some_and(|l| l.0 > to) {
-        "the leaf reader returned leaves out of order or out of range".to_string()
-    } else if fill.is_some_and(|fill| Fill::of(leaves.len()) != fill) {
-        format!("{} leaves are stored where the levels record {:?}", leaves.len(), fill.expect("checked"))
-    } else {
-        return Ok(());
-    };
-    Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
+    check_span(leaves, &from, &to, depth, index)?;
+    match fill {
+        Some(fill) if Fill::of(leaves.len()) != fill => {
+            let detail = format!("{} leaves are stored where the levels record {fill:?}", leaves.len());
+            Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The leaves under a position of the levels, checked against the fill the levels record.
@@ -508,16 +673,20 @@ pub struct Slot {
 /// caller puts [`leaves`](Self::leaves) and applies the update to its levels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateUpdate {
-    /// The root the update was computed on, and the depth of those levels.
+    /// The root the update was computed on, the depth of those levels and how
+    /// far their next level had grown.
     pub base_root: Hash,
     pub depth: usize,
+    pub grown: usize,
     /// The new `state_root`.
     pub root: Hash,
     /// Keys in the tree after the update.
     pub leaf_count: u64,
     /// The changed keys' new leaves, sorted by key hash: one put each.
     pub leaves: Vec<(Hash, Head)>,
-    /// The changed positions of the levels, deepest first.
+    /// The changed positions of the levels, deepest first (those of the
+    /// growing level, `depth + 1`, under positions already grown, then
+    /// `depth` up to the root).
     pub slots: Vec<Slot>,
 }
 
@@ -621,6 +790,7 @@ pub fn update_prefetched<R: StateTreeReader + ?Sized>(
     let mut out = StateUpdate {
         base_root: levels.root(),
         depth,
+        grown: levels.grown,
         root: levels.root(),
         leaf_count: levels.leaf_count,
         leaves: Vec::new(),
@@ -628,6 +798,9 @@ pub fn update_prefetched<R: StateTreeReader + ?Sized>(
     };
     // Each bottom subtree from its stored leaves and the changes under it.
     let mut changed: Vec<(usize, (Hash, Fill))> = Vec::new();
+    // Under positions whose children the growing level holds, the children too
+    // (hashed on the way to the position's own hash anyway: see `combine`).
+    let mut grown = Vec::new();
     let mut rest = &leaves[..];
     while let Some(first) = rest.first() {
         let index = position(&first.0, depth);
@@ -644,10 +817,21 @@ pub fn update_prefetched<R: StateTreeReader + ?Sized>(
         };
         let merged = merge(stored, changes);
         out.leaf_count += (merged.len() - stored.len()) as u64;
-        changed.push((index, (subtree_hash(depth, &merged), Fill::of(merged.len()))));
+        let hash = match index < levels.grown {
+            true => {
+                let [left, right] = children(depth, &merged);
+                let (depth, index) = ((depth + 1) as u8, 2 * index as u32);
+                grown.push(Slot { depth, index, hash: left.0, fill: left.1 });
+                grown.push(Slot { depth, index: index + 1, hash: right.0, fill: right.1 });
+                combine(left, right)
+            }
+            false => (subtree_hash(depth, &merged), Fill::of(merged.len())),
+        };
+        changed.push((index, hash));
     }
     let (slots, root) = rehash_upward(levels, changed);
-    (out.slots, out.root) = (slots, root.unwrap_or(out.root));
+    grown.extend(slots);
+    (out.slots, out.root) = (grown, root.unwrap_or(out.root));
     out.leaves = leaves;
     Ok(out)
 }
@@ -699,12 +883,10 @@ impl MemoryTree {
 
     /// Takes an update computed on this tree, as a store's commit does.
     pub fn apply(&mut self, update: &StateUpdate) {
-        let regrown = self.levels.regrown(&self.leaves, update).expect("leaves in memory agree with the levels");
+        let growth = self.levels.grow(&self.leaves, update).expect("leaves in memory agree with the levels");
         self.leaves.extend(update.leaves.iter().copied());
-        match regrown {
-            Some(levels) => self.levels = levels,
-            None => self.levels.apply(update),
-        }
+        self.levels.apply(update);
+        self.levels.extend(growth);
     }
 }
 
@@ -882,6 +1064,97 @@ mod tests {
             }
         }
         assert_eq!(span(0, 0), ([0; 32], [0xff; 32]));
+    }
+
+    fn head(i: u64, version: u64) -> Head {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&i.to_le_bytes());
+        id[8..16].copy_from_slice(&version.to_le_bytes());
+        Head { id: crate::record::RecordId(id), version, index: i, status: crate::state::Status::Active }
+    }
+
+    fn block(keys: Range<u64>, version: u64) -> BTreeMap<StateKey, Head> {
+        keys.map(|i| (StateKey { namespace: "land".into(), key: format!("p/{i}") }, head(i, version))).collect()
+    }
+
+    /// Levels `0..=D`, and `D + 1` as far as it has grown, are those computed from every leaf.
+    fn assert_agrees_with_a_build(tree: &MemoryTree) {
+        let levels = &tree.levels;
+        let built = Levels::build(&tree.leaves, levels.leaf_count).unwrap();
+        assert!(levels.depth <= built.depth, "{} keys: depth {} past {}", levels.leaf_count, levels.depth, built.depth);
+        for d in 0..=levels.depth {
+            assert!(levels.hashes[d] == built.hashes[d] && levels.fills[d] == built.fills[d], "depth {d}");
+        }
+        if levels.depth < LEVELS_DEPTH_MAX {
+            let next = levels.depth + 1;
+            assert_eq!(levels.hashes[next].len(), 2 * levels.grown);
+            assert!(levels.hashes[next] == built.hashes[next][..2 * levels.grown], "the growing level");
+            assert!(levels.fills[next] == built.fills[next][..2 * levels.grown], "the growing level's fills");
+        }
+    }
+
+    #[test]
+    fn the_next_level_grows_a_little_per_block_and_agrees_with_one_built_from_every_leaf() {
+        // Goal: growing depth D + 1 a few positions per block (overwrites under grown positions
+        // writing their children too) gives exactly the levels computed from every leaf, after every
+        // block; unless a block outgrows the depth, no block grows more positions than it and the
+        // block before add keys (the one that switched depth starts nothing); and the level is
+        // complete half way to the doubling. Fails if an update under a grown position leaves its
+        // children stale, or if the pace lags or runs ahead.
+        let mut tree = MemoryTree::default();
+        let (mut next, mut version, mut fresh_before) = (0u64, 1u64, 0u64);
+        let mut switches = 0;
+        for b in 0..90u64 {
+            // New keys (7 to 150 a block) and overwrites of earlier keys spread over the tree.
+            let fresh = 7 + (b * 37) % 144;
+            let mut changes = block(next..next + fresh, 1);
+            version += 1;
+            changes.extend(block(0..next, version).into_iter().filter(|(_, h)| h.index % 11 == b % 11));
+            next += fresh;
+            let before = (tree.levels.depth, tree.levels.grown);
+            tree.apply(&update(&tree, &changes).unwrap());
+            let levels = &tree.levels;
+            assert_eq!(levels.leaf_count, next);
+            assert_agrees_with_a_build(&tree);
+            assert_eq!(levels.depth, depth_for(next), "block {b}");
+            if levels.depth > before.0 {
+                switches += 1;
+            } else {
+                let bound = (fresh + fresh_before) as usize + 1;
+                assert!(levels.grown - before.1 <= bound, "block {b}: {before:?} → {}", levels.grown);
+                assert!(levels.grown >= growth_due(next, levels.depth), "block {b}: behind the pace");
+                if next >= 3 << levels.depth {
+                    assert_eq!(levels.grown, 1 << levels.depth, "block {b}: complete half way to the doubling");
+                }
+            }
+            fresh_before = fresh;
+        }
+        assert!(switches >= 8, "{switches} switches");
+    }
+
+    #[test]
+    fn stored_leaves_that_disagree_with_the_levels_fail_the_growth_step() {
+        // Goal: the growth step checks each position's children against the levels, so a stored
+        // leaf changed behind the levels' back is an error naming the position, before any write.
+        let mut tree = MemoryTree::default();
+        for first in (0..1200).step_by(100) {
+            tree.apply(&update(&tree, &block(first..first + 100, 1)).unwrap());
+        }
+        let (depth, grown) = (tree.levels.depth, tree.levels.grown);
+        assert_eq!((depth, grown), (9, growth_due(1200, 9)));
+        // A leaf the next block's growth reads (positions `grown..growth_due(1210, 9)`).
+        let victim = *tree.leaves.keys().find(|k| position(k, depth) >= grown).unwrap();
+        assert!(position(&victim, depth) < growth_due(1210, 9), "a stored leaf under the next positions");
+        let up = update(&tree, &block(1200..1210, 1)).unwrap();
+        assert!(tree.levels.grow(&tree.leaves, &up).is_ok(), "the intact leaves agree");
+        tree.leaves.insert(victim, head(99_999, 7));
+        match tree.levels.grow(&tree.leaves, &up) {
+            Err(Error::StateLeavesDisagree { depth: 9, index, detail }) => {
+                assert_eq!(index, position(&victim, depth) as u64);
+                assert!(detail.contains("leaves stored under it hash to"), "{detail}")
+            }
+            other => panic!("expected the disagreement at depth 9: {other:?}"),
+        }
     }
 
     #[test]

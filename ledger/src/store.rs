@@ -130,9 +130,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// One recomputation of the state tree's in-memory levels from every leaf.
+/// The computation of the state tree's in-memory levels from every leaf, at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LevelsRebuild {
+pub struct LevelsBuilt {
     /// Height of the tip the levels were built for.
     pub height: Height,
     pub depth: usize,
@@ -149,8 +149,9 @@ pub struct Store {
     upper: Vec<Vec<Hash>>,
     /// The state tree's upper levels, for the tip (their root is the tip header's `state_root`).
     levels: Levels,
-    /// Every recomputation of `levels` since open, the one at open first (at most one per doubling of the keys).
-    rebuilds: Vec<LevelsRebuild>,
+    /// How `levels` were built at open (a new store has none to build; after
+    /// open they grow a little with each commit, never from every leaf again).
+    built: Option<LevelsBuilt>,
     /// The highest height whose certificate is stored (0 before any).
     certified: Height,
     /// Every submitter's last committed nonce, as in the `nonces` family: admission
@@ -235,7 +236,7 @@ impl Store {
             frontier: Frontier::new(),
             upper: Vec::new(),
             levels: Levels::default(),
-            rebuilds: Vec::new(),
+            built: None,
             certified: Height(0),
             nonces: BTreeMap::new(),
             segments,
@@ -424,7 +425,7 @@ impl Store {
             });
         }
         let took = started.elapsed();
-        self.rebuilds.push(LevelsRebuild { height, depth: levels.depth(), leaf_count: levels.leaf_count(), took });
+        self.built = Some(LevelsBuilt { height, depth: levels.depth(), leaf_count: levels.leaf_count(), took });
         self.levels = levels;
         Ok(())
     }
@@ -434,9 +435,9 @@ impl Store {
         &self.levels
     }
 
-    /// Every recomputation of the state tree's levels since open, the one at open first.
-    pub fn levels_rebuilds(&self) -> &[LevelsRebuild] {
-        &self.rebuilds
+    /// How the state tree's levels were built from every leaf at open (`None` for a new store).
+    pub fn levels_built(&self) -> Option<&LevelsBuilt> {
+        self.built.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -496,13 +497,16 @@ impl Store {
         if header.state_root != executed.state_root || executed.state.root != executed.state_root {
             return bad("state_root disagrees with the executed records".into());
         }
-        if executed.state.base_root != self.levels.root() || executed.state.depth != self.levels.depth() {
+        let (levels, update) = (&self.levels, &executed.state);
+        if (update.base_root, update.depth, update.grown) != (levels.root(), levels.depth(), levels.grown()) {
             return bad(format!(
-                "was executed on state root {} (levels of depth {}); the tip's is {} (depth {})",
-                hex::encode(executed.state.base_root),
-                executed.state.depth,
-                hex::encode(self.levels.root()),
-                self.levels.depth()
+                "was executed on state root {} (levels of depth {}, {} grown); the tip's is {} (depth {}, {} grown)",
+                hex::encode(update.base_root),
+                update.depth,
+                update.grown,
+                hex::encode(levels.root()),
+                levels.depth(),
+                levels.grown()
             ));
         }
         if executed.next_set.as_ref().map_or(header.validators_hash, |s| s.hash()) != header.next_validators_hash {
@@ -511,11 +515,9 @@ impl Store {
         if header.charter_hash != executed.charter_hash {
             return bad("charter_hash disagrees with the charter the records were executed under".into());
         }
-        // When the keys double, the levels grow one deeper: rebuilt now, from the
-        // stored leaves and this block's, so a failure leaves the store untouched.
-        let started = Instant::now();
-        let regrown = self.levels.regrown(&*self, &executed.state)?;
-        let regrow_took = started.elapsed();
+        // The levels' next depth grows by a few positions, read from the stored
+        // leaves and this block's: computed now, so a failure leaves the store untouched.
+        let growth = self.levels.grow(&*self, &executed.state)?;
         let tip = Tip { height: header.height, block_hash: header.hash(), log_size: executed.log_size() };
         // The records first, synced: the batch below names their span, so a
         // crash in between leaves only bytes past the last span (cut on open).
@@ -594,14 +596,8 @@ impl Store {
         }
         self.frontier = executed.frontier.clone();
         self.nonces.extend(executed.nonces.iter().map(|(submitter, nonce)| (*submitter, *nonce)));
-        match regrown {
-            Some(levels) => {
-                let (depth, leaf_count) = (levels.depth(), levels.leaf_count());
-                self.rebuilds.push(LevelsRebuild { height: header.height, depth, leaf_count, took: regrow_took });
-                self.levels = levels;
-            }
-            None => self.levels.apply(&executed.state),
-        }
+        self.levels.apply(&executed.state);
+        self.levels.extend(growth);
         for (level, index, hash) in &executed.nodes {
             if *level >= UPPER_LEVEL {
                 let l = (*level - UPPER_LEVEL) as usize;

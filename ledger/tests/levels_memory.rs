@@ -1,6 +1,7 @@
 //! The state tree's in-memory levels are built without a second copy of
-//! their size: a store rebuilds them (one level deeper) while the old levels
-//! are still held, so every extra copy is memory the node must have at once.
+//! their size: a store builds them from every leaf when it opens, beside
+//! everything else it holds, so every extra copy is memory the node must have
+//! at once.
 //! This test binary counts the heap's bytes with its own allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -41,7 +42,7 @@ static ALLOCATOR: Counting = Counting;
 
 #[test]
 fn building_the_levels_holds_no_second_copy_of_them() {
-    // 2^17 keys: levels of depth 16, 2^17 positions of 33 bytes (~4.3 MB).
+    // 2^17 keys: levels of depth 16 and the next one, 2^18 positions of 33 bytes (~8.7 MB).
     let n = 1u64 << 17;
     let leaves: BTreeMap<Hash, Head> = (0..n)
         .map(|i| {

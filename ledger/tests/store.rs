@@ -220,18 +220,22 @@ fn proofs_use_in_memory_upper_nodes_after_reopen() {
 
 #[test]
 fn state_proofs_verify_across_growth_and_reopen() {
-    // Goal: as keys double the in-memory levels are rebuilt deeper, status proofs served by the
-    // store verify against the tip header's state_root, and after reopening (levels rebuilt from
-    // the leaves alone) the root and the proofs are the same.
+    // Goal: as keys double the in-memory levels grow deeper, status proofs served by the store
+    // verify against the tip header's state_root, and after reopening (levels built from the
+    // leaves alone) the root and the proofs are the same.
     let dir = temp_dir("state");
     let g = genesis();
     let mut nonce = 0;
     let mut store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
-    fill(&mut store, 12, 100, &mut nonce);
-    let depths: Vec<usize> = store.levels_rebuilds().iter().map(|r| r.depth).collect();
+    let depths: Vec<usize> = (0..12)
+        .map(|_| {
+            fill(&mut store, 1, 100, &mut nonce);
+            store.state_levels().depth()
+        })
+        .collect();
     // Blocks of 100 keys: 100 keys want depth 5, 200 depth 6, 300 (past 256) 7, 600 8, 1100 9.
-    assert_eq!(depths, vec![5, 6, 7, 8, 9], "one rebuild per doubling");
-    assert_eq!(store.state_levels().depth(), depth_for(1200));
+    assert_eq!(depths, vec![5, 6, 7, 7, 7, 8, 8, 8, 8, 8, 9, 9]);
+    assert!(store.levels_built().is_none(), "a new store's levels were not built at open");
     let keys: Vec<StateKey> = [1, 2, 600, 1200, 1201, 99_999]
         .iter()
         .map(|n| StateKey { namespace: "land-titles".into(), key: format!("p/{n}") })
@@ -252,7 +256,8 @@ fn state_proofs_verify_across_growth_and_reopen() {
     assert_eq!(before.iter().filter(|p| matches!(p.leaf, ProofLeaf::Head(_))).count(), 4);
     drop(store);
     let store = Store::open(&dir, g.hash(), StoreOptions::default()).unwrap();
-    assert_eq!(store.levels_rebuilds().len(), 1, "one rebuild, at open");
+    let built = store.levels_built().expect("levels built at open");
+    assert_eq!((built.depth, built.leaf_count), (depth_for(1200), 1200));
     assert_eq!(store.state_levels().leaf_count(), 1200);
     assert_eq!(check(&store), before);
     let _ = std::fs::remove_dir_all(&dir);
