@@ -34,7 +34,7 @@
 //! empty, one leaf or more), `D` chosen from the number of keys so that a
 //! subtree at depth `D` (a *bottom subtree*) holds 2 to 4 leaves on average
 //! ([`depth_for`]), and as much of depth `D + 1` as has grown (below): 33 to
-//! 66 bytes of memory per key at most.
+//! 44 bytes of memory per key.
 //!
 //! An [`update`] reads the leaves of each bottom subtree a changed key falls
 //! in (one range scan each), merges the changes in, rehashes those subtrees,
@@ -75,13 +75,15 @@ pub const PROOF_SIBLINGS_MAX: usize = 256;
 /// The longest canonical `StateProof`: format, tag, the larger leaf, the list length, 256 siblings.
 pub const PROOF_BYTES_MAX: usize = 1 + 4 + 64 + 8 + 32 * PROOF_SIBLINGS_MAX;
 
-/// The deepest in-memory level: 2^25 positions of 33 bytes (1.1 GB), reached at 2^25 keys.
+/// The deepest in-memory level: 2^24 positions of 33 bytes (553 MB; the levels
+/// then take 1.1 GB), grown from 2^24 keys and the bottom one from 2^25.
 pub const LEVELS_DEPTH_MAX: usize = 24;
 /// A bottom subtree holds `2^BOTTOM_LEAVES_LOG2` to twice that many leaves on average.
 /// An update rehashes every leaf of each bottom subtree it touches: 4–8 leaves
 /// rather than 8–16 cut `execute` by ~20 % in `annal bench ledger`, and 2–4
 /// rather than 4–8 by another ~14 % (session 11), for 16–33 bytes of memory per
-/// key instead of 8–16 (17 MB at a million keys; ADR 0003, Update).
+/// key instead of 8–16 (17 MB at a million keys; ADR 0003, Update), before the
+/// next level grew ahead (33–44 since session 20).
 const BOTTOM_LEAVES_LOG2: usize = 1;
 
 /// Read access to the stored leaves, by key hash.
@@ -312,7 +314,7 @@ fn combine(left: (Hash, Fill), right: (Hash, Fill)) -> (Hash, Fill) {
 ///
 /// When the number of keys doubles, `depth` grows by one. Computing the new
 /// level at that moment meant hashing every leaf on the committing thread
-/// (a stall of ~1 s per 10^7 keys, on every validator at the same block), so
+/// (4.9 s at 2^23 keys in `annal bench ledger`, on every validator at the same block), so
 /// the level below `depth` is built ahead, a few positions per block
 /// ([`Levels::grow`]): by the time the keys have grown half way to the next
 /// doubling it is complete, and the switch is free.
@@ -354,7 +356,7 @@ fn growth_due(leaves: u64, depth: usize) -> usize {
 
 /// The next level's part of the state after one update: the children, at
 /// `depth + 1`, of the positions `first..` of `depth` ([`Levels::grow`]), or
-/// levels built from every leaf when the update more than doubles the tree.
+/// levels built from every leaf when the update outgrows two depths at once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Growth {
     first: usize,
@@ -400,30 +402,38 @@ impl Levels {
     }
 
     /// Computes the levels from every leaf `reader` holds, `leaf_count` of
-    /// them, at the depth [`depth_for`] chooses, with the next level complete
-    /// (as a store does on open): one pass over the leaves. Memory: the
-    /// levels themselves and nothing of their size beside them (building
-    /// (hash, fill) pairs first and splitting them after took half as much
-    /// again at the peak).
+    /// them, at the depth [`depth_for`] chooses, with the next level grown as
+    /// far as [`growth_due`] (as a store does on open): one pass over the
+    /// leaves. Memory: the levels themselves and nothing of their size beside
+    /// them (building (hash, fill) pairs first and splitting them after took
+    /// half as much again at the peak); the next level is reserved whole but
+    /// only its grown part is written.
     pub fn build<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64) -> Result<Levels, Error> {
         let depth = depth_for(leaf_count);
-        let bottom = (depth + 1).min(LEVELS_DEPTH_MAX);
-        let mut bottom_hashes = vec![EMPTY_ROOT; 1 << bottom];
-        let mut bottom_fills = vec![Fill::Empty; 1 << bottom];
+        let grows = depth < LEVELS_DEPTH_MAX;
+        let due = if grows { growth_due(leaf_count, depth) } else { 0 };
+        let mut bottom_hashes = vec![EMPTY_ROOT; 1 << depth];
+        let mut bottom_fills = vec![Fill::Empty; 1 << depth];
+        let mut next_hashes = Vec::with_capacity(if grows { 2 << depth } else { 0 });
+        let mut next_fills = Vec::with_capacity(if grows { 2 << depth } else { 0 });
         // Scan in ranges of 64 bottom subtrees (a few hundred leaves) at a time.
-        let chunk_depth = bottom.saturating_sub(6);
+        let chunk_depth = depth.saturating_sub(6);
+        let per_chunk = 1usize << (depth - chunk_depth);
         let mut counted = 0u64;
         for chunk in 0..1usize << chunk_depth {
-            let leaves = scan(reader, chunk_depth, chunk)?;
-            counted += leaves.len() as u64;
-            let mut rest = &leaves[..];
-            while let Some(first) = rest.first() {
-                let index = position(&first.0, bottom);
-                let n = rest.partition_point(|l| position(&l.0, bottom) == index);
-                bottom_hashes[index] = subtree_hash(bottom, &rest[..n]);
-                bottom_fills[index] = Fill::of(n);
-                rest = &rest[n..];
-            }
+            counted += scan_positions(reader, depth, chunk * per_chunk..(chunk + 1) * per_chunk, |index, under| {
+                let (hash, fill) = match index < due {
+                    true => {
+                        let [left, right] = children(depth, under);
+                        next_hashes.extend([left.0, right.0]);
+                        next_fills.extend([left.1, right.1]);
+                        combine(left, right)
+                    }
+                    false => (subtree_hash(depth, under), Fill::of(under.len())),
+                };
+                (bottom_hashes[index], bottom_fills[index]) = (hash, fill);
+                Ok(())
+            })?;
         }
         if counted != leaf_count {
             let detail = format!("{counted} leaves are stored where {leaf_count} were expected");
@@ -431,7 +441,7 @@ impl Levels {
         }
         let mut hashes = vec![bottom_hashes];
         let mut fills = vec![bottom_fills];
-        for d in (0..bottom).rev() {
+        for d in (0..depth).rev() {
             let (below_hashes, below_fills) =
                 (hashes.last().expect("the bottom level"), fills.last().expect("the bottom level"));
             let below = |i: usize| (below_hashes[i], below_fills[i]);
@@ -442,8 +452,11 @@ impl Levels {
         }
         hashes.reverse();
         fills.reverse();
-        let grown = if bottom > depth { 1 << depth } else { 0 };
-        Ok(Levels { depth, leaf_count, hashes, fills, grown })
+        if grows {
+            hashes.push(next_hashes);
+            fills.push(next_fills);
+        }
+        Ok(Levels { depth, leaf_count, hashes, fills, grown: due })
     }
 
     /// The next positions of the growing level after `update` (computed on
@@ -455,10 +468,10 @@ impl Levels {
     /// it: stored leaves that disagree with the levels are an error here,
     /// before anything is written.
     ///
-    /// An update that more than doubles the tree (a young chain's first large
-    /// blocks) outgrows two depths at once: the levels are then built from
-    /// every leaf, at most a few times the update's own size, and checked
-    /// against its root.
+    /// An update that takes the tree past the next doubling too (to
+    /// `2^(D + 3)` keys or more: only a young chain's first large blocks can)
+    /// outgrows two depths at once: the levels are then built from every leaf,
+    /// at most a few times the update's own size, and checked against its root.
     pub fn grow<R: LeafReader + ?Sized>(&self, reader: &R, update: &StateUpdate) -> Result<Growth, Error> {
         assert!(
             update.base_root == self.root() && update.depth == self.depth && update.grown == self.grown,
@@ -503,22 +516,15 @@ impl Levels {
         growth.fills.reserve(2 * (target - self.grown));
         // 64 positions (a few hundred leaves) per range scan.
         for first in (self.grown..target).step_by(64) {
-            let end = (first + 64).min(target);
-            let (from, to) = (span(depth, first).0, span(depth, end - 1).1);
-            let leaves = reader.leaves_in(&from, &to)?;
-            check_span(&leaves, &from, &to, depth, first)?;
-            let mut rest = &leaves[..];
-            for index in first..end {
-                let (under, later) = rest.split_at(rest.partition_point(|l| position(&l.0, depth) == index));
-                rest = later;
+            scan_positions(&reader, depth, first..(first + 64).min(target), |index, under| {
                 let [left, right] = children(depth, under);
-                let held = after(index);
-                if combine(left, right) != held {
+                let (computed, held) = (combine(left, right), after(index));
+                if computed != held {
                     let detail = format!(
                         "the {} leaves stored under it hash to {} ({:?}); the levels hold {} ({:?})",
                         under.len(),
-                        hex::encode(combine(left, right).0),
-                        combine(left, right).1,
+                        hex::encode(computed.0),
+                        computed.1,
                         hex::encode(held.0),
                         held.1
                     );
@@ -526,7 +532,8 @@ impl Levels {
                 }
                 growth.hashes.extend([left.0, right.0]);
                 growth.fills.extend([left.1, right.1]);
-            }
+                Ok(())
+            })?;
         }
         Ok(growth)
     }
@@ -597,36 +604,37 @@ fn check_span(leaves: &[(Hash, Head)], from: &Hash, to: &Hash, depth: usize, ind
     Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
 }
 
-/// The leaves under position `index` at `depth`, checked to be sorted, in range.
-fn scan<R: LeafReader + ?Sized>(reader: &R, depth: usize, index: usize) -> Result<Vec<(Hash, Head)>, Error> {
-    read_checked(reader, depth, index, None)
-}
-
-/// The leaves `reader` holds under position `index` at `depth`, [`check`]ed.
-fn read_checked<R: LeafReader + ?Sized>(
+/// Reads the leaves under the positions `positions` of `depth` in one range
+/// scan, checked to be sorted and in range, and calls `each` with every
+/// position in turn and the leaves under it. Returns how many leaves it read.
+fn scan_positions<R: LeafReader + ?Sized>(
     reader: &R,
     depth: usize,
-    index: usize,
-    fill: Option<Fill>,
-) -> Result<Vec<(Hash, Head)>, Error> {
-    let (from, to) = span(depth, index);
+    positions: Range<usize>,
+    mut each: impl FnMut(usize, &[(Hash, Head)]) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    let (from, to) = (span(depth, positions.start).0, span(depth, positions.end - 1).1);
     let leaves = reader.leaves_in(&from, &to)?;
-    check(&leaves, depth, index, fill)?;
-    Ok(leaves)
+    check_span(&leaves, &from, &to, depth, positions.start)?;
+    let mut rest = &leaves[..];
+    for index in positions {
+        let (under, later) = rest.split_at(rest.partition_point(|l| position(&l.0, depth) == index));
+        rest = later;
+        each(index, under)?;
+    }
+    Ok(leaves.len() as u64)
 }
 
 /// Whether `leaves`, read for position `index` at `depth`, are sorted, in its
-/// span and (when the levels record one) of the recorded fill.
-fn check(leaves: &[(Hash, Head)], depth: usize, index: usize, fill: Option<Fill>) -> Result<(), Error> {
+/// span and of the fill the levels record.
+fn check(leaves: &[(Hash, Head)], depth: usize, index: usize, fill: Fill) -> Result<(), Error> {
     let (from, to) = span(depth, index);
     check_span(leaves, &from, &to, depth, index)?;
-    match fill {
-        Some(fill) if Fill::of(leaves.len()) != fill => {
-            let detail = format!("{} leaves are stored where the levels record {fill:?}", leaves.len());
-            Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
-        }
-        _ => Ok(()),
+    if Fill::of(leaves.len()) == fill {
+        return Ok(());
     }
+    let detail = format!("{} leaves are stored where the levels record {fill:?}", leaves.len());
+    Err(Error::StateLeavesDisagree { depth, index: index as u64, detail })
 }
 
 /// The leaves under a position of the levels, checked against the fill the levels record.
@@ -635,7 +643,10 @@ fn leaves_under<R: StateTreeReader + ?Sized>(tree: &R, depth: usize, index: usiz
     if fill == Fill::Empty {
         return Ok(Vec::new());
     }
-    read_checked(tree, depth, index, Some(fill))
+    let (from, to) = span(depth, index);
+    let leaves = tree.leaves_in(&from, &to)?;
+    check(&leaves, depth, index, fill)?;
+    Ok(leaves)
 }
 
 /// A reader's leaves with a not yet written update's leaves merged in.
@@ -742,7 +753,7 @@ impl Prefetch {
                 Fill::Empty => 0..0,
                 recorded => {
                     let end = *ends.next().expect("one span per subtree not empty");
-                    check(&scanned.leaves[start..end], depth, index, Some(recorded))?;
+                    check(&scanned.leaves[start..end], depth, index, recorded)?;
                     std::mem::replace(&mut start, end)..end
                 }
             };
