@@ -263,7 +263,7 @@ fn run<'a, V: StateView + StateTreeReader>(
         state_root: update.root,
         state: update,
         next_set,
-        charter_hash: rules.charter_hash,
+        charter_hash: rules.charter_hash(),
         gov,
         skipped,
     })

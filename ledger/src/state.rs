@@ -58,20 +58,24 @@ pub trait StateView {
 }
 
 /// The rules of one chain at one height: its id, its limits and who may write where.
+///
+/// The fields are private and set once, by [`Rules::of`]: a field changed
+/// afterwards would leave the fingerprint naming other rules, and records
+/// marked under it would skip a check they now fail.
 #[derive(Clone, Debug)]
 pub struct Rules {
-    pub chain_id: String,
-    pub params: Params,
-    pub registry: Registry,
+    chain_id: String,
+    params: Params,
+    registry: Registry,
     /// Hash of the charter these rules come from (the header of a block checked under them names it).
-    pub charter_hash: Hash,
+    charter_hash: Hash,
     /// Who may write governance records: the consensus keys of the validators in force.
-    pub governors: BTreeSet<PublicKey>,
+    governors: BTreeSet<PublicKey>,
     /// These rules as one hash, of everything they are made from (chain id,
     /// charter hash, validator set hash): equal fingerprints, equal rules. Only
     /// compared on this node ([`Rules::check_encoded`]); never sent, stored or
     /// signed.
-    pub fingerprint: Hash,
+    fingerprint: Hash,
 }
 
 impl Rules {
@@ -100,6 +104,21 @@ impl Rules {
             governors: validators.validators.iter().map(|v| v.consensus_key).collect(),
             fingerprint,
         }
+    }
+
+    /// The charter's parameters (limits, block interval).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Hash of the charter these rules come from.
+    pub fn charter_hash(&self) -> Hash {
+        self.charter_hash
+    }
+
+    /// These rules as one hash (see the field): for tests and diagnostics.
+    pub fn fingerprint(&self) -> Hash {
+        self.fingerprint
     }
 
     /// [`Rules::check_stateless`] for a record about to enter this node's

@@ -253,9 +253,9 @@ fn a_record_checked_on_entry_is_checked_again_when_the_rules_changed() {
     let mut other_validators = genesis();
     other_validators.validators[3].power = 2;
     let (r1, r2) = (Rules::new(&before), Rules::new(&after));
-    assert_eq!(r1.fingerprint, rules().fingerprint, "the same inputs, the same fingerprint");
-    assert_ne!(r1.fingerprint, r2.fingerprint, "another charter");
-    assert_ne!(r1.fingerprint, Rules::new(&other_validators).fingerprint, "another validator set");
+    assert_eq!(r1.fingerprint(), rules().fingerprint(), "the same inputs, the same fingerprint");
+    assert_ne!(r1.fingerprint(), r2.fingerprint(), "another charter");
+    assert_ne!(r1.fingerprint(), Rules::new(&other_validators).fingerprint(), "another validator set");
 
     let mut marked = Encoded::from(signed(21, "land-titles", "p/1", Op::Publish, None, 1, 1));
     r1.check_and_mark(&mut marked).unwrap();

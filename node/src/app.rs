@@ -471,7 +471,7 @@ impl App {
     /// anyway.
     fn remember_named(&mut self, relay: &PeerId, from: u32, p: &CompactProposal) {
         let from_leader = self.peers_by_id.get(relay) == Some(&from);
-        let fits = p.ids.len() <= self.shared.rules().params.block_records_max;
+        let fits = p.ids.len() <= self.shared.rules().params().block_records_max;
         if !from_leader || !fits || self.named.iter().any(|n| n.digest == p.digest) {
             return;
         }
@@ -696,7 +696,7 @@ impl App {
     /// When a leader with nothing to propose proposes an empty block anyway:
     /// `block_interval_ms` after its parent.
     fn propose_by(&self, parent: &[u8; 32]) -> Instant {
-        let interval = self.shared.rules().params.block_interval_ms;
+        let interval = self.shared.rules().params().block_interval_ms;
         let wait = match self.time_of(parent) {
             Some(t) => (t + interval).saturating_sub(wall_ms()),
             None => interval,
@@ -725,7 +725,7 @@ impl App {
         let Owed { view, height, parent, deadline, asked, looked } = self.owed_payload?;
         // The limits in force (governance may have lowered them since genesis).
         let rules = self.shared.rules();
-        let params = &rules.params;
+        let params = rules.params();
         let now = Instant::now();
         let rate = self.load.rate(now);
         let wait = |held: (usize, usize)| held.0 > 0 && gather::wait_for_more(held, params, rate, asked, now);
@@ -818,7 +818,7 @@ impl App {
         p: &CompactProposal,
     ) -> std::result::Result<std::result::Result<Message, Vec<RecordId>>, String> {
         let rules = self.shared.rules();
-        let params = &rules.params;
+        let params = rules.params();
         if p.ids.len() > params.block_records_max {
             return Err(format!("{} records; the limit is {}", p.ids.len(), params.block_records_max));
         }
@@ -885,7 +885,7 @@ impl App {
     /// refuses a record that breaks them (`exec::execute_ordered`).
     fn validate(&mut self, b: &Block, digest: [u8; 32]) -> std::result::Result<(), String> {
         let rules = self.shared.rules();
-        let params = &rules.params;
+        let params = rules.params();
         // Rebuilt here from the pool under the digest the leader signed, and the
         // block hashes to it: the payload is those records, each decoded and
         // checked when it entered the pool. Nothing to decode, hash or look up.

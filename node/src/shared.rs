@@ -353,7 +353,7 @@ impl Shared {
     /// The checks before the signature: size, decoding, already pending or
     /// final (`Known`), the nonce against committed state, stateless rules.
     fn precheck(&self, rules: &Rules, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
-        let params = &rules.params;
+        let params = rules.params();
         let record = submission::decode_record(&bytes, params).map_err(|e| match e {
             LedgerError::RecordTooLarge { .. } => Failure::Refused(e.to_string()),
             e => Failure::Malformed(e.to_string()),
