@@ -1272,6 +1272,14 @@ impl App {
                 return self.on_consensus_message(from, m, fx);
             }
             Envelope::Proposal { proposal, .. } => {
+                if proposal.height > self.epoch_end {
+                    // Of a later epoch: signed under its chain id, perhaps by a set this node
+                    // does not know yet, so it cannot be judged here. A node an epoch behind
+                    // (restarted, cut off) refused such proposals as forgeries and blamed the
+                    // honest peers relaying them (seen in a fault campaign, session 20).
+                    debug!(height = proposal.height, epoch_end = self.epoch_end, "a proposal of a later epoch");
+                    return Ok(Verdict::Ignore);
+                }
                 // Only a view's leader proposes in it: its signature over the digest the
                 // proposal names is checked before any lookup. The core checks it again
                 // over the rebuilt block, so records that make another block are refused there.

@@ -12,7 +12,7 @@ use annal_ledger::genesis::{Genesis, Params, Validator};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::record::RecordId;
 use annal_ledger::store::{Store, StoreOptions};
-use annal_node::app::{App, Effects};
+use annal_node::app::{epoch_chain, App, Effects};
 use annal_node::config::Limits;
 use annal_node::net::{PeerId, Verdict};
 use annal_node::shared::Shared;
@@ -268,7 +268,8 @@ fn block_and_proposal_requests_are_answered_from_the_store() {
 /// view's leader over the digest it names, or naming more records than a
 /// block may hold, is refused before any lookup; the leader's own, relayed by
 /// a peer that is no validator, is taken (it waits for its records). A block
-/// request or answer arriving on gossip is dropped unanswered.
+/// request or answer arriving on gossip is dropped unanswered. A proposal of a
+/// later epoch than the node's is ignored, not refused: it cannot be judged yet.
 #[test]
 fn compact_proposals_are_judged_by_the_leaders_signature_not_the_relay() {
     let g = genesis();
@@ -296,6 +297,23 @@ fn compact_proposals_are_judged_by_the_leaders_signature_not_the_relay() {
         assert_eq!(app.on_consensus_gossip(&relay, &data, &mut fx).unwrap(), Verdict::Ignore);
     }
     assert!(fx.publish.is_empty(), "nothing answered on gossip");
+    // A proposal of the next epoch reaching a node still in this one: signed under another
+    // chain id, it cannot be judged here, and the relay is not blamed for it.
+    let next = g.params.epoch_blocks + 1;
+    let next_chain = epoch_chain(g.hash(), 1);
+    let bytes = signing_bytes(VoteKind::Propose, &next_chain, View(1), Height(next), &[1; 32]);
+    let later = CompactProposal {
+        height: next,
+        view: 1,
+        parent_view: 0,
+        parent: [3; 32],
+        digest: [1; 32],
+        time_ms: g.genesis_time_ms + next,
+        ids: vec![],
+        signature: SigningKey::from_bytes(&[2; 32]).sign(&bytes).to_bytes(),
+    };
+    let data = codec::encode(&Envelope::Proposal { seq: 10, proposal: later });
+    assert_eq!(app.on_consensus_gossip(&relay, &data, &mut fx).unwrap(), Verdict::Ignore, "a later epoch's");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
