@@ -165,6 +165,9 @@ fn four_validators_take_records_survive_kills_and_agree() {
     assert!(after > target);
     for i in all {
         assert_all_final(&cluster, i, &acks);
+        // Each says what its open spent on the state tree (the part of a restart that grows with the state).
+        let log = std::fs::read_to_string(&cluster.nodes[i].log).unwrap();
+        assert!(log.contains("state tree levels built from the stored leaves"), "node {i}'s log");
     }
 }
 
