@@ -45,8 +45,8 @@
 //! block, from the leaves under them ([`Levels::grow`]: about one position
 //! per new key, so O(1) per insert and no block pays for the whole tree), and
 //! is complete by the time the keys have grown half way to the doubling. A
-//! store builds the levels, `D + 1` included, from a scan of every leaf when it
-//! opens ([`Levels::build`]). A [`prove`] takes its siblings from the levels down
+//! store builds the levels, `D + 1` as far as it is due, from a scan of every
+//! leaf when it opens ([`Levels::build`]). A [`prove`] takes its siblings from the levels down
 //! to depth `D`, then from the rehashed bottom subtree: proofs are made as of
 //! the latest state only.
 
@@ -397,6 +397,12 @@ impl Levels {
         self.hashes.iter().map(|level| level.len() * 33).sum()
     }
 
+    /// Whether `update` was computed on exactly these levels: their root,
+    /// depth and growing level (its slots index them).
+    pub fn is_base_of(&self, update: &StateUpdate) -> bool {
+        (update.base_root, update.depth, update.grown) == (self.root(), self.depth, self.grown)
+    }
+
     fn slot(&self, depth: usize, index: usize) -> (Hash, Fill) {
         (self.hashes[depth][index], self.fills[depth][index])
     }
@@ -473,10 +479,7 @@ impl Levels {
     /// outgrows two depths at once: the levels are then built from every leaf,
     /// at most a few times the update's own size, and checked against its root.
     pub fn grow<R: LeafReader + ?Sized>(&self, reader: &R, update: &StateUpdate) -> Result<Growth, Error> {
-        assert!(
-            update.base_root == self.root() && update.depth == self.depth && update.grown == self.grown,
-            "a state update computed on other levels"
-        );
+        assert!(self.is_base_of(update), "a state update computed on other levels");
         let depth = self.depth;
         let mut growth = Growth { first: self.grown, ..Growth::default() };
         let reader = WithChanges { base: reader, changes: &update.leaves };
@@ -542,7 +545,7 @@ impl Levels {
     /// exactly these levels (a broken invariant otherwise: this panics).
     pub fn apply(&mut self, update: &StateUpdate) {
         assert!(
-            update.base_root == self.root() && update.depth == self.depth && update.grown == self.grown,
+            self.is_base_of(update),
             "a state update computed on root {} at depth {} ({} grown) applied to root {} at depth {} ({} grown)",
             hex::encode(update.base_root),
             update.depth,
@@ -564,24 +567,24 @@ impl Levels {
     /// [`apply`](Self::apply)'d) to the growing level. When that level is
     /// complete and the keys have outgrown this depth, it becomes the bottom
     /// level and the next one starts, empty. Afterwards the depth is
-    /// [`depth_for`] the number of keys. Returns whether the depth grew.
-    pub fn extend(&mut self, growth: Growth) -> bool {
+    /// [`depth_for`] the number of keys.
+    pub fn extend(&mut self, growth: Growth) {
         assert_eq!(growth.first, self.grown, "growth computed for other levels");
         if let Some(levels) = growth.rebuilt {
             assert_eq!(levels.root(), self.root(), "levels rebuilt for another state");
             *self = levels;
-            return true;
+            return;
         }
         if self.depth == LEVELS_DEPTH_MAX {
             assert!(growth.hashes.is_empty(), "no level grows below the deepest");
-            return false;
+            return;
         }
         let next = self.depth + 1;
         self.hashes[next].extend(growth.hashes);
         self.fills[next].extend(growth.fills);
         self.grown = self.hashes[next].len() / 2;
         if self.grown < 1 << self.depth || depth_for(self.leaf_count) == self.depth {
-            return false;
+            return;
         }
         self.depth = next;
         self.grown = 0;
@@ -590,7 +593,6 @@ impl Levels {
             self.hashes.push(Vec::with_capacity(2 << next));
             self.fills.push(Vec::with_capacity(2 << next));
         }
-        true
     }
 }
 

@@ -498,7 +498,7 @@ impl Store {
             return bad("state_root disagrees with the executed records".into());
         }
         let (levels, update) = (&self.levels, &executed.state);
-        if (update.base_root, update.depth, update.grown) != (levels.root(), levels.depth(), levels.grown()) {
+        if !levels.is_base_of(update) {
             return bad(format!(
                 "was executed on state root {} (levels of depth {}, {} grown); the tip's is {} (depth {}, {} grown)",
                 hex::encode(update.base_root),
