@@ -272,8 +272,13 @@ fn merge(stored: &[(Hash, Head)], changes: &[(Hash, Head)]) -> Vec<(Hash, Head)>
 /// subtrees then hold 2 to 4 leaves on average (`floor(log2 n) − 1`, at most
 /// [`LEVELS_DEPTH_MAX`]).
 pub fn depth_for(leaves: u64) -> usize {
+    depth_at_most(leaves, LEVELS_DEPTH_MAX)
+}
+
+/// [`depth_for`] with the deepest level `depth_max` instead of [`LEVELS_DEPTH_MAX`].
+fn depth_at_most(leaves: u64, depth_max: usize) -> usize {
     let log2 = leaves.checked_ilog2().unwrap_or(0) as usize;
-    log2.saturating_sub(BOTTOM_LEAVES_LOG2).min(LEVELS_DEPTH_MAX)
+    log2.saturating_sub(BOTTOM_LEAVES_LOG2).min(depth_max)
 }
 
 /// How many leaves a subtree holds, as far as its hash is concerned.
@@ -323,12 +328,15 @@ pub struct Levels {
     depth: usize,
     leaf_count: u64,
     /// `hashes[d][i]`: the hash of the subtree at position `i` of depth `d`,
-    /// for every `d` in `0..=depth`; below `LEVELS_DEPTH_MAX`, also
+    /// for every `d` in `0..=depth`; below `depth_max`, also
     /// `hashes[depth + 1]`, holding positions `0..2 * grown`.
     hashes: Vec<Vec<Hash>>,
     fills: Vec<Vec<Fill>>,
     /// The positions `0..grown` of `depth` have their children at `depth + 1` held.
     grown: usize,
+    /// The deepest level: [`LEVELS_DEPTH_MAX`]; smaller only in tests, which
+    /// reach it with a few hundred keys instead of 2^25.
+    depth_max: usize,
 }
 
 impl Default for Levels {
@@ -340,6 +348,7 @@ impl Default for Levels {
             hashes: vec![vec![EMPTY_ROOT], Vec::new()],
             fills: vec![vec![Fill::Empty], Vec::new()],
             grown: 0,
+            depth_max: LEVELS_DEPTH_MAX,
         }
     }
 }
@@ -415,8 +424,13 @@ impl Levels {
     /// half as much again at the peak); the next level is reserved whole but
     /// only its grown part is written.
     pub fn build<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64) -> Result<Levels, Error> {
-        let depth = depth_for(leaf_count);
-        let grows = depth < LEVELS_DEPTH_MAX;
+        Levels::build_at_most(reader, leaf_count, LEVELS_DEPTH_MAX)
+    }
+
+    /// [`build`](Self::build) with the deepest level `depth_max`.
+    fn build_at_most<R: LeafReader + ?Sized>(reader: &R, leaf_count: u64, depth_max: usize) -> Result<Levels, Error> {
+        let depth = depth_at_most(leaf_count, depth_max);
+        let grows = depth < depth_max;
         let due = if grows { growth_due(leaf_count, depth) } else { 0 };
         let mut bottom_hashes = vec![EMPTY_ROOT; 1 << depth];
         let mut bottom_fills = vec![Fill::Empty; 1 << depth];
@@ -462,7 +476,7 @@ impl Levels {
             hashes.push(next_hashes);
             fills.push(next_fills);
         }
-        Ok(Levels { depth, leaf_count, hashes, fills, grown: due })
+        Ok(Levels { depth, leaf_count, hashes, fills, grown: due, depth_max })
     }
 
     /// The next positions of the growing level after `update` (computed on
@@ -483,8 +497,9 @@ impl Levels {
         let depth = self.depth;
         let mut growth = Growth { first: self.grown, ..Growth::default() };
         let reader = WithChanges { base: reader, changes: &update.leaves };
-        if depth_for(update.leaf_count) > depth + 1 {
-            let levels = Levels::build(&reader, update.leaf_count)?;
+        let depth_wanted = depth_at_most(update.leaf_count, self.depth_max);
+        if depth_wanted > depth + 1 {
+            let levels = Levels::build_at_most(&reader, update.leaf_count, self.depth_max)?;
             if levels.root() != update.root {
                 let detail = format!(
                     "built at depth {} from the leaves, the root is {}; the update says {}",
@@ -497,10 +512,10 @@ impl Levels {
             growth.rebuilt = Some(levels);
             return Ok(growth);
         }
-        if depth == LEVELS_DEPTH_MAX {
+        if depth == self.depth_max {
             return Ok(growth);
         }
-        let target = match depth_for(update.leaf_count) > depth {
+        let target = match depth_wanted > depth {
             true => 1 << depth,
             false => growth_due(update.leaf_count, depth),
         };
@@ -575,7 +590,7 @@ impl Levels {
             *self = levels;
             return;
         }
-        if self.depth == LEVELS_DEPTH_MAX {
+        if self.depth == self.depth_max {
             assert!(growth.hashes.is_empty(), "no level grows below the deepest");
             return;
         }
@@ -583,12 +598,12 @@ impl Levels {
         self.hashes[next].extend(growth.hashes);
         self.fills[next].extend(growth.fills);
         self.grown = self.hashes[next].len() / 2;
-        if self.grown < 1 << self.depth || depth_for(self.leaf_count) == self.depth {
+        if self.grown < 1 << self.depth || depth_at_most(self.leaf_count, self.depth_max) == self.depth {
             return;
         }
         self.depth = next;
         self.grown = 0;
-        if next < LEVELS_DEPTH_MAX {
+        if next < self.depth_max {
             // Reserved, not filled: the pages are touched as the level grows.
             self.hashes.push(Vec::with_capacity(2 << next));
             self.fills.push(Vec::with_capacity(2 << next));
@@ -1093,12 +1108,12 @@ mod tests {
     /// Levels `0..=D`, and `D + 1` as far as it has grown, are those computed from every leaf.
     fn assert_agrees_with_a_build(tree: &MemoryTree) {
         let levels = &tree.levels;
-        let built = Levels::build(&tree.leaves, levels.leaf_count).unwrap();
+        let built = Levels::build_at_most(&tree.leaves, levels.leaf_count, levels.depth_max).unwrap();
         assert!(levels.depth <= built.depth, "{} keys: depth {} past {}", levels.leaf_count, levels.depth, built.depth);
         for d in 0..=levels.depth {
             assert!(levels.hashes[d] == built.hashes[d] && levels.fills[d] == built.fills[d], "depth {d}");
         }
-        if levels.depth < LEVELS_DEPTH_MAX {
+        if levels.depth < levels.depth_max {
             let next = levels.depth + 1;
             assert_eq!(levels.hashes[next].len(), 2 * levels.grown);
             assert!(levels.hashes[next] == built.hashes[next][..2 * levels.grown], "the growing level");
@@ -1143,6 +1158,61 @@ mod tests {
             fresh_before = fresh;
         }
         assert!(switches >= 8, "{switches} switches");
+    }
+
+    /// An empty tree whose deepest level is `depth_max` instead of [`LEVELS_DEPTH_MAX`].
+    fn tree_at_most(depth_max: usize) -> MemoryTree {
+        MemoryTree { leaves: BTreeMap::new(), levels: Levels { depth_max, ..Levels::default() } }
+    }
+
+    #[test]
+    fn at_the_deepest_level_bottom_subtrees_fill_up_and_nothing_grows_below() {
+        // Goal: once the levels reach their deepest depth (2^24 positions, from 2^25 keys, in a
+        // store; depth 3 here, from 16 keys) they stop deepening, no level grows below them, and
+        // updates, proofs and builds stay right while the bottom subtrees fill up (here to ~40
+        // leaves each). Reached two ways: block by block (the level below grows, becomes the
+        // bottom at the cap and starts no other), and by a young chain's first block outgrowing
+        // two depths at once (built from every leaf, at the cap). After every block the root is
+        // the one computed from every head alone and the levels are those built from every leaf.
+        // Fails if the cap is ignored anywhere (a level grown below it, a depth past it) or if an
+        // update or proof breaks on large bottom subtrees.
+        const CAP: usize = 3;
+        for first_block in [5u64, 100] {
+            let mut tree = tree_at_most(CAP);
+            let mut all: BTreeMap<StateKey, Head> = BTreeMap::new();
+            let (mut next, mut version) = (0u64, 1u64);
+            let mut depths = Vec::new();
+            for b in 0..40u64 {
+                let fresh = if b == 0 { first_block } else { 3 + (b * 5) % 11 };
+                let mut changes = block(next..next + fresh, 1);
+                version += 1;
+                changes.extend(block(0..next, version).into_iter().filter(|(_, h)| h.index % 5 == b % 5));
+                next += fresh;
+                all.extend(changes.iter().map(|(k, h)| (k.clone(), *h)));
+                tree.apply(&update(&tree, &changes).unwrap());
+                let levels = &tree.levels;
+                assert_eq!(tree.root(), root_of(&all), "first block {first_block}, block {b}: the root");
+                assert_eq!(levels.depth, depth_for(next).min(CAP), "first block {first_block}, block {b}");
+                assert_agrees_with_a_build(&tree);
+                if levels.depth == CAP {
+                    assert_eq!((levels.hashes.len(), levels.grown), (CAP + 1, 0), "nothing grows below the cap");
+                }
+                depths.push(levels.depth);
+            }
+            assert_eq!(depths.last(), Some(&CAP), "{next} keys");
+            assert!(next >= 40 << CAP, "bottom subtrees of ~40 leaves: {next} keys");
+            if first_block == 100 {
+                assert_eq!(depths[0], CAP, "a first block of 100 keys goes straight to the cap");
+            } else {
+                assert!(depths.contains(&(CAP - 1)), "the cap reached by growing: {depths:?}");
+            }
+            for (i, (key, head)) in all.iter().enumerate().filter(|(i, _)| i % 13 == 0) {
+                let proof = prove(&tree, key).unwrap();
+                assert_eq!(proof.verify(&tree.root(), key).unwrap(), Some(*head), "key {i}");
+            }
+            let absent = StateKey { namespace: "land".into(), key: "never".into() };
+            assert_eq!(prove(&tree, &absent).unwrap().verify(&tree.root(), &absent).unwrap(), None);
+        }
     }
 
     #[test]
