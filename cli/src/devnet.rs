@@ -151,8 +151,27 @@ pub fn spawn_node(node: &NodeEntry) -> Result<Child> {
         .with_context(|| format!("starting {}", node.name))
 }
 
-/// A port nothing listens on now (and not already chosen).
+/// A port nothing listens on now (and not already chosen), from below the
+/// kernel's ephemeral range where it can be read. A port the kernel hands out
+/// for `bind(0)` is in that range, and so is the local port of every outgoing
+/// connection: between this choice and the node's own bind, a connection
+/// could take it (a test saw "binding the API address …: Address already in
+/// use"). Below the range only another explicit bind can.
 pub fn free_port(taken: &[u16]) -> Result<u16> {
+    static PICKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if let Some(below) = ports_below_ephemeral() {
+        // Spread over the range by process and time, so concurrent tests and devnets start apart.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+        let size = u32::from(below.end - below.start);
+        for _ in 0..256 {
+            let n = PICKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let port = below.start + (seed.wrapping_add(n.wrapping_mul(7_919)) % size) as u16;
+            if !taken.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     for _ in 0..64 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if !taken.contains(&port) {
@@ -160,6 +179,15 @@ pub fn free_port(taken: &[u16]) -> Result<u16> {
         }
     }
     bail!("no free port found on 127.0.0.1")
+}
+
+/// The ports from 10,000 up to the first of Linux's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), if at least 1,000 of them.
+fn ports_below_ephemeral() -> Option<std::ops::Range<u16>> {
+    const LOWEST: u16 = 10_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let first: u16 = text.split_whitespace().next()?.parse().ok()?;
+    (first >= LOWEST + 1_000).then_some(LOWEST..first)
 }
 
 fn wait_until_final(nodes: &[NodeEntry], children: &mut [Child], stop: &std::sync::atomic::AtomicBool) -> Result<()> {
@@ -247,4 +275,25 @@ fn ctrlc_handler(f: impl Fn() + Send + 'static) -> Result<()> {
         f();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_come_from_below_the_ephemeral_range() {
+        // Goal: chosen ports are free, distinct, not among those taken, and below the range the
+        // kernel takes outgoing connections' local ports from, so no connection can take one
+        // between the choice and the node's bind. Fails with ports from `bind(0)`.
+        let below = ports_below_ephemeral().expect("Linux's ephemeral port range is readable here");
+        let mut taken = Vec::new();
+        for _ in 0..50 {
+            let port = free_port(&taken).unwrap();
+            assert!(below.contains(&port), "{port} is not in {below:?}");
+            assert!(!taken.contains(&port), "{port} chosen twice");
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+            taken.push(port);
+        }
+    }
 }
