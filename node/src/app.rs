@@ -297,8 +297,11 @@ pub struct App {
     rebuilt: VecDeque<Rebuilt>,
     /// The view, time and record ids of the payload this leader last proposed (see `compact`).
     proposed_ids: Option<(u64, u64, Vec<RecordId>)>,
-    /// This leader's latest proposals, whole: `(height, view)` → `Message::Propose` bytes.
-    own_proposals: VecDeque<((u64, u64), Vec<u8>)>,
+    /// This leader's latest proposals, whole: `(height, view)` → the proposal
+    /// (its payload shared, not copied), encoded only if a peer asks for it:
+    /// most never are, and encoding each one up front copied every block's
+    /// records into fresh memory on its leader (docs/BENCHMARKS.md, session 21).
+    own_proposals: VecDeque<((u64, u64), consensus::Proposal)>,
     /// Requests to peers (proposals, blocks) sent and not yet answered: to whom, as encoded.
     fetching: BTreeSet<(PeerId, Vec<u8>)>,
     /// Compact proposals waiting for records (ADR 0008).
@@ -795,7 +798,7 @@ impl App {
             if self.own_proposals.len() == OWN_PROPOSALS_KEPT {
                 self.own_proposals.pop_front();
             }
-            self.own_proposals.push_back((key, Message::Propose(p.clone()).encode()));
+            self.own_proposals.push_back((key, p.clone()));
         }
         let proposal = CompactProposal {
             height: b.height.0,
@@ -1685,7 +1688,10 @@ impl App {
                 SyncResponse::Certificates(out)
             }
             SyncRequest::Proposal { height, view } => SyncResponse::Proposal(
-                self.own_proposals.iter().find(|(k, _)| *k == (height, view)).map(|(_, bytes)| bytes.clone()),
+                self.own_proposals
+                    .iter()
+                    .find(|(k, _)| *k == (height, view))
+                    .map(|(_, p)| Message::Propose(p.clone()).encode()),
             ),
             SyncRequest::Block { digest } => SyncResponse::Block(self.block_bytes(&digest)?),
         };
