@@ -363,6 +363,10 @@ fn drive(
     let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
     let tick = clock_ticks_per_s();
     let cpu: Vec<f64> = cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) as f64 / tick / elapsed).collect();
+    // What each node spent per finalized record: the quantity a throughput target is a budget of
+    // (25,000/s on two cores with four validators leaves each 20 µs; docs/BENCHMARKS.md, session 21).
+    let cpu_us_per_record: Vec<Option<f64>> =
+        cpu.iter().map(|c| (finalized > 0.0).then(|| (c * 1e6 / finalized * 10.0).round() / 10.0)).collect();
     let _ = started;
     let audited = if args.audit {
         let settled = settle(nodes);
@@ -377,7 +381,7 @@ fn drive(
         "finalized_records_per_s": finalized.round(), "records_finalized_in_window": size1 - size0,
         "latency_ms_p50": pct(0.5), "latency_ms_p95": pct(0.95), "latency_ms_p99": pct(0.99), "latency_probes": lat.len(),
         "records_offered": offered.load(Ordering::Relaxed), "records_refused": refused.load(Ordering::Relaxed),
-        "cpu_cores_per_node": cpu, "peak_rss_mb_per_node": rss, "final_log_size": log_size(&clients[0])?,
+        "cpu_cores_per_node": cpu, "cpu_us_per_record_per_node": cpu_us_per_record, "peak_rss_mb_per_node": rss, "final_log_size": log_size(&clients[0])?,
         "verify_per_s_per_core": ceiling.per_core.round(), "verify_per_s_all_cores": ceiling.all_cores.round(),
         "signature_ceiling_records_per_s": (ceiling.all_cores / nodes.len() as f64).round(),
         "block_records_max": genesis.params.block_records_max,
@@ -654,6 +658,7 @@ fn print_report(r: &Value) {
         r["latency_probes"]
     );
     println!("  CPU cores / node   {}", r["cpu_cores_per_node"]);
+    println!("  CPU µs / record    {} (per node, per finalized record)", r["cpu_us_per_record_per_node"]);
     println!("  peak RSS MB / node {}", r["peak_rss_mb_per_node"]);
     println!("  disk bytes/record  {} (× raw: {})", r["disk_bytes_per_record_per_node"], r["disk_over_raw_per_node"]);
     println!("  refused            {} of {} offered", r["records_refused"], r["records_offered"]);

@@ -35,6 +35,16 @@ fn bench_cluster_reports_one_json_object_of_measured_numbers() {
     let caught_up = number("catch_up_records");
     assert!(0.0 < caught_up && caught_up <= size, "the restarted validator caught up: {report}");
     assert_eq!(number("audit_records"), size, "the audit replayed the whole log");
+    // CPU per finalized record is each node's cores over the finalized rate (rounded in the
+    // report, hence 1 %), in µs; the loaded validators spent some.
+    let cores = report["cpu_cores_per_node"].as_array().expect("CPU per node");
+    let per_record = report["cpu_us_per_record_per_node"].as_array().expect("CPU per record per node");
+    assert_eq!((cores.len(), per_record.len()), (4, 4), "{report}");
+    for (i, (c, us)) in cores.iter().zip(per_record).enumerate() {
+        let (c, us) = (c.as_f64().expect("cores"), us.as_f64().expect("µs per record"));
+        assert!((us - c * 1e6 / rate).abs() <= 0.05 + 0.01 * us, "node {i}: {c} cores, {us} µs: {report}");
+        assert!(i == 3 || us > 0.0, "node {i}: {report}");
+    }
     let rss = report["peak_rss_mb_per_node"].as_array().expect("peak RSS per node");
     assert_eq!(rss.len(), 4);
     assert!(rss.iter().all(|r| r.as_f64().is_some_and(|mb| mb > 1.0)), "{report}");
