@@ -1192,7 +1192,7 @@ mod tests {
                 tree.apply(&update(&tree, &changes).unwrap());
                 let levels = &tree.levels;
                 assert_eq!(tree.root(), root_of(&all), "first block {first_block}, block {b}: the root");
-                assert_eq!(levels.depth, depth_for(next).min(CAP), "first block {first_block}, block {b}");
+                assert_eq!(levels.depth, depth_at_most(next, CAP), "first block {first_block}, block {b}");
                 assert_agrees_with_a_build(&tree);
                 if levels.depth == CAP {
                     assert_eq!((levels.hashes.len(), levels.grown), (CAP + 1, 0), "nothing grows below the cap");
