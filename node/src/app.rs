@@ -276,8 +276,14 @@ pub struct App {
     signatures: BTreeMap<u64, BTreeMap<u32, HeldSignature>>,
     /// Committed heights whose ledger certificate is not stored yet.
     uncertified: BTreeSet<u64>,
-    /// The highest height peers have shown (votes, certificates, checkpoint signatures).
+    /// The highest height this node knows the chain has reached: its own
+    /// commits, a verified finalization certificate, or a height shown by
+    /// validators holding more than a third of the power ([`App::claim`]).
     seen_height: u64,
+    /// Per validator of the set in force, the highest height it showed in a
+    /// message it sent itself (the relay Noise authenticated is the signer).
+    /// One validator's word alone never makes this node think it is behind.
+    claims: BTreeMap<u32, u64>,
     behind_ticks: u32,
     pub sync_in_flight: bool,
     connected: BTreeSet<PeerId>,
@@ -371,6 +377,7 @@ impl App {
             signatures: BTreeMap::new(),
             uncertified: BTreeSet::new(),
             seen_height: tip_height,
+            claims: BTreeMap::new(),
             behind_ticks: 0,
             sync_in_flight: false,
             connected: BTreeSet::new(),
@@ -1113,6 +1120,8 @@ impl App {
                 info!(height = h + 1, validators = next.validators.len(), "the validator set changes");
                 self.set = consensus_set(next);
                 self.peers_by_id = peers_of(next)?;
+                // Indices of the old set: their heights are nobody's word in the new one.
+                self.claims.clear();
                 fx.allowlist = Some(next.validators.iter().map(|v| v.p2p_key).collect());
             }
             self.core_stale = true;
@@ -1272,6 +1281,7 @@ impl App {
                     return Ok(Verdict::Ignore);
                 }
                 let Some(from) = attribute(&self.set, &m) else { return Ok(Verdict::Reject) };
+                self.note_height(relay, from, &m);
                 return self.on_consensus_message(from, m, fx);
             }
             Envelope::Proposal { proposal, .. } => {
@@ -1337,8 +1347,8 @@ impl App {
                     if self.peers_by_id.get(relay) != Some(&signer) {
                         return Ok(Verdict::Ignore);
                     }
-                    // A signer this far ahead shows this node is behind (sync), its signature is not kept.
-                    self.saw_height(height);
+                    // A signer this far ahead may show this node is behind (sync); its signature is not kept.
+                    self.claim(signer, height);
                     if height > self.tip_height + EARLY_SIGNATURES_HEIGHTS {
                         return Ok(Verdict::Ignore);
                     }
@@ -1370,11 +1380,6 @@ impl App {
     /// Hands a consensus message from validator `from` to the core; the
     /// gossip verdict says whether the core took it.
     fn on_consensus_message(&mut self, from: u32, m: Message, fx: &mut Effects) -> Result<Verdict> {
-        match &m {
-            Message::Vote(v) => self.saw_height(v.height.0.saturating_sub(1)),
-            Message::Certificate(c) if c.kind == VoteKind::Finalize => self.saw_height(c.height.0),
-            _ => {}
-        }
         let before = self.rejected;
         self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
         if self.rejected > before {
@@ -1487,6 +1492,56 @@ impl App {
 
     fn saw_height(&mut self, h: u64) {
         self.seen_height = self.seen_height.max(h);
+    }
+
+    /// What a consensus message relayed by `relay` shows of the chain's
+    /// height, before the core judges it (the core drops a message too far
+    /// ahead of its view unchecked, and such a message is relayed): a
+    /// finalization certificate only once verified against the running set;
+    /// a vote (the voter has the block below it) only as its signer's word,
+    /// and only when the relay is that signer.
+    fn note_height(&mut self, relay: &PeerId, from: u32, m: &Message) {
+        match m {
+            Message::Vote(v) if self.peers_by_id.get(relay) == Some(&from) => {
+                self.claim(from, v.height.0.saturating_sub(1));
+            }
+            Message::Certificate(c)
+                if c.kind == VoteKind::Finalize
+                    && c.height.0 > self.seen_height
+                    && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok() =>
+            {
+                self.saw_height(c.height.0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes validator `index`'s word that the chain has reached height `h`.
+    /// The height counts once validators holding more than a third of the
+    /// power have shown it or more: at least one of them is honest. One lying
+    /// validator could otherwise keep every node "catching up" for good, which
+    /// stops block fetches, drops proposals and restarts cores on each sync.
+    fn claim(&mut self, index: u32, h: u64) {
+        if self.set.get(ValidatorIndex(index)).is_none() {
+            return;
+        }
+        let held = self.claims.entry(index).or_default();
+        if h <= *held {
+            return;
+        }
+        *held = h;
+        let mut shown: Vec<(u64, u64)> =
+            (self.claims.iter()).filter_map(|(&i, &h)| self.set.get(ValidatorIndex(i)).map(|v| (h, v.power))).collect();
+        shown.sort_unstable_by_key(|&(h, _)| std::cmp::Reverse(h));
+        let total = u128::from(self.set.total_power());
+        let mut power = 0u128;
+        for (h, p) in shown {
+            power += u128::from(p);
+            if 3 * power > total {
+                self.saw_height(h);
+                return;
+            }
+        }
     }
 
     /// Asks validator `to` for the block `digest` its core lacks, by
@@ -1646,6 +1701,10 @@ impl App {
         let request: SyncRequest = codec::decode(data, 64).context("unreadable sync request")?;
         let response = match request {
             SyncRequest::Blocks { from, max } => {
+                // Answered on the loop: a peer asking for more than this node asks for
+                // (with blocks of a few bytes, a response's byte bound is ~30,000 of them)
+                // would stall its votes and commits.
+                let max = max.min(SYNC_BATCH);
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
                 let mut h = from.max(1);

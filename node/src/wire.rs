@@ -168,7 +168,9 @@ impl Canonical for RecordBatch {
 /// A sync request.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum SyncRequest {
-    /// Committed blocks from `from`, at most `max` (the answer may stop early at its byte limit).
+    /// Committed blocks from `from`, at most `max` and never more than 128
+    /// (the answer may stop early at its byte limit, or go on past `max` up to
+    /// 64 more to reach a block whose own finalization it can carry).
     Blocks { from: u64, max: u32 },
     /// Ledger certificates of heights `from..=to` (those the peer has).
     Certificates { from: u64, to: u64 },

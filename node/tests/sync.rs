@@ -443,3 +443,87 @@ fn early_checkpoint_signatures_are_checked_when_their_block_commits() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&ahead_dir);
 }
+
+/// Goal (review, session 22): one validator's word never makes a node think
+/// it is behind. A vote far ahead (the core drops it unchecked, and it is
+/// relayed) counts only as its signer's own claim, and only from the signer's
+/// own connection; a height counts once validators holding more than a third
+/// of the power have shown it. A finalization certificate counts once verified.
+#[test]
+fn one_validators_far_vote_does_not_make_a_node_behind() {
+    let g = genesis();
+    let chain = ChainId(g.hash());
+    let (dir, shared, mut app) = follower("annal-far-vote", &g);
+    let mut fx = Effects::default();
+    let peer_of = |signer: u8| annal_node::net::peer_id(&SecretKey::from_seed([11 + signer; 32]).public()).unwrap();
+    let vote = |signer: u8, height: u64, view: u64| {
+        let bytes = signing_bytes(VoteKind::Notarize, &chain, View(view), Height(height), &[7; 32]);
+        let vote = Vote {
+            kind: VoteKind::Notarize,
+            view: View(view),
+            height: Height(height),
+            digest: [7; 32],
+            signer: ValidatorIndex(u32::from(signer)),
+            signature: SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes(),
+        };
+        codec::encode(&Envelope::Consensus { seq: height, message: Message::Vote(vote).encode() })
+    };
+    let sync_state = |app: &mut App| {
+        app.on_tick(&mut Effects::default()).unwrap();
+        let status = shared.status_json().unwrap();
+        (status["sync"]["state"].as_str().unwrap().to_string(), status["sync"]["target_height"].as_u64().unwrap())
+    };
+    assert_eq!(sync_state(&mut app), ("synced".into(), 0));
+
+    // Validator 1 (really signed, from its own connection) claims height 2^40.
+    app.on_consensus_gossip(&peer_of(1), &vote(1, 1 << 40, 1_000_000), &mut fx).unwrap();
+    assert_eq!(sync_state(&mut app), ("synced".into(), 0), "one validator's word");
+    // Validator 2's vote relayed by validator 1 is not validator 2's word.
+    app.on_consensus_gossip(&peer_of(1), &vote(2, 1 << 40, 1_000_000), &mut fx).unwrap();
+    assert_eq!(sync_state(&mut app), ("synced".into(), 0), "a relayed vote is nobody's word");
+    // Validator 2 itself, at height 101: two of four validators have shown 100 or more.
+    app.on_consensus_gossip(&peer_of(2), &vote(2, 101, 101), &mut fx).unwrap();
+    assert_eq!(sync_state(&mut app), ("catching_up".into(), 100));
+
+    // A finalization certificate counts once verified: a forged one does not.
+    let (b1, _) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (_, mut c) = final_block(&g, 500, b1.hash(&chain), &[0, 1, 2]);
+    let certificate = |c: &Certificate| {
+        codec::encode(&Envelope::Consensus { seq: 9, message: Message::Certificate(c.clone()).encode() })
+    };
+    c.signatures[1][0] ^= 1;
+    app.on_consensus_gossip(&PeerId::random(), &certificate(&c), &mut fx).unwrap();
+    assert_eq!(sync_state(&mut app), ("catching_up".into(), 100), "a forged certificate");
+    c.signatures[1][0] ^= 1;
+    app.on_consensus_gossip(&PeerId::random(), &certificate(&c), &mut fx).unwrap();
+    assert_eq!(sync_state(&mut app), ("catching_up".into(), 500));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal (review, session 22): a peer asking for more blocks than any node
+/// asks for (128) gets at most 128, plus the few that reach a block whose own
+/// finalization the answer can carry: the answer is built on the node's loop.
+#[test]
+fn a_request_for_blocks_is_capped_whatever_it_asks() {
+    let g = genesis();
+    let chain = ChainId(g.hash());
+    let (dir, shared, mut app) = follower("annal-sync-cap", &g);
+    let mut fx = Effects::default();
+    let mut parent = g.hash();
+    let mut chain_blocks = Vec::new();
+    for h in 1..=200 {
+        let (b, c) = final_block(&g, h, parent, &[0, 1, 2]);
+        parent = b.hash(&chain);
+        chain_blocks.push((b, c));
+    }
+    for part in chain_blocks.chunks(100) {
+        app.apply_sync(PeerId::random(), &answer(part), &mut fx).unwrap();
+    }
+    assert_eq!(shared.store().tip().height.0, 200);
+    let served = app.answer_sync(&codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX }), 64 << 20).unwrap();
+    let SyncResponse::Blocks(served) = codec::decode::<SyncResponse>(&served, 64 << 20).unwrap() else {
+        panic!("blocks asked, blocks answered")
+    };
+    assert!((128..=128 + 64).contains(&served.len()), "{} blocks served", served.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
