@@ -180,6 +180,10 @@ struct Guard {
     shared: Arc<Shared>,
     limiter: Option<Mutex<Limiter>>,
     timeout: Duration,
+    /// Request bodies being served, in KiB of `limits.api_body_bytes_in_flight_max`:
+    /// each is held as text, then decoded, several times over while it is
+    /// admitted, so their sum bounds what clients can make the node hold.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Guard {
@@ -187,11 +191,14 @@ impl Guard {
         let limits = &shared.limits;
         let limiter = (limits.api_requests_per_s > 0).then(|| Mutex::new(Limiter::new(limits.api_requests_per_s)));
         let timeout = Duration::from_millis(limits.api_request_timeout_ms);
-        Guard { shared, limiter, timeout }
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.api_body_bytes_in_flight_max.div_ceil(1024)));
+        Guard { shared, limiter, timeout, in_flight }
     }
 
-    /// The rate limit and the declared body size, checked before the body is read.
-    fn check(&self, request: &Request) -> Result<(), ApiError> {
+    /// The rate limit and the declared body size, checked before the body is
+    /// read. Returns the bytes the body may take (its declared size; the
+    /// limit when undeclared, i.e. chunked).
+    fn check(&self, request: &Request) -> Result<usize, ApiError> {
         if let (Some(limiter), Some(ConnectInfo(peer))) =
             (&self.limiter, request.extensions().get::<ConnectInfo<SocketAddr>>())
         {
@@ -214,7 +221,33 @@ impl Guard {
         let max = self.shared.limits.api_body_bytes_max;
         match declared {
             Some(n) if n > max as u64 => Err(body_too_large(Some(n), max)),
-            _ => Ok(()),
+            Some(n) => Ok(n as usize),
+            None if matches!(*request.method(), Method::GET | Method::HEAD) => Ok(0),
+            None => Ok(max),
+        }
+    }
+
+    /// Room for a body of `bytes` among those being served, or 503 `busy`.
+    fn admit(&self, bytes: usize) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        match self.in_flight.clone().try_acquire_many_owned(kib) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "the node is serving request bodies up to its limit of {} bytes at once \
+                         (limits.api_body_bytes_in_flight_max); this one was not read",
+                        self.shared.limits.api_body_bytes_in_flight_max
+                    ),
+                );
+                e.retry_after_s = Some(1);
+                Err(e)
+            }
         }
     }
 
@@ -224,15 +257,17 @@ impl Guard {
 }
 
 async fn guard_request(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    let response = match guard.check(&request) {
+    let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes)) {
         Err(e) => e.into_response(),
-        Ok(()) => match tokio::time::timeout(guard.timeout, next.run(request)).await {
+        // The permit is held until the answer is made (or the request dropped).
+        Ok(_permit) => match tokio::time::timeout(guard.timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!(
-                    "the request took longer than this node's limit of {} ms (limits.api_request_timeout_ms)",
+                    "the request took longer than this node's limit of {} ms (limits.api_request_timeout_ms); \
+                     a submission may still have been accepted: GET /v1/records/{{id}} says",
                     guard.timeout.as_millis()
                 ),
             )

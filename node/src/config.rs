@@ -45,10 +45,11 @@ pub struct Config {
 
 /// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
 const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
-const LIMIT_KEYS: [&str; 8] = [
+const LIMIT_KEYS: [&str; 9] = [
     "mempool_records_max",
     "mempool_bytes_max",
     "api_body_bytes_max",
+    "api_body_bytes_in_flight_max",
     "api_requests_per_s",
     "api_request_timeout_ms",
     "api_batch_records_max",
@@ -66,6 +67,9 @@ pub struct Limits {
     pub mempool_bytes_max: usize,
     /// Largest HTTP request body.
     pub api_body_bytes_max: usize,
+    /// Request bodies served at once, summed (declared sizes; a chunked body
+    /// counts as `api_body_bytes_max`); past it requests get 503 `busy`.
+    pub api_body_bytes_in_flight_max: usize,
     /// Requests per second one client address may make (0: no limit).
     pub api_requests_per_s: u32,
     /// Longest time an API request may take (a `wait=final` may ask for less).
@@ -88,6 +92,8 @@ impl Default for Limits {
             mempool_records_max: 20_000,
             mempool_bytes_max: 256 << 20,
             api_body_bytes_max: 16 << 20,
+            // Four full bodies: each is held several times over while it is decoded and admitted.
+            api_body_bytes_in_flight_max: 64 << 20,
             api_requests_per_s: 0,
             api_request_timeout_ms: 130_000,
             api_batch_records_max: 10_000,
@@ -172,16 +178,26 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 6] = [
+        let positive: [(&'static str, u64); 7] = [
             ("limits.mempool_records_max", l.mempool_records_max as u64),
             ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
             ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
+            ("limits.api_body_bytes_in_flight_max", l.api_body_bytes_in_flight_max as u64),
             ("limits.api_request_timeout_ms", l.api_request_timeout_ms),
             ("limits.api_batch_records_max", l.api_batch_records_max as u64),
             ("limits.store_cache_bytes", l.store_cache_bytes as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err((key, "must be positive".into()));
+        }
+        if l.api_body_bytes_in_flight_max < l.api_body_bytes_max {
+            return Err((
+                "limits.api_body_bytes_in_flight_max",
+                format!(
+                    "must be at least limits.api_body_bytes_max ({}), or a largest body never fits",
+                    l.api_body_bytes_max
+                ),
+            ));
         }
         Ok(())
     }

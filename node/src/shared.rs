@@ -323,6 +323,10 @@ impl Shared {
         // The candidates that fit: all but the last when it did not.
         let fit = candidates.len() - usize::from(room_full.is_some());
         let bad = annal_ledger::exec::bad_signatures(&candidates[..fit].iter().map(|(_, r)| &**r).collect::<Vec<_>>());
+        // The store before the pool (the order every path takes both in): a block
+        // committed since the prechecks may have taken a candidate's nonce, and its
+        // purge of the records it overtook is over; one inserted now would wait forever.
+        let store = self.store();
         let mut pool = self.pool.lock().expect("pool lock");
         let mut bad = bad.into_iter().peekable();
         let mut full: Option<String> = None;
@@ -338,6 +342,25 @@ impl Shared {
                 continue;
             }
             let id = record.id;
+            let r = &record.record.record;
+            match store.last_nonce(&r.submitter).map(|last| last.filter(|&last| r.nonce <= last)) {
+                Ok(None) => {}
+                Ok(Some(last)) => {
+                    results[slot] = Some(match store.index_of(&id) {
+                        Ok(Some(index)) => store
+                            .height_of_index(index)
+                            .map(|height| Admitted::Final { id, placed: Placed { index, height: height.0 } })
+                            .map_err(Failure::from),
+                        Ok(None) => Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last))),
+                        Err(e) => Err(Failure::from(e)),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    results[slot] = Some(Err(Failure::from(e)));
+                    continue;
+                }
+            }
             results[slot] = Some(match pool.insert(Arc::from(record), source) {
                 Ok(new) => Ok(Admitted::Pending { id, new }),
                 Err(e) => {

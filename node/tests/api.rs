@@ -607,6 +607,52 @@ async fn wait_final_answers_when_final_and_times_out_otherwise() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_past_their_budget_are_503_busy() {
+    // Goal (review, session 22): request bodies being served add up to at most
+    // api_body_bytes_in_flight_max; one that does not fit is 503 busy before it is
+    // read, and once the others are answered (or dropped) it fits again.
+    let limits = Limits { api_body_bytes_max: 4096, api_body_bytes_in_flight_max: 6144, ..Limits::default() };
+    let node = start("in-flight", limits).await;
+    let body = body_of(&publish(21, "parcel/1", 1));
+    // A client that declares 4,000 bytes and sends none of them holds 4,000 of the 6,144.
+    let mut slow = TcpStream::connect(node.addr).unwrap();
+    let head =
+        "POST /v1/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n";
+    slow.write_all(head.as_bytes()).unwrap();
+    let mut busy = None;
+    for _ in 0..50 {
+        // Until the slow request has reached the guard.
+        let padded = format!("{body}{}", " ".repeat(3000 - body.len()));
+        let answer = node.post("/v1/records", &padded).await;
+        if answer.status == 503 {
+            busy = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let busy = busy.expect("a body past the budget while another is read");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    let detail = busy.error(503, "busy");
+    assert!(detail.contains("api_body_bytes_in_flight_max"), "{detail}");
+    // A small body still fits beside the slow one; GETs take nothing from the budget.
+    assert_eq!(node.post("/v1/records", &body).await.status, 202);
+    assert_eq!(node.get("/v1/status").await.status, 200);
+    // The slow client goes away: its share comes back.
+    drop(slow);
+    let padded = format!("{}{}", body_of(&publish(21, "parcel/2", 2)), " ".repeat(2000));
+    let mut status = 0;
+    for _ in 0..100 {
+        status = node.post("/v1/records", &padded).await.status;
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 202);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_time_bound_is_504() {
     // Goal: a request that outlives api_request_timeout_ms is cut at that bound with 504 timeout.
     let node = start("bound", Limits { api_request_timeout_ms: 300, ..Limits::default() }).await;
