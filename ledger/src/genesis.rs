@@ -27,6 +27,10 @@ pub const VALIDATORS_MAX: usize = 1024;
 const NAME_BYTES_MAX: usize = 64;
 /// The largest `record_bytes_max` a chain may set.
 pub const RECORD_BYTES_CAP: usize = 16 << 20;
+/// The largest `block_bytes_max` a chain may set (a block travels in one message).
+pub const BLOCK_BYTES_CAP: usize = 256 << 20;
+/// The largest `block_records_max` a chain may set.
+pub const BLOCK_RECORDS_CAP: usize = 1 << 20;
 /// Namespaces the chain keeps for itself (`annal.gov`, governance); no agency may own one.
 pub const RESERVED_PREFIX: &str = "annal.";
 
@@ -285,7 +289,16 @@ impl Params {
         if self.record_bytes_max > RECORD_BYTES_CAP {
             return bad(format!("record_bytes_max {} is over {RECORD_BYTES_CAP}", self.record_bytes_max));
         }
-        let inline_max = self.body_bytes_max + self.metadata_bytes_max + self.key_bytes_max + self.namespace_bytes_max;
+        if self.block_bytes_max > BLOCK_BYTES_CAP || self.block_records_max > BLOCK_RECORDS_CAP {
+            return bad(format!(
+                "block_bytes_max {} and block_records_max {} are at most {BLOCK_BYTES_CAP} and {BLOCK_RECORDS_CAP}",
+                self.block_bytes_max, self.block_records_max
+            ));
+        }
+        // Summed without overflow: a genesis file or a governance proposal may hold any number.
+        let inline_max = [self.body_bytes_max, self.metadata_bytes_max, self.key_bytes_max, self.namespace_bytes_max]
+            .into_iter()
+            .fold(0usize, usize::saturating_add);
         if inline_max > self.record_bytes_max {
             return bad(format!(
                 "record_bytes_max {} cannot hold a record at the other limits ({inline_max} bytes of body, metadata, key and namespace)",

@@ -95,6 +95,25 @@ fn zero_and_overflowing_power_are_refused() {
 }
 
 #[test]
+fn limits_whose_sum_or_size_overflows_are_refused() {
+    // Goal (review, session 22): limits are summed without overflow (a debug
+    // build panicked, a release build wrapped and accepted), and block limits
+    // are bounded (a node adds them when it sizes its messages).
+    let mut v = base();
+    v["params"]["body_bytes_max"] = json!(u64::MAX);
+    v["params"]["metadata_bytes_max"] = json!(1);
+    assert!(refusal(v).contains("cannot hold a record"));
+    for (field, value) in
+        [("block_bytes_max", u64::MAX), ("block_records_max", u64::MAX), ("block_records_max", 1 << 21)]
+    {
+        let mut v = base();
+        v["params"][field] = json!(value);
+        let why = refusal(v);
+        assert!(why.contains("are at most"), "{field} = {value}: {why}");
+    }
+}
+
+#[test]
 fn bad_keys_and_names_are_refused() {
     // Goal: a short hex key, a chain id with capitals and a zero limit are refused.
     let mut v = base();

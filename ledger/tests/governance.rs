@@ -282,9 +282,13 @@ fn governance_records_from_outside_the_set_or_malformed_are_refused() {
     junk.record.body = Body::Inline(b"not an action".to_vec());
     let junk = junk.record.sign(&key(1));
     let too_big = c.propose(2, Change::SetPower { name: "validator-1".into(), power: 5 });
-    let (appended, skipped) = c.block(&[by_officer.clone(), junk.clone(), too_big.clone()]);
+    // Limits whose sum overflows (review, session 22: execution panicked on every node).
+    let mut params = c.genesis.params.clone();
+    (params.body_bytes_max, params.metadata_bytes_max) = (usize::MAX, 1);
+    let overflowing = c.propose(3, Change::SetParams(params));
+    let (appended, skipped) = c.block(&[by_officer.clone(), junk.clone(), too_big.clone(), overflowing.clone()]);
     assert!(appended.is_empty());
-    assert_eq!(skipped, vec![by_officer.id(), junk.id(), too_big.id()]);
+    assert_eq!(skipped, vec![by_officer.id(), junk.id(), too_big.id(), overflowing.id()]);
     let rules = c.gov().rules();
     let e = rules.check_stateless(&by_officer).unwrap_err().to_string();
     assert!(e.contains("not the consensus key of a validator"), "{e}");
