@@ -117,6 +117,9 @@ pub struct Checked {
     pub records: usize,
     /// The node has not collected this block's certificate yet.
     pub uncertified: bool,
+    /// Its checkpoint's signatures were checked: the validators vouch for
+    /// this block and, through the parent hashes, for every block below it.
+    pub signed: bool,
 }
 
 /// A block answer with its records decoded and their signatures checked:
@@ -257,12 +260,12 @@ impl Replay {
                 ),
             ));
         }
-        let uncertified = match &block.checkpoint {
+        let (uncertified, signed) = match &block.checkpoint {
             Some(note) => {
                 if check_signatures {
                     self.check_checkpoint(&header, note).map_err(|d| bad(Field::Checkpoint, d))?;
                 }
-                false
+                (false, check_signatures)
             }
             None if height <= self.certified_height => {
                 return Err(bad(
@@ -270,12 +273,12 @@ impl Replay {
                     format!("none, but the node says blocks up to {} are certified", self.certified_height),
                 ));
             }
-            None => true,
+            None => (true, false),
         };
         self.execute(&header, prepared).map_err(|(field, detail)| bad(field, detail))?;
         self.parent = hash;
         self.height = height;
-        Ok(Checked { records: block.records.len(), uncertified })
+        Ok(Checked { records: block.records.len(), uncertified, signed })
     }
 
     fn check_checkpoint(&self, header: &Header, note: &str) -> Result<(), String> {
@@ -417,6 +420,8 @@ pub fn audit(args: AuditArgs) -> Outcome {
     let limit = block_answer_bytes_max(&genesis);
     let mut replay = Replay::new(&genesis, status.certified_height);
     let mut uncertified = Vec::new();
+    // The highest height whose checkpoint this audit checked (0: none).
+    let mut signed_to = 0;
     let now = Instant::now();
     let mut progress = Progress { started: now, shown: now, records: 0, on: !json };
     // Blocks are fetched (HTTP, JSON) on one thread and decoded and signature-checked on others,
@@ -441,6 +446,9 @@ pub fn audit(args: AuditArgs) -> Outcome {
                 if checked.uncertified {
                     uncertified.push(h);
                 }
+                if checked.signed {
+                    signed_to = h;
+                }
             }
             Err(problem) => {
                 progress.end();
@@ -451,16 +459,32 @@ pub fn audit(args: AuditArgs) -> Outcome {
     }
     progress.show(replay.height, top, true);
     progress.end();
+    if top > 0 && signed_to == 0 {
+        // Blocks that replay to their own headers prove nothing by themselves: a node can
+        // make such a chain from records it holds. Only a checkpoint ties them to the validators.
+        return cannot(
+            format!(
+                "heights 1 to {top} replay to the headers the node serves, but no checkpoint from height {} on \
+                 was there to check (the node says {} are certified): nothing ties these blocks to the validators",
+                args.from_height, status.certified_height
+            ),
+            top,
+        );
+    }
     if json {
         println!(
             "{}",
             json!({ "consistent": true, "checked_to": top, "records": progress.records,
+                    "checkpoints_checked_to": signed_to,
                     "uncertified": uncertified, "signatures_from_height": args.from_height })
         );
     } else {
         println!("OK heights 1 to {top} ({} records) replay to the headers the node serves", progress.records);
+        println!("the validators' checkpoints vouch for heights 1 to {signed_to}");
         if !uncertified.is_empty() {
-            println!("not yet certified (checkpoint still being collected): heights {uncertified:?}");
+            println!(
+                "not yet certified (checkpoint still being collected), the node's word only: heights {uncertified:?}"
+            );
         }
     }
     Outcome::Valid
@@ -788,8 +812,43 @@ pub(crate) mod tests {
         for b in &blocks[..2] {
             assert!(!replay.check(&prepared(b)).unwrap().uncertified);
         }
-        assert_eq!(replay.check(&prepared(&blocks[2])), Ok(Checked { records: 3, uncertified: true }));
+        assert_eq!(replay.check(&prepared(&blocks[2])), Ok(Checked { records: 3, uncertified: true, signed: false }));
         assert_eq!(field_at(audit_blocks(&blocks, 3)), (3, Field::Checkpoint));
+    }
+
+    /// Runs `annal audit --json` against a stand-in node serving `status` and then `blocks`.
+    fn audit_served(blocks: &[BlockAnswer], certified_height: u64, from_height: u64) -> Outcome {
+        use annal_cli::canned::{answer, serve};
+        let g = genesis();
+        let status = json!({ "chain_id": g.chain_id, "genesis_hash": hex::encode(g.hash()),
+                             "height": blocks.len(), "certified_height": certified_height });
+        let mut answers = vec![answer("200 OK", status.to_string().as_bytes(), "")];
+        for b in blocks {
+            let body = json!({ "height": b.height, "hash": b.hash, "header": b.header, "checkpoint": b.checkpoint,
+                               "records": b.records, "first_index": b.first_index });
+            answers.push(answer("200 OK", body.to_string().as_bytes(), ""));
+        }
+        let path = std::env::temp_dir().join(format!("annal-audit-served-{}-{from_height}.json", std::process::id()));
+        std::fs::write(&path, serde_json::to_string(&g).unwrap()).unwrap();
+        let args = AuditArgs { node: serve(answers), genesis: path.clone(), from_height, json: true };
+        let outcome = audit(args);
+        let _ = std::fs::remove_file(&path);
+        outcome
+    }
+
+    #[test]
+    fn an_audit_that_checked_no_checkpoint_does_not_pass() {
+        // Goal (review, session 22): blocks that replay to their own headers prove nothing by
+        // themselves (a node can build them from records it holds); without one checkpoint
+        // checked, nothing ties them to the validators, and the audit must not exit 0.
+        assert_eq!(audit_served(&chain(3), 3, 1), Outcome::Valid);
+        let mut stripped = chain(3);
+        for b in &mut stripped {
+            b.checkpoint = None;
+        }
+        assert_eq!(audit_served(&stripped, 0, 1), Outcome::Unreadable);
+        // Signatures taken as checked below --from-height: none above it to check.
+        assert_eq!(audit_served(&chain(3), 3, 4), Outcome::Unreadable);
     }
 
     #[test]

@@ -217,6 +217,7 @@ fn transport(url: &str, e: ureq::Error) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canned::{answer, serve};
 
     #[test]
     fn base_urls_are_plain_http_without_trailing_slash() {
@@ -254,29 +255,6 @@ mod tests {
         assert!(refusal("http://n/x", 503, b"{}", None).code().is_none(), "an error without a code is no refusal");
         let long = refusal("http://n/x", 503, br#"{"error":"mempool_full"}"#, Some(Duration::from_secs(3600)));
         assert_eq!(long.retry_after(Duration::from_secs(1)), RETRY_AFTER_MAX, "a node cannot stall us for an hour");
-    }
-
-    /// Serves one canned HTTP answer per connection on a local port (not a node: raw bytes).
-    fn serve(answers: Vec<Vec<u8>>) -> String {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for answer in answers {
-                let (mut conn, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf);
-                let _ = conn.write_all(&answer);
-            }
-        });
-        format!("http://{addr}")
-    }
-
-    fn answer(status: &str, body: &[u8], extra: &str) -> Vec<u8> {
-        let mut a = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n", body.len())
-            .into_bytes();
-        a.extend_from_slice(body);
-        a
     }
 
     #[test]

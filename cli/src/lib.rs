@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 
+#[doc(hidden)]
+pub mod canned;
 pub mod client;
 pub mod devnet;
 pub mod genesis_cmd;

@@ -29,6 +29,7 @@ pub struct VerifyArgs {
 }
 
 /// The outcome, with the process exit code it maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Valid,
     Invalid,
@@ -45,12 +46,53 @@ impl Outcome {
     }
 }
 
+/// Reads at most `max` bytes of `path`; more is an error. Bounded as it reads,
+/// not by the file's stated size: a pipe (`<(curl …)`) states none.
 fn read(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    if meta.len() > max {
-        return Err(format!("{what} {} is {} bytes; the limit is {max}", path.display(), meta.len()));
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {what} {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut out = Vec::new();
+    file.take(max + 1).read_to_end(&mut out).map_err(cannot)?;
+    if out.len() as u64 > max {
+        return Err(format!("{what} {} is over the limit of {max} bytes", path.display()));
     }
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+    Ok(out)
+}
+
+/// Opens a document to check: a regular file (a pipe or a device has no size
+/// to compare and might never end), with its size.
+fn open_document(path: &Path) -> Result<(&Path, std::fs::File, u64), String> {
+    let cannot = |e: std::io::Error| format!("cannot read document {}: {e}", path.display());
+    let not_regular = || format!("document {} is not a regular file", path.display());
+    // Looked at before opening: opening a pipe waits for a writer.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((path, file, meta.len()))
+}
+
+/// SHA-256 of the file's first `size` bytes, read in 1 MiB pieces; an error if it has fewer.
+fn sha256_of(mut file: &std::fs::File, size: u64) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while it was read"));
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hasher.finalize().into())
 }
 
 fn unreadable(json: bool, msg: String) -> Outcome {
@@ -78,14 +120,25 @@ pub fn verify(args: VerifyArgs) -> Outcome {
         Ok(b) => b,
         Err(e) => return unreadable(args.json, format!("{} is not a proof bundle: {e}", args.bundle.display())),
     };
+    // Opened now (a missing file is unreadable, not invalid), read only once the
+    // bundle verifies and the file's size is the anchored one: a document may be
+    // gigabytes, so it is hashed as it is read, never held.
     let document = match &args.document {
-        Some(p) => match read(p, u64::MAX, "document") {
+        Some(p) => match open_document(p) {
             Ok(d) => Some(d),
             Err(e) => return unreadable(args.json, e),
         },
         None => None,
     };
-    let result = proof::verify(&bundle, &genesis, document.as_deref()).and_then(|v| {
+    let result = proof::verify(&bundle, &genesis, None).and_then(|v| {
+        if let Some((path, file, size)) = &document {
+            proof::check_document_digest(&v.record, *size, None)?;
+            let digest = sha256_of(file, *size).map_err(|e| Error::Proof {
+                check: proof::Check::Document,
+                detail: format!("cannot read document {}: {e}", path.display()),
+            })?;
+            proof::check_document_digest(&v.record, *size, Some(&digest))?;
+        }
         if args.current && v.status.is_none() {
             return Err(Error::Proof {
                 check: proof::Check::Status,

@@ -173,6 +173,15 @@ fn invalid_bundle_exits_one_naming_the_check() {
     let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--document", &other]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("the document matches the digest the record anchors: failed"));
+    // A 64 GiB (sparse) file of the wrong size fails on its size, unread (review, session 22:
+    // it was read whole into memory first).
+    let huge = n.dir.join("huge.pdf");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--document", huge.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the file has 68719476736 bytes"), "{}", text(&o));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--current"]);
     assert_eq!(o.status.code(), Some(1), "--current without a status proof is not a pass");
     let o = annal(&["verify", &good, "--genesis", g.to_str().unwrap(), "--json"]);
@@ -188,12 +197,17 @@ fn unreadable_input_and_usage_errors_exit_two() {
     let good = write(&n.dir, "good.json", &proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap().to_json());
     let junk = write(&n.dir, "junk.json", "{ not json");
     let bad_genesis = write(&n.dir, "g2.json", "{}");
+    // A pipe as the document: no size to compare, and it might never end.
+    let fifo = n.dir.join("deed.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
     for args in [
         vec!["verify", "/nonexistent/bundle.json", "--genesis", g],
         vec!["verify", &junk, "--genesis", g],
         vec!["verify", &good, "--genesis", &bad_genesis],
         vec!["verify", &good],
         vec!["verify", &good, "--genesis", g, "--document", "/nonexistent/deed.pdf"],
+        vec!["verify", &good, "--genesis", g, "--document", fifo],
     ] {
         let o = annal(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));

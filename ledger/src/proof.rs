@@ -485,17 +485,22 @@ fn check_inclusion(
 
 fn check_document(record: &SignedRecord, doc: &[u8]) -> Result<(), Error> {
     use sha2::Digest;
+    check_document_digest(record, doc.len() as u64, Some(&sha2::Sha256::digest(doc).into()))
+}
+
+/// Checks a document of `size` bytes with SHA-256 `sha256` against what
+/// `record` anchors; without `sha256`, only its size (a file of another
+/// size fails before anyone reads it).
+pub fn check_document_digest(record: &SignedRecord, size: u64, sha256: Option<&Hash>) -> Result<(), Error> {
     let Body::Document(anchor) = &record.record.body else {
         return Err(fail(Check::Document, "the record has an inline body, not a document anchor"));
     };
-    let digest: Hash = sha2::Sha256::digest(doc).into();
-    if doc.len() as u64 != anchor.size || digest != anchor.sha256 {
+    if size != anchor.size || sha256.is_some_and(|d| *d != anchor.sha256) {
+        let digest = sha256.map_or("not computed".to_string(), hex::encode);
         return Err(fail(
             Check::Document,
             format!(
-                "the file has {} bytes and SHA-256 {}; the record anchors {} bytes with SHA-256 {}",
-                doc.len(),
-                hex::encode(digest),
+                "the file has {size} bytes and SHA-256 {digest}; the record anchors {} bytes with SHA-256 {}",
                 anchor.size,
                 hex::encode(anchor.sha256)
             ),
