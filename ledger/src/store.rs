@@ -13,7 +13,7 @@
 //! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
-//! | `meta`     | `genesis`, `tip`, `leaves`, `certified` | genesis hash, canonical tip, number of leaves, highest certified height |
+//! | `meta`     | `genesis`, `tip`, `leaves`, `certified`, `ids_to` | genesis hash, canonical tip, number of leaves, highest certified height, log index below which `ids` is complete |
 //! | `meta`     | `app/…`                      | the caller's own entries, written in the block's batch |
 //!
 //! The records themselves are not in RocksDB: they are appended to segment
@@ -21,6 +21,12 @@
 //! block's batch, so their bytes reach the disk once, not three times (WAL,
 //! memtable flush, compaction). A store made before session 18 kept them in a
 //! `records` family; opening it moves them to segments and drops the family.
+//!
+//! Record ids are written behind (docs/adr/0010): a block's ids are kept in
+//! memory, and once `StoreOptions::ids_behind` of them are, they go into the
+//! `ids` family in one sorted run, with `ids_to`, in that block's batch. They
+//! are derived data (an id is the hash of the record's bytes), so open reads
+//! the ids of the records from `ids_to` on back out of the segments.
 //!
 //! A key's history is not indexed: [`Store::history`] walks back from its head
 //! through each record's `supersedes` (a store made before session 17 had a
@@ -122,11 +128,17 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// A new record segment begins once the open one would grow past this.
     pub segment_bytes: u64,
+    /// Record ids held in memory before they are written to the `ids` family
+    /// in one sorted run (docs/adr/0010): ~50 bytes each, and read back from
+    /// the segments on open.
+    pub ids_behind: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20 }
+        // 200,000 ids: ~10 MB held, one run a little smaller than the ids
+        // family's memtable, ~0.1 GB of records to hash again on open.
+        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20, ids_behind: 200_000 }
     }
 }
 
@@ -160,6 +172,10 @@ pub struct Store {
     /// The committed records' bytes (`spans` says where each block's lie).
     segments: Segments,
     options: StoreOptions,
+    /// The ids of records committed from `ids_to` on, not yet in the `ids` family.
+    recent_ids: std::collections::HashMap<RecordId, u64>,
+    /// The `ids` family holds the id of every record below this log index.
+    ids_to: u64,
 }
 
 /// One version of a key: its version number, log index and record id.
@@ -241,6 +257,8 @@ impl Store {
             nonces: BTreeMap::new(),
             segments,
             options,
+            recent_ids: std::collections::HashMap::new(),
+            ids_to: 0,
         };
         match store.get(CF_META, b"genesis")? {
             None => {
@@ -251,6 +269,7 @@ impl Store {
                 batch.put_cf(store.cf(CF_META), b"genesis", genesis_hash);
                 batch.put_cf(store.cf(CF_META), b"tip", codec::encode(&store.tip));
                 batch.put_cf(store.cf(CF_META), b"leaves", 0u64.to_be_bytes());
+                batch.put_cf(store.cf(CF_META), b"ids_to", 0u64.to_be_bytes());
                 store.write(batch)?;
                 if migrate {
                     store.migrate_records()?;
@@ -274,6 +293,7 @@ impl Store {
                 store.load_upper()?;
                 store.load_nonces()?;
                 store.check_tip()?;
+                store.load_recent_ids()?;
             }
         }
         Ok(store)
@@ -329,6 +349,34 @@ impl Store {
         }
         self.write(batch)?;
         self.db.drop_cf(FAMILY_RECORDS_RETIRED).map_err(|e| err(format!("dropping the records family: {e}")))
+    }
+
+    /// Reads the ids of the records from `ids_to` on (not yet in the `ids`
+    /// family) out of the segments. A store made before ids were written
+    /// behind has no `ids_to`: it wrote every id with its block.
+    fn load_recent_ids(&mut self) -> Result<(), Error> {
+        let log_size = self.tip.log_size;
+        self.ids_to = match self.get(CF_META, b"ids_to")? {
+            Some(v) => be_u64(&v, "meta")?,
+            None => log_size,
+        };
+        if self.ids_to > log_size {
+            return Err(Error::Store {
+                path: self.path.display().to_string(),
+                detail: format!("its ids are written up to log index {}, past the log's {log_size}", self.ids_to),
+            });
+        }
+        let mut recent = std::collections::HashMap::with_capacity((log_size - self.ids_to) as usize);
+        let mut from = self.ids_to;
+        while from < log_size {
+            let to = log_size.min(from + 16_384);
+            for (i, bytes) in self.records_in(from, to)?.iter().enumerate() {
+                recent.insert(SignedRecord::id_of_bytes(bytes), from + i as u64);
+            }
+            from = to;
+        }
+        self.recent_ids = recent;
+        Ok(())
     }
 
     /// Loads every submitter's last committed nonce into memory.
@@ -545,12 +593,21 @@ impl Store {
         if let Some(span) = &span {
             batch.put_cf(self.cf(CF_SPANS), executed.first_index.to_be_bytes(), span.encode());
         }
-        let mut ids: Vec<(&RecordId, u64)> =
-            executed.ids.iter().enumerate().map(|(i, id)| (id, executed.first_index + i as u64)).collect();
-        ids.sort_unstable();
-        let ids_cf = self.cf(CF_IDS);
-        for (id, index) in ids {
-            batch.put_cf(ids_cf, id.0, index.to_be_bytes());
+        // Record ids are written behind (docs/adr/0010): held in memory until
+        // `ids_behind` of them are, then all in one sorted run, which RocksDB's
+        // memtable takes almost in order; one put per id per block, among the
+        // ids of earlier blocks, was 6 % of a validator (session 22).
+        let log_size = executed.first_index + executed.ids.len() as u64;
+        let ids_written = self.recent_ids.len() + executed.ids.len() >= self.options.ids_behind;
+        if ids_written {
+            let block = executed.ids.iter().enumerate().map(|(i, id)| (id, executed.first_index + i as u64));
+            let mut ids: Vec<(&RecordId, u64)> = self.recent_ids.iter().map(|(id, i)| (id, *i)).chain(block).collect();
+            ids.sort_unstable();
+            let ids_cf = self.cf(CF_IDS);
+            for (id, index) in ids {
+                batch.put_cf(ids_cf, id.0, index.to_be_bytes());
+            }
+            batch.put_cf(self.cf(CF_META), b"ids_to", log_size.to_be_bytes());
         }
         let mut nodes: Vec<([u8; 9], &Hash)> = executed
             .nodes
@@ -589,6 +646,13 @@ impl Store {
         self.write(batch)?;
         if let Some(span) = &span {
             self.segments.committed(span);
+        }
+        if ids_written {
+            self.recent_ids.clear();
+            self.ids_to = log_size;
+        } else {
+            let block = executed.ids.iter().enumerate().map(|(i, id)| (*id, executed.first_index + i as u64));
+            self.recent_ids.extend(block);
         }
         self.tip = tip;
         if certificate.is_some() {
@@ -817,7 +881,16 @@ impl Store {
     }
 
     pub fn index_of(&self, id: &RecordId) -> Result<Option<u64>, Error> {
+        if let Some(&index) = self.recent_ids.get(id) {
+            return Ok(Some(index));
+        }
         self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
+    }
+
+    /// The `ids` family holds the id of every record below this log index;
+    /// the ids of later ones are held in memory (docs/adr/0010).
+    pub fn ids_written_to(&self) -> u64 {
+        self.ids_to
     }
 
     /// Up to `limit` versions of a key, oldest first, `(version, log index,
