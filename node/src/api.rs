@@ -138,7 +138,9 @@ impl From<Failure> for ApiError {
             Failure::Malformed(_) | Failure::BadQuery(_) => (StatusCode::BAD_REQUEST, None),
             Failure::NotFound(_) => (StatusCode::NOT_FOUND, None),
             Failure::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, None),
-            Failure::MempoolFull(_) | Failure::NotCertified(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
+            Failure::MempoolFull(_) | Failure::NotCertified(_) | Failure::NoPeers(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(1))
+            }
             Failure::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, None),
             Failure::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
         };
@@ -507,6 +509,9 @@ async fn submit_batch(
     _: NoQuery,
     RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
+    if let Some(why) = shared.no_route() {
+        return Err(Failure::NoPeers(why).into());
+    }
     // A full mempool takes nothing: the batch is answered before it is parsed
     // (an importer resending a batch of 500 records several times a second
     // would otherwise cost a JSON parse and 500 base64 decodes each time).

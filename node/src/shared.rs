@@ -46,6 +46,8 @@ pub enum Failure {
     MempoolFull(String),
     /// 503 `not_certified`.
     NotCertified(String),
+    /// 503 `no_peers`.
+    NoPeers(String),
     /// 504 `timeout`.
     Timeout(String),
     /// 500 `internal`.
@@ -62,6 +64,7 @@ impl Failure {
             Failure::Refused(_) => "refused",
             Failure::MempoolFull(_) => "mempool_full",
             Failure::NotCertified(_) => "not_certified",
+            Failure::NoPeers(_) => "no_peers",
             Failure::Timeout(_) => "timeout",
             Failure::Internal(_) => "internal",
         }
@@ -75,6 +78,7 @@ impl Failure {
             | Failure::Refused(d)
             | Failure::MempoolFull(d)
             | Failure::NotCertified(d)
+            | Failure::NoPeers(d)
             | Failure::Timeout(d)
             | Failure::Internal(d) => d,
         }
@@ -407,6 +411,9 @@ impl Shared {
     /// (If the loop is gone the node is stopping, and a record stays in this
     /// node's pool only until then.)
     pub async fn submit_many(&self, batch: Vec<Vec<u8>>) -> Vec<Result<Admitted, Failure>> {
+        if let Some(why) = self.no_route() {
+            return batch.iter().map(|_| Err(Failure::NoPeers(why.clone()))).collect();
+        }
         let results = self.admit_many(batch.clone(), Source::Api);
         for (bytes, result) in batch.into_iter().zip(&results) {
             if let Ok(Admitted::Pending { new: true, .. }) = result {
@@ -414,6 +421,17 @@ impl Shared {
             }
         }
         results
+    }
+
+    /// Why a record submitted here could reach no block, if it could not: a
+    /// node that does not vote only passes records on, and with no validator
+    /// connected an accepted record would wait in its pool for good.
+    pub fn no_route(&self) -> Option<String> {
+        (self.validator.is_none() && self.status.lock().expect("status lock").peers == 0).then(|| {
+            "this node does not vote and is connected to no validator, so the record would reach no block; \
+             it was not accepted: submit to a validator, or retry once this node has peers"
+                .to_string()
+        })
     }
 
     /// Admits a record from the API and hands it to the loop to gossip.

@@ -95,12 +95,17 @@ struct Node {
 }
 
 async fn start(name: &str, limits: Limits) -> Node {
+    start_as(name, limits, Some(0)).await
+}
+
+/// A node that votes as validator `validator` (0-based), or does not vote (`None`).
+async fn start_as(name: &str, limits: Limits, validator: Option<u32>) -> Node {
     let dir = std::env::temp_dir().join(format!("annal-api-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let g = genesis();
     let store = Store::open(&dir, g.hash(), StoreOptions { sync: false, ..StoreOptions::default() }).unwrap();
     let (gossip_tx, gossip_rx) = mpsc::channel(4096);
-    let shared = Arc::new(Shared::new(g, limits, Some(0), store, gossip_tx));
+    let shared = Arc::new(Shared::new(g, limits, validator, store, gossip_tx));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -649,6 +654,24 @@ async fn bodies_in_flight_past_their_budget_are_503_busy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, 202);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_vote_and_has_no_peers_accepts_nothing() {
+    // Goal (review, session 22): a non-voting node only passes records on; with no validator
+    // connected it answered 202 and the record waited in its pool for good. Now 503 no_peers,
+    // single or batch, until it has a peer.
+    let node = start_as("observer", Limits::default(), None).await;
+    let r = publish(21, "parcel/1", 1);
+    let answer = node.post("/v1/records", &body_of(&r)).await;
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert!(answer.error(503, "no_peers").contains("connected to no validator"));
+    let batch = json!({ "records": [B64.encode(r.to_bytes())] }).to_string();
+    node.post("/v1/records/batch", &batch).await.error(503, "no_peers");
+    assert!(node.shared.pool.lock().unwrap().is_empty());
+    node.shared.status.lock().unwrap().peers = 1;
+    assert_eq!(node.post("/v1/records", &body_of(&r)).await.status, 202);
     node.stop().await;
 }
 
