@@ -13,7 +13,7 @@
 //! | `leaves`   | key hash (`state_tree`)      | canonical head                 |
 //! | `nonces`   | submitter key                | last nonce                     |
 //! | `sets`     | height                       | validator set from height + 1  |
-//! | `meta`     | `genesis`, `tip`, `leaves`, `certified`, `ids_to` | genesis hash, canonical tip, number of leaves, highest certified height, log index below which `ids` is complete |
+//! | `meta`     | `genesis`, `tip`, `leaves`, `certified`, `indexed_to` | genesis hash, canonical tip, number of leaves, highest certified height, log index up to which `ids` and `leaves` are complete |
 //! | `meta`     | `app/…`                      | the caller's own entries, written in the block's batch |
 //!
 //! The records themselves are not in RocksDB: they are appended to segment
@@ -22,11 +22,14 @@
 //! memtable flush, compaction). A store made before session 18 kept them in a
 //! `records` family; opening it moves them to segments and drops the family.
 //!
-//! Record ids are written behind (docs/adr/0010): a block's ids are kept in
-//! memory, and once `StoreOptions::ids_behind` of them are, they go into the
-//! `ids` family in one sorted run, with `ids_to`, in that block's batch. They
-//! are derived data (an id is the hash of the record's bytes), so open reads
-//! the ids of the records from `ids_to` on back out of the segments.
+//! Record ids and state leaves are written behind (docs/adr/0010): a
+//! block's ids and changed leaves are kept in memory, and once
+//! `StoreOptions::indexes_behind` records' worth are, they go into the `ids`
+//! and `leaves` families in sorted runs, with `indexed_to`, in that block's
+//! batch. Both are derived data (an id is the hash of the record's bytes, a
+//! head is the key's latest record's id, version, index and operation), so
+//! open reads them for the records from `indexed_to` on back out of the
+//! segments, before it builds the state tree's levels and checks their root.
 //!
 //! A key's history is not indexed: [`Store::history`] walks back from its head
 //! through each record's `supersedes` (a store made before session 17 had a
@@ -43,8 +46,8 @@
 //! `nonces` (one per submitter, loaded at open): admission asks for one per record.
 //!
 //! Record state is stored as the state tree's leaves only, sorted by key hash
-//! (a head is looked up by the hash of its key): one put per changed key per
-//! block, never a delete. The tree's upper levels live in memory
+//! (a head is looked up by the hash of its key): one put per changed key,
+//! in the runs written behind, never a delete. The tree's upper levels live in memory
 //! (`state_tree::Levels`), rebuilt from a scan of the leaves on open and
 //! checked against the tip header's `state_root`; status proofs are served as
 //! of the tip (docs/adr/0003, "Update").
@@ -80,8 +83,8 @@ use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::{RecordId, SignedRecord};
 use crate::segments::{Segments, Span};
-use crate::state::{decode_head, encode_head, Head, StateKey, StateView};
-use crate::state_tree::{self, key_hash, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
+use crate::state::{decode_head, encode_head, Head, StateKey, StateView, Status};
+use crate::state_tree::{self, key_hash, key_hash_of, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
 const CF_CERTS: &str = "certs";
@@ -128,17 +131,18 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// A new record segment begins once the open one would grow past this.
     pub segment_bytes: u64,
-    /// Record ids held in memory before they are written to the `ids` family
-    /// in one sorted run (docs/adr/0010): ~50 bytes each, and read back from
-    /// the segments on open.
-    pub ids_behind: usize,
+    /// Records whose ids and changed state leaves are held in memory before
+    /// they are written to the `ids` and `leaves` families in sorted runs
+    /// (docs/adr/0010): ~50 bytes of id and ~130 of leaf each, read back
+    /// from the segments on open. 0 writes them with each block.
+    pub indexes_behind: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        // 200,000 ids: ~10 MB held, one run a little smaller than the ids
-        // family's memtable, ~0.1 GB of records to hash again on open.
-        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20, ids_behind: 200_000 }
+        // 200,000 records: ~36 MB held, an ids run a little smaller than the
+        // ids family's memtable, ~0.1 GB of records to read again on open.
+        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20, indexes_behind: 200_000 }
     }
 }
 
@@ -172,10 +176,12 @@ pub struct Store {
     /// The committed records' bytes (`spans` says where each block's lie).
     segments: Segments,
     options: StoreOptions,
-    /// The ids of records committed from `ids_to` on, not yet in the `ids` family.
+    /// The ids of records committed from `indexed_to` on, not yet in the `ids` family.
     recent_ids: std::collections::HashMap<RecordId, u64>,
-    /// The `ids` family holds the id of every record below this log index.
-    ids_to: u64,
+    /// The heads those records made, not yet in the `leaves` family.
+    recent_leaves: BTreeMap<Hash, Head>,
+    /// The `ids` and `leaves` families are complete up to this log index.
+    indexed_to: u64,
 }
 
 /// One version of a key: its version number, log index and record id.
@@ -258,7 +264,8 @@ impl Store {
             segments,
             options,
             recent_ids: std::collections::HashMap::new(),
-            ids_to: 0,
+            recent_leaves: BTreeMap::new(),
+            indexed_to: 0,
         };
         match store.get(CF_META, b"genesis")? {
             None => {
@@ -269,7 +276,7 @@ impl Store {
                 batch.put_cf(store.cf(CF_META), b"genesis", genesis_hash);
                 batch.put_cf(store.cf(CF_META), b"tip", codec::encode(&store.tip));
                 batch.put_cf(store.cf(CF_META), b"leaves", 0u64.to_be_bytes());
-                batch.put_cf(store.cf(CF_META), b"ids_to", 0u64.to_be_bytes());
+                batch.put_cf(store.cf(CF_META), b"indexed_to", 0u64.to_be_bytes());
                 store.write(batch)?;
                 if migrate {
                     store.migrate_records()?;
@@ -292,8 +299,8 @@ impl Store {
                 }
                 store.load_upper()?;
                 store.load_nonces()?;
+                store.load_recent()?;
                 store.check_tip()?;
-                store.load_recent_ids()?;
             }
         }
         Ok(store)
@@ -351,31 +358,44 @@ impl Store {
         self.db.drop_cf(FAMILY_RECORDS_RETIRED).map_err(|e| err(format!("dropping the records family: {e}")))
     }
 
-    /// Reads the ids of the records from `ids_to` on (not yet in the `ids`
-    /// family) out of the segments. A store made before ids were written
-    /// behind has no `ids_to`: it wrote every id with its block.
-    fn load_recent_ids(&mut self) -> Result<(), Error> {
+    /// Reads the ids and heads of the records from `indexed_to` on (not yet
+    /// in the `ids` and `leaves` families) out of the segments, in log order,
+    /// so a later version of a key replaces an earlier one. A store made
+    /// before indexes were written behind has no `indexed_to`: it wrote them
+    /// with every block. The levels built next from the leaves are checked
+    /// against the tip header's state root, so heads read back wrong refuse
+    /// the store.
+    fn load_recent(&mut self) -> Result<(), Error> {
         let log_size = self.tip.log_size;
-        self.ids_to = match self.get(CF_META, b"ids_to")? {
+        self.indexed_to = match self.get(CF_META, b"indexed_to")? {
             Some(v) => be_u64(&v, "meta")?,
             None => log_size,
         };
-        if self.ids_to > log_size {
+        if self.indexed_to > log_size {
             return Err(Error::Store {
                 path: self.path.display().to_string(),
-                detail: format!("its ids are written up to log index {}, past the log's {log_size}", self.ids_to),
+                detail: format!(
+                    "its ids and leaves are written up to log index {}, past the log's {log_size}",
+                    self.indexed_to
+                ),
             });
         }
-        let mut recent = std::collections::HashMap::with_capacity((log_size - self.ids_to) as usize);
-        let mut from = self.ids_to;
+        let mut ids = std::collections::HashMap::with_capacity((log_size - self.indexed_to) as usize);
+        let mut leaves = BTreeMap::new();
+        let mut from = self.indexed_to;
         while from < log_size {
             let to = log_size.min(from + 16_384);
             for (i, bytes) in self.records_in(from, to)?.iter().enumerate() {
-                recent.insert(SignedRecord::id_of_bytes(bytes), from + i as u64);
+                let (id, index) = (SignedRecord::id_of_bytes(bytes), from + i as u64);
+                let signed: SignedRecord = codec::decode(bytes, crate::genesis::RECORD_BYTES_CAP)?;
+                let r = &signed.record;
+                let status = if r.op == crate::record::Op::Revoke { Status::Revoked } else { Status::Active };
+                leaves.insert(key_hash_of(&r.namespace, &r.key), Head { id, version: r.version, index, status });
+                ids.insert(id, index);
             }
             from = to;
         }
-        self.recent_ids = recent;
+        (self.recent_ids, self.recent_leaves) = (ids, leaves);
         Ok(())
     }
 
@@ -593,13 +613,15 @@ impl Store {
         if let Some(span) = &span {
             batch.put_cf(self.cf(CF_SPANS), executed.first_index.to_be_bytes(), span.encode());
         }
-        // Record ids are written behind (docs/adr/0010): held in memory until
-        // `ids_behind` of them are, then all in one sorted run, which RocksDB's
-        // memtable takes almost in order; one put per id per block, among the
-        // ids of earlier blocks, was 6 % of a validator (session 22).
+        // Record ids and state leaves are written behind (docs/adr/0010): held
+        // in memory until `indexes_behind` records' worth are, then each in one
+        // sorted run, which RocksDB's memtables take almost in order; a put per
+        // id and per changed key in every block, among the random keys of
+        // earlier blocks, and the reads of those leaves, were up to 15 % of a
+        // validator (session 22).
         let log_size = executed.first_index + executed.ids.len() as u64;
-        let ids_written = self.recent_ids.len() + executed.ids.len() >= self.options.ids_behind;
-        if ids_written {
+        let indexes_written = self.recent_ids.len() + executed.ids.len() >= self.options.indexes_behind;
+        if indexes_written {
             let block = executed.ids.iter().enumerate().map(|(i, id)| (id, executed.first_index + i as u64));
             let mut ids: Vec<(&RecordId, u64)> = self.recent_ids.iter().map(|(id, i)| (id, *i)).chain(block).collect();
             ids.sort_unstable();
@@ -607,7 +629,15 @@ impl Store {
             for (id, index) in ids {
                 batch.put_cf(ids_cf, id.0, index.to_be_bytes());
             }
-            batch.put_cf(self.cf(CF_META), b"ids_to", log_size.to_be_bytes());
+            debug_assert!(executed.state.leaves.is_sorted_by(|a, b| a.0 < b.0), "leaves come sorted by key hash");
+            let held: Vec<(Hash, Head)> = self.recent_leaves.iter().map(|(k, h)| (*k, *h)).collect();
+            let mut leaves = Vec::with_capacity(held.len() + executed.state.leaves.len());
+            merge_newer(&mut leaves, held, executed.state.leaves.iter().map(|(k, h)| (k, h)));
+            let leaves_cf = self.cf(CF_LEAVES);
+            for (key_hash, head) in &leaves {
+                batch.put_cf(leaves_cf, key_hash, encode_head(head));
+            }
+            batch.put_cf(self.cf(CF_META), b"indexed_to", log_size.to_be_bytes());
         }
         let mut nodes: Vec<([u8; 9], &Hash)> = executed
             .nodes
@@ -619,11 +649,6 @@ impl Store {
         let nodes_cf = self.cf(CF_NODES);
         for (key, hash) in nodes {
             batch.put_cf(nodes_cf, key, hash);
-        }
-        debug_assert!(executed.state.leaves.is_sorted_by(|a, b| a.0 < b.0), "leaves come sorted by key hash");
-        let leaves_cf = self.cf(CF_LEAVES);
-        for (key_hash, head) in &executed.state.leaves {
-            batch.put_cf(leaves_cf, key_hash, encode_head(head));
         }
         batch.put_cf(self.cf(CF_META), b"leaves", executed.state.leaf_count.to_be_bytes());
         for (submitter, nonce) in &executed.nonces {
@@ -647,12 +672,14 @@ impl Store {
         if let Some(span) = &span {
             self.segments.committed(span);
         }
-        if ids_written {
+        if indexes_written {
             self.recent_ids.clear();
-            self.ids_to = log_size;
+            self.recent_leaves.clear();
+            self.indexed_to = log_size;
         } else {
             let block = executed.ids.iter().enumerate().map(|(i, id)| (*id, executed.first_index + i as u64));
             self.recent_ids.extend(block);
+            self.recent_leaves.extend(executed.state.leaves.iter().cloned());
         }
         self.tip = tip;
         if certificate.is_some() {
@@ -887,10 +914,10 @@ impl Store {
         self.get(CF_IDS, &id.0)?.map(|b| be_u64(&b, "ids")).transpose()
     }
 
-    /// The `ids` family holds the id of every record below this log index;
-    /// the ids of later ones are held in memory (docs/adr/0010).
-    pub fn ids_written_to(&self) -> u64 {
-        self.ids_to
+    /// The `ids` and `leaves` families are complete up to this log index;
+    /// what later records made is held in memory (docs/adr/0010).
+    pub fn indexed_to(&self) -> u64 {
+        self.indexed_to
     }
 
     /// Up to `limit` versions of a key, oldest first, `(version, log index,
@@ -1173,12 +1200,14 @@ impl LeafReader for Store {
         Ok(self.leaves_in_each(&[(*from, *to_inclusive)])?.leaves)
     }
 
-    /// One RocksDB iterator for all the spans: a seek each, no iterator set-up each.
+    /// One RocksDB iterator for all the spans: a seek each, no iterator
+    /// set-up each; the leaves held in memory (written behind) merged in.
     fn leaves_in_each(&self, spans: &[(Hash, Hash)]) -> Result<SpanLeaves, Error> {
         let mut iter = self.db.raw_iterator_cf(self.cf(CF_LEAVES));
         // A bottom subtree holds 2 to 4 leaves on average.
         let mut out = SpanLeaves::with_capacity(spans.len());
         for (from, to_inclusive) in spans {
+            let start = out.leaves.len();
             iter.seek(from);
             while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
                 if k > &to_inclusive[..] {
@@ -1192,14 +1221,40 @@ impl LeafReader for Store {
                 iter.next();
             }
             iter.status().map_err(|e| self.store_err(e))?;
+            let mut recent = self.recent_leaves.range(*from..=*to_inclusive).peekable();
+            if recent.peek().is_some() {
+                let stored = out.leaves.split_off(start);
+                merge_newer(&mut out.leaves, stored, recent);
+            }
             out.ends.push(out.leaves.len());
         }
         Ok(out)
     }
 
     fn leaf(&self, key_hash: &Hash) -> Result<Option<Head>, Error> {
+        if let Some(head) = self.recent_leaves.get(key_hash) {
+            return Ok(Some(*head));
+        }
         self.get(CF_LEAVES, key_hash)?.map(|b| decode_head(&b)).transpose()
     }
+}
+
+/// Appends to `out` the leaves of `stored` and `newer` (each sorted by key
+/// hash) in order, `newer`'s head where both hold a key.
+fn merge_newer<'a>(
+    out: &mut Vec<(Hash, Head)>,
+    stored: Vec<(Hash, Head)>,
+    newer: impl Iterator<Item = (&'a Hash, &'a Head)>,
+) {
+    let mut stored = stored.into_iter().peekable();
+    for (key_hash, head) in newer {
+        while let Some(older) = stored.next_if(|(k, _)| k < key_hash) {
+            out.push(older);
+        }
+        stored.next_if(|(k, _)| k == key_hash);
+        out.push((*key_hash, *head));
+    }
+    out.extend(stored);
 }
 
 impl StateTreeReader for Store {

@@ -62,7 +62,7 @@ fn block_records<V: StateView>(height: u64, state: &V) -> Vec<SignedRecord> {
 /// step of a commit, segment creation included; record ids written behind
 /// every few blocks too.
 fn options() -> StoreOptions {
-    StoreOptions { segment_bytes: 16 << 10, ids_behind: 25, ..StoreOptions::default() }
+    StoreOptions { segment_bytes: 16 << 10, indexes_behind: 25, ..StoreOptions::default() }
 }
 
 /// The child: commit blocks forever (or for a minute), printing each height once it is committed.
@@ -175,7 +175,7 @@ fn crash_kill_loop() {
             let id = annal_ledger::record::SignedRecord::id_of_bytes(&bytes);
             assert_eq!(store.index_of(&id).unwrap(), Some(i), "{context}: record {i}'s id");
         }
-        assert!(store.ids_written_to() <= tip.log_size, "{context}: ids written past the log");
+        assert!(store.indexed_to() <= tip.log_size, "{context}: ids written past the log");
         let scanned = store.records_in(0, tip.log_size).unwrap();
         assert_eq!(scanned.iter().map(|b| merkle::leaf_hash(b)).collect::<Vec<_>>(), leaves, "{context}: one scan");
         let past = store.records_in(tip.log_size.saturating_sub(1), tip.log_size + 1).unwrap_err().to_string();
