@@ -630,13 +630,13 @@ impl Store {
                 batch.put_cf(ids_cf, id.0, index.to_be_bytes());
             }
             debug_assert!(executed.state.leaves.is_sorted_by(|a, b| a.0 < b.0), "leaves come sorted by key hash");
-            let held: Vec<(Hash, Head)> = self.recent_leaves.iter().map(|(k, h)| (*k, *h)).collect();
-            let mut leaves = Vec::with_capacity(held.len() + executed.state.leaves.len());
-            merge_newer(&mut leaves, held, executed.state.leaves.iter().map(|(k, h)| (k, h)));
+            // Merged as they are put, not copied first: the run is up to
+            // `indexes_behind` leaves, and the batch holds them once already.
             let leaves_cf = self.cf(CF_LEAVES);
-            for (key_hash, head) in &leaves {
+            let block = executed.state.leaves.iter().map(|(k, h)| (k, h));
+            merge_newer(self.recent_leaves.iter(), block, |key_hash, head| {
                 batch.put_cf(leaves_cf, key_hash, encode_head(head));
-            }
+            });
             batch.put_cf(self.cf(CF_META), b"indexed_to", log_size.to_be_bytes());
         }
         let mut nodes: Vec<([u8; 9], &Hash)> = executed
@@ -1224,7 +1224,7 @@ impl LeafReader for Store {
             let mut recent = self.recent_leaves.range(*from..=*to_inclusive).peekable();
             if recent.peek().is_some() {
                 let stored = out.leaves.split_off(start);
-                merge_newer(&mut out.leaves, stored, recent);
+                merge_newer(stored.iter().map(|(k, h)| (k, h)), recent, |k, h| out.leaves.push((*k, *h)));
             }
             out.ends.push(out.leaves.len());
         }
@@ -1239,22 +1239,22 @@ impl LeafReader for Store {
     }
 }
 
-/// Appends to `out` the leaves of `stored` and `newer` (each sorted by key
-/// hash) in order, `newer`'s head where both hold a key.
+/// Calls `each` with the leaves of `older` and `newer` (each sorted by key
+/// hash) in key order, `newer`'s head where both hold a key.
 fn merge_newer<'a>(
-    out: &mut Vec<(Hash, Head)>,
-    stored: Vec<(Hash, Head)>,
+    older: impl Iterator<Item = (&'a Hash, &'a Head)>,
     newer: impl Iterator<Item = (&'a Hash, &'a Head)>,
+    mut each: impl FnMut(&Hash, &Head),
 ) {
-    let mut stored = stored.into_iter().peekable();
+    let mut older = older.peekable();
     for (key_hash, head) in newer {
-        while let Some(older) = stored.next_if(|(k, _)| k < key_hash) {
-            out.push(older);
+        while let Some((k, h)) = older.next_if(|(k, _)| *k < key_hash) {
+            each(k, h);
         }
-        stored.next_if(|(k, _)| k == key_hash);
-        out.push((*key_hash, *head));
+        older.next_if(|(k, _)| *k == key_hash);
+        each(key_hash, head);
     }
-    out.extend(stored);
+    older.for_each(|(k, h)| each(k, h));
 }
 
 impl StateTreeReader for Store {
