@@ -140,9 +140,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        // 200,000 records: ~36 MB held, an ids run a little smaller than the
-        // ids family's memtable, ~0.1 GB of records to read again on open.
-        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20, indexes_behind: 200_000 }
+        // 100,000 records: ~18 MB held, ~60 MB of records to read again on
+        // open. 200,000 saved no more CPU and peaked ~60 MB higher in the
+        // million-record run (docs/BENCHMARKS.md, session 22).
+        StoreOptions { sync: true, cache_bytes: 256 << 20, segment_bytes: 256 << 20, indexes_behind: 100_000 }
     }
 }
 
