@@ -120,6 +120,27 @@ pub(crate) fn nonce_not_above(nonce: u64, submitter: &annal_ledger::keys::Public
     format!("nonce {nonce} of submitter {} is not above its last final nonce {last}", submitter.to_hex())
 }
 
+/// Where record `id` is in the log, if it is final (read under one store guard).
+fn placed_in(store: &Store, id: &RecordId) -> Result<Option<Placed>, Failure> {
+    match store.index_of(id)? {
+        Some(index) => Ok(Some(Placed { index, height: store.height_of_index(index)?.0 })),
+        None => Ok(None),
+    }
+}
+
+/// A record at or below its submitter's last final nonce: final already (then
+/// it is answered as such) or refused. `None` when its nonce is above, the
+/// only case in which admission goes on. The index is read for those alone,
+/// not for every new record. Takes the caller's store guard: taking it again
+/// here would deadlock against a commit waiting for the write lock.
+fn nonce_taken(store: &Store, r: &annal_ledger::record::Record, id: RecordId) -> Result<Option<Admitted>, Failure> {
+    let Some(last) = store.last_nonce(&r.submitter)?.filter(|&last| r.nonce <= last) else { return Ok(None) };
+    match placed_in(store, &id)? {
+        Some(placed) => Ok(Some(Admitted::Final { id, placed })),
+        None => Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last))),
+    }
+}
+
 /// What `precheck` found: a record already known, or a new one to verify.
 enum Prechecked {
     Known(Admitted),
@@ -346,22 +367,10 @@ impl Shared {
                 continue;
             }
             let id = record.id;
-            let r = &record.record.record;
-            match store.last_nonce(&r.submitter).map(|last| last.filter(|&last| r.nonce <= last)) {
+            match nonce_taken(&store, &record.record.record, id) {
                 Ok(None) => {}
-                Ok(Some(last)) => {
-                    results[slot] = Some(match store.index_of(&id) {
-                        Ok(Some(index)) => store
-                            .height_of_index(index)
-                            .map(|height| Admitted::Final { id, placed: Placed { index, height: height.0 } })
-                            .map_err(Failure::from),
-                        Ok(None) => Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last))),
-                        Err(e) => Err(Failure::from(e)),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    results[slot] = Some(Err(Failure::from(e)));
+                done => {
+                    results[slot] = done.transpose();
                     continue;
                 }
             }
@@ -389,18 +398,8 @@ impl Shared {
         if self.pool.lock().expect("pool lock").contains(&id) {
             return Ok(Prechecked::Known(Admitted::Pending { id, new: false }));
         }
-        let r = &record.record;
-        // Bound first: in an `if let` the store's read guard would live through
-        // the block, and `placed` takes it again (a commit waiting for the write
-        // lock between the two would deadlock).
-        let last = self.store().last_nonce(&r.submitter)?;
-        if let Some(last) = last.filter(|&last| r.nonce <= last) {
-            // Only a record at or below its submitter's last final nonce can be final already:
-            // the index is read for those alone, not for every new record.
-            if let Some(placed) = self.placed(&id)? {
-                return Ok(Prechecked::Known(Admitted::Final { id, placed }));
-            }
-            return Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last)));
+        if let Some(done) = nonce_taken(&self.store(), &record.record, id)? {
+            return Ok(Prechecked::Known(done));
         }
         let mut encoded = Encoded::from_parts(record, bytes, id);
         rules.check_and_mark(&mut encoded).map_err(|e| Failure::Refused(e.to_string()))?;
@@ -501,11 +500,7 @@ impl Shared {
 
     /// Where a final record sits.
     pub fn placed(&self, id: &RecordId) -> Result<Option<Placed>, Failure> {
-        let store = self.store();
-        match store.index_of(id)? {
-            Some(index) => Ok(Some(Placed { index, height: store.height_of_index(index)?.0 })),
-            None => Ok(None),
-        }
+        placed_in(&self.store(), id)
     }
 
     /// `GET /v1/records/{id}`.
