@@ -83,7 +83,7 @@ use crate::keys::PublicKey;
 use crate::merkle::{self, Frontier, Hash, NodeReader};
 use crate::record::{RecordId, SignedRecord};
 use crate::segments::{Segments, Span};
-use crate::state::{decode_head, encode_head, Head, StateKey, StateView, Status};
+use crate::state::{decode_head, head_bytes, Head, StateKey, StateView, Status, HEAD_BYTES};
 use crate::state_tree::{self, key_hash, key_hash_of, LeafReader, Levels, SpanLeaves, StateProof, StateTreeReader};
 
 const CF_HEADERS: &str = "headers";
@@ -594,10 +594,29 @@ impl Store {
             true => None,
             false => Some(self.segments.append(executed.first_index, &executed.records)?),
         };
-        // Sized once for the whole block: grown from empty by doubling, the
-        // batch was reallocated and copied some twenty times; building it was
-        // 4.4 % of a validator when it held the records (session 10 profile).
-        let mut batch = WriteBatch::with_capacity_bytes(executed.records.len() * BATCH_BYTES_PER_RECORD + 4096);
+        // Record ids and state leaves are written behind (docs/adr/0010): held
+        // in memory until `indexes_behind` records' worth are, then each in one
+        // sorted run, which RocksDB's memtables take almost in order; a put per
+        // id and per changed key in every block, among the random keys of
+        // earlier blocks, and the reads of those leaves, were up to 15 % of a
+        // validator (session 22).
+        let log_size = executed.first_index + executed.ids.len() as u64;
+        let indexes_written = self.recent_ids.len() + executed.ids.len() >= self.options.indexes_behind;
+        // Sized once for what the batch will hold: grown from empty by doubling,
+        // it was reallocated and copied some twenty times (4.4 % of a validator
+        // when it held the records, session 10), and a block that writes the
+        // indexes' run outgrew a reservation by records and faulted in each
+        // regrowth's fresh pages (2 % of a validator at rate max, session 23).
+        let run = match indexes_written {
+            true => {
+                (self.recent_ids.len() + executed.ids.len()) * BATCH_ID_BYTES
+                    + (self.recent_leaves.len() + executed.state.leaves.len()) * BATCH_LEAF_BYTES
+            }
+            false => 0,
+        };
+        let mut batch = WriteBatch::with_capacity_bytes(
+            executed.nodes.len() * BATCH_NODE_BYTES + executed.nonces.len() * BATCH_ID_BYTES + run + 4096,
+        );
         let h = height.to_be_bytes();
         batch.put_cf(self.cf(CF_HEADERS), h, header.to_bytes());
         if let Some(c) = certificate {
@@ -614,14 +633,6 @@ impl Store {
         if let Some(span) = &span {
             batch.put_cf(self.cf(CF_SPANS), executed.first_index.to_be_bytes(), span.encode());
         }
-        // Record ids and state leaves are written behind (docs/adr/0010): held
-        // in memory until `indexes_behind` records' worth are, then each in one
-        // sorted run, which RocksDB's memtables take almost in order; a put per
-        // id and per changed key in every block, among the random keys of
-        // earlier blocks, and the reads of those leaves, were up to 15 % of a
-        // validator (session 22).
-        let log_size = executed.first_index + executed.ids.len() as u64;
-        let indexes_written = self.recent_ids.len() + executed.ids.len() >= self.options.indexes_behind;
         if indexes_written {
             let block = executed.ids.iter().enumerate().map(|(i, id)| (id, executed.first_index + i as u64));
             let mut ids: Vec<(&RecordId, u64)> = self.recent_ids.iter().map(|(id, i)| (id, *i)).chain(block).collect();
@@ -636,7 +647,7 @@ impl Store {
             let leaves_cf = self.cf(CF_LEAVES);
             let block = executed.state.leaves.iter().map(|(k, h)| (k, h));
             merge_newer(self.recent_leaves.iter(), block, |key_hash, head| {
-                batch.put_cf(leaves_cf, key_hash, encode_head(head));
+                batch.put_cf(leaves_cf, key_hash, head_bytes(head));
             });
             batch.put_cf(self.cf(CF_META), b"indexed_to", log_size.to_be_bytes());
         }
@@ -1349,10 +1360,16 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     opts
 }
 
-/// A block's write batch is reserved as this much per record: its length in
-/// the span, the keys and values of its id, log node and leaf, with RocksDB's
-/// framing (about 150 bytes; a little over is cheaper than a regrowth).
-const BATCH_BYTES_PER_RECORD: usize = 256;
+/// What one put takes in a RocksDB write batch besides its key and value:
+/// a tag byte, the family's id, the key's and the value's lengths (varints,
+/// one byte each at these sizes).
+const BATCH_PUT_BYTES: usize = 4;
+/// A record id's put (id, log index) in a write batch.
+const BATCH_ID_BYTES: usize = BATCH_PUT_BYTES + 32 + 8;
+/// A state leaf's put (key hash, head).
+const BATCH_LEAF_BYTES: usize = BATCH_PUT_BYTES + 32 + HEAD_BYTES;
+/// A log node's put (level and index, hash).
+const BATCH_NODE_BYTES: usize = BATCH_PUT_BYTES + 9 + 32;
 
 /// The ids family's memtable is flushed at this size (other families: RocksDB's 64 MB).
 const IDS_MEMTABLE_BYTES: usize = 16 << 20;
