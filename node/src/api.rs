@@ -204,14 +204,14 @@ impl Guard {
         if let (Some(limiter), Some(ConnectInfo(peer))) =
             (&self.limiter, request.extensions().get::<ConnectInfo<SocketAddr>>())
         {
-            let taken = limiter.lock().expect("limiter lock").take(peer.ip(), Instant::now());
+            let client = Client::of(peer.ip());
+            let taken = limiter.lock().expect("limiter lock").take(client, Instant::now());
             if let Err(wait_s) = taken {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     format!(
-                        "client {} exceeded {} requests per second (limits.api_requests_per_s)",
-                        peer.ip(),
+                        "client {client} exceeded {} requests per second (limits.api_requests_per_s)",
                         self.shared.limits.api_requests_per_s
                     ),
                 );
@@ -285,10 +285,40 @@ fn body_too_large(declared: Option<u64>, max: usize) -> ApiError {
     ApiError::too_large(format!("{size} exceeds this node's limit of {max} bytes (limits.api_body_bytes_max)"))
 }
 
-/// Token buckets per client address: `rate` tokens a second, at most one second's worth held.
+/// Whom the rate limit counts as one client: an IPv4 address (also when it
+/// arrives IPv4-mapped on an IPv6 socket), or an IPv6 /64 — one subscriber's
+/// network, whose 2^64 addresses would otherwise each get a fresh bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Client {
+    V4(std::net::Ipv4Addr),
+    V6Net64(u64),
+}
+
+impl Client {
+    fn of(ip: IpAddr) -> Client {
+        match ip {
+            IpAddr::V4(v4) => Client::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Client::V4(v4),
+                None => Client::V6Net64((v6.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::V4(v4) => write!(f, "{v4}"),
+            Client::V6Net64(net) => write!(f, "{}/64", std::net::Ipv6Addr::from_bits(u128::from(*net) << 64)),
+        }
+    }
+}
+
+/// Token buckets per client: `rate` tokens a second, at most one second's worth held.
 struct Limiter {
     rate: f64,
-    clients: HashMap<IpAddr, Bucket>,
+    clients: HashMap<Client, Bucket>,
 }
 
 struct Bucket {
@@ -301,13 +331,13 @@ impl Limiter {
         Limiter { rate: f64::from(requests_per_s), clients: HashMap::new() }
     }
 
-    /// Takes a token for `ip`, or says how many whole seconds until one is there.
-    fn take(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        if !self.clients.contains_key(&ip) && self.clients.len() >= CLIENTS_MAX {
+    /// Takes a token for `client`, or says how many whole seconds until one is there.
+    fn take(&mut self, client: Client, now: Instant) -> Result<(), u64> {
+        if !self.clients.contains_key(&client) && self.clients.len() >= CLIENTS_MAX {
             self.evict(now);
         }
         let rate = self.rate;
-        let bucket = self.clients.entry(ip).or_insert(Bucket { tokens: rate, seen: now });
+        let bucket = self.clients.entry(client).or_insert(Bucket { tokens: rate, seen: now });
         bucket.tokens = refilled(bucket, rate, now);
         bucket.seen = now;
         if bucket.tokens >= 1.0 {
@@ -319,17 +349,24 @@ impl Limiter {
     }
 
     /// Forgets clients whose bucket is full again (forgetting them changes
-    /// nothing); if every client is still limited, the longest idle one.
+    /// nothing); if that leaves the table full, the longest idle eighth of it,
+    /// so a stream of new clients pays for one scan per CLIENTS_EVICTED of them
+    /// rather than one per client, under the lock every request takes.
     fn evict(&mut self, now: Instant) {
         let rate = self.rate;
         self.clients.retain(|_, b| refilled(b, rate, now) < rate);
         if self.clients.len() >= CLIENTS_MAX {
-            if let Some(ip) = self.clients.iter().min_by_key(|(_, b)| b.seen).map(|(ip, _)| *ip) {
-                self.clients.remove(&ip);
+            let mut by_idle: Vec<(Instant, Client)> = self.clients.iter().map(|(c, b)| (b.seen, *c)).collect();
+            by_idle.select_nth_unstable_by_key(CLIENTS_EVICTED - 1, |(seen, _)| *seen);
+            for (_, client) in &by_idle[..CLIENTS_EVICTED] {
+                self.clients.remove(client);
             }
         }
     }
 }
+
+/// How many limited clients one eviction forgets when every bucket is still in use.
+const CLIENTS_EVICTED: usize = CLIENTS_MAX / 8;
 
 fn refilled(bucket: &Bucket, rate: f64, now: Instant) -> f64 {
     (bucket.tokens + now.duration_since(bucket.seen).as_secs_f64() * rate).min(rate)
@@ -761,8 +798,8 @@ async fn openapi(_: NoQuery) -> Response {
 mod tests {
     use super::*;
 
-    fn ip(n: usize) -> IpAddr {
-        IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8])
+    fn ip(n: usize) -> Client {
+        Client::of(IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]))
     }
 
     /// Goal: a bucket holds one second's worth, refills at the rate, and says when to come back.
@@ -782,8 +819,9 @@ mod tests {
         assert_eq!(slow.take(ip(1), t), Err(1));
     }
 
-    /// Goal: the limiter never remembers more than CLIENTS_MAX addresses, forgetting idle ones first,
-    /// and one more client past the bound evicts the longest idle limited one, not the newest.
+    /// Goal: the limiter never remembers more than CLIENTS_MAX clients, forgetting idle ones
+    /// first; one more client past the bound evicts the longest idle eighth of the limited
+    /// ones at once (not the newest), so the next ones are admitted without another scan.
     #[test]
     fn clients_are_bounded() {
         let mut limiter = Limiter::new(1);
@@ -794,12 +832,34 @@ mod tests {
         assert_eq!(limiter.clients.len(), CLIENTS_MAX);
         let late = t + Duration::from_millis(20);
         limiter.take(ip(CLIENTS_MAX), late).unwrap();
-        assert_eq!(limiter.clients.len(), CLIENTS_MAX);
-        assert!(!limiter.clients.contains_key(&ip(0)), "the longest idle client is forgotten");
+        assert_eq!(limiter.clients.len(), CLIENTS_MAX - CLIENTS_EVICTED + 1);
+        assert!((0..CLIENTS_EVICTED).all(|n| !limiter.clients.contains_key(&ip(n))), "the longest idle are forgotten");
+        assert!((CLIENTS_EVICTED..=CLIENTS_MAX).all(|n| limiter.clients.contains_key(&ip(n))), "the rest are kept");
         assert_eq!(limiter.take(ip(CLIENTS_MAX), late), Err(1), "the newest is still limited");
         let idle = t + Duration::from_secs(2);
-        limiter.take(ip(CLIENTS_MAX + 1), idle).unwrap();
+        for n in 1..CLIENTS_EVICTED {
+            limiter.take(ip(CLIENTS_MAX + n), late).unwrap();
+        }
+        assert_eq!(limiter.clients.len(), CLIENTS_MAX, "room for an eighth more before the next eviction");
+        limiter.take(ip(2 * CLIENTS_MAX), idle).unwrap();
         assert_eq!(limiter.clients.len(), 1, "every refilled bucket is forgotten at once");
+    }
+
+    /// Goal: one IPv6 /64 is one client (its host part is the subscriber's to
+    /// choose), an IPv4-mapped address is its IPv4 client, and the 429's text names the /64.
+    #[test]
+    fn an_ipv6_network_is_one_client() {
+        let v6 = |s: &str| Client::of(s.parse::<IpAddr>().unwrap());
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:10.0.0.7"), v6("10.0.0.7"));
+        assert_eq!(v6("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(v6("10.0.0.7").to_string(), "10.0.0.7");
+        let mut limiter = Limiter::new(1);
+        let t = Instant::now();
+        limiter.take(v6("2001:db8:1:2::1"), t).unwrap();
+        assert_eq!(limiter.take(v6("2001:db8:1:2::99"), t), Err(1), "another host of the /64 shares its bucket");
+        limiter.take(v6("2001:db8:1:3::1"), t).expect("the next /64 has its own");
     }
 
     /// Goal: the served OpenAPI document is JSON naming OpenAPI 3.0.

@@ -70,7 +70,7 @@ pub struct Limits {
     /// Request bodies served at once, summed (declared sizes; a chunked body
     /// counts as `api_body_bytes_max`); past it requests get 503 `busy`.
     pub api_body_bytes_in_flight_max: usize,
-    /// Requests per second one client address may make (0: no limit).
+    /// Requests per second one client (an IPv4 address or an IPv6 /64) may make (0: no limit).
     pub api_requests_per_s: u32,
     /// Longest time an API request may take (a `wait=final` may ask for less).
     pub api_request_timeout_ms: u64,
