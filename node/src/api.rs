@@ -36,6 +36,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const WAIT_MS_DEFAULT: u64 = 30_000;
 /// The longest `timeout_ms` a client may ask for.
 pub const WAIT_MS_MAX: u64 = 120_000;
+/// How long before the request's time bound a `wait=final` gives up, to answer in time.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 /// Client addresses the rate limiter remembers; past it, idle ones are forgotten first.
 pub const CLIENTS_MAX: usize = 10_000;
 
@@ -258,7 +260,13 @@ impl Guard {
     }
 }
 
-async fn guard_request(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+/// When the request's time bound (`limits.api_request_timeout_ms`) runs out:
+/// a handler that waits (`wait=final`) stops in time to answer for itself.
+#[derive(Clone, Copy)]
+struct Deadline(Instant);
+
+async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(Deadline(Instant::now() + guard.timeout));
     let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes)) {
         Err(e) => e.into_response(),
         // The permit is held until the answer is made (or the request dropped).
@@ -509,6 +517,7 @@ fn json_text(text: String) -> Response {
 /// `POST /v1/records[?wait=final&timeout_ms=N]`.
 async fn submit(
     State(shared): State<Arc<Shared>>,
+    deadline: Option<axum::Extension<Deadline>>,
     query: QueryParams,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<Response, ApiError> {
@@ -531,7 +540,21 @@ async fn submit(
     match admitted {
         Admitted::Final { id, placed } => Ok(Json(final_json(&id, placed)).into_response()),
         Admitted::Pending { id, .. } if wait => {
-            let placed = shared.wait_final(id, Duration::from_millis(timeout_ms)).await?;
+            // The wait ends before the request's own bound, so the answer names
+            // the record and says it is pending, not only that time ran out.
+            let asked = Duration::from_millis(timeout_ms);
+            let room = deadline.map_or(asked, |d| d.0 .0.saturating_duration_since(Instant::now() + DEADLINE_MARGIN));
+            let placed = match shared.wait_final(id, asked.min(room)).await {
+                Err(Failure::Timeout(why)) if room < asked => {
+                    return Err(Failure::Timeout(format!(
+                        "{why} (the wait was cut from the {timeout_ms} ms asked to end within this node's \
+                         limit of {} ms per request, limits.api_request_timeout_ms)",
+                        shared.limits.api_request_timeout_ms
+                    ))
+                    .into())
+                }
+                other => other?,
+            };
             Ok(Json(final_json(&id, placed)).into_response())
         }
         Admitted::Pending { id, .. } => {

@@ -688,13 +688,27 @@ async fn a_node_that_does_not_vote_and_has_no_peers_accepts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_the_time_bound_is_504() {
-    // Goal: a request that outlives api_request_timeout_ms is cut at that bound with 504 timeout.
+    // Goal: a request that outlives api_request_timeout_ms is cut at that bound with 504
+    // timeout; a wait=final asked to outlast the bound ends just before it and answers for
+    // itself, naming the record still pending (session 23: it was cut by the bound, unnamed).
     let node = start("bound", Limits { api_request_timeout_ms: 300, ..Limits::default() }).await;
     let started = std::time::Instant::now();
-    let detail = node.post("/v1/records?wait=final&timeout_ms=5000", &body_of(&publish(21, "a", 1))).await;
-    let detail = detail.error(504, "timeout");
-    assert!(detail.contains("api_request_timeout_ms"), "{detail}");
+    let r = publish(21, "a", 1);
+    let answer = node.post("/v1/records?wait=final&timeout_ms=5000", &body_of(&r)).await;
+    let detail = answer.error(504, "timeout");
+    assert!(detail.contains(&r.id().to_hex()) && detail.contains("still pending"), "{detail}");
+    assert!(detail.contains("cut from the 5000 ms asked") && detail.contains("api_request_timeout_ms"), "{detail}");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // A body that does not arrive in time: the bound itself answers.
+    let mut slow = TcpStream::connect(node.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head =
+        "POST /v1/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    slow.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = slow.read_to_end(&mut raw);
+    let detail = parse(&raw).error(504, "timeout");
+    assert!(detail.contains("api_request_timeout_ms") && detail.contains("may still have been accepted"), "{detail}");
     node.stop().await;
 }
 
