@@ -403,8 +403,14 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
 
 /// Whether the record's submitter could write its namespace at `height`:
 /// an officer of the agency owning it, or for governance records a validator
-/// in force. Returns the agency's name (`annal.gov` for governance).
+/// in force; and whether its sizes and shape were within the charter's limits
+/// then (execution's own check, so a block certified by more than 2/3 of a
+/// set that skipped it does not pass for well formed). Returns the agency's
+/// name (`annal.gov` for governance).
 fn check_submitter(record: &SignedRecord, charter: &Charter, set: &ValidatorSet, height: u64) -> Result<String, Error> {
+    record.record.check_form(&charter.params).map_err(|e| {
+        fail(Check::RecordBytes, format!("at height {height}, under the charter's limits in force there: {e}"))
+    })?;
     let rules = Rules::of(&record.record.chain_id, charter, set);
     rules
         .writer(&record.record)
@@ -779,3 +785,46 @@ mod build {
 
 #[cfg(feature = "store")]
 pub use build::{bundle, certified_block, consistency, set_at};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis::{Agency, Params};
+    use crate::keys::SecretKey;
+    use crate::record::{Op, Record};
+
+    /// Goal (PROOFS.md step 9, session 23): the verifier holds the record to the
+    /// limits of the charter in force at its height, as execution does; it checked
+    /// only who may write the namespace.
+    #[test]
+    fn a_record_past_the_charter_limits_is_refused() {
+        let officer = SecretKey::from_seed([21; 32]);
+        let params = Params { body_bytes_max: 100, ..Params::default() };
+        let agency =
+            Agency { name: "land".into(), submitter_keys: vec![officer.public()], namespaces: vec!["land".into()] };
+        let charter = Charter { agencies: vec![agency], params };
+        let set = ValidatorSet { validators: Vec::new() };
+        let record = |body: usize| {
+            Record {
+                chain_id: "annal-test".into(),
+                namespace: "land".into(),
+                key: "parcel/1".into(),
+                op: Op::Publish,
+                body: Body::Inline(vec![7; body]),
+                metadata: BTreeMap::new(),
+                supersedes: None,
+                version: 1,
+                submitter: officer.public(),
+                nonce: 1,
+            }
+            .sign(&officer)
+        };
+        assert_eq!(check_submitter(&record(100), &charter, &set, 9).unwrap(), "land");
+        match check_submitter(&record(101), &charter, &set, 9) {
+            Err(Error::Proof { check: Check::RecordBytes, detail }) => {
+                assert!(detail.contains("at height 9") && detail.contains("body"), "{detail}")
+            }
+            other => panic!("a body over the charter's limit passed: {other:?}"),
+        }
+    }
+}
