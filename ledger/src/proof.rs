@@ -522,15 +522,18 @@ fn check_status(
     sets: &mut SetWalk,
     chain_id: &str,
 ) -> Result<CurrentStatus, Error> {
-    let header = decode_header(&part.block.header)?;
+    // The status block is checked as the record's block is; its failures say
+    // which block they are about (a bad signature here is not the record's).
+    let header = decode_header(&part.block.header).map_err(|e| in_status_block(e, None))?;
     if header.height < block.height {
         return Err(fail(
             Check::Status,
             format!("status is as of height {}, before the record's block {}", header.height.0, block.height.0),
         ));
     }
-    let set = sets.at(header.height.0)?;
-    check_certified(&header, &part.block.checkpoint, &set, chain_id)?;
+    let set = sets.at(header.height.0).map_err(|e| in_status_block(e, Some(header.height.0)))?;
+    check_certified(&header, &part.block.checkpoint, &set, chain_id)
+        .map_err(|e| in_status_block(e, Some(header.height.0)))?;
     let bytes = decode_b64(&part.state_proof, Check::Status, "state proof bytes")?;
     let proof = StateProof::from_bytes(&bytes).map_err(|e| fail(Check::Status, e.to_string()))?;
     let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };
@@ -545,6 +548,17 @@ fn check_status(
         ));
     }
     Ok(CurrentStatus { height: header.height.0, time_ms: header.time_ms, head })
+}
+
+/// `e` said of the status block (at `height`, when its header was read).
+fn in_status_block(e: Error, height: Option<u64>) -> Error {
+    match e {
+        Error::Proof { check, detail } => {
+            let at = height.map_or(String::new(), |h| format!(" at height {h}"));
+            Error::Proof { check, detail: format!("the status block{at}, not the record's: {detail}") }
+        }
+        other => other,
+    }
 }
 
 /// The format line of a version-1 consistency proof.

@@ -474,6 +474,20 @@ fn every_state_proof_forgery_is_refused() {
     let mut f = b.clone();
     f.status.as_mut().unwrap().block = f.block.clone();
     expect(&f, &c.genesis, Check::Status, "the record's own block as status block");
+    // A bad signature on the status block's checkpoint fails the checkpoint check, and the
+    // detail says it is the status block's, not the record's (session 23).
+    let mut f = b.clone();
+    let checkpoint = &mut f.status.as_mut().unwrap().block.checkpoint;
+    let last = checkpoint.trim_end().rfind(' ').unwrap() + 1;
+    let mut sig = B64.decode(checkpoint.trim_end()[last..].trim()).unwrap();
+    *sig.last_mut().unwrap() ^= 1;
+    checkpoint.replace_range(last..checkpoint.trim_end().len(), &B64.encode(&sig));
+    match proof::verify(&f, &c.genesis, None) {
+        Err(Error::Proof { check: Check::Checkpoint, detail }) => {
+            assert!(detail.contains("the status block at height 7, not the record's"), "{detail}")
+        }
+        other => panic!("a status block with a bad signature: {other:?}"),
+    }
 }
 
 #[test]
