@@ -38,7 +38,7 @@ pub const WAIT_MS_DEFAULT: u64 = 30_000;
 pub const WAIT_MS_MAX: u64 = 120_000;
 /// How long before the request's time bound a `wait=final` gives up, to answer in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
-/// Client addresses the rate limiter remembers; past it, idle ones are forgotten first.
+/// Clients (IPv4 addresses, IPv6 /64s) the rate limiter remembers; past it, refilled ones are forgotten first.
 pub const CLIENTS_MAX: usize = 10_000;
 
 type Routes = Vec<(Method, &'static str, MethodRouter<Arc<Shared>>)>;
