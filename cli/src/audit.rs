@@ -46,6 +46,12 @@ pub struct AuditArgs {
     /// rebuilt from genesis, but their signatures are taken as checked.
     #[arg(long, default_value_t = 1)]
     from_height: u64,
+    /// Fail (exit 2) if more than this many blocks at the top have no checkpoint
+    /// checked: they rest on the node's word only. Checkpoints of the newest
+    /// blocks are still being collected, so a small number is normal; without
+    /// this option any number passes (and is printed).
+    #[arg(long, value_name = "BLOCKS")]
+    uncertified_max: Option<u64>,
     /// Print one JSON object instead of text, and no progress line.
     #[arg(long)]
     json: bool,
@@ -471,6 +477,17 @@ pub fn audit(args: AuditArgs) -> Outcome {
             top,
         );
     }
+    if let Some(max) = args.uncertified_max.filter(|max| top - signed_to > *max) {
+        return cannot(
+            format!(
+                "heights 1 to {top} replay to the headers the node serves, but the validators' checkpoints vouch \
+                 only for heights 1 to {signed_to}: the {} blocks above rest on the node's word, more than \
+                 --uncertified-max {max}",
+                top - signed_to
+            ),
+            signed_to,
+        );
+    }
     if json {
         println!(
             "{}",
@@ -818,6 +835,15 @@ pub(crate) mod tests {
 
     /// Runs `annal audit --json` against a stand-in node serving `status` and then `blocks`.
     fn audit_served(blocks: &[BlockAnswer], certified_height: u64, from_height: u64) -> Outcome {
+        audit_served_with(blocks, certified_height, from_height, None)
+    }
+
+    fn audit_served_with(
+        blocks: &[BlockAnswer],
+        certified_height: u64,
+        from_height: u64,
+        uncertified_max: Option<u64>,
+    ) -> Outcome {
         use annal_cli::canned::{answer, serve};
         let g = genesis();
         let status = json!({ "chain_id": g.chain_id, "genesis_hash": hex::encode(g.hash()),
@@ -830,7 +856,7 @@ pub(crate) mod tests {
         }
         let path = std::env::temp_dir().join(format!("annal-audit-served-{}-{from_height}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_string(&g).unwrap()).unwrap();
-        let args = AuditArgs { node: serve(answers), genesis: path.clone(), from_height, json: true };
+        let args = AuditArgs { node: serve(answers), genesis: path.clone(), from_height, uncertified_max, json: true };
         let outcome = audit(args);
         let _ = std::fs::remove_file(&path);
         outcome
@@ -849,6 +875,20 @@ pub(crate) mod tests {
         assert_eq!(audit_served(&stripped, 0, 1), Outcome::Unreadable);
         // Signatures taken as checked below --from-height: none above it to check.
         assert_eq!(audit_served(&chain(3), 3, 4), Outcome::Unreadable);
+    }
+
+    #[test]
+    fn a_long_uncertified_tail_fails_when_bounded() {
+        // Goal (left alone in session 22, done in 23): blocks above the last checked
+        // checkpoint rest on the node's word; an auditor can bound how many may.
+        let mut tail = chain(4);
+        for b in &mut tail[1..] {
+            b.checkpoint = None;
+        }
+        assert_eq!(audit_served_with(&tail, 1, 1, None), Outcome::Valid, "unbounded: printed, passes");
+        assert_eq!(audit_served_with(&tail, 1, 1, Some(3)), Outcome::Valid, "three blocks above, three allowed");
+        assert_eq!(audit_served_with(&tail, 1, 1, Some(2)), Outcome::Unreadable, "three above, two allowed");
+        assert_eq!(audit_served_with(&chain(4), 4, 1, Some(0)), Outcome::Valid, "every block vouched for");
     }
 
     #[test]
