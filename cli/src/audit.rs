@@ -485,7 +485,7 @@ pub fn audit(args: AuditArgs) -> Outcome {
                  --uncertified-max {max}",
                 top - signed_to
             ),
-            signed_to,
+            top,
         );
     }
     if json {
@@ -854,7 +854,10 @@ pub(crate) mod tests {
                                "records": b.records, "first_index": b.first_index });
             answers.push(answer("200 OK", body.to_string().as_bytes(), ""));
         }
-        let path = std::env::temp_dir().join(format!("annal-audit-served-{}-{from_height}.json", std::process::id()));
+        // One file per call: tests run on parallel threads of one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("annal-audit-served-{}-{call}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_string(&g).unwrap()).unwrap();
         let args = AuditArgs { node: serve(answers), genesis: path.clone(), from_height, uncertified_max, json: true };
         let outcome = audit(args);

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Header, ValidatorSet};
 use crate::codec;
 use crate::error::Error;
-use crate::genesis::{Charter, Genesis, CHARTER_BYTES_MAX, RECORD_BYTES_CAP};
+use crate::genesis::{Charter, Genesis, Params, CHARTER_BYTES_MAX, RECORD_BYTES_CAP};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, SignedNote};
 use crate::record::{Body, RecordId, SignedRecord};
@@ -349,7 +349,7 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
         ));
     }
     let agency = check_submitter(&record, &charter, &set, header.height.0)?;
-    record.record.check_form(&charter.params).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
+    check_form(&bytes, &record, &charter.params, header.height.0)?;
 
     // Where the record sits.
     check_inclusion(&bundle.block_path, Check::BlockInclusion, |path| {
@@ -403,19 +403,31 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
 
 /// Whether the record's submitter could write its namespace at `height`:
 /// an officer of the agency owning it, or for governance records a validator
-/// in force; and whether its sizes and shape were within the charter's limits
-/// then (execution's own check, so a block certified by more than 2/3 of a
-/// set that skipped it does not pass for well formed). Returns the agency's
-/// name (`annal.gov` for governance).
+/// in force. Returns the agency's name (`annal.gov` for governance).
 fn check_submitter(record: &SignedRecord, charter: &Charter, set: &ValidatorSet, height: u64) -> Result<String, Error> {
-    record.record.check_form(&charter.params).map_err(|e| {
-        fail(Check::RecordBytes, format!("at height {height}, under the charter's limits in force there: {e}"))
-    })?;
     let rules = Rules::of(&record.record.chain_id, charter, set);
     rules
         .writer(&record.record)
         .map(str::to_string)
         .map_err(|e| fail(Check::Submitter, format!("at height {height}: {e}")))
+}
+
+/// The record's size and shape under the limits of the charter in force at
+/// `height`, as the nodes held it: its encoding within `record_bytes_max` (they
+/// decode no longer record) and its fields within the rest (`Record::check_form`).
+/// A block certified by a set that skipped these does not pass for well formed.
+fn check_form(bytes: &[u8], record: &SignedRecord, params: &Params, height: u64) -> Result<(), Error> {
+    if bytes.len() > params.record_bytes_max {
+        return Err(fail(
+            Check::RecordBytes,
+            format!(
+                "the record is {} bytes; the charter in force at height {height} allows {} (record_bytes_max)",
+                bytes.len(),
+                params.record_bytes_max
+            ),
+        ));
+    }
+    record.record.check_form(params).map_err(|e| fail(Check::RecordBytes, format!("at height {height}: {e}")))
 }
 
 /// The first two checks of every proof file: its format line and its chain.
@@ -531,7 +543,16 @@ fn check_status(
             format!("status is as of height {}, before the record's block {}", header.height.0, block.height.0),
         ));
     }
-    let set = sets.at(header.height.0).map_err(|e| in_status_block(e, Some(header.height.0)))?;
+    let set = sets.at(header.height.0).map_err(|e| match e {
+        Error::Proof { check, detail } => Error::Proof {
+            check,
+            detail: format!(
+                "a validator-set change on the way to the status block at height {}: {detail}",
+                header.height.0
+            ),
+        },
+        other => other,
+    })?;
     check_certified(&header, &part.block.checkpoint, &set, chain_id)
         .map_err(|e| in_status_block(e, Some(header.height.0)))?;
     let bytes = decode_b64(&part.state_proof, Check::Status, "state proof bytes")?;
@@ -803,21 +824,17 @@ pub use build::{bundle, certified_block, consistency, set_at};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genesis::{Agency, Params};
+    use crate::genesis::Params;
     use crate::keys::SecretKey;
     use crate::record::{Op, Record};
 
     /// Goal (PROOFS.md step 9, session 23): the verifier holds the record to the
-    /// limits of the charter in force at its height, as execution does; it checked
-    /// only who may write the namespace.
+    /// limits of the charter in force at its height as the nodes do: its fields
+    /// (it did) and its whole encoding's `record_bytes_max` (it did not).
     #[test]
     fn a_record_past_the_charter_limits_is_refused() {
         let officer = SecretKey::from_seed([21; 32]);
-        let params = Params { body_bytes_max: 100, ..Params::default() };
-        let agency =
-            Agency { name: "land".into(), submitter_keys: vec![officer.public()], namespaces: vec!["land".into()] };
-        let charter = Charter { agencies: vec![agency], params };
-        let set = ValidatorSet { validators: Vec::new() };
+        let params = Params { body_bytes_max: 1000, record_bytes_max: 600, ..Params::default() };
         let record = |body: usize| {
             Record {
                 chain_id: "annal-test".into(),
@@ -833,12 +850,21 @@ mod tests {
             }
             .sign(&officer)
         };
-        assert_eq!(check_submitter(&record(100), &charter, &set, 9).unwrap(), "land");
-        match check_submitter(&record(101), &charter, &set, 9) {
-            Err(Error::Proof { check: Check::RecordBytes, detail }) => {
-                assert!(detail.contains("at height 9") && detail.contains("body"), "{detail}")
-            }
-            other => panic!("a body over the charter's limit passed: {other:?}"),
-        }
+        let check = |params: &Params, body: usize| {
+            let r = record(body);
+            check_form(&r.to_bytes(), &r, params, 9)
+        };
+        let refused = |params: &Params, body: usize| match check(params, body) {
+            Err(Error::Proof { check: Check::RecordBytes, detail }) => detail,
+            other => panic!("a record past the charter's limits passed: {other:?}"),
+        };
+        let fits = (0..1000).rev().find(|&n| record(n).to_bytes().len() <= 600).unwrap();
+        check(&params, fits).expect("a record of exactly record_bytes_max");
+        let detail = refused(&params, fits + 1);
+        assert!(detail.contains("at height 9 allows 600 (record_bytes_max)"), "{detail}");
+        let roomy = Params { body_bytes_max: 1000, ..Params::default() };
+        check(&roomy, 1000).expect("a body of exactly body_bytes_max");
+        let detail = refused(&roomy, 1001);
+        assert!(detail.contains("at height 9") && detail.contains("body"), "{detail}");
     }
 }
