@@ -57,6 +57,10 @@ const LIMIT_KEYS: [&str; 9] = [
     "store_cache_bytes",
 ];
 
+/// The shortest `limits.api_request_timeout_ms` a node takes: a `wait=final`
+/// ends 50 ms before the bound to answer for itself, and needs some time to wait.
+pub const API_REQUEST_TIMEOUT_MS_MIN: u64 = 100;
+
 /// Bounds on what the node holds and accepts.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -190,6 +194,16 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err((key, "must be positive".into()));
         }
+        if l.api_request_timeout_ms < API_REQUEST_TIMEOUT_MS_MIN {
+            return Err((
+                "limits.api_request_timeout_ms",
+                format!(
+                    "{} ms is below {API_REQUEST_TIMEOUT_MS_MIN} ms: a wait=final, which must end before it, \
+                     would have no time to wait",
+                    l.api_request_timeout_ms
+                ),
+            ));
+        }
         if l.api_body_bytes_in_flight_max < l.api_body_bytes_max {
             return Err((
                 "limits.api_body_bytes_in_flight_max",
@@ -318,6 +332,11 @@ api_listen = "127.0.0.1:8100"
         let env = [("ANNAL_LIMITS_MEMPOOL_BYTES_MAX".to_string(), "0".to_string())];
         let err = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap_err().to_string();
         assert!(err.contains("limits.mempool_bytes_max"), "{err}");
+        let env = [("ANNAL_LIMITS_API_REQUEST_TIMEOUT_MS".to_string(), "99".to_string())];
+        let err = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap_err().to_string();
+        assert!(err.contains("limits.api_request_timeout_ms") && err.contains("below 100 ms"), "{err}");
+        let env = [("ANNAL_LIMITS_API_REQUEST_TIMEOUT_MS".to_string(), "100".to_string())];
+        Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).expect("100 ms is allowed");
         let env = [("ANNAL_LIMITS_MEMPOOL_BYTES_MAX".to_string(), "lots".to_string())];
         let err = Config::load_with_env(&write(&d, MINIMAL), env.into_iter()).unwrap_err().to_string();
         assert!(err.contains("ANNAL_LIMITS_MEMPOOL_BYTES_MAX") && err.contains("not an integer"), "{err}");
