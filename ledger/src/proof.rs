@@ -536,25 +536,19 @@ fn check_status(
 ) -> Result<CurrentStatus, Error> {
     // The status block is checked as the record's block is; its failures say
     // which block they are about (a bad signature here is not the record's).
-    let header = decode_header(&part.block.header).map_err(|e| in_status_block(e, None))?;
+    let header = decode_header(&part.block.header).map_err(|e| said_of(e, "the status block, not the record's"))?;
     if header.height < block.height {
         return Err(fail(
             Check::Status,
             format!("status is as of height {}, before the record's block {}", header.height.0, block.height.0),
         ));
     }
-    let set = sets.at(header.height.0).map_err(|e| match e {
-        Error::Proof { check, detail } => Error::Proof {
-            check,
-            detail: format!(
-                "a validator-set change on the way to the status block at height {}: {detail}",
-                header.height.0
-            ),
-        },
-        other => other,
-    })?;
+    let at = header.height.0;
+    let set = sets
+        .at(at)
+        .map_err(|e| said_of(e, &format!("a validator-set change on the way to the status block at height {at}")))?;
     check_certified(&header, &part.block.checkpoint, &set, chain_id)
-        .map_err(|e| in_status_block(e, Some(header.height.0)))?;
+        .map_err(|e| said_of(e, &format!("the status block at height {at}, not the record's")))?;
     let bytes = decode_b64(&part.state_proof, Check::Status, "state proof bytes")?;
     let proof = StateProof::from_bytes(&bytes).map_err(|e| fail(Check::Status, e.to_string()))?;
     let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };
@@ -571,13 +565,10 @@ fn check_status(
     Ok(CurrentStatus { height: header.height.0, time_ms: header.time_ms, head })
 }
 
-/// `e` said of the status block (at `height`, when its header was read).
-fn in_status_block(e: Error, height: Option<u64>) -> Error {
+/// A proof failure `e` with `what` it is about put before its detail; other errors as they are.
+fn said_of(e: Error, what: &str) -> Error {
     match e {
-        Error::Proof { check, detail } => {
-            let at = height.map_or(String::new(), |h| format!(" at height {h}"));
-            Error::Proof { check, detail: format!("the status block{at}, not the record's: {detail}") }
-        }
+        Error::Proof { check, detail } => Error::Proof { check, detail: format!("{what}: {detail}") },
         other => other,
     }
 }
