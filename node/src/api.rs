@@ -266,11 +266,12 @@ impl Guard {
 struct Deadline(Instant);
 
 async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(Deadline(Instant::now() + guard.timeout));
+    let deadline = Instant::now() + guard.timeout;
+    request.extensions_mut().insert(Deadline(deadline));
     let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes)) {
         Err(e) => e.into_response(),
         // The permit is held until the answer is made (or the request dropped).
-        Ok(_permit) => match tokio::time::timeout(guard.timeout, next.run(request)).await {
+        Ok(_permit) => match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
