@@ -609,13 +609,13 @@ impl Store {
         // regrowth's fresh pages (2 % of a validator at rate max, session 23).
         let run = match indexes_written {
             true => {
-                (self.recent_ids.len() + executed.ids.len()) * BATCH_ID_BYTES
-                    + (self.recent_leaves.len() + executed.state.leaves.len()) * BATCH_LEAF_BYTES
+                (self.recent_ids.len() + executed.ids.len()) * batch_put(32, 8)
+                    + (self.recent_leaves.len() + executed.state.leaves.len()) * batch_put(32, HEAD_BYTES)
             }
             false => 0,
         };
         let mut batch = WriteBatch::with_capacity_bytes(
-            executed.nodes.len() * BATCH_NODE_BYTES + executed.nonces.len() * BATCH_ID_BYTES + run + 4096,
+            executed.nodes.len() * batch_put(9, 32) + executed.nonces.len() * batch_put(32, 8) + run + 4096,
         );
         let h = height.to_be_bytes();
         batch.put_cf(self.cf(CF_HEADERS), h, header.to_bytes());
@@ -1360,16 +1360,12 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     opts
 }
 
-/// What one put takes in a RocksDB write batch besides its key and value:
-/// a tag byte, the family's id, the key's and the value's lengths (varints,
-/// one byte each at these sizes).
-const BATCH_PUT_BYTES: usize = 4;
-/// A record id's put (id, log index) in a write batch.
-const BATCH_ID_BYTES: usize = BATCH_PUT_BYTES + 32 + 8;
-/// A state leaf's put (key hash, head).
-const BATCH_LEAF_BYTES: usize = BATCH_PUT_BYTES + 32 + HEAD_BYTES;
-/// A log node's put (level and index, hash).
-const BATCH_NODE_BYTES: usize = BATCH_PUT_BYTES + 9 + 32;
+/// What one put of a `key`-byte key and a `value`-byte value takes in a
+/// RocksDB write batch: both, a tag byte, the family's id and the two lengths
+/// (varints, one byte each at the sizes of ids, nonces, leaves and log nodes).
+const fn batch_put(key: usize, value: usize) -> usize {
+    4 + key + value
+}
 
 /// The ids family's memtable is flushed at this size (other families: RocksDB's 64 MB).
 const IDS_MEMTABLE_BYTES: usize = 16 << 20;
