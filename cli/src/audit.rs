@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use annal_ledger::block::Header;
 use annal_ledger::exec::{bad_signatures, execute_encoded, Signatures};
-use annal_ledger::genesis::{Genesis, Params, RECORD_BYTES_CAP};
+use annal_ledger::genesis::{Genesis, RECORD_BYTES_CAP};
 use annal_ledger::gov::Governance;
 use annal_ledger::merkle::{Frontier, Hash};
 use annal_ledger::note::SignedNote;
@@ -177,8 +177,7 @@ impl Prepared {
 
 /// Decodes one record's canonical bytes, up to the largest size any charter allows.
 fn decode_record(bytes: Vec<u8>) -> Result<Encoded, annal_ledger::error::Error> {
-    let params = Params { record_bytes_max: RECORD_BYTES_CAP, ..Default::default() };
-    Encoded::decode(bytes, &params)
+    Encoded::decode_max(bytes, RECORD_BYTES_CAP)
 }
 
 /// The first record whose signature does not verify, checking `threads` runs
@@ -309,8 +308,8 @@ impl Replay {
         // In block order: a record over the charter's limit before the first undecodable one is named first.
         let records = &prepared.records;
         let max = self.gov.charter.params.record_bytes_max;
-        if let Some((i, e)) = records.iter().enumerate().find(|(_, e)| e.bytes.len() > max) {
-            let detail = format!("record {i} is {} bytes; the charter in force allows {max}", e.bytes.len());
+        if let Some((i, e)) = records.iter().enumerate().find(|(_, e)| e.bytes().len() > max) {
+            let detail = format!("record {i} is {} bytes; the charter in force allows {max}", e.bytes().len());
             return Err((Field::Records, detail));
         }
         if let Some(why) = &prepared.undecodable {
@@ -752,7 +751,7 @@ pub(crate) mod tests {
             assert_eq!(first_bad_signature(&records, threads), None, "{threads} threads");
         }
         for bad in [8, 4] {
-            let mut r = records[bad].record.clone();
+            let mut r = records[bad].to_signed();
             r.signature.0[5] ^= 1;
             records[bad] = Encoded::from(r);
         }

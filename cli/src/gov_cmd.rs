@@ -714,12 +714,12 @@ mod tests {
         let signed = build_record("c", draft, None, key.public(), 42).unwrap().sign(&key);
         assert_eq!(signed.record.namespace, GOV_NAMESPACE);
         assert_eq!((signed.record.op, signed.record.version), (Op::Publish, 1));
-        assert_eq!(GovAction::of_record(&signed, &params).unwrap(), action);
+        assert_eq!(GovAction::of_record(&signed.record.fields(), &params).unwrap(), action);
         let proposal = signed.id();
         let draft = approval_draft(proposal, &key.public());
         let signed = build_record("c", draft, None, key.public(), 43).unwrap().sign(&key);
         assert_eq!(signed.record.key, approval_key(&proposal, &key.public()));
-        assert_eq!(GovAction::of_record(&signed, &params).unwrap(), GovAction::Approve { proposal });
+        assert_eq!(GovAction::of_record(&signed.record.fields(), &params).unwrap(), GovAction::Approve { proposal });
     }
 
     #[test]

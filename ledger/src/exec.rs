@@ -12,9 +12,9 @@ use crate::block::{Header, Height, ValidatorSet, View};
 use crate::codec;
 use crate::error::Error;
 use crate::gov::{BlockGov, GovUpdate, Governance, GOV_NAMESPACE};
-use crate::keys::{verify_cofactored, Domain, Message, PublicKey};
+use crate::keys::{verify_cofactored, Domain, Message, PublicKey, Signature};
 use crate::merkle::{self, Frontier, Hash};
-use crate::record::{Encoded, RecordId, SignedRecord};
+use crate::record::{Encoded, RecordId, RecordRef, SignedRecord};
 use crate::state::{Overlay, Rules, StateView};
 use crate::state_tree::{self, key_hash_of, Prefetch, StateTreeReader, StateUpdate};
 
@@ -160,7 +160,7 @@ pub fn execute_encoded<'a, V: StateView + StateTreeReader, E: Borrow<Encoded>>(
     };
     if let Some(i) = first_bad {
         assert!(i < records.len(), "the first bad signature is at {i}, past the block's {} records", records.len());
-        return Err(bad_signature_at(i, &records[i].borrow().record));
+        return Err(bad_signature_at(i, records[i].borrow().submitter()));
     }
     let refs: Vec<&Encoded> = records.iter().map(Borrow::borrow).collect();
     run(&rules, BlockGov::new(gov, height.0), state, frontier, &refs, false)
@@ -209,8 +209,8 @@ fn run<'a, V: StateView + StateTreeReader>(
 ) -> Result<Executed<'a>, Error> {
     let at = |position: usize| move |e: Error| Error::RecordInBlock { position, source: Box::new(e) };
     // Every record's key hash, and the stored leaves around them, read at once in key-hash order.
-    let key_hashes: Vec<Hash> =
-        records.iter().map(|e| key_hash_of(&e.record.record.namespace, &e.record.record.key)).collect();
+    let fields: Vec<RecordRef<'a>> = records.iter().map(|e| e.fields()).collect();
+    let key_hashes: Vec<Hash> = fields.iter().map(|r| key_hash_of(r.namespace, r.key)).collect();
     let prefetch = Prefetch::read(state, &key_hashes)?;
     let mut overlay = Overlay::new(state, &prefetch);
     let mut frontier = frontier.clone();
@@ -222,13 +222,13 @@ fn run<'a, V: StateView + StateTreeReader>(
     // Ids applied so far, only asked for membership (a B-tree grown per record was 0.7 % of a validator).
     let mut seen = std::collections::HashSet::with_capacity(records.len());
     for (i, e) in records.iter().enumerate() {
-        let (r, id) = (&e.record, e.id);
+        let (r, id) = (&fields[i], e.id);
         let index = first_index + ids.len() as u64;
         let applied = if !seen.insert(id) {
             Err(Error::DuplicateInBlock { id: id.to_hex() })
         } else {
             // A governance record must also make sense to governance; checked first, taken in once appended.
-            let action = (r.record.namespace == GOV_NAMESPACE).then(|| gov.check(r)).transpose();
+            let action = (r.namespace == GOV_NAMESPACE).then(|| gov.check(r)).transpose();
             action.and_then(|action| overlay.apply(r, id, index, &key_hashes[i]).map(|_| action))
         };
         let action = match applied {
@@ -245,7 +245,7 @@ fn run<'a, V: StateView + StateTreeReader>(
         }
         frontier.append(id.0, &mut nodes);
         ids.push(id);
-        appended.push(Cow::Borrowed(&e.bytes[..]));
+        appended.push(Cow::Borrowed(e.bytes()));
     }
     let records_root = merkle::root(&ids.iter().map(|id| id.0).collect::<Vec<_>>());
     let (heads, nonces) = overlay.finish();
@@ -273,16 +273,22 @@ fn run<'a, V: StateView + StateTreeReader>(
 /// and names the first bad one.
 pub fn verify_batch(records: &[SignedRecord]) -> Result<(), Error> {
     let unsigned: Vec<Vec<u8>> = records.iter().map(|s| codec::encode(&s.record)).collect();
-    let parts: Vec<(&SignedRecord, &[u8])> = records.iter().zip(unsigned.iter().map(Vec::as_slice)).collect();
-    match bad_signatures_of(&parts).first() {
-        Some(&i) => Err(bad_signature_at(i, &records[i])),
+    let items: Vec<_> = records
+        .iter()
+        .zip(&unsigned)
+        .map(|(s, unsigned)| {
+            (&s.record.submitter, Message::signing(Domain::Record, &s.record.chain_id, unsigned), &s.signature)
+        })
+        .collect();
+    match bad_signatures_of(&items).first() {
+        Some(&i) => Err(bad_signature_at(i, &records[i].record.submitter)),
         None => Ok(()),
     }
 }
 
 /// The error naming the record at `position` of a block as badly signed.
-fn bad_signature_at(position: usize, record: &SignedRecord) -> Error {
-    let source = Box::new(Error::BadSignature { submitter: record.record.submitter.to_hex() });
+fn bad_signature_at(position: usize, submitter: &PublicKey) -> Error {
+    let source = Box::new(Error::BadSignature { submitter: submitter.to_hex() });
     Error::RecordInBlock { position, source }
 }
 
@@ -291,25 +297,19 @@ fn bad_signature_at(position: usize, record: &SignedRecord) -> Error {
 /// alone, under the same cofactored rule (`keys::verify_cofactored`), so
 /// the batch and the single checks agree.
 pub fn bad_signatures<E: Borrow<Encoded>>(records: &[E]) -> Vec<usize> {
-    let parts: Vec<(&SignedRecord, &[u8])> = records
+    let items: Vec<_> = records
         .iter()
         .map(|e| {
             let e = e.borrow();
-            (&e.record, e.signed_part())
+            (e.submitter(), Message::signing(Domain::Record, e.fields().chain_id, e.signed_part()), e.signature())
         })
         .collect();
-    bad_signatures_of(&parts)
+    bad_signatures_of(&items)
 }
 
-/// `bad_signatures` over records with the canonical bytes of their unsigned part.
-fn bad_signatures_of(parts: &[(&SignedRecord, &[u8])]) -> Vec<usize> {
-    let items: Vec<_> = parts
-        .iter()
-        .map(|(s, unsigned)| {
-            (&s.record.submitter, Message::signing(Domain::Record, &s.record.chain_id, unsigned), &s.signature)
-        })
-        .collect();
-    if verify_cofactored(&items) {
+/// `bad_signatures` over each record's key, signed message and signature.
+fn bad_signatures_of(items: &[(&PublicKey, Message<'_>, &Signature)]) -> Vec<usize> {
+    if verify_cofactored(items) {
         return Vec::new();
     }
     // The rule gives one signature alone the batch's answer: find the bad ones.

@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::genesis::{Agency, Charter, Genesis, Params, Validator};
 use crate::keys::{PublicKey, SecretKey};
 use crate::record::{Body, Op, Record, RecordId, SignedRecord};
+use crate::record_ref::{BodyRef, RecordRef};
 use crate::state::Rules;
 
 /// The namespace of governance records.
@@ -163,13 +164,12 @@ impl GovAction {
     }
 
     /// The action a governance record carries, with its key checked against it.
-    pub fn of_record(signed: &SignedRecord, params: &Params) -> Result<Self, Error> {
-        let r = &signed.record;
+    pub fn of_record(r: &RecordRef, params: &Params) -> Result<Self, Error> {
         let bad = |detail: String| Err(Error::Governance { detail });
         if r.op != Op::Publish {
             return bad(format!("a governance record is a Publish, not {}", r.op.name()));
         }
-        let Body::Inline(bytes) = &r.body else {
+        let BodyRef::Inline(bytes) = r.body else {
             return bad("a governance record's body is an inline governance action, not a document".into());
         };
         let action: GovAction = codec::decode(bytes, params.body_bytes_max)?;
@@ -418,9 +418,9 @@ impl BlockGov {
 
     /// Checks a governance record against the state so far in the block,
     /// without changing it; `accept` then takes it in.
-    pub fn check(&self, signed: &SignedRecord) -> Result<GovAction, Error> {
+    pub fn check(&self, r: &RecordRef) -> Result<GovAction, Error> {
         let bad = |detail: String| Err(Error::Governance { detail });
-        let action = GovAction::of_record(signed, &self.state.charter.params)?;
+        let action = GovAction::of_record(r, &self.state.charter.params)?;
         match &action {
             GovAction::Propose { change, effective_height, expires_height } => {
                 let h = self.height;
@@ -481,8 +481,8 @@ impl BlockGov {
     }
 
     /// Takes in a governance record that `check` passed and that was appended.
-    pub fn accept(&mut self, signed: &SignedRecord, id: RecordId, action: GovAction) {
-        let approver = signed.record.submitter;
+    pub fn accept(&mut self, r: &RecordRef, id: RecordId, action: GovAction) {
+        let approver = r.submitter;
         match action {
             GovAction::Propose { change, effective_height, expires_height } => {
                 let proposal = Proposal {
@@ -622,8 +622,8 @@ mod tests {
     fn block(state: &Governance, height: u64, records: &[SignedRecord]) -> GovUpdate {
         let mut gov = BlockGov::new(state, height);
         for r in records {
-            let action = gov.check(r).unwrap();
-            gov.accept(r, r.id(), action);
+            let action = gov.check(&r.record.fields()).unwrap();
+            gov.accept(&r.record.fields(), r.id(), action);
         }
         gov.finish()
     }
@@ -665,34 +665,41 @@ mod tests {
         assert_eq!(s2.touched[0].status, ProposalStatus::Expired { height: 2 });
         assert!(s2.state.proposals.is_empty());
         let late = approve(&keys[2], 1, p.id());
-        let err = BlockGov::new(&s2.state, 3).check(&late).unwrap_err().to_string();
+        let err = BlockGov::new(&s2.state, 3).check(&late.record.fields()).unwrap_err().to_string();
         assert!(err.contains("not open"), "{err}");
         // An approval under someone else's key path is refused by its key.
         let mut wrong = approve(&keys[2], 1, p.id());
         wrong.record.key = approval_key(&p.id(), &keys[3].public());
         let wrong = wrong.record.sign(&keys[2]);
-        assert!(GovAction::of_record(&wrong, &g.params).unwrap_err().to_string().contains("approval's key"));
+        assert!(GovAction::of_record(&wrong.record.fields(), &g.params)
+            .unwrap_err()
+            .to_string()
+            .contains("approval's key"));
     }
 
     #[test]
     fn a_change_moving_more_than_a_third_of_the_power_is_refused() {
         let (g, keys) = genesis(&[1, 1, 1, 1]);
         let gov = BlockGov::new(&start(&g), 1);
-        let err = gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 3 }, 9)).unwrap_err();
+        let err = gov
+            .check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 3 }, 9).record.fields())
+            .unwrap_err();
         assert!(err.to_string().contains("at most a third"), "{err}");
-        gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9)).unwrap();
-        let err = gov.check(&propose(&keys[0], Change::RemoveValidator { name: "v9".into() }, 9)).unwrap_err();
+        gov.check(&propose(&keys[0], Change::SetPower { name: "v0".into(), power: 2 }, 9).record.fields()).unwrap();
+        let err = gov
+            .check(&propose(&keys[0], Change::RemoveValidator { name: "v9".into() }, 9).record.fields())
+            .unwrap_err();
         assert!(err.to_string().contains("no validator named"), "{err}");
         let mut params = g.params.clone();
         params.epoch_blocks += 1;
-        let err = gov.check(&propose(&keys[0], Change::SetParams(params), 9)).unwrap_err();
+        let err = gov.check(&propose(&keys[0], Change::SetParams(params), 9).record.fields()).unwrap_err();
         assert!(err.to_string().contains("fixed for the chain's life"), "{err}");
         let mut params = g.params.clone();
         params.block_bytes_max += 1;
-        let err = gov.check(&propose(&keys[0], Change::SetParams(params.clone()), 9)).unwrap_err();
+        let err = gov.check(&propose(&keys[0], Change::SetParams(params.clone()), 9).record.fields()).unwrap_err();
         assert!(err.to_string().contains("not raised"), "{err}");
         params.block_bytes_max -= 2;
-        gov.check(&propose(&keys[0], Change::SetParams(params), 9)).unwrap();
+        gov.check(&propose(&keys[0], Change::SetParams(params), 9).record.fields()).unwrap();
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod merkle;
 pub mod note;
 pub mod proof;
 pub mod record;
+pub mod record_ref;
 #[cfg(feature = "store")]
 pub mod segments;
 pub mod state;

@@ -309,8 +309,8 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
     // The record itself.
     let bytes = decode_b64(&bundle.record.bytes, Check::RecordBytes, "record bytes")?;
     // Decoded at the largest size any charter allows; the size rule of the charter in force is checked below.
-    let record: SignedRecord =
-        codec::decode(&bytes, RECORD_BYTES_CAP).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
+    let record =
+        SignedRecord::from_bytes_max(&bytes, RECORD_BYTES_CAP).map_err(|e| fail(Check::RecordBytes, e.to_string()))?;
     let id = SignedRecord::id_of_bytes(&bytes);
     if record.record.chain_id != genesis.chain_id {
         return Err(fail(Check::ChainId, format!("the record is signed for chain {:?}", record.record.chain_id)));
@@ -407,7 +407,7 @@ pub fn verify(bundle: &Bundle, genesis: &Genesis, document: Option<&[u8]>) -> Re
 fn check_submitter(record: &SignedRecord, charter: &Charter, set: &ValidatorSet, height: u64) -> Result<String, Error> {
     let rules = Rules::of(&record.record.chain_id, charter, set);
     rules
-        .writer(&record.record)
+        .writer(&record.record.fields())
         .map(str::to_string)
         .map_err(|e| fail(Check::Submitter, format!("at height {height}: {e}")))
 }
@@ -774,7 +774,7 @@ mod build {
         let records = store.records_in(first, header.log_size)?;
         let position = index - first;
         let bytes = &records[position as usize];
-        let record: SignedRecord = codec::decode(bytes, RECORD_BYTES_CAP)?;
+        let record = SignedRecord::from_bytes_max(bytes, RECORD_BYTES_CAP)?;
         let leaves: Vec<Hash> = records.iter().map(|b| merkle::leaf_hash(b)).collect();
         let block_path = merkle::inclusion_proof(&MemoryNodes::from_leaves(&leaves), position, leaves.len() as u64)
             .map_err(|e| store_err(store, e.to_string()))?;

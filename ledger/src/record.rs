@@ -17,6 +17,8 @@ use crate::error::Error;
 use crate::genesis::Params;
 use crate::keys::{Domain, PublicKey, SecretKey, Signature};
 use crate::merkle::{self, Hash};
+pub use crate::record_ref::RecordRef;
+use crate::record_ref::{self, BodyRef, Layout, MetadataRef};
 
 /// A record id: the RFC 6962 leaf hash of the signed record's canonical bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
@@ -133,31 +135,28 @@ impl Record {
     }
 
     /// Checks the parts of a record that need no ledger state: sizes against the
-    /// genesis limits, and the shape of names.
+    /// genesis limits, and the shape of names ([`RecordRef::check_form`]).
     pub fn check_form(&self, params: &Params) -> Result<(), Error> {
-        check_name("namespace", &self.namespace, params.namespace_bytes_max)?;
-        check_text("key", &self.key, params.key_bytes_max)?;
-        match &self.body {
-            Body::Inline(bytes) => check_size("body", bytes.len(), params.body_bytes_max)?,
-            Body::Document(anchor) => check_text("media type", &anchor.media_type, params.media_type_bytes_max)?,
-        }
-        check_size("metadata entries", self.metadata.len(), params.metadata_entries_max)?;
-        let mut metadata_bytes = 0;
-        for (k, v) in &self.metadata {
-            check_text("metadata key", k, params.metadata_bytes_max)?;
-            metadata_bytes += k.len() + v.len();
-        }
-        check_size("metadata", metadata_bytes, params.metadata_bytes_max)?;
-        match (self.op, &self.supersedes) {
-            (Op::Publish, Some(_)) => {
-                Err(Error::SupersedesOnPublish { namespace: self.namespace.clone(), key: self.key.clone() })
-            }
-            (Op::Amend | Op::Revoke, None) => Err(Error::SupersedesMissing {
-                namespace: self.namespace.clone(),
-                key: self.key.clone(),
-                op: self.op.name(),
-            }),
-            _ => Ok(()),
+        self.fields().check_form(params)
+    }
+
+    /// The record's fields, borrowed.
+    pub fn fields(&self) -> RecordRef<'_> {
+        let body = match &self.body {
+            Body::Inline(bytes) => BodyRef::Inline(bytes),
+            Body::Document(d) => BodyRef::Document { sha256: d.sha256, size: d.size, media_type: &d.media_type },
+        };
+        RecordRef {
+            chain_id: &self.chain_id,
+            namespace: &self.namespace,
+            key: &self.key,
+            op: self.op,
+            body,
+            metadata: MetadataRef::Map(&self.metadata),
+            supersedes: self.supersedes,
+            version: self.version,
+            submitter: self.submitter,
+            nonce: self.nonce,
         }
     }
 }
@@ -167,8 +166,15 @@ impl SignedRecord {
         codec::encode(self)
     }
 
+    /// Decodes canonical bytes (refusing any over `params.record_bytes_max`).
     pub fn from_bytes(bytes: &[u8], params: &Params) -> Result<Self, Error> {
-        codec::decode(bytes, params.record_bytes_max)
+        Self::from_bytes_max(bytes, params.record_bytes_max)
+    }
+
+    /// Decodes canonical bytes of at most `bytes_max` bytes: the one decoder
+    /// of signed records ([`record_ref::parse`]), in place of `codec::decode`.
+    pub fn from_bytes_max(bytes: &[u8], bytes_max: usize) -> Result<Self, Error> {
+        Ok(Self::from_layout(bytes, &record_ref::parse(bytes, bytes_max)?))
     }
 
     /// The record id of these canonical bytes.
@@ -191,19 +197,19 @@ impl SignedRecord {
     }
 }
 
-/// A signed record decoded once, kept with its canonical bytes and its id.
+/// A signed record's canonical bytes, checked once and read in place, with its id.
 ///
 /// What the node passes from mempool entry to commit, so that no record is
 /// decoded, re-encoded or hashed again on the way (each of those costs as
-/// much as a small part of a signature check, per record, per node).
+/// much as a small part of a signature check, per record, per node), and
+/// none of its fields is copied out of the bytes ([`RecordRef`]).
 #[derive(Clone, Debug)]
 pub struct Encoded {
-    pub record: SignedRecord,
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
+    layout: Layout,
     pub id: RecordId,
     /// The fingerprint of the rules this node saw the record pass
     /// `check_stateless` under (`Rules::check_and_mark`); `None` until then.
-    /// The record's fields must not change once it is set.
     pub(crate) checked_under: Option<crate::merkle::Hash>,
 }
 
@@ -217,37 +223,66 @@ impl PartialEq for Encoded {
 impl Eq for Encoded {}
 
 impl Encoded {
-    /// Decodes canonical bytes (refusing any over `params.record_bytes_max`).
+    /// Checks canonical bytes (refusing any over `params.record_bytes_max`)
+    /// and hashes their id.
     pub fn decode(bytes: Vec<u8>, params: &Params) -> Result<Encoded, Error> {
-        let record = SignedRecord::from_bytes(&bytes, params)?;
-        let id = SignedRecord::id_of_bytes(&bytes);
-        Ok(Encoded { record, bytes, id, checked_under: None })
+        Self::decode_max(bytes, params.record_bytes_max)
     }
 
-    /// A record the caller decoded from `bytes`, whose id it hashed already:
-    /// `id` must be `SignedRecord::id_of_bytes(&bytes)`. Not checked here,
-    /// not even as a debug assertion (they are on in this workspace's
-    /// builds, and hashing every record twice was 1.3 % of a validator).
-    pub fn from_parts(record: SignedRecord, bytes: Vec<u8>, id: RecordId) -> Encoded {
-        Encoded { record, bytes, id, checked_under: None }
+    /// [`Encoded::decode`] with a size limit of `bytes_max` bytes.
+    pub fn decode_max(bytes: Vec<u8>, bytes_max: usize) -> Result<Encoded, Error> {
+        let layout = record_ref::parse(&bytes, bytes_max)?;
+        let id = SignedRecord::id_of_bytes(&bytes);
+        Ok(Encoded { bytes, layout, id, checked_under: None })
+    }
+
+    /// The canonical bytes of the signed record.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The record's fields, read from its bytes.
+    pub fn fields(&self) -> RecordRef<'_> {
+        self.layout.fields(&self.bytes)
+    }
+
+    pub fn submitter(&self) -> &PublicKey {
+        self.layout.submitter()
+    }
+
+    pub fn nonce(&self) -> u64 {
+        self.layout.nonce()
+    }
+
+    pub fn signature(&self) -> &Signature {
+        self.layout.signature()
+    }
+
+    /// The owned signed record (for answers and tools; the node's path reads [`Encoded::fields`]).
+    pub fn to_signed(&self) -> SignedRecord {
+        SignedRecord::from_layout(&self.bytes, &self.layout)
     }
 
     /// The canonical bytes of the unsigned record: what the submitter signed
     /// (the signed encoding is these bytes followed by the 64 signature bytes).
     pub fn signed_part(&self) -> &[u8] {
-        &self.bytes[..self.bytes.len() - 64]
+        &self.bytes[..self.bytes.len() - SIGNATURE_BYTES]
     }
 }
 
 impl From<SignedRecord> for Encoded {
     fn from(record: SignedRecord) -> Encoded {
         let bytes = record.to_bytes();
+        let layout = record_ref::parse(&bytes, usize::MAX).expect("an encoded record parses");
         let id = SignedRecord::id_of_bytes(&bytes);
-        Encoded { record, bytes, id, checked_under: None }
+        Encoded { bytes, layout, id, checked_under: None }
     }
 }
 
-fn check_size(field: &'static str, size: usize, max: usize) -> Result<(), Error> {
+/// The length of an ed25519 signature, which ends a signed record's encoding.
+pub(crate) const SIGNATURE_BYTES: usize = 64;
+
+pub(crate) fn check_size(field: &'static str, size: usize, max: usize) -> Result<(), Error> {
     if size > max {
         return Err(Error::RecordLimit { field, size, max });
     }
@@ -255,7 +290,7 @@ fn check_size(field: &'static str, size: usize, max: usize) -> Result<(), Error>
 }
 
 /// Free text (keys, media types): non-empty, bounded, no control characters.
-fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), Error> {
+pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), Error> {
     check_size(field, s.len(), max)?;
     if s.is_empty() {
         return Err(Error::RecordField { field, detail: "is empty".into() });

@@ -18,7 +18,7 @@ use crate::genesis::{Charter, Genesis, Params, Registry};
 use crate::gov::{GovAction, GOV_NAMESPACE};
 use crate::keys::PublicKey;
 use crate::merkle::Hash;
-use crate::record::{Encoded, Op, Record, RecordId, SignedRecord};
+use crate::record::{Encoded, Op, RecordId, RecordRef};
 use crate::state_tree::{key_hash, LeafReader, Levels, MemoryTree, Prefetch, StateTreeReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -125,7 +125,7 @@ impl Rules {
     /// pool; a record that passes is marked with these rules' fingerprint, so
     /// that executing it under the same rules need not check it again.
     pub fn check_and_mark(&self, e: &mut Encoded) -> Result<(), Error> {
-        self.check_stateless(&e.record)?;
+        self.check_stateless(&e.fields())?;
         e.checked_under = Some(self.fingerprint);
         Ok(())
     }
@@ -141,20 +141,19 @@ impl Rules {
         if e.checked_under == Some(self.fingerprint) {
             return Ok(());
         }
-        self.check_stateless(&e.record)
+        self.check_stateless(&e.fields())
     }
 
     /// The checks that need no state: chain id, sizes and shape, submitter, namespace grant.
     /// The signature is checked separately (once per node, in batches).
-    pub fn check_stateless(&self, signed: &SignedRecord) -> Result<(), Error> {
-        let r = &signed.record;
+    pub fn check_stateless(&self, r: &RecordRef) -> Result<(), Error> {
         if r.chain_id != self.chain_id {
-            return Err(Error::WrongChainId { expected: self.chain_id.clone(), got: r.chain_id.clone() });
+            return Err(Error::WrongChainId { expected: self.chain_id.clone(), got: r.chain_id.into() });
         }
         r.check_form(&self.params)?;
         self.writer(r)?;
         if r.namespace == GOV_NAMESPACE {
-            GovAction::of_record(signed, &self.params)?;
+            GovAction::of_record(r, &self.params)?;
         }
         Ok(())
     }
@@ -163,7 +162,7 @@ impl Rules {
     /// submitter's agency when it owns the namespace, or [`GOV_NAMESPACE`] for a
     /// governance record by a validator in force. The offline verifier asks the
     /// same of the rules in force at a record's height.
-    pub fn writer(&self, r: &Record) -> Result<&str, Error> {
+    pub fn writer(&self, r: &RecordRef) -> Result<&str, Error> {
         if r.namespace == GOV_NAMESPACE {
             if !self.governors.contains(&r.submitter) {
                 return Err(Error::Governance {
@@ -176,8 +175,8 @@ impl Rules {
             .registry
             .agency(&r.submitter)
             .ok_or_else(|| Error::UnknownSubmitter { submitter: r.submitter.to_hex() })?;
-        if !agency.namespaces.contains(&r.namespace) {
-            return Err(Error::NamespaceNotGranted { agency: agency.name.clone(), namespace: r.namespace.clone() });
+        if !agency.namespaces.iter().any(|n| n == r.namespace) {
+            return Err(Error::NamespaceNotGranted { agency: agency.name.clone(), namespace: r.namespace.into() });
         }
         Ok(&agency.name)
     }
@@ -231,14 +230,13 @@ impl<'a, V: StateView + LeafReader> Overlay<'a, V> {
     /// checks passed, as log entry `index`; `key_hash` is its key's
     /// ([`key_hash_of`](crate::state_tree::key_hash_of), computed once by the caller, which reads the block's
     /// leaves by it). Returns the key's new head.
-    pub fn apply(&mut self, signed: &SignedRecord, id: RecordId, index: u64, key_hash: &Hash) -> Result<Head, Error> {
-        let r = &signed.record;
+    pub fn apply(&mut self, r: &RecordRef, id: RecordId, index: u64, key_hash: &Hash) -> Result<Head, Error> {
         if let Some(last) = self.last_nonce(&r.submitter)? {
             if r.nonce <= last {
                 return Err(Error::NonceNotIncreasing { submitter: r.submitter.to_hex(), last, got: r.nonce });
             }
         }
-        let (namespace, key) = (|| r.namespace.clone(), || r.key.clone());
+        let (namespace, key) = (|| r.namespace.to_string(), || r.key.to_string());
         let current = self.head(key_hash)?;
         let version = match (r.op, current) {
             (Op::Publish, None) => 1,

@@ -388,10 +388,9 @@ impl Store {
             let to = log_size.min(from + 16_384);
             for (i, bytes) in self.records_in(from, to)?.iter().enumerate() {
                 let (id, index) = (SignedRecord::id_of_bytes(bytes), from + i as u64);
-                let signed: SignedRecord = codec::decode(bytes, crate::genesis::RECORD_BYTES_CAP)?;
-                let r = &signed.record;
+                let r = crate::record_ref::parse(bytes, crate::genesis::RECORD_BYTES_CAP)?.fields(bytes);
                 let status = if r.op == crate::record::Op::Revoke { Status::Revoked } else { Status::Active };
-                leaves.insert(key_hash_of(&r.namespace, &r.key), Head { id, version: r.version, index, status });
+                leaves.insert(key_hash_of(r.namespace, r.key), Head { id, version: r.version, index, status });
                 ids.insert(id, index);
             }
             from = to;
@@ -962,7 +961,7 @@ impl Store {
         while out.len() < limit {
             out.push((version, index, id));
             let bytes = self.record_bytes(index)?.ok_or_else(|| broken(format!("record {index} is missing")))?;
-            let record = codec::decode::<SignedRecord>(&bytes, bytes.len())?.record;
+            let record = SignedRecord::from_bytes_max(&bytes, bytes.len())?.record;
             if record.version != version || record.namespace != key.namespace || record.key != key.key {
                 return Err(broken(format!("record {index} is not version {version} of this key")));
             }

@@ -1,6 +1,6 @@
 //! A record submission as the node's HTTP API takes it (docs/API.md "Records"):
 //! the JSON bodies of `POST /v1/records` and `POST /v1/records/batch`, their
-//! base64 records, and a submitted record's bytes to a [`SignedRecord`].
+//! base64 records, and a submitted record's bytes to an [`Encoded`] record.
 //!
 //! Everything here is a pure function of the request's bytes. The node does
 //! the rest of admission (stateless rules, nonce against committed state,
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::genesis::Params;
-use crate::record::SignedRecord;
+use crate::record::Encoded;
 use crate::Error;
 
 /// `POST /v1/records`: `{"record": "<base64 of the signed record's canonical bytes>"}`.
@@ -62,11 +62,11 @@ impl BatchBody {
 
 /// A submitted record's bytes to the record: first the chain's size limit
 /// ([`Error::RecordTooLarge`]), then strict canonical decoding.
-pub fn decode_record(bytes: &[u8], params: &Params) -> Result<SignedRecord, Error> {
+pub fn decode_record(bytes: Vec<u8>, params: &Params) -> Result<Encoded, Error> {
     if bytes.len() > params.record_bytes_max {
         return Err(Error::RecordTooLarge { size: bytes.len(), max: params.record_bytes_max });
     }
-    SignedRecord::from_bytes(bytes, params)
+    Encoded::decode(bytes, params)
 }
 
 /// Standard base64 with padding; `field` names the text in the error.

@@ -290,7 +290,7 @@ fn governance_records_from_outside_the_set_or_malformed_are_refused() {
     assert!(appended.is_empty());
     assert_eq!(skipped, vec![by_officer.id(), junk.id(), too_big.id(), overflowing.id()]);
     let rules = c.gov().rules();
-    let e = rules.check_stateless(&by_officer).unwrap_err().to_string();
+    let e = rules.check_stateless(&by_officer.record.fields()).unwrap_err().to_string();
     assert!(e.contains("not the consensus key of a validator"), "{e}");
 }
 

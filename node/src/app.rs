@@ -764,7 +764,7 @@ impl App {
                 pool.select(params.block_records_max, params.block_bytes_max, &exclude, last_final, NONCE_GAP_WAIT);
             (records, pool.arrivals())
         };
-        let held = (records.len(), records.iter().map(|r| r.bytes.len()).sum());
+        let held = (records.len(), records.iter().map(|r| r.bytes().len()).sum());
         if (records.is_empty() && now < deadline) || wait(held) {
             if let Some(owed) = self.owed_payload.as_mut() {
                 owed.looked = Some((arrivals, held));
@@ -779,7 +779,7 @@ impl App {
         self.owed_payload = None;
         let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
-        let payload: consensus::Payload = BlockBody::encode_of(time_ms, records.iter().map(|r| &r.bytes[..])).into();
+        let payload: consensus::Payload = BlockBody::encode_of(time_ms, records.iter().map(|r| r.bytes())).into();
         self.proposed_ids = Some((view.0, time_ms, records.iter().map(|r| r.id).collect()));
         self.proposed = Some((payload.clone(), time_ms, records));
         Input::Payload { view, payload }
@@ -845,7 +845,7 @@ impl App {
             if !missing.is_empty() {
                 return Ok(Err(missing));
             }
-            let bytes: usize = held.iter().map(|r| r.bytes.len()).sum();
+            let bytes: usize = held.iter().map(|r| r.bytes().len()).sum();
             if bytes > params.block_bytes_max {
                 return Err(format!("{bytes} record bytes; the limit is {}", params.block_bytes_max));
             }
@@ -856,7 +856,7 @@ impl App {
             view: consensus::View(p.view),
             parent_view: consensus::View(p.parent_view),
             parent: p.parent,
-            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| &r.bytes[..])).into(),
+            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| r.bytes())).into(),
         };
         // The core would refuse a block that does not hash to the digest the
         // leader signed without saying why; a leader that named the wrong
@@ -901,7 +901,7 @@ impl App {
         // checked when it entered the pool. Nothing to decode, hash or look up.
         if let Some(at) = self.rebuilt.iter().position(|r| r.digest == digest) {
             let Rebuilt { time_ms, records, .. } = self.rebuilt.remove(at).expect("found");
-            let bytes = records.iter().map(|r| r.bytes.len()).sum();
+            let bytes = records.iter().map(|r| r.bytes().len()).sum();
             self.check_form(b, records.len(), bytes, time_ms, params)?;
             let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
             check_distinct(&ids)?;
@@ -920,7 +920,7 @@ impl App {
             records.push(r.map_err(|why| format!("record {i}: {why}"))?);
         }
         for &i in &gathered.fresh {
-            rules.check_stateless(&records[i].record).map_err(|e| format!("record {i}: {e}"))?;
+            rules.check_stateless(&records[i].fields()).map_err(|e| format!("record {i}: {e}"))?;
         }
         // Checked now: keep them pending here too, so they are not lost if this block is not final.
         {
@@ -990,7 +990,7 @@ impl App {
         let unchecked: Vec<usize> = fresh.iter().copied().filter(|&i| records[i].is_ok()).collect();
         let batch: Vec<Arc<Encoded>> = unchecked.iter().map(|&i| records[i].clone().expect("decoded")).collect();
         for bad in exec::bad_signatures(&batch) {
-            let submitter = batch[bad].record.record.submitter;
+            let submitter = batch[bad].submitter();
             records[unchecked[bad]] = Err(format!("signature of submitter {submitter} does not verify"));
         }
         Gathered { records, fresh }
@@ -1049,10 +1049,10 @@ impl App {
         for (i, r) in gathered.into_iter().enumerate() {
             match r {
                 // The record size limit in force now (governance may have lowered it since the record was checked).
-                Ok(r) if r.bytes.len() > params.record_bytes_max => {
+                Ok(r) if r.bytes().len() > params.record_bytes_max => {
                     let why =
-                        format!("{} bytes; the record size limit is now {}", r.bytes.len(), params.record_bytes_max);
-                    refused.push((i, why, r.bytes.clone()));
+                        format!("{} bytes; the record size limit is now {}", r.bytes().len(), params.record_bytes_max);
+                    refused.push((i, why, r.bytes().to_vec()));
                 }
                 Ok(r) => {
                     kept.push(r);
@@ -1073,7 +1073,7 @@ impl App {
         if !skipped_ids.is_empty() {
             for (k, r) in kept.iter().enumerate() {
                 if let Some(why) = skipped_ids.get(&r.id) {
-                    refused.push((kept_positions[k], why.clone(), r.bytes.clone()));
+                    refused.push((kept_positions[k], why.clone(), r.bytes().to_vec()));
                 }
             }
         }
@@ -1149,7 +1149,7 @@ impl App {
             // rather than carry them in a later block only to be refused there.
             for (submitter, last) in &executed.nonces {
                 for r in pool.purge_stale(submitter, *last) {
-                    stale.push((r.id, crate::shared::nonce_not_above(r.record.record.nonce, submitter, *last)));
+                    stale.push((r.id, crate::shared::nonce_not_above(r.nonce(), submitter, *last)));
                 }
             }
         }

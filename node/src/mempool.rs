@@ -95,7 +95,7 @@ impl Mempool {
     /// Adds a checked record. `Ok(false)` if it was already pending.
     pub fn insert(&mut self, record: Arc<Encoded>, source: Source) -> Result<bool, Full> {
         let id = record.id;
-        let room = self.room_for(1, record.bytes.len(), source);
+        let room = self.room_for(1, record.bytes().len(), source);
         // One probe of the map for both the question and the insert: each
         // probe of a pool this size is a cache miss (docs/BENCHMARKS.md, session 19).
         let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(id) else {
@@ -104,10 +104,9 @@ impl Mempool {
         room?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.bytes += record.bytes.len();
+        self.bytes += record.bytes().len();
         self.order.insert(seq, id);
-        let r = &record.record.record;
-        self.by_submitter.entry(r.submitter).or_default().insert((r.nonce, id));
+        self.by_submitter.entry(*record.submitter()).or_default().insert((record.nonce(), id));
         slot.insert(Entry { seq, arrived: Instant::now(), record });
         Ok(true)
     }
@@ -145,14 +144,14 @@ impl Mempool {
         match self.entries.remove(id) {
             Some(e) => {
                 self.order.remove(&e.seq);
-                let r = &e.record.record.record;
-                if let Some(nonces) = self.by_submitter.get_mut(&r.submitter) {
-                    nonces.remove(&(r.nonce, *id));
+                let r = &e.record;
+                if let Some(nonces) = self.by_submitter.get_mut(r.submitter()) {
+                    nonces.remove(&(r.nonce(), *id));
                     if nonces.is_empty() {
-                        self.by_submitter.remove(&r.submitter);
+                        self.by_submitter.remove(r.submitter());
                     }
                 }
-                self.bytes -= e.record.bytes.len();
+                self.bytes -= e.record.bytes().len();
                 Some(e.arrived)
             }
             None => None,
@@ -182,9 +181,9 @@ impl Mempool {
         // Each submitter's highest nonce in blocks not yet final.
         let mut in_flight: HashMap<PublicKey, u64> = HashMap::new();
         for e in exclude.iter().filter_map(|id| self.entries.get(id)) {
-            let r = &e.record.record.record;
-            let highest = in_flight.entry(r.submitter).or_insert(r.nonce);
-            *highest = (*highest).max(r.nonce);
+            let r = &e.record;
+            let highest = in_flight.entry(*r.submitter()).or_insert(r.nonce());
+            *highest = (*highest).max(r.nonce());
         }
         let mut out = Vec::new();
         let mut bytes = 0;
@@ -194,7 +193,7 @@ impl Mempool {
                 // Every submitter's records were looked at: the rest of `order` repeats them.
                 break;
             }
-            let submitter = self.entries[id].record.record.record.submitter;
+            let submitter = *self.entries[id].record.submitter();
             if !seen.insert(submitter) {
                 continue;
             }
@@ -205,10 +204,10 @@ impl Mempool {
                 if next.is_some_and(|next| nonce > next) && now.duration_since(e.arrived) < gap_wait {
                     break;
                 }
-                if out.len() >= records_max || bytes + e.record.bytes.len() > bytes_max {
+                if out.len() >= records_max || bytes + e.record.bytes().len() > bytes_max {
                     return out;
                 }
-                bytes += e.record.bytes.len();
+                bytes += e.record.bytes().len();
                 out.push(e.record.clone());
                 next = Some(nonce.saturating_add(1));
             }
@@ -309,10 +308,10 @@ mod tests {
         assert_eq!(pool.insert(c.clone(), Source::Peer), Ok(true));
         assert_eq!(pool.len(), 2);
 
-        let max = a.bytes.len() + b.bytes.len();
+        let max = a.bytes().len() + b.bytes().len();
         let mut pool = Mempool::new(10, max);
         pool.insert(a.clone(), Source::Peer).unwrap();
-        assert_eq!(pool.room_for(1, b.bytes.len() + 1, Source::Peer), Err(Full::Bytes { max, source: Source::Peer }));
+        assert_eq!(pool.room_for(1, b.bytes().len() + 1, Source::Peer), Err(Full::Bytes { max, source: Source::Peer }));
         pool.insert(b.clone(), Source::Peer).unwrap();
         assert_eq!(pool.insert(c, Source::Peer), Err(Full::Bytes { max, source: Source::Peer }));
         assert_eq!(pool.bytes(), max);
@@ -336,7 +335,7 @@ mod tests {
         assert_eq!(pool.insert(rs[5].clone(), Source::Peer), Err(Full::Records { max: 5, source: Source::Peer }));
         assert!(Full::Records { max: 3, source: Source::Api }.to_string().contains("half its limit"));
 
-        let one = rs[0].bytes.len();
+        let one = rs[0].bytes().len();
         let mut pool = Mempool::new(10, 4 * one);
         assert_eq!(pool.insert(rs[0].clone(), Source::Api), Ok(true));
         assert_eq!(pool.room_for(1, one, Source::Api), Ok(()));
@@ -359,7 +358,7 @@ mod tests {
         let exclude = BTreeSet::from([rs[1].id]);
         let got = pool.select(3, 1 << 20, &exclude, |_| None, LONG_WAIT);
         assert_eq!(got, vec![rs[0].clone(), rs[2].clone(), rs[3].clone()]);
-        let got = pool.select(10, rs[0].bytes.len() * 2, &BTreeSet::new(), |_| None, LONG_WAIT);
+        let got = pool.select(10, rs[0].bytes().len() * 2, &BTreeSet::new(), |_| None, LONG_WAIT);
         assert_eq!(got.len(), 2);
         assert_eq!(pool.len(), 5, "selecting removes nothing");
     }
@@ -397,7 +396,7 @@ mod tests {
         let stale = record(2, 20);
         pool.insert(stale.clone(), Source::Peer).unwrap();
         assert_eq!(pool.select(1, 1 << 20, &none, |_| Some(3), LONG_WAIT), vec![n4.clone()]);
-        assert_eq!(pool.purge_stale(&stale.record.record.submitter, 3), vec![stale]);
+        assert_eq!(pool.purge_stale(stale.submitter(), 3), vec![stale]);
         assert_eq!(pool.len(), 2);
     }
 
@@ -419,7 +418,7 @@ mod tests {
         assert_eq!(pool.by_submitter.len(), 2);
         assert!(pool.remove(&b.id).is_some());
         assert_eq!(pool.by_submitter.len(), 1, "a submitter with nothing pending is gone");
-        assert_eq!(pool.purge_stale(&a[0].record.record.submitter, 20).len(), 20);
+        assert_eq!(pool.purge_stale(a[0].submitter(), 20).len(), 20);
         assert!(pool.by_submitter.is_empty() && pool.is_empty());
     }
 }

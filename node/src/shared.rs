@@ -133,11 +133,12 @@ fn placed_in(store: &Store, id: &RecordId) -> Result<Option<Placed>, Failure> {
 /// only case in which admission goes on. The index is read for those alone,
 /// not for every new record. Takes the caller's store guard: taking it again
 /// here would deadlock against a commit waiting for the write lock.
-fn nonce_taken(store: &Store, r: &annal_ledger::record::Record, id: RecordId) -> Result<Option<Admitted>, Failure> {
-    let Some(last) = store.last_nonce(&r.submitter)?.filter(|&last| r.nonce <= last) else { return Ok(None) };
+fn nonce_taken(store: &Store, r: &Encoded) -> Result<Option<Admitted>, Failure> {
+    let (id, submitter, nonce) = (r.id, r.submitter(), r.nonce());
+    let Some(last) = store.last_nonce(submitter)?.filter(|&last| nonce <= last) else { return Ok(None) };
     match placed_in(store, &id)? {
         Some(placed) => Ok(Some(Admitted::Final { id, placed })),
-        None => Err(Failure::Refused(nonce_not_above(r.nonce, &r.submitter, last))),
+        None => Err(Failure::Refused(nonce_not_above(nonce, submitter, last))),
     }
 }
 
@@ -335,7 +336,7 @@ impl Shared {
             results.push(match self.precheck(&rules, bytes) {
                 Ok(Prechecked::Known(done)) => Some(Ok(done)),
                 Ok(Prechecked::New(record)) => {
-                    candidate_bytes += record.bytes.len();
+                    candidate_bytes += record.bytes().len();
                     let room =
                         self.pool.lock().expect("pool lock").room_for(candidates.len() + 1, candidate_bytes, source);
                     room_full = room.err().map(full_message);
@@ -357,7 +358,7 @@ impl Shared {
         let mut full: Option<String> = None;
         for (n, (slot, record)) in candidates.into_iter().enumerate() {
             if bad.next_if_eq(&n).is_some() {
-                let submitter = record.record.record.submitter.to_hex();
+                let submitter = record.submitter().to_hex();
                 results[slot] = Some(Err(Failure::Refused(LedgerError::BadSignature { submitter }.to_string())));
                 continue;
             }
@@ -367,7 +368,7 @@ impl Shared {
                 continue;
             }
             let id = record.id;
-            match nonce_taken(&store, &record.record.record, id) {
+            match nonce_taken(&store, &record) {
                 Ok(None) => {}
                 done => {
                     results[slot] = done.transpose();
@@ -390,18 +391,17 @@ impl Shared {
     /// final (`Known`), the nonce against committed state, stateless rules.
     fn precheck(&self, rules: &Rules, bytes: Vec<u8>) -> Result<Prechecked, Failure> {
         let params = rules.params();
-        let record = submission::decode_record(&bytes, params).map_err(|e| match e {
+        let mut encoded = submission::decode_record(bytes, params).map_err(|e| match e {
             LedgerError::RecordTooLarge { .. } => Failure::Refused(e.to_string()),
             e => Failure::Malformed(e.to_string()),
         })?;
-        let id = SignedRecord::id_of_bytes(&bytes);
+        let id = encoded.id;
         if self.pool.lock().expect("pool lock").contains(&id) {
             return Ok(Prechecked::Known(Admitted::Pending { id, new: false }));
         }
-        if let Some(done) = nonce_taken(&self.store(), &record.record, id)? {
+        if let Some(done) = nonce_taken(&self.store(), &encoded)? {
             return Ok(Prechecked::Known(done));
         }
-        let mut encoded = Encoded::from_parts(record, bytes, id);
         rules.check_and_mark(&mut encoded).map_err(|e| Failure::Refused(e.to_string()))?;
         Ok(Prechecked::New(Box::new(encoded)))
     }
