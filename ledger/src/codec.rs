@@ -12,6 +12,10 @@
 //! value has two encodings (an unsorted or duplicated map, for example, is
 //! refused), so a hash or a signature over the bytes is a hash or a signature
 //! over the value. `docs/PROOFS.md` writes the layout out byte by byte.
+//!
+//! Signed records, read on every node's hot path, are decoded by the record
+//! parser instead (`record_ref::parse`), which checks these rules without
+//! re-encoding and gives the same answers up to `RECORD_BYTES_CAP`.
 
 use bincode::config::{self, Configuration, Fixint, LittleEndian, NoLimit};
 
@@ -23,6 +27,10 @@ pub const FORMAT_V1: u8 = 1;
 type Config = Configuration<LittleEndian, Fixint, NoLimit>;
 
 const CONFIG: Config = config::standard().with_little_endian().with_fixed_int_encoding();
+
+/// The most bytes one decode may claim (read, or reserve for what a length
+/// prefix announces) before bincode refuses the input.
+pub const DECODE_CLAIM_MAX: usize = 64 * 1024 * 1024;
 
 /// What a value is, for error messages ("record", "header", ...).
 pub trait Canonical: bincode::Encode + bincode::Decode<()> {
@@ -62,7 +70,7 @@ pub fn decode<T: Canonical>(bytes: &[u8], bytes_max: usize) -> Result<T, Error> 
         return Err(Error::UnknownFormat { kind, format });
     }
     // The limit bounds every allocation a length prefix can ask for.
-    let limited = CONFIG.with_limit::<{ 64 * 1024 * 1024 }>();
+    let limited = CONFIG.with_limit::<DECODE_CLAIM_MAX>();
     let (value, read): (T, usize) =
         bincode::decode_from_slice(body, limited).map_err(|e| Error::Malformed { kind, detail: e.to_string() })?;
     if read != body.len() {

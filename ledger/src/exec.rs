@@ -301,7 +301,7 @@ pub fn bad_signatures<E: Borrow<Encoded>>(records: &[E]) -> Vec<usize> {
         .iter()
         .map(|e| {
             let e = e.borrow();
-            (e.submitter(), Message::signing(Domain::Record, e.fields().chain_id, e.signed_part()), e.signature())
+            (e.submitter(), Message::signing(Domain::Record, e.chain_id(), e.signed_part()), e.signature())
         })
         .collect();
     bad_signatures_of(&items)

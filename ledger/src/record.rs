@@ -171,8 +171,10 @@ impl SignedRecord {
         Self::from_bytes_max(bytes, params.record_bytes_max)
     }
 
-    /// Decodes canonical bytes of at most `bytes_max` bytes: the one decoder
-    /// of signed records ([`record_ref::parse`]), in place of `codec::decode`.
+    /// Decodes canonical bytes of at most `bytes_max` bytes (never more than
+    /// `genesis::RECORD_BYTES_CAP`) with the record parser
+    /// ([`record_ref::parse`]), which the ledger and node use for signed
+    /// records in place of `codec::decode` (it gives the same answers).
     pub fn from_bytes_max(bytes: &[u8], bytes_max: usize) -> Result<Self, Error> {
         Ok(Self::from_layout(bytes, &record_ref::parse(bytes, bytes_max)?))
     }
@@ -229,7 +231,8 @@ impl Encoded {
         Self::decode_max(bytes, params.record_bytes_max)
     }
 
-    /// [`Encoded::decode`] with a size limit of `bytes_max` bytes.
+    /// [`Encoded::decode`] with a size limit of `bytes_max` bytes (never more
+    /// than `genesis::RECORD_BYTES_CAP`).
     pub fn decode_max(bytes: Vec<u8>, bytes_max: usize) -> Result<Encoded, Error> {
         let layout = record_ref::parse(&bytes, bytes_max)?;
         let id = SignedRecord::id_of_bytes(&bytes);
@@ -244,6 +247,10 @@ impl Encoded {
     /// The record's fields, read from its bytes.
     pub fn fields(&self) -> RecordRef<'_> {
         self.layout.fields(&self.bytes)
+    }
+
+    pub fn chain_id(&self) -> &str {
+        self.layout.chain_id(&self.bytes)
     }
 
     pub fn submitter(&self) -> &PublicKey {
@@ -273,7 +280,7 @@ impl Encoded {
 impl From<SignedRecord> for Encoded {
     fn from(record: SignedRecord) -> Encoded {
         let bytes = record.to_bytes();
-        let layout = record_ref::parse(&bytes, usize::MAX).expect("an encoded record parses");
+        let layout = record_ref::parse_within(&bytes, usize::MAX).expect("an encoded record parses");
         let id = SignedRecord::id_of_bytes(&bytes);
         Encoded { bytes, layout, id, checked_under: None }
     }

@@ -9,16 +9,16 @@
 //! strings, body and map and encoding it again to compare was ~4.5 % of a
 //! validator at rate max, and freeing those parts ~1.8 % more
 //! (docs/BENCHMARKS.md, session 23). The owned [`SignedRecord`] is built
-//! from the same parse ([`SignedRecord::from_bytes`]), so there is one
-//! decoder, and `ledger/tests/encoding.rs` holds it to bincode's answer on
-//! mutated encodings.
+//! from the same parse ([`SignedRecord::from_bytes`]), so the ledger reads
+//! records one way, and `ledger/tests/encoding.rs` and the fuzz target
+//! `record_decode` hold that way to bincode's answer on mutated encodings.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::codec::FORMAT_V1;
+use crate::codec::{self, FORMAT_V1};
 use crate::error::Error;
-use crate::genesis::Params;
+use crate::genesis::{Params, RECORD_BYTES_CAP};
 use crate::keys::{PublicKey, Signature};
 use crate::merkle::Hash;
 use crate::record::{check_name, check_size, check_text, Body, DocumentAnchor, Op, Record, RecordId, SignedRecord};
@@ -49,13 +49,25 @@ enum BodyAt {
     Document { sha256: Hash, size: u64, media_type: Range<usize> },
 }
 
+// bincode reserves 48 bytes per metadata entry (a `(String, String)`) before
+// reading them, and counts every byte read, against `codec`'s claim limit: at
+// `RECORD_BYTES_CAP` (each entry at least 16 bytes) it never refuses a record
+// that this parser takes, so the two agree on every record up to the cap.
+const _: () = assert!(48 * (RECORD_BYTES_CAP / 16) + RECORD_BYTES_CAP <= codec::DECODE_CLAIM_MAX);
+
 /// Checks that `bytes` are the canonical encoding of a signed record of at
-/// most `bytes_max` bytes, and says where its fields lie. Errors are those
+/// most `bytes_max` bytes (and never more than [`RECORD_BYTES_CAP`], the most
+/// any charter allows), and says where its fields lie. Errors are those
 /// `codec::decode` gives, in its order: too long, empty, unknown format, a
 /// malformed field, trailing bytes, and last a non-canonical form (metadata
 /// keys out of order or repeated, which bincode would decode and encode back
 /// differently).
 pub(crate) fn parse(bytes: &[u8], bytes_max: usize) -> Result<Layout, Error> {
+    parse_within(bytes, bytes_max.min(RECORD_BYTES_CAP))
+}
+
+/// [`parse`] without the cap: for bytes this process encoded from a record.
+pub(crate) fn parse_within(bytes: &[u8], bytes_max: usize) -> Result<Layout, Error> {
     if bytes.len() > bytes_max {
         return Err(Error::TooLong { kind: KIND, len: bytes.len(), max: bytes_max });
     }
@@ -216,14 +228,22 @@ pub enum BodyRef<'a> {
 #[derive(Clone, Copy, Debug)]
 pub enum MetadataRef<'a> {
     Map(&'a BTreeMap<String, String>),
-    Encoded { entries: usize, bytes: &'a [u8] },
+    Encoded(EncodedEntries<'a>),
+}
+
+/// Metadata entries as a parsed record's bytes hold them: made only by
+/// parsing, so reading them back cannot fail.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedEntries<'a> {
+    entries: usize,
+    bytes: &'a [u8],
 }
 
 impl<'a> MetadataRef<'a> {
     pub fn len(&self) -> usize {
         match self {
             MetadataRef::Map(map) => map.len(),
-            MetadataRef::Encoded { entries, .. } => *entries,
+            MetadataRef::Encoded(e) => e.entries,
         }
     }
 
@@ -235,7 +255,7 @@ impl<'a> MetadataRef<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let (map, encoded) = match *self {
             MetadataRef::Map(map) => (Some(map.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
-            MetadataRef::Encoded { entries, bytes } => {
+            MetadataRef::Encoded(EncodedEntries { entries, bytes }) => {
                 let mut r = Reader { bytes, at: 0 };
                 let mut text = move || {
                     let at = r.bytes("metadata").expect("checked when parsed");
@@ -315,12 +335,20 @@ impl Layout {
                     BodyRef::Document { sha256: *sha256, size: *size, media_type: text(media_type) }
                 }
             },
-            metadata: MetadataRef::Encoded { entries: self.metadata_entries, bytes: &bytes[self.metadata.clone()] },
+            metadata: MetadataRef::Encoded(EncodedEntries {
+                entries: self.metadata_entries,
+                bytes: &bytes[self.metadata.clone()],
+            }),
             supersedes: self.supersedes,
             version: self.version,
             submitter: self.submitter,
             nonce: self.nonce,
         }
+    }
+
+    /// The chain id alone (the batch signature check needs nothing else).
+    pub(crate) fn chain_id<'a>(&self, bytes: &'a [u8]) -> &'a str {
+        std::str::from_utf8(&bytes[self.chain_id.clone()]).expect("checked when parsed")
     }
 
     pub(crate) fn submitter(&self) -> &PublicKey {

@@ -961,7 +961,7 @@ impl Store {
         while out.len() < limit {
             out.push((version, index, id));
             let bytes = self.record_bytes(index)?.ok_or_else(|| broken(format!("record {index} is missing")))?;
-            let record = SignedRecord::from_bytes_max(&bytes, bytes.len())?.record;
+            let record = SignedRecord::from_bytes_max(&bytes, crate::genesis::RECORD_BYTES_CAP)?.record;
             if record.version != version || record.namespace != key.namespace || record.key != key.key {
                 return Err(broken(format!("record {index} is not version {version} of this key")));
             }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use annal_ledger::block::Height;
-use annal_ledger::codec;
 use annal_ledger::genesis::{Genesis, RECORD_BYTES_CAP};
 use annal_ledger::gov::Governance;
 use annal_ledger::merkle::Hash;
@@ -510,7 +509,7 @@ impl Shared {
                 .store()
                 .record_bytes(placed.index)?
                 .ok_or_else(|| Failure::Internal(format!("record {} is indexed but missing", placed.index)))?;
-            let signed: SignedRecord = codec::decode(&bytes, RECORD_BYTES_CAP)?;
+            let signed = SignedRecord::from_bytes_max(&bytes, RECORD_BYTES_CAP)?;
             let r = &signed.record;
             let body = match &r.body {
                 Body::Inline(b) => json!({ "inline": B64.encode(b) }),
@@ -559,7 +558,7 @@ impl Shared {
                     path: store.path().display().to_string(),
                     detail: format!("record {index} is missing"),
                 })?;
-                let r = codec::decode::<SignedRecord>(&bytes, RECORD_BYTES_CAP)?.record;
+                let r = SignedRecord::from_bytes_max(&bytes, RECORD_BYTES_CAP)?.record;
                 if r.namespace != namespace || r.key != key {
                     return Err(not_this(format!("is version {} of {:?} in {:?}", r.version, r.key, r.namespace)));
                 }
