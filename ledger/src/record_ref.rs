@@ -200,6 +200,11 @@ impl Reader<'_> {
     }
 }
 
+/// Text at `at` in bytes that [`parse`] checked (it found UTF-8 there).
+fn parsed_text(bytes: &[u8], at: Range<usize>) -> &str {
+    std::str::from_utf8(&bytes[at]).expect("checked when parsed")
+}
+
 /// A record's fields, borrowed from its canonical bytes ([`Layout`]) or from
 /// an owned [`Record`] ([`Record::fields`]): what the rules, execution and
 /// governance read.
@@ -257,10 +262,7 @@ impl<'a> MetadataRef<'a> {
             MetadataRef::Map(map) => (Some(map.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
             MetadataRef::Encoded(EncodedEntries { entries, bytes }) => {
                 let mut r = Reader { bytes, at: 0 };
-                let mut text = move || {
-                    let at = r.bytes("metadata").expect("checked when parsed");
-                    std::str::from_utf8(&r.bytes[at]).expect("checked when parsed")
-                };
+                let mut text = move || parsed_text(bytes, r.bytes("metadata").expect("checked when parsed"));
                 (None, Some((0..entries).map(move |_| (text(), text()))))
             }
         };
@@ -323,7 +325,7 @@ impl RecordRef<'_> {
 impl Layout {
     /// The fields of `bytes`, which must be the bytes this layout was parsed from.
     pub(crate) fn fields<'a>(&self, bytes: &'a [u8]) -> RecordRef<'a> {
-        let text = |at: &Range<usize>| std::str::from_utf8(&bytes[at.clone()]).expect("checked when parsed");
+        let text = |at: &Range<usize>| parsed_text(bytes, at.clone());
         RecordRef {
             chain_id: text(&self.chain_id),
             namespace: text(&self.namespace),
@@ -348,7 +350,7 @@ impl Layout {
 
     /// The chain id alone (the batch signature check needs nothing else).
     pub(crate) fn chain_id<'a>(&self, bytes: &'a [u8]) -> &'a str {
-        std::str::from_utf8(&bytes[self.chain_id.clone()]).expect("checked when parsed")
+        parsed_text(bytes, self.chain_id.clone())
     }
 
     pub(crate) fn submitter(&self) -> &PublicKey {

@@ -125,9 +125,8 @@ fn unknown_format_version_is_refused() {
     assert!(matches!(err, Error::UnknownFormat { format: 2, .. }), "{err:?}");
 }
 
-#[test]
-fn unsorted_metadata_is_refused_as_non_canonical() {
-    // Goal: metadata entries out of key order decode but do not re-encode to the same bytes: NonCanonical.
+/// `sample_record()`'s bytes with its two metadata entries in the wrong order (the same length).
+fn sample_with_metadata_swapped() -> Vec<u8> {
     let bytes = sample_record().to_bytes();
     let basis = b"\x05\x00\x00\x00\x00\x00\x00\x00basis\x0a\x00\x00\x00\x00\x00\x00\x00Act 12 s.3";
     let reference = b"\x03\x00\x00\x00\x00\x00\x00\x00ref\x0c\x00\x00\x00\x00\x00\x00\x00LR-2026-0042";
@@ -137,6 +136,19 @@ fn unsorted_metadata_is_refused_as_non_canonical() {
     swapped.extend_from_slice(basis);
     swapped.extend_from_slice(&bytes[at + basis.len() + reference.len()..]);
     assert_eq!(swapped.len(), bytes.len());
+    swapped
+}
+
+/// Where the `supersedes` option tag lies in a signed record that has one:
+/// before supersedes, version, submitter, nonce and signature.
+fn supersedes_tag_at(bytes: &[u8]) -> usize {
+    bytes.len() - 64 - 8 - 32 - 8 - 32 - 1
+}
+
+#[test]
+fn unsorted_metadata_is_refused_as_non_canonical() {
+    // Goal: metadata entries out of key order decode but do not re-encode to the same bytes: NonCanonical.
+    let swapped = sample_with_metadata_swapped();
     let err = SignedRecord::from_bytes(&swapped, &Params::default()).unwrap_err();
     assert!(matches!(err, Error::NonCanonical { .. }), "{err:?}");
     // A key given twice: bincode's map keeps one entry, so it would re-encode shorter.
@@ -154,7 +166,7 @@ fn unsorted_metadata_is_refused_as_non_canonical() {
 fn invalid_tags_are_refused() {
     // Goal: an Option tag of 2, an unknown enum variant and a bad UTF-8 string are malformed.
     let bytes = sample_record().to_bytes();
-    let some_at = bytes.len() - 64 - 8 - 32 - 8 - 32 - 1;
+    let some_at = supersedes_tag_at(&bytes);
     assert_eq!(bytes[some_at], 1, "supersedes tag");
     let mut bad = bytes.clone();
     bad[some_at] = 2;
@@ -276,18 +288,11 @@ fn the_record_parser_reports_faults_in_bincodes_order() {
     // Goal: when unsorted metadata comes with another fault, both decoders name the other
     // fault (trailing bytes, a malformed later field), since bincode only finds the order
     // when it encodes again; over-long input is refused before anything is read.
-    let bytes = sample_record().to_bytes();
-    let basis = b"\x05\x00\x00\x00\x00\x00\x00\x00basis\x0a\x00\x00\x00\x00\x00\x00\x00Act 12 s.3";
-    let reference = b"\x03\x00\x00\x00\x00\x00\x00\x00ref\x0c\x00\x00\x00\x00\x00\x00\x00LR-2026-0042";
-    let at = bytes.windows(basis.len()).position(|w| w == basis).expect("basis entry present");
-    let mut swapped = bytes[..at].to_vec();
-    swapped.extend_from_slice(reference);
-    swapped.extend_from_slice(basis);
-    swapped.extend_from_slice(&bytes[at + basis.len() + reference.len()..]);
+    let swapped = sample_with_metadata_swapped();
     let mut trailing = swapped.clone();
     trailing.push(0);
     let mut bad_tag = swapped.clone();
-    let some_at = bad_tag.len() - 64 - 8 - 32 - 8 - 32 - 1;
+    let some_at = supersedes_tag_at(&bad_tag);
     bad_tag[some_at] = 2;
     let cap = annal_ledger::genesis::RECORD_BYTES_CAP;
     for (m, want) in [(&swapped, "NonCanonical"), (&trailing, "TrailingBytes"), (&bad_tag, "Malformed")] {
