@@ -4,8 +4,9 @@
 //! Method (docs/BENCHMARKS.md repeats it): a fresh chain with `--signers`
 //! agencies; the whole load is signed before the nodes start. Each signer's
 //! records go, in nonce order, to one node (signer `s` → node `s mod N`), in
-//! `POST /v1/records/batch` requests of `--batch` records from one thread per
-//! node, paced to `--rate` or as fast as the nodes accept (`max`; a full
+//! `POST /v1/records/batch` requests of `--batch` records (the binary body,
+//! docs/API.md; encoded before the clock starts) from one thread per node,
+//! paced to `--rate` or as fast as the nodes accept (`max`; a full
 //! mempool's 503 is waited out). Meanwhile a probe thread submits one record
 //! every 100 ms with `wait=final` and times it: those are the latency
 //! percentiles. After `--warmup` seconds the window opens: finalized records
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use annal_ledger::genesis::Genesis;
 use annal_ledger::keys::SecretKey;
-use annal_ledger::record::SignedRecord;
+use annal_ledger::submission;
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -298,11 +299,12 @@ fn drive(
     }
     let every_client = &clients[..];
     let clients = &clients[..nodes.len() - usize::from(args.catch_up)];
-    // Per node, its signers' records in nonce order.
+    // Per node, its signers' records in nonce order, encoded before the clock starts
+    // (encoding them while feeding cost the cores the nodes share).
     let n = clients.len();
-    let mut per_node: Vec<Vec<&SignedRecord>> = vec![Vec::new(); n];
+    let mut per_node: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
     for (i, r) in load.iter().enumerate() {
-        per_node[(i % load_signers.len()) % n].push(r);
+        per_node[(i % load_signers.len()) % n].push(r.to_bytes());
     }
     let stop = AtomicBool::new(false);
     let offered = AtomicU64::new(0);
@@ -488,10 +490,10 @@ fn audit_rate(api_url: &str, dir: &Path) -> Result<(u64, f64)> {
     Ok((records, seconds))
 }
 
-/// Sends `records` in order in batches; waits out a full mempool; paces to `rate` if given.
+/// Sends `records` in order in binary batches; waits out a full mempool; paces to `rate` if given.
 fn feed(
     client: &Client,
-    records: &[&SignedRecord],
+    records: &[Vec<u8>],
     batch: usize,
     rate: Option<f64>,
     stop: &AtomicBool,
@@ -502,7 +504,7 @@ fn feed(
     let mut sent = 0usize;
     // The body of the batch starting at `sent`, kept while a full mempool refuses
     // it whole: encoding 500 records again each time cost the cores the nodes share.
-    let mut body: Option<(usize, Value)> = None;
+    let mut body: Option<(usize, Vec<u8>)> = None;
     while sent < records.len() && !stop.load(Ordering::Relaxed) {
         if let Some(r) = rate {
             let due = started + Duration::from_secs_f64(sent as f64 / r);
@@ -510,20 +512,25 @@ fn feed(
         }
         if body.as_ref().is_none_or(|(from, _)| *from != sent) {
             let chunk = &records[sent..(sent + batch).min(records.len())];
-            let encoded: Vec<String> = chunk.iter().map(|r| B64.encode(r.to_bytes())).collect();
-            body = Some((sent, json!({ "records": encoded })));
+            body = Some((sent, submission::encode_batch(chunk.iter().map(|r| r.as_slice()))));
         }
         let (_, body) = body.as_ref().expect("encoded above");
-        let Ok(answer) = client.post_json::<Value>("/v1/records/batch", body, Duration::from_secs(30), 16 << 20) else {
+        let answer = client.post::<BatchAnswer>(
+            "/v1/records/batch",
+            submission::BINARY_BATCH_MEDIA_TYPE,
+            body,
+            Duration::from_secs(30),
+            16 << 20,
+        );
+        let Ok(answer) = answer else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        let results = answer["results"].as_array().cloned().unwrap_or_default();
         // Accepted up to the first mempool_full; resend from there after a pause.
         let mut taken = 0;
         let mut full = false;
-        for r in &results {
-            match r["error"]["error"].as_str() {
+        for r in &answer.results {
+            match r.error.as_ref().map(|e| e.error.as_str()) {
                 None => taken += 1,
                 Some("mempool_full") => {
                     full = true;
@@ -541,6 +548,22 @@ fn feed(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// What the feed reads of a batch's answer (the rest of it is skipped unread).
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchResult>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchResult {
+    error: Option<BatchError>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchError {
+    error: String,
 }
 
 fn wait_ready(clients: &[Client], nodes: &mut [BenchNode]) -> Result<()> {

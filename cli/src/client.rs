@@ -105,6 +105,18 @@ impl Client {
         timeout: Duration,
         bytes_max: u64,
     ) -> Result<T, ClientError> {
+        self.post(path, "application/json", body.to_string().as_bytes(), timeout, bytes_max)
+    }
+
+    /// POSTs `body` of media type `content_type` to `path` and parses the JSON answer as `T`.
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        timeout: Duration,
+        bytes_max: u64,
+    ) -> Result<T, ClientError> {
         let url = self.url(path);
         let answer = self
             .agent
@@ -112,9 +124,9 @@ impl Client {
             .config()
             .timeout_global(Some(timeout))
             .build()
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .header("accept", "application/json")
-            .send(body.to_string().as_bytes());
+            .send(body);
         parse_json(&url, read(&url, answer, bytes_max)?)
     }
 

@@ -1,6 +1,7 @@
-//! The node API's JSON request bodies (`annal_ledger::submission`), read as
-//! the node reads them: the input as a `POST /v1/records` body and as a
-//! `POST /v1/records/batch` body (`from_json`), the base64 of each record
+//! The node API's request bodies (`annal_ledger::submission`), read as
+//! the node reads them: the input as a `POST /v1/records` body, as a JSON
+//! `POST /v1/records/batch` body (`from_json`) and as a binary one
+//! (`binary_batch`, which must give back exactly the body), the base64 of each record
 //! (`record_bytes`), the batch limit (`check_count`), then `decode_record`
 //! (the fixture genesis's params with a small record size limit) and, on a
 //! decoded record, what admission runs before any state:
@@ -50,6 +51,27 @@ fuzz_target!(|data: &[u8]| {
         for (i, (text, d)) in body.records.iter().zip(decoded).enumerate() {
             check_text(&format!("records[{i}]"), text, d);
         }
+    }
+    match submission::binary_batch(data, API_BATCH_RECORDS_MAX) {
+        Ok(records) => {
+            assert!(records.len() <= API_BATCH_RECORDS_MAX, "a binary batch over the limit passed");
+            let again = submission::encode_batch(records.iter().map(|r| r.as_slice()));
+            assert_eq!(again, data, "a binary batch read is not the body it was read from");
+            records.iter().for_each(|r| check_record(r));
+        }
+        Err(Error::BatchTooLarge { records, max }) => {
+            assert_eq!(max, API_BATCH_RECORDS_MAX);
+            assert!(records > max, "a binary batch within the limit was refused");
+            assert_eq!(
+                u64::from_le_bytes(data[1..9].try_into().unwrap()),
+                records as u64,
+                "the count refused is not the body's"
+            );
+        }
+        Err(e @ Error::BatchNotBinary { .. }) => {
+            assert!(e.to_string().starts_with("the body is not a binary record batch"), "{e}");
+        }
+        Err(e) => panic!("a binary batch refused with {e:?}"),
     }
 });
 

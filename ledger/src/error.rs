@@ -69,6 +69,8 @@ pub enum Error {
     BodyNotJson { detail: String },
     #[error("{field} is not standard base64 with padding: {detail}")]
     RecordNotBase64 { field: String, detail: String },
+    #[error("the body is not a binary record batch (docs/API.md): {detail}")]
+    BatchNotBinary { detail: String },
     #[error("the batch holds {records} records; this node takes at most {max} (limits.api_batch_records_max)")]
     BatchTooLarge { records: usize, max: usize },
     #[error("record is {size} bytes; the chain's limit is {max}")]

@@ -87,3 +87,61 @@ fn a_record_one_byte_over_the_chain_limit_is_too_large_before_decoding() {
     let e = submission::decode_record(Vec::new(), &params).unwrap_err();
     assert!(matches!(e, Error::Empty { .. }), "{e:?}");
 }
+
+#[test]
+fn a_binary_batch_gives_back_its_records_and_is_the_canonical_list() {
+    // Goal: encode_batch writes 0x01 ‖ u64 LE count ‖ (u64 LE length ‖ bytes)*, which is the
+    // canonical encoding of the list of byte strings, and binary_batch reads back exactly the records.
+    let records: Vec<Vec<u8>> = (1..=3)
+        .map(|n| signed(21, "land-titles", &format!("parcel/{n}"), Op::Publish, None, n, n).to_bytes())
+        .collect();
+    let body = submission::encode_batch(records.iter().map(|r| r.as_slice()));
+    let mut want = vec![1u8];
+    want.extend_from_slice(&3u64.to_le_bytes());
+    for r in &records {
+        want.extend_from_slice(&(r.len() as u64).to_le_bytes());
+        want.extend_from_slice(r);
+    }
+    assert_eq!(body, want);
+    assert_eq!(submission::binary_batch(&body, 3).unwrap(), records);
+    let empty = submission::encode_batch([]);
+    assert_eq!(empty, [1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(submission::binary_batch(&empty, 0).unwrap().is_empty());
+    assert!(submission::is_binary_batch("application/octet-stream"));
+    assert!(submission::is_binary_batch("Application/Octet-Stream; charset=binary"));
+    assert!(!submission::is_binary_batch("application/json"));
+    assert!(!submission::is_binary_batch("application/octet-streamx"));
+}
+
+#[test]
+fn a_binary_batch_that_breaks_its_framing_is_refused_whole_naming_where() {
+    // Goal: every truncation, a wrong format byte, a trailing byte, a length past the end
+    // and a count over the limit each get their own words; no prefix of a good body passes.
+    let records = [b"abc".to_vec(), b"defgh".to_vec()];
+    let body = submission::encode_batch(records.iter().map(|r| r.as_slice()));
+    for cut in 0..body.len() {
+        let e = submission::binary_batch(&body[..cut], 2).unwrap_err();
+        assert!(matches!(e, Error::BatchNotBinary { .. }), "cut at {cut}: {e:?}");
+    }
+    let said = |b: &[u8], max: usize| submission::binary_batch(b, max).unwrap_err().to_string();
+    let prefix = "the body is not a binary record batch (docs/API.md): ";
+    assert_eq!(said(&body[..0], 2), format!("{prefix}the format byte needs 1 bytes, 0 are left"));
+    assert_eq!(said(&body[..5], 2), format!("{prefix}the record count needs 8 bytes, 4 are left"));
+    assert_eq!(said(&body[..17], 2), format!("{prefix}records[0] needs 3 bytes, 0 are left"));
+    assert_eq!(said(&body[..22], 2), format!("{prefix}the length of records[1] needs 8 bytes, 2 are left"));
+    let mut wrong = body.clone();
+    wrong[0] = 2;
+    assert_eq!(said(&wrong, 2), format!("{prefix}the format byte is 2; this node reads 1"));
+    let mut trailing = body.clone();
+    trailing.push(0);
+    assert_eq!(said(&trailing, 2), format!("{prefix}1 bytes follow the last of its 2 records"));
+    let mut long = body.clone();
+    long[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
+    let e = said(&long, 2);
+    assert!(e.starts_with(&format!("{prefix}records[0] needs {} bytes", usize::MAX)), "{e}");
+    // One over the limit: refused on the count, before any record is read.
+    assert_eq!(said(&body, 1), "the batch holds 2 records; this node takes at most 1 (limits.api_batch_records_max)");
+    let mut huge = body.clone();
+    huge[1..9].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(submission::binary_batch(&huge, 2), Err(Error::BatchTooLarge { max: 2, .. })));
+}

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use annal_ledger::record::{RecordId, SignedRecord};
 use annal_ledger::submission::{self, BatchBody, SubmitBody};
+use annal_ledger::Error as LedgerError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::handler::Handler;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
@@ -568,6 +569,7 @@ async fn submit(
 async fn submit_batch(
     State(shared): State<Arc<Shared>>,
     _: NoQuery,
+    headers: HeaderMap,
     RawBody(bytes): RawBody,
 ) -> Result<Response, ApiError> {
     if let Some(why) = shared.no_route() {
@@ -582,9 +584,19 @@ async fn submit_batch(
         ))
         .into());
     }
-    let body: BatchBody = submission::from_json(&bytes).map_err(|e| ApiError::malformed(e.to_string()))?;
-    body.check_count(shared.limits.api_batch_records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
-    let decoded = body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect();
+    let records_max = shared.limits.api_batch_records_max;
+    let binary = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(submission::is_binary_batch);
+    let decoded = if binary {
+        let records = submission::binary_batch(&bytes, records_max).map_err(|e| match e {
+            LedgerError::BatchTooLarge { .. } => ApiError::too_large(e.to_string()),
+            e => ApiError::malformed(e.to_string()),
+        })?;
+        records.into_iter().map(Ok).collect()
+    } else {
+        let body: BatchBody = submission::from_json(&bytes).map_err(|e| ApiError::malformed(e.to_string()))?;
+        body.check_count(records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
+        body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect()
+    };
     let handle = tokio::runtime::Handle::current();
     let answer = blocking(move || Ok(admit_batch(decoded, |batch| handle.block_on(shared.submit_many(batch))))).await?;
     let full = answer.full;
