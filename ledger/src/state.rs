@@ -6,9 +6,10 @@
 //! returns a typed error for each way the record can be wrong.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
+use foldhash::{HashMap, HashMapExt};
 
 use crate::block::ValidatorSet;
 use crate::codec::{self, Canonical};

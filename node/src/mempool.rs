@@ -6,12 +6,14 @@
 //! carries it (appended or refused at execution): proposing a block does not
 //! remove anything, so a block that never becomes final loses nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annal_ledger::keys::PublicKey;
 use annal_ledger::record::{Encoded, RecordId};
+// Seeded per process, as std's SipHash is, and a few times cheaper on 32-byte keys.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 pub struct Mempool {
     /// By id; a hash map, since a full pool holds hundreds of thousands of
