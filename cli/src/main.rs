@@ -19,6 +19,7 @@ mod audit;
 mod bench;
 mod bench_cluster;
 mod gov_cmd;
+mod import;
 mod node_cmds;
 mod verify;
 
@@ -80,6 +81,21 @@ enum Command {
   annal submit --node http://127.0.0.1:8080 --signer officer.key --namespace land-titles \\
     --key parcel/0042 --revoke <ID> --reason \"court order 2026/17\"")]
     Submit(node_cmds::SubmitArgs),
+    /// Publish many new keys from a JSON Lines file, signed with an officer's key (for migrating a register).
+    ///
+    /// Each line is one record: {"namespace", "key", "body": "<base64>"} or
+    /// {"namespace", "key", "document": {"sha256": "<hex>", "size": N, "media_type": "…"}},
+    /// with an optional "metadata": {"name": "value", …}. Every line is checked
+    /// before anything is sent. Record i of the file is signed with nonce
+    /// first + i, so running the same command again with the --first-nonce it
+    /// printed resumes a stopped import without duplicates. Records go in binary
+    /// batches (POST /v1/records/batch); a full mempool is waited out.
+    /// Exit status: 0 every record accepted, 2 some refused (listed by line), 1 stopped.
+    #[command(after_help = "Example:
+  annal import --node http://127.0.0.1:8080 --signer officer.key titles.jsonl --wait
+  with titles.jsonl lines like
+  {\"namespace\": \"land-titles\", \"key\": \"parcel/0042\", \"body\": \"T3duZXI6IEphbmUgRG9l\", \"metadata\": {\"basis\": \"Act 12 s.3\"}}")]
+    Import(import::ImportArgs),
     /// Show a record by id: final (with its place in the log), pending or refused.
     #[command(after_help = "Example: annal get --node http://127.0.0.1:8080 3f1c…e9 --json")]
     Get {
@@ -319,6 +335,7 @@ fn main() {
         Command::VerifyConsistency(args) => std::process::exit(verify::verify_consistency(args).code()),
         Command::Consistency(args) => std::process::exit(node_cmds::consistency(args).code()),
         Command::Audit(args) => std::process::exit(audit::audit(args).code()),
+        Command::Import(args) => std::process::exit(import::main(args)),
         _ => cli,
     };
     let json = wants_json(&cli.command);
@@ -389,7 +406,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Checkpoint { node, out, json } => node_cmds::checkpoint(&node, out.as_deref(), json),
         Command::Status { node, json } => node_cmds::status(&node, json),
         Command::Gov(command) => gov_cmd::run(command),
-        Command::Verify(_) | Command::VerifyConsistency(_) | Command::Consistency(_) | Command::Audit(_) => {
+        Command::Verify(_)
+        | Command::VerifyConsistency(_)
+        | Command::Consistency(_)
+        | Command::Audit(_)
+        | Command::Import(_) => {
             unreachable!("handled in main for their exit codes")
         }
     }

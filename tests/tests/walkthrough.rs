@@ -2,12 +2,15 @@
 //! it and the README tells it: real `annal` CLI processes against a real
 //! 4-validator cluster. Submit, amend, get, page through a key's history,
 //! prove, verify offline with only the genesis file, save a checkpoint and
-//! check that the log still extends it, audit the chain, and ask for status.
+//! check that the log still extends it, audit the chain, and ask for status;
+//! and an agency's bulk import of a file of records.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use annal_tests::{annal_bin, Cluster};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde_json::Value;
 
 fn annal(args: &[&str]) -> Output {
@@ -116,4 +119,79 @@ fn the_readme_walkthrough_works_from_the_cli() {
     assert!(audited.status.success(), "audit: {}", String::from_utf8_lossy(&audited.stderr));
     let status = json(&["status", "--node", &url, "--json"]);
     assert!(status["log_size"].as_u64().is_some_and(|n| n >= 4), "{status}");
+}
+
+#[test]
+fn an_import_publishes_a_file_names_refused_lines_and_resumes_without_duplicates() {
+    // Goal: `annal import` checks every line before sending anything (a bad line stops it,
+    // naming the line, with nothing sent), publishes the rest in binary batches, names each
+    // refused record by its line, and run again with the --first-nonce it printed answers
+    // the same records as already final without appending any twice.
+    let mut cluster = Cluster::start("import", 4, 2);
+    cluster.wait_heights(&[0, 1, 2, 3], 1, std::time::Duration::from_secs(60));
+    let (dir, url) = (cluster.dir.clone(), cluster.nodes[0].api_url.clone());
+    let signer = dir.join("agency-0/submitter.key");
+    let (own, foreign) =
+        (cluster.genesis.agencies[0].namespaces[0].clone(), cluster.genesis.agencies[1].namespaces[0].clone());
+    let line = |ns: &str, n: usize| {
+        serde_json::json!({ "namespace": ns, "key": format!("import/{n}"), "body": B64.encode(format!("title {n}")) })
+            .to_string()
+    };
+    let mut lines: Vec<String> = (0..550).map(|n| line(&own, n)).collect();
+    lines.push(String::new());
+    lines.push(line(&foreign, 550)); // line 552: the signer's agency holds no grant there
+    lines.extend((551..1099).map(|n| line(&own, n)));
+    lines.push(
+        serde_json::json!({
+            "namespace": own, "key": "import/doc", "metadata": { "basis": "Act 12 s.3" },
+            "document": { "sha256": "ab".repeat(32), "size": 1234, "media_type": "application/pdf" }
+        })
+        .to_string(),
+    );
+    let file = dir.join("titles.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let log_size = |c: &Cluster| c.status(0).and_then(|s| s["log_size"].as_u64()).unwrap_or(u64::MAX);
+
+    let mut bad = lines.clone();
+    bad[2] = r#"{"namespace": "x", "key": "y", "body": "%%"}"#.into();
+    let bad_file = dir.join("bad.jsonl");
+    std::fs::write(&bad_file, bad.join("\n")).unwrap();
+    let stopped = annal(&["import", "--node", &url, "--signer", path(&signer), path(&bad_file)]);
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{said}");
+    assert!(said.contains("bad.jsonl line 3: body is not base64"), "{said}");
+    assert_eq!(log_size(&cluster), 0, "nothing of a file with a bad line is sent");
+
+    let run = |extra: &[&str]| {
+        let mut args =
+            vec!["import", "--node", &url, "--signer", path(&signer), path(&file), "--batch", "400", "--json"];
+        args.extend(extra);
+        let out = annal(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "one record is refused: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    };
+    let first = run(&["--wait"]);
+    assert_eq!((first["records"].as_u64(), first["accepted"].as_u64()), (Some(1100), Some(1099)), "{first}");
+    assert_eq!((first["refused"].as_u64(), first["already_final"].as_u64()), (Some(1), Some(0)), "{first}");
+    let refusal = &first["refusals"][0];
+    assert_eq!((refusal["line"].as_u64(), refusal["error"].as_str()), (Some(552), Some("refused")), "{first}");
+    assert_eq!(first["last_accepted_status"], "final", "{first}");
+    let nonce = first["first_nonce"].as_u64().expect("the first nonce");
+    assert_eq!(first["last_nonce"].as_u64(), Some(nonce + 1099));
+    assert_eq!(log_size(&cluster), 1099);
+    let doc = json(&["history", "--node", &url, "--namespace", &own, "--key", "import/doc", "--json"]);
+    assert_eq!(doc["head"]["version"], 1, "{doc}");
+
+    let again = run(&["--first-nonce", &nonce.to_string()]);
+    assert_eq!((again["accepted"].as_u64(), again["already_final"].as_u64()), (Some(1099), Some(1099)), "{again}");
+    assert_eq!(again["refusals"][0]["line"].as_u64(), Some(552), "{again}");
+    let height = cluster.height(0);
+    cluster.wait_heights(&[0], height + 2, std::time::Duration::from_secs(60));
+    assert_eq!(log_size(&cluster), 1099, "the same file again appends nothing");
 }
