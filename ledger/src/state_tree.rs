@@ -847,10 +847,21 @@ pub fn update_prefetched<R: StateTreeReader + ?Sized>(
         out.leaf_count += (merged.len() - stored.len()) as u64;
         let hash = match index < levels.grown {
             true => {
-                let [left, right] = children(depth, &merged);
-                let (depth, index) = ((depth + 1) as u8, 2 * index as u32);
-                grown.push(Slot { depth, index, hash: left.0, fill: left.1 });
-                grown.push(Slot { depth, index: index + 1, hash: right.0, fill: right.1 });
+                // A child no change falls under keeps the hash the growing level
+                // holds for it: only the other child's leaves are hashed again.
+                let split = merged.partition_point(|l| !bit(&l.0, depth));
+                let changed_split = changes.partition_point(|l| !bit(&l.0, depth));
+                let halves = [(&merged[..split], changed_split > 0), (&merged[split..], changed_split < changes.len())];
+                let [left, right] = [0, 1].map(|side| {
+                    let (under, changed) = halves[side];
+                    let child = 2 * index + side;
+                    if !changed {
+                        return levels.slot(depth + 1, child);
+                    }
+                    let (hash, fill) = (subtree_hash(depth + 1, under), Fill::of(under.len()));
+                    grown.push(Slot { depth: (depth + 1) as u8, index: child as u32, hash, fill });
+                    (hash, fill)
+                });
                 combine(left, right)
             }
             false => (subtree_hash(depth, &merged), Fill::of(merged.len())),
