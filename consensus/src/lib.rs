@@ -27,7 +27,10 @@
 //! (`domain || chain_id || view` for nullify), little-endian, with domains
 //! `annal/propose/v1`, `annal/notarize/v1`, `annal/nullify/v1`,
 //! `annal/finalize/v1` ([`signing_bytes`]). A block's digest is
-//! `SHA-256(annal/block/v1 || chain_id || height || view || parent_view || parent || len || payload)`.
+//! `SHA-256(annal/block/v2 || chain_id || height || view || parent_view || parent || content)`,
+//! where `content` is the payload's content digest ([`Payload`]): by default
+//! `SHA-256(annal/payload/v1 || payload)`, or the application's own
+//! collision-resistant digest of the bytes ([`Limits::payload_digest`](wire::Limits)).
 //!
 //! # §Certificates
 //! A notarization, nullification or finalization of view `v` is a
@@ -234,6 +237,7 @@ pub use error::Error;
 pub use signer::{conflicting, SafetyState, Signer};
 pub use state::{Core, Evidence, Input, Output};
 pub use types::{
-    Anchor, Block, ChainId, Digest, Height, Payload, Validator, ValidatorIndex, ValidatorSet, View, VALIDATORS_MAX,
+    raw_payload_digest, Anchor, Block, ChainId, Digest, Height, Payload, Validator, ValidatorIndex, ValidatorSet, View,
+    VALIDATORS_MAX,
 };
 pub use wire::{signing_bytes, Certificate, Limits, Message, Proposal, Vote, VoteKind};

@@ -1,7 +1,7 @@
 //! Protocol numbers and the consensus view of a block: plain, fixed-width, hashable.
 
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
 use sha2::{Digest as _, Sha256};
@@ -118,36 +118,58 @@ pub struct Block {
 /// A block's payload, shared rather than copied: the core keeps a block in its round, in
 /// its block store, in the queue to persist and in the proposal it broadcasts, and hands
 /// it to the application to validate — at load each copy was a fresh ~600 KB buffer.
-/// Compares, orders and hashes as its bytes; it never changes once made.
+/// Compares and orders as its bytes; it never changes once made.
 ///
-/// It also remembers the digest of the last block hashed with it, with every
-/// other input of that hash ([`Block::hash`]): a node hashed each block three
-/// to five times (rebuilding it, the core on proposal and on payload, the
-/// leader's compact proposal), each a SHA-256 over the whole payload — ~1 %
-/// of a validator at rate max (docs/BENCHMARKS.md, session 14).
-#[derive(Clone, Debug, Default)]
+/// It carries its *content digest*, which a block's hash covers in place of the
+/// bytes ([`Block::hash`]). `Payload::from(bytes)` takes [`raw_payload_digest`]; an
+/// application whose payloads have a cheaper collision-resistant digest (the
+/// node's is over its records' ids, which it holds already: hashing each
+/// block's whole payload was ~1.5 % of a validator at rate max,
+/// docs/BENCHMARKS.md, session 25) builds them with [`Payload::with_digest`] and
+/// decodes them with the same function as [`Limits::payload_digest`](crate::Limits),
+/// so every node computes it alike from the bytes. It is never read from the wire.
+#[derive(Clone, Debug)]
 pub struct Payload(Arc<PayloadBytes>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PayloadBytes {
     bytes: Vec<u8>,
-    /// `(everything else Block::hash reads, the digest)` of the first block hashed with these bytes.
-    digest: OnceLock<(HashedWith, Digest)>,
+    content: Digest,
 }
 
-/// The inputs of [`Block::hash`] besides the payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct HashedWith {
-    chain_id: ChainId,
-    height: Height,
-    view: View,
-    parent_view: View,
-    parent: Digest,
+/// `SHA-256(b"annal/payload/v1" || bytes)`: the content digest of a payload
+/// made with `Payload::from`, and of any the application has no digest of its own for.
+pub fn raw_payload_digest(bytes: &[u8]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"annal/payload/v1");
+    h.update(bytes);
+    h.finalize().into()
+}
+
+impl Payload {
+    /// `bytes` with the content digest the caller computed for them: it must be
+    /// what the function it decodes payloads with ([`Limits::payload_digest`](crate::Limits))
+    /// gives for these bytes, or its blocks hash differently on other nodes.
+    pub fn with_digest(bytes: Vec<u8>, content: Digest) -> Payload {
+        Payload(Arc::new(PayloadBytes { bytes, content }))
+    }
+
+    /// What a block's hash covers for this payload.
+    pub fn content_digest(&self) -> Digest {
+        self.0.content
+    }
 }
 
 impl From<Vec<u8>> for Payload {
     fn from(bytes: Vec<u8>) -> Payload {
-        Payload(Arc::new(PayloadBytes { bytes, digest: OnceLock::new() }))
+        let content = raw_payload_digest(&bytes);
+        Payload::with_digest(bytes, content)
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::from(Vec::new())
     }
 }
 
@@ -185,34 +207,18 @@ impl std::hash::Hash for Payload {
 }
 
 impl Block {
-    /// `SHA-256(b"annal/block/v1" || chain_id || canonical bytes)`, computed
-    /// once per payload and header (see [`Payload`]).
+    /// `SHA-256(b"annal/block/v2" || chain_id || height || view || parent_view
+    /// || parent || content digest)`, integers little-endian: the payload
+    /// enters by its content digest ([`Payload`]).
     pub fn hash(&self, chain_id: &ChainId) -> Digest {
-        let with = HashedWith {
-            chain_id: *chain_id,
-            height: self.height,
-            view: self.view,
-            parent_view: self.parent_view,
-            parent: self.parent,
-        };
-        let (first, digest) = self.payload.0.digest.get_or_init(|| (with, self.hash_uncached(chain_id)));
-        if *first == with {
-            *digest
-        } else {
-            self.hash_uncached(chain_id)
-        }
-    }
-
-    fn hash_uncached(&self, chain_id: &ChainId) -> Digest {
         let mut h = Sha256::new();
-        h.update(b"annal/block/v1");
+        h.update(b"annal/block/v2");
         h.update(chain_id.0);
         h.update(self.height.0.to_le_bytes());
         h.update(self.view.0.to_le_bytes());
         h.update(self.parent_view.0.to_le_bytes());
         h.update(self.parent);
-        h.update((self.payload.len() as u32).to_le_bytes());
-        h.update(&self.payload[..]);
+        h.update(self.payload.content_digest());
         h.finalize().into()
     }
 }
@@ -234,26 +240,31 @@ mod tests {
     }
 
     #[test]
-    fn a_payload_remembers_the_digest_of_its_first_header_only() {
+    fn a_block_hash_covers_every_header_field_and_the_payload_by_its_content_digest() {
+        // Goal: changing any header field, the chain or the payload's bytes changes the hash;
+        // equal bytes hash alike; a payload enters only through its content digest.
         let payload: Payload = (0..5_000u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+        assert_eq!(payload.content_digest(), raw_payload_digest(&payload));
         let (chain, other_chain) = (ChainId([9; 32]), ChainId([8; 32]));
         let a = block(5, &payload);
-        assert!(payload.0.digest.get().is_none());
         let digest = a.hash(&chain);
-        assert_eq!(digest, a.hash_uncached(&chain));
-        // Remembered, and shared by every clone of the payload.
-        assert_eq!(payload.0.digest.get().map(|(_, d)| *d), Some(digest));
-        assert_eq!(block(5, &payload).hash(&chain), digest);
-        // The same bytes under another header or chain hash afresh, never to the remembered digest.
-        for (b, c) in
-            [(block(6, &payload), chain), (Block { parent: [2; 32], ..a.clone() }, chain), (a.clone(), other_chain)]
-        {
-            assert_eq!(b.hash(&c), b.hash_uncached(&c));
-            assert_ne!(b.hash(&c), digest);
+        let mut other_bytes = payload.to_vec();
+        other_bytes[4_999] ^= 1;
+        for (b, c) in [
+            (block(6, &payload), chain),
+            (Block { parent: [2; 32], ..a.clone() }, chain),
+            (Block { parent_view: View(1), ..a.clone() }, chain),
+            (Block { height: Height(4), ..a.clone() }, chain),
+            (a.clone(), other_chain),
+            (block(5, &other_bytes.into()), chain),
+        ] {
+            assert_ne!(b.hash(&c), digest, "{b:?}");
         }
-        // Equal bytes in another allocation: equal payloads, the same digest.
         let copy: Payload = payload.to_vec().into();
         assert_eq!(copy, payload);
         assert_eq!(block(5, &copy).hash(&chain), digest);
+        // The same bytes under another content digest: another block.
+        let other_digest = Payload::with_digest(payload.to_vec(), [7; 32]);
+        assert_ne!(block(5, &other_digest).hash(&chain), digest);
     }
 }

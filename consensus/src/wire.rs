@@ -13,7 +13,7 @@
 //! A nullify vote or certificate carries height 0 and the zero digest; anything else is rejected.
 
 use crate::error::Error;
-use crate::types::{Block, ChainId, Digest, Height, ValidatorIndex, View, VALIDATORS_MAX};
+use crate::types::{raw_payload_digest, Block, ChainId, Digest, Height, Payload, ValidatorIndex, View, VALIDATORS_MAX};
 
 /// What a signature is about. Each kind has its own signing domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,16 +102,21 @@ pub enum Message {
     BlockResponse(Block),
 }
 
-/// Size limits checked before and while decoding (Spec §Limits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Size limits checked before and while decoding (Spec §Limits), and how a
+/// decoded payload's content digest is computed.
+#[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub message_bytes_max: usize,
     pub payload_bytes_max: usize,
+    /// The content digest of a payload read from the wire ([`Payload`]): a
+    /// collision-resistant function of its bytes, the same on every node, and
+    /// the one the application builds its own payloads' digests with.
+    pub payload_digest: fn(&[u8]) -> Digest,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { message_bytes_max: 2 << 20, payload_bytes_max: 1 << 20 }
+        Limits { message_bytes_max: 2 << 20, payload_bytes_max: 1 << 20, payload_digest: raw_payload_digest }
     }
 }
 
@@ -312,7 +317,8 @@ impl<'a> Reader<'a> {
         if len > limits.payload_bytes_max {
             return Err(Error::PayloadTooLarge { got: len, max: limits.payload_bytes_max });
         }
-        let payload = self.take(len, "payload")?.to_vec().into();
+        let bytes = self.take(len, "payload")?;
+        let payload = Payload::with_digest(bytes.to_vec(), (limits.payload_digest)(bytes));
         Ok(Block { height, view, parent_view, parent, payload })
     }
 }
@@ -397,7 +403,7 @@ mod tests {
     /// Goal: a payload one byte over the limit and a message one byte over the limit are rejected.
     #[test]
     fn limits_are_enforced_at_one_byte_over() {
-        let limits = Limits { message_bytes_max: 200, payload_bytes_max: 64 };
+        let limits = Limits { message_bytes_max: 200, payload_bytes_max: 64, ..Limits::default() };
         let ok = Message::BlockResponse(block(64)).encode();
         assert!(Message::decode(&ok, &limits).is_ok());
         let over = Message::BlockResponse(block(65)).encode();

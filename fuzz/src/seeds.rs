@@ -374,7 +374,8 @@ pub fn notes() -> Vec<Seed> {
 /// bodies as clients send them (records signed for the fixture genesis), one
 /// with escapes, spacing and an unknown field, a record over the target's size
 /// limit, a batch mixing good and bad base64, an empty batch and one over the
-/// target's batch limit.
+/// target's batch limit; and binary batches of three records, of none, and
+/// one cut a byte short.
 pub fn api_bodies() -> Vec<Seed> {
     let publish = signed(21, "land-titles", "parcel/7", Op::Publish, None, 1, 1);
     let amend = signed(22, "land-titles", "parcel/7", Op::Amend, Some(publish.id()), 2, 1);
@@ -385,6 +386,10 @@ pub fn api_bodies() -> Vec<Seed> {
     let b64 = |r: &SignedRecord| B64.encode(r.to_bytes());
     let submit = |r: &SignedRecord| serde_json::to_vec(&SubmitBody { record: b64(r) }).expect("body JSON");
     let batch = |records: Vec<String>| serde_json::to_vec(&BatchBody { records }).expect("body JSON");
+    let binary = |records: &[&SignedRecord]| {
+        let bytes: Vec<Vec<u8>> = records.iter().map(|r| r.to_bytes()).collect();
+        submission::encode_batch(bytes.iter().map(|b| b.as_slice()))
+    };
     // The first character as a JSON \u escape, a '/' as "\/", spacing and a field the node ignores.
     let text = b64(&publish);
     assert!(text.contains('/'), "the escaped seed's base64 has a '/' to escape");
@@ -399,6 +404,12 @@ pub fn api_bodies() -> Vec<Seed> {
         ("batch-mixed".to_string(), batch(vec![b64(&publish), "%%".into(), String::new(), b64(&big)])),
         ("batch-empty".to_string(), batch(Vec::new())),
         ("batch-over".to_string(), batch(vec!["AQI=".to_string(); API_BATCH_RECORDS_MAX + 1])),
+        ("binary-three".to_string(), binary(&[&publish, &amend, &revoke])),
+        ("binary-empty".to_string(), binary(&[])),
+        ("binary-cut".to_string(), {
+            let whole = binary(&[&publish, &amend]);
+            whole[..whole.len() - 1].to_vec()
+        }),
     ];
     let params = Params { record_bytes_max: API_RECORD_BYTES_MAX, ..FIXTURE.params.clone() };
     let decodes = |bytes: &[u8]| match submission::decode_record(bytes.to_vec(), &params) {
@@ -408,7 +419,12 @@ pub fn api_bodies() -> Vec<Seed> {
         Err(_) => "malformed",
     };
     for (name, json) in &seeds {
-        let outcomes: Vec<&str> = if name.starts_with("submit") {
+        let outcomes: Vec<&str> = if name.starts_with("binary") {
+            match submission::binary_batch(json, API_BATCH_RECORDS_MAX) {
+                Ok(records) => records.iter().map(|b| decodes(b)).collect(),
+                Err(_) => vec!["not binary"],
+            }
+        } else if name.starts_with("submit") {
             let body: SubmitBody = submission::from_json(json).unwrap_or_else(|e| panic!("seed {name}: {e}"));
             vec![decodes(&body.record_bytes().unwrap_or_else(|e| panic!("seed {name}: {e}")))]
         } else {
@@ -423,6 +439,9 @@ pub fn api_bodies() -> Vec<Seed> {
             "batch-mixed" => &["ok", "not base64", "malformed", "too large"],
             "batch-empty" => &[],
             "batch-over" => &["malformed"; API_BATCH_RECORDS_MAX + 1],
+            "binary-three" => &["ok"; 3],
+            "binary-empty" => &[],
+            "binary-cut" => &["not binary"],
             _ => &["ok"],
         };
         assert_eq!(outcomes, want, "seed {name}");

@@ -328,7 +328,11 @@ impl App {
         let set = consensus_set(&in_force);
         let params = &genesis.params;
         let payload_max = params.block_bytes_max + 8 * params.block_records_max + 64;
-        let limits = consensus::Limits { payload_bytes_max: payload_max, message_bytes_max: payload_max + (128 << 10) };
+        let limits = consensus::Limits {
+            payload_bytes_max: payload_max,
+            message_bytes_max: payload_max + (128 << 10),
+            payload_digest: BlockBody::content_digest,
+        };
         let peers_by_id = peers_of(&in_force)?;
         let (tip_height, tip) = {
             let store = shared.store();
@@ -779,7 +783,7 @@ impl App {
         self.owed_payload = None;
         let time_ms = wall_ms().max(self.time_of(parent).unwrap_or(0));
         debug!(view = view.0, records = records.len(), "proposing");
-        let payload: consensus::Payload = BlockBody::encode_of(time_ms, records.iter().map(|r| r.bytes())).into();
+        let payload = BlockBody::payload(time_ms, records.iter().map(|r| &**r));
         self.proposed_ids = Some((view.0, time_ms, records.iter().map(|r| r.id).collect()));
         self.proposed = Some((payload.clone(), time_ms, records));
         Input::Payload { view, payload }
@@ -856,7 +860,7 @@ impl App {
             view: consensus::View(p.view),
             parent_view: consensus::View(p.parent_view),
             parent: p.parent,
-            payload: BlockBody::encode_of(p.time_ms, records.iter().map(|r| r.bytes())).into(),
+            payload: BlockBody::payload(p.time_ms, records.iter().map(|r| &**r)),
         };
         // The core would refuse a block that does not hash to the digest the
         // leader signed without saying why; a leader that named the wrong
@@ -1617,7 +1621,7 @@ impl App {
             view: consensus::View(link.view),
             parent_view: consensus::View(link.parent_view),
             parent: link.parent,
-            payload: BlockBody { time_ms: link.time_ms, records }.to_bytes().into(),
+            payload: BlockBody::payload_of_bytes(BlockBody { time_ms: link.time_ms, records }.to_bytes()),
         };
         if block.hash(&self.chain_of(h)) != link.digest {
             bail!("the block rebuilt at height {h} does not hash to its stored digest");

@@ -5,10 +5,12 @@
 //! answers. All canonical (the ledger's codec: version byte, fixed-width
 //! integers, round-trip checked), all bounded when decoded.
 
+use annal_consensus::{Digest, Payload};
 use annal_ledger::codec::{self, Canonical};
-use annal_ledger::record::{RecordId, SignedRecord};
+use annal_ledger::record::{Encoded, RecordId, SignedRecord};
 use annal_ledger::Error as LedgerError;
 use bincode::{Decode, Encode};
+use sha2::{Digest as _, Sha256};
 
 /// The payload of a consensus block: the proposer's clock and the signed records, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -51,6 +53,71 @@ impl BlockBody {
     /// The id of each record, in order (each one hashed here).
     pub fn ids(&self) -> Vec<RecordId> {
         self.records.iter().map(|r| SignedRecord::id_of_bytes(r)).collect()
+    }
+
+    /// The consensus payload of `time_ms` and `records`, with its content
+    /// digest taken over the ids the records carry ([`BlockBody::content_digest`]).
+    pub fn payload<'a>(time_ms: u64, records: impl ExactSizeIterator<Item = &'a Encoded> + Clone) -> Payload {
+        let content = BlockBody::digest_of(time_ms, records.clone().map(|r| &r.id));
+        Payload::with_digest(BlockBody::encode_of(time_ms, records.map(|r| r.bytes())), content)
+    }
+
+    /// A consensus payload of these bytes, its content digest computed from them.
+    pub fn payload_of_bytes(bytes: Vec<u8>) -> Payload {
+        let content = BlockBody::content_digest(&bytes);
+        Payload::with_digest(bytes, content)
+    }
+
+    /// The content digest of a consensus payload (`annal_consensus::Payload`;
+    /// the node's `Limits::payload_digest`): for the bytes of a block body,
+    /// `SHA-256("annal/body/v1" ‖ time_ms ‖ record count ‖ each record's id)`
+    /// (u64 little-endian) — the ids are hashed at admission anyway, so a block
+    /// built or rebuilt from the pool costs one hash over 32 bytes a record
+    /// instead of one over all its bytes; for any other bytes,
+    /// `annal_consensus::raw_payload_digest`. Read in place: a body is the
+    /// canonical encoding, so the bytes determine `(time_ms, records)` and the
+    /// ids determine the records (SHA-256), and the two domains differ.
+    pub fn content_digest(bytes: &[u8]) -> Digest {
+        match BlockBody::ids_in_place(bytes) {
+            Some((time_ms, ids)) => BlockBody::digest_of(time_ms, ids.iter()),
+            None => annal_consensus::raw_payload_digest(bytes),
+        }
+    }
+
+    fn digest_of<'a>(time_ms: u64, ids: impl ExactSizeIterator<Item = &'a RecordId>) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"annal/body/v1");
+        h.update(time_ms.to_le_bytes());
+        h.update((ids.len() as u64).to_le_bytes());
+        for id in ids {
+            h.update(id.0);
+        }
+        h.finalize().into()
+    }
+
+    /// The time and record ids of `bytes` if they are exactly a body's
+    /// canonical encoding ([`BlockBody::encode_of`]), without copying a record.
+    fn ids_in_place(bytes: &[u8]) -> Option<(u64, Vec<RecordId>)> {
+        let (&format, rest) = bytes.split_first()?;
+        let u64_at = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
+        if format != codec::FORMAT_V1 {
+            return None;
+        }
+        let time_ms = u64_at(rest)?;
+        let count = u64_at(&rest[8..])?;
+        let mut rest = &rest[16..];
+        // Each record takes eight bytes of length at least: a count past that is not a body.
+        if count > (rest.len() / 8) as u64 {
+            return None;
+        }
+        let mut ids = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = usize::try_from(u64_at(rest)?).ok()?;
+            let record = rest.get(8..8usize.checked_add(len)?)?;
+            ids.push(SignedRecord::id_of_bytes(record));
+            rest = &rest[8 + len..];
+        }
+        rest.is_empty().then_some((time_ms, ids))
     }
 }
 
@@ -259,6 +326,66 @@ mod tests {
         assert_eq!(codec::decode::<Envelope>(&bytes, 512).unwrap(), e);
         assert!(codec::decode::<Envelope>(&bytes, bytes.len() - 1).is_err());
         assert_eq!(link_key(255), "app/link/00000000000000ff");
+    }
+
+    /// Goal: a payload built from records holds the content digest that its bytes
+    /// give when read back (what another node computes), any other bytes take the
+    /// consensus crate's raw digest, and a change of time, order or record changes it.
+    #[test]
+    fn a_payload_built_from_records_has_the_digest_its_bytes_give() {
+        use annal_ledger::keys::SecretKey;
+        use annal_ledger::record::{Body, Op, Record};
+        let key = SecretKey::from_seed([3; 32]);
+        let records: Vec<Encoded> = (1..=3u64)
+            .map(|nonce| {
+                let r = Record {
+                    chain_id: "c".into(),
+                    namespace: "ns".into(),
+                    key: format!("k{nonce}"),
+                    op: Op::Publish,
+                    body: Body::Inline(vec![nonce as u8; 40]),
+                    metadata: Default::default(),
+                    supersedes: None,
+                    version: 1,
+                    submitter: key.public(),
+                    nonce,
+                };
+                Encoded::from(r.sign(&key))
+            })
+            .collect();
+        let payload = BlockBody::payload(7, records.iter());
+        assert_eq!(&payload[..], &BlockBody::encode_of(7, records.iter().map(|r| r.bytes()))[..]);
+        assert_eq!(payload.content_digest(), BlockBody::content_digest(&payload));
+        assert_eq!(BlockBody::payload_of_bytes(payload.to_vec()).content_digest(), payload.content_digest());
+        assert_ne!(payload.content_digest(), annal_consensus::raw_payload_digest(&payload));
+        let empty = BlockBody::payload(7, records[..0].iter());
+        assert_eq!(
+            empty.content_digest(),
+            BlockBody::content_digest(&BlockBody::encode_of(7, [[0u8; 0]; 0].iter().map(|r| &r[..])))
+        );
+
+        let mut others = vec![
+            BlockBody::payload(8, records.iter()),
+            BlockBody::payload(7, records.iter().rev()),
+            BlockBody::payload(7, records[..2].iter()),
+        ];
+        let mut changed = payload.to_vec();
+        *changed.last_mut().unwrap() ^= 1;
+        others.push(BlockBody::payload_of_bytes(changed));
+        for other in &others {
+            assert_ne!(other.content_digest(), payload.content_digest());
+        }
+        // Not a body: cut short, a byte too many, another format byte, a count past the end.
+        let bytes = payload.to_vec();
+        let mut long = bytes.clone();
+        long.push(0);
+        let mut format = bytes.clone();
+        format[0] = 2;
+        let mut count = bytes.clone();
+        count[9..17].copy_from_slice(&u64::MAX.to_le_bytes());
+        for not_body in [&bytes[..bytes.len() - 1], &long[..], &format[..], &count[..], &[][..]] {
+            assert_eq!(BlockBody::content_digest(not_body), annal_consensus::raw_payload_digest(not_body));
+        }
     }
 
     /// Goal: `RecordBatch` may skip the re-encoding check (`ONE_FORM`) because

@@ -56,7 +56,9 @@ fn final_block(g: &Genesis, height: u64, parent: [u8; 32], signers: &[u8]) -> (B
         view: View(height),
         parent_view: View(height - 1),
         parent,
-        payload: BlockBody { time_ms: g.genesis_time_ms + height, records: vec![] }.to_bytes().into(),
+        payload: BlockBody::payload_of_bytes(
+            BlockBody { time_ms: g.genesis_time_ms + height, records: vec![] }.to_bytes(),
+        ),
     };
     let digest = block.hash(&chain);
     let votes: Vec<Vote> = signers
