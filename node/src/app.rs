@@ -407,6 +407,20 @@ impl App {
                 .expect("8 bytes"),
         ) >> 1;
         app.enter_epoch_of_next_height();
+        if tip_height > 0 {
+            // Consensus digests are signed into every finalization: a chain made
+            // under another digest rule cannot be continued, only replaced.
+            let (block, link) = app.rebuild_block_unchecked(tip_height)?;
+            if block.hash(&app.chain_of(tip_height)) != link.digest {
+                bail!(
+                    "the block at height {tip_height} in {} does not hash to the consensus digest it was finalized \
+                     under: the chain was made by an earlier version of annal (its block digest covered the whole \
+                     payload, annal/block/v1; this version's covers the record ids, annal/block/v2) and cannot be \
+                     continued by this one; start a new chain (for `make devnet`: delete ./devnet)",
+                    app.data_dir.display()
+                );
+            }
+        }
         app.load_persisted_blocks()?;
         {
             let store = shared.store();
@@ -1599,6 +1613,16 @@ impl App {
 
     /// Rebuilds the consensus block committed at `h` from the store, with its link.
     fn rebuild_block(&self, h: u64) -> Result<(Block, Link)> {
+        let (block, link) = self.rebuild_block_unchecked(h)?;
+        if block.hash(&self.chain_of(h)) != link.digest {
+            bail!("the block rebuilt at height {h} does not hash to its stored digest");
+        }
+        Ok((block, link))
+    }
+
+    /// The consensus block committed at `h` and its link, as stored, without
+    /// checking that the block hashes to the link's digest.
+    fn rebuild_block_unchecked(&self, h: u64) -> Result<(Block, Link)> {
         let store = self.shared.store();
         let link: Link = codec::decode(
             &store.app_meta(&wire::link_key(h))?.with_context(|| format!("no consensus link at height {h}"))?,
@@ -1623,9 +1647,6 @@ impl App {
             parent: link.parent,
             payload: BlockBody::payload_of_bytes(BlockBody { time_ms: link.time_ms, records }.to_bytes()),
         };
-        if block.hash(&self.chain_of(h)) != link.digest {
-            bail!("the block rebuilt at height {h} does not hash to its stored digest");
-        }
         Ok((block, link))
     }
 

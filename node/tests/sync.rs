@@ -203,7 +203,9 @@ fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
     send(&mut app, &mut fx, vec![entry(&b2, &c4, tail_of(&[&b4]))]);
     assert_eq!(height(), 1);
     let mut full = b3.clone();
-    full.payload = BlockBody { time_ms: g.genesis_time_ms + 3, records: vec![vec![1, 2, 3]] }.to_bytes().into();
+    full.payload = BlockBody::payload_of_bytes(
+        BlockBody { time_ms: g.genesis_time_ms + 3, records: vec![vec![1, 2, 3]] }.to_bytes(),
+    );
     let (b4_on_full, c4_on_full) = final_block(&g, 4, full.hash(&chain), &[0, 1, 2]);
     send(&mut app, &mut fx, vec![entry(&b2, &c4_on_full, tail_of(&[&full, &b4_on_full]))]);
     assert_eq!(height(), 1);
@@ -527,5 +529,60 @@ fn a_request_for_blocks_is_capped_whatever_it_asks() {
         panic!("blocks asked, blocks answered")
     };
     assert!((128..=128 + 64).contains(&served.len()), "{} blocks served", served.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal: a store whose chain was finalized under another consensus digest rule
+/// (an earlier version's, which hashed the whole payload) is refused when the node
+/// starts, saying why and what to do, rather than failing later on the first peer
+/// that asks it for an old block. Its own chain restarts as before.
+#[test]
+fn a_chain_finalized_under_another_digest_rule_is_refused_at_start() {
+    use annal_ledger::block::Certificate as LedgerCertificate;
+    use annal_ledger::exec::{execute, BlockMeta, Signatures};
+    use annal_node::wire::{link_key, Link};
+    let g = genesis();
+    let (dir, shared, mut app) = follower("annal-sync-old-digest", &g);
+    let chain = ChainId(g.hash());
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    app.apply_sync(PeerId::random(), &answer(&[(b1.clone(), c1)]), &mut Effects::default()).unwrap();
+    assert_eq!(shared.store().tip().height.0, 1);
+    drop(app);
+    App::new(shared.clone(), dir.clone(), None).expect("a chain of this version restarts");
+
+    // Block 2 as the earlier version committed it: its link names a digest this version does not compute.
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    let link = Link {
+        view: 2,
+        parent_view: 1,
+        parent: b2.parent,
+        digest: [0xd1; 32],
+        time_ms: g.genesis_time_ms + 2,
+        skipped: Vec::new(),
+        finalization: Message::Certificate(c2).encode(),
+    };
+    {
+        let mut store = shared.store.write().unwrap();
+        let height = annal_ledger::block::Height(2);
+        let executed =
+            execute(&shared.governance(), height, &*store, store.frontier(), &[], Signatures::Verify).unwrap();
+        let set = g.validator_set();
+        let meta = BlockMeta {
+            height,
+            view: annal_ledger::block::View(2),
+            parent: store.tip().block_hash,
+            time_ms: link.time_ms,
+            proposer: 1,
+            validators_hash: set.hash(),
+        };
+        let header = executed.header(&g.chain_id, &meta);
+        let keys: Vec<SecretKey> = (1..=3u8).map(|i| SecretKey::from_seed([i; 32])).collect();
+        let cert = LedgerCertificate::sign(&header, &set, &[(0, &keys[0]), (1, &keys[1]), (2, &keys[2])]);
+        store.commit_block(&header, Some(&cert), &executed, &[(link_key(2), codec::encode(&link))]).unwrap();
+    }
+    let refused = App::new(shared.clone(), dir.clone(), None).err().expect("refused").to_string();
+    assert!(refused.contains("earlier version of annal") && refused.contains("annal/block/v2"), "{refused}");
+    assert!(refused.contains("start a new chain"), "{refused}");
+    assert_eq!(shared.store().tip().height.0, 2, "nothing of the store is touched");
     let _ = std::fs::remove_dir_all(&dir);
 }
