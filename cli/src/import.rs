@@ -82,7 +82,35 @@ struct Line {
     body: Option<String>,
     document: Option<DocumentLine>,
     #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    metadata: Metadata,
+}
+
+/// A line's metadata: a JSON object of strings in which no name is repeated
+/// (a map would keep the last of two silently).
+#[derive(Default)]
+struct Metadata(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Metadata, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Metadata;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format!("metadata name {name:?} is given twice")));
+                    }
+                    out.insert(name, value);
+                }
+                Ok(Metadata(out))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 #[derive(Deserialize)]
@@ -106,7 +134,7 @@ impl Line {
             }
             _ => bail!("give exactly one of body and document"),
         };
-        Ok(Draft { namespace: self.namespace, key: self.key, op: Op::Publish, body, metadata: self.metadata })
+        Ok(Draft { namespace: self.namespace, key: self.key, op: Op::Publish, body, metadata: self.metadata.0 })
     }
 }
 
@@ -234,7 +262,7 @@ fn import(args: &ImportArgs) -> Result<Tally> {
                 None => {
                     let Some((line, draft)) = lines.next()? else { break };
                     let signed = build_record(&facts.chain_id, draft, None, submitter, nonce)?.sign(&signer);
-                    nonce += 1;
+                    nonce = nonce.wrapping_add(1); // past the last record it is not used
                     let size = signed.to_bytes().len();
                     (line, signed, size)
                 }

@@ -152,14 +152,24 @@ fn an_import_publishes_a_file_names_refused_lines_and_resumes_without_duplicates
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let log_size = |c: &Cluster| c.status(0).and_then(|s| s["log_size"].as_u64()).unwrap_or(u64::MAX);
 
-    let mut bad = lines.clone();
-    bad[2] = r#"{"namespace": "x", "key": "y", "body": "%%"}"#.into();
     let bad_file = dir.join("bad.jsonl");
-    std::fs::write(&bad_file, bad.join("\n")).unwrap();
-    let stopped = annal(&["import", "--node", &url, "--signer", path(&signer), path(&bad_file)]);
-    let said = String::from_utf8_lossy(&stopped.stderr);
-    assert_eq!(stopped.status.code(), Some(1), "{said}");
-    assert!(said.contains("bad.jsonl line 3: body is not base64"), "{said}");
+    for (at, bad_line, want) in [
+        (2, r#"{"namespace": "x", "key": "y", "body": "%%"}"#, "bad.jsonl line 3: body is not base64"),
+        (
+            900,
+            r#"{"namespace": "x", "key": "y", "body": "", "metadata": {"a": "1", "a": "2"}}"#,
+            "name \"a\" is given twice",
+        ),
+        (5, r#"{"namespace": "x", "key": "y", "body": "", "op": "amend"}"#, "bad.jsonl line 6: unknown field `op`"),
+    ] {
+        let mut bad = lines.clone();
+        bad[at] = bad_line.into();
+        std::fs::write(&bad_file, bad.join("\n")).unwrap();
+        let stopped = annal(&["import", "--node", &url, "--signer", path(&signer), path(&bad_file)]);
+        let said = String::from_utf8_lossy(&stopped.stderr);
+        assert_eq!(stopped.status.code(), Some(1), "{said}");
+        assert!(said.contains(want), "{said}");
+    }
     assert_eq!(log_size(&cluster), 0, "nothing of a file with a bad line is sent");
 
     let run = |extra: &[&str]| {
