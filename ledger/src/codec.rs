@@ -56,6 +56,43 @@ pub fn encode_into<T: Canonical>(value: &T, out: &mut Vec<u8>) {
     bincode::encode_into_std_write(value, out, CONFIG).expect("encoding into a Vec cannot fail");
 }
 
+/// Where a run of length-prefixed byte strings stops being one ([`byte_strings`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListBreak {
+    /// Item `index`'s `u64` length needs 8 bytes; `left` remain.
+    Length { index: usize, left: usize },
+    /// Item `index` claims `needed` bytes; `left` remain.
+    Item { index: usize, needed: usize, left: usize },
+    /// `extra` bytes follow the last item.
+    Trailing { extra: usize },
+}
+
+/// `bytes` as exactly `count` byte strings, each `u64 LE length ‖ bytes`
+/// (how the canonical encoding writes the items of a list of byte vectors),
+/// borrowed in place; nothing may follow the last. The binary record batch
+/// and the node's block body read their records with it.
+pub fn byte_strings(bytes: &[u8], count: u64) -> Result<Vec<&[u8]>, ListBreak> {
+    // Each item takes its eight bytes of length at least: no more room is reserved than could be filled.
+    let mut items = Vec::with_capacity(count.min((bytes.len() / 8) as u64) as usize);
+    let mut rest = bytes;
+    for index in 0..usize::try_from(count).unwrap_or(usize::MAX) {
+        let Some((length, tail)) = rest.split_first_chunk::<8>() else {
+            return Err(ListBreak::Length { index, left: rest.len() });
+        };
+        let needed = usize::try_from(u64::from_le_bytes(*length)).unwrap_or(usize::MAX);
+        if tail.len() < needed {
+            return Err(ListBreak::Item { index, needed, left: tail.len() });
+        }
+        let (item, tail) = tail.split_at(needed);
+        items.push(item);
+        rest = tail;
+    }
+    match rest.len() {
+        0 => Ok(items),
+        extra => Err(ListBreak::Trailing { extra }),
+    }
+}
+
 /// Decodes a canonical encoding of at most `bytes_max` bytes, refusing
 /// unknown formats, trailing bytes and non-canonical forms.
 pub fn decode<T: Canonical>(bytes: &[u8], bytes_max: usize) -> Result<T, Error> {

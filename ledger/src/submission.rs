@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::ListBreak;
 use crate::genesis::Params;
 use crate::record::Encoded;
 use crate::Error;
@@ -94,38 +95,32 @@ pub fn encode_batch<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> 
 /// is the envelope: past a bad length nothing after it can be trusted).
 pub fn binary_batch(body: &[u8], records_max: usize) -> Result<Vec<Vec<u8>>, Error> {
     let broken = |detail: String| Error::BatchNotBinary { detail };
-    let mut rest = body;
-    let mut take = |n: usize, what: &dyn Fn() -> String| -> Result<&[u8], Error> {
-        if rest.len() < n {
-            return Err(broken(format!("{} needs {n} bytes, {} are left", what(), rest.len())));
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
+    let Some((&format, rest)) = body.split_first() else {
+        return Err(broken("the format byte needs 1 bytes, 0 are left".into()));
     };
-    let format = take(1, &|| "the format byte".into())?[0];
     if format != crate::codec::FORMAT_V1 {
         return Err(broken(format!("the format byte is {format}; this node reads {}", crate::codec::FORMAT_V1)));
     }
-    let count = u64_le(take(8, &|| "the record count".into())?);
+    let Some((count, rest)) = rest.split_first_chunk::<8>() else {
+        return Err(broken(format!("the record count needs 8 bytes, {} are left", rest.len())));
+    };
+    let count = u64::from_le_bytes(*count);
     if count > records_max as u64 {
         let records = usize::try_from(count).unwrap_or(usize::MAX);
         return Err(Error::BatchTooLarge { records, max: records_max });
     }
-    let mut records = Vec::with_capacity(count as usize);
-    for i in 0..count as usize {
-        let length = u64_le(take(8, &|| format!("the length of records[{i}]"))?);
-        let length = usize::try_from(length).unwrap_or(usize::MAX);
-        records.push(take(length, &|| format!("records[{i}]"))?.to_vec());
-    }
-    if !rest.is_empty() {
-        return Err(broken(format!("{} bytes follow the last of its {count} records", rest.len())));
-    }
-    Ok(records)
-}
-
-fn u64_le(bytes: &[u8]) -> u64 {
-    u64::from_le_bytes(bytes.try_into().expect("eight bytes"))
+    let records = crate::codec::byte_strings(rest, count).map_err(|at| {
+        broken(match at {
+            ListBreak::Length { index, left } => {
+                format!("the length of records[{index}] needs 8 bytes, {left} are left")
+            }
+            ListBreak::Item { index, needed, left } => {
+                format!("records[{index}] needs {needed} bytes, {left} are left")
+            }
+            ListBreak::Trailing { extra } => format!("{extra} bytes follow the last of its {count} records"),
+        })
+    })?;
+    Ok(records.into_iter().map(<[u8]>::to_vec).collect())
 }
 
 /// A submitted record's bytes to the record: first the chain's size limit

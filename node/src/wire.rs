@@ -99,25 +99,13 @@ impl BlockBody {
     /// canonical encoding ([`BlockBody::encode_of`]), without copying a record.
     fn ids_in_place(bytes: &[u8]) -> Option<(u64, Vec<RecordId>)> {
         let (&format, rest) = bytes.split_first()?;
-        let u64_at = |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
+        let (time_ms, rest) = rest.split_first_chunk::<8>()?;
+        let (count, rest) = rest.split_first_chunk::<8>()?;
         if format != codec::FORMAT_V1 {
             return None;
         }
-        let time_ms = u64_at(rest)?;
-        let count = u64_at(&rest[8..])?;
-        let mut rest = &rest[16..];
-        // Each record takes eight bytes of length at least: a count past that is not a body.
-        if count > (rest.len() / 8) as u64 {
-            return None;
-        }
-        let mut ids = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let len = usize::try_from(u64_at(rest)?).ok()?;
-            let record = rest.get(8..8usize.checked_add(len)?)?;
-            ids.push(SignedRecord::id_of_bytes(record));
-            rest = &rest[8 + len..];
-        }
-        rest.is_empty().then_some((time_ms, ids))
+        let records = codec::byte_strings(rest, u64::from_le_bytes(*count)).ok()?;
+        Some((u64::from_le_bytes(*time_ms), records.into_iter().map(SignedRecord::id_of_bytes).collect()))
     }
 }
 
