@@ -33,7 +33,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::bench::Load;
-use crate::client::Client;
+use crate::client::{BatchAnswer, Client};
 
 #[derive(clap::Args)]
 pub struct ClusterArgs {
@@ -548,22 +548,6 @@ fn feed(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// What the feed reads of a batch's answer (the rest of it is skipped unread).
-#[derive(serde::Deserialize)]
-struct BatchAnswer {
-    results: Vec<BatchResult>,
-}
-
-#[derive(serde::Deserialize)]
-struct BatchResult {
-    error: Option<BatchError>,
-}
-
-#[derive(serde::Deserialize)]
-struct BatchError {
-    error: String,
 }
 
 fn wait_ready(clients: &[Client], nodes: &mut [BenchNode]) -> Result<()> {

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// How long to wait for a TCP connection.
@@ -56,6 +57,26 @@ impl ClientError {
             _ => default,
         }
     }
+}
+
+/// The answer to `POST /v1/records/batch` (docs/API.md): one result per record, in order.
+#[derive(Deserialize)]
+pub struct BatchAnswer {
+    pub results: Vec<BatchResult>,
+}
+
+/// One record's result: its id and status when accepted, else the error.
+#[derive(Deserialize)]
+pub struct BatchResult {
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub error: Option<BatchError>,
+}
+
+#[derive(Deserialize)]
+pub struct BatchError {
+    pub error: String,
+    pub detail: String,
 }
 
 /// One node's API.

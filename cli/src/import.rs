@@ -31,7 +31,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError, SMALL_BYTES_MAX};
+use crate::client::{BatchAnswer, Client, ClientError, SMALL_BYTES_MAX};
 use crate::node_cmds::{build_record, signing_facts, Draft};
 
 /// The longest line read: the largest record a chain may allow, in base64, and room for the rest.
@@ -173,25 +173,6 @@ impl Lines {
             return Ok(Some((self.number, line.draft().map_err(|e| anyhow!("{}: {e}", at()))?)));
         }
     }
-}
-
-/// The node's answer to a batch (docs/API.md).
-#[derive(Deserialize)]
-struct BatchAnswer {
-    results: Vec<BatchResult>,
-}
-
-#[derive(Deserialize)]
-struct BatchResult {
-    id: Option<String>,
-    status: Option<String>,
-    error: Option<BatchError>,
-}
-
-#[derive(Deserialize)]
-struct BatchError {
-    error: String,
-    detail: String,
 }
 
 /// What happened to the file's records.
