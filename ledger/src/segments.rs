@@ -75,8 +75,6 @@ pub struct Segments {
     files: Vec<Segment>,
     bytes_max: u64,
     sync: bool,
-    /// Reused for each block's append.
-    buffer: Vec<u8>,
 }
 
 impl Segments {
@@ -149,7 +147,7 @@ impl Segments {
                 seg.len = end;
             }
         }
-        let segments = Segments { dir: dir.to_path_buf(), files, bytes_max, sync, buffer: Vec::new() };
+        let segments = Segments { dir: dir.to_path_buf(), files, bytes_max, sync };
         if removed {
             segments.sync_dir()?;
         }
@@ -188,18 +186,16 @@ impl Segments {
             self.files.push(Segment { first: first_index, file, len: 0 });
         }
         let seg = self.files.last().expect("a segment is open");
-        self.buffer.clear();
-        self.buffer.reserve(block_bytes as usize);
-        let mut lengths = Vec::with_capacity(records.len());
-        for r in records {
-            let r = r.as_ref();
-            let len = u32::try_from(r.len()).map_err(|_| self.err(format!("a record of {} bytes", r.len())))?;
-            lengths.push(len);
-            self.buffer.extend_from_slice(r);
-        }
+        let lengths = records
+            .iter()
+            .map(|r| {
+                u32::try_from(r.as_ref().len()).map_err(|_| self.err(format!("a record of {} bytes", r.as_ref().len())))
+            })
+            .collect::<Result<Vec<u32>, Error>>()?;
         let path = || segment_path(&self.dir, seg.first);
-        seg.file
-            .write_all_at(&self.buffer, seg.len)
+        // Written from where the records lie, not gathered into one buffer first
+        // (a copy of every record's bytes, 0.3 % of a validator at rate max).
+        write_all_vectored_at(&seg.file, records, seg.len)
             .map_err(|e| self.err(format!("writing {}: {e}", path().display())))?;
         if self.sync {
             seg.file.sync_data().map_err(|e| self.err(format!("syncing {}: {e}", path().display())))?;
@@ -273,6 +269,27 @@ impl Segments {
     }
 }
 
+/// Writes `records` back to back at `offset` of `file`, from where they lie:
+/// `writev` (at most `IOV_MAX` slices a call) after one seek; the file's
+/// cursor is used by nothing else (reads are positional).
+fn write_all_vectored_at<R: AsRef<[u8]>>(file: &File, records: &[R], offset: u64) -> std::io::Result<()> {
+    use std::io::{ErrorKind, IoSlice, Seek, SeekFrom, Write};
+    let mut slices: Vec<IoSlice<'_>> =
+        records.iter().map(|r| r.as_ref()).filter(|r| !r.is_empty()).map(IoSlice::new).collect();
+    let mut rest = &mut slices[..];
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.seg"))
 }
@@ -306,6 +323,27 @@ mod tests {
         assert_eq!(segments.bytes(), 300);
         assert_eq!(segments.read(&a, 0..1).unwrap(), vec![vec![1u8; 100]]);
         assert_eq!(segments.read(&b, 0..1).unwrap(), vec![vec![3u8; 200]]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Goal: a block of more records than one `writev` takes (`IOV_MAX`,
+    /// 1,024 on Linux), of assorted lengths, lands whole and in order after
+    /// the block before it, and reads back record by record.
+    #[test]
+    fn a_block_of_more_records_than_one_writev_takes_lands_whole() {
+        let dir = std::env::temp_dir().join(format!("annal-segments-writev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut segments = Segments::open(&dir, None, 1 << 30, false).unwrap();
+        let first = segments.append(0, &[vec![7u8; 33]]).unwrap();
+        segments.committed(&first);
+        let records: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; 1 + (i as usize * 7) % 600]).collect();
+        let span = segments.append(1, &records).unwrap();
+        segments.committed(&span);
+        assert_eq!((span.segment, span.offset), (0, 33));
+        let total: u64 = 33 + records.iter().map(|r| r.len() as u64).sum::<u64>();
+        assert_eq!(file_len(&dir, 0), total);
+        assert_eq!(segments.read(&span, 0..records.len()).unwrap(), records);
+        assert_eq!(segments.read(&first, 0..1).unwrap(), vec![vec![7u8; 33]]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
