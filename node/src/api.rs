@@ -584,9 +584,6 @@ async fn submit_batch(
         ))
         .into());
     }
-    if let Some(why) = shared.intake_closed() {
-        return Err(Failure::MempoolFull(why).into());
-    }
     let records_max = shared.limits.api_batch_records_max;
     let binary = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(submission::is_binary_batch);
     let decoded = if binary {

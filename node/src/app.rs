@@ -116,13 +116,6 @@ const RECORD_CHECKS_MAX: usize = 2;
 /// ~4 % more throughput (docs/BENCHMARKS.md, session 16).
 const RECORD_QUEUE_MAX: usize = 256;
 const RECORD_QUEUE_BYTES_MAX: usize = 64 << 20;
-/// Past this many bytes of gossiped batches waiting for their check, the API
-/// takes no new records (503 `mempool_full`) until the queue is back under it:
-/// the node's cores go to the records other validators already accepted, and
-/// the queue does not overflow. Without it, at rate max each validator
-/// dropped ~450 batches a minute (a fifth of what it was sent) and fetched
-/// their records again in whole proposals (docs/BENCHMARKS.md, session 26).
-pub const RECORD_QUEUE_INTAKE_BYTES: usize = RECORD_QUEUE_BYTES_MAX / 4;
 // The largest batch any chain allows fits the queue, twice.
 const _: () = assert!(RECORD_QUEUE_BYTES_MAX >= 2 * batch_bytes_max_for(annal_ledger::genesis::RECORD_BYTES_CAP));
 
@@ -157,10 +150,6 @@ impl<I> RecordQueue<I> {
 
     fn len(&self) -> usize {
         self.batches.len()
-    }
-
-    fn bytes(&self) -> usize {
-        self.bytes
     }
 }
 
@@ -2205,7 +2194,6 @@ pub async fn run_loop(
         m.net_events_queued.store(events.len() as u64, Ordering::Relaxed);
         m.net_commands_queued.store(net.commands_queued() as u64, Ordering::Relaxed);
         m.record_batches_queued.store(record_queue.len() as u64, Ordering::Relaxed);
-        m.record_batch_bytes_queued.store(record_queue.bytes() as u64, Ordering::Relaxed);
         app.records_unchecked = record_queue.len() + record_checks;
         let wake = tokio::time::Instant::from_std(app.started + app.next_wake());
         tokio::select! {

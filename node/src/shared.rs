@@ -204,8 +204,6 @@ pub struct Metrics {
     pub net_events_queued: AtomicU64,
     pub net_commands_queued: AtomicU64,
     pub record_batches_queued: AtomicU64,
-    /// The bytes of those batches: past `app::RECORD_QUEUE_INTAKE_BYTES` the API takes no records.
-    pub record_batch_bytes_queued: AtomicU64,
 }
 
 /// A cumulative histogram of seconds (Prometheus buckets).
@@ -414,9 +412,6 @@ impl Shared {
         if let Some(why) = self.no_route() {
             return batch.iter().map(|_| Err(Failure::NoPeers(why.clone()))).collect();
         }
-        if let Some(why) = self.intake_closed() {
-            return batch.iter().map(|_| Err(Failure::MempoolFull(why.clone()))).collect();
-        }
         let results = self.admit_many(batch.clone(), Source::Api);
         for (bytes, result) in batch.into_iter().zip(&results) {
             if let Ok(Admitted::Pending { new: true, .. }) = result {
@@ -424,23 +419,6 @@ impl Shared {
             }
         }
         results
-    }
-
-    /// Why the API takes no records now, if it does not: the batches other
-    /// validators gossiped wait for their signature check past
-    /// [`crate::app::RECORD_QUEUE_INTAKE_BYTES`] (a validator behind on them
-    /// would drop the next ones and fetch their records again in whole proposals).
-    pub fn intake_closed(&self) -> Option<String> {
-        let queued = self.metrics.record_batch_bytes_queued.load(Ordering::Relaxed);
-        (queued >= crate::app::RECORD_QUEUE_INTAKE_BYTES as u64).then(|| {
-            format!(
-                "the mempool is full: {} MB of records from other validators wait for their signature check \
-                 here (the API takes records again under {} MB); the record was not read, retry after the \
-                 Retry-After delay",
-                queued >> 20,
-                crate::app::RECORD_QUEUE_INTAKE_BYTES >> 20
-            )
-        })
     }
 
     /// Why a record submitted here could reach no block, if it could not: a
@@ -800,13 +778,6 @@ impl Shared {
         ] {
             let _ = writeln!(s, "annal_queue_items{{queue=\"{queue}\"}} {items}");
         }
-        let _ = writeln!(
-            s,
-            "# HELP annal_queue_bytes Bytes of the gossiped record batches awaiting their signature check; \
-             past {} the API takes no records.\n# TYPE annal_queue_bytes gauge\nannal_queue_bytes{{queue=\"record_batches\"}} {}",
-            crate::app::RECORD_QUEUE_INTAKE_BYTES,
-            m.record_batch_bytes_queued.load(Ordering::Relaxed)
-        );
         if let Some(rss) = resident_bytes() {
             let _ = writeln!(s, "# HELP process_resident_memory_bytes Resident memory of this process.");
             let _ = writeln!(s, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}");

@@ -429,39 +429,6 @@ async fn a_full_mempool_is_503_with_retry_after_and_stops_a_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_validator_behind_on_gossiped_batches_takes_no_records_until_under_the_bound() {
-    // Goal: while the gossiped batches awaiting their check reach RECORD_QUEUE_INTAKE_BYTES,
-    // the API refuses records (503 mempool_full, Retry-After) without reading them, single
-    // and batched, and accepts nothing into the pool; records gossiped by peers are still
-    // taken; one byte under the bound the API takes records again.
-    use annal_node::app::RECORD_QUEUE_INTAKE_BYTES;
-    use annal_node::mempool::Source;
-    use annal_node::shared::Admitted;
-    use std::sync::atomic::Ordering;
-    let node = start("backlog", Limits::default()).await;
-    let queued = &node.shared.metrics.record_batch_bytes_queued;
-    queued.store(RECORD_QUEUE_INTAKE_BYTES as u64, Ordering::Relaxed);
-    let (a, b) = (publish(21, "a", 1), publish(22, "b", 1));
-    let single = node.post("/v1/records", &body_of(&a)).await;
-    single.error(503, "mempool_full");
-    assert_eq!(single.header("retry-after"), Some("1"));
-    assert!(single.json()["detail"].as_str().unwrap().contains("wait for their signature check"), "{single:?}");
-    let batch = node.post("/v1/records/batch", "{\"records\": [\"%%\"], \"garbage").await;
-    batch.error(503, "mempool_full");
-    assert_eq!(batch.header("retry-after"), Some("1"));
-    assert_eq!(node.shared.pool.lock().unwrap().len(), 0);
-    assert_eq!(
-        node.shared.admit_many(vec![b.to_bytes()], Source::Peer)[0],
-        Ok(Admitted::Pending { id: b.id(), new: true })
-    );
-
-    queued.store(RECORD_QUEUE_INTAKE_BYTES as u64 - 1, Ordering::Relaxed);
-    assert_eq!(node.post("/v1/records", &body_of(&a)).await.status, 202);
-    assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
-    node.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_fills_the_mempool_to_its_limit_first() {
     // Goal: room is checked before signatures, but a batch larger than the room
     // left still fills it: the records that fit go in, the rest are mempool_full.
