@@ -573,12 +573,15 @@ fn wait_ready(clients: &[Client], nodes: &mut [BenchNode]) -> Result<()> {
 }
 
 /// The node counters a report gives per node over the window: its key, and the `/metrics` name.
-/// Refetched proposals and dropped record batches show a node that falls behind on records.
-const COUNTERS: [(&str, &str); 4] = [
+/// Refetched proposals and dropped record batches show a node that falls behind on records;
+/// records per gossiped batch, how well a node batches what its API takes.
+const COUNTERS: [(&str, &str); 6] = [
     ("blocks_committed_per_node", "annal_blocks_committed_total"),
     ("proposals_rebuilt_per_node", "annal_proposals_rebuilt_total"),
     ("proposals_fetched_per_node", "annal_proposals_fetched_total"),
     ("record_batches_dropped_per_node", "annal_record_batches_dropped_total"),
+    ("record_batches_gossiped_per_node", "annal_record_batches_gossiped_total"),
+    ("records_gossiped_per_node", "annal_records_gossiped_total"),
 ];
 
 type Counters = [u64; COUNTERS.len()];

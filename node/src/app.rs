@@ -1976,6 +1976,7 @@ impl App {
         let mut out = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let records = self.gossip_queue.len();
         for r in std::mem::take(&mut self.gossip_queue) {
             if batch.len() == GOSSIP_BATCH_RECORDS || (bytes + r.len() > GOSSIP_BATCH_BYTES && !batch.is_empty()) {
                 out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
@@ -1987,6 +1988,9 @@ impl App {
         if !batch.is_empty() {
             out.push((Topic::Records, codec::encode(&RecordBatch { records: batch })));
         }
+        let m = &self.shared.metrics;
+        m.record_batches_gossiped.fetch_add(out.len() as u64, Ordering::Relaxed);
+        m.records_gossiped.fetch_add(records as u64, Ordering::Relaxed);
         out
     }
 }

@@ -194,6 +194,9 @@ pub struct Metrics {
     pub proposals_fetched: AtomicU64,
     /// Gossiped record batches dropped unchecked because the check queue was full.
     pub record_batches_dropped: AtomicU64,
+    /// Record batches this node gossiped (its API's records), and the records in them.
+    pub record_batches_gossiped: AtomicU64,
+    pub records_gossiped: AtomicU64,
     pub api_requests: Mutex<BTreeMap<u16, u64>>,
     pub finality: Mutex<Histogram>,
     /// Items waiting in the loop's queues, set by the loop each turn: network
@@ -738,6 +741,12 @@ impl Shared {
                 "Gossiped record batches dropped unchecked: the queue for their signature check was full.",
                 &m.record_batches_dropped,
             ),
+            (
+                "annal_record_batches_gossiped_total",
+                "Record batches this node gossiped: the records its API admitted, a batch at a time.",
+                &m.record_batches_gossiped,
+            ),
+            ("annal_records_gossiped_total", "Records in the batches this node gossiped.", &m.records_gossiped),
         ] {
             gauge(name, help, "counter", counter.load(Ordering::Relaxed).to_string());
         }

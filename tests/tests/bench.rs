@@ -57,5 +57,13 @@ fn bench_cluster_reports_one_json_object_of_measured_numbers() {
     for key in ["proposals_rebuilt_per_node", "proposals_fetched_per_node", "record_batches_dropped_per_node"] {
         assert!(report[key].as_array().is_some_and(|a| a.len() == 4 && a[0].is_u64()), "{key}: {report}");
     }
+    // The load's two signers go to validators 0 and 1 in requests of 50 records, gossiped in
+    // batches of tens of records on average (the probes go one at a time to every validator).
+    let per_node = |key: &str| report[key].as_array().unwrap_or_else(|| panic!("{key}: {report}")).clone();
+    let (batches, records) = (per_node("record_batches_gossiped_per_node"), per_node("records_gossiped_per_node"));
+    for (b, r) in batches.iter().zip(&records).take(2) {
+        let (b, r) = (b.as_u64().expect("batches"), r.as_u64().expect("records"));
+        assert!(b > 0 && r >= 10 * b, "{r} records gossiped in {b} batches: {report}");
+    }
     let _ = std::fs::remove_dir_all(dir.parent().expect("scratch folder"));
 }
