@@ -2149,7 +2149,7 @@ pub async fn run_loop(
     mut app: App,
     net: NetworkHandle,
     mut events: mpsc::Receiver<NetEvent>,
-    mut admitted: mpsc::Receiver<Vec<u8>>,
+    mut admitted: mpsc::Receiver<Vec<Vec<u8>>>,
     response_max: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
@@ -2221,10 +2221,10 @@ pub async fn run_loop(
                     NetEvent::PeerSubscribed { .. } => {}
                 }
             }
-            Some(bytes) = admitted.recv() => {
-                app.gossip_queue.push(bytes);
+            Some(records) = admitted.recv() => {
+                app.gossip_queue.extend(records);
                 while let Ok(more) = admitted.try_recv() {
-                    app.gossip_queue.push(more);
+                    app.gossip_queue.extend(more);
                 }
                 app.on_time(&mut fx)?;
             }

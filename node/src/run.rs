@@ -81,7 +81,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         info!(addr = %a, peer_id = %handle.local_peer_id(), "p2p listening");
     }
 
-    let (gossip_tx, gossip_rx) = mpsc::channel(65_536);
+    // In API requests (each at most `api_batch_records_max` records, all of them in the pool too).
+    let (gossip_tx, gossip_rx) = mpsc::channel(4_096);
     let shared = Arc::new(Shared::new(genesis, config.limits.clone(), validator.map(|i| i as u32), store, gossip_tx));
     let byzantine = match (validator, config.testing.byzantine.is_empty()) {
         (Some(i), false) => Some(crate::byzantine::Byzantine::new(

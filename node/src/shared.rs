@@ -252,8 +252,8 @@ pub struct Shared {
     pub metrics: Metrics,
     waiters: Mutex<BTreeMap<RecordId, Vec<oneshot::Sender<Outcome>>>>,
     refusals: Mutex<(BTreeMap<RecordId, String>, VecDeque<RecordId>)>,
-    /// Records the API admitted, for the loop to gossip.
-    gossip: mpsc::Sender<Vec<u8>>,
+    /// Records the API admitted, for the loop to gossip: one message per request.
+    gossip: mpsc::Sender<Vec<Vec<u8>>>,
 }
 
 impl Shared {
@@ -262,7 +262,7 @@ impl Shared {
         limits: Limits,
         validator: Option<u32>,
         store: Store,
-        gossip: mpsc::Sender<Vec<u8>>,
+        gossip: mpsc::Sender<Vec<Vec<u8>>>,
     ) -> Shared {
         let pool = Mempool::new(limits.mempool_records_max, limits.mempool_bytes_max);
         let governance = match store.governance() {
@@ -416,10 +416,18 @@ impl Shared {
             return batch.iter().map(|_| Err(Failure::NoPeers(why.clone()))).collect();
         }
         let results = self.admit_many(batch.clone(), Source::Api);
-        for (bytes, result) in batch.into_iter().zip(&results) {
-            if let Ok(Admitted::Pending { new: true, .. }) = result {
-                let _ = self.gossip.send(bytes).await;
-            }
+        // One message for the request's new records: sent one by one, the loop
+        // woke on the first and gossiped the few it had, so one request went out
+        // as several small gossip messages, each costing every validator its
+        // fixed share (docs/BENCHMARKS.md, sessions 15 and 26).
+        let new: Vec<Vec<u8>> = batch
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, result)| matches!(result, Ok(Admitted::Pending { new: true, .. })))
+            .map(|(bytes, _)| bytes)
+            .collect();
+        if !new.is_empty() {
+            let _ = self.gossip.send(new).await;
         }
         results
     }
@@ -776,7 +784,7 @@ impl Shared {
             s,
             "# HELP annal_queue_items Items waiting in the node's internal queues: network events for \
              the loop, commands for the network, gossiped record batches awaiting their signature \
-             check, records the API admitted awaiting gossip."
+             check, API requests whose admitted records await gossip."
         );
         let _ = writeln!(s, "# TYPE annal_queue_items gauge");
         for (queue, items) in [

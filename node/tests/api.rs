@@ -89,7 +89,7 @@ impl Drop for TempDir {
 struct Node {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    gossip: mpsc::Receiver<Vec<u8>>,
+    gossip: mpsc::Receiver<Vec<Vec<u8>>>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: TempDir,
@@ -272,7 +272,7 @@ async fn submit_is_pending_once_and_resubmit_gives_the_same_id() {
     assert_eq!(first.json(), json!({ "id": r.id().to_hex(), "status": "pending" }));
     let again = node.post("/v1/records", &body_of(&r)).await;
     assert_eq!((again.status, again.json()), (202, first.json()));
-    assert_eq!(node.gossip.try_recv().unwrap(), r.to_bytes(), "the new record goes to gossip");
+    assert_eq!(node.gossip.try_recv().unwrap(), vec![r.to_bytes()], "the new record goes to gossip");
     assert!(node.gossip.try_recv().is_err(), "a resubmission is not gossiped again");
     let read = node.get(&format!("/v1/records/{}", r.id().to_hex())).await;
     assert_eq!((read.status, read.json()), (200, json!({ "id": r.id().to_hex(), "status": "pending" })));
@@ -333,11 +333,12 @@ async fn bad_bodies_and_records_are_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_batch_is_answered_as_the_json_one_and_its_framing_is_checked() {
+    let mut node = start("binary", small_limits()).await;
     // Goal: with Content-Type application/octet-stream the batch body is the binary list
     // (docs/API.md); its records are admitted and answered as the JSON batch's are. A body
     // whose framing breaks is 400 malformed naming where, a count over the limit is 413
     // before any record is read, and neither form is guessed from the other's bytes.
-    let node = start("binary", small_limits()).await;
+    // The request's new records go to gossip together, as one message.
     let (good1, good2) = (publish(21, "parcel/1", 1), publish(22, "parcel/2", 1));
     let mut forged = publish(21, "parcel/3", 2);
     forged.record.nonce = 3;
@@ -370,6 +371,8 @@ async fn a_binary_batch_is_answered_as_the_json_one_and_its_framing_is_checked()
     assert!(results[1]["error"]["detail"].as_str().unwrap().contains("signature"), "{v}");
     assert_eq!(results[2], json!({ "id": good2.id().to_hex(), "status": "pending", "error": null }));
     assert_eq!(node.shared.pool.lock().unwrap().len(), 2);
+    assert_eq!(node.gossip.try_recv().unwrap(), vec![good1.to_bytes(), good2.to_bytes()], "one message");
+    assert!(node.gossip.try_recv().is_err());
     node.stop().await;
 }
 
