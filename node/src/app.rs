@@ -73,6 +73,12 @@ const FUTURE_TIME_MS: u64 = 10_000;
 const GOSSIP_BATCH_RECORDS: usize = 512;
 /// Record bytes in one gossiped batch (a single record may exceed it and travels alone).
 const GOSSIP_BATCH_BYTES: usize = 4 << 20;
+/// A batch of fewer records than this (and under a quarter of `GOSSIP_BATCH_BYTES`) waits up
+/// to `GOSSIP_LINGER` for more before it is gossiped, unless a consensus message goes out
+/// first: every gossip message costs each validator a fixed amount whatever it carries, and
+/// records submitted one at a time would otherwise each be a message.
+const GOSSIP_BATCH_RECORDS_MIN: usize = GOSSIP_BATCH_RECORDS / 4;
+const GOSSIP_LINGER: Duration = Duration::from_millis(5);
 /// This leader's latest whole proposals kept to answer [`SyncRequest::Proposal`].
 const OWN_PROPOSALS_KEPT: usize = 4;
 /// Whole proposals asked for at once, and compact proposals waiting for their records; past
@@ -291,7 +297,9 @@ pub struct App {
     /// Consensus messages the core refused (a gossip message is relayed only if it was not).
     rejected: u64,
     started: Instant,
-    pub gossip_queue: Vec<Vec<u8>>,
+    /// Records the API admitted, not yet gossiped, and when the oldest of them came.
+    gossip_queue: Vec<Vec<u8>>,
+    gossip_since: Option<Duration>,
     /// Gossiped record batches queued for their signature check or being checked (set by the loop).
     pub records_unchecked: usize,
     /// The payload this leader last proposed, its time and its records (see `persist_block`).
@@ -389,6 +397,7 @@ impl App {
             rejected: 0,
             started: Instant::now(),
             gossip_queue: Vec::new(),
+            gossip_since: None,
             records_unchecked: 0,
             proposed: None,
             rebuilt: VecDeque::new(),
@@ -1968,26 +1977,53 @@ impl App {
         if let Some(first) = self.waiting.iter().map(|w| self.gives_up_at(w)).min() {
             next = next.min(first);
         }
+        if let Some(since) = self.gossip_since {
+            next = next.min(since + GOSSIP_LINGER);
+        }
         next
     }
 
-    /// Takes the records the API admitted since the last call, as gossip batches.
-    pub fn drain_gossip(&mut self) -> Vec<(Topic, Vec<u8>)> {
+    /// Queues records the API admitted for [`App::drain_gossip`].
+    pub fn queue_gossip(&mut self, records: Vec<Vec<u8>>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.gossip_queue.is_empty() {
+            self.gossip_since = Some(self.now());
+        }
+        self.gossip_queue.extend(records);
+    }
+
+    /// Takes the records the API admitted as gossip batches: every full batch,
+    /// and the last, smaller one if it is large enough, has waited
+    /// `GOSSIP_LINGER`, or `flush` (a consensus message is about to go out,
+    /// and a proposal naming these records must not overtake them).
+    pub fn drain_gossip(&mut self, flush: bool) -> Vec<(Topic, Vec<u8>)> {
+        let lingered = self.gossip_since.is_some_and(|since| self.now() >= since + GOSSIP_LINGER);
         let mut out = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let records = self.gossip_queue.len();
+        let mut records = 0;
         for r in std::mem::take(&mut self.gossip_queue) {
             if batch.len() == GOSSIP_BATCH_RECORDS || (bytes + r.len() > GOSSIP_BATCH_BYTES && !batch.is_empty()) {
+                records += batch.len();
                 out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
                 bytes = 0;
             }
             bytes += r.len();
             batch.push(r);
         }
-        if !batch.is_empty() {
-            out.push((Topic::Records, codec::encode(&RecordBatch { records: batch })));
+        let worth_a_message = batch.len() >= GOSSIP_BATCH_RECORDS_MIN || bytes >= GOSSIP_BATCH_BYTES / 4;
+        if !batch.is_empty() && (flush || lingered || worth_a_message) {
+            records += batch.len();
+            out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
         }
+        // What waits on keeps the time its oldest record came (a full batch sent
+        // ahead of it took only records that came earlier or with it).
+        if batch.is_empty() {
+            self.gossip_since = None;
+        }
+        self.gossip_queue = batch;
         let m = &self.shared.metrics;
         m.record_batches_gossiped.fetch_add(out.len() as u64, Ordering::Relaxed);
         m.records_gossiped.fetch_add(records as u64, Ordering::Relaxed);
@@ -2182,7 +2218,7 @@ pub async fn run_loop(
             }
         }
         // Records first: a proposal that names them by id should not overtake them.
-        for (topic, data) in app.drain_gossip().into_iter().chain(fx.publish.drain(..)) {
+        for (topic, data) in app.drain_gossip(!fx.publish.is_empty()).into_iter().chain(fx.publish.drain(..)) {
             if let Err(e) = net.publish(topic, data).await {
                 debug!("publish failed: {e}");
             }
@@ -2222,9 +2258,9 @@ pub async fn run_loop(
                 }
             }
             Some(records) = admitted.recv() => {
-                app.gossip_queue.extend(records);
+                app.queue_gossip(records);
                 while let Ok(more) = admitted.try_recv() {
-                    app.gossip_queue.extend(more);
+                    app.queue_gossip(more);
                 }
                 app.on_time(&mut fx)?;
             }

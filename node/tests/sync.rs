@@ -586,3 +586,33 @@ fn a_chain_finalized_under_another_digest_rule_is_refused_at_start() {
     assert_eq!(shared.store().tip().height.0, 2, "nothing of the store is touched");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Goal: records the API admitted are gossiped in batches: a full batch at once, a small
+/// remainder only after `GOSSIP_LINGER` (5 ms) or before a consensus message goes out, so
+/// records submitted one at a time share messages and a proposal never overtakes them.
+#[test]
+fn api_records_are_gossiped_in_batches_and_a_small_one_waits_a_little() {
+    use annal_node::wire::RecordBatch;
+    let g = genesis();
+    let (dir, _shared, mut app) = follower("gossip-linger", &g);
+    let records_in = |out: &[(annal_node::net::Topic, Vec<u8>)]| -> Vec<usize> {
+        out.iter().map(|(_, data)| codec::decode::<RecordBatch>(data, 64 << 20).unwrap().records.len()).collect()
+    };
+    let record = |i: u32| i.to_le_bytes().repeat(100);
+
+    app.queue_gossip((0..3).map(record).collect());
+    assert_eq!(records_in(&app.drain_gossip(false)), Vec::<usize>::new(), "three records wait");
+    assert!(app.next_wake() <= app.now() + std::time::Duration::from_millis(5), "and the loop wakes for them");
+    assert_eq!(records_in(&app.drain_gossip(true)), [3], "a consensus message going out takes them along");
+    assert_eq!(records_in(&app.drain_gossip(true)), Vec::<usize>::new());
+
+    app.queue_gossip(vec![record(3)]);
+    std::thread::sleep(std::time::Duration::from_millis(6));
+    assert_eq!(records_in(&app.drain_gossip(false)), [1], "waited long enough");
+
+    app.queue_gossip((0..600).map(record).collect());
+    assert_eq!(records_in(&app.drain_gossip(false)), [512], "a full batch goes, 88 wait");
+    app.queue_gossip((0..40).map(record).collect());
+    assert_eq!(records_in(&app.drain_gossip(false)), [128], "a quarter of a batch is worth a message");
+    let _ = std::fs::remove_dir_all(dir);
+}
