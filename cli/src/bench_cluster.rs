@@ -15,7 +15,8 @@
 //! node's VmHWM at the very end (after the catch-up and the audit, which the
 //! nodes serve, when asked for); disk is each node's data folder at the end
 //! over its log size. Each node's blocks committed, compact proposals rebuilt
-//! and fetched whole, and gossiped record batches dropped unchecked are the
+//! and fetched whole, gossiped record batches dropped unchecked, and the
+//! batches it gossiped of its API's records and the records in them are the
 //! growth of its `/metrics` counters over the window.
 
 use std::path::{Path, PathBuf};
