@@ -93,6 +93,18 @@ pub fn byte_strings(bytes: &[u8], count: u64) -> Result<Vec<&[u8]>, ListBreak> {
     }
 }
 
+/// Appends `items` as the canonical encoding writes a list of byte vectors,
+/// `u64 LE count ‖ (u64 LE length ‖ bytes) × count`: the count, then what
+/// [`byte_strings`] reads back.
+pub fn put_byte_strings<'a>(out: &mut Vec<u8>, items: impl ExactSizeIterator<Item = &'a [u8]> + Clone) {
+    out.reserve(8 + items.clone().map(|item| 8 + item.len()).sum::<usize>());
+    out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    for item in items {
+        out.extend_from_slice(&(item.len() as u64).to_le_bytes());
+        out.extend_from_slice(item);
+    }
+}
+
 /// Decodes a canonical encoding of at most `bytes_max` bytes, refusing
 /// unknown formats, trailing bytes and non-canonical forms.
 pub fn decode<T: Canonical>(bytes: &[u8], bytes_max: usize) -> Result<T, Error> {

@@ -78,13 +78,8 @@ pub fn is_binary_batch(content_type: &str) -> bool {
 /// base64 (a third larger) or to write and scan as JSON, on either side.
 pub fn encode_batch<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let records: Vec<&[u8]> = records.into_iter().collect();
-    let mut out = Vec::with_capacity(9 + records.iter().map(|r| 8 + r.len()).sum::<usize>());
-    out.push(crate::codec::FORMAT_V1);
-    out.extend_from_slice(&(records.len() as u64).to_le_bytes());
-    for r in records {
-        out.extend_from_slice(&(r.len() as u64).to_le_bytes());
-        out.extend_from_slice(r);
-    }
+    let mut out = vec![crate::codec::FORMAT_V1];
+    crate::codec::put_byte_strings(&mut out, records.iter().copied());
     out
 }
 

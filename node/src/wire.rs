@@ -38,15 +38,10 @@ impl BlockBody {
     /// the format byte, then fixed-width little-endian integers and lengths),
     /// written from borrowed records without copying each into a `Vec` first.
     pub fn encode_of<'a>(time_ms: u64, records: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
-        let len = 17 + records.clone().map(|r| 8 + r.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(len);
+        let mut out = Vec::with_capacity(9 + 8 + records.clone().map(|r| 8 + r.len()).sum::<usize>());
         out.push(codec::FORMAT_V1);
         out.extend_from_slice(&time_ms.to_le_bytes());
-        out.extend_from_slice(&(records.len() as u64).to_le_bytes());
-        for r in records {
-            out.extend_from_slice(&(r.len() as u64).to_le_bytes());
-            out.extend_from_slice(r);
-        }
+        codec::put_byte_strings(&mut out, records);
         out
     }
 
