@@ -2000,13 +2000,12 @@ impl App {
     /// and a proposal naming these records must not overtake them).
     pub fn drain_gossip(&mut self, flush: bool) -> Vec<(Topic, Vec<u8>)> {
         let lingered = self.gossip_since.is_some_and(|since| self.now() >= since + GOSSIP_LINGER);
+        let queued = self.gossip_queue.len();
         let mut out = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut records = 0;
         for r in std::mem::take(&mut self.gossip_queue) {
             if batch.len() == GOSSIP_BATCH_RECORDS || (bytes + r.len() > GOSSIP_BATCH_BYTES && !batch.is_empty()) {
-                records += batch.len();
                 out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
                 bytes = 0;
             }
@@ -2015,7 +2014,6 @@ impl App {
         }
         let worth_a_message = batch.len() >= GOSSIP_BATCH_RECORDS_MIN || bytes >= GOSSIP_BATCH_BYTES / 4;
         if !batch.is_empty() && (flush || lingered || worth_a_message) {
-            records += batch.len();
             out.push((Topic::Records, codec::encode(&RecordBatch { records: std::mem::take(&mut batch) })));
         }
         // What waits on keeps the time its oldest record came (a full batch sent
@@ -2026,7 +2024,7 @@ impl App {
         self.gossip_queue = batch;
         let m = &self.shared.metrics;
         m.record_batches_gossiped.fetch_add(out.len() as u64, Ordering::Relaxed);
-        m.records_gossiped.fetch_add(records as u64, Ordering::Relaxed);
+        m.records_gossiped.fetch_add((queued - self.gossip_queue.len()) as u64, Ordering::Relaxed);
         out
     }
 }

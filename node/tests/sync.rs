@@ -594,7 +594,7 @@ fn a_chain_finalized_under_another_digest_rule_is_refused_at_start() {
 fn api_records_are_gossiped_in_batches_and_a_small_one_waits_a_little() {
     use annal_node::wire::RecordBatch;
     let g = genesis();
-    let (dir, _shared, mut app) = follower("gossip-linger", &g);
+    let (dir, shared, mut app) = follower("gossip-linger", &g);
     let records_in = |out: &[(annal_node::net::Topic, Vec<u8>)]| -> Vec<usize> {
         out.iter().map(|(_, data)| codec::decode::<RecordBatch>(data, 64 << 20).unwrap().records.len()).collect()
     };
@@ -614,5 +614,8 @@ fn api_records_are_gossiped_in_batches_and_a_small_one_waits_a_little() {
     assert_eq!(records_in(&app.drain_gossip(false)), [512], "a full batch goes, 88 wait");
     app.queue_gossip((0..40).map(record).collect());
     assert_eq!(records_in(&app.drain_gossip(false)), [128], "a quarter of a batch is worth a message");
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted(&shared.metrics.record_batches_gossiped), 4);
+    assert_eq!(counted(&shared.metrics.records_gossiped), 3 + 1 + 512 + 128);
     let _ = std::fs::remove_dir_all(dir);
 }
