@@ -904,6 +904,12 @@ impl App {
         Ok(Ok(Message::Propose(consensus::Proposal { block, signature: p.signature })))
     }
 
+    /// The proposal rebuilt under `digest`, if one is held: taken out.
+    fn take_rebuilt(&mut self, digest: &[u8; 32]) -> Option<Rebuilt> {
+        let at = self.rebuilt.iter().position(|r| r.digest == *digest)?;
+        self.rebuilt.remove(at)
+    }
+
     /// `validate` with the refusal logged: the verdict the core is given.
     fn verdict(&mut self, b: &Block, digest: [u8; 32]) -> bool {
         match self.validate(b, digest) {
@@ -926,8 +932,7 @@ impl App {
         // Rebuilt here from the pool under the digest the leader signed, and the
         // block hashes to it: the payload is those records, each decoded and
         // checked when it entered the pool. Nothing to decode, hash or look up.
-        if let Some(at) = self.rebuilt.iter().position(|r| r.digest == digest) {
-            let Rebuilt { time_ms, records, .. } = self.rebuilt.remove(at).expect("found");
+        if let Some(Rebuilt { time_ms, records, .. }) = self.take_rebuilt(&digest) {
             let bytes = records.iter().map(|r| r.bytes().len()).sum();
             self.check_form(b, records.len(), bytes, time_ms, params)?;
             let ids: Vec<RecordId> = records.iter().map(|r| r.id).collect();
@@ -1064,10 +1069,7 @@ impl App {
         // block hashes to the digest, so these are its records, checked when they
         // entered the pool; the slowest validator took a fifth of its blocks
         // this way at rate max (docs/BENCHMARKS.md, session 27).
-        let known = known.or_else(|| {
-            let at = self.rebuilt.iter().position(|r| r.digest == digest)?;
-            self.rebuilt.remove(at).map(|r| (r.time_ms, r.records))
-        });
+        let known = known.or_else(|| self.take_rebuilt(&digest).map(|r| (r.time_ms, r.records)));
         let (time_ms, gathered, payload) = match known {
             Some((time_ms, records)) => (time_ms, records.into_iter().map(Ok).collect::<Vec<_>>(), None),
             // A block this node did not validate nor rebuild (synced, fetched whole,
