@@ -6,7 +6,7 @@
 //!   they say is signed inside them (records by their submitters, consensus
 //!   messages and checkpoint signatures by validators), and the peer that
 //!   relays one was admitted when it connected (ADR 0004). A message is
-//!   identified by the SHA-256 of its data (a duplicate is dropped), and held
+//!   identified by the BLAKE3 hash of its data (a duplicate is dropped), and held
 //!   until the application reports a
 //!   [`Verdict`] with [`NetworkHandle::report`]: only accepted messages are
 //!   relayed.

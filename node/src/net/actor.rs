@@ -13,7 +13,6 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -373,7 +372,7 @@ fn behaviour(config: &NetConfig) -> Result<Behaviour, NetError> {
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
-        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(Sha256::digest(&m.data).to_vec()))
+        .message_id_fn(message_id)
         .max_transmit_size(limits.gossip_bytes_max + GOSSIP_FRAME_OVERHEAD_BYTES)
         .heartbeat_interval(duration_ms(config.timing.gossip_heartbeat_ms))
         .build()
@@ -395,4 +394,36 @@ fn behaviour(config: &NetConfig) -> Result<Behaviour, NetError> {
     );
 
     Ok(Behaviour { admission, connection_limits, gossip, sync })
+}
+
+/// A gossip message's id: the BLAKE3 hash of its data, so the same bytes
+/// arriving by two routes are one message, and no relay can pass other bytes
+/// off as a message already seen. Ids stay in the gossip layer (its duplicate
+/// cache and IHAVE / IWANT / IDONTWANT); nothing signed or stored uses them.
+/// SHA-256 here was 1.3 % of a validator at rate max: a record batch is a few
+/// hundred KB, which BLAKE3 hashes ~3 times faster (docs/BENCHMARKS.md, session 28).
+fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
+    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(data: &[u8], source: Option<PeerId>, sequence_number: Option<u64>) -> gossipsub::Message {
+        let topic = IdentTopic::new("/annal/test/records/1").hash();
+        gossipsub::Message { source, data: data.to_vec(), sequence_number, topic }
+    }
+
+    /// Goal: a message's id is its bytes' alone: the same data from anyone is
+    /// one message, and one changed byte is another.
+    #[test]
+    fn the_message_id_binds_the_data_only() {
+        let a = message(b"a record batch", None, None);
+        let relayed = message(b"a record batch", Some(PeerId::random()), Some(7));
+        let changed = message(b"a record batcH", None, None);
+        assert_eq!(message_id(&a), message_id(&relayed));
+        assert_ne!(message_id(&a), message_id(&changed));
+        assert_eq!(message_id(&a).0.len(), 32);
+    }
 }
