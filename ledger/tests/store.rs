@@ -737,3 +737,45 @@ fn a_store_with_its_records_in_rocksdb_moves_them_to_segments_when_it_opens() {
     assert_eq!(store.records_in(0, 102).unwrap()[..99], records[..]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn leaves_of_many_spans_merge_held_leaves_in_any_span_order() {
+    // Goal: the leaves of several spans read at once (stored ones merged with
+    // those held in memory) are each span's own, as read one span at a time,
+    // whatever the spans' order and distance.
+    use annal_ledger::state_tree::LeafReader;
+    let dir = temp_dir("spans");
+    let g = genesis();
+    let mut store =
+        Store::open(&dir, g.hash(), StoreOptions { indexes_behind: 60, ..StoreOptions::default() }).unwrap();
+    let mut nonce = 0;
+    fill(&mut store, 39, 3, &mut nonce);
+    assert_eq!(store.indexed_to(), 60, "60 leaves written, 57 held");
+    let all = store.leaves_in(&[0; 32], &[0xff; 32]).unwrap();
+    assert_eq!(all.len(), 117);
+    // Eight spans by the first byte of the key hash, and the same in other orders.
+    let edge = |first: u8, rest: u8| {
+        let mut h = [rest; 32];
+        h[0] = first;
+        h
+    };
+    let spans: Vec<(Hash, Hash)> = (0..8u8).map(|i| (edge(i * 32, 0), edge(i * 32 + 31, 0xff))).collect();
+    let mut reversed = spans.clone();
+    reversed.reverse();
+    let shuffled = [3, 0, 7, 1, 6, 2, 5, 4].map(|i| spans[i]).to_vec();
+    // Most leaves lie between these two.
+    let far = vec![(edge(0, 0), edge(7, 0xff)), (edge(248, 0), edge(255, 0xff))];
+    for order in [&spans, &reversed, &shuffled, &far] {
+        let got = store.leaves_in_each(order).unwrap();
+        assert_eq!(got.ends.len(), order.len());
+        let mut start = 0;
+        for ((from, to), &end) in order.iter().zip(&got.ends) {
+            assert_eq!(got.leaves[start..end], store.leaves_in(from, to).unwrap()[..], "span {from:?}..={to:?}");
+            start = end;
+        }
+        if order.len() == spans.len() {
+            assert_eq!(start, 117, "every leaf in exactly one span");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
