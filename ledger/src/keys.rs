@@ -124,12 +124,12 @@ thread_local! {
 
 #[derive(Default)]
 struct Scratch {
-    parsed: Vec<(
-        [u8; 32],
-        curve25519_dalek::edwards::EdwardsPoint,
-        curve25519_dalek::scalar::Scalar,
-        curve25519_dalek::scalar::Scalar,
-    )>,
+    /// Per signature: its key's place in `keys`, `s` and `k` (its `R` goes
+    /// straight into `points`: a point is 160 bytes, and copying each twice
+    /// was ~0.3 % of a validator at rate max; docs/BENCHMARKS.md, session 28).
+    parsed: Vec<(usize, curve25519_dalek::scalar::Scalar, curve25519_dalek::scalar::Scalar)>,
+    /// Each distinct key's point and the sum of its coefficients.
+    keys: Vec<(curve25519_dalek::edwards::EdwardsPoint, curve25519_dalek::scalar::Scalar)>,
     scalars: Vec<curve25519_dalek::scalar::Scalar>,
     points: Vec<curve25519_dalek::edwards::EdwardsPoint>,
 }
@@ -141,9 +141,11 @@ impl Scratch {
     fn clear_and_bound(&mut self) {
         const KEPT_MAX: usize = 1024;
         self.parsed.clear();
+        self.keys.clear();
         self.scalars.clear();
         self.points.clear();
         self.parsed.shrink_to(KEPT_MAX);
+        self.keys.shrink_to(KEPT_MAX);
         self.scalars.shrink_to(KEPT_MAX);
         self.points.shrink_to(KEPT_MAX);
     }
@@ -156,37 +158,43 @@ fn verify_cofactored_in(items: &[(&PublicKey, Message<'_>, &Signature)], scratch
     use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
     use sha2::{Digest, Sha512};
 
-    let Scratch { parsed, scalars, points } = scratch;
+    let Scratch { parsed, keys, scalars, points } = scratch;
     let mut transcript = Sha512::new();
     transcript.update(b"annal/ed25519-batch/v1");
     // Per distinct key, the sum of its coefficients: one point per key, not per signature.
-    let mut keys: std::collections::BTreeMap<[u8; 32], (EdwardsPoint, Scalar)> = std::collections::BTreeMap::new();
+    let mut key_at: std::collections::BTreeMap<[u8; 32], usize> = std::collections::BTreeMap::new();
     parsed.reserve(items.len());
+    points.reserve(items.len() + 1);
     for (key, message, signature) in items {
         let (r_bytes, s_bytes): ([u8; 32], [u8; 32]) =
             (signature.0[..32].try_into().expect("32 bytes"), signature.0[32..].try_into().expect("32 bytes"));
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else { return false };
         let Some(r) = CompressedEdwardsY(r_bytes).decompress() else { return false };
-        if let std::collections::btree_map::Entry::Vacant(slot) = keys.entry(key.0) {
-            let Some(a) = decompressed_key(&key.0) else { return false };
-            slot.insert((a, Scalar::ZERO));
-        }
+        let at = match key_at.entry(key.0) {
+            std::collections::btree_map::Entry::Occupied(at) => *at.get(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let Some(a) = decompressed_key(&key.0) else { return false };
+                keys.push((a, Scalar::ZERO));
+                *slot.insert(keys.len() - 1)
+            }
+        };
         let k = challenge(&r_bytes, &key.0, *message);
         transcript.update(r_bytes);
         transcript.update(key.0);
         transcript.update(k.as_bytes());
         transcript.update(s_bytes);
-        parsed.push((key.0, r, s, k));
+        parsed.push((at, s, k));
+        points.push(r);
     }
     let seed = transcript.finalize();
     let mut b_coefficient = Scalar::ZERO;
     scalars.reserve(parsed.len() + keys.len() + 1);
-    points.reserve(parsed.len() + keys.len() + 1);
+    points.reserve(keys.len() + 1);
     // Coefficients four at a time: one SHA-512 of the seed and a counter gives
     // 64 bytes, four 128-bit coefficients (one hash per signature was one
     // SHA-512 block in seven of a record's check; docs/BENCHMARKS.md, session 19).
     let mut coefficients = [0u8; 64];
-    for (i, (key, r, s, k)) in parsed.iter().enumerate() {
+    for (i, (at, s, k)) in parsed.iter().enumerate() {
         // A single signature needs no random coefficient; in a batch each gets a 128-bit one.
         let z = if items.len() == 1 {
             Scalar::ONE
@@ -200,12 +208,11 @@ fn verify_cofactored_in(items: &[(&PublicKey, Message<'_>, &Signature)], scratch
         };
         b_coefficient += z * s;
         scalars.push(z);
-        points.push(*r);
-        keys.get_mut(key).expect("inserted above").1 += z * k;
+        keys[*at].1 += z * k;
     }
-    for (a, coefficient) in keys.into_values() {
-        scalars.push(coefficient);
-        points.push(a);
+    for (a, coefficient) in keys.iter() {
+        scalars.push(*coefficient);
+        points.push(*a);
     }
     scalars.push(-b_coefficient);
     points.push(ED25519_BASEPOINT_POINT);
