@@ -127,41 +127,11 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 
 /// `SHA-256(0x01 || left || right)`: the hash of an interior node.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256_short(&[&[NODE_PREFIX], left, right])
-}
-
-/// The longest input [`sha256_short`] takes: two blocks, less the padding's
-/// `0x80` byte and 8-byte length.
-pub const SHORT_BYTES_MAX: usize = 2 * 64 - 9;
-
-/// `SHA-256` of the concatenation of `parts`, at most [`SHORT_BYTES_MAX`]
-/// bytes in all (a panic otherwise): the blocks padded here and compressed in
-/// one call. The tree nodes, leaves and heads hashed by the thousand per block
-/// are 53 to 80 bytes; through `Sha256`'s buffer and `finalize` an 80-byte
-/// node took 103 ns here against 90 ns (docs/BENCHMARKS.md, session 28).
-pub fn sha256_short(parts: &[&[u8]]) -> Hash {
-    // The initial hash value of SHA-256 (FIPS 180-4, section 5.3.3).
-    const IV: [u32; 8] =
-        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
-    let len: usize = parts.iter().map(|part| part.len()).sum();
-    assert!(len <= SHORT_BYTES_MAX, "sha256_short takes at most {SHORT_BYTES_MAX} bytes, not {len}");
-    let mut buf = [0u8; 128];
-    let mut at = 0;
-    for part in parts {
-        buf[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    buf[len] = 0x80;
-    let blocks = if len + 9 <= 64 { 1 } else { 2 };
-    buf[blocks * 64 - 8..blocks * 64].copy_from_slice(&(len as u64 * 8).to_be_bytes());
-    let mut state = IV;
-    let [first, second] = [&buf[..64], &buf[64..]].map(|b| *sha2::digest::generic_array::GenericArray::from_slice(b));
-    sha2::compress256(&mut state, &[first, second][..blocks]);
-    let mut out = [0u8; 32];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+    let mut h = Sha256::new();
+    h.update([NODE_PREFIX]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
 }
 
 /// `SHA-256("")`: the root of the empty tree.
@@ -549,39 +519,6 @@ impl NodeReader for MemoryNodes {
 mod tests {
     use super::*;
     use std::cell::Cell;
-
-    /// Goal: the hand-padded short hash is SHA-256 at every length it takes
-    /// (one block up to 55 bytes, two from 56), however the input is split.
-    #[test]
-    fn sha256_short_is_sha256_at_every_length() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6962);
-        for len in 0..=SHORT_BYTES_MAX {
-            let mut data = vec![0u8; len];
-            rng.fill(&mut data[..]);
-            let want: Hash = Sha256::digest(&data).into();
-            assert_eq!(sha256_short(&[&data]), want, "{len} bytes whole");
-            let cut = rng.gen_range(0..=len);
-            assert_eq!(sha256_short(&[&data[..cut], &[][..], &data[cut..]]), want, "{len} bytes cut at {cut}");
-        }
-        // FIPS 180-2 appendix B.1: SHA-256("abc").
-        assert_eq!(
-            hex::encode(sha256_short(&[b"abc"])),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "at most 119 bytes, not 120")]
-    fn sha256_short_refuses_what_does_not_fit_two_blocks() {
-        sha256_short(&[&[0u8; 100], &[0u8; 20]]);
-    }
-
-    #[test]
-    #[should_panic(expected = "at most 119 bytes, not 300")]
-    fn sha256_short_refuses_long_input_before_copying_it() {
-        sha256_short(&[&[0u8; 300]]);
-    }
 
     /// A reader that counts its reads.
     struct Counting<'a> {

@@ -59,7 +59,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, Canonical};
 use crate::error::Error;
-use crate::merkle::{sha256_short, Hash};
+use crate::merkle::Hash;
 use crate::state::{head_bytes, Head, StateKey};
 
 /// The root of the empty map (and the hash of any empty subtree).
@@ -158,17 +158,25 @@ pub fn key_hash_of(namespace: &str, key: &str) -> Hash {
 
 /// `SHA-256("JMT::LeafNode" ‖ key_hash ‖ value_hash)`.
 pub fn leaf_hash(key_hash: &Hash, value_hash: &Hash) -> Hash {
-    sha256_short(&[LEAF_DOMAIN, key_hash, value_hash])
+    let mut h = Sha256::new();
+    h.update(LEAF_DOMAIN);
+    h.update(key_hash);
+    h.update(value_hash);
+    h.finalize().into()
 }
 
 /// `SHA-256("JMT::IntrnalNode" ‖ left ‖ right)`.
 pub fn internal_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256_short(&[INTERNAL_DOMAIN, left, right])
+    let mut h = Sha256::new();
+    h.update(INTERNAL_DOMAIN);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
 }
 
 /// `SHA-256(canonical head bytes)`: the value hash of a leaf.
 pub fn head_value_hash(head: &Head) -> Hash {
-    sha256_short(&[&head_bytes(head)])
+    Sha256::digest(head_bytes(head)).into()
 }
 
 /// Bit `depth` of `hash`, most significant bit of byte 0 first. `depth < 256`.
