@@ -92,6 +92,14 @@ pub struct VerifyArgs {
     /// Seconds to measure each of the single-core and all-core rates.
     #[arg(long, default_value_t = 3)]
     seconds: u64,
+    /// Signatures checked together in one batch (1 to 10,000). The ceiling
+    /// `annal bench cluster` prints is measured at 64.
+    #[arg(long, default_value_t = CEILING_BATCH)]
+    batch: usize,
+    /// Distinct keys signing each batch (1 to 256, at most the batch): the
+    /// check sums the terms of one key, so fewer keys check faster.
+    #[arg(long, default_value_t = CEILING_BATCH)]
+    keys: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -104,14 +112,22 @@ pub struct Ceiling {
     pub cores: usize,
 }
 
+/// Signatures per batch, and keys signing it, of the ceiling printed beside every cluster result.
+const CEILING_BATCH: usize = 64;
+
 /// Measures the ed25519 batch-verification rate of this machine (batches of
 /// 64 signed 512-byte records, each by a different key: the verifier sums the
 /// terms of one key, so fewer keys would verify faster than this ceiling).
 pub fn ceiling(seconds: u64) -> Result<Ceiling> {
-    let keys: Vec<SecretKey> = (0..64u8).map(|i| SecretKey::from_seed([i; 32])).collect();
+    measure_verify(seconds, CEILING_BATCH, CEILING_BATCH)
+}
+
+/// The batch-verification rate for batches of `batch` signed 512-byte records by `keys` keys.
+fn measure_verify(seconds: u64, batch: usize, keys: usize) -> Result<Ceiling> {
+    let keys: Vec<SecretKey> = (0..keys).map(|i| SecretKey::from_seed([i as u8; 32])).collect();
     let signers: Vec<(&SecretKey, String)> = keys.iter().map(|k| (k, "bench".to_string())).collect();
     let load = Load { chain_id: "ceiling", signers: &signers, record_bytes: 512, body: "random" };
-    let records = load.sign(0..64)?;
+    let records = load.sign(0..batch as u64)?;
     let run = |threads: usize| -> f64 {
         let stop = AtomicBool::new(false);
         let done = AtomicU64::new(0);
@@ -136,14 +152,21 @@ pub fn ceiling(seconds: u64) -> Result<Ceiling> {
 
 /// `annal bench verify`.
 pub fn verify(args: VerifyArgs) -> Result<()> {
-    let c = ceiling(args.seconds.max(1))?;
+    if !(1..=10_000).contains(&args.batch) || !(1..=256).contains(&args.keys) || args.keys > args.batch {
+        bail!(
+            "--batch {} --keys {}: the batch must be 1 to 10,000 signatures, and the keys 1 to 256 and at most the batch",
+            args.batch,
+            args.keys
+        );
+    }
+    let c = measure_verify(args.seconds.max(1), args.batch, args.keys)?;
     if args.json {
         println!(
             "{}",
-            json!({ "verifications_per_s_per_core": c.per_core.round(), "verifications_per_s_all_cores": c.all_cores.round(), "cores": c.cores })
+            json!({ "verifications_per_s_per_core": c.per_core.round(), "verifications_per_s_all_cores": c.all_cores.round(), "cores": c.cores, "batch": args.batch, "keys": args.keys })
         );
     } else {
-        println!("ed25519 batch verification (batches of 64 records of 512 bytes, 64 keys):");
+        println!("ed25519 batch verification (batches of {} records of 512 bytes, {} keys):", args.batch, args.keys);
         println!("  one core       {:>9.0} signatures/s", c.per_core);
         println!("  {} cores        {:>9.0} signatures/s", c.cores, c.all_cores);
         println!("  ceiling for V validators each checking every record: {:.0}/V records/s", c.all_cores);

@@ -124,9 +124,8 @@ thread_local! {
 
 #[derive(Default)]
 struct Scratch {
-    /// Per signature: its key's place in `keys`, `s` and `k` (its `R` goes
-    /// straight into `points`: a point is 160 bytes, and copying each twice
-    /// was ~0.3 % of a validator at rate max; docs/BENCHMARKS.md, session 28).
+    /// Per signature: its key's place in `keys`, `s` and `k` (its `R`, a
+    /// 160-byte point, goes straight into `points`).
     parsed: Vec<(usize, curve25519_dalek::scalar::Scalar, curve25519_dalek::scalar::Scalar)>,
     /// Each distinct key's point and the sum of its coefficients.
     keys: Vec<(curve25519_dalek::edwards::EdwardsPoint, curve25519_dalek::scalar::Scalar)>,

@@ -67,3 +67,24 @@ fn bench_cluster_reports_one_json_object_of_measured_numbers() {
     }
     let _ = std::fs::remove_dir_all(dir.parent().expect("scratch folder"));
 }
+
+#[test]
+fn bench_verify_measures_the_batch_and_keys_asked_for_and_refuses_others() {
+    // Goal: `annal bench verify` checks batches of the size and keys given, says so in its
+    // report, and refuses a shape it cannot make (more keys than signatures, or than 256).
+    let out = Command::new(annal_bin())
+        .args(["bench", "verify", "--seconds", "1", "--batch", "100", "--keys", "4", "--json"])
+        .output()
+        .expect("running annal bench verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!((report["batch"].as_u64(), report["keys"].as_u64()), (Some(100), Some(4)), "{report}");
+    assert!(report["verifications_per_s_per_core"].as_f64().is_some_and(|r| r > 1000.0), "{report}");
+    for bad in
+        [["--batch", "10", "--keys", "20"], ["--batch", "1000", "--keys", "300"], ["--batch", "0", "--keys", "1"]]
+    {
+        let out = Command::new(annal_bin()).args(["bench", "verify", "--seconds", "1"]).args(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("the batch must be 1 to 10,000"), "{bad:?}");
+    }
+}
