@@ -163,7 +163,7 @@ fn verify_cofactored_in(items: &[(&PublicKey, Message<'_>, &Signature)], scratch
     // Per distinct key, the sum of its coefficients: one point per key, not per signature.
     let mut key_at: std::collections::BTreeMap<[u8; 32], usize> = std::collections::BTreeMap::new();
     parsed.reserve(items.len());
-    points.reserve(items.len() + 1);
+    points.reserve(items.len());
     for (key, message, signature) in items {
         let (r_bytes, s_bytes): ([u8; 32], [u8; 32]) =
             (signature.0[..32].try_into().expect("32 bytes"), signature.0[32..].try_into().expect("32 bytes"));
