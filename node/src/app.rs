@@ -62,6 +62,9 @@ const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
 const SYNC_BATCH: u32 = 128;
 /// Heights behind what peers show before this node syncs instead of waiting for consensus.
 const SYNC_GAP: u64 = 3;
+/// Ticks without a commit (5 s) after which a node asks a peer for the blocks
+/// above its tip even though nobody showed it a higher height ([`App::on_tick`]).
+const STALL_TICKS: u32 = 10;
 /// How long a pending record whose nonce skips past its submitter's next one
 /// waits for the lower record before a block may carry it (`Mempool::select`).
 const NONCE_GAP_WAIT: Duration = Duration::from_secs(2);
@@ -291,6 +294,8 @@ pub struct App {
     /// One validator's word alone never makes this node think it is behind.
     claims: BTreeMap<u32, u64>,
     behind_ticks: u32,
+    /// The tip at the last tick, and for how many ticks in a row it has not moved.
+    stall: (u64, u32),
     pub sync_in_flight: bool,
     connected: BTreeSet<PeerId>,
     seq: u64,
@@ -391,6 +396,7 @@ impl App {
             seen_height: tip_height,
             claims: BTreeMap::new(),
             behind_ticks: 0,
+            stall: (tip_height, 0),
             sync_in_flight: false,
             connected: BTreeSet::new(),
             seq: 0,
@@ -1719,6 +1725,21 @@ impl App {
         }
         if self.behind_ticks >= 2 {
             if let Some(p) = peer {
+                self.sync_in_flight = true;
+                return Ok(Some((p, SyncRequest::Blocks { from: self.tip_height + 1, max: SYNC_BATCH })));
+            }
+        }
+        // A tip that has not moved for STALL_TICKS: ask a peer what follows it anyway. Claims
+        // alone may never show a node behind: one that slept through a set change which moved
+        // validators' indices hears votes and checkpoints signed under indices of a set it
+        // does not run yet, and no certificate of that set verifies against its own. The
+        // answer is verified like any sync; when nothing follows the tip, nothing changes.
+        self.stall =
+            if self.stall.0 == self.tip_height { (self.tip_height, self.stall.1 + 1) } else { (self.tip_height, 0) };
+        if self.stall.1 >= STALL_TICKS {
+            if let Some(p) = peer {
+                debug!(%p, height = self.tip_height, "no commit for a while: asking a peer for blocks");
+                self.stall.1 = 0;
                 self.sync_in_flight = true;
                 return Ok(Some((p, SyncRequest::Blocks { from: self.tip_height + 1, max: SYNC_BATCH })));
             }
