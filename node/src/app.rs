@@ -1723,22 +1723,16 @@ impl App {
         } else {
             self.behind_ticks = 0;
         }
-        if self.behind_ticks >= 2 {
-            if let Some(p) = peer {
-                self.sync_in_flight = true;
-                return Ok(Some((p, SyncRequest::Blocks { from: self.tip_height + 1, max: SYNC_BATCH })));
-            }
-        }
-        // A tip that has not moved for STALL_TICKS: ask a peer what follows it anyway. Claims
+        // Also a tip that has not moved for STALL_TICKS: ask a peer what follows it anyway. Claims
         // alone may never show a node behind: one that slept through a set change which moved
         // validators' indices hears votes and checkpoints signed under indices of a set it
         // does not run yet, and no certificate of that set verifies against its own. The
         // answer is verified like any sync; when nothing follows the tip, nothing changes.
         self.stall =
             if self.stall.0 == self.tip_height { (self.tip_height, self.stall.1 + 1) } else { (self.tip_height, 0) };
-        if self.stall.1 >= STALL_TICKS {
+        if self.behind_ticks >= 2 || self.stall.1 >= STALL_TICKS {
             if let Some(p) = peer {
-                debug!(%p, height = self.tip_height, "no commit for a while: asking a peer for blocks");
+                debug!(%p, height = self.tip_height, stalled_ticks = self.stall.1, "asking a peer for blocks");
                 self.stall.1 = 0;
                 self.sync_in_flight = true;
                 return Ok(Some((p, SyncRequest::Blocks { from: self.tip_height + 1, max: SYNC_BATCH })));
