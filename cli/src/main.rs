@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
@@ -422,11 +422,8 @@ fn tlog_proof(
     record_bytes: Option<&std::path::Path>,
 ) -> Result<()> {
     use base64::Engine;
-    let len = std::fs::metadata(bundle).with_context(|| format!("reading {}", bundle.display()))?.len();
-    if len > annal_ledger::proof::BUNDLE_BYTES_MAX as u64 {
-        bail!("{} is {len} bytes; a bundle is at most {}", bundle.display(), annal_ledger::proof::BUNDLE_BYTES_MAX);
-    }
-    let text = std::fs::read_to_string(bundle).with_context(|| format!("reading {}", bundle.display()))?;
+    let bytes = node_cmds::read_limited(bundle, annal_ledger::proof::BUNDLE_BYTES_MAX as u64, "bundle")?;
+    let text = String::from_utf8(bytes).with_context(|| format!("bundle {} is not UTF-8", bundle.display()))?;
     let b = annal_ledger::proof::Bundle::from_json(&text)?;
     let proof = b.to_tlog_proof();
     match out {

@@ -163,12 +163,9 @@ pub fn anchor_document(path: &Path, media_type: &str) -> Result<DocumentAnchor> 
     Ok(DocumentAnchor { sha256: hasher.finalize().into(), size, media_type: media_type.into() })
 }
 
+/// Reads at most `max` bytes of `path` (a pipe too); more is an error naming `what` and the limit.
 pub fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?.len();
-    if len > max {
-        bail!("{what} {} is {len} bytes; the limit is {max}", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+    annal_ledger::read_file_max(path, max).with_context(|| format!("reading {what} {}", path.display()))
 }
 
 fn now_us() -> u64 {
@@ -923,8 +920,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("annal-cli-body-{}", std::process::id()));
         std::fs::write(&path, [1u8; 10]).unwrap();
         assert_eq!(read_limited(&path, 10, "body file").unwrap().len(), 10);
-        let err = read_limited(&path, 9, "body file").unwrap_err().to_string();
+        let err = format!("{:#}", read_limited(&path, 9, "body file").unwrap_err());
         std::fs::remove_file(&path).unwrap();
-        assert!(err.contains("is 10 bytes; the limit is 9"), "{err}");
+        assert!(err.contains("over the limit of 9 bytes"), "{err}");
     }
 }

@@ -46,18 +46,9 @@ impl Outcome {
     }
 }
 
-/// Reads at most `max` bytes of `path`; more is an error. Bounded as it reads,
-/// not by the file's stated size: a pipe (`<(curl …)`) states none.
+/// Reads at most `max` bytes of `path` (a pipe too); more is an error naming `what` and the limit.
 fn read(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| format!("cannot read {what} {}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut out = Vec::new();
-    file.take(max + 1).read_to_end(&mut out).map_err(cannot)?;
-    if out.len() as u64 > max {
-        return Err(format!("{what} {} is over the limit of {max} bytes", path.display()));
-    }
-    Ok(out)
+    crate::node_cmds::read_limited(path, max, what).map_err(|e| format!("{e:#}"))
 }
 
 /// Opens a document to check: a regular file (a pipe or a device has no size
@@ -178,7 +169,7 @@ pub fn verify(args: VerifyArgs) -> Outcome {
 fn summary_line(v: &Verified, current: bool, document: bool) -> String {
     let r = &v.record.record;
     let mut s = format!(
-        "VALID {}/{}: {} version {} by agency {:?}, at height {} ({}), log index {}; checkpoint of size {} signed by {} validators with {}/{} of the voting power",
+        "VALID {}/{}: {} version {} by agency {:?}, at height {} ({}), log index {}; checkpoint of size {} (log root {}) signed by {} validators with {}/{} of the voting power",
         r.namespace,
         r.key,
         r.op.name(),
@@ -188,6 +179,7 @@ fn summary_line(v: &Verified, current: bool, document: bool) -> String {
         utc(v.header.time_ms),
         v.index,
         v.header.log_size,
+        hex::encode(v.header.log_root),
         v.signers,
         v.power,
         v.total_power
@@ -218,6 +210,9 @@ fn summary_json(v: &Verified, bundle: &Bundle, current: bool, document: bool) ->
         "time": utc(v.header.time_ms),
         "index": v.index,
         "checkpoint_size": v.header.log_size,
+        // To compare with a checkpoint held (`annal checkpoint --out`): the same block has the same root and hash.
+        "log_root": hex::encode(v.header.log_root),
+        "block_hash": hex::encode(v.header.hash()),
         "signers": v.signers,
         "power": v.power,
         "total_power": v.total_power,

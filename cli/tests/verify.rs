@@ -131,12 +131,14 @@ fn valid_bundle_exits_zero_with_a_summary_line() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let line = String::from_utf8(o.stdout.clone()).unwrap();
     assert_eq!(line.lines().count(), 1);
+    let header = n.store.header(annal_ledger::block::Height(1)).unwrap().unwrap();
     for want in [
         "VALID land-titles/parcel/42",
         "publish version 1",
         "agency-0",
         "at height 1",
         "checkpoint of size 1",
+        format!("(log root {})", hex::encode(header.log_root)).as_str(),
         "document matches",
         "superseded by",
     ] {
@@ -146,6 +148,8 @@ fn valid_bundle_exits_zero_with_a_summary_line() {
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["valid"], true);
+    assert_eq!(v["log_root"], hex::encode(header.log_root));
+    assert_eq!(v["block_hash"], hex::encode(header.hash()));
     assert_eq!(v["status"]["state"], "superseded");
     assert_eq!(v["status"]["head"], n.amended.to_hex());
     let current = write(&n.dir, "c.json", &proof::bundle(&n.store, &n.genesis, &n.amended, true).unwrap().to_json());

@@ -148,11 +148,8 @@ impl Genesis {
     /// Reads and validates a genesis file.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let err = |detail: String| Error::Genesis { detail: format!("{}: {detail}", path.display()) };
-        let len = std::fs::metadata(path).map_err(|e| err(e.to_string()))?.len();
-        if len > GENESIS_BYTES_MAX {
-            return Err(err(format!("{len} bytes is over the limit of {GENESIS_BYTES_MAX}")));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::read_file_max(path, GENESIS_BYTES_MAX).map_err(|e| err(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8: {e}")))?;
         Self::from_json(&text).map_err(|e| err(e.to_string()))
     }
 
@@ -197,11 +194,11 @@ impl Genesis {
         let mut total: u64 = 0;
         for (i, v) in self.validators.iter().enumerate() {
             let at = format!("validators[{i}] ({:?})", v.name);
-            if v.name.is_empty()
-                || v.name.len() > NAME_BYTES_MAX
-                || v.name.chars().any(|c| c.is_whitespace() || c == '+')
-            {
-                return bad(format!("{at}: a name is 1 to {NAME_BYTES_MAX} bytes with no whitespace or '+'"));
+            if v.name.len() > NAME_BYTES_MAX || crate::note::check_key_name(&v.name).is_err() {
+                return bad(format!(
+                    "{at}: a name is 1 to {NAME_BYTES_MAX} bytes with no whitespace, '+' or control character \
+                     (it names the validator's checkpoint signatures)"
+                ));
             }
             if !names.insert(v.name.as_str()) {
                 return bad(format!("{at}: duplicate validator name"));

@@ -88,9 +88,12 @@ impl std::fmt::Display for VerifierKey {
     }
 }
 
-fn check_key_name(name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
-        return Err(bad(format!("key name {name:?} is empty or holds a space or '+'")));
+/// A note key name (a validator's name): not empty, no whitespace, '+' or
+/// control character (a note holding one cannot be parsed, so a validator so
+/// named could sign no checkpoint anyone can read).
+pub(crate) fn check_key_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control()) {
+        return Err(bad(format!("key name {name:?} is empty or holds a space, '+' or a control character")));
     }
     Ok(())
 }

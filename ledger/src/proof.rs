@@ -147,8 +147,34 @@ pub struct RecordView {
     pub submitter: String,
     pub nonce: u64,
     pub body: BodyView,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A JSON object of strings, refused if it names a key twice: serde keeps the
+/// last value, while a person reading the file sees the first, so a view could
+/// show one value and still compare equal to the record's (which has the other).
+fn unique_keys<'de, D: serde::Deserializer<'de>>(de: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!("the metadata key {key:?} is given twice")));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_map(Unique)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -611,8 +637,8 @@ pub fn verify_consistency(
     held: Option<&str>,
 ) -> Result<(Checkpoint, Checkpoint), Error> {
     check_envelope((&proof.format, CONSISTENCY_FORMAT), &proof.chain_id, genesis)?;
-    let old = decode_header(&proof.old.header)?;
-    let new = decode_header(&proof.new.header)?;
+    let old = decode_header(&proof.old.header).map_err(|e| said_of(e, "the old block"))?;
+    let new = decode_header(&proof.new.header).map_err(|e| said_of(e, "the new block"))?;
     if old.height > new.height {
         return Err(fail(
             Check::Consistency,
@@ -620,10 +646,13 @@ pub fn verify_consistency(
         ));
     }
     let mut sets = SetWalk::new(genesis, &proof.set_changes)?;
-    let old_set = sets.at(old.height.0)?;
-    check_certified(&old, &proof.old.checkpoint, &old_set, &genesis.chain_id)?;
-    let new_set = sets.at(new.height.0)?;
-    check_certified(&new, &proof.new.checkpoint, &new_set, &genesis.chain_id)?;
+    let at = |which: &str, h: &Header| format!("the {which} block at height {}", h.height.0);
+    let old_set = sets.at(old.height.0).map_err(|e| said_of(e, &format!("the way to {}", at("old", &old))))?;
+    check_certified(&old, &proof.old.checkpoint, &old_set, &genesis.chain_id)
+        .map_err(|e| said_of(e, &at("old", &old)))?;
+    let new_set = sets.at(new.height.0).map_err(|e| said_of(e, &format!("the way to {}", at("new", &new))))?;
+    check_certified(&new, &proof.new.checkpoint, &new_set, &genesis.chain_id)
+        .map_err(|e| said_of(e, &at("new", &new)))?;
     if !sets.all_used() {
         return Err(fail(Check::SetChain, "the proof carries validator-set changes past its new block"));
     }
@@ -818,6 +847,23 @@ mod tests {
     use crate::genesis::Params;
     use crate::keys::SecretKey;
     use crate::record::{Op, Record};
+
+    /// Goal: a decoded view naming a metadata key twice is refused (serde would keep the
+    /// second value, which may match the record, while a reader sees the first).
+    #[test]
+    fn a_view_with_a_metadata_key_twice_is_refused() {
+        let view = |metadata: &str| {
+            format!(
+                r#"{{"id": "00", "namespace": "n", "key": "k", "op": "publish", "version": 1, "submitter": "00",
+                    "nonce": 1, "body": {{"inline": {{"size": 0, "sha256": "00"}}}}, "metadata": {metadata}}}"#
+            )
+        };
+        let read: RecordView = serde_json::from_str(&view(r#"{"basis": "Act 12", "court": "high"}"#)).unwrap();
+        assert_eq!(read.metadata.len(), 2);
+        let e = serde_json::from_str::<RecordView>(&view(r#"{"basis": "Act 99 (forged)", "basis": "Act 12"}"#))
+            .unwrap_err();
+        assert!(e.to_string().contains("the metadata key \"basis\" is given twice"), "{e}");
+    }
 
     /// Goal (PROOFS.md step 9, session 23): the verifier holds the record to the
     /// limits of the charter in force at its height as the nodes do: its fields

@@ -551,6 +551,14 @@ fn consistency_proofs_verify_across_set_changes_and_refuse_forgeries() {
     let mut dropped = p.clone();
     dropped.set_changes.remove(0);
     assert!(proof::verify_consistency(&dropped, g, None).is_err());
+    // A bad signature is said of the block it is on.
+    for (old, which) in [(true, "the old block at height 2: "), (false, "the new block at height 7: ")] {
+        let mut f = p.clone();
+        let part = if old { &mut f.old } else { &mut f.new };
+        part.checkpoint = part.checkpoint.replace("— ", "— x");
+        let e = proof::verify_consistency(&f, g, None).unwrap_err().to_string();
+        assert!(e.contains(which), "{which}: {e}");
+    }
     // Same height: an empty proof and equal roots.
     let same = proof::consistency(&c.store, g, Height(5), Height(5)).unwrap();
     proof::verify_consistency(&same, g, None).unwrap();

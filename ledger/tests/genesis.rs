@@ -115,7 +115,16 @@ fn limits_whose_sum_or_size_overflows_are_refused() {
 
 #[test]
 fn bad_keys_and_names_are_refused() {
-    // Goal: a short hex key, a chain id with capitals and a zero limit are refused.
+    // Goal: a short hex key, a chain id with capitals, a zero limit, and validator names a
+    // signed note cannot carry (empty, a space, '+', a control character) are refused.
+    for name in ["", "v 1", "v+1", "v\u{1}"] {
+        let mut v = base();
+        v["validators"][0]["name"] = json!(name);
+        assert!(
+            refusal(v).contains("a name is 1 to 64 bytes with no whitespace, '+' or control character"),
+            "{name:?}"
+        );
+    }
     let mut v = base();
     v["validators"][0]["consensus_key"] = json!("abcd");
     assert!(refusal(v).contains("public key"));
