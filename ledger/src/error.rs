@@ -71,8 +71,13 @@ pub enum Error {
     RecordNotBase64 { field: String, detail: String },
     #[error("the body is not a binary record batch (docs/API.md): {detail}")]
     BatchNotBinary { detail: String },
-    #[error("the batch holds {records} records; this node takes at most {max} (limits.api_batch_records_max)")]
-    BatchTooLarge { records: usize, max: usize },
+    /// `records` is the count a binary batch declares; a JSON batch is refused
+    /// as soon as it passes the limit, uncounted (`None`).
+    #[error(
+        "the batch holds {} records; this node takes at most {max} (limits.api_batch_records_max)",
+        records.map_or_else(|| format!("more than {max}"), |n| n.to_string())
+    )]
+    BatchTooLarge { records: Option<usize>, max: usize },
     #[error("record is {size} bytes; the chain's limit is {max}")]
     RecordTooLarge { size: usize, max: usize },
 

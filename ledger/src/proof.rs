@@ -793,8 +793,36 @@ mod build {
         })
     }
 
-    /// The proof bundle of record `id`, with a status proof as of the tip when `with_status`.
+    /// The proof bundle of record `id`, with a status proof as of the tip when
+    /// `with_status`; the tip must then be certified ([`bundle_parts`] for a
+    /// caller that can wait for its certificate).
     pub fn bundle(store: &Store, genesis: &Genesis, id: &RecordId, with_status: bool) -> Result<Bundle, Error> {
+        let (mut bundle, pinned) = bundle_parts(store, genesis, id, with_status)?;
+        if let Some(pinned) = pinned {
+            attach_status(store, genesis, &mut bundle, pinned)?;
+        }
+        Ok(bundle)
+    }
+
+    /// A state proof for a bundle's record's key, taken at the tip at `height`
+    /// ([`bundle_parts`]) and still to be joined with that block's certificate
+    /// ([`attach_status`]). State proofs are served as of the tip only (ADR
+    /// 0003); under load the tip moves on before its certificate is collected,
+    /// so a status proof that asked for a certified tip would rarely be served.
+    #[derive(Clone, Debug)]
+    pub struct PinnedStatus {
+        pub height: Height,
+        state_proof: String,
+    }
+
+    /// Record `id`'s bundle without its status, and, when `with_status`, the
+    /// state proof of its key at the tip, both read from one view of `store`.
+    pub fn bundle_parts(
+        store: &Store,
+        genesis: &Genesis,
+        id: &RecordId,
+        with_status: bool,
+    ) -> Result<(Bundle, Option<PinnedStatus>), Error> {
         let index = store.index_of(id)?.ok_or_else(|| store_err(store, format!("no record with id {id}")))?;
         let height = store.height_of_index(index)?;
         let (header, block) = certified_block(store, genesis, height)?;
@@ -808,20 +836,15 @@ mod build {
         let block_path = merkle::inclusion_proof(&MemoryNodes::from_leaves(&leaves), position, leaves.len() as u64)
             .map_err(|e| store_err(store, e.to_string()))?;
         let log_path = store.inclusion_proof(index, header.log_size)?;
-        let mut top = height;
-        let status = if with_status {
-            // State proofs are served as of the tip only (ADR 0003), so the tip must be certified.
-            let tip = store.tip().height;
-            let (_, status_block) = certified_block(store, genesis, tip)?;
+        let pinned = if with_status {
             let key = StateKey { namespace: record.record.namespace.clone(), key: record.record.key.clone() };
-            top = tip;
-            Some(StatusPart { block: status_block, state_proof: B64.encode(store.state_proof(&key)?.to_bytes()) })
+            let state_proof = B64.encode(store.state_proof(&key)?.to_bytes());
+            Some(PinnedStatus { height: store.tip().height, state_proof })
         } else {
             None
         };
-        let set_changes = set_changes_below(store, genesis, top)?;
         let charter = store.charter_at(height)?.map(|c| B64.encode(codec::encode(&c)));
-        Ok(Bundle {
+        let bundle = Bundle {
             format: BUNDLE_FORMAT.into(),
             chain_id: genesis.chain_id.clone(),
             record: RecordPart { bytes: B64.encode(bytes), decoded: RecordView::of(&record, id) },
@@ -831,15 +854,32 @@ mod build {
             block_records: leaves.len() as u64,
             block_path: b64_hashes(&block_path),
             log_path: b64_hashes(&log_path),
-            set_changes,
+            // The walk up to the status block when there is one (set by `attach_status`).
+            set_changes: if with_status { Vec::new() } else { set_changes_below(store, genesis, height)? },
             charter,
-            status,
-        })
+            status: None,
+        };
+        Ok((bundle, pinned))
+    }
+
+    /// Joins a status proof pinned at `pinned.height` to `bundle`, with that
+    /// block's certificate, which must have arrived by now (else
+    /// [`Error::NotCertified`]), and the set changes up to it.
+    pub fn attach_status(
+        store: &Store,
+        genesis: &Genesis,
+        bundle: &mut Bundle,
+        pinned: PinnedStatus,
+    ) -> Result<(), Error> {
+        let (_, block) = certified_block(store, genesis, pinned.height)?;
+        bundle.set_changes = set_changes_below(store, genesis, pinned.height)?;
+        bundle.status = Some(StatusPart { block, state_proof: pinned.state_proof });
+        Ok(())
     }
 }
 
 #[cfg(feature = "store")]
-pub use build::{bundle, certified_block, consistency, set_at};
+pub use build::{attach_status, bundle, bundle_parts, certified_block, consistency, set_at, PinnedStatus};
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::ListBreak;
@@ -33,7 +33,7 @@ pub struct BatchBody {
     pub records: Vec<String>,
 }
 
-/// A request body read as the JSON of `T` (a [`SubmitBody`] or a [`BatchBody`]).
+/// A request body read as the JSON of `T` (a [`SubmitBody`]; a batch is read by [`BatchBody::from_json`]).
 /// Unknown fields are ignored; a missing or repeated one is an error.
 pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::BodyNotJson { detail: e.to_string() })
@@ -47,18 +47,96 @@ impl SubmitBody {
 }
 
 impl BatchBody {
-    /// Refuses a batch of more than `records_max` records (the node's `limits.api_batch_records_max`).
-    pub fn check_count(&self, records_max: usize) -> Result<(), Error> {
-        if self.records.len() > records_max {
-            return Err(Error::BatchTooLarge { records: self.records.len(), max: records_max });
-        }
-        Ok(())
+    /// Reads a JSON batch body, refusing one of more than `records_max` records
+    /// (the node's `limits.api_batch_records_max`) as soon as the parse reaches
+    /// record `records_max + 1`: a body of 16 MiB of `"",` would otherwise
+    /// become millions of strings (8 times its size) before it could be counted.
+    /// Unknown fields are ignored; a missing or repeated `records` is an error.
+    pub fn from_json(body: &[u8], records_max: usize) -> Result<BatchBody, Error> {
+        let over = std::cell::Cell::new(false);
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let read = BatchSeed { records_max, over: &over }.deserialize(&mut de).and_then(|b| de.end().map(|()| b));
+        read.map_err(|e| match over.get() {
+            true => Error::BatchTooLarge { records: None, max: records_max },
+            false => Error::BodyNotJson { detail: e.to_string() },
+        })
     }
 
     /// Each record's bytes, in order, one result per record; one that is not
     /// base64 is named by its position (`records[i]`).
     pub fn record_bytes(&self) -> Vec<Result<Vec<u8>, Error>> {
         self.records.iter().enumerate().map(|(i, text)| base64_record(text, || format!("records[{i}]"))).collect()
+    }
+}
+
+/// [`BatchBody::from_json`]'s reader: the body's map, its `records` counted as they are read.
+struct BatchSeed<'a> {
+    records_max: usize,
+    /// Set when the parse stopped at the limit (the error it returns is then serde's).
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = BatchBody;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<BatchBody, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = BatchBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map with the field `records`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BatchBody, A::Error> {
+        let mut records = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "records" {
+                map.next_value::<IgnoredAny>()?;
+            } else if records.is_some() {
+                return Err(de::Error::duplicate_field("records"));
+            } else {
+                records = Some(map.next_value_seed(RecordsSeed { records_max: self.records_max, over: self.over })?);
+            }
+        }
+        Ok(BatchBody { records: records.ok_or_else(|| de::Error::missing_field("records"))? })
+    }
+}
+
+/// The `records` list, refused at its `records_max + 1`st entry.
+struct RecordsSeed<'a> {
+    records_max: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Vec<String>, D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut records = Vec::new();
+        while let Some(text) = seq.next_element::<String>()? {
+            if records.len() == self.records_max {
+                self.over.set(true);
+                return Err(de::Error::custom(format!("more than {} records", self.records_max)));
+            }
+            records.push(text);
+        }
+        Ok(records)
     }
 }
 
@@ -102,7 +180,7 @@ pub fn binary_batch(body: &[u8], records_max: usize) -> Result<Vec<Vec<u8>>, Err
     let count = u64::from_le_bytes(*count);
     if count > records_max as u64 {
         let records = usize::try_from(count).unwrap_or(usize::MAX);
-        return Err(Error::BatchTooLarge { records, max: records_max });
+        return Err(Error::BatchTooLarge { records: Some(records), max: records_max });
     }
     let records = crate::codec::byte_strings(rest, count).map_err(|at| {
         broken(match at {

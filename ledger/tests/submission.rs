@@ -39,8 +39,20 @@ fn bodies_that_are_not_the_json_name_the_problem() {
         assert!(matches!(e, Error::BodyNotJson { .. }), "{e:?}");
         assert!(e.to_string().starts_with(want), "{body:?}: {e}");
     }
-    let e = submission::from_json::<BatchBody>(br#"{"records": "x"}"#).unwrap_err();
-    assert!(e.to_string().contains("invalid type: string \"x\", expected a sequence"), "{e}");
+    let batch_cases: [(&[u8], &str); 5] = [
+        (br#"{"records": "x"}"#, "invalid type: string \"x\", expected a sequence"),
+        (br#"{"other": 1}"#, "missing field `records`"),
+        (br#"{"records": [], "records": []}"#, "duplicate field `records`"),
+        (br#"{"records": []} x"#, "trailing characters"),
+        (br#"["AQI="]"#, "expected a map with the field `records`"),
+    ];
+    for (body, want) in batch_cases {
+        let e = BatchBody::from_json(body, 10).unwrap_err();
+        assert!(matches!(e, Error::BodyNotJson { .. }), "{e:?}");
+        assert!(e.to_string().contains(want), "{body:?}: {e}");
+    }
+    let read = BatchBody::from_json(br#"{"note": {"a": [1]}, "records": ["AQI=", ""]}"#, 10).unwrap();
+    assert_eq!(read, BatchBody { records: vec!["AQI=".into(), String::new()] }, "unknown fields are ignored");
 }
 
 #[test]
@@ -62,13 +74,20 @@ fn base64_must_be_standard_with_padding_and_is_named_by_position() {
 }
 
 #[test]
-fn a_batch_one_over_its_limit_is_refused() {
-    // Goal: records_max records pass the count check; one more is BatchTooLarge naming the limit's setting.
-    let batch = |n: usize| BatchBody { records: vec!["AQI=".to_string(); n] };
-    batch(3).check_count(3).unwrap();
-    batch(0).check_count(0).unwrap();
-    let e = batch(4).check_count(3).unwrap_err();
-    assert_eq!(e.to_string(), "the batch holds 4 records; this node takes at most 3 (limits.api_batch_records_max)");
+fn a_batch_one_over_its_limit_is_refused_before_the_rest_is_read() {
+    // Goal: records_max records are read; one more is BatchTooLarge naming the limit's setting, and
+    // the parse stops there: what follows the extra record (here not even JSON) is never read.
+    let body = |n: usize| serde_json::to_vec(&BatchBody { records: vec!["AQI=".to_string(); n] }).unwrap();
+    assert_eq!(BatchBody::from_json(&body(3), 3).unwrap().records.len(), 3);
+    assert_eq!(BatchBody::from_json(&body(0), 0).unwrap().records.len(), 0);
+    let e = BatchBody::from_json(&body(4), 3).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the batch holds more than 3 records; this node takes at most 3 (limits.api_batch_records_max)"
+    );
+    let cut = br#"{"records": ["", "", "", "", %%%"#;
+    assert!(matches!(BatchBody::from_json(cut, 3), Err(Error::BatchTooLarge { records: None, max: 3 })));
+    assert!(matches!(BatchBody::from_json(cut, 4), Err(Error::BodyNotJson { .. })), "within the limit it reads on");
 }
 
 #[test]

@@ -37,8 +37,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const WAIT_MS_DEFAULT: u64 = 30_000;
 /// The longest `timeout_ms` a client may ask for.
 pub const WAIT_MS_MAX: u64 = 120_000;
-/// How long before the request's time bound a `wait=final` gives up, to answer in time.
+/// How long before the request's time bound a wait (`wait=final`, a certificate) gives up, to answer in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+/// How long a proof waits for a certificate still being collected before it is 503 `not_certified`.
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(2);
 /// Clients (IPv4 addresses, IPv6 /64s) the rate limiter remembers; past it, refilled ones are forgotten first.
 pub const CLIENTS_MAX: usize = 10_000;
 
@@ -265,6 +267,13 @@ impl Guard {
 /// a handler that waits (`wait=final`) stops in time to answer for itself.
 #[derive(Clone, Copy)]
 struct Deadline(Instant);
+
+impl Deadline {
+    /// How long a handler may still wait and answer in time.
+    fn room(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now() + DEADLINE_MARGIN)
+    }
+}
 
 async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
     let deadline = Instant::now() + guard.timeout;
@@ -502,8 +511,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Se
     }
 }
 
-fn record_id(name: &str, hex: &str) -> Result<RecordId, ApiError> {
-    RecordId::from_hex(hex).map_err(|e| ApiError::bad_query(format!("path parameter {name}: {e}")))
+/// A record id from hex; `what` names the parameter (`path parameter id`, `query parameter before`).
+fn record_id(what: &str, hex: &str) -> Result<RecordId, ApiError> {
+    RecordId::from_hex(hex).map_err(|e| ApiError::bad_query(format!("{what}: {e}")))
 }
 
 fn final_json(id: &RecordId, placed: Placed) -> Value {
@@ -545,7 +555,7 @@ async fn submit(
             // The wait ends before the request's own bound, so the answer names
             // the record and says it is pending, not only that time ran out.
             let asked = Duration::from_millis(timeout_ms);
-            let room = deadline.map_or(asked, |d| d.0 .0.saturating_duration_since(Instant::now() + DEADLINE_MARGIN));
+            let room = deadline.map_or(asked, |d| d.0.room());
             let placed = match shared.wait_final(id, asked.min(room)).await {
                 Err(Failure::Timeout(why)) if room < asked => {
                     return Err(Failure::Timeout(format!(
@@ -586,15 +596,15 @@ async fn submit_batch(
     }
     let records_max = shared.limits.api_batch_records_max;
     let binary = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(submission::is_binary_batch);
+    let refused = |e: LedgerError| match e {
+        LedgerError::BatchTooLarge { .. } => ApiError::too_large(e.to_string()),
+        e => ApiError::malformed(e.to_string()),
+    };
     let decoded = if binary {
-        let records = submission::binary_batch(&bytes, records_max).map_err(|e| match e {
-            LedgerError::BatchTooLarge { .. } => ApiError::too_large(e.to_string()),
-            e => ApiError::malformed(e.to_string()),
-        })?;
+        let records = submission::binary_batch(&bytes, records_max).map_err(refused)?;
         records.into_iter().map(Ok).collect()
     } else {
-        let body: BatchBody = submission::from_json(&bytes).map_err(|e| ApiError::malformed(e.to_string()))?;
-        body.check_count(records_max).map_err(|e| ApiError::too_large(e.to_string()))?;
+        let body = BatchBody::from_json(&bytes, records_max).map_err(refused)?;
         body.record_bytes().into_iter().map(|d| d.map_err(|e| Failure::Malformed(e.to_string()))).collect()
     };
     let handle = tokio::runtime::Handle::current();
@@ -636,20 +646,17 @@ fn admit_batch(
 ) -> BatchAnswer {
     let mut admitted = submit(decoded.iter().filter_map(|d| d.as_ref().ok().cloned()).collect()).into_iter();
     let mut accepted = 0;
-    let mut full_at: Option<usize> = None;
+    let mut full = false;
     let mut results = Vec::with_capacity(decoded.len());
-    for (i, d) in decoded.into_iter().enumerate() {
+    for d in decoded {
         // An admitted record's id comes with it; a refused one's is hashed here, only then.
         let (outcome, bytes) = match d {
             Err(f) => (Err(f), None),
             Ok(bytes) => (admitted.next().expect("one result per decodable record"), Some(bytes)),
         };
-        let outcome = match full_at {
-            Some(at) => Err(Failure::MempoolFull(format!(
-                "the mempool filled at record {at} of this batch; this record was not tried"
-            ))),
-            None => outcome,
-        };
+        // Each record's own outcome, also past the one that found the pool full:
+        // admission tried no new record after it (each says so), but a record
+        // already pending or final, or refused, is still answered as such.
         results.push(match outcome {
             Ok(Admitted::Pending { id, .. }) => {
                 accepted += 1;
@@ -660,9 +667,7 @@ fn admit_batch(
                 BatchResult { error: None, id: Some(id.to_hex()), status: Some("final") }
             }
             Err(f) => {
-                if matches!(f, Failure::MempoolFull(_)) && full_at.is_none() {
-                    full_at = Some(i);
-                }
+                full |= matches!(f, Failure::MempoolFull(_));
                 let id = bytes
                     .filter(|_| !matches!(f, Failure::Malformed(_)))
                     .map(|b| SignedRecord::id_of_bytes(&b).to_hex());
@@ -670,7 +675,7 @@ fn admit_batch(
             }
         });
     }
-    BatchAnswer { accepted, results, full: full_at.is_some() }
+    BatchAnswer { accepted, results, full }
 }
 
 /// `GET /v1/records/{id}`.
@@ -679,7 +684,7 @@ async fn record(
     PathParams(id): PathParams<String>,
     _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let id = record_id("id", &id)?;
+    let id = record_id("path parameter id", &id)?;
     Ok(Json(blocking(move || shared.record(&id)).await?).into_response())
 }
 
@@ -690,7 +695,7 @@ async fn history(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     query.only(&["before", "limit"])?;
-    let before = query.get("before").map(|b| record_id("before", b)).transpose()?;
+    let before = query.get("before").map(|b| record_id("query parameter before", b)).transpose()?;
     let limit = query.limit(HISTORY_PAGE, HISTORY_PAGE_MAX)?;
     Ok(Json(blocking(move || shared.history(&namespace, &key, before, limit)).await?).into_response())
 }
@@ -720,11 +725,12 @@ async fn nonce(
 /// `GET /v1/proofs/{id}[?status=true][&format=tlog-proof]`.
 async fn proof(
     State(shared): State<Arc<Shared>>,
+    deadline: Option<axum::Extension<Deadline>>,
     PathParams(id): PathParams<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     query.only(&["status", "format"])?;
-    let id = record_id("id", &id)?;
+    let id = record_id("path parameter id", &id)?;
     let with_status = match query.get("status") {
         None | Some("false") => false,
         Some("true") => true,
@@ -735,7 +741,9 @@ async fn proof(
         Some("tlog-proof") => true,
         Some(other) => return Err(ApiError::bad_query(format!("format={other:?} must be bundle or tlog-proof"))),
     };
-    let bundle = blocking(move || shared.bundle(&id, with_status)).await?;
+    // A certificate still being collected is waited for, within the request's own bound.
+    let wait = deadline.map_or(CERTIFICATE_WAIT, |d| d.0.room()).min(CERTIFICATE_WAIT);
+    let bundle = blocking(move || shared.bundle(&id, with_status, wait)).await?;
     if tlog {
         return Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], bundle.to_tlog_proof()).into_response());
     }
@@ -784,7 +792,7 @@ const PROPOSALS_PAGE_MAX: usize = 1000;
 /// `GET /v1/gov/proposals[?after=ID][&limit=N]`.
 async fn proposals(State(shared): State<Arc<Shared>>, query: QueryParams) -> Result<Response, ApiError> {
     query.only(&["after", "limit"])?;
-    let after = query.get("after").map(|a| record_id("after", a)).transpose()?;
+    let after = query.get("after").map(|a| record_id("query parameter after", a)).transpose()?;
     let limit = query.limit(PROPOSALS_PAGE, PROPOSALS_PAGE_MAX)?;
     Ok(Json(blocking(move || shared.gov_proposals(after, limit)).await?).into_response())
 }
@@ -795,7 +803,7 @@ async fn proposal(
     PathParams(id): PathParams<String>,
     _: NoQuery,
 ) -> Result<Response, ApiError> {
-    let id = record_id("id", &id)?;
+    let id = record_id("path parameter id", &id)?;
     Ok(Json(blocking(move || shared.gov_proposal(&id)).await?).into_response())
 }
 
@@ -833,6 +841,29 @@ async fn openapi(_: NoQuery) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: past the record that found the mempool full, a record already final is
+    /// answered as final (and counted accepted), not as "not tried"; the answer says full.
+    #[test]
+    fn a_batch_answers_each_record_past_a_full_mempool() {
+        let id = |b: u8| SignedRecord::id_of_bytes(&[b]);
+        let decoded = vec![Ok(vec![1]), Ok(vec![2]), Err(Failure::Malformed("records[2] is junk".into())), Ok(vec![3])];
+        let answer = admit_batch(decoded, |batch| {
+            assert_eq!(batch, [vec![1], vec![2], vec![3]], "only the decodable records are submitted");
+            vec![
+                Ok(Admitted::Pending { id: id(1), new: true }),
+                Err(Failure::MempoolFull("the mempool is full".into())),
+                Ok(Admitted::Final { id: id(3), placed: Placed { index: 7, height: 2 } }),
+            ]
+        });
+        assert!(answer.full);
+        assert_eq!(answer.accepted, 2);
+        let statuses: Vec<_> = answer.results.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Some("pending"), None, None, Some("final")]);
+        assert_eq!(answer.results[3].id, Some(id(3).to_hex()));
+        assert_eq!(answer.results[1].id, Some(id(2).to_hex()), "a record not taken is named by its id");
+        assert_eq!(answer.results[2].id, None, "a malformed record has no id");
+    }
 
     fn ip(n: usize) -> Client {
         Client::of(IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]))

@@ -609,8 +609,10 @@ impl Shared {
         Ok(json!({ "submitter": key.to_hex(), "last_nonce": self.store().last_nonce(&key)? }))
     }
 
-    /// `GET /v1/proofs/{id}`.
-    pub fn bundle(&self, id: &RecordId, with_status: bool) -> Result<Bundle, Failure> {
+    /// `GET /v1/proofs/{id}`, waiting up to `wait` for a certificate still being
+    /// collected: the record's block's, and for a status proof the one of the
+    /// tip the state proof was taken at (the tip moves on meanwhile under load).
+    pub fn bundle(&self, id: &RecordId, with_status: bool, wait: Duration) -> Result<Bundle, Failure> {
         if self.placed(id)?.is_none() {
             let pending = self.pool.lock().expect("pool lock").contains(id);
             return Err(Failure::NotFound(if pending {
@@ -619,7 +621,34 @@ impl Shared {
                 format!("no final record with id {id}")
             }));
         }
-        Ok(proof::bundle(&self.store(), &self.genesis, id, with_status)?)
+        let until = Instant::now() + wait;
+        let (mut bundle, pinned) = loop {
+            // Bound first: a store guard in the match would be held while waiting, and a
+            // commit's write lock waiting behind it would block the next read for good.
+            let parts = proof::bundle_parts(&self.store(), &self.genesis, id, with_status);
+            match parts {
+                Err(LedgerError::NotCertified { height }) if self.certified_by(Height(height), until)? => continue,
+                parts => break parts?,
+            }
+        };
+        if let Some(pinned) = pinned {
+            self.certified_by(pinned.height, until)?;
+            proof::attach_status(&self.store(), &self.genesis, &mut bundle, pinned)?;
+        }
+        Ok(bundle)
+    }
+
+    /// Whether the certificate of `height` is stored by `until` (looked for every 10 ms).
+    fn certified_by(&self, height: Height, until: Instant) -> Result<bool, Failure> {
+        loop {
+            if self.store().certificate(height)?.is_some() {
+                return Ok(true);
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `GET /v1/checkpoint`: the latest certified block.
