@@ -94,14 +94,84 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets requests in flight finish.
+///
+/// At most `limits.api_connections_max` connections are served at once; the
+/// next waits in the kernel's accept queue until one ends, so idle sockets
+/// cannot take the file handles the store and the network need. A connection
+/// must send each request's head within `limits.api_header_timeout_ms`, also
+/// the next one on a kept-alive connection, or it is closed: a client that opens
+/// a request and never finishes its headers never reaches the guard below.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let slots_max = shared.limits.api_connections_max;
+    let header_timeout = Duration::from_millis(shared.limits.api_header_timeout_ms);
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots_max));
+    let app = router(shared);
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::spawn(serve_connection(stream, peer, app.clone(), header_timeout, slot, closed.clone()));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Each connection gives its slot back as it ends: all back is all answered.
+    let all = u32::try_from(slots_max).expect("limits.api_connections_max is checked to be at most 65,536");
+    let _ = slots.acquire_many(all).await;
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, its requests tagged with the peer's address (the rate limit's client).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        tower::ServiceExt::oneshot(app.clone(), request)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = closing.changed() => {
+            // Stop taking requests; the one in flight is answered.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// A failed accept: the peer's own trouble is skipped; running out of file
+/// handles or memory waits a second, or the loop would spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        tracing::warn!(error = %e, "accepting an API connection failed; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 // ---------------------------------------------------------------- errors

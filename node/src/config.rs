@@ -45,11 +45,13 @@ pub struct Config {
 
 /// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
 const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
-const LIMIT_KEYS: [&str; 9] = [
+const LIMIT_KEYS: [&str; 11] = [
     "mempool_records_max",
     "mempool_bytes_max",
     "api_body_bytes_max",
     "api_body_bytes_in_flight_max",
+    "api_connections_max",
+    "api_header_timeout_ms",
     "api_requests_per_s",
     "api_request_timeout_ms",
     "api_batch_records_max",
@@ -60,6 +62,9 @@ const LIMIT_KEYS: [&str; 9] = [
 /// The shortest `limits.api_request_timeout_ms` a node takes: a `wait=final`
 /// ends 50 ms before the bound to answer for itself, and needs some time to wait.
 pub const API_REQUEST_TIMEOUT_MS_MIN: u64 = 100;
+
+/// The most `limits.api_connections_max` may be (each connection holds a file handle).
+pub const API_CONNECTIONS_MAX: usize = 65_536;
 
 /// Bounds on what the node holds and accepts.
 #[derive(Clone, Debug, Deserialize)]
@@ -74,6 +79,11 @@ pub struct Limits {
     /// Request bodies served at once, summed (declared sizes; a chunked body
     /// counts as `api_body_bytes_max`); past it requests get 503 `busy`.
     pub api_body_bytes_in_flight_max: usize,
+    /// API connections served at once; more wait in the kernel's accept queue.
+    pub api_connections_max: usize,
+    /// How long a connection may take to send a request's head (kept alive: to
+    /// begin the next one) before it is closed.
+    pub api_header_timeout_ms: u64,
     /// Requests per second one client (an IPv4 address or an IPv6 /64) may make (0: no limit).
     pub api_requests_per_s: u32,
     /// Longest time an API request may take (a `wait=final` may ask for less).
@@ -98,6 +108,10 @@ impl Default for Limits {
             api_body_bytes_max: 16 << 20,
             // Four full bodies: each is held several times over while it is decoded and admitted.
             api_body_bytes_in_flight_max: 64 << 20,
+            // Well under the file handles a node raises its limit to (the store and
+            // the network take theirs from the same), well over what clients need.
+            api_connections_max: 1024,
+            api_header_timeout_ms: 30_000,
             api_requests_per_s: 0,
             api_request_timeout_ms: 130_000,
             api_batch_records_max: 10_000,
@@ -182,11 +196,13 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 7] = [
+        let positive: [(&'static str, u64); 9] = [
             ("limits.mempool_records_max", l.mempool_records_max as u64),
             ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
             ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
             ("limits.api_body_bytes_in_flight_max", l.api_body_bytes_in_flight_max as u64),
+            ("limits.api_connections_max", l.api_connections_max as u64),
+            ("limits.api_header_timeout_ms", l.api_header_timeout_ms),
             ("limits.api_request_timeout_ms", l.api_request_timeout_ms),
             ("limits.api_batch_records_max", l.api_batch_records_max as u64),
             ("limits.store_cache_bytes", l.store_cache_bytes as u64),
@@ -202,6 +218,12 @@ impl Config {
                      would have no time to wait",
                     l.api_request_timeout_ms
                 ),
+            ));
+        }
+        if l.api_connections_max > API_CONNECTIONS_MAX {
+            return Err((
+                "limits.api_connections_max",
+                format!("{} is over {API_CONNECTIONS_MAX}", l.api_connections_max),
             ));
         }
         if l.api_body_bytes_in_flight_max < l.api_body_bytes_max {

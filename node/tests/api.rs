@@ -921,6 +921,46 @@ async fn openapi_describes_exactly_the_routes_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_and_unfinished_heads_are_closed() {
+    // Goal: with limits.api_connections_max = 2, two idle connections leave a third
+    // unanswered (it waits in the accept queue) until one of them closes; a connection
+    // that sends half a request head is closed after limits.api_header_timeout_ms.
+    let limits = Limits { api_connections_max: 2, api_header_timeout_ms: 1_000, ..Limits::default() };
+    let node = start("connections", limits).await;
+    let addr = node.addr;
+    let answered = tokio::task::spawn_blocking(move || {
+        let idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut third = TcpStream::connect(addr).unwrap();
+        third.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut first = [0u8; 1];
+        let waited = third.read(&mut first).is_err();
+        drop(idle);
+        third.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut raw = Vec::new();
+        third.read_to_end(&mut raw).unwrap();
+        (waited, String::from_utf8_lossy(&raw).into_owned())
+    });
+    let (waited, raw) = answered.await.unwrap();
+    assert!(waited, "the third connection was served while two others held both slots");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: te").unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        let mut raw = Vec::new();
+        let _ = slow.read_to_end(&mut raw);
+        started.elapsed()
+    });
+    let after = closed.await.unwrap();
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_secs(5), "closed after {after:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_is_429_with_retry_after() {
     // Goal: with api_requests_per_s = 2, a client's third request in the same instant is 429
     // rate_limited with Retry-After, and counted.
