@@ -261,6 +261,8 @@ struct Guard {
     /// each is held as text, then decoded, several times over while it is
     /// admitted, so their sum bounds what clients can make the node hold.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Large answers not yet taken by their clients, in KiB of `limits.api_answer_bytes_in_flight_max`.
+    answers: Answers,
 }
 
 impl Guard {
@@ -269,7 +271,8 @@ impl Guard {
         let limiter = (limits.api_requests_per_s > 0).then(|| Mutex::new(Limiter::new(limits.api_requests_per_s)));
         let timeout = Duration::from_millis(limits.api_request_timeout_ms);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.api_body_bytes_in_flight_max.div_ceil(1024)));
-        Guard { shared, limiter, timeout, in_flight }
+        let answers = Answers::new(limits.api_answer_bytes_in_flight_max);
+        Guard { shared, limiter, timeout, in_flight, answers }
     }
 
     /// The rate limit and the declared body size, checked before the body is
@@ -365,8 +368,92 @@ async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, ne
             .into_response(),
         },
     };
+    let response = guard.answers.hold(response).await;
     guard.count(response.status());
     response
+}
+
+/// Answers of at least this many bytes are counted until their client has taken them.
+pub const ANSWER_HELD_BYTES_MIN: usize = 64 * 1024;
+/// The pieces a held answer is handed to the connection in: it asks for the next only as
+/// the client reads, so the rest stays here, counted.
+const ANSWER_PIECE_BYTES: usize = 64 * 1024;
+
+/// Large answers (a block's records, a proof) in memory until their clients take
+/// them, summed against `limits.api_answer_bytes_in_flight_max`: a client that
+/// asks for a full block and never reads would otherwise hold it in the node, and
+/// a few hundred such clients its memory. An answer that does not fit is 503 `busy`.
+#[derive(Clone)]
+pub struct Answers {
+    kib: Arc<tokio::sync::Semaphore>,
+    kib_max: usize,
+}
+
+impl Answers {
+    pub fn new(bytes_max: usize) -> Answers {
+        let kib_max = bytes_max.div_ceil(1024);
+        Answers { kib: Arc::new(tokio::sync::Semaphore::new(kib_max)), kib_max }
+    }
+
+    /// `response`, its body counted until the client has taken it, or 503 `busy`
+    /// if the answers in flight leave no room. One larger than the whole budget
+    /// takes all of it.
+    pub async fn hold(&self, response: Response) -> Response {
+        let size = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+        if size < ANSWER_HELD_BYTES_MIN as u64 {
+            return response;
+        }
+        let kib = usize::try_from(size.div_ceil(1024)).unwrap_or(usize::MAX).min(self.kib_max);
+        let Ok(permit) = self.kib.clone().try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX)) else {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "the node is sending answers up to its limit of {} bytes at once \
+                     (limits.api_answer_bytes_in_flight_max); this one ({size} bytes) was not sent",
+                    self.kib_max * 1024
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return e.into_response();
+        };
+        let (parts, body) = response.into_parts();
+        // Every answer here is built whole (a JSON text, a block): this takes its one piece.
+        match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(rest) => Response::from_parts(parts, axum::body::Body::new(Held { rest, _permit: permit })),
+            Err(e) => ApiError::from(Failure::Internal(format!("reading an answer back: {e}"))).into_response(),
+        }
+    }
+}
+
+/// A held answer's body: its bytes, handed out in pieces, and its place in [`Answers`].
+struct Held {
+    rest: Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(ANSWER_PIECE_BYTES);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 fn body_too_large(declared: Option<u64>, max: usize) -> ApiError {
@@ -933,6 +1020,40 @@ mod tests {
         assert_eq!(answer.results[3].id, Some(id(3).to_hex()));
         assert_eq!(answer.results[1].id, Some(id(2).to_hex()), "a record not taken is named by its id");
         assert_eq!(answer.results[2].id, None, "a malformed record has no id");
+    }
+
+    /// Goal: a large answer takes its size from the budget until its body has been read to
+    /// the end, piece by piece; one that does not fit meanwhile is 503 busy; small answers
+    /// are not counted; one larger than the whole budget takes all of it.
+    #[tokio::test]
+    async fn large_answers_are_counted_until_taken() {
+        use http_body_util::BodyExt;
+        let answers = Answers::new(200 * 1024);
+        let answer = |bytes: usize| vec![7u8; bytes].into_response();
+        let mut first = answers.hold(answer(150 * 1024)).await.into_body();
+        assert_eq!(answers.kib.available_permits(), 50);
+        let busy = answers.hold(answer(100 * 1024)).await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers().get(RETRY_AFTER).unwrap(), "1");
+        let small = answers.hold(answer(ANSWER_HELD_BYTES_MIN - 1)).await;
+        assert_eq!(small.status(), StatusCode::OK, "small answers are not counted");
+        let mut read = Vec::new();
+        while let Some(frame) = first.frame().await {
+            let piece = frame.unwrap().into_data().unwrap();
+            assert!(piece.len() <= ANSWER_PIECE_BYTES);
+            read.extend_from_slice(&piece);
+            if read.len() < 150 * 1024 {
+                assert_eq!(answers.kib.available_permits(), 50, "held until the last piece is taken");
+            }
+        }
+        assert_eq!(read, vec![7u8; 150 * 1024]);
+        drop(first);
+        assert_eq!(answers.kib.available_permits(), 200);
+        let huge = answers.hold(answer(1 << 20)).await;
+        assert_eq!(huge.status(), StatusCode::OK);
+        assert_eq!(answers.kib.available_permits(), 0, "an answer over the budget takes all of it");
+        drop(huge);
+        assert_eq!(answers.kib.available_permits(), 200);
     }
 
     fn ip(n: usize) -> Client {

@@ -45,11 +45,12 @@ pub struct Config {
 
 /// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
 const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
-const LIMIT_KEYS: [&str; 11] = [
+const LIMIT_KEYS: [&str; 12] = [
     "mempool_records_max",
     "mempool_bytes_max",
     "api_body_bytes_max",
     "api_body_bytes_in_flight_max",
+    "api_answer_bytes_in_flight_max",
     "api_connections_max",
     "api_header_timeout_ms",
     "api_requests_per_s",
@@ -79,6 +80,9 @@ pub struct Limits {
     /// Request bodies served at once, summed (declared sizes; a chunked body
     /// counts as `api_body_bytes_max`); past it requests get 503 `busy`.
     pub api_body_bytes_in_flight_max: usize,
+    /// Large answers (64 KiB or more) not yet taken by their clients, summed;
+    /// past it such requests get 503 `busy`.
+    pub api_answer_bytes_in_flight_max: usize,
     /// API connections served at once; more wait in the kernel's accept queue.
     pub api_connections_max: usize,
     /// How long a connection may take to send a request's head (kept alive: to
@@ -110,6 +114,8 @@ impl Default for Limits {
             api_body_bytes_in_flight_max: 64 << 20,
             // Well under the file handles a node raises its limit to (the store and
             // the network take theirs from the same), well over what clients need.
+            // Room for several full blocks' answers (8 MiB of records is ~11 MB of JSON).
+            api_answer_bytes_in_flight_max: 64 << 20,
             api_connections_max: 1024,
             api_header_timeout_ms: 30_000,
             api_requests_per_s: 0,
@@ -196,11 +202,12 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
             ("limits.mempool_records_max", l.mempool_records_max as u64),
             ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
             ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
             ("limits.api_body_bytes_in_flight_max", l.api_body_bytes_in_flight_max as u64),
+            ("limits.api_answer_bytes_in_flight_max", l.api_answer_bytes_in_flight_max as u64),
             ("limits.api_connections_max", l.api_connections_max as u64),
             ("limits.api_header_timeout_ms", l.api_header_timeout_ms),
             ("limits.api_request_timeout_ms", l.api_request_timeout_ms),

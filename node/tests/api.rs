@@ -961,6 +961,47 @@ async fn connections_past_the_limit_wait_and_unfinished_heads_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_is_held_until_its_client_takes_it() {
+    // Goal: a block's answer (~8 MB) that its client does not read keeps its place in
+    // limits.api_answer_bytes_in_flight_max: another large answer meanwhile is 503 busy while
+    // small ones are served; once the client has read it, whole, the next is served.
+    let node = start("answers", Limits { api_answer_bytes_in_flight_max: 1 << 20, ..Limits::default() }).await;
+    let records: Vec<SignedRecord> = (1..=100)
+        .map(|n| {
+            let mut r = record(21, &format!("big/{n}"), Op::Publish, None, 1, n);
+            r.body = Body::Inline(vec![b'x'; 60_000]);
+            r.sign(&key(21))
+        })
+        .collect();
+    node.commit(&records, true);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(node.addr).await.unwrap().into_std().unwrap();
+    slow.set_nonblocking(false).unwrap();
+    slow.write_all(b"GET /v1/blocks/1 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    // Its answer has begun, so it holds its place; the socket's buffers take a few MB of it at most.
+    let mut raw = vec![0u8; 12];
+    slow.read_exact(&mut raw).unwrap();
+    assert_eq!(&raw, b"HTTP/1.1 200");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let detail = node.get("/v1/blocks/1").await.error(503, "busy");
+    assert!(detail.contains("limits.api_answer_bytes_in_flight_max"), "{detail}");
+    assert_eq!(node.get("/v1/status").await.status, 200, "small answers are not held");
+    let raw = tokio::task::spawn_blocking(move || {
+        slow.read_to_end(&mut raw).unwrap();
+        raw
+    })
+    .await
+    .unwrap();
+    let answer = parse(&raw);
+    assert_eq!(answer.json()["records"].as_array().unwrap().len(), 100);
+    let again = node.get("/v1/blocks/1").await;
+    assert_eq!(again.status, 200, "{:?}", again.status);
+    assert_eq!(again.body, answer.body);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_is_429_with_retry_after() {
     // Goal: with api_requests_per_s = 2, a client's third request in the same instant is 429
     // rate_limited with Retry-After, and counted.
