@@ -431,7 +431,7 @@ pub fn audit(args: AuditArgs) -> Outcome {
     let mut progress = Progress { started: now, shown: now, records: 0, on: !json };
     // Blocks are fetched (HTTP, JSON) on one thread and decoded and signature-checked on others,
     // a few ahead, while this one replays them.
-    let blocks = prepare(prefetch(client, replay.height + 1, top, limit), args.from_height);
+    let blocks = prepare(prefetch(client, replay.height + 1, top, limit, json), args.from_height);
     while replay.height < top {
         let h = replay.height + 1;
         let block = match blocks.recv() {
@@ -513,12 +513,15 @@ const VERIFY_THREADS_MAX: usize = 8;
 
 type Ahead<T> = Receiver<std::result::Result<T, String>>;
 
-/// Fetches heights `from..=to` in order, ahead of the reader (`ahead`).
-fn prefetch(client: Client, from: u64, to: u64, limit: u64) -> Ahead<BlockAnswer> {
-    ahead(
-        (from..=to)
-            .map(move |h| client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit).map_err(|e| e.to_string())),
-    )
+/// Fetches heights `from..=to` in order, ahead of the reader (`ahead`); a node
+/// sending as many large answers as it holds at once (503 `busy`) is asked again.
+fn prefetch(client: Client, from: u64, to: u64, limit: u64, json: bool) -> Ahead<BlockAnswer> {
+    ahead((from..=to).map(move |h| {
+        crate::node_cmds::with_retries(&["busy"], json, || {
+            client.get_json::<BlockAnswer>(&format!("/v1/blocks/{h}"), limit)
+        })
+        .map_err(|e| e.to_string())
+    }))
 }
 
 /// Decodes and signature-checks fetched blocks in order, ahead of the reader

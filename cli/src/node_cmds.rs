@@ -228,7 +228,7 @@ fn fetch_head(client: &Client, id: &RecordId, namespace: &str, key: &str) -> Res
 }
 
 /// Runs `f` until the node stops answering `retry_code`, waiting as it asks, at most `ATTEMPTS_MAX` times.
-fn with_retries<T>(
+pub fn with_retries<T>(
     retry_codes: &[&str],
     json: bool,
     mut f: impl FnMut() -> Result<T, ClientError>,
