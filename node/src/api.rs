@@ -263,6 +263,30 @@ struct Guard {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Large answers not yet taken by their clients, in KiB of `limits.api_answer_bytes_in_flight_max`.
     answers: Answers,
+    /// KiB of `in_flight` each client holds now (clients holding none are not kept).
+    bodies_by_client: Mutex<HashMap<Client, u32>>,
+    /// The most one client may hold: a quarter of `in_flight`, at least one largest body.
+    client_share_kib: u32,
+}
+
+/// A request body's room in [`Guard::admit`]: its KiB of the budget, and of its client's share.
+struct BodyRoom {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    client: Option<(Client, u32, Arc<Guard>)>,
+}
+
+impl Drop for BodyRoom {
+    fn drop(&mut self) {
+        if let Some((client, kib, guard)) = &self.client {
+            let mut held = guard.bodies_by_client.lock().expect("bodies lock");
+            if let Some(mine) = held.get_mut(client) {
+                *mine = mine.saturating_sub(*kib);
+                if *mine == 0 {
+                    held.remove(client);
+                }
+            }
+        }
+    }
 }
 
 impl Guard {
@@ -272,17 +296,17 @@ impl Guard {
         let timeout = Duration::from_millis(limits.api_request_timeout_ms);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.api_body_bytes_in_flight_max.div_ceil(1024)));
         let answers = Answers::new(limits.api_answer_bytes_in_flight_max);
-        Guard { shared, limiter, timeout, in_flight, answers }
+        let share = (limits.api_body_bytes_in_flight_max / 4).max(limits.api_body_bytes_max).div_ceil(1024);
+        let client_share_kib = u32::try_from(share).unwrap_or(u32::MAX);
+        let bodies_by_client = Mutex::new(HashMap::new());
+        Guard { shared, limiter, timeout, in_flight, answers, bodies_by_client, client_share_kib }
     }
 
     /// The rate limit and the declared body size, checked before the body is
     /// read. Returns the bytes the body may take (its declared size; the
     /// limit when undeclared, i.e. chunked).
     fn check(&self, request: &Request) -> Result<usize, ApiError> {
-        if let (Some(limiter), Some(ConnectInfo(peer))) =
-            (&self.limiter, request.extensions().get::<ConnectInfo<SocketAddr>>())
-        {
-            let client = Client::of(peer.ip());
+        if let (Some(limiter), Some(client)) = (&self.limiter, Guard::client_of(request)) {
             let taken = limiter.lock().expect("limiter lock").take(client, Instant::now());
             if let Err(wait_s) = taken {
                 let mut e = ApiError::new(
@@ -308,27 +332,53 @@ impl Guard {
     }
 
     /// Room for a body of `bytes` among those being served, or 503 `busy`.
-    fn admit(&self, bytes: usize) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    /// A client (as the rate limit counts one) may hold at most its share of
+    /// it, so a few slow bodies from one client cannot keep everyone else's out.
+    fn admit(self: &Arc<Self>, bytes: usize, client: Option<Client>) -> Result<Option<BodyRoom>, ApiError> {
         if bytes == 0 {
             return Ok(None);
         }
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        match self.in_flight.clone().try_acquire_many_owned(kib) {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => {
+        if let Some(client) = client {
+            let mut held = self.bodies_by_client.lock().expect("bodies lock");
+            let mine = held.get(&client).copied().unwrap_or(0);
+            if mine.saturating_add(kib) > self.client_share_kib {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",
                     format!(
-                        "the node is serving request bodies up to its limit of {} bytes at once \
-                         (limits.api_body_bytes_in_flight_max); this one was not read",
-                        self.shared.limits.api_body_bytes_in_flight_max
+                        "client {client} is already sending request bodies up to its share of {} bytes at once \
+                         (a quarter of limits.api_body_bytes_in_flight_max, at least limits.api_body_bytes_max); \
+                         this one was not read",
+                        u64::from(self.client_share_kib) * 1024
                     ),
                 );
                 e.retry_after_s = Some(1);
-                Err(e)
+                return Err(e);
             }
+            if let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(kib) {
+                held.insert(client, mine + kib);
+                return Ok(Some(BodyRoom { _permit: permit, client: Some((client, kib, self.clone())) }));
+            }
+        } else if let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(kib) {
+            return Ok(Some(BodyRoom { _permit: permit, client: None }));
         }
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "the node is serving request bodies up to its limit of {} bytes at once \
+                 (limits.api_body_bytes_in_flight_max); this one was not read",
+                self.shared.limits.api_body_bytes_in_flight_max
+            ),
+        );
+        e.retry_after_s = Some(1);
+        Err(e)
+    }
+
+    /// The client a request is counted as, when its peer address is known.
+    fn client_of(request: &Request) -> Option<Client> {
+        request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(peer)| Client::of(peer.ip()))
     }
 
     fn count(&self, status: StatusCode) {
@@ -351,10 +401,11 @@ impl Deadline {
 async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, next: Next) -> Response {
     let deadline = Instant::now() + guard.timeout;
     request.extensions_mut().insert(Deadline(deadline));
-    let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes)) {
+    let client = Guard::client_of(&request);
+    let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes, client)) {
         Err(e) => e.into_response(),
-        // The permit is held until the answer is made (or the request dropped).
-        Ok(_permit) => match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
+        // The room is held until the answer is made (or the request dropped).
+        Ok(_room) => match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -710,13 +710,15 @@ async fn bodies_in_flight_past_their_budget_are_503_busy() {
     // A client that declares 4,000 bytes and sends none of them holds 4,000 of the 6,144.
     let head =
         "POST /v1/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n";
-    let hold = || {
-        let mut slow = TcpStream::connect(node.addr).unwrap();
+    // From another client than the probes (127.0.0.1), so that the node's budget is
+    // what turns them away, not one client's share of it.
+    let hold = || async {
+        let mut slow = connect_from([127, 0, 0, 2], node.addr).await;
         slow.write_all(head.as_bytes()).unwrap();
         slow.set_nonblocking(true).unwrap();
         slow
     };
-    let mut slow = hold();
+    let mut slow = hold().await;
     let padded = format!("{body}{}", " ".repeat(3000 - body.len()));
     let mut busy = None;
     for _ in 0..500 {
@@ -730,7 +732,7 @@ async fn bodies_in_flight_past_their_budget_are_503_busy() {
         // turned away. An answer (or a close) on the slow connection says so: try again.
         match slow.read(&mut [0u8; 1]) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => slow = hold(),
+            _ => slow = hold().await,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -753,6 +755,58 @@ async fn bodies_in_flight_past_their_budget_are_503_busy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, 202);
+    node.stop().await;
+}
+
+/// A blocking socket to `addr` from the loopback address `source` (any 127.0.0.0/8 address is this machine).
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_the_bodies_in_flight() {
+    // Goal: a client that declares a body and sends none of it holds its share of
+    // api_body_bytes_in_flight_max (a quarter, at least one largest body); its next body
+    // is 503 busy naming the share, while another client's still fits the node's budget.
+    let limits = Limits { api_body_bytes_max: 4096, api_body_bytes_in_flight_max: 16384, ..Limits::default() };
+    let node = start("share", limits).await;
+    let head =
+        "POST /v1/records HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n";
+    let mut slow = connect_from([127, 0, 0, 3], node.addr).await;
+    slow.write_all(head.as_bytes()).unwrap();
+    let body = body_of(&publish(21, "parcel/1", 1));
+    let request = format!(
+        "POST /v1/records HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut busy = None;
+    for _ in 0..500 {
+        let mut again = connect_from([127, 0, 0, 3], node.addr).await;
+        let request = request.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            again.write_all(request.as_bytes()).unwrap();
+            let mut raw = Vec::new();
+            let _ = again.read_to_end(&mut raw);
+            raw
+        });
+        let answer = parse(&raw.await.unwrap());
+        if answer.status == 503 {
+            busy = Some(answer);
+            break;
+        }
+        // The slow request may not have been taken yet: then this one fitted; try again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let busy = busy.expect("the same client's second body past its share");
+    let detail = busy.error(503, "busy");
+    assert!(detail.contains("client 127.0.0.3") && detail.contains("its share of 4096 bytes"), "{detail}");
+    assert_eq!(node.post("/v1/records", &body).await.status, 202, "another client's body fits");
+    drop(slow);
     node.stop().await;
 }
 
