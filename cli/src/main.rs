@@ -425,7 +425,7 @@ fn tlog_proof(
     let bytes = node_cmds::read_limited(bundle, annal_ledger::proof::BUNDLE_BYTES_MAX as u64, "bundle")?;
     let text = String::from_utf8(bytes).with_context(|| format!("bundle {} is not UTF-8", bundle.display()))?;
     let b = annal_ledger::proof::Bundle::from_json(&text)?;
-    let proof = b.to_tlog_proof();
+    let proof = b.to_tlog_proof().with_context(|| format!("{} cannot be exported", bundle.display()))?;
     match out {
         Some(path) => {
             ensure_absent(path)?;

@@ -315,7 +315,15 @@ impl Bundle {
 
     /// The C2SP tlog-proof (c2sp.org/tlog-proof@v1) of the record's inclusion:
     /// standard transparency tooling checks it with the validators' verifier keys.
-    pub fn to_tlog_proof(&self) -> String {
+    ///
+    /// Its lines are the bundle's own, so they are held to their form first:
+    /// at most 64 path hashes, each the base64 of 32 bytes, and a checkpoint
+    /// that parses as a signed note. Anything else (a line break smuggled into a
+    /// hash, say) is refused rather than written out. The signatures and the
+    /// path are not verified here: `verify` does that, and so does the tooling.
+    pub fn to_tlog_proof(&self) -> Result<String, Error> {
+        check_inclusion(&self.log_path, Check::LogInclusion, |_| Ok(()))?;
+        SignedNote::parse(&self.block.checkpoint).map_err(|e| fail(Check::Checkpoint, e.to_string()))?;
         let mut s = format!("c2sp.org/tlog-proof@v1\nindex {}\n", self.index);
         for h in &self.log_path {
             s.push_str(h);
@@ -323,7 +331,7 @@ impl Bundle {
         }
         s.push('\n');
         s.push_str(&self.block.checkpoint);
-        s
+        Ok(s)
     }
 }
 

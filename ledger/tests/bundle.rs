@@ -491,12 +491,29 @@ fn every_state_proof_forgery_is_refused() {
 }
 
 #[test]
+fn a_tlog_proof_is_not_written_from_lines_out_of_form() {
+    // Goal: the export copies the bundle's lines, so a path entry that is not one
+    // base64 hash (here with a line smuggled in) or a checkpoint that is not a signed
+    // note is refused, not written out.
+    let c = chain();
+    let b = proof::bundle(&c.store, &c.genesis, &c.anchored, false).unwrap();
+    b.to_tlog_proof().unwrap();
+    let mut f = b.clone();
+    f.log_path[0] = format!("{}\nindex 0", f.log_path[0]);
+    let e = f.to_tlog_proof().unwrap_err();
+    assert!(matches!(e, Error::Proof { check: Check::LogInclusion, .. }), "{e}");
+    let mut f = b.clone();
+    f.block.checkpoint = "not a note".into();
+    assert!(matches!(f.to_tlog_proof(), Err(Error::Proof { check: Check::Checkpoint, .. })));
+}
+
+#[test]
 fn tlog_proof_export_is_checkable_with_standard_pieces() {
     // Goal: the C2SP tlog-proof holds the index, the log path and the signed checkpoint, and those alone
     // prove inclusion with the validators' note keys and RFC 6962 arithmetic.
     let c = chain();
     let b = proof::bundle(&c.store, &c.genesis, &c.anchored, false).unwrap();
-    let text = b.to_tlog_proof();
+    let text = b.to_tlog_proof().unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("c2sp.org/tlog-proof@v1"));
     let index: u64 = lines.next().unwrap().strip_prefix("index ").unwrap().parse().unwrap();

@@ -953,7 +953,8 @@ async fn proof(
     let wait = deadline.map_or(CERTIFICATE_WAIT, |d| d.0.room()).min(CERTIFICATE_WAIT);
     let bundle = blocking(move || shared.bundle(&id, with_status, wait)).await?;
     if tlog {
-        return Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], bundle.to_tlog_proof()).into_response());
+        let text = bundle.to_tlog_proof().map_err(|e| Failure::Internal(format!("a bundle this node built: {e}")))?;
+        return Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     Ok(json_text(bundle.to_json()))
 }
