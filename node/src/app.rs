@@ -1884,6 +1884,9 @@ impl App {
             digests.push(expect_parent);
             blocks.push(b);
         }
+        let (chain, set) = (self.chain, self.set.clone());
+        let verifies =
+            move |c: &Finalization| c.kind == VoteKind::Finalize && c.verify(&chain, &set, &Ed25519Verifier).is_ok();
         // The last block whose own finalization verifies makes it and every block before it final.
         let mut last_final = None;
         for (i, (b, e)) in blocks.iter().zip(&entries).enumerate().rev() {
@@ -1895,18 +1898,17 @@ impl App {
             let own = c.height == b.height && c.digest == digests[i];
             // The epoch's last block may be final only through the empty blocks after it.
             let through_tail = !own && b.height.0 == self.epoch_end && self.tail_reaches(b, &e.tail, &c);
-            if c.kind == VoteKind::Finalize
-                && (own || through_tail)
-                && c.verify(&self.chain, &self.set, &Ed25519Verifier).is_ok()
-            {
+            if (own || through_tail) && verifies(&c) {
                 last_final = Some((i, c, through_tail));
                 break;
             }
         }
         let Some((last, finalization, through_tail)) = last_final else { return Ok(0) };
         for (k, ((b, e), &digest)) in blocks.iter().zip(&entries).zip(&digests).take(last + 1).enumerate() {
+            // A block's own finalization is kept (and served to others) only if it verifies;
+            // else the last block's, which makes this one final too.
             let own = match Message::decode(&e.finalization, &self.limits) {
-                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == digest => c,
+                Ok(Message::Certificate(c)) if c.height == b.height && c.digest == digest && verifies(&c) => c,
                 _ => finalization.clone(),
             };
             let tail = (k == last && through_tail).then(|| e.tail.clone());

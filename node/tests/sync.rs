@@ -166,6 +166,35 @@ fn only_verified_chains_from_the_tip_are_committed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Goal (review, session 30): a block's own finalization in a sync answer is kept (and so
+/// served to the next node) only if it verifies: a forged one on a block before the last
+/// is replaced by the last block's, which makes it final too.
+#[test]
+fn a_forged_finalization_before_the_last_block_is_not_kept() {
+    let g = genesis();
+    let (dir, shared, mut app) = follower("annal-sync-forged", &g);
+    let chain = ChainId(g.hash());
+    let (b1, c1) = final_block(&g, 1, g.hash(), &[0, 1, 2]);
+    let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
+    let mut forged = c1.clone();
+    forged.signatures[0][0] ^= 1;
+    app.apply_sync(PeerId::random(), &answer(&[(b1, forged), (b2, c2.clone())]), &mut Effects::default()).unwrap();
+    assert_eq!(shared.store().tip().height.0, 2, "both blocks are final through the second's finalization");
+    let set = set(&g);
+    for height in [1, 2] {
+        let link: annal_node::wire::Link =
+            codec::decode(&shared.store().app_meta(&annal_node::wire::link_key(height)).unwrap().unwrap(), 1 << 20)
+                .unwrap();
+        let Ok(Message::Certificate(kept)) = Message::decode(&link.finalization, &annal_consensus::Limits::default())
+        else {
+            panic!("height {height}: no certificate kept");
+        };
+        kept.verify(&chain, &set, &annal_consensus::Ed25519Verifier).unwrap_or_else(|e| panic!("height {height}: {e}"));
+        assert_eq!(kept, c2, "height {height} keeps the second block's finalization");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Goal: an epoch's last block finalized only through the empty blocks after it (the old
 /// epoch's cores, which held them, are gone) is committed from a sync answer that carries
 /// those blocks, and only when they are empty, consecutive and end at the finalized block.
