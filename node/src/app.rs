@@ -60,6 +60,10 @@ struct HeldSignature {
 const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
 /// Blocks asked for in one sync request.
 const SYNC_BATCH: u32 = 128;
+/// Blocks an answer may add past those asked for, to end at a block with its own finalization.
+const SYNC_EXTRA_MAX: u32 = 64;
+/// Certificates one answer to `SyncRequest::Certificates` holds at most (heights `from..=from + 1024`).
+const SYNC_CERTIFICATES_MAX: usize = 1025;
 /// Heights behind what peers show before this node syncs instead of waiting for consensus.
 const SYNC_GAP: u64 = 3;
 /// Ticks without a commit (5 s) after which a node asks a peer for the blocks
@@ -1769,7 +1773,7 @@ impl App {
                 let mut out = Vec::new();
                 let mut bytes = 0usize;
                 let mut h = from.max(1);
-                let extra_max = 64u64;
+                let extra_max = u64::from(SYNC_EXTRA_MAX);
                 while h <= self.tip_height {
                     let (block, link) = self.rebuild_block(h)?;
                     let own = link_is_own(&link, h, &self.limits);
@@ -1800,7 +1804,7 @@ impl App {
             SyncRequest::Certificates { from, to } => {
                 let store = self.shared.store();
                 let mut out = Vec::new();
-                for h in from..=to.min(from.saturating_add(1024)) {
+                for h in from..=to.min(from.saturating_add(SYNC_CERTIFICATES_MAX as u64 - 1)) {
                     if let Some(c) = store.certificate(Height(h))? {
                         out.push(c.to_bytes());
                     }
@@ -1829,14 +1833,22 @@ impl App {
                 return Ok(());
             }
         };
+        // No more than an honest answer holds is looked at, and each height's certificate
+        // is checked once: a peer's answer of thousands of forged copies of one, or of
+        // made-up blocks that chain to this tip, each with a forged finalization, would
+        // otherwise hold the loop for seconds (review, session 30).
         match response {
             SyncResponse::Certificates(certs) => {
-                for bytes in certs {
-                    let Ok(cert) = Certificate::from_bytes(&bytes) else { continue };
-                    self.verify_and_store_certificate(&cert)?;
+                let mut tried = BTreeSet::new();
+                for bytes in certs.iter().take(SYNC_CERTIFICATES_MAX) {
+                    let Ok(cert) = Certificate::from_bytes(bytes) else { continue };
+                    if tried.insert(cert.height) {
+                        self.verify_and_store_certificate(&cert)?;
+                    }
                 }
             }
-            SyncResponse::Blocks(entries) => {
+            SyncResponse::Blocks(mut entries) => {
+                entries.truncate((SYNC_BATCH + SYNC_EXTRA_MAX) as usize);
                 let applied = self.apply_blocks(peer, entries, fx)?;
                 if applied > 0 {
                     info!(%peer, applied, height = self.tip_height, "synced blocks");

@@ -195,6 +195,40 @@ fn a_forged_finalization_before_the_last_block_is_not_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Goal (review, session 30): no more of a sync answer is looked at than an honest one
+/// holds: blocks past the 128 asked for and the 64 that may follow are dropped, and
+/// certificates past 1,025 are not checked.
+#[test]
+fn a_sync_answer_is_read_no_further_than_an_honest_one_goes() {
+    let g = genesis();
+    let (dir, shared, mut app) = follower("annal-sync-bounded", &g);
+    let chain = ChainId(g.hash());
+    let mut entries = Vec::new();
+    let mut parent = g.hash();
+    for h in 1..=200 {
+        let (b, c) = final_block(&g, h, parent, &[0, 1, 2]);
+        parent = b.hash(&chain);
+        entries.push((b, c));
+    }
+    app.apply_sync(PeerId::random(), &answer(&entries), &mut Effects::default()).unwrap();
+    assert_eq!(shared.store().tip().height.0, 192, "128 asked for and 64 more at most");
+
+    // Height 1 is uncertified (the answer carried no checkpoint certificates): a valid
+    // certificate behind 1,025 junk entries is not looked at; alone it is stored.
+    let header = shared.store().header(annal_ledger::block::Height(1)).unwrap().unwrap();
+    let keys: Vec<SecretKey> = (1..=3u8).map(|i| SecretKey::from_seed([i; 32])).collect();
+    let signers: Vec<(usize, &SecretKey)> = keys.iter().enumerate().collect();
+    let cert = annal_ledger::block::Certificate::sign(&header, &g.validator_set(), &signers).to_bytes();
+    let certificates = |list: Vec<Vec<u8>>| codec::encode(&SyncResponse::Certificates(list));
+    let mut padded = vec![b"junk".to_vec(); 1025];
+    padded.push(cert.clone());
+    app.apply_sync(PeerId::random(), &certificates(padded), &mut Effects::default()).unwrap();
+    assert!(shared.store().certificate(annal_ledger::block::Height(1)).unwrap().is_none());
+    app.apply_sync(PeerId::random(), &certificates(vec![cert]), &mut Effects::default()).unwrap();
+    assert!(shared.store().certificate(annal_ledger::block::Height(1)).unwrap().is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Goal: an epoch's last block finalized only through the empty blocks after it (the old
 /// epoch's cores, which held them, are gone) is committed from a sync answer that carries
 /// those blocks, and only when they are empty, consecutive and end at the finalized block.
