@@ -516,7 +516,14 @@ impl Core {
     }
 
     fn on_vote(&mut self, now: Duration, from: ValidatorIndex, vote: Vote) {
+        let mut verified = false;
         if vote.kind == VoteKind::Nullify && vote.view < self.view {
+            // Only a vote that verifies shows someone behind: a forged one, relayed, would
+            // make every node broadcast its catch-up bundle (review, session 30).
+            if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
+                return self.reject(from, error);
+            }
+            verified = true;
             self.help(now, from);
         }
         if vote.kind == VoteKind::Propose
@@ -535,8 +542,10 @@ impl Core {
             VoteKind::Finalize => round.votes[slot(VoteKind::Nullify)].get(&vote.signer).cloned(),
             _ => None,
         };
-        if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
-            return self.reject(from, error);
+        if !verified {
+            if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
+                return self.reject(from, error);
+            }
         }
         for first in [same.clone(), other].into_iter().flatten() {
             if conflicting(&first, &vote) {

@@ -304,6 +304,21 @@ fn laggard_is_helped() {
     assert_eq!(sent, vec![(3, 1), (3, 2)]);
 }
 
+/// Goal (review, session 30): a nullify for an old view whose signature does not verify
+/// helps no one (relayed, a forged one made every node broadcast) and is rejected.
+#[test]
+fn a_forged_laggards_nullify_is_rejected_not_helped() {
+    let mut c = core(0, SafetyState::default());
+    c.handle(Duration::ZERO, Input::Start);
+    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 1, 0, [0; 32], &[1, 2, 3])));
+    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 2, 0, [0; 32], &[1, 2, 3])));
+    let mut forged = vote(3, VoteKind::Nullify, 1, 0, [0; 32]);
+    forged.signature[0] ^= 1;
+    let out = msg(&mut c, 3, Message::Vote(forged));
+    assert!(!out.iter().any(|o| matches!(o, Output::Send { .. })), "{out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{out:?}");
+}
+
 /// Goal: votes up to `views_ahead_max` views ahead are counted and one view more is dropped.
 #[test]
 fn votes_beyond_views_ahead_max_are_dropped() {
