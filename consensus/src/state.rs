@@ -155,6 +155,8 @@ pub struct Core {
     now: Duration,
     sends: Vec<Output>,
     out: Vec<Output>,
+    /// Messages this core looked at past its first checks ([`Core::messages_taken`]).
+    taken: u64,
 }
 
 impl Core {
@@ -198,7 +200,16 @@ impl Core {
             quiet_wants: false,
             sends: Vec::new(),
             out: Vec::new(),
+            taken: 0,
         }
+    }
+
+    /// How many messages this core has looked at past its first checks (a view
+    /// in its window, not one it already holds): a message that leaves this
+    /// count alone and was not rejected changed nothing here, and a host need
+    /// not pass it on. Counts nothing that is hashed or signed.
+    pub fn messages_taken(&self) -> u64 {
+        self.taken
     }
 
     pub fn view(&self) -> View {
@@ -314,8 +325,14 @@ impl Core {
             Message::Propose(p) => self.on_proposal(from, p),
             Message::Vote(v) => self.on_vote(now, from, v),
             Message::Certificate(c) => self.on_certificate(from, c),
-            Message::BlockRequest(d) => self.on_block_request(from, d),
-            Message::BlockResponse(b) => self.on_block_response(b),
+            Message::BlockRequest(d) => {
+                self.taken += 1;
+                self.on_block_request(from, d)
+            }
+            Message::BlockResponse(b) => {
+                self.taken += 1;
+                self.on_block_response(b)
+            }
         }
     }
 
@@ -352,6 +369,7 @@ impl Core {
         if existing.as_ref().is_some_and(|(d, _)| *d == digest) {
             return;
         }
+        self.taken += 1;
         if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
             return self.reject(from, error);
         }
@@ -524,6 +542,7 @@ impl Core {
                 return self.reject(from, error);
             }
             verified = true;
+            self.taken += 1;
             self.help(now, from);
         }
         if vote.kind == VoteKind::Propose
@@ -536,6 +555,9 @@ impl Core {
         let same = round.votes[slot(vote.kind)].get(&vote.signer).cloned();
         if same.as_ref() == Some(&vote) {
             return;
+        }
+        if !verified {
+            self.taken += 1;
         }
         let other = match vote.kind {
             VoteKind::Nullify => round.votes[slot(VoteKind::Finalize)].get(&vote.signer).cloned(),
@@ -586,6 +608,7 @@ impl Core {
         {
             return;
         }
+        self.taken += 1;
         if let Err(error) = c.verify(&self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
             return self.reject(from, error);
         }

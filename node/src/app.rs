@@ -1408,6 +1408,11 @@ impl App {
                 if !self.uncertified.contains(&height) {
                     return Ok(Verdict::Ignore);
                 }
+                let held = self.signatures.get(&height).and_then(|s| s.get(&signer));
+                if held.is_some_and(|h| h.checked && h.signature == signature) {
+                    // A copy of one checked already (another sequence number): not checked again.
+                    return Ok(Verdict::Ignore);
+                }
                 // Checked on arrival, so a bad copy from anyone never displaces a good one.
                 let header = self.shared.store().header(Height(height))?.context("a committed height has no header")?;
                 // The signer index is in the set of that height, which governance may have changed since.
@@ -1430,10 +1435,17 @@ impl App {
     /// gossip verdict says whether the core took it.
     fn on_consensus_message(&mut self, from: u32, m: Message, fx: &mut Effects) -> Result<Verdict> {
         let before = self.rejected;
+        let taken = |app: &Self| app.validator.as_ref().map(|v| v.core.messages_taken());
+        let taken_before = taken(self);
         self.drive(Input::Message { from: ValidatorIndex(from), message: m }, fx)?;
         if self.rejected > before {
             // Bad signature, wrong signer, malformed certificate: not relayed.
             return Ok(Verdict::Reject);
+        }
+        if taken_before.is_some() && taken(self) == taken_before {
+            // Outside the core's window of views, or a copy of what it holds: it did
+            // nothing with it, so neither is it relayed (review, session 30).
+            return Ok(Verdict::Ignore);
         }
         Ok(Verdict::Accept)
     }

@@ -458,6 +458,11 @@ fn checkpoint_signatures_are_checked_on_arrival_whoever_relays_them() {
     assert_eq!(app.on_consensus_gossip(&relay, &signed(0, 1), &mut fx).unwrap(), Verdict::Accept);
     assert_eq!(app.on_consensus_gossip(&relay, &forged(0), &mut fx).unwrap(), Verdict::Reject, "after the good one");
     assert_eq!(app.on_consensus_gossip(&relay, &signed(1, 1), &mut fx).unwrap(), Verdict::Accept);
+    let copy = {
+        let signature = SecretKey::from_seed([2; 32]).sign_checkpoint(&checkpoint).0;
+        codec::encode(&Envelope::Checkpoint { seq: 77, height: 1, signer: 1, signature })
+    };
+    assert_eq!(app.on_consensus_gossip(&relay, &copy, &mut fx).unwrap(), Verdict::Ignore, "a copy, not checked again");
     assert_eq!(certified(), 0, "two of four");
     assert_eq!(app.on_consensus_gossip(&relay, &signed(2, 1), &mut fx).unwrap(), Verdict::Accept);
     assert_eq!(certified(), 1, "three of four, validator 0's good signature still among them");
@@ -466,6 +471,40 @@ fn checkpoint_signatures_are_checked_on_arrival_whoever_relays_them() {
     let signer_3 = annal_node::net::peer_id(&SecretKey::from_seed([14; 32]).public()).unwrap();
     assert_eq!(app.on_consensus_gossip(&relay, &signed(3, 3), &mut fx).unwrap(), Verdict::Ignore);
     assert_eq!(app.on_consensus_gossip(&signer_3, &signed(3, 3), &mut fx).unwrap(), Verdict::Accept);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Goal (review, session 30): a consensus message a validator's core does nothing with
+/// (a view outside its window, a copy of a vote it holds) is ignored, not relayed; one it
+/// takes is accepted, one that does not verify rejected.
+#[test]
+fn consensus_messages_the_core_does_nothing_with_are_not_relayed() {
+    let g = genesis();
+    let chain = ChainId(g.hash());
+    let (dir, _shared, mut app) = node("annal-ignored", &g, Some(SecretKey::from_seed([1; 32])));
+    let mut fx = Effects::default();
+    let vote = |signer: u8, view: u64| {
+        let bytes = signing_bytes(VoteKind::Nullify, &chain, View(view), Height(0), &[0; 32]);
+        let signature = SigningKey::from_bytes(&[signer + 1; 32]).sign(&bytes).to_bytes();
+        Message::Vote(Vote {
+            kind: VoteKind::Nullify,
+            view: View(view),
+            height: Height(0),
+            digest: [0; 32],
+            signer: ValidatorIndex(signer as u32),
+            signature,
+        })
+    };
+    let envelope = |seq: u64, m: &Message| codec::encode(&Envelope::Consensus { seq, message: m.encode() });
+    let peer = PeerId::random();
+    let mut forged = vote(1, 1);
+    if let Message::Vote(v) = &mut forged {
+        v.signature[0] ^= 1;
+    }
+    assert_eq!(app.on_consensus_gossip(&peer, &envelope(1, &forged), &mut fx).unwrap(), Verdict::Reject);
+    assert_eq!(app.on_consensus_gossip(&peer, &envelope(2, &vote(1, 1)), &mut fx).unwrap(), Verdict::Accept);
+    assert_eq!(app.on_consensus_gossip(&peer, &envelope(3, &vote(1, 1)), &mut fx).unwrap(), Verdict::Ignore, "a copy");
+    assert_eq!(app.on_consensus_gossip(&peer, &envelope(4, &vote(2, 5_000)), &mut fx).unwrap(), Verdict::Ignore);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
