@@ -703,7 +703,9 @@ impl<'a> SetWalk<'a> {
     fn at(&mut self, height: u64) -> Result<ValidatorSet, Error> {
         assert!(height > self.since || self.next == 0, "heights are asked in order");
         while let Some(change) = self.changes.get(self.next) {
-            let header = decode_header(&change.block.header).map_err(|e| fail(Check::SetChain, e.to_string()))?;
+            let which = self.next;
+            let header = decode_header(&change.block.header)
+                .map_err(|e| fail(Check::SetChain, format!("set_changes[{which}]'s header: {e}")))?;
             if header.height.0 >= height {
                 break;
             }
@@ -712,9 +714,12 @@ impl<'a> SetWalk<'a> {
             }
             check_certified(&header, &change.block.checkpoint, &self.current, &self.chain_id)
                 .map_err(|e| fail(Check::SetChain, format!("change at height {}: {e}", header.height.0)))?;
-            let bytes = decode_b64(&change.next_set, Check::SetChain, "next set bytes")?;
-            let next: ValidatorSet =
-                codec::decode(&bytes, 1 << 20).map_err(|e| fail(Check::SetChain, e.to_string()))?;
+            let named = |detail: String| {
+                fail(Check::SetChain, format!("set_changes[{which}] (height {}): {detail}", header.height.0))
+            };
+            let bytes =
+                B64.decode(&change.next_set).map_err(|e| named(format!("next set bytes are not base64: {e}")))?;
+            let next: ValidatorSet = codec::decode(&bytes, 1 << 20).map_err(|e| named(format!("next set: {e}")))?;
             next.check_bounds()
                 .map_err(|e| fail(Check::SetChain, format!("the set announced at height {}: {e}", header.height.0)))?;
             if next.hash() != header.next_validators_hash || header.next_validators_hash == header.validators_hash {

@@ -568,6 +568,16 @@ fn consistency_proofs_verify_across_set_changes_and_refuse_forgeries() {
     let mut dropped = p.clone();
     dropped.set_changes.remove(0);
     assert!(proof::verify_consistency(&dropped, g, None).is_err());
+    // A set change that does not decode is named by its place and height.
+    for (field, want) in [("header", "set_changes[1]'s header"), ("next_set", "set_changes[1] (height ")] {
+        let mut f = p.clone();
+        match field {
+            "header" => f.set_changes[1].block.header = "%%".into(),
+            _ => f.set_changes[1].next_set = "%%".into(),
+        }
+        let e = proof::verify_consistency(&f, g, None).unwrap_err().to_string();
+        assert!(e.contains(want), "{field}: {e}");
+    }
     // A bad signature is said of the block it is on.
     for (old, which) in [(true, "the old block at height 2: "), (false, "the new block at height 7: ")] {
         let mut f = p.clone();
