@@ -556,15 +556,13 @@ impl Core {
         if same.as_ref() == Some(&vote) {
             return;
         }
-        if !verified {
-            self.taken += 1;
-        }
         let other = match vote.kind {
             VoteKind::Nullify => round.votes[slot(VoteKind::Finalize)].get(&vote.signer).cloned(),
             VoteKind::Finalize => round.votes[slot(VoteKind::Nullify)].get(&vote.signer).cloned(),
             _ => None,
         };
         if !verified {
+            self.taken += 1;
             if let Err(error) = verify_vote(&vote, &self.cfg.chain_id, &self.cfg.validators, self.verifier.as_ref()) {
                 return self.reject(from, error);
             }

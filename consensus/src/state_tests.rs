@@ -283,13 +283,19 @@ fn restart_from_safety_state_cannot_double_vote() {
     assert!(votes_sent(&out).is_empty(), "{out:?}");
 }
 
-/// Goal: a node nullifying an old view is sent the certificates that bring it to the current view.
-#[test]
-fn laggard_is_helped() {
+/// Validator 0's core in view 3, views 1 and 2 nullified by validators 1 to 3.
+fn core_past_two_nullified_views() -> Core {
     let mut c = core(0, SafetyState::default());
     c.handle(Duration::ZERO, Input::Start);
     msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 1, 0, [0; 32], &[1, 2, 3])));
     msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 2, 0, [0; 32], &[1, 2, 3])));
+    c
+}
+
+/// Goal: a node nullifying an old view is sent the certificates that bring it to the current view.
+#[test]
+fn laggard_is_helped() {
+    let mut c = core_past_two_nullified_views();
     let out = msg(&mut c, 3, Message::Vote(vote(3, VoteKind::Nullify, 1, 0, [0; 32])));
     let sent: Vec<_> = out
         .iter()
@@ -308,10 +314,7 @@ fn laggard_is_helped() {
 /// helps no one (relayed, a forged one made every node broadcast) and is rejected.
 #[test]
 fn a_forged_laggards_nullify_is_rejected_not_helped() {
-    let mut c = core(0, SafetyState::default());
-    c.handle(Duration::ZERO, Input::Start);
-    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 1, 0, [0; 32], &[1, 2, 3])));
-    msg(&mut c, 1, Message::Certificate(certificate(VoteKind::Nullify, 2, 0, [0; 32], &[1, 2, 3])));
+    let mut c = core_past_two_nullified_views();
     let mut forged = vote(3, VoteKind::Nullify, 1, 0, [0; 32]);
     forged.signature[0] ^= 1;
     let out = msg(&mut c, 3, Message::Vote(forged));

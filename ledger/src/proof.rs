@@ -714,12 +714,10 @@ impl<'a> SetWalk<'a> {
             }
             check_certified(&header, &change.block.checkpoint, &self.current, &self.chain_id)
                 .map_err(|e| fail(Check::SetChain, format!("change at height {}: {e}", header.height.0)))?;
-            let named = |detail: String| {
-                fail(Check::SetChain, format!("set_changes[{which}] (height {}): {detail}", header.height.0))
-            };
-            let bytes =
-                B64.decode(&change.next_set).map_err(|e| named(format!("next set bytes are not base64: {e}")))?;
-            let next: ValidatorSet = codec::decode(&bytes, 1 << 20).map_err(|e| named(format!("next set: {e}")))?;
+            let named = |e: Error| said_of(e, &format!("set_changes[{which}] (height {})", header.height.0));
+            let bytes = decode_b64(&change.next_set, Check::SetChain, "next set bytes").map_err(named)?;
+            let next: ValidatorSet =
+                codec::decode(&bytes, 1 << 20).map_err(|e| named(fail(Check::SetChain, format!("next set: {e}"))))?;
             next.check_bounds()
                 .map_err(|e| fail(Check::SetChain, format!("the set announced at height {}: {e}", header.height.0)))?;
             if next.hash() != header.next_validators_hash || header.next_validators_hash == header.validators_hash {

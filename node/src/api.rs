@@ -198,6 +198,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_query", detail)
     }
 
+    /// 503 `busy` with `Retry-After: 1`: a budget of the node's is spent for now.
+    fn busy(detail: impl Into<String>) -> ApiError {
+        ApiError { retry_after_s: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", detail) }
+    }
+
     fn too_large(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", detail)
     }
@@ -339,41 +344,28 @@ impl Guard {
             return Ok(None);
         }
         let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        if let Some(client) = client {
-            let mut held = self.bodies_by_client.lock().expect("bodies lock");
-            let mine = held.get(&client).copied().unwrap_or(0);
-            if mine.saturating_add(kib) > self.client_share_kib {
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    format!(
-                        "client {client} is already sending request bodies up to its share of {} bytes at once \
-                         (a quarter of limits.api_body_bytes_in_flight_max, at least limits.api_body_bytes_max); \
-                         this one was not read",
-                        u64::from(self.client_share_kib) * 1024
-                    ),
-                );
-                e.retry_after_s = Some(1);
-                return Err(e);
-            }
-            if let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(kib) {
-                held.insert(client, mine + kib);
-                return Ok(Some(BodyRoom { _permit: permit, client: Some((client, kib, self.clone())) }));
-            }
-        } else if let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(kib) {
-            return Ok(Some(BodyRoom { _permit: permit, client: None }));
+        let mut held = self.bodies_by_client.lock().expect("bodies lock");
+        let mine = client.map(|c| (c, held.get(&c).copied().unwrap_or(0)));
+        if let Some((client, _)) = mine.filter(|(_, mine)| mine.saturating_add(kib) > self.client_share_kib) {
+            return Err(ApiError::busy(format!(
+                "client {client} is already sending request bodies up to its share of {} bytes at once \
+                 (a quarter of limits.api_body_bytes_in_flight_max, at least limits.api_body_bytes_max); \
+                 this one was not read",
+                u64::from(self.client_share_kib) * 1024
+            )));
         }
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            format!(
+        let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(kib) else {
+            return Err(ApiError::busy(format!(
                 "the node is serving request bodies up to its limit of {} bytes at once \
                  (limits.api_body_bytes_in_flight_max); this one was not read",
                 self.shared.limits.api_body_bytes_in_flight_max
-            ),
-        );
-        e.retry_after_s = Some(1);
-        Err(e)
+            )));
+        };
+        let client = mine.map(|(client, mine)| {
+            held.insert(client, mine + kib);
+            (client, kib, self.clone())
+        });
+        Ok(Some(BodyRoom { _permit: permit, client }))
     }
 
     /// The client a request is counted as, when its peer address is known.
@@ -425,7 +417,7 @@ async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, ne
 }
 
 /// Answers of at least this many bytes are counted until their client has taken them.
-pub const ANSWER_HELD_BYTES_MIN: usize = 64 * 1024;
+const ANSWER_HELD_BYTES_MIN: usize = 64 * 1024;
 /// The pieces a held answer is handed to the connection in: it asks for the next only as
 /// the client reads, so the rest stays here, counted.
 const ANSWER_PIECE_BYTES: usize = 64 * 1024;
@@ -435,13 +427,13 @@ const ANSWER_PIECE_BYTES: usize = 64 * 1024;
 /// asks for a full block and never reads would otherwise hold it in the node, and
 /// a few hundred such clients its memory. An answer that does not fit is 503 `busy`.
 #[derive(Clone)]
-pub struct Answers {
+struct Answers {
     kib: Arc<tokio::sync::Semaphore>,
     kib_max: usize,
 }
 
 impl Answers {
-    pub fn new(bytes_max: usize) -> Answers {
+    fn new(bytes_max: usize) -> Answers {
         let kib_max = bytes_max.div_ceil(1024);
         Answers { kib: Arc::new(tokio::sync::Semaphore::new(kib_max)), kib_max }
     }
@@ -449,24 +441,19 @@ impl Answers {
     /// `response`, its body counted until the client has taken it, or 503 `busy`
     /// if the answers in flight leave no room. One larger than the whole budget
     /// takes all of it.
-    pub async fn hold(&self, response: Response) -> Response {
+    async fn hold(&self, response: Response) -> Response {
         let size = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
         if size < ANSWER_HELD_BYTES_MIN as u64 {
             return response;
         }
         let kib = usize::try_from(size.div_ceil(1024)).unwrap_or(usize::MAX).min(self.kib_max);
         let Ok(permit) = self.kib.clone().try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX)) else {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!(
-                    "the node is sending answers up to its limit of {} bytes at once \
-                     (limits.api_answer_bytes_in_flight_max); this one ({size} bytes) was not sent",
-                    self.kib_max * 1024
-                ),
-            );
-            e.retry_after_s = Some(1);
-            return e.into_response();
+            return ApiError::busy(format!(
+                "the node is sending answers up to its limit of {} bytes at once \
+                 (limits.api_answer_bytes_in_flight_max); this one ({size} bytes) was not sent",
+                self.kib_max * 1024
+            ))
+            .into_response();
         };
         let (parts, body) = response.into_parts();
         // Every answer here is built whole (a JSON text, a block): this takes its one piece.

@@ -112,10 +112,10 @@ impl Default for Limits {
             api_body_bytes_max: 16 << 20,
             // Four full bodies: each is held several times over while it is decoded and admitted.
             api_body_bytes_in_flight_max: 64 << 20,
-            // Well under the file handles a node raises its limit to (the store and
-            // the network take theirs from the same), well over what clients need.
             // Room for several full blocks' answers (8 MiB of records is ~11 MB of JSON).
             api_answer_bytes_in_flight_max: 64 << 20,
+            // Well under the file handles a node raises its limit to (the store and
+            // the network take theirs from the same), well over what clients need.
             api_connections_max: 1024,
             api_header_timeout_ms: 30_000,
             api_requests_per_s: 0,
