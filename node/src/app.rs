@@ -40,12 +40,20 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::gather;
+use crate::history::{self, SYNC_BATCH, SYNC_CERTIFICATES_MAX, SYNC_EXTRA_MAX};
 use crate::mempool::Source;
 use crate::net::{GossipId, NetEvent, NetworkHandle, PeerId, ResponseChannel, Topic, Verdict};
 use crate::shared::{Outcome, Placed, Settled, Shared, SyncState};
 use crate::wire::{
     self, BlockBody, CompactProposal, Envelope, EpochTail, Link, RecordBatch, SyncBlock, SyncRequest, SyncResponse,
 };
+
+/// What a peer's sync request gets: an answer built on the loop, or a request
+/// for committed history that the store answers off it ([`history`]).
+pub enum SyncAnswer {
+    Ready(Vec<u8>),
+    History(history::Request),
+}
 
 /// A checkpoint signature held until its height is certified, and whether
 /// it was checked against the height's header (one that arrives before the
@@ -58,12 +66,6 @@ struct HeldSignature {
 
 /// Heights ahead of the tip for which checkpoint signatures are buffered.
 const EARLY_SIGNATURES_HEIGHTS: u64 = 256;
-/// Blocks asked for in one sync request.
-const SYNC_BATCH: u32 = 128;
-/// Blocks an answer may add past those asked for, to end at a block with its own finalization.
-const SYNC_EXTRA_MAX: u32 = 64;
-/// Certificates one answer to `SyncRequest::Certificates` holds at most (heights `from..=from + 1024`).
-const SYNC_CERTIFICATES_MAX: usize = 1025;
 /// Heights behind what peers show before this node syncs instead of waiting for consensus.
 const SYNC_GAP: u64 = 3;
 /// Ticks without a commit (5 s) after which a node asks a peer for the blocks
@@ -429,7 +431,7 @@ impl App {
         if tip_height > 0 {
             // Consensus digests are signed into every finalization: a chain made
             // under another digest rule cannot be continued, only replaced.
-            let (block, link) = app.rebuild_block_unchecked(tip_height)?;
+            let (block, link) = history::rebuild_block_unchecked(&app.shared, &app.limits, tip_height)?;
             if block.hash(&app.chain_of(tip_height)) != link.digest {
                 bail!(
                     "the block at height {tip_height} in {} does not hash to the consensus digest it was finalized \
@@ -545,7 +547,7 @@ impl App {
 
     /// The consensus chain id under which height `h` was ordered.
     fn chain_of(&self, h: u64) -> ChainId {
-        epoch_chain(self.shared.genesis_hash, self.shared.genesis.params.epoch_of(h))
+        history::chain_of(&self.shared, h)
     }
 
     /// The running epoch's safety file (a new one when the epoch changed).
@@ -1635,62 +1637,25 @@ impl App {
     /// The block `digest` as `Message::BlockResponse` wire bytes, if this node
     /// holds it: in its core, among the blocks it voted for (persisted), or
     /// committed.
-    fn block_bytes(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+    /// A block by digest: from the core or a voted block's file, answered now; a committed
+    /// one from the store, built off the loop ([`history`]).
+    fn block_bytes(&self, digest: &[u8; 32]) -> Result<SyncAnswer> {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
-            return Ok(Some(Message::encode_block_response(b)));
+            return Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(Message::encode_block_response(b))))));
         }
         if self.persisted.contains_key(digest) {
             let path = self.data_dir.join("blocks").join(hex::encode(digest));
             if let Ok(bytes) = std::fs::read(&path) {
                 if let Ok(Message::BlockResponse(_)) = Message::decode(&bytes, &self.limits) {
-                    return Ok(Some(bytes));
+                    return Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(bytes)))));
                 }
             }
         }
         let height = self.shared.store().app_meta(&wire::digest_key(digest))?;
         match height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-            Some(h) if h <= self.tip_height => Ok(Some(Message::BlockResponse(self.rebuild_block(h)?.0).encode())),
-            _ => Ok(None),
+            Some(h) if h <= self.tip_height => Ok(SyncAnswer::History(history::Request::Block { height: h })),
+            _ => Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(None)))),
         }
-    }
-
-    /// Rebuilds the consensus block committed at `h` from the store, with its link.
-    fn rebuild_block(&self, h: u64) -> Result<(Block, Link)> {
-        let (block, link) = self.rebuild_block_unchecked(h)?;
-        if block.hash(&self.chain_of(h)) != link.digest {
-            bail!("the block rebuilt at height {h} does not hash to its stored digest");
-        }
-        Ok((block, link))
-    }
-
-    /// The consensus block committed at `h` and its link, as stored, without
-    /// checking that the block hashes to the link's digest.
-    fn rebuild_block_unchecked(&self, h: u64) -> Result<(Block, Link)> {
-        let store = self.shared.store();
-        let link: Link = codec::decode(
-            &store.app_meta(&wire::link_key(h))?.with_context(|| format!("no consensus link at height {h}"))?,
-            self.limits.message_bytes_max * 2,
-        )?;
-        let header = store.header(Height(h))?.with_context(|| format!("no header at height {h}"))?;
-        let first = store.first_index(Height(h))?;
-        let mut appended = VecDeque::from(store.records_in(first, header.log_size)?);
-        let total = appended.len() + link.skipped.len();
-        let mut skipped: BTreeMap<u32, Vec<u8>> = link.skipped.iter().cloned().collect();
-        let mut records = Vec::with_capacity(total);
-        for p in 0..total as u32 {
-            match skipped.remove(&p) {
-                Some(r) => records.push(r),
-                None => records.push(appended.pop_front().context("the link's skipped positions disagree")?),
-            }
-        }
-        let block = Block {
-            height: consensus::Height(h),
-            view: consensus::View(link.view),
-            parent_view: consensus::View(link.parent_view),
-            parent: link.parent,
-            payload: BlockBody::payload_of_bytes(BlockBody { time_ms: link.time_ms, records }.to_bytes()),
-        };
-        Ok((block, link))
     }
 
     /// A timer fired or the tick came round.
@@ -1763,75 +1728,40 @@ impl App {
         Ok(None)
     }
 
+    /// The connected peers that are validators of the set in force.
+    pub fn validator_peers(&self) -> Vec<PeerId> {
+        self.connected.iter().filter(|p| self.peers_by_id.contains_key(p)).copied().collect()
+    }
+
     fn pick_peer(&self) -> Option<PeerId> {
-        let validators: Vec<&PeerId> = self.connected.iter().filter(|p| self.peers_by_id.contains_key(p)).collect();
+        let validators = self.validator_peers();
         if validators.is_empty() {
             return None;
         }
-        Some(*validators[(self.seq as usize) % validators.len()])
+        Some(validators[(self.seq as usize) % validators.len()])
     }
 
-    /// Answers a peer's request: committed blocks and certificates from the
-    /// store; a block by digest from the core, the persisted votes or the
-    /// store; this leader's recent proposals whole (ADR 0008).
-    pub fn answer_sync(&self, data: &[u8], response_max: usize) -> Result<Vec<u8>> {
+    /// Answers a peer's request: this leader's recent proposals whole (ADR 0008) and blocks
+    /// the core or a voted block's file holds, now; committed history (blocks, certificates,
+    /// a committed block by digest) is named for the store to answer off the loop.
+    pub fn answer_sync(&self, data: &[u8]) -> Result<SyncAnswer> {
         let request: SyncRequest = codec::decode(data, 64).context("unreadable sync request")?;
-        let response = match request {
-            SyncRequest::Blocks { from, max } => {
-                // Answered on the loop: a peer asking for more than this node asks for
-                // (with blocks of a few bytes, a response's byte bound is ~30,000 of them)
-                // would stall its votes and commits.
-                let max = max.min(SYNC_BATCH);
-                let mut out = Vec::new();
-                let mut bytes = 0usize;
-                let mut h = from.max(1);
-                let extra_max = u64::from(SYNC_EXTRA_MAX);
-                while h <= self.tip_height {
-                    let (block, link) = self.rebuild_block(h)?;
-                    let own = link_is_own(&link, h, &self.limits);
-                    let certificate = self.shared.store().certificate(Height(h))?.map(|c| c.to_bytes());
-                    let tail = match self.shared.store().app_meta(&wire::tail_key(h))? {
-                        Some(bytes) => codec::decode(&bytes, response_max)?,
-                        None => EpochTail::default(),
-                    };
-                    let entry = SyncBlock {
-                        block: Message::BlockResponse(block).encode(),
-                        finalization: link.finalization,
-                        certificate,
-                        tail,
-                    };
-                    bytes += entry.block.len() + entry.finalization.len() + 512;
-                    if bytes > response_max / 2 && !out.is_empty() {
-                        break;
-                    }
-                    out.push(entry);
-                    let counted = h + 1 - from.max(1);
-                    if counted >= u64::from(max) && (own || counted >= u64::from(max) + extra_max) {
-                        break;
-                    }
-                    h += 1;
-                }
-                SyncResponse::Blocks(out)
-            }
-            SyncRequest::Certificates { from, to } => {
-                let store = self.shared.store();
-                let mut out = Vec::new();
-                for h in from..=to.min(from.saturating_add(SYNC_CERTIFICATES_MAX as u64 - 1)) {
-                    if let Some(c) = store.certificate(Height(h))? {
-                        out.push(c.to_bytes());
-                    }
-                }
-                SyncResponse::Certificates(out)
-            }
-            SyncRequest::Proposal { height, view } => SyncResponse::Proposal(
+        Ok(match request {
+            SyncRequest::Blocks { from, max } => SyncAnswer::History(history::Request::Blocks { from, max }),
+            SyncRequest::Certificates { from, to } => SyncAnswer::History(history::Request::Certificates { from, to }),
+            SyncRequest::Proposal { height, view } => SyncAnswer::Ready(codec::encode(&SyncResponse::Proposal(
                 self.own_proposals
                     .iter()
                     .find(|(k, _)| *k == (height, view))
                     .map(|(_, p)| Message::Propose(p.clone()).encode()),
-            ),
-            SyncRequest::Block { digest } => SyncResponse::Block(self.block_bytes(&digest)?),
-        };
-        Ok(codec::encode(&response))
+            ))),
+            SyncRequest::Block { digest } => self.block_bytes(&digest)?,
+        })
+    }
+
+    /// What the store answers off the loop needs: the node's shared state and its limits.
+    pub fn history_context(&self) -> (Arc<Shared>, consensus::Limits) {
+        (self.shared.clone(), self.limits)
     }
 
     /// Applies a peer's sync answer: verifies the chain of blocks against this
@@ -2103,10 +2033,6 @@ fn admit_gossiped(shared: &Shared, data: &[u8]) -> Verdict {
 }
 
 /// Whether the link's finalization is the block's own (not a descendant's).
-fn link_is_own(link: &Link, h: u64, limits: &consensus::Limits) -> bool {
-    matches!(Message::decode(&link.finalization, limits), Ok(Message::Certificate(c)) if c.height.0 == h)
-}
-
 /// A block names each record once.
 fn check_distinct(ids: &[RecordId]) -> std::result::Result<(), String> {
     let mut seen = BTreeSet::new();
@@ -2250,6 +2176,7 @@ pub async fn run_loop(
     let (admitted_tx, mut admitted_rx) = mpsc::channel::<(GossipId, Verdict)>(RECORD_CHECKS_MAX);
     let mut record_queue = RecordQueue::<GossipId>::new();
     let mut record_checks = 0usize;
+    let history_gate = history::Gate::default();
     let mut fx = app.start()?;
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -2302,7 +2229,9 @@ pub async fn run_loop(
                             report(&net, id, Verdict::Ignore).await;
                         }
                     }
-                    NetEvent::Request { from, data, channel } => answer(&app, &net, from, &data, channel, response_max).await,
+                    NetEvent::Request { from, data, channel } => {
+                        answer(&app, &net, &history_gate, from, &data, channel, response_max).await
+                    }
                     NetEvent::PeerConnected { peer } => app.peer_connected(peer),
                     NetEvent::PeerDisconnected { peer } => app.peer_disconnected(peer),
                     NetEvent::PeerSubscribed { .. } => {}
@@ -2335,6 +2264,16 @@ pub async fn run_loop(
                 }
             },
             _ = tick.tick() => {
+                let flood = app.byzantine.as_ref().map(|b| b.history_flood()).unwrap_or_default();
+                for peer in if flood.is_empty() { vec![] } else { app.validator_peers() } {
+                    for data in flood.iter().cloned() {
+                        let net = net.clone();
+                        tokio::spawn(async move {
+                            let answer = net.request(peer, data).await.map(|a| a.len());
+                            debug!(%peer, "history flood (test-only Byzantine mode) answered: {answer:?}");
+                        });
+                    }
+                }
                 let oversized = app.byzantine.as_ref().and_then(|b| b.oversized_request()).zip(app.pick_peer());
                 if let Some((data, peer)) = oversized {
                     let net = net.clone();
@@ -2364,15 +2303,56 @@ async fn report(net: &NetworkHandle, id: GossipId, verdict: Verdict) {
     }
 }
 
-async fn answer(app: &App, net: &NetworkHandle, from: PeerId, data: &[u8], channel: ResponseChannel, max: usize) {
-    match app.answer_sync(data, max) {
-        Ok(bytes) => {
+async fn answer(
+    app: &App,
+    net: &NetworkHandle,
+    gate: &history::Gate,
+    from: PeerId,
+    data: &[u8],
+    channel: ResponseChannel,
+    max: usize,
+) {
+    let request = match app.answer_sync(data) {
+        Ok(SyncAnswer::Ready(bytes)) => {
             if let Err(e) = net.respond(channel, bytes).await {
                 debug!(%from, "sync answer not sent: {e}");
             }
+            return;
         }
-        Err(e) => warn!(%from, "cannot answer a sync request: {e:#}"),
-    }
+        Ok(SyncAnswer::History(request)) => request,
+        Err(e) => {
+            warn!(%from, "cannot answer a sync request: {e:#}");
+            return;
+        }
+    };
+    let permit = match gate.admit(from, Instant::now()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            // The stream closes unanswered; an honest peer asks again at a later tick.
+            app.shared.metrics.history_requests_refused.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, ?request, "history request refused: {refusal}");
+            return;
+        }
+    };
+    let (shared, limits) = app.history_context();
+    let net = net.clone();
+    tokio::spawn(async move {
+        let built = tokio::task::spawn_blocking(move || {
+            let answer = history::answer(&shared, &limits, request, max);
+            permit.done(Instant::now());
+            answer
+        })
+        .await;
+        match built {
+            Ok(Ok(bytes)) => {
+                if let Err(e) = net.respond(channel, bytes).await {
+                    debug!(%from, "sync answer not sent: {e}");
+                }
+            }
+            Ok(Err(e)) => warn!(%from, ?request, "cannot answer a sync request: {e:#}"),
+            Err(e) => error!(%from, ?request, "building a sync answer failed: {e}"),
+        }
+    });
 }
 
 #[cfg(test)]

@@ -10,11 +10,14 @@
 //! - `replay`: re-publishes consensus messages it received long ago;
 //! - `malformed`: publishes garbage on both topics;
 //! - `oversized`: sends sync requests four times the honest frame limit
-//!   (this node's own limit is raised so the frame leaves).
+//!   (this node's own limit is raised so the frame leaves);
+//! - `history-flood`: each tick, asks every validator peer for the whole
+//!   chain from height 1, [`HISTORY_FLOOD`] requests at once.
 //!
 //! Honest validators must stay safe and live, refuse every such message, and
 //! record the equivocations as evidence (`/v1/status` `evidence`, metric
-//! `annal_evidence_total`).
+//! `annal_evidence_total`); they answer the flood of history requests off
+//! their loop, one per peer at a time (`annal_history_requests_refused_total`).
 
 use std::collections::VecDeque;
 
@@ -24,10 +27,14 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::{Digest as _, Sha256};
 
 use crate::net::Topic;
-use crate::wire::Envelope;
+use crate::wire::{Envelope, SyncRequest};
 
 /// The behaviours a test can turn on.
-pub const BEHAVIOURS: [&str; 4] = ["equivocate", "replay", "malformed", "oversized"];
+pub const BEHAVIOURS: [&str; 5] = ["equivocate", "replay", "malformed", "oversized", "history-flood"];
+
+/// History requests `history-flood` sends each peer per tick (the request protocol's default
+/// `limits.sync_streams_max` lets a peer hold 32 open).
+pub const HISTORY_FLOOD: usize = 32;
 
 pub struct Byzantine {
     behaviours: Vec<String>,
@@ -110,6 +117,17 @@ impl Byzantine {
     /// it leaves). Receivers must refuse it at the frame and carry on.
     pub fn oversized_request(&self) -> Option<Vec<u8>> {
         (self.does("oversized") && self.counter.is_multiple_of(2)).then(|| vec![0xaa; self.oversized_bytes])
+    }
+
+    /// This tick's history requests for each peer, if `history-flood` is on: the
+    /// whole chain from height 1, as much as an answer may hold.
+    pub fn history_flood(&self) -> Vec<Vec<u8>> {
+        let request = codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX });
+        if self.does("history-flood") {
+            vec![request; HISTORY_FLOOD]
+        } else {
+            vec![]
+        }
     }
 
     fn consensus(&self, message: Vec<u8>) -> (Topic, Vec<u8>) {

@@ -10,6 +10,7 @@ pub mod app;
 pub mod byzantine;
 pub mod config;
 pub mod gather;
+pub mod history;
 pub mod mempool;
 pub mod net;
 pub mod run;

@@ -197,6 +197,8 @@ pub struct Metrics {
     /// Record batches this node gossiped (its API's records), and the records in them.
     pub record_batches_gossiped: AtomicU64,
     pub records_gossiped: AtomicU64,
+    /// Peers' requests for committed history refused by the per-peer gate (`history::Gate`).
+    pub history_requests_refused: AtomicU64,
     pub api_requests: Mutex<BTreeMap<u16, u64>>,
     pub finality: Mutex<Histogram>,
     /// Items waiting in the loop's queues, set by the loop each turn: network
@@ -784,6 +786,12 @@ impl Shared {
                 &m.record_batches_gossiped,
             ),
             ("annal_records_gossiped_total", "Records in the batches this node gossiped.", &m.records_gossiped),
+            (
+                "annal_history_requests_refused_total",
+                "Peers' requests for committed blocks or certificates refused: the peer had one in progress, had one \
+                 answered too recently, or the node was building as many as it builds at once.",
+                &m.history_requests_refused,
+            ),
         ] {
             gauge(name, help, "counter", counter.load(Ordering::Relaxed).to_string());
         }

@@ -12,8 +12,9 @@ use annal_ledger::genesis::{Genesis, Params, Validator};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::record::RecordId;
 use annal_ledger::store::{Store, StoreOptions};
-use annal_node::app::{epoch_chain, App, Effects};
+use annal_node::app::{epoch_chain, App, Effects, SyncAnswer};
 use annal_node::config::Limits;
+use annal_node::history;
 use annal_node::net::{PeerId, Verdict};
 use annal_node::shared::Shared;
 use annal_node::wire::{BlockBody, CompactProposal, Envelope, EpochTail, SyncBlock, SyncRequest, SyncResponse};
@@ -46,6 +47,18 @@ fn set(g: &Genesis) -> annal_consensus::ValidatorSet {
             })
             .collect(),
     )
+}
+
+/// What `app` answers `request` with: on its loop, or built from its store as the loop has it built off it.
+fn ask(app: &App, request: SyncRequest) -> SyncResponse {
+    let bytes = match app.answer_sync(&codec::encode(&request)).unwrap() {
+        SyncAnswer::Ready(bytes) => bytes,
+        SyncAnswer::History(request) => {
+            let (shared, limits) = app.history_context();
+            history::answer(&shared, &limits, request, 16 << 20).unwrap()
+        }
+    };
+    codec::decode(&bytes, 16 << 20).unwrap()
 }
 
 /// An empty block at `height` on `parent`, and a finalization of it signed by validators `signers` (0-based).
@@ -275,8 +288,7 @@ fn an_epochs_last_block_final_through_its_empty_tail_is_synced() {
     // The empty blocks 3 and 4, ending at the finalized block: block 2 commits, and its tail is kept to serve.
     send(&mut app, &mut fx, vec![entry(&b2, &c4, tail_of(&[&b3, &b4]))]);
     assert_eq!(height(), 2);
-    let served = app.answer_sync(&codec::encode(&SyncRequest::Blocks { from: 2, max: 1 }), 64 << 20).unwrap();
-    let SyncResponse::Blocks(served) = codec::decode::<SyncResponse>(&served, 64 << 20).unwrap() else {
+    let SyncResponse::Blocks(served) = ask(&app, SyncRequest::Blocks { from: 2, max: 1 }) else {
         panic!("blocks asked, blocks answered")
     };
     assert_eq!(served[0].tail, tail_of(&[&b3, &b4]));
@@ -316,9 +328,6 @@ fn block_and_proposal_requests_are_answered_from_the_store() {
     let (b2, c2) = final_block(&g, 2, b1.hash(&chain), &[0, 1, 2]);
     app.apply_sync(PeerId::random(), &answer(&[(b1.clone(), c1), (b2.clone(), c2)]), &mut fx).unwrap();
 
-    let ask = |app: &App, request: SyncRequest| -> SyncResponse {
-        codec::decode(&app.answer_sync(&codec::encode(&request), 16 << 20).unwrap(), 16 << 20).unwrap()
-    };
     for b in [&b1, &b2] {
         let SyncResponse::Block(Some(bytes)) = ask(&app, SyncRequest::Block { digest: b.hash(&chain) }) else {
             panic!("block {} not served", b.height.0)
@@ -626,8 +635,7 @@ fn a_request_for_blocks_is_capped_whatever_it_asks() {
         app.apply_sync(PeerId::random(), &answer(part), &mut fx).unwrap();
     }
     assert_eq!(shared.store().tip().height.0, 200);
-    let served = app.answer_sync(&codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX }), 64 << 20).unwrap();
-    let SyncResponse::Blocks(served) = codec::decode::<SyncResponse>(&served, 64 << 20).unwrap() else {
+    let SyncResponse::Blocks(served) = ask(&app, SyncRequest::Blocks { from: 1, max: u32::MAX }) else {
         panic!("blocks asked, blocks answered")
     };
     assert!((128..=128 + 64).contains(&served.len()), "{} blocks served", served.len());

@@ -1,9 +1,11 @@
 //! Issue 6 §2: a Byzantine validator over the real network. Validator 3 runs
 //! the test-only mode (`[testing] byzantine`): it equivocates (two notarize
 //! votes per view on made-up blocks), replays old consensus messages, and
-//! publishes malformed and oversized frames, while a load of records runs.
-//! The three honest validators must stay live and agree, refuse the junk,
-//! and report the equivocations as evidence in `/v1/status` and `/metrics`.
+//! publishes malformed and oversized frames, and floods every peer with
+//! requests for the whole chain, while a load of records runs. The three
+//! honest validators must stay live and agree, refuse the junk, report the
+//! equivocations as evidence in `/v1/status` and `/metrics`, and refuse the
+//! history requests past one in progress per peer.
 
 use std::io::Write;
 use std::time::Duration;
@@ -15,7 +17,11 @@ use serde_json::Value;
 fn honest_validators_stay_safe_and_live_and_record_evidence() {
     let mut cluster = Cluster::prepare("byzantine", 4, 1);
     let mut config = std::fs::OpenOptions::new().append(true).open(&cluster.nodes[3].config).unwrap();
-    writeln!(config, "\n[testing]\nbyzantine = [\"equivocate\", \"replay\", \"malformed\", \"oversized\"]").unwrap();
+    writeln!(
+        config,
+        "\n[testing]\nbyzantine = [\"equivocate\", \"replay\", \"malformed\", \"oversized\", \"history-flood\"]"
+    )
+    .unwrap();
     drop(config);
     for i in 0..4 {
         cluster.start_node(i);
@@ -52,6 +58,8 @@ fn honest_validators_stay_safe_and_live_and_record_evidence() {
         let metrics = cluster.client(i).get_text("/metrics", 1 << 20).unwrap();
         let line = metrics.lines().find(|l| l.starts_with("annal_evidence_total ")).expect("evidence metric");
         assert_ne!(line, "annal_evidence_total 0", "validator {i}: {line}");
+        let refused = metrics.lines().find(|l| l.starts_with("annal_history_requests_refused_total ")).unwrap();
+        assert_ne!(refused, "annal_history_requests_refused_total 0", "validator {i}: {refused}");
     }
     assert!(cluster.exited().is_empty(), "a validator exited: {:?}", cluster.exited());
     let log = std::fs::read_to_string(&cluster.nodes[3].log).unwrap();

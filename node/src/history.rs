@@ -1,0 +1,286 @@
+//! Answers to peers' requests for committed history (blocks, certificates, a
+//! committed block by digest), built from the store off the node's loop.
+//!
+//! These answers read up to hundreds of blocks from the store. Built on the
+//! loop, a peer holding many requests open (the request protocol allows
+//! `limits.sync_streams_max` at once) kept the loop from voting and
+//! committing for as long as it liked. Built on the blocking pool, they
+//! leave the loop free, and a [`Gate`] bounds what any one peer can make
+//! this node spend on them: one answer in progress per peer, a few in all,
+//! and after each answer a pause as long as it took to build before the same
+//! peer is served again (at most half of one core per peer). An honest peer
+//! asks for history once per tick (500 ms) and never meets these bounds; a
+//! request past them is refused (its stream is closed unanswered) and the
+//! asker tries again later.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annal_consensus::{self as consensus, Block, ChainId, Message};
+use annal_ledger::block::Height;
+use annal_ledger::codec;
+use anyhow::{bail, Context, Result};
+
+use crate::app::epoch_chain;
+use crate::net::PeerId;
+use crate::shared::Shared;
+use crate::wire::{self, BlockBody, EpochTail, Link, SyncBlock, SyncResponse};
+
+/// Blocks asked for in one sync request.
+pub const SYNC_BATCH: u32 = 128;
+/// Blocks an answer may add past those asked for, to end at a block with its own finalization.
+pub const SYNC_EXTRA_MAX: u32 = 64;
+/// Certificates one answer to `SyncRequest::Certificates` holds at most (heights `from..=from + 1024`).
+pub const SYNC_CERTIFICATES_MAX: usize = 1025;
+/// History answers in progress at once, over all peers.
+pub const ANSWERS_MAX: u32 = 2;
+
+/// A request the store answers, with what the loop already checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Committed blocks from `from`, with their finalizations.
+    Blocks { from: u64, max: u32 },
+    /// The ledger certificates stored for `from..=to`.
+    Certificates { from: u64, to: u64 },
+    /// The committed block at `height` (the loop found it by its digest).
+    Block { height: u64 },
+}
+
+/// Builds the answer to `request` from the store.
+pub fn answer(shared: &Shared, limits: &consensus::Limits, request: Request, response_max: usize) -> Result<Vec<u8>> {
+    let response = match request {
+        Request::Blocks { from, max } => SyncResponse::Blocks(blocks(shared, limits, from, max, response_max)?),
+        Request::Certificates { from, to } => {
+            let store = shared.store();
+            let mut out = Vec::new();
+            for h in from..=to.min(from.saturating_add(SYNC_CERTIFICATES_MAX as u64 - 1)) {
+                if let Some(c) = store.certificate(Height(h))? {
+                    out.push(c.to_bytes());
+                }
+            }
+            SyncResponse::Certificates(out)
+        }
+        Request::Block { height } => {
+            SyncResponse::Block(Some(Message::BlockResponse(rebuild_block(shared, limits, height)?.0).encode()))
+        }
+    };
+    Ok(codec::encode(&response))
+}
+
+/// Committed blocks from `from`: at most `max` (itself at most [`SYNC_BATCH`]), and up to
+/// [`SYNC_EXTRA_MAX`] more to end at a block with its own finalization, within half of
+/// `response_max` (with blocks of a few bytes, a response's byte bound is ~30,000 of them).
+fn blocks(
+    shared: &Shared,
+    limits: &consensus::Limits,
+    from: u64,
+    max: u32,
+    response_max: usize,
+) -> Result<Vec<SyncBlock>> {
+    let max = u64::from(max.min(SYNC_BATCH));
+    let tip = shared.store().tip().height.0;
+    let first = from.max(1);
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for h in first..=tip {
+        let (block, link) = rebuild_block(shared, limits, h)?;
+        let own = link_is_own(&link, h, limits);
+        let certificate = shared.store().certificate(Height(h))?.map(|c| c.to_bytes());
+        let tail = match shared.store().app_meta(&wire::tail_key(h))? {
+            Some(bytes) => codec::decode(&bytes, response_max)?,
+            None => EpochTail::default(),
+        };
+        let entry = SyncBlock {
+            block: Message::BlockResponse(block).encode(),
+            finalization: link.finalization,
+            certificate,
+            tail,
+        };
+        bytes += entry.block.len() + entry.finalization.len() + 512;
+        if bytes > response_max / 2 && !out.is_empty() {
+            break;
+        }
+        out.push(entry);
+        let counted = h + 1 - first;
+        if counted >= max && (own || counted >= max + u64::from(SYNC_EXTRA_MAX)) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a link's finalization is its own block's (not a later block's that covers it).
+pub fn link_is_own(link: &Link, h: u64, limits: &consensus::Limits) -> bool {
+    matches!(Message::decode(&link.finalization, limits), Ok(Message::Certificate(c)) if c.height.0 == h)
+}
+
+/// The consensus chain id blocks at height `h` are signed under.
+pub fn chain_of(shared: &Shared, h: u64) -> ChainId {
+    epoch_chain(shared.genesis_hash, shared.genesis.params.epoch_of(h))
+}
+
+/// Rebuilds the consensus block committed at `h` from the store, with its link.
+pub fn rebuild_block(shared: &Shared, limits: &consensus::Limits, h: u64) -> Result<(Block, Link)> {
+    let (block, link) = rebuild_block_unchecked(shared, limits, h)?;
+    if block.hash(&chain_of(shared, h)) != link.digest {
+        bail!("the block rebuilt at height {h} does not hash to its stored digest");
+    }
+    Ok((block, link))
+}
+
+/// The consensus block committed at `h` and its link, as stored, without
+/// checking that the block hashes to the link's digest.
+pub fn rebuild_block_unchecked(shared: &Shared, limits: &consensus::Limits, h: u64) -> Result<(Block, Link)> {
+    let store = shared.store();
+    let link: Link = codec::decode(
+        &store.app_meta(&wire::link_key(h))?.with_context(|| format!("no consensus link at height {h}"))?,
+        limits.message_bytes_max * 2,
+    )?;
+    let header = store.header(Height(h))?.with_context(|| format!("no header at height {h}"))?;
+    let first = store.first_index(Height(h))?;
+    let mut appended = VecDeque::from(store.records_in(first, header.log_size)?);
+    let total = appended.len() + link.skipped.len();
+    let mut skipped: BTreeMap<u32, Vec<u8>> = link.skipped.iter().cloned().collect();
+    let mut records = Vec::with_capacity(total);
+    for p in 0..total as u32 {
+        match skipped.remove(&p) {
+            Some(r) => records.push(r),
+            None => records.push(appended.pop_front().context("the link's skipped positions disagree")?),
+        }
+    }
+    let block = Block {
+        height: consensus::Height(h),
+        view: consensus::View(link.view),
+        parent_view: consensus::View(link.parent_view),
+        parent: link.parent,
+        payload: BlockBody::payload_of_bytes(BlockBody { time_ms: link.time_ms, records }.to_bytes()),
+    };
+    Ok((block, link))
+}
+
+/// Why a history request was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer already has an answer in progress.
+    PeerBusy,
+    /// The peer's last answer finished less than its build time ago.
+    PeerPausing { left: Duration },
+    /// [`ANSWERS_MAX`] answers are in progress.
+    Full,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::PeerBusy => write!(f, "the peer already has a history answer in progress"),
+            Refusal::PeerPausing { left } => {
+                write!(f, "the peer's last history answer finished too recently ({} ms to wait)", left.as_millis())
+            }
+            Refusal::Full => write!(f, "{ANSWERS_MAX} history answers are in progress"),
+        }
+    }
+}
+
+/// Which peers' history answers are in progress, and until when each peer pauses.
+#[derive(Default)]
+struct GateState {
+    busy: BTreeSet<PeerId>,
+    paused_until: BTreeMap<PeerId, Instant>,
+    in_progress: u32,
+}
+
+/// Admits history answers: one per peer at a time, [`ANSWERS_MAX`] in all,
+/// and a peer waits after each answer for as long as it took to build.
+#[derive(Clone, Default)]
+pub struct Gate {
+    state: Arc<Mutex<GateState>>,
+}
+
+/// An admitted answer: held while it is built, handed back by [`Permit::done`].
+pub struct Permit {
+    gate: Gate,
+    peer: PeerId,
+    started: Instant,
+    finished: bool,
+}
+
+impl Gate {
+    pub fn admit(&self, peer: PeerId, now: Instant) -> std::result::Result<Permit, Refusal> {
+        let mut s = self.state.lock().expect("history gate lock");
+        s.paused_until.retain(|_, until| *until > now);
+        if s.busy.contains(&peer) {
+            return Err(Refusal::PeerBusy);
+        }
+        if let Some(until) = s.paused_until.get(&peer) {
+            return Err(Refusal::PeerPausing { left: *until - now });
+        }
+        if s.in_progress >= ANSWERS_MAX {
+            return Err(Refusal::Full);
+        }
+        s.in_progress += 1;
+        s.busy.insert(peer);
+        Ok(Permit { gate: self.clone(), peer, started: now, finished: false })
+    }
+
+    fn release(&self, peer: PeerId, pause_until: Option<Instant>) {
+        let mut s = self.state.lock().expect("history gate lock");
+        s.in_progress -= 1;
+        s.busy.remove(&peer);
+        if let Some(until) = pause_until {
+            s.paused_until.insert(peer, until);
+        }
+    }
+}
+
+impl Permit {
+    /// The answer is built: the peer pauses for as long as it took.
+    pub fn done(mut self, now: Instant) {
+        self.finished = true;
+        let took = now.saturating_duration_since(self.started);
+        self.gate.release(self.peer, Some(now + took));
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Not finished (the build panicked): free the slot without a pause.
+            self.gate.release(self.peer, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap();
+        key.public().to_peer_id()
+    }
+
+    #[test]
+    fn one_answer_per_peer_a_few_in_all_and_a_pause_after_each() {
+        let gate = Gate::default();
+        let t0 = Instant::now();
+        let a = gate.admit(peer(1), t0).unwrap();
+        assert_eq!(gate.admit(peer(1), t0).err(), Some(Refusal::PeerBusy));
+        let b = gate.admit(peer(2), t0).unwrap();
+        assert_eq!(gate.admit(peer(3), t0).err(), Some(Refusal::Full));
+
+        // Peer 1's answer took 40 ms: it waits 40 ms before the next; the slot is free for others.
+        a.done(t0 + Duration::from_millis(40));
+        let at = t0 + Duration::from_millis(50);
+        assert_eq!(gate.admit(peer(1), at).err(), Some(Refusal::PeerPausing { left: Duration::from_millis(30) }));
+        let c = gate.admit(peer(3), at).unwrap();
+        drop(c); // a build that panicked: the slot comes back, no pause.
+        gate.admit(peer(3), at).unwrap().done(at);
+        let later = t0 + Duration::from_millis(80);
+        gate.admit(peer(1), later).unwrap().done(later);
+        b.done(later);
+        let s = gate.state.lock().unwrap();
+        assert_eq!(s.in_progress, 0);
+        assert!(s.busy.is_empty());
+    }
+}
