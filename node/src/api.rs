@@ -682,18 +682,85 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shared>> for JsonBody<T> {
     }
 }
 
-/// The request body, read within `api.body_bytes_max` but not parsed yet.
+/// The request body, read within `limits.api_body_bytes_max` and at the pace
+/// [`read_body`] asks, but not parsed yet.
 struct RawBody(Bytes);
 
 impl FromRequest<Arc<Shared>> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
-        Bytes::from_request(request, shared).await.map(RawBody).map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => body_too_large(None, shared.limits.api_body_bytes_max),
-            _ => ApiError::malformed(format!("the body could not be read: {}", e.body_text())),
-        })
+        let l = &shared.limits;
+        let pace = BodyPace {
+            started: tokio::time::Instant::now(),
+            grace: Duration::from_millis(l.api_header_timeout_ms),
+            bytes_per_s_min: l.api_body_bytes_per_s_min,
+        };
+        read_body(request.into_body(), l.api_body_bytes_max, pace).await.map(RawBody)
     }
+}
+
+/// How fast a request body must come: all of what has arrived by `started +
+/// grace + bytes / bytes_per_s_min`, the next byte by then too. A client that
+/// declares a large body and sends it slowly, or not at all, holds its share
+/// of `limits.api_body_bytes_in_flight_max` only that long, not for the
+/// whole request bound.
+#[derive(Clone, Copy)]
+struct BodyPace {
+    started: tokio::time::Instant,
+    grace: Duration,
+    bytes_per_s_min: u64,
+}
+
+impl BodyPace {
+    /// When the byte after the first `received` is due.
+    fn due(&self, received: usize) -> tokio::time::Instant {
+        let paced = Duration::from_secs_f64(received as f64 / self.bytes_per_s_min.max(1) as f64);
+        self.started + self.grace + paced
+    }
+}
+
+/// Reads a body whole: at most `max` bytes, each frame by its [`BodyPace::due`] time.
+async fn read_body<B>(body: B, max: usize, pace: BodyPace) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(pace.due(received), body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "too_slow",
+                    format!(
+                        "the body came slower than this node takes: {received} bytes in {} ms \
+                         (limits.api_header_timeout_ms to begin, then limits.api_body_bytes_per_s_min = {} bytes/s)",
+                        pace.started.elapsed().as_millis(),
+                        pace.bytes_per_s_min
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::malformed(format!("the body could not be read: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            received += data.len();
+            if received > max {
+                return Err(body_too_large(None, max));
+            }
+            parts.push(data);
+        }
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().expect("one part"),
+        _ => parts.concat().into(),
+    })
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1059,6 +1126,44 @@ mod tests {
         assert_eq!(answer.results[3].id, Some(id(3).to_hex()));
         assert_eq!(answer.results[1].id, Some(id(2).to_hex()), "a record not taken is named by its id");
         assert_eq!(answer.results[2].id, None, "a malformed record has no id");
+    }
+
+    /// Goal: a body is read whole while it keeps the pace (the grace, then the rate), is
+    /// refused 408 `too_slow` when its next bytes are late, and 413 once past the limit.
+    #[tokio::test]
+    async fn a_body_is_read_at_its_pace_or_refused() {
+        // Chunks of 100 bytes, `gap` apart; after the last, the stream ends or hangs.
+        fn body(chunks: usize, gap: Duration, hang: bool) -> axum::body::Body {
+            let stream = futures::stream::unfold(0, move |i| async move {
+                if i == chunks {
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    return None;
+                }
+                tokio::time::sleep(gap).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 100])), i + 1))
+            });
+            axum::body::Body::from_stream(stream)
+        }
+        // 100 ms to begin, then 1,000 bytes/s: the byte after the k-th hundred is due at 100 + 100k ms.
+        let pace = || BodyPace {
+            started: tokio::time::Instant::now(),
+            grace: Duration::from_millis(100),
+            bytes_per_s_min: 1_000,
+        };
+        let read = read_body(body(5, Duration::from_millis(50), false), 1_000, pace()).await.unwrap();
+        assert_eq!(read.len(), 500);
+
+        let started = Instant::now();
+        let late = read_body(body(1, Duration::from_millis(10), true), 1_000, pace()).await.unwrap_err();
+        let after = started.elapsed();
+        assert_eq!((late.status, late.code), (StatusCode::REQUEST_TIMEOUT, "too_slow"));
+        assert!(late.detail.contains("100 bytes in"), "{}", late.detail);
+        assert!(after >= Duration::from_millis(195) && after < Duration::from_secs(2), "refused after {after:?}");
+
+        let large = read_body(body(5, Duration::ZERO, false), 250, pace()).await.unwrap_err();
+        assert_eq!((large.status, large.code), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     }
 
     /// Goal: a large answer takes its size from the budget until its body has been read to

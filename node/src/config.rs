@@ -45,7 +45,7 @@ pub struct Config {
 
 /// The keys an `ANNAL_*` variable may override: top level, and `limits.*` as `LIMITS_*`.
 const TOP_KEYS: [&str; 8] = ["genesis", "data_dir", "consensus_key", "p2p_key", "listen", "peers", "api_listen", "log"];
-const LIMIT_KEYS: [&str; 12] = [
+const LIMIT_KEYS: [&str; 13] = [
     "mempool_records_max",
     "mempool_bytes_max",
     "api_body_bytes_max",
@@ -53,6 +53,7 @@ const LIMIT_KEYS: [&str; 12] = [
     "api_answer_bytes_in_flight_max",
     "api_connections_max",
     "api_header_timeout_ms",
+    "api_body_bytes_per_s_min",
     "api_requests_per_s",
     "api_request_timeout_ms",
     "api_batch_records_max",
@@ -88,6 +89,10 @@ pub struct Limits {
     /// How long a connection may take to send a request's head (kept alive: to
     /// begin the next one) before it is closed.
     pub api_header_timeout_ms: u64,
+    /// The slowest a request body may come: after `api_header_timeout_ms` from
+    /// the end of its head, it must have arrived at this average rate (bytes
+    /// per second); slower gets 408 `too_slow`.
+    pub api_body_bytes_per_s_min: u64,
     /// Requests per second one client (an IPv4 address or an IPv6 /64) may make (0: no limit).
     pub api_requests_per_s: u32,
     /// Longest time an API request may take (a `wait=final` may ask for less).
@@ -118,6 +123,9 @@ impl Default for Limits {
             // the network take theirs from the same), well over what clients need.
             api_connections_max: 1024,
             api_header_timeout_ms: 30_000,
+            // 512 kbit/s: a largest body (16 MiB) at this rate would outlast the request bound
+            // anyway; this bounds how long a small or unsent body holds its place.
+            api_body_bytes_per_s_min: 64 << 10,
             api_requests_per_s: 0,
             api_request_timeout_ms: 130_000,
             api_batch_records_max: 10_000,
@@ -202,7 +210,7 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 11] = [
             ("limits.mempool_records_max", l.mempool_records_max as u64),
             ("limits.mempool_bytes_max", l.mempool_bytes_max as u64),
             ("limits.api_body_bytes_max", l.api_body_bytes_max as u64),
@@ -210,6 +218,7 @@ impl Config {
             ("limits.api_answer_bytes_in_flight_max", l.api_answer_bytes_in_flight_max as u64),
             ("limits.api_connections_max", l.api_connections_max as u64),
             ("limits.api_header_timeout_ms", l.api_header_timeout_ms),
+            ("limits.api_body_bytes_per_s_min", l.api_body_bytes_per_s_min),
             ("limits.api_request_timeout_ms", l.api_request_timeout_ms),
             ("limits.api_batch_records_max", l.api_batch_records_max as u64),
             ("limits.store_cache_bytes", l.store_cache_bytes as u64),

@@ -1015,6 +1015,41 @@ async fn connections_past_the_limit_wait_and_unfinished_heads_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_come_is_refused_in_time() {
+    // Goal: a submission declaring 100,000 bytes that sends ten is answered 408 `too_slow`
+    // after limits.api_header_timeout_ms plus ten bytes at limits.api_body_bytes_per_s_min,
+    // not after the request bound (130 s), and its client's share of the body budget
+    // (here exactly one body) comes back at once.
+    let limits = Limits {
+        api_header_timeout_ms: 1_000,
+        api_body_bytes_per_s_min: 1_000,
+        api_body_bytes_max: 100_000,
+        api_body_bytes_in_flight_max: 100_000,
+        ..Limits::default()
+    };
+    let node = start("slow-body", limits).await;
+    let addr = node.addr;
+    let (after, raw) = tokio::task::spawn_blocking(move || {
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(b"POST /v1/records HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n\r\n{\"record\":")
+            .unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        let mut raw = Vec::new();
+        let _ = slow.read_to_end(&mut raw);
+        (started.elapsed(), String::from_utf8_lossy(&raw).into_owned())
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+    assert!(raw.contains("too_slow") && raw.contains("limits.api_body_bytes_per_s_min"), "{raw}");
+    assert!(after >= Duration::from_millis(950) && after < Duration::from_secs(5), "answered after {after:?}");
+    let submitted = node.post("/v1/records", &body_of(&publish(21, "slow/after", 1))).await;
+    assert_eq!(submitted.status, 202, "the client's share came back: {submitted:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_answer_is_held_until_its_client_takes_it() {
     // Goal: a block's answer (~8 MB) that its client does not read keeps its place in
     // limits.api_answer_bytes_in_flight_max: another large answer meanwhile is 503 busy while
