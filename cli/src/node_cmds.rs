@@ -500,6 +500,13 @@ pub struct ProveArgs {
     /// Include a proof of the key's current state (for `annal verify --current`).
     #[arg(long)]
     status: bool,
+    /// A checkpoint you hold (saved with `annal checkpoint --out`): also save the consistency proof between
+    /// it and the record's block to --consistency, for `annal verify --held CHECKPOINT --consistency FILE`.
+    #[arg(long, value_name = "CHECKPOINT", requires = "consistency")]
+    held: Option<PathBuf>,
+    /// Where to save that consistency proof; an existing file is not overwritten.
+    #[arg(long, value_name = "FILE", requires = "held")]
+    consistency: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -509,9 +516,22 @@ pub fn prove(args: ProveArgs) -> Result<()> {
     let client = Client::new(&args.node)?;
     let id = parse_id(&args.id)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("{id}.bundle.json")));
-    for path in [Some(&out), args.tlog_proof.as_ref(), args.record_bytes.as_ref()].into_iter().flatten() {
+    for path in [Some(&out), args.tlog_proof.as_ref(), args.record_bytes.as_ref(), args.consistency.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         crate::ensure_absent(path)?;
     }
+    let held = match &args.held {
+        Some(path) => {
+            let text = String::from_utf8(read_limited(path, NOTE_BYTES_MAX as u64, "checkpoint")?)
+                .map_err(|e| anyhow!("checkpoint {} is not UTF-8: {e}", path.display()))?;
+            let height =
+                checkpoint_height(&text).with_context(|| format!("{} is not a signed checkpoint", path.display()))?;
+            Some((path, height))
+        }
+        None => None,
+    };
     let query = if args.status { "?status=true" } else { "" };
     let text = with_retries(&["not_certified"], args.json, || {
         client.get_text(&format!("/v1/proofs/{id}{query}"), BUNDLE_BYTES_MAX as u64)
@@ -532,17 +552,32 @@ pub fn prove(args: ProveArgs) -> Result<()> {
         let bytes = bytes.ok_or_else(|| anyhow!("the node's answer for record {id} has no record bytes"))?;
         std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
-    let next = format!("annal verify --genesis GENESIS {}", out.display());
+    let mut next = format!("annal verify --genesis GENESIS {}", out.display());
+    if let (Some((held_path, held_height)), Some(path)) = (held, &args.consistency) {
+        let block_height = checkpoint_height(&parsed.block.checkpoint)
+            .map_err(|e| anyhow!("the node's bundle has no readable checkpoint: {e}"))?;
+        let (from, to) = (held_height.min(block_height), held_height.max(block_height));
+        let text = client.get_text(&format!("/v1/consistency?from={from}&to={to}"), BUNDLE_BYTES_MAX as u64)?;
+        let proof =
+            Consistency::from_json(&text).map_err(|e| anyhow!("the node's answer is not a consistency proof: {e}"))?;
+        std::fs::write(path, proof.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        next.push_str(&format!(" --held {} --consistency {}", held_path.display(), path.display()));
+    }
     if args.json {
         let display = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         println!(
             "{}",
             json!({ "id": id.to_hex(), "bundle": out.display().to_string(), "tlog_proof": display(&args.tlog_proof),
-                    "record_bytes": display(&args.record_bytes), "status": parsed.status.is_some(), "next": next })
+                    "record_bytes": display(&args.record_bytes), "consistency": display(&args.consistency),
+                    "status": parsed.status.is_some(), "next": next })
         );
     } else {
         println!("saved the proof bundle of {id} to {}", out.display());
-        for (what, p) in [("tlog-proof", &args.tlog_proof), ("record bytes", &args.record_bytes)] {
+        for (what, p) in [
+            ("tlog-proof", &args.tlog_proof),
+            ("record bytes", &args.record_bytes),
+            ("consistency proof with the checkpoint you hold", &args.consistency),
+        ] {
             if let Some(p) = p {
                 println!("saved the {what} to {}", p.display());
             }

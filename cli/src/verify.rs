@@ -23,6 +23,14 @@ pub struct VerifyArgs {
     /// Also say whether the record is still the current version of its key (needs a bundle with a status proof).
     #[arg(long)]
     current: bool,
+    /// Also tie the record's block to a checkpoint you hold (a signed note saved with `annal checkpoint --out`):
+    /// it must be the block's own, or --consistency must prove one log extends the other.
+    #[arg(long, value_name = "CHECKPOINT")]
+    held: Option<PathBuf>,
+    /// The consistency proof between the record's block and the --held checkpoint
+    /// (`annal prove --held CHECKPOINT --consistency FILE` saves it).
+    #[arg(long, value_name = "FILE", requires = "held")]
+    consistency: Option<PathBuf>,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -121,6 +129,21 @@ pub fn verify(args: VerifyArgs) -> Outcome {
         },
         None => None,
     };
+    let held = match &args.held {
+        Some(path) => match read_held(path) {
+            Ok(t) => Some(t),
+            Err(e) => return unreadable(args.json, e),
+        },
+        None => None,
+    };
+    let consistency = match &args.consistency {
+        Some(path) => match read_consistency(path) {
+            Ok(p) => Some(p),
+            Err(e) => return unreadable(args.json, e),
+        },
+        None => None,
+    };
+    let mut tie = None;
     let result = proof::verify(&bundle, &genesis, None).and_then(|v| {
         if let Some((path, file, size)) = &document {
             proof::check_document_digest(&v.record, *size, None)?;
@@ -137,14 +160,26 @@ pub fn verify(args: VerifyArgs) -> Outcome {
                     .into(),
             });
         }
+        if let Some(held) = &held {
+            tie = Some(proof::tie_to_held(&v.header, held, consistency.as_ref(), &genesis)?);
+        }
         Ok(v)
     });
     match result {
         Ok(v) => {
             if args.json {
-                println!("{}", summary_json(&v, &bundle, args.current, args.document.is_some()));
+                let mut out = summary_json(&v, &bundle, args.current, args.document.is_some());
+                if let Some(tie) = tie {
+                    out["held"] = tie_json(tie, &v);
+                }
+                println!("{out}");
             } else {
-                println!("{}", summary_line(&v, args.current, args.document.is_some()));
+                let mut line = summary_line(&v, args.current, args.document.is_some());
+                if let Some(tie) = tie {
+                    line.push_str("; ");
+                    line.push_str(&describe_tie(tie));
+                }
+                println!("{line}");
             }
             Outcome::Valid
         }
@@ -164,6 +199,43 @@ pub fn verify(args: VerifyArgs) -> Outcome {
             Outcome::Invalid
         }
     }
+}
+
+/// A held checkpoint's text, read within the size of a note.
+fn read_held(path: &Path) -> Result<String, String> {
+    read(path, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
+        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", path.display())))
+}
+
+/// A consistency proof file, read within the size of a bundle.
+fn read_consistency(path: &Path) -> Result<proof::Consistency, String> {
+    read(path, proof::BUNDLE_BYTES_MAX as u64, "consistency proof").and_then(|b| {
+        std::str::from_utf8(&b)
+            .map_err(|e| e.to_string())
+            .and_then(|t| proof::Consistency::from_json(t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("{} is not a consistency proof: {e}", path.display()))
+    })
+}
+
+fn describe_tie(tie: proof::HeldTie) -> String {
+    match tie {
+        proof::HeldTie::Same => "the checkpoint you hold is this block's".into(),
+        proof::HeldTie::Contains { height, size } => {
+            format!("the checkpoint you hold (height {height}, size {size}) contains this block's log")
+        }
+        proof::HeldTie::Extended { height, size } => {
+            format!("this block's log extends the checkpoint you hold (height {height}, size {size})")
+        }
+    }
+}
+
+fn tie_json(tie: proof::HeldTie, v: &Verified) -> serde_json::Value {
+    let (relation, height, size) = match tie {
+        proof::HeldTie::Same => ("same", v.header.height.0, v.header.log_size),
+        proof::HeldTie::Contains { height, size } => ("contains", height, size),
+        proof::HeldTie::Extended { height, size } => ("extended", height, size),
+    };
+    json!({ "relation": relation, "height": height, "size": size })
 }
 
 fn summary_line(v: &Verified, current: bool, document: bool) -> String {
@@ -289,18 +361,11 @@ pub fn verify_consistency(args: VerifyConsistencyArgs) -> Outcome {
         Ok(g) => g,
         Err(e) => return unreadable(args.json, e.to_string()),
     };
-    let held = match read(&args.old, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
-        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", args.old.display())))
-    {
+    let held = match read_held(&args.old) {
         Ok(t) => t,
         Err(e) => return unreadable(args.json, e),
     };
-    let proof = match read(&args.new, proof::BUNDLE_BYTES_MAX as u64, "consistency proof").and_then(|b| {
-        std::str::from_utf8(&b)
-            .map_err(|e| e.to_string())
-            .and_then(|t| proof::Consistency::from_json(t).map_err(|e| e.to_string()))
-            .map_err(|e| format!("{} is not a consistency proof: {e}", args.new.display()))
-    }) {
+    let proof = match read_consistency(&args.new) {
         Ok(p) => p,
         Err(e) => return unreadable(args.json, e),
     };

@@ -235,6 +235,38 @@ fn verify_consistency_checks_a_held_checkpoint() {
 }
 
 #[test]
+fn verify_ties_a_record_to_a_held_checkpoint() {
+    // Goal: `annal verify --held CHECKPOINT --consistency PROOF` ties the record at height 1 to a
+    // checkpoint held at height 2 (its log contains the record's block's), and the record at
+    // height 2 to one held at height 1 (its log extends it); without the proof, exit 1.
+    let n = net("held");
+    let g = n.dir.join("genesis.json").to_str().unwrap().to_string();
+    let p = proof::consistency(&n.store, &n.genesis, Height(1), Height(2)).unwrap();
+    let proof_file = write(&n.dir, "p.json", &p.to_json());
+    let held1 = write(&n.dir, "held1.txt", &p.old.checkpoint);
+    let held2 = write(&n.dir, "held2.txt", &p.new.checkpoint);
+    let older = write(&n.dir, "b1.json", &proof::bundle(&n.store, &n.genesis, &n.published, false).unwrap().to_json());
+    let newer = write(&n.dir, "b2.json", &proof::bundle(&n.store, &n.genesis, &n.amended, false).unwrap().to_json());
+
+    let o = annal(&["verify", &older, "--genesis", &g, "--held", &held2, "--consistency", &proof_file]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("the checkpoint you hold (height 2, size 2) contains this block's log"), "{}", text(&o));
+    let o = annal(&["verify", &newer, "--genesis", &g, "--held", &held1, "--consistency", &proof_file, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["held"], serde_json::json!({ "relation": "extended", "height": 1, "size": 1 }));
+    let o = annal(&["verify", &newer, "--genesis", &g, "--held", &held2]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("the checkpoint you hold is this block's"), "{}", text(&o));
+
+    let o = annal(&["verify", &older, "--genesis", &g, "--held", &held2]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("a consistency proof between the two is needed"), "{}", text(&o));
+    let o = annal(&["verify", &older, "--genesis", &g, "--consistency", &proof_file]);
+    assert_eq!(o.status.code(), Some(2), "--consistency without --held is a usage error: {}", text(&o));
+}
+
+#[test]
 fn tlog_proof_export_writes_the_c2sp_file_and_record_bytes() {
     // Goal: `annal tlog-proof` writes c2sp.org/tlog-proof@v1 (index, path, blank line, signed checkpoint) and the record bytes.
     let n = net("tlog");

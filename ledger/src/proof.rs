@@ -676,6 +676,79 @@ pub fn verify_consistency(
     Ok((old.checkpoint(), new.checkpoint()))
 }
 
+/// How a verified block stands to a checkpoint the auditor holds ([`tie_to_held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldTie {
+    /// The held checkpoint is the block's own.
+    Same,
+    /// The held checkpoint is later: its log contains the block's log.
+    Contains { height: u64, size: u64 },
+    /// The held checkpoint is earlier: the block's log extends it.
+    Extended { height: u64, size: u64 },
+}
+
+/// Ties the verified block `header` (a bundle's, as [`verify`] returns it) to the
+/// checkpoint the auditor holds (`held`, a signed note saved earlier): the held
+/// checkpoint must be the block's own, or `consistency` must prove, under
+/// `genesis`, that one of the two logs extends the other, starting or ending at
+/// exactly these two checkpoints. A record older than the held checkpoint is
+/// then in the held log; a newer one's log is an extension of it. Either way no
+/// alternative history certified by a former validator set can pass.
+pub fn tie_to_held(
+    header: &Header,
+    held: &str,
+    consistency: Option<&Consistency>,
+    genesis: &Genesis,
+) -> Result<HeldTie, Error> {
+    let note = SignedNote::parse(held).map_err(|e| fail(Check::Consistency, format!("the held checkpoint: {e}")))?;
+    let held_at = Checkpoint::parse(&note.text)
+        .map_err(|e| fail(Check::Consistency, format!("the held checkpoint: {e}")))?
+        .block
+        .height;
+    let own = header.checkpoint().to_text();
+    let h = header.height.0;
+    if held_at == h {
+        return if note.text == own {
+            Ok(HeldTie::Same)
+        } else {
+            Err(fail(
+                Check::Consistency,
+                format!(
+                    "the held checkpoint is another block at height {h} than the record's: the two histories differ"
+                ),
+            ))
+        };
+    }
+    let Some(proof) = consistency else {
+        return Err(fail(
+            Check::Consistency,
+            format!(
+                "the held checkpoint is at height {held_at} and the record's block at {h}: a consistency proof \
+                 between the two is needed (GET /v1/consistency?from={}&to={})",
+                held_at.min(h),
+                held_at.max(h)
+            ),
+        ));
+    };
+    let (old, new) = verify_consistency(proof, genesis, None)?;
+    let (earlier, later) = if held_at < h { (&note.text, &own) } else { (&own, &note.text) };
+    if old.to_text() != *earlier || new.to_text() != *later {
+        return Err(fail(
+            Check::Consistency,
+            format!(
+                "the consistency proof is from height {} to {}, not between the record's block ({h}) and the held \
+                 checkpoint ({held_at})",
+                old.block.height, new.block.height
+            ),
+        ));
+    }
+    Ok(if held_at < h {
+        HeldTie::Extended { height: old.block.height, size: old.size }
+    } else {
+        HeldTie::Contains { height: new.block.height, size: new.size }
+    })
+}
+
 /// Walks the certified validator-set changes from the genesis set, in height order.
 struct SetWalk<'a> {
     changes: &'a [SetChange],

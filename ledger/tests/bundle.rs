@@ -11,7 +11,7 @@ use annal_ledger::exec::{execute, BlockMeta, Signatures};
 use annal_ledger::genesis::{Genesis, Validator};
 use annal_ledger::keys::SecretKey;
 use annal_ledger::note::SignedNote;
-use annal_ledger::proof::{self, Bundle, Check};
+use annal_ledger::proof::{self, Bundle, Check, HeldTie};
 use annal_ledger::record::{Body, DocumentAnchor, Op, RecordId, SignedRecord};
 use annal_ledger::store::{Store, StoreOptions};
 use annal_ledger::Error;
@@ -589,6 +589,58 @@ fn consistency_proofs_verify_across_set_changes_and_refuse_forgeries() {
     // Same height: an empty proof and equal roots.
     let same = proof::consistency(&c.store, g, Height(5), Height(5)).unwrap();
     proof::verify_consistency(&same, g, None).unwrap();
+}
+
+#[test]
+fn a_record_is_tied_to_a_held_checkpoint_before_or_after_its_block() {
+    // Goal: the anchored record (height 4) is tied to a checkpoint held at height 7 (its log
+    // contains block 4's) and at height 2 (block 4's log extends it), through a consistency
+    // proof between exactly those two blocks, across set changes; its own block's checkpoint
+    // needs none. A proof between other blocks, none at all, or a held checkpoint of another
+    // block at the same height is refused.
+    let c = chain();
+    let g = &c.genesis;
+    let b = proof::bundle(&c.store, g, &c.anchored, false).unwrap();
+    let v = proof::verify(&b, g, None).unwrap();
+    assert_eq!(v.header.height, Height(4));
+    let held_at = |h: u64| proof::consistency(&c.store, g, Height(h), Height(h)).unwrap().old.checkpoint;
+
+    assert_eq!(proof::tie_to_held(&v.header, &b.block.checkpoint, None, g).unwrap(), HeldTie::Same);
+    let later = proof::consistency(&c.store, g, Height(4), Height(7)).unwrap();
+    let size7 = c.store.header(Height(7)).unwrap().unwrap().log_size;
+    assert_eq!(
+        proof::tie_to_held(&v.header, &held_at(7), Some(&later), g).unwrap(),
+        HeldTie::Contains { height: 7, size: size7 }
+    );
+    let earlier = proof::consistency(&c.store, g, Height(2), Height(4)).unwrap();
+    let size2 = c.store.header(Height(2)).unwrap().unwrap().log_size;
+    assert_eq!(
+        proof::tie_to_held(&v.header, &held_at(2), Some(&earlier), g).unwrap(),
+        HeldTie::Extended { height: 2, size: size2 }
+    );
+
+    let refused = |held: &str, p: Option<&proof::Consistency>| {
+        let e = proof::tie_to_held(&v.header, held, p, g).unwrap_err();
+        assert!(matches!(e, Error::Proof { check: Check::Consistency, .. }), "{e}");
+        e.to_string()
+    };
+    assert!(refused(&held_at(7), None).contains("from=4&to=7"));
+    let other = proof::consistency(&c.store, g, Height(5), Height(7)).unwrap();
+    assert!(refused(&held_at(7), Some(&other)).contains("from height 5 to 7"));
+    assert!(refused(&held_at(2), Some(&later)).contains("not between"));
+    // A forged path between the right blocks fails the proof itself.
+    let mut forged = later.clone();
+    let mut h = B64.decode(&forged.path[0]).unwrap();
+    h[0] ^= 1;
+    forged.path[0] = B64.encode(h);
+    refused(&held_at(7), Some(&forged));
+    // Another block at height 4 (here: block 4's checkpoint text with another root).
+    let note = annal_ledger::note::SignedNote::parse(&b.block.checkpoint).unwrap();
+    let mut cp = annal_ledger::note::Checkpoint::parse(&note.text).unwrap();
+    cp.root[0] ^= 1;
+    let fork = b.block.checkpoint.replacen(&note.text, &cp.to_text(), 1);
+    assert_ne!(fork, b.block.checkpoint);
+    assert!(refused(&fork, None).contains("histories differ"));
 }
 
 #[test]

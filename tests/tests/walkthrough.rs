@@ -114,6 +114,31 @@ fn the_readme_walkthrough_works_from_the_cli() {
     let consistent =
         json(&["consistency", "--node", &url, "--genesis", path(&genesis), "--from", path(&checkpoint), "--json"]);
     assert_eq!(consistent["consistent"], true, "{consistent}");
+    // The first record, tied to the checkpoint held: its log contains the record's block's.
+    let (tied, proof) = (dir.join("tied.json"), dir.join("tied-consistency.json"));
+    ok(&[
+        "prove",
+        "--node",
+        &url,
+        &ids[0],
+        "--out",
+        path(&tied),
+        "--held",
+        path(&checkpoint),
+        "--consistency",
+        path(&proof),
+    ]);
+    let held = ok(&[
+        "verify",
+        path(&tied),
+        "--genesis",
+        path(&genesis),
+        "--held",
+        path(&checkpoint),
+        "--consistency",
+        path(&proof),
+    ]);
+    assert!(held.contains("contains this block's log") || held.contains("is this block's"), "{held}");
 
     let audited = annal(&["audit", "--node", &url, "--genesis", path(&genesis)]);
     assert!(audited.status.success(), "audit: {}", String::from_utf8_lossy(&audited.stderr));
