@@ -1359,19 +1359,29 @@ impl App {
                     }
                 };
                 self.remember_named(relay, from, &proposal);
+                // Only the digest is signed: a copy another peer relays may name other ids or
+                // another parent. The leader's own copy (its peer Noise authenticated) is its word.
+                let from_leader = self.peers_by_id.get(relay) == Some(&from);
                 match self.rebuild(&proposal) {
                     Ok(Ok(m)) => {
                         self.shared.metrics.proposals_rebuilt.fetch_add(1, Ordering::Relaxed);
                         return self.on_whole_proposal(from, m, fx);
                     }
                     Ok(Err(missing)) => {
-                        if self.validator.is_some()
-                            && !self.behind()
-                            && self.waiting.len() < FETCHES_MAX
-                            && !self.waiting.iter().any(|w| w.proposal.digest == proposal.digest)
-                        {
-                            let came = self.now();
-                            self.waiting.push(Waiting { came, from, proposal, missing });
+                        let same = self.waiting.iter().position(|w| w.proposal.digest == proposal.digest);
+                        match same {
+                            // A relay's copy came first and holds the slot: the leader's replaces it
+                            // (the wait keeps its start), or it would wait for ids that never come.
+                            Some(i) if from_leader && self.waiting[i].proposal != proposal => {
+                                let came = self.waiting[i].came;
+                                self.waiting[i] = Waiting { came, from, proposal, missing };
+                            }
+                            Some(_) => {}
+                            None if self.validator.is_some() && !self.behind() && self.waiting.len() < FETCHES_MAX => {
+                                let came = self.now();
+                                self.waiting.push(Waiting { came, from, proposal, missing });
+                            }
+                            None => {}
                         }
                         // Not relayed: this node cannot tell yet whether it is sound.
                         return Ok(Verdict::Ignore);
@@ -1383,7 +1393,11 @@ impl App {
                             view = proposal.view,
                             "refusing a compact proposal: {why}"
                         );
-                        self.named.retain(|n| n.digest != proposal.digest);
+                        // The leader's own list is forgotten only when its own copy fails: another
+                        // peer's altered copy must not erase it (`in_flight` needs it to build on).
+                        if from_leader {
+                            self.named.retain(|n| n.digest != proposal.digest);
+                        }
                         return Ok(Verdict::Reject);
                     }
                 }
@@ -2402,6 +2416,83 @@ mod tests {
         assert!(q.push(gid(0), vec![0; 10]).is_err());
         while q.pop().is_some() {}
         assert_eq!((q.len(), q.bytes), (0, 0));
+    }
+
+    /// Goal: only the leader's own copy of a compact proposal speaks for its ids (only the
+    /// digest is signed). A relay's altered copy that came first gives its waiting slot to
+    /// the leader's, and a relay's copy that fails to rebuild does not erase the leader's
+    /// named ids (a next leader builds on them); the leader's own failing copy does.
+    #[test]
+    fn a_relays_altered_compact_proposal_does_not_displace_the_leaders() {
+        use annal_ledger::genesis::{Genesis, Params, Validator};
+        use ed25519_dalek::Signer as _;
+        let g = Genesis {
+            chain_id: "annal-relay-test".into(),
+            genesis_time_ms: 1_764_000_000_000,
+            validators: (1..=4u8)
+                .map(|i| Validator {
+                    name: format!("v{i}"),
+                    consensus_key: SecretKey::from_seed([i; 32]).public(),
+                    p2p_key: SecretKey::from_seed([10 + i; 32]).public(),
+                    power: 1,
+                })
+                .collect(),
+            agencies: vec![],
+            params: Params::default(),
+        };
+        let dir = std::env::temp_dir().join(format!("annal-relay-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = annal_ledger::store::Store::open(
+            &dir.join("store"),
+            g.hash(),
+            annal_ledger::store::StoreOptions { sync: false, ..Default::default() },
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let shared = Arc::new(Shared::new(g.clone(), crate::config::Limits::default(), Some(0), store, tx));
+        let mut app = App::new(shared, dir.clone(), Some(SecretKey::from_seed([1; 32]))).unwrap();
+        let mut fx = app.start().unwrap();
+        // Validator 1 leads view 1 and signs digest [1; 32]; copies differ only in their ids.
+        let copy = |ids: Vec<RecordId>| {
+            let chain = ChainId(g.hash());
+            let bytes = consensus::signing_bytes(
+                consensus::VoteKind::Propose,
+                &chain,
+                consensus::View(1),
+                consensus::Height(1),
+                &[1; 32],
+            );
+            let proposal = CompactProposal {
+                height: 1,
+                view: 1,
+                parent_view: 0,
+                parent: g.hash(),
+                digest: [1; 32],
+                time_ms: g.genesis_time_ms + 1,
+                ids,
+                signature: ed25519_dalek::SigningKey::from_bytes(&[2; 32]).sign(&bytes).to_bytes(),
+            };
+            codec::encode(&Envelope::Proposal { seq: 1, proposal })
+        };
+        let leader = crate::net::peer_id(&g.validators[1].p2p_key).unwrap();
+        let relay = PeerId::random();
+        let waiting_ids = |app: &App| app.waiting.iter().map(|w| w.proposal.ids.clone()).collect::<Vec<_>>();
+
+        assert_eq!(app.on_consensus_gossip(&relay, &copy(vec![id(9)]), &mut fx).unwrap(), Verdict::Ignore);
+        assert_eq!(waiting_ids(&app), [vec![id(9)]]);
+        assert_eq!(app.on_consensus_gossip(&leader, &copy(vec![id(2)]), &mut fx).unwrap(), Verdict::Ignore);
+        assert_eq!(waiting_ids(&app), [vec![id(2)]], "the leader's copy takes the slot");
+        assert_eq!(app.on_consensus_gossip(&relay, &copy(vec![id(9)]), &mut fx).unwrap(), Verdict::Ignore);
+        assert_eq!(waiting_ids(&app), [vec![id(2)]], "and keeps it");
+        assert_eq!(app.named.iter().map(|n| n.ids.clone()).collect::<Vec<_>>(), [vec![id(2)]]);
+
+        let too_many = vec![id(3); Params::default().block_records_max + 1];
+        assert_eq!(app.on_consensus_gossip(&relay, &copy(too_many.clone()), &mut fx).unwrap(), Verdict::Reject);
+        assert_eq!(app.named.len(), 1, "a relay's failing copy leaves the leader's ids");
+        assert_eq!(app.on_consensus_gossip(&leader, &copy(too_many), &mut fx).unwrap(), Verdict::Reject);
+        assert!(app.named.is_empty(), "the leader's own failing copy forgets them");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
