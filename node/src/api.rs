@@ -272,6 +272,34 @@ struct Guard {
     bodies_by_client: Mutex<HashMap<Client, u32>>,
     /// The most one client may hold: a quarter of `in_flight`, at least one largest body.
     client_share_kib: u32,
+    /// Block answers being built.
+    builds: Builds,
+}
+
+/// Block answers built at once. One is up to ~11 MB of JSON for a full block, and
+/// several times that while it is built, before the answers budget counts it: without
+/// a bound, clients holding every connection (`limits.api_connections_max`) could make
+/// the node build that many at once. Past it a request waits its turn within its time
+/// bound; `annal audit` asks for one block at a time.
+const BLOCK_BUILDS_MAX: usize = 4;
+
+/// Turns for building large answers ([`BLOCK_BUILDS_MAX`] for `GET /v1/blocks/{height}`).
+struct Builds {
+    blocks: Arc<tokio::sync::Semaphore>,
+}
+
+impl Builds {
+    fn new(blocks_max: usize) -> Builds {
+        Builds { blocks: Arc::new(tokio::sync::Semaphore::new(blocks_max)) }
+    }
+
+    /// Waits for a turn if the request at `path` builds a large answer; held until it is built.
+    async fn turn(&self, path: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !path.starts_with("/v1/blocks/") {
+            return None;
+        }
+        Some(self.blocks.clone().acquire_owned().await.expect("the builds semaphore is never closed"))
+    }
 }
 
 /// A request body's room in [`Guard::admit`]: its KiB of the budget, and of its client's share.
@@ -304,7 +332,8 @@ impl Guard {
         let share = (limits.api_body_bytes_in_flight_max / 4).max(limits.api_body_bytes_max).div_ceil(1024);
         let client_share_kib = u32::try_from(share).unwrap_or(u32::MAX);
         let bodies_by_client = Mutex::new(HashMap::new());
-        Guard { shared, limiter, timeout, in_flight, answers, bodies_by_client, client_share_kib }
+        let builds = Builds::new(BLOCK_BUILDS_MAX);
+        Guard { shared, limiter, timeout, in_flight, answers, bodies_by_client, client_share_kib, builds }
     }
 
     /// The rate limit and the declared body size, checked before the body is
@@ -397,7 +426,12 @@ async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, ne
     let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes, client)) {
         Err(e) => e.into_response(),
         // The room is held until the answer is made (or the request dropped).
-        Ok(_room) => match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
+        Ok(_room) => match tokio::time::timeout_at(deadline.into(), async {
+            let _turn = guard.builds.turn(request.uri().path()).await;
+            next.run(request).await
+        })
+        .await
+        {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -1126,6 +1160,23 @@ mod tests {
         assert_eq!(answer.results[3].id, Some(id(3).to_hex()));
         assert_eq!(answer.results[1].id, Some(id(2).to_hex()), "a record not taken is named by its id");
         assert_eq!(answer.results[2].id, None, "a malformed record has no id");
+    }
+
+    /// Goal: at most the given number of block answers are built at once; the next waits
+    /// for a turn and gets one as soon as one is handed back; other paths never wait.
+    #[tokio::test]
+    async fn block_answers_take_turns_to_be_built() {
+        let builds = Builds::new(2);
+        let first = builds.turn("/v1/blocks/7").await.expect("a turn");
+        let _second = builds.turn("/v1/blocks/8").await.expect("a turn");
+        assert!(builds.turn("/v1/status").await.is_none(), "small answers take no turn");
+        let third = builds.turn("/v1/blocks/9");
+        tokio::pin!(third);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut third).await;
+        assert!(waited.is_err(), "a third block answer waits while two are built");
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(5), third).await.expect("its turn comes");
+        assert!(got.is_some());
     }
 
     /// Goal: a body is read whole while it keeps the pace (the grace, then the rate), is
