@@ -272,34 +272,6 @@ struct Guard {
     bodies_by_client: Mutex<HashMap<Client, u32>>,
     /// The most one client may hold: a quarter of `in_flight`, at least one largest body.
     client_share_kib: u32,
-    /// Block answers being built.
-    builds: Builds,
-}
-
-/// Block answers built at once. One is up to ~11 MB of JSON for a full block, and
-/// several times that while it is built, before the answers budget counts it: without
-/// a bound, clients holding every connection (`limits.api_connections_max`) could make
-/// the node build that many at once. Past it a request waits its turn within its time
-/// bound; `annal audit` asks for one block at a time.
-const BLOCK_BUILDS_MAX: usize = 4;
-
-/// Turns for building large answers ([`BLOCK_BUILDS_MAX`] for `GET /v1/blocks/{height}`).
-struct Builds {
-    blocks: Arc<tokio::sync::Semaphore>,
-}
-
-impl Builds {
-    fn new(blocks_max: usize) -> Builds {
-        Builds { blocks: Arc::new(tokio::sync::Semaphore::new(blocks_max)) }
-    }
-
-    /// Waits for a turn if the request at `path` builds a large answer; held until it is built.
-    async fn turn(&self, path: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if !path.starts_with("/v1/blocks/") {
-            return None;
-        }
-        Some(self.blocks.clone().acquire_owned().await.expect("the builds semaphore is never closed"))
-    }
 }
 
 /// A request body's room in [`Guard::admit`]: its KiB of the budget, and of its client's share.
@@ -332,8 +304,7 @@ impl Guard {
         let share = (limits.api_body_bytes_in_flight_max / 4).max(limits.api_body_bytes_max).div_ceil(1024);
         let client_share_kib = u32::try_from(share).unwrap_or(u32::MAX);
         let bodies_by_client = Mutex::new(HashMap::new());
-        let builds = Builds::new(BLOCK_BUILDS_MAX);
-        Guard { shared, limiter, timeout, in_flight, answers, bodies_by_client, client_share_kib, builds }
+        Guard { shared, limiter, timeout, in_flight, answers, bodies_by_client, client_share_kib }
     }
 
     /// The rate limit and the declared body size, checked before the body is
@@ -426,12 +397,7 @@ async fn guard_request(State(guard): State<Arc<Guard>>, mut request: Request, ne
     let response = match guard.check(&request).and_then(|bytes| guard.admit(bytes, client)) {
         Err(e) => e.into_response(),
         // The room is held until the answer is made (or the request dropped).
-        Ok(_room) => match tokio::time::timeout_at(deadline.into(), async {
-            let _turn = guard.builds.turn(request.uri().path()).await;
-            next.run(request).await
-        })
-        .await
-        {
+        Ok(_room) => match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -727,12 +693,17 @@ impl FromRequest<Arc<Shared>> for RawBody {
         let l = &shared.limits;
         let pace = BodyPace {
             started: tokio::time::Instant::now(),
-            grace: Duration::from_millis(l.api_header_timeout_ms),
+            grace: Duration::from_millis(l.api_header_timeout_ms).min(BODY_START_MAX),
             bytes_per_s_min: l.api_body_bytes_per_s_min,
         };
         read_body(request.into_body(), l.api_body_bytes_max, pace).await.map(RawBody)
     }
 }
+
+/// The longest a request body's first bytes may take after its head (less if
+/// `limits.api_header_timeout_ms` is less): an honest client sends them at once,
+/// and a declared body holds its place in the body budget while it waits.
+const BODY_START_MAX: Duration = Duration::from_secs(5);
 
 /// How fast a request body must come: all of what has arrived by `started +
 /// grace + bytes / bytes_per_s_min`, the next byte by then too. A client that
@@ -772,7 +743,8 @@ where
                     "too_slow",
                     format!(
                         "the body came slower than this node takes: {received} bytes in {} ms \
-                         (limits.api_header_timeout_ms to begin, then limits.api_body_bytes_per_s_min = {} bytes/s)",
+                         (at most 5 s, or limits.api_header_timeout_ms if less, to begin; then \
+                         limits.api_body_bytes_per_s_min = {} bytes/s)",
                         pace.started.elapsed().as_millis(),
                         pace.bytes_per_s_min
                     ),
@@ -1072,7 +1044,19 @@ async fn block(
     let height = height
         .parse::<u64>()
         .map_err(|e| ApiError::bad_query(format!("path parameter height {height:?} is not a height: {e}")))?;
-    Ok(Json(blocking(move || shared.block(height)).await?).into_response())
+    let turn = block_build_turn(&shared.block_builds).await;
+    // Built and written out as JSON on the blocking pool, holding the turn until done.
+    let text = blocking(move || {
+        let _turn = turn;
+        Ok(shared.block(height)?.to_string())
+    })
+    .await?;
+    Ok(json_text(text))
+}
+
+/// One of the `BLOCK_BUILDS_MAX` turns to build a block answer, waited for.
+async fn block_build_turn(builds: &Arc<tokio::sync::Semaphore>) -> tokio::sync::OwnedSemaphorePermit {
+    builds.clone().acquire_owned().await.expect("the block builds semaphore is never closed")
 }
 
 // ---------------------------------------------------------------- governance
@@ -1162,21 +1146,31 @@ mod tests {
         assert_eq!(answer.results[2].id, None, "a malformed record has no id");
     }
 
-    /// Goal: at most the given number of block answers are built at once; the next waits
-    /// for a turn and gets one as soon as one is handed back; other paths never wait.
+    /// Goal: at most `BLOCK_BUILDS_MAX` block answers are built at once; the next waits for
+    /// a turn, and a turn comes back only when the build holding it ends, not when the
+    /// request that started it goes away.
     #[tokio::test]
-    async fn block_answers_take_turns_to_be_built() {
-        let builds = Builds::new(2);
-        let first = builds.turn("/v1/blocks/7").await.expect("a turn");
-        let _second = builds.turn("/v1/blocks/8").await.expect("a turn");
-        assert!(builds.turn("/v1/status").await.is_none(), "small answers take no turn");
-        let third = builds.turn("/v1/blocks/9");
-        tokio::pin!(third);
-        let waited = tokio::time::timeout(Duration::from_millis(50), &mut third).await;
-        assert!(waited.is_err(), "a third block answer waits while two are built");
-        drop(first);
-        let got = tokio::time::timeout(Duration::from_secs(5), third).await.expect("its turn comes");
-        assert!(got.is_some());
+    async fn block_answers_take_turns_and_a_build_keeps_its_turn() {
+        let builds = Arc::new(tokio::sync::Semaphore::new(crate::shared::BLOCK_BUILDS_MAX));
+        let mut turns = Vec::new();
+        for _ in 0..crate::shared::BLOCK_BUILDS_MAX {
+            turns.push(block_build_turn(&builds).await);
+        }
+        let next = block_build_turn(&builds);
+        tokio::pin!(next);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut next).await.is_err(), "all turns taken");
+        // A build holding a turn outlives the request that started it.
+        let held = turns.pop().unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let build = tokio::task::spawn_blocking(move || {
+            let _turn = held;
+            released.recv().unwrap();
+        });
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut next).await.is_err(), "the build holds it");
+        release.send(()).unwrap();
+        build.await.unwrap();
+        let _turn =
+            tokio::time::timeout(Duration::from_secs(5), next).await.expect("its turn comes when the build ends");
     }
 
     /// Goal: a body is read whole while it keeps the pace (the grace, then the rate), is

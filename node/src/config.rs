@@ -89,9 +89,9 @@ pub struct Limits {
     /// How long a connection may take to send a request's head (kept alive: to
     /// begin the next one) before it is closed.
     pub api_header_timeout_ms: u64,
-    /// The slowest a request body may come: after `api_header_timeout_ms` from
-    /// the end of its head, it must have arrived at this average rate (bytes
-    /// per second); slower gets 408 `too_slow`.
+    /// The slowest a request body may come: after 5 s from the end of its head
+    /// (or `api_header_timeout_ms` if less), it must have arrived at this
+    /// average rate (bytes per second); slower gets 408 `too_slow`.
     pub api_body_bytes_per_s_min: u64,
     /// Requests per second one client (an IPv4 address or an IPv6 /64) may make (0: no limit).
     pub api_requests_per_s: u32,

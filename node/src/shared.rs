@@ -256,7 +256,17 @@ pub struct Shared {
     refusals: Mutex<(BTreeMap<RecordId, String>, VecDeque<RecordId>)>,
     /// Records the API admitted, for the loop to gossip: one message per request.
     gossip: mpsc::Sender<Vec<Vec<u8>>>,
+    /// Turns for building `GET /v1/blocks/{height}` answers ([`BLOCK_BUILDS_MAX`]).
+    pub block_builds: Arc<tokio::sync::Semaphore>,
 }
+
+/// Block answers built at once by the API. One is up to ~11 MB of JSON for a full
+/// block, and several times that while it is built, before the API's answers budget
+/// counts it: without a bound, clients holding every connection could make the node
+/// build that many at once. The build itself holds its turn, so a client that goes
+/// away does not hand it back early; the next request waits its turn within its
+/// time bound (`annal audit` asks for one block at a time).
+pub const BLOCK_BUILDS_MAX: usize = 4;
 
 impl Shared {
     pub fn new(
@@ -286,6 +296,7 @@ impl Shared {
             waiters: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new((BTreeMap::new(), VecDeque::new())),
             gossip,
+            block_builds: Arc::new(tokio::sync::Semaphore::new(BLOCK_BUILDS_MAX)),
         }
     }
 
