@@ -1648,28 +1648,14 @@ impl App {
         }
     }
 
-    /// The block `digest` as `Message::BlockResponse` wire bytes, if this node
-    /// holds it: in its core, among the blocks it voted for (persisted), or
-    /// committed.
-    /// A block by digest: from the core or a voted block's file, answered now; a committed
-    /// one from the store, built off the loop ([`history`]).
-    fn block_bytes(&self, digest: &[u8; 32]) -> Result<SyncAnswer> {
+    /// The answer to a request for block `digest`: from the core, now; from a voted
+    /// block's file or the store, built off the loop ([`history`]).
+    fn block_bytes(&self, digest: &[u8; 32]) -> SyncAnswer {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
-            return Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(Message::encode_block_response(b))))));
+            return SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(Message::encode_block_response(b)))));
         }
-        if self.persisted.contains_key(digest) {
-            let path = self.data_dir.join("blocks").join(hex::encode(digest));
-            if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(Message::BlockResponse(_)) = Message::decode(&bytes, &self.limits) {
-                    return Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(bytes)))));
-                }
-            }
-        }
-        let height = self.shared.store().app_meta(&wire::digest_key(digest))?;
-        match height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-            Some(h) if h <= self.tip_height => Ok(SyncAnswer::History(history::Request::Block { height: h })),
-            _ => Ok(SyncAnswer::Ready(codec::encode(&SyncResponse::Block(None)))),
-        }
+        let voted = self.persisted.contains_key(digest).then(|| self.data_dir.join("blocks").join(hex::encode(digest)));
+        SyncAnswer::History(history::Request::Block { digest: *digest, voted })
     }
 
     /// A timer fired or the tick came round.
@@ -1769,7 +1755,7 @@ impl App {
                     .find(|(k, _)| *k == (height, view))
                     .map(|(_, p)| Message::Propose(p.clone()).encode()),
             ))),
-            SyncRequest::Block { digest } => self.block_bytes(&digest)?,
+            SyncRequest::Block { digest } => self.block_bytes(&digest),
         })
     }
 
@@ -2278,13 +2264,17 @@ pub async fn run_loop(
                 }
             },
             _ = tick.tick() => {
-                let flood = app.byzantine.as_ref().map(|b| b.history_flood()).unwrap_or_default();
-                for peer in if flood.is_empty() { vec![] } else { app.validator_peers() } {
-                    for data in flood.iter().cloned() {
-                        let net = net.clone();
+                let peers = app.validator_peers();
+                let (flood, data) = app.byzantine.as_mut().map(|b| b.history_flood(&peers)).unwrap_or_default();
+                for peer in flood {
+                    for _ in 0..crate::byzantine::HISTORY_FLOOD {
+                        let (net, data) = (net.clone(), data.clone());
                         tokio::spawn(async move {
-                            let answer = net.request(peer, data).await.map(|a| a.len());
-                            debug!(%peer, "history flood (test-only Byzantine mode) answered: {answer:?}");
+                            loop {
+                                let answer = net.request(peer, data.clone()).await.map(|a| a.len());
+                                debug!(%peer, "history flood (test-only Byzantine mode) answered: {answer:?}");
+                                tokio::time::sleep(crate::byzantine::HISTORY_FLOOD_GAP).await;
+                            }
                         });
                     }
                 }
@@ -2350,9 +2340,10 @@ async fn answer(
     };
     let (shared, limits) = app.history_context();
     let net = net.clone();
+    let asked = request.clone();
     tokio::spawn(async move {
         let built = tokio::task::spawn_blocking(move || {
-            let answer = history::answer(&shared, &limits, request, max);
+            let answer = history::answer(&shared, &limits, asked, max);
             permit.done(Instant::now());
             answer
         })

@@ -11,30 +11,33 @@
 //! - `malformed`: publishes garbage on both topics;
 //! - `oversized`: sends sync requests four times the honest frame limit
 //!   (this node's own limit is raised so the frame leaves);
-//! - `history-flood`: each tick, asks every validator peer for the whole
-//!   chain from height 1, [`HISTORY_FLOOD`] requests at once.
+//! - `history-flood`: asks every validator peer for the whole chain from
+//!   height 1 over [`HISTORY_FLOOD`] streams, each asking again
+//!   [`HISTORY_FLOOD_GAP`] after its last answer or refusal, for good.
 //!
 //! Honest validators must stay safe and live, refuse every such message, and
 //! record the equivocations as evidence (`/v1/status` `evidence`, metric
 //! `annal_evidence_total`); they answer the flood of history requests off
 //! their loop, one per peer at a time (`annal_history_requests_refused_total`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use annal_consensus::{signing_bytes, ChainId, Height, Message, ValidatorIndex, View, Vote, VoteKind};
 use annal_ledger::codec;
 use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::{Digest as _, Sha256};
 
-use crate::net::Topic;
+use crate::net::{PeerId, Topic};
 use crate::wire::{Envelope, SyncRequest};
 
 /// The behaviours a test can turn on.
 pub const BEHAVIOURS: [&str; 5] = ["equivocate", "replay", "malformed", "oversized", "history-flood"];
 
-/// History requests `history-flood` sends each peer per tick (the request protocol's default
+/// Streams `history-flood` keeps asking each peer on (the request protocol's default
 /// `limits.sync_streams_max` lets a peer hold 32 open).
 pub const HISTORY_FLOOD: usize = 32;
+/// How long each of those streams waits after an answer or a refusal before asking again.
+pub const HISTORY_FLOOD_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub struct Byzantine {
     behaviours: Vec<String>,
@@ -45,6 +48,8 @@ pub struct Byzantine {
     heard: VecDeque<Vec<u8>>,
     counter: u64,
     oversized_bytes: usize,
+    /// Peers `history-flood` floods already.
+    flooded: BTreeSet<PeerId>,
 }
 
 impl Byzantine {
@@ -58,6 +63,7 @@ impl Byzantine {
             heard: VecDeque::new(),
             counter: 0,
             oversized_bytes: honest_limit * 4,
+            flooded: BTreeSet::new(),
         }
     }
 
@@ -119,15 +125,16 @@ impl Byzantine {
         (self.does("oversized") && self.counter.is_multiple_of(2)).then(|| vec![0xaa; self.oversized_bytes])
     }
 
-    /// This tick's history requests for each peer, if `history-flood` is on: the
-    /// whole chain from height 1, as much as an answer may hold.
-    pub fn history_flood(&self) -> Vec<Vec<u8>> {
+    /// The peers among `connected` that `history-flood` should begin flooding now (each
+    /// once), and the request it keeps sending them: the whole chain from height 1, as
+    /// much as an answer may hold.
+    pub fn history_flood(&mut self, connected: &[PeerId]) -> (Vec<PeerId>, Vec<u8>) {
         let request = codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX });
-        if self.does("history-flood") {
-            vec![request; HISTORY_FLOOD]
-        } else {
-            vec![]
+        if !self.does("history-flood") {
+            return (vec![], request);
         }
+        let new = connected.iter().filter(|p| self.flooded.insert(**p)).copied().collect();
+        (new, request)
     }
 
     fn consensus(&self, message: Vec<u8>) -> (Topic, Vec<u8>) {

@@ -1,7 +1,8 @@
 //! Answers to peers' requests for committed history (blocks, certificates, a
-//! committed block by digest), built from the store off the node's loop.
+//! block by digest the core does not hold), built off the node's loop.
 //!
-//! These answers read up to hundreds of blocks from the store. Built on the
+//! These answers read up to hundreds of blocks from the store (or a voted
+//! block's file). Built on the
 //! loop, a peer holding many requests open (the request protocol allows
 //! `limits.sync_streams_max` at once) kept the loop from voting and
 //! committing for as long as it liked. Built on the blocking pool, they
@@ -14,6 +15,7 @@
 //! asker tries again later.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,14 +39,15 @@ pub const SYNC_CERTIFICATES_MAX: usize = 1025;
 pub const ANSWERS_MAX: u32 = 2;
 
 /// A request the store answers, with what the loop already checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Committed blocks from `from`, with their finalizations.
     Blocks { from: u64, max: u32 },
     /// The ledger certificates stored for `from..=to`.
     Certificates { from: u64, to: u64 },
-    /// The committed block at `height` (the loop found it by its digest).
-    Block { height: u64 },
+    /// A block by digest the core does not hold: from the file of a block this
+    /// validator voted for (`voted`), else committed.
+    Block { digest: [u8; 32], voted: Option<PathBuf> },
 }
 
 /// Builds the answer to `request` from the store.
@@ -52,20 +55,40 @@ pub fn answer(shared: &Shared, limits: &consensus::Limits, request: Request, res
     let response = match request {
         Request::Blocks { from, max } => SyncResponse::Blocks(blocks(shared, limits, from, max, response_max)?),
         Request::Certificates { from, to } => {
-            let store = shared.store();
             let mut out = Vec::new();
             for h in from..=to.min(from.saturating_add(SYNC_CERTIFICATES_MAX as u64 - 1)) {
-                if let Some(c) = store.certificate(Height(h))? {
+                // The store's lock is taken per height: a commit waiting for it holds up every reader.
+                if let Some(c) = shared.store().certificate(Height(h))? {
                     out.push(c.to_bytes());
                 }
             }
             SyncResponse::Certificates(out)
         }
-        Request::Block { height } => {
-            SyncResponse::Block(Some(Message::BlockResponse(rebuild_block(shared, limits, height)?.0).encode()))
-        }
+        Request::Block { digest, voted } => SyncResponse::Block(block(shared, limits, &digest, voted.as_deref())?),
     };
     Ok(codec::encode(&response))
+}
+
+/// The block `digest` as `Message::BlockResponse` wire bytes: from a voted block's file,
+/// or rebuilt from the store if committed; `None` if this node holds neither.
+fn block(
+    shared: &Shared,
+    limits: &consensus::Limits,
+    digest: &[u8; 32],
+    voted: Option<&Path>,
+) -> Result<Option<Vec<u8>>> {
+    if let Some(bytes) = voted.and_then(|path| std::fs::read(path).ok()) {
+        if let Ok(Message::BlockResponse(_)) = Message::decode(&bytes, limits) {
+            return Ok(Some(bytes));
+        }
+    }
+    let height = shared.store().app_meta(&wire::digest_key(digest))?;
+    match height.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+        Some(h) if h <= shared.store().tip().height.0 => {
+            Ok(Some(Message::BlockResponse(rebuild_block(shared, limits, h)?.0).encode()))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Committed blocks from `from`: at most `max` (itself at most [`SYNC_BATCH`]), and up to
