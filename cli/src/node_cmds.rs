@@ -540,17 +540,19 @@ pub fn prove(args: ProveArgs) -> Result<()> {
     if parsed.record.decoded.id != id.to_hex() {
         bail!("asked for the bundle of {id}, the node sent one for {}", parsed.record.decoded.id);
     }
-    std::fs::write(&out, parsed.to_json()).with_context(|| format!("writing {}", out.display()))?;
+    // Everything is fetched before anything is written: a failure leaves no file behind
+    // (a second try would find one and refuse to overwrite it).
+    let mut files: Vec<(&Path, Vec<u8>)> = vec![(out.as_path(), parsed.to_json().into_bytes())];
     if let Some(path) = &args.tlog_proof {
         let tlog = with_retries(&["not_certified"], args.json, || {
             client.get_text(&format!("/v1/proofs/{id}?format=tlog-proof"), BUNDLE_BYTES_MAX as u64)
         })?;
-        std::fs::write(path, tlog).with_context(|| format!("writing {}", path.display()))?;
+        files.push((path, tlog.into_bytes()));
     }
     if let Some(path) = &args.record_bytes {
         let (_, bytes) = fetch_record(&client, &id)?;
         let bytes = bytes.ok_or_else(|| anyhow!("the node's answer for record {id} has no record bytes"))?;
-        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        files.push((path, bytes));
     }
     let mut next = format!("annal verify --genesis GENESIS {}", out.display());
     if let (Some((held_path, held_height)), Some(path)) = (held, &args.consistency) {
@@ -560,8 +562,11 @@ pub fn prove(args: ProveArgs) -> Result<()> {
         let text = client.get_text(&format!("/v1/consistency?from={from}&to={to}"), BUNDLE_BYTES_MAX as u64)?;
         let proof =
             Consistency::from_json(&text).map_err(|e| anyhow!("the node's answer is not a consistency proof: {e}"))?;
-        std::fs::write(path, proof.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        files.push((path, proof.to_json().into_bytes()));
         next.push_str(&format!(" --held {} --consistency {}", held_path.display(), path.display()));
+    }
+    for (path, bytes) in files {
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         let display = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());

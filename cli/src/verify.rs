@@ -143,6 +143,13 @@ pub fn verify(args: VerifyArgs) -> Outcome {
         },
         None => None,
     };
+    // What was given for the tie must fit it before anything is judged: exit 1 means a check
+    // failed (two histories, a forged proof), never a missing or mismatched input.
+    if let Some((_, held_at)) = &held {
+        if let Err(e) = tie_inputs_fit(&bundle, *held_at, consistency.as_ref()) {
+            return unreadable(args.json, e);
+        }
+    }
     let mut tie = None;
     let result = proof::verify(&bundle, &genesis, None).and_then(|v| {
         if let Some((path, file, size)) = &document {
@@ -160,7 +167,7 @@ pub fn verify(args: VerifyArgs) -> Outcome {
                     .into(),
             });
         }
-        if let Some(held) = &held {
+        if let Some((held, _)) = &held {
             tie = Some(proof::tie_to_held(&v.header, held, consistency.as_ref(), &genesis)?);
         }
         Ok(v)
@@ -201,10 +208,41 @@ pub fn verify(args: VerifyArgs) -> Outcome {
     }
 }
 
-/// A held checkpoint's text, read within the size of a note.
-fn read_held(path: &Path) -> Result<String, String> {
-    read(path, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
-        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", path.display())))
+/// A held checkpoint's text and height, read within the size of a note.
+fn read_held(path: &Path) -> Result<(String, u64), String> {
+    let text = read(path, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
+        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", path.display())))?;
+    let height = crate::node_cmds::checkpoint_height(&text)
+        .map_err(|e| format!("{} is not a signed checkpoint: {e:#}", path.display()))?;
+    Ok((text, height))
+}
+
+/// Whether `--held` (at `held_at`) and `--consistency` fit the bundle: a proof is given
+/// unless the held checkpoint is at the record's block's height, and runs between the
+/// two heights. Heights that cannot be read are left to the checks themselves.
+fn tie_inputs_fit(bundle: &Bundle, held_at: u64, consistency: Option<&proof::Consistency>) -> Result<(), String> {
+    let Ok(at) = crate::node_cmds::checkpoint_height(&bundle.block.checkpoint) else { return Ok(()) };
+    let (low, high) = (at.min(held_at), at.max(held_at));
+    match consistency {
+        None if at != held_at => Err(format!(
+            "the held checkpoint is at height {held_at} and the record's block at {at}: give --consistency with a \
+             proof between the two (annal prove --held CHECKPOINT --consistency FILE saves one)"
+        )),
+        Some(p) => {
+            let ends = (
+                crate::node_cmds::checkpoint_height(&p.old.checkpoint),
+                crate::node_cmds::checkpoint_height(&p.new.checkpoint),
+            );
+            match ends {
+                (Ok(old), Ok(new)) if (old, new) != (low, high) && at != held_at => Err(format!(
+                    "the consistency proof runs from height {old} to {new}, not between the record's block ({at}) \
+                     and the held checkpoint ({held_at})"
+                )),
+                _ => Ok(()),
+            }
+        }
+        None => Ok(()),
+    }
 }
 
 /// A consistency proof file, read within the size of a bundle.
@@ -362,7 +400,7 @@ pub fn verify_consistency(args: VerifyConsistencyArgs) -> Outcome {
         Err(e) => return unreadable(args.json, e.to_string()),
     };
     let held = match read_held(&args.old) {
-        Ok(t) => t,
+        Ok((text, _)) => text,
         Err(e) => return unreadable(args.json, e),
     };
     let proof = match read_consistency(&args.new) {

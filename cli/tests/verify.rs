@@ -259,9 +259,28 @@ fn verify_ties_a_record_to_a_held_checkpoint() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("the checkpoint you hold is this block's"), "{}", text(&o));
 
+    // Inputs that do not fit are unreadable (2), not a failed check (1): no proof, a proof
+    // between other heights, a held file that is not a signed checkpoint.
     let o = annal(&["verify", &older, "--genesis", &g, "--held", &held2]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("give --consistency"), "{}", text(&o));
+    let same =
+        write(&n.dir, "same.json", &proof::consistency(&n.store, &n.genesis, Height(2), Height(2)).unwrap().to_json());
+    let o = annal(&["verify", &older, "--genesis", &g, "--held", &held2, "--consistency", &same]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("runs from height 2 to 2"), "{}", text(&o));
+    let o = annal(&["verify", &older, "--genesis", &g, "--held", &proof_file, "--consistency", &proof_file]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A forged proof between the right heights is a failed check.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut forged = p.clone();
+    let mut hash = b64.decode(&forged.path[0]).unwrap();
+    hash[0] ^= 1;
+    forged.path[0] = b64.encode(hash);
+    let forged = write(&n.dir, "forged.json", &forged.to_json());
+    let o = annal(&["verify", &older, "--genesis", &g, "--held", &held2, "--consistency", &forged]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("a consistency proof between the two is needed"), "{}", text(&o));
     let o = annal(&["verify", &older, "--genesis", &g, "--consistency", &proof_file]);
     assert_eq!(o.status.code(), Some(2), "--consistency without --held is a usage error: {}", text(&o));
 }

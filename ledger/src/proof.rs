@@ -692,8 +692,11 @@ pub enum HeldTie {
 /// checkpoint must be the block's own, or `consistency` must prove, under
 /// `genesis`, that one of the two logs extends the other, starting or ending at
 /// exactly these two checkpoints. A record older than the held checkpoint is
-/// then in the held log; a newer one's log is an extension of it. Either way no
-/// alternative history certified by a former validator set can pass.
+/// then in the held log, so no alternative history certified by a former
+/// validator set can pass; a newer record's log extends the held one, which
+/// rules out histories that fork at or below the held checkpoint (sets that
+/// left office before it), not a fork certified later by a set that left
+/// after it.
 pub fn tie_to_held(
     header: &Header,
     held: &str,
