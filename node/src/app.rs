@@ -2329,7 +2329,7 @@ async fn answer(
             return;
         }
     };
-    let permit = match gate.admit(from, Instant::now()) {
+    let permit = match gate.admit(from, request.kind(), Instant::now()) {
         Ok(permit) => permit,
         Err(refusal) => {
             // The stream closes unanswered; an honest peer asks again at a later tick.

@@ -7,9 +7,10 @@
 //! `limits.sync_streams_max` at once) kept the loop from voting and
 //! committing for as long as it liked. Built on the blocking pool, they
 //! leave the loop free, and a [`Gate`] bounds what any one peer can make
-//! this node spend on them: one answer in progress per peer, a few in all,
-//! and after each answer a pause as long as it took to build before the same
-//! peer is served again (at most half of one core per peer). An honest peer
+//! this node spend on them: one answer of each [`Kind`] in progress per peer
+//! (a run for sync, a single block for a core's fetch), three in all, and
+//! after each answer a pause as long as it took to build before the same
+//! peer is served that kind again (at most one core per peer). An honest peer
 //! asks for history once per tick (500 ms) and never meets these bounds; a
 //! request past them is refused (its stream is closed unanswered) and the
 //! asker tries again later.
@@ -36,7 +37,7 @@ pub const SYNC_EXTRA_MAX: u32 = 64;
 /// Certificates one answer to `SyncRequest::Certificates` holds at most (heights `from..=from + 1024`).
 pub const SYNC_CERTIFICATES_MAX: usize = 1025;
 /// History answers in progress at once, over all peers.
-pub const ANSWERS_MAX: u32 = 2;
+pub const ANSWERS_MAX: u32 = 3;
 
 /// A request the store answers, with what the loop already checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,16 +206,34 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Which peers' history answers are in progress, and until when each peer pauses.
+/// What an answer reads: a run of blocks or certificates (sync), or one block (a
+/// core's fetch, usually of a block in flight). A peer has one of each at a time,
+/// so its fetch is not refused while its sync answer is built or pausing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Run,
+    Single,
+}
+
+impl Request {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Blocks { .. } | Request::Certificates { .. } => Kind::Run,
+            Request::Block { .. } => Kind::Single,
+        }
+    }
+}
+
+/// Which peers' history answers are in progress, and until when each peer pauses, by kind.
 #[derive(Default)]
 struct GateState {
-    busy: BTreeSet<PeerId>,
-    paused_until: BTreeMap<PeerId, Instant>,
+    busy: BTreeSet<(PeerId, Kind)>,
+    paused_until: BTreeMap<(PeerId, Kind), Instant>,
     in_progress: u32,
 }
 
-/// Admits history answers: one per peer at a time, [`ANSWERS_MAX`] in all,
-/// and a peer waits after each answer for as long as it took to build.
+/// Admits history answers: one per peer and [`Kind`] at a time, [`ANSWERS_MAX`] in
+/// all, and a peer waits after each answer for as long as it took to build.
 #[derive(Clone, Default)]
 pub struct Gate {
     state: Arc<Mutex<GateState>>,
@@ -223,13 +242,14 @@ pub struct Gate {
 /// An admitted answer: held while it is built, handed back by [`Permit::done`].
 pub struct Permit {
     gate: Gate,
-    peer: PeerId,
+    peer: (PeerId, Kind),
     started: Instant,
     finished: bool,
 }
 
 impl Gate {
-    pub fn admit(&self, peer: PeerId, now: Instant) -> std::result::Result<Permit, Refusal> {
+    pub fn admit(&self, peer: PeerId, kind: Kind, now: Instant) -> std::result::Result<Permit, Refusal> {
+        let peer = (peer, kind);
         let mut s = self.state.lock().expect("history gate lock");
         s.paused_until.retain(|_, until| *until > now);
         if s.busy.contains(&peer) {
@@ -246,7 +266,7 @@ impl Gate {
         Ok(Permit { gate: self.clone(), peer, started: now, finished: false })
     }
 
-    fn release(&self, peer: PeerId, pause_until: Option<Instant>) {
+    fn release(&self, peer: (PeerId, Kind), pause_until: Option<Instant>) {
         let mut s = self.state.lock().expect("history gate lock");
         s.in_progress -= 1;
         s.busy.remove(&peer);
@@ -284,23 +304,29 @@ mod tests {
     }
 
     #[test]
-    fn one_answer_per_peer_a_few_in_all_and_a_pause_after_each() {
+    fn one_answer_of_each_kind_per_peer_a_few_in_all_and_a_pause_after_each() {
         let gate = Gate::default();
         let t0 = Instant::now();
-        let a = gate.admit(peer(1), t0).unwrap();
-        assert_eq!(gate.admit(peer(1), t0).err(), Some(Refusal::PeerBusy));
-        let b = gate.admit(peer(2), t0).unwrap();
-        assert_eq!(gate.admit(peer(3), t0).err(), Some(Refusal::Full));
+        let a = gate.admit(peer(1), Kind::Run, t0).unwrap();
+        assert_eq!(gate.admit(peer(1), Kind::Run, t0).err(), Some(Refusal::PeerBusy));
+        // A single block for the same peer meanwhile: its own slot.
+        let single = gate.admit(peer(1), Kind::Single, t0).unwrap();
+        assert_eq!(gate.admit(peer(1), Kind::Single, t0).err(), Some(Refusal::PeerBusy));
+        let b = gate.admit(peer(2), Kind::Run, t0).unwrap();
+        assert_eq!(gate.admit(peer(3), Kind::Run, t0).err(), Some(Refusal::Full));
+        single.done(t0);
 
-        // Peer 1's answer took 40 ms: it waits 40 ms before the next; the slot is free for others.
+        // Peer 1's run took 40 ms: it waits 40 ms before the next; the slot is free for others.
         a.done(t0 + Duration::from_millis(40));
         let at = t0 + Duration::from_millis(50);
-        assert_eq!(gate.admit(peer(1), at).err(), Some(Refusal::PeerPausing { left: Duration::from_millis(30) }));
-        let c = gate.admit(peer(3), at).unwrap();
+        let left = Duration::from_millis(30);
+        assert_eq!(gate.admit(peer(1), Kind::Run, at).err(), Some(Refusal::PeerPausing { left }));
+        gate.admit(peer(1), Kind::Single, at).unwrap().done(at);
+        let c = gate.admit(peer(3), Kind::Run, at).unwrap();
         drop(c); // a build that panicked: the slot comes back, no pause.
-        gate.admit(peer(3), at).unwrap().done(at);
+        gate.admit(peer(3), Kind::Run, at).unwrap().done(at);
         let later = t0 + Duration::from_millis(80);
-        gate.admit(peer(1), later).unwrap().done(later);
+        gate.admit(peer(1), Kind::Run, later).unwrap().done(later);
         b.done(later);
         let s = gate.state.lock().unwrap();
         assert_eq!(s.in_progress, 0);

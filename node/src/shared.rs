@@ -799,8 +799,8 @@ impl Shared {
             ("annal_records_gossiped_total", "Records in the batches this node gossiped.", &m.records_gossiped),
             (
                 "annal_history_requests_refused_total",
-                "Peers' requests for committed blocks or certificates refused: the peer had one in progress, had one \
-                 answered too recently, or the node was building as many as it builds at once.",
+                "Peers' requests for committed blocks, certificates or single blocks refused: the peer had one of that \
+                 kind in progress, had one answered too recently, or the node was building as many as it builds at once.",
                 &m.history_requests_refused,
             ),
         ] {
