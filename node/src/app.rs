@@ -1648,14 +1648,15 @@ impl App {
         }
     }
 
-    /// The answer to a request for block `digest`: from the core, now; from a voted
-    /// block's file or the store, built off the loop ([`history`]).
-    fn block_bytes(&self, digest: &[u8; 32]) -> SyncAnswer {
+    /// The request for block `digest`, answered off the loop ([`history`]): the core's
+    /// block (shared, encoded there: up to megabytes a request), a voted block's file, or
+    /// the store.
+    fn block_bytes(&self, digest: &[u8; 32]) -> history::Request {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
-            return SyncAnswer::Ready(codec::encode(&SyncResponse::Block(Some(Message::encode_block_response(b)))));
+            return history::Request::Held(b.clone());
         }
         let voted = self.persisted.contains_key(digest).then(|| self.data_dir.join("blocks").join(hex::encode(digest)));
-        SyncAnswer::History(history::Request::Block { digest: *digest, voted })
+        history::Request::Block { digest: *digest, voted }
     }
 
     /// A timer fired or the tick came round.
@@ -1741,9 +1742,9 @@ impl App {
         Some(validators[(self.seq as usize) % validators.len()])
     }
 
-    /// Answers a peer's request: this leader's recent proposals whole (ADR 0008) and blocks
-    /// the core or a voted block's file holds, now; committed history (blocks, certificates,
-    /// a committed block by digest) is named for the store to answer off the loop.
+    /// Answers a peer's request: this leader's recent proposals whole (ADR 0008), now;
+    /// blocks, certificates and a block by digest (from the core, a voted block's file or
+    /// the store) are named for [`history`] to answer off the loop.
     pub fn answer_sync(&self, data: &[u8]) -> Result<SyncAnswer> {
         let request: SyncRequest = codec::decode(data, 64).context("unreadable sync request")?;
         Ok(match request {
@@ -1755,7 +1756,7 @@ impl App {
                     .find(|(k, _)| *k == (height, view))
                     .map(|(_, p)| Message::Propose(p.clone()).encode()),
             ))),
-            SyncRequest::Block { digest } => self.block_bytes(&digest),
+            SyncRequest::Block { digest } => SyncAnswer::History(self.block_bytes(&digest)),
         })
     }
 

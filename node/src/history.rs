@@ -1,8 +1,8 @@
-//! Answers to peers' requests for committed history (blocks, certificates, a
-//! block by digest the core does not hold), built off the node's loop.
+//! Answers to peers' requests for history (blocks, certificates, a block by
+//! digest), built off the node's loop.
 //!
-//! These answers read up to hundreds of blocks from the store (or a voted
-//! block's file). Built on the
+//! These answers read up to hundreds of blocks from the store, or a voted
+//! block's file, or encode a block of megabytes the core holds. Built on the
 //! loop, a peer holding many requests open (the request protocol allows
 //! `limits.sync_streams_max` at once) kept the loop from voting and
 //! committing for as long as it liked. Built on the blocking pool, they
@@ -39,8 +39,8 @@ pub const SYNC_CERTIFICATES_MAX: usize = 1025;
 /// History answers in progress at once, over all peers.
 pub const ANSWERS_MAX: u32 = 3;
 
-/// A request the store answers, with what the loop already checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A request answered off the loop, with what the loop already looked up.
+#[derive(Clone)]
 pub enum Request {
     /// Committed blocks from `from`, with their finalizations.
     Blocks { from: u64, max: u32 },
@@ -49,6 +49,22 @@ pub enum Request {
     /// A block by digest the core does not hold: from the file of a block this
     /// validator voted for (`voted`), else committed.
     Block { digest: [u8; 32], voted: Option<PathBuf> },
+    /// A block the core holds (its payload shared, not copied), to encode.
+    Held(Block),
+}
+
+impl std::fmt::Debug for Request {
+    /// Names the request, never a block's payload.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Blocks { from, max } => write!(f, "Blocks {{ from: {from}, max: {max} }}"),
+            Request::Certificates { from, to } => write!(f, "Certificates {{ from: {from}, to: {to} }}"),
+            Request::Block { digest, voted } => {
+                write!(f, "Block {{ digest: {}, voted: {} }}", hex::encode(digest), voted.is_some())
+            }
+            Request::Held(b) => write!(f, "Held {{ height: {}, view: {} }}", b.height.0, b.view.0),
+        }
+    }
 }
 
 /// Builds the answer to `request` from the store.
@@ -66,6 +82,7 @@ pub fn answer(shared: &Shared, limits: &consensus::Limits, request: Request, res
             SyncResponse::Certificates(out)
         }
         Request::Block { digest, voted } => SyncResponse::Block(block(shared, limits, &digest, voted.as_deref())?),
+        Request::Held(b) => SyncResponse::Block(Some(Message::encode_block_response(&b))),
     };
     Ok(codec::encode(&response))
 }
@@ -219,7 +236,7 @@ impl Request {
     pub fn kind(&self) -> Kind {
         match self {
             Request::Blocks { .. } | Request::Certificates { .. } => Kind::Run,
-            Request::Block { .. } => Kind::Single,
+            Request::Block { .. } | Request::Held(_) => Kind::Single,
         }
     }
 }
