@@ -1653,7 +1653,7 @@ impl App {
     /// the store.
     fn block_bytes(&self, digest: &[u8; 32]) -> history::Request {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
-            return history::Request::Held(b.clone());
+            return history::Request::Held { digest: *digest, block: b.clone() };
         }
         let voted = self.persisted.contains_key(digest).then(|| self.data_dir.join("blocks").join(hex::encode(digest)));
         history::Request::Block { digest: *digest, voted }
@@ -2341,10 +2341,11 @@ async fn answer(
     };
     let (shared, limits) = app.history_context();
     let net = net.clone();
-    let asked = request.clone();
+    // Named in logs without holding the request (a held block's payload) past its build.
+    let shown = format!("{request:?}");
     tokio::spawn(async move {
         let built = tokio::task::spawn_blocking(move || {
-            let answer = history::answer(&shared, &limits, asked, max);
+            let answer = history::answer(&shared, &limits, request, max);
             permit.done(Instant::now());
             answer
         })
@@ -2355,8 +2356,8 @@ async fn answer(
                     debug!(%from, "sync answer not sent: {e}");
                 }
             }
-            Ok(Err(e)) => warn!(%from, ?request, "cannot answer a sync request: {e:#}"),
-            Err(e) => error!(%from, ?request, "building a sync answer failed: {e}"),
+            Ok(Err(e)) => warn!(%from, request = %shown, "cannot answer a sync request: {e:#}"),
+            Err(e) => error!(%from, request = %shown, "building a sync answer failed: {e}"),
         }
     });
 }

@@ -18,7 +18,7 @@
 //! Honest validators must stay safe and live, refuse every such message, and
 //! record the equivocations as evidence (`/v1/status` `evidence`, metric
 //! `annal_evidence_total`); they answer the flood of history requests off
-//! their loop, one of each kind per peer at a time (`annal_history_requests_refused_total`).
+//! their loop, one run per peer at a time (`annal_history_requests_refused_total`).
 
 use std::collections::{BTreeSet, VecDeque};
 

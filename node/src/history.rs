@@ -7,15 +7,17 @@
 //! `limits.sync_streams_max` at once) kept the loop from voting and
 //! committing for as long as it liked. Built on the blocking pool, they
 //! leave the loop free, and a [`Gate`] bounds what any one peer can make
-//! this node spend on them: one answer of each [`Kind`] in progress per peer
-//! (a run for sync, a single block for a core's fetch), three in all, and
-//! after each answer a pause as long as it took to build before the same
-//! peer is served that kind again (at most one core per peer). An honest peer
+//! this node spend on them: per peer one run of blocks or certificates (sync)
+//! in progress, two in all, and after each a pause as long as it took to
+//! build before that peer's next run (on average at most half a core per
+//! peer); per peer four single blocks (a core's fetches) in progress, eight in
+//! all, unpaused: each is one block's read or copy, and a core that is
+//! refused one asks again only at its next view. An honest peer
 //! asks for history once per tick (500 ms) and never meets these bounds; a
 //! request past them is refused (its stream is closed unanswered) and the
 //! asker tries again later.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,8 +38,12 @@ pub const SYNC_BATCH: u32 = 128;
 pub const SYNC_EXTRA_MAX: u32 = 64;
 /// Certificates one answer to `SyncRequest::Certificates` holds at most (heights `from..=from + 1024`).
 pub const SYNC_CERTIFICATES_MAX: usize = 1025;
-/// History answers in progress at once, over all peers.
-pub const ANSWERS_MAX: u32 = 3;
+/// Runs of blocks or certificates in progress at once, over all peers.
+pub const RUNS_MAX: u32 = 2;
+/// Single blocks in progress at once for one peer (a core asks for all it misses at
+/// once; the node's own requests in flight are at most 8), and over all peers.
+pub const SINGLES_PER_PEER: u32 = 4;
+pub const SINGLES_MAX: u32 = 8;
 
 /// A request answered off the loop, with what the loop already looked up.
 #[derive(Clone)]
@@ -50,7 +56,7 @@ pub enum Request {
     /// validator voted for (`voted`), else committed.
     Block { digest: [u8; 32], voted: Option<PathBuf> },
     /// A block the core holds (its payload shared, not copied), to encode.
-    Held(Block),
+    Held { digest: [u8; 32], block: Block },
 }
 
 impl std::fmt::Debug for Request {
@@ -62,7 +68,9 @@ impl std::fmt::Debug for Request {
             Request::Block { digest, voted } => {
                 write!(f, "Block {{ digest: {}, voted: {} }}", hex::encode(digest), voted.is_some())
             }
-            Request::Held(b) => write!(f, "Held {{ height: {}, view: {} }}", b.height.0, b.view.0),
+            Request::Held { digest, block } => {
+                write!(f, "Held {{ digest: {}, height: {} }}", hex::encode(digest), block.height.0)
+            }
         }
     }
 }
@@ -82,7 +90,7 @@ pub fn answer(shared: &Shared, limits: &consensus::Limits, request: Request, res
             SyncResponse::Certificates(out)
         }
         Request::Block { digest, voted } => SyncResponse::Block(block(shared, limits, &digest, voted.as_deref())?),
-        Request::Held(b) => SyncResponse::Block(Some(Message::encode_block_response(&b))),
+        Request::Held { block, .. } => SyncResponse::Block(Some(Message::encode_block_response(&block))),
     };
     Ok(codec::encode(&response))
 }
@@ -207,7 +215,7 @@ pub enum Refusal {
     PeerBusy,
     /// The peer's last answer finished less than its build time ago.
     PeerPausing { left: Duration },
-    /// [`ANSWERS_MAX`] answers are in progress.
+    /// As many answers of the kind as the node builds at once are in progress.
     Full,
 }
 
@@ -218,39 +226,60 @@ impl std::fmt::Display for Refusal {
             Refusal::PeerPausing { left } => {
                 write!(f, "the peer's last history answer finished too recently ({} ms to wait)", left.as_millis())
             }
-            Refusal::Full => write!(f, "{ANSWERS_MAX} history answers are in progress"),
+            Refusal::Full => {
+                write!(f, "as many history answers of its kind as this node builds at once are in progress")
+            }
         }
     }
 }
 
 /// What an answer reads: a run of blocks or certificates (sync), or one block (a
-/// core's fetch, usually of a block in flight). A peer has one of each at a time,
-/// so its fetch is not refused while its sync answer is built or pausing.
+/// core's fetch, usually of a block in flight). Each kind has its own bounds, so a
+/// node's fetches are not refused behind its own sync answer or a peer's runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Run,
     Single,
 }
 
+impl Kind {
+    /// Answers of this kind one peer may have in progress, and all peers together.
+    /// A run reads up to hundreds of blocks; an honest node asks for one per tick. A
+    /// core asks for the blocks it misses all at once (one peer may get several), and
+    /// retries a refused one only at its next view: single blocks are many per peer
+    /// and never paused, each being one block's read or copy.
+    fn bounds(self) -> (u32, u32) {
+        match self {
+            Kind::Run => (1, RUNS_MAX),
+            Kind::Single => (SINGLES_PER_PEER, SINGLES_MAX),
+        }
+    }
+
+    /// Whether a peer waits, after such an answer, as long as it took to build.
+    fn pauses(self) -> bool {
+        self == Kind::Run
+    }
+}
+
 impl Request {
     pub fn kind(&self) -> Kind {
         match self {
             Request::Blocks { .. } | Request::Certificates { .. } => Kind::Run,
-            Request::Block { .. } | Request::Held(_) => Kind::Single,
+            Request::Block { .. } | Request::Held { .. } => Kind::Single,
         }
     }
 }
 
-/// Which peers' history answers are in progress, and until when each peer pauses, by kind.
+/// Answers in progress by peer and [`Kind`], by kind in all, and until when a peer pauses.
 #[derive(Default)]
 struct GateState {
-    busy: BTreeSet<(PeerId, Kind)>,
+    busy: BTreeMap<(PeerId, Kind), u32>,
     paused_until: BTreeMap<(PeerId, Kind), Instant>,
-    in_progress: u32,
+    in_progress: BTreeMap<Kind, u32>,
 }
 
-/// Admits history answers: one per peer and [`Kind`] at a time, [`ANSWERS_MAX`] in
-/// all, and a peer waits after each answer for as long as it took to build.
+/// Admits history answers within each [`Kind`]'s bounds; after a run, its peer
+/// waits as long as it took to build before its next run is served.
 #[derive(Clone, Default)]
 pub struct Gate {
     state: Arc<Mutex<GateState>>,
@@ -266,35 +295,43 @@ pub struct Permit {
 
 impl Gate {
     pub fn admit(&self, peer: PeerId, kind: Kind, now: Instant) -> std::result::Result<Permit, Refusal> {
-        let peer = (peer, kind);
+        let key = (peer, kind);
+        let (per_peer, total) = kind.bounds();
         let mut s = self.state.lock().expect("history gate lock");
         s.paused_until.retain(|_, until| *until > now);
-        if s.busy.contains(&peer) {
+        if s.busy.get(&key).copied().unwrap_or(0) >= per_peer {
             return Err(Refusal::PeerBusy);
         }
-        if let Some(until) = s.paused_until.get(&peer) {
+        if let Some(until) = s.paused_until.get(&key) {
             return Err(Refusal::PeerPausing { left: *until - now });
         }
-        if s.in_progress >= ANSWERS_MAX {
+        if s.in_progress.get(&kind).copied().unwrap_or(0) >= total {
             return Err(Refusal::Full);
         }
-        s.in_progress += 1;
-        s.busy.insert(peer);
-        Ok(Permit { gate: self.clone(), peer, started: now, finished: false })
+        *s.in_progress.entry(kind).or_default() += 1;
+        *s.busy.entry(key).or_default() += 1;
+        Ok(Permit { gate: self.clone(), peer: key, started: now, finished: false })
     }
 
-    fn release(&self, peer: (PeerId, Kind), pause_until: Option<Instant>) {
+    fn release(&self, key: (PeerId, Kind), pause_until: Option<Instant>) {
         let mut s = self.state.lock().expect("history gate lock");
-        s.in_progress -= 1;
-        s.busy.remove(&peer);
-        if let Some(until) = pause_until {
-            s.paused_until.insert(peer, until);
+        if let Some(n) = s.in_progress.get_mut(&key.1) {
+            *n -= 1;
+        }
+        if let Some(n) = s.busy.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                s.busy.remove(&key);
+            }
+        }
+        if let Some(until) = pause_until.filter(|_| key.1.pauses()) {
+            s.paused_until.insert(key, until);
         }
     }
 }
 
 impl Permit {
-    /// The answer is built: the peer pauses for as long as it took.
+    /// The answer is built: after a run, the peer pauses for as long as it took.
     pub fn done(mut self, now: Instant) {
         self.finished = true;
         let took = now.saturating_duration_since(self.started);
@@ -321,17 +358,25 @@ mod tests {
     }
 
     #[test]
-    fn one_answer_of_each_kind_per_peer_a_few_in_all_and_a_pause_after_each() {
+    fn one_run_per_peer_paused_and_several_single_blocks_unpaused() {
         let gate = Gate::default();
         let t0 = Instant::now();
         let a = gate.admit(peer(1), Kind::Run, t0).unwrap();
         assert_eq!(gate.admit(peer(1), Kind::Run, t0).err(), Some(Refusal::PeerBusy));
-        // A single block for the same peer meanwhile: its own slot.
-        let single = gate.admit(peer(1), Kind::Single, t0).unwrap();
+        // Single blocks for the same peer meanwhile: their own bounds, four per peer, eight in all.
+        let singles: Vec<Permit> =
+            (0..SINGLES_PER_PEER).map(|_| gate.admit(peer(1), Kind::Single, t0).unwrap()).collect();
         assert_eq!(gate.admit(peer(1), Kind::Single, t0).err(), Some(Refusal::PeerBusy));
+        let more: Vec<Permit> =
+            (0..SINGLES_MAX - SINGLES_PER_PEER).map(|_| gate.admit(peer(4), Kind::Single, t0).unwrap()).collect();
+        assert_eq!(gate.admit(peer(5), Kind::Single, t0).err(), Some(Refusal::Full));
         let b = gate.admit(peer(2), Kind::Run, t0).unwrap();
         assert_eq!(gate.admit(peer(3), Kind::Run, t0).err(), Some(Refusal::Full));
-        single.done(t0);
+        // A single block done is not followed by a pause.
+        for p in singles.into_iter().chain(more) {
+            p.done(t0 + Duration::from_millis(40));
+        }
+        gate.admit(peer(1), Kind::Single, t0 + Duration::from_millis(41)).unwrap().done(t0);
 
         // Peer 1's run took 40 ms: it waits 40 ms before the next; the slot is free for others.
         a.done(t0 + Duration::from_millis(40));
@@ -346,7 +391,7 @@ mod tests {
         gate.admit(peer(1), Kind::Run, later).unwrap().done(later);
         b.done(later);
         let s = gate.state.lock().unwrap();
-        assert_eq!(s.in_progress, 0);
+        assert!(s.in_progress.values().all(|n| *n == 0));
         assert!(s.busy.is_empty());
     }
 }

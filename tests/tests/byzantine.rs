@@ -5,7 +5,7 @@
 //! requests for the whole chain, while a load of records runs. The three
 //! honest validators must stay live and agree, refuse the junk, report the
 //! equivocations as evidence in `/v1/status` and `/metrics`, and refuse the
-//! history requests past one in progress per peer.
+//! history requests past one run in progress per peer.
 
 use std::io::Write;
 use std::time::Duration;
