@@ -53,7 +53,9 @@ fn fault_campaign_loses_nothing_acknowledged() {
     });
     let seconds = env_u64("CHAOS_SECONDS").unwrap_or(60);
     eprintln!("chaos campaign: seed {seed} (replay with CHAOS_SEED={seed}), {seconds} s");
-    let mut rng = Rng(seed | 1);
+    // Any seed but 0 is a state of its own (xorshift never leaves 0). Until session 31
+    // this was `seed | 1`: an even seed ran the campaign of the next odd one.
+    let mut rng = Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed });
 
     let ns = match Namespaces::create(NODES) {
         Ok(ns) => Some(ns),
