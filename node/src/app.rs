@@ -2266,9 +2266,11 @@ pub async fn run_loop(
             },
             _ = tick.tick() => {
                 let peers = app.validator_peers();
-                let (flood, data) = app.byzantine.as_mut().map(|b| b.history_flood(&peers)).unwrap_or_default();
+                let tip = app.tip.digest;
+                let (flood, requests) =
+                    app.byzantine.as_mut().map(|b| b.history_flood(&peers, tip)).unwrap_or_default();
                 for peer in flood {
-                    for _ in 0..crate::byzantine::HISTORY_FLOOD {
+                    for data in &requests {
                         let (net, data) = (net.clone(), data.clone());
                         tokio::spawn(async move {
                             loop {

@@ -11,9 +11,11 @@
 //! - `malformed`: publishes garbage on both topics;
 //! - `oversized`: sends sync requests four times the honest frame limit
 //!   (this node's own limit is raised so the frame leaves);
-//! - `history-flood`: asks every validator peer for the whole chain from
-//!   height 1 over [`HISTORY_FLOOD`] streams, each asking again
-//!   [`HISTORY_FLOOD_GAP`] after its last answer or refusal, for good.
+//! - `history-flood`: asks every validator peer, over [`HISTORY_FLOOD`]
+//!   streams, for the whole chain from height 1 (half of them) and for the
+//!   block at this node's tip when the flood began, by digest (the other
+//!   half), each asking again [`HISTORY_FLOOD_GAP`] after its last answer or
+//!   refusal, for good.
 //!
 //! Honest validators must stay safe and live, refuse every such message, and
 //! record the equivocations as evidence (`/v1/status` `evidence`, metric
@@ -126,15 +128,17 @@ impl Byzantine {
     }
 
     /// The peers among `connected` that `history-flood` should begin flooding now (each
-    /// once), and the request it keeps sending them: the whole chain from height 1, as
-    /// much as an answer may hold.
-    pub fn history_flood(&mut self, connected: &[PeerId]) -> (Vec<PeerId>, Vec<u8>) {
-        let request = codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX });
+    /// once), and the requests it keeps sending each, one per stream: the whole chain
+    /// from height 1 (as much as an answer may hold), and the block `tip` by digest.
+    pub fn history_flood(&mut self, connected: &[PeerId], tip: [u8; 32]) -> (Vec<PeerId>, Vec<Vec<u8>>) {
         if !self.does("history-flood") {
-            return (vec![], request);
+            return (vec![], vec![]);
         }
+        let run = codec::encode(&SyncRequest::Blocks { from: 1, max: u32::MAX });
+        let single = codec::encode(&SyncRequest::Block { digest: tip });
+        let requests = (0..HISTORY_FLOOD).map(|i| if i % 2 == 0 { run.clone() } else { single.clone() }).collect();
         let new = connected.iter().filter(|p| self.flooded.insert(**p)).copied().collect();
-        (new, request)
+        (new, requests)
     }
 
     fn consensus(&self, message: Vec<u8>) -> (Topic, Vec<u8>) {

@@ -2,7 +2,8 @@
 //! the test-only mode (`[testing] byzantine`): it equivocates (two notarize
 //! votes per view on made-up blocks), replays old consensus messages, and
 //! publishes malformed and oversized frames, and floods every peer with
-//! requests for the whole chain, while a load of records runs. The three
+//! requests for the whole chain and for one block by digest, while a load of
+//! records runs. The three
 //! honest validators must stay live and agree, refuse the junk, report the
 //! equivocations as evidence in `/v1/status` and `/metrics`, and refuse the
 //! history requests past one run in progress per peer.
