@@ -523,13 +523,7 @@ pub fn prove(args: ProveArgs) -> Result<()> {
         crate::ensure_absent(path)?;
     }
     let held = match &args.held {
-        Some(path) => {
-            let text = String::from_utf8(read_limited(path, NOTE_BYTES_MAX as u64, "checkpoint")?)
-                .map_err(|e| anyhow!("checkpoint {} is not UTF-8: {e}", path.display()))?;
-            let height =
-                checkpoint_height(&text).with_context(|| format!("{} is not a signed checkpoint", path.display()))?;
-            Some((path, height))
-        }
+        Some(path) => Some((path, read_checkpoint(path)?.1)),
         None => None,
     };
     let query = if args.status { "?status=true" } else { "" };
@@ -663,6 +657,15 @@ pub struct ConsistencyArgs {
     json: bool,
 }
 
+/// A saved checkpoint (`annal checkpoint --out`): its text, read within the size
+/// of a note, and its height.
+pub fn read_checkpoint(path: &Path) -> Result<(String, u64)> {
+    let text = String::from_utf8(read_limited(path, NOTE_BYTES_MAX as u64, "checkpoint")?)
+        .map_err(|e| anyhow!("checkpoint {} is not UTF-8: {e}", path.display()))?;
+    let height = checkpoint_height(&text).map_err(|e| anyhow!("{} is not a signed checkpoint: {e}", path.display()))?;
+    Ok((text, height))
+}
+
 /// The height of a saved checkpoint note: the `block <height> <view> <hash>` line.
 pub fn checkpoint_height(note: &str) -> Result<u64> {
     let signed = SignedNote::parse(note)?;
@@ -711,15 +714,9 @@ pub fn consistency(args: ConsistencyArgs) -> Outcome {
         Ok(g) => g,
         Err(e) => return cannot(e.to_string()),
     };
-    let held = match read_limited(&args.from, NOTE_BYTES_MAX as u64, "checkpoint")
-        .and_then(|b| String::from_utf8(b).map_err(|e| anyhow!("checkpoint {} is not UTF-8: {e}", args.from.display())))
-    {
-        Ok(t) => t,
+    let (held, height) = match read_checkpoint(&args.from) {
+        Ok(read) => read,
         Err(e) => return cannot(format!("{e:#}")),
-    };
-    let height = match checkpoint_height(&held) {
-        Ok(h) => h,
-        Err(e) => return cannot(format!("{} is not a signed checkpoint: {e}", args.from.display())),
     };
     let proof = match Client::new(&args.node)
         .and_then(|c| c.get_text(&format!("/v1/consistency?from={height}"), BUNDLE_BYTES_MAX as u64))

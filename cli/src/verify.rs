@@ -208,40 +208,18 @@ pub fn verify(args: VerifyArgs) -> Outcome {
     }
 }
 
-/// A held checkpoint's text and height, read within the size of a note.
+/// A held checkpoint's text and height.
 fn read_held(path: &Path) -> Result<(String, u64), String> {
-    let text = read(path, annal_ledger::note::NOTE_BYTES_MAX as u64, "checkpoint")
-        .and_then(|b| String::from_utf8(b).map_err(|e| format!("checkpoint {} is not UTF-8: {e}", path.display())))?;
-    let height = crate::node_cmds::checkpoint_height(&text)
-        .map_err(|e| format!("{} is not a signed checkpoint: {e:#}", path.display()))?;
-    Ok((text, height))
+    crate::node_cmds::read_checkpoint(path).map_err(|e| format!("{e:#}"))
 }
 
-/// Whether `--held` (at `held_at`) and `--consistency` fit the bundle: a proof is given
-/// unless the held checkpoint is at the record's block's height, and runs between the
-/// two heights. Heights that cannot be read are left to the checks themselves.
+/// Whether `--held` (at `held_at`) and `--consistency` fit the bundle's block, by
+/// heights ([`proof::tie_inputs_fit`]); a block height that cannot be read is left to
+/// the bundle's own checks.
 fn tie_inputs_fit(bundle: &Bundle, held_at: u64, consistency: Option<&proof::Consistency>) -> Result<(), String> {
-    let Ok(at) = crate::node_cmds::checkpoint_height(&bundle.block.checkpoint) else { return Ok(()) };
-    let (low, high) = (at.min(held_at), at.max(held_at));
-    match consistency {
-        None if at != held_at => Err(format!(
-            "the held checkpoint is at height {held_at} and the record's block at {at}: give --consistency with a \
-             proof between the two (annal prove --held CHECKPOINT --consistency FILE saves one)"
-        )),
-        Some(p) => {
-            let ends = (
-                crate::node_cmds::checkpoint_height(&p.old.checkpoint),
-                crate::node_cmds::checkpoint_height(&p.new.checkpoint),
-            );
-            match ends {
-                (Ok(old), Ok(new)) if (old, new) != (low, high) && at != held_at => Err(format!(
-                    "the consistency proof runs from height {old} to {new}, not between the record's block ({at}) \
-                     and the held checkpoint ({held_at})"
-                )),
-                _ => Ok(()),
-            }
-        }
-        None => Ok(()),
+    match crate::node_cmds::checkpoint_height(&bundle.block.checkpoint) {
+        Ok(at) => proof::tie_inputs_fit(at, held_at, consistency),
+        Err(_) => Ok(()),
     }
 }
 

@@ -722,25 +722,16 @@ pub fn tie_to_held(
             ))
         };
     }
-    let Some(proof) = consistency else {
-        return Err(fail(
-            Check::Consistency,
-            format!(
-                "the held checkpoint is at height {held_at} and the record's block at {h}: a consistency proof \
-                 between the two is needed (GET /v1/consistency?from={}&to={})",
-                held_at.min(h),
-                held_at.max(h)
-            ),
-        ));
-    };
+    tie_inputs_fit(h, held_at, consistency).map_err(|e| fail(Check::Consistency, e))?;
+    let proof = consistency.expect("tie_inputs_fit asks for a proof between two heights");
     let (old, new) = verify_consistency(proof, genesis, None)?;
     let (earlier, later) = if held_at < h { (&note.text, &own) } else { (&own, &note.text) };
     if old.to_text() != *earlier || new.to_text() != *later {
         return Err(fail(
             Check::Consistency,
             format!(
-                "the consistency proof is from height {} to {}, not between the record's block ({h}) and the held \
-                 checkpoint ({held_at})",
+                "the consistency proof from height {} to {} is between other blocks than the record's ({h}) and the \
+                 held checkpoint ({held_at}): the histories differ",
                 old.block.height, new.block.height
             ),
         ));
@@ -750,6 +741,32 @@ pub fn tie_to_held(
     } else {
         HeldTie::Contains { height: new.block.height, size: new.size }
     })
+}
+
+/// Whether `consistency` is what a tie between a block at height `at` and a checkpoint
+/// held at `held_at` needs, by heights alone (before anything is verified): none when
+/// they are equal, else one from the lower height to the higher. Ends whose height
+/// cannot be read are left to the proof's own checks. The error says what is missing.
+pub fn tie_inputs_fit(at: u64, held_at: u64, consistency: Option<&Consistency>) -> Result<(), String> {
+    if at == held_at {
+        return Ok(());
+    }
+    let (low, high) = (at.min(held_at), at.max(held_at));
+    let Some(p) = consistency else {
+        return Err(format!(
+            "the held checkpoint is at height {held_at} and the record's block at {at}: a consistency proof between \
+             the two is needed (give --consistency: annal prove --held CHECKPOINT --consistency FILE saves one; \
+             GET /v1/consistency?from={low}&to={high})"
+        ));
+    };
+    let height = |note: &str| Some(Checkpoint::parse(&SignedNote::parse(note).ok()?.text).ok()?.block.height);
+    match (height(&p.old.checkpoint), height(&p.new.checkpoint)) {
+        (Some(old), Some(new)) if (old, new) != (low, high) => Err(format!(
+            "the consistency proof runs from height {old} to {new}, not between the record's block ({at}) and the \
+             held checkpoint ({held_at})"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Walks the certified validator-set changes from the genesis set, in height order.

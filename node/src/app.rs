@@ -634,8 +634,8 @@ impl App {
                     Output::Send { to, message: Message::BlockRequest(digest) } => {
                         self.request_block(to, digest, fx);
                     }
-                    // Block requests go to one peer by request-response (`request_block`), and
-                    // are answered there (`block_bytes`): the core's own answers are not sent.
+                    // Block requests go to one peer by request-response (`request_block`), and are
+                    // answered there (`block_request`, then `history`): the core's own answers are not sent.
                     Output::Broadcast(Message::BlockRequest(_) | Message::BlockResponse(_))
                     | Output::Send { message: Message::BlockResponse(_), .. } => {}
                     Output::Broadcast(m) | Output::Send { message: m, .. } => {
@@ -1651,7 +1651,7 @@ impl App {
     /// The request for block `digest`, answered off the loop ([`history`]): the core's
     /// block (shared, encoded there: up to megabytes a request), a voted block's file, or
     /// the store.
-    fn block_bytes(&self, digest: &[u8; 32]) -> history::Request {
+    fn block_request(&self, digest: &[u8; 32]) -> history::Request {
         if let Some(b) = self.validator.as_ref().and_then(|v| v.core.block(digest)) {
             return history::Request::Held { digest: *digest, block: b.clone() };
         }
@@ -1756,7 +1756,7 @@ impl App {
                     .find(|(k, _)| *k == (height, view))
                     .map(|(_, p)| Message::Propose(p.clone()).encode()),
             ))),
-            SyncRequest::Block { digest } => SyncAnswer::History(self.block_bytes(&digest)),
+            SyncRequest::Block { digest } => SyncAnswer::History(self.block_request(&digest)),
         })
     }
 
